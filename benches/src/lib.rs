@@ -1,0 +1,1 @@
+//! Shared helpers for flotilla's criterion benches.

@@ -1,0 +1,1 @@
+//! flotilla's multi-raft store (being written).

@@ -1,0 +1,1 @@
+//! flotilla's cluster harness and integration tests (being written).

@@ -1,0 +1,1 @@
+//! Library side of the flotilla tools (shared by the binaries).
