@@ -1,0 +1,615 @@
+//! The raft state machine, split by concern: role transitions and ticks
+//! here, then [`step`](self::step) (message dispatch), `election`,
+//! `replication`, `snapshot`, `membership`, `reads` and `transfer`.
+
+mod election;
+mod membership;
+pub(crate) mod membership_decode {
+    //! Re-export of the conf-change decoder.
+    pub use super::membership::decode_conf_change;
+}
+mod reads;
+mod replication;
+mod snapshot;
+mod step;
+mod transfer;
+
+use bytes::Bytes;
+use flotilla_proto::eraftpb::{HardState, Message, MessageType};
+use slog::Logger;
+
+use super::confchange;
+use super::config::Config;
+use super::errors::Result;
+use super::log::RaftLog;
+use super::read_only::{ReadOnly, ReadState};
+use super::rng::SplitMix64;
+use super::storage::Storage;
+use super::tracker::ProgressTracker;
+
+/// The id meaning "no node".
+pub const INVALID_ID: u64 = 0;
+/// Context of vote requests sent because of a leader transfer: they
+/// override the leader lease (see [`Config::check_quorum`]).
+pub const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
+
+/// The role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateRole {
+    /// Follows a leader (or waits for one).
+    #[default]
+    Follower,
+    /// Campaigning in a real election.
+    Candidate,
+    /// The leader of its term.
+    Leader,
+    /// Running a pre-vote round (the term is not yet incremented).
+    PreCandidate,
+}
+
+/// The volatile state an application may want to observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SoftState {
+    /// The known leader (`INVALID_ID`: none).
+    pub leader_id: u64,
+    /// This node's role.
+    pub raft_state: StateRole,
+}
+
+/// The raft state machine of one node.
+///
+/// Invariants: `leader_id == id` iff `state == Leader`; `vote` is only set in
+/// `term`; `pending_conf_index` is the index of the last conf change the
+/// leader appended (0 if none this term).
+pub struct Raft<S: Storage> {
+    /// This node's id.
+    pub(crate) id: u64,
+    /// The current term.
+    pub(crate) term: u64,
+    /// Whom this node voted for in `term`.
+    pub(crate) vote: u64,
+    /// The log.
+    pub(crate) raft_log: RaftLog<S>,
+    /// Peers' progress, membership, election votes.
+    pub(crate) prs: ProgressTracker,
+    /// The role.
+    pub(crate) state: StateRole,
+    /// True when this node is a voter (may campaign).
+    pub(crate) promotable: bool,
+    /// The known leader.
+    pub(crate) leader_id: u64,
+    /// The target of a leader transfer in progress.
+    pub(crate) lead_transferee: Option<u64>,
+    /// See the struct invariants.
+    pub(crate) pending_conf_index: u64,
+    /// Pending ReadIndex requests.
+    pub(crate) read_only: ReadOnly,
+    /// Reads a leader received before committing an entry of its term.
+    pub(crate) pending_read_index_messages: Vec<Message>,
+    /// Confirmed reads for the application.
+    pub(crate) read_states: Vec<ReadState>,
+    /// Messages that may be sent at once.
+    pub(crate) msgs: Vec<Message>,
+    /// Messages that may be sent only once the current Ready is persisted.
+    pub(crate) msgs_after_persist: Vec<Message>,
+    /// Ticks since the last election timeout reset (or, on a leader, since
+    /// the last check-quorum).
+    pub(crate) election_elapsed: usize,
+    /// Ticks since the last heartbeat (leader only).
+    pub(crate) heartbeat_elapsed: usize,
+    /// Current randomized election timeout in `[min, max)`.
+    pub(crate) randomized_election_timeout: usize,
+    pub(crate) heartbeat_timeout: usize,
+    pub(crate) election_timeout: usize,
+    pub(crate) min_election_timeout: usize,
+    pub(crate) max_election_timeout: usize,
+    pub(crate) check_quorum: bool,
+    pub(crate) pre_vote: bool,
+    pub(crate) skip_bcast_commit: bool,
+    pub(crate) disable_proposal_forwarding: bool,
+    pub(crate) max_msg_size: u64,
+    pub(crate) max_uncommitted_size: u64,
+    /// Payload bytes of uncommitted entries appended by this leader.
+    pub(crate) uncommitted_size: u64,
+    pub(crate) max_committed_size_per_ready: u64,
+    pub(crate) priority: i64,
+    rng: SplitMix64,
+    pub(crate) logger: Logger,
+}
+
+impl<S: Storage> Raft<S> {
+    /// A node restarted from `store`'s persisted state.
+    ///
+    /// # Errors
+    ///
+    /// If the config is invalid, the storage fails, or the stored conf state
+    /// is invalid.
+    pub fn new(c: &Config, store: S, logger: &Logger) -> Result<Self> {
+        c.validate()?;
+        let rs = store.initial_state()?;
+        let mut raft_log = RaftLog::new(store);
+        let mut r = Raft {
+            id: c.id,
+            term: 0,
+            vote: INVALID_ID,
+            prs: ProgressTracker::new(c.max_inflight_msgs),
+            state: StateRole::Follower,
+            promotable: false,
+            leader_id: INVALID_ID,
+            lead_transferee: None,
+            pending_conf_index: 0,
+            read_only: ReadOnly::new(c.read_only_option),
+            pending_read_index_messages: Vec::new(),
+            read_states: Vec::new(),
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: 0,
+            heartbeat_timeout: c.heartbeat_tick,
+            election_timeout: c.election_tick,
+            min_election_timeout: c.min_election_tick(),
+            max_election_timeout: c.max_election_tick(),
+            check_quorum: c.check_quorum,
+            pre_vote: c.pre_vote,
+            skip_bcast_commit: c.skip_bcast_commit,
+            disable_proposal_forwarding: c.disable_proposal_forwarding,
+            max_msg_size: c.max_size_per_msg,
+            max_uncommitted_size: c.max_uncommitted_size,
+            uncommitted_size: 0,
+            max_committed_size_per_ready: c.max_committed_size_per_ready,
+            priority: c.priority,
+            rng: SplitMix64::new(c.effective_rng_seed()),
+            logger: logger.clone(),
+            raft_log: {
+                let hs = &rs.hard_state;
+                if hs.commit > 0 {
+                    raft_log.commit_to(hs.commit);
+                }
+                let applied = c.applied.min(raft_log.committed);
+                if applied > raft_log.applied {
+                    raft_log.applied_to(applied);
+                }
+                raft_log
+            },
+        };
+        let cfg = confchange::restore(&rs.conf_state)?;
+        let next = r.raft_log.last_index() + 1;
+        r.prs.apply_conf(cfg, next);
+        r.promotable = r.prs.is_voter(r.id);
+        if rs.hard_state != HardState::default() {
+            r.term = rs.hard_state.term;
+            r.vote = rs.hard_state.vote;
+        }
+        r.become_follower(r.term, INVALID_ID);
+        slog::debug!(r.logger, "raft node created";
+            "id" => r.id, "term" => r.term, "commit" => r.raft_log.committed,
+            "last_index" => r.raft_log.last_index());
+        Ok(r)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Whom this node voted for in the current term.
+    pub fn vote(&self) -> u64 {
+        self.vote
+    }
+
+    /// The role.
+    pub fn state(&self) -> StateRole {
+        self.state
+    }
+
+    /// The known leader.
+    pub fn leader_id(&self) -> u64 {
+        self.leader_id
+    }
+
+    /// The log.
+    pub fn raft_log(&self) -> &RaftLog<S> {
+        &self.raft_log
+    }
+
+    /// Mutable access to the log (tests and storage maintenance).
+    pub fn raft_log_mut(&mut self) -> &mut RaftLog<S> {
+        &mut self.raft_log
+    }
+
+    /// The progress tracker.
+    pub fn prs(&self) -> &ProgressTracker {
+        &self.prs
+    }
+
+    /// The leader-transfer target, if a transfer is in progress.
+    pub fn lead_transferee(&self) -> Option<u64> {
+        self.lead_transferee
+    }
+
+    /// Index of the last conf change appended by this leader.
+    pub fn pending_conf_index(&self) -> u64 {
+        self.pending_conf_index
+    }
+
+    /// The current randomized election timeout.
+    pub fn randomized_election_timeout(&self) -> usize {
+        self.randomized_election_timeout
+    }
+
+    /// Ticks since the election timer was last reset.
+    pub fn election_elapsed(&self) -> usize {
+        self.election_elapsed
+    }
+
+    /// Payload bytes of uncommitted entries (leader).
+    pub fn uncommitted_size(&self) -> u64 {
+        self.uncommitted_size
+    }
+
+    /// Whether this node may campaign.
+    pub fn promotable(&self) -> bool {
+        self.promotable
+    }
+
+    /// The soft state.
+    pub fn soft_state(&self) -> SoftState {
+        SoftState {
+            leader_id: self.leader_id,
+            raft_state: self.state,
+        }
+    }
+
+    /// The hard state.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.raft_log.committed,
+        }
+    }
+
+    /// Messages queued for immediate sending (drained by `Ready`).
+    pub fn msgs(&self) -> &[Message] {
+        &self.msgs
+    }
+
+    /// Messages queued until persistence (drained by `Ready`).
+    pub fn msgs_after_persist(&self) -> &[Message] {
+        &self.msgs_after_persist
+    }
+
+    /// Takes every queued message, immediate and persistence-dependent.
+    pub fn take_all_msgs(&mut self) -> Vec<Message> {
+        let mut v = std::mem::take(&mut self.msgs);
+        v.append(&mut self.msgs_after_persist);
+        v
+    }
+
+    /// Confirmed reads not yet handed out.
+    pub fn read_states(&self) -> &[ReadState] {
+        &self.read_states
+    }
+
+    /// Queues `m` for sending, filling in `from` and `term`. Messages of a
+    /// leader may go at once; every other role's messages (acks, votes,
+    /// vote requests) wait until the Ready they belong to is persisted.
+    pub(crate) fn send(&mut self, mut m: Message) {
+        if m.from == INVALID_ID {
+            m.from = self.id;
+        }
+        match m.msg_type() {
+            MessageType::MsgRequestVote
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVoteResponse => {
+                debug_assert!(m.term != 0, "vote message without a term");
+            }
+            // Forwarded proposals and reads carry no term: the leader treats
+            // them as local requests.
+            MessageType::MsgPropose | MessageType::MsgReadIndex => m.term = 0,
+            _ => m.term = self.term,
+        }
+        if self.state == StateRole::Leader {
+            self.msgs.push(m);
+        } else {
+            self.msgs_after_persist.push(m);
+        }
+    }
+
+    pub(crate) fn reset_randomized_election_timeout(&mut self) {
+        self.randomized_election_timeout = self
+            .rng
+            .gen_range(self.min_election_timeout, self.max_election_timeout);
+    }
+
+    /// True once the randomized election timeout has elapsed.
+    pub fn past_election_timeout(&self) -> bool {
+        self.election_elapsed >= self.randomized_election_timeout
+    }
+
+    /// Resets the volatile state for `term`.
+    pub(crate) fn reset(&mut self, term: u64) {
+        if self.term != term {
+            self.term = term;
+            self.vote = INVALID_ID;
+        }
+        self.leader_id = INVALID_ID;
+        self.reset_randomized_election_timeout();
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.abort_leader_transfer();
+        self.prs.reset_votes();
+        self.pending_conf_index = 0;
+        self.read_only.reset();
+        self.pending_read_index_messages = Vec::new();
+        self.uncommitted_size = 0;
+        let next = self.raft_log.last_index() + 1;
+        let persisted = self.raft_log.persisted;
+        let id = self.id;
+        for (pid, pr) in self.prs.iter_mut() {
+            pr.reset(next);
+            if pid == id {
+                pr.matched = persisted;
+                pr.recent_active = true;
+            }
+        }
+    }
+
+    /// Becomes a follower of `leader_id` (possibly unknown) in `term`.
+    pub fn become_follower(&mut self, term: u64, leader_id: u64) {
+        self.reset(term);
+        self.leader_id = leader_id;
+        self.state = StateRole::Follower;
+        slog::debug!(self.logger, "became follower"; "id" => self.id, "term" => term,
+            "leader" => leader_id);
+    }
+
+    /// Becomes a candidate: increments the term and votes for itself.
+    ///
+    /// # Panics
+    ///
+    /// If called on a leader (an internal invariant).
+    pub fn become_candidate(&mut self) {
+        assert_ne!(
+            self.state,
+            StateRole::Leader,
+            "leader cannot become candidate"
+        );
+        let term = self.term + 1;
+        self.reset(term);
+        self.vote = self.id;
+        self.state = StateRole::Candidate;
+        slog::debug!(self.logger, "became candidate"; "id" => self.id, "term" => term);
+    }
+
+    /// Becomes a pre-candidate: the term and vote are unchanged.
+    ///
+    /// # Panics
+    ///
+    /// If called on a leader (an internal invariant).
+    pub fn become_pre_candidate(&mut self) {
+        assert_ne!(
+            self.state,
+            StateRole::Leader,
+            "leader cannot become pre-candidate"
+        );
+        self.state = StateRole::PreCandidate;
+        self.prs.reset_votes();
+        self.leader_id = INVALID_ID;
+        slog::debug!(self.logger, "became pre-candidate"; "id" => self.id, "term" => self.term);
+    }
+
+    /// Becomes the leader of the current term and appends an empty entry.
+    ///
+    /// # Panics
+    ///
+    /// If called on a follower (only candidates win elections).
+    pub fn become_leader(&mut self) {
+        assert_ne!(
+            self.state,
+            StateRole::Follower,
+            "follower cannot become leader"
+        );
+        let term = self.term;
+        self.reset(term);
+        self.leader_id = self.id;
+        self.state = StateRole::Leader;
+        let last = self.raft_log.last_index();
+        let id = self.id;
+        if let Some(pr) = self.prs.get_mut(id) {
+            pr.become_replicate();
+            pr.next_idx = last + 1;
+        }
+        // Any conf change in the uncommitted tail may be unapplied: be
+        // conservative and treat the whole log as possibly pending.
+        self.pending_conf_index = last;
+        // The empty entry of the new term commits the previous terms' entries
+        // (paper fig. 8); it never counts toward the uncommitted limit.
+        let accepted = self.append_entry(&mut [Default::default()]);
+        debug_assert!(accepted, "the empty entry is never dropped");
+        slog::debug!(self.logger, "became leader"; "id" => self.id, "term" => term);
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) -> bool {
+        match self.state {
+            StateRole::Leader => self.tick_heartbeat(),
+            _ => self.tick_election(),
+        }
+    }
+
+    fn tick_election(&mut self) -> bool {
+        self.election_elapsed += 1;
+        if !self.promotable || !self.past_election_timeout() {
+            return false;
+        }
+        self.election_elapsed = 0;
+        let m = Message {
+            msg_type: MessageType::MsgHup as i32,
+            from: self.id,
+            ..Default::default()
+        };
+        let _ = self.step(m);
+        true
+    }
+
+    fn tick_heartbeat(&mut self) -> bool {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        let mut has_ready = false;
+        if self.election_elapsed >= self.election_timeout {
+            self.election_elapsed = 0;
+            if self.check_quorum {
+                let m = Message {
+                    msg_type: MessageType::MsgCheckQuorum as i32,
+                    from: self.id,
+                    ..Default::default()
+                };
+                has_ready = true;
+                let _ = self.step(m);
+            }
+            if self.state == StateRole::Leader && self.lead_transferee.is_some() {
+                self.abort_leader_transfer();
+            }
+        }
+        if self.state != StateRole::Leader {
+            return has_ready;
+        }
+        if self.heartbeat_elapsed >= self.heartbeat_timeout {
+            self.heartbeat_elapsed = 0;
+            has_ready = true;
+            for (_, pr) in self.prs.iter_mut() {
+                pr.ins.maybe_free_idle();
+            }
+            let m = Message {
+                msg_type: MessageType::MsgBeat as i32,
+                from: self.id,
+                ..Default::default()
+            };
+            let _ = self.step(m);
+        }
+        has_ready
+    }
+
+    /// Frees every empty inflight buffer now. Returns the bytes freed.
+    pub fn maybe_free_inflight_buffers(&mut self) -> usize {
+        let mut freed = 0;
+        for (_, pr) in self.prs.iter_mut() {
+            let before = pr.ins.heap_bytes();
+            if pr.ins.free_buffer() {
+                freed += before;
+            }
+        }
+        freed
+    }
+
+    /// Heap bytes held by inflight buffers.
+    pub fn inflight_heap_bytes(&self) -> usize {
+        self.prs.inflight_heap_bytes()
+    }
+
+    /// An estimate of the heap bytes this node holds (excluding the storage
+    /// and the shared logger).
+    pub fn heap_size(&self) -> usize {
+        let msg = std::mem::size_of::<Message>();
+        self.prs.heap_bytes()
+            + self.raft_log.unstable.heap_bytes()
+            + (self.msgs.capacity() + self.msgs_after_persist.capacity()) * msg
+            + self.pending_read_index_messages.capacity() * msg
+            + self.read_states.capacity() * std::mem::size_of::<ReadState>()
+            + self.read_only.pending_read_count()
+                * std::mem::size_of::<super::read_only::ReadIndexStatus>()
+    }
+
+    /// A message of type `t` to `to` (the rest default).
+    pub(crate) fn new_message(to: u64, t: MessageType) -> Message {
+        Message {
+            msg_type: t as i32,
+            to,
+            ..Default::default()
+        }
+    }
+
+    /// A context carrying `data` (e.g. the transfer marker).
+    pub(crate) fn ctx(data: &'static [u8]) -> Bytes {
+        Bytes::from_static(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::MemStorage;
+
+    fn raft(id: u64, voters: &[u64]) -> Raft<MemStorage> {
+        let log = Logger::root(slog::Discard, slog::o!());
+        Raft::new(&Config::new(id), MemStorage::with_voters(voters, &[]), &log).unwrap()
+    }
+
+    /// checklist: election-2 (role transitions keep the documented invariants)
+    #[test]
+    fn role_transitions() {
+        let mut r = raft(1, &[1, 2, 3]);
+        r.become_candidate();
+        assert_eq!(
+            (r.state(), r.term(), r.vote()),
+            (StateRole::Candidate, 1, 1)
+        );
+        r.become_leader();
+        assert_eq!((r.state(), r.leader_id()), (StateRole::Leader, 1));
+        assert_eq!(r.raft_log().last_index(), 1);
+        assert_eq!(r.pending_conf_index(), 0);
+        r.become_follower(3, 2);
+        assert_eq!(
+            (r.state(), r.term(), r.vote(), r.leader_id()),
+            (StateRole::Follower, 3, 0, 2)
+        );
+    }
+
+    /// checklist: election-2
+    #[test]
+    #[should_panic(expected = "follower cannot become leader")]
+    fn follower_cannot_become_leader() {
+        raft(1, &[1, 2, 3]).become_leader();
+    }
+
+    /// checklist: election-9 (pre-candidate keeps term and vote)
+    #[test]
+    fn pre_candidate_keeps_term_and_vote() {
+        let mut r = raft(1, &[1, 2, 3]);
+        r.become_follower(4, 2);
+        r.vote = 2;
+        r.become_pre_candidate();
+        assert_eq!(
+            (r.state(), r.term(), r.vote(), r.leader_id()),
+            (StateRole::PreCandidate, 4, 2, 0)
+        );
+    }
+
+    /// checklist: ready-2 (only a leader's messages are sendable at once)
+    #[test]
+    fn send_classifies_by_role() {
+        let mut r = raft(1, &[1, 2, 3]);
+        r.send(Raft::<MemStorage>::new_message(
+            2,
+            MessageType::MsgHeartbeatResponse,
+        ));
+        assert_eq!((r.msgs().len(), r.msgs_after_persist().len()), (0, 1));
+        r.become_candidate();
+        r.become_leader();
+        r.send(Raft::<MemStorage>::new_message(
+            2,
+            MessageType::MsgHeartbeat,
+        ));
+        assert_eq!(r.msgs().len(), 1);
+        assert_eq!(r.msgs()[0].term, 1, "term filled in");
+        assert_eq!(r.msgs()[0].from, 1, "from filled in");
+    }
+}

@@ -1,0 +1,327 @@
+//! Log replication: proposals, appends, heartbeats, acknowledgements and
+//! the commit rule.
+
+use bytes::Bytes;
+use flotilla_proto::eraftpb::{Entry, EntryType, Message, MessageType};
+
+use super::Raft;
+use crate::raft::errors::{Error, Result};
+use crate::raft::storage::Storage;
+use crate::raft::tracker::ProgressState;
+use crate::raft::util::payload_size;
+
+impl<S: Storage> Raft<S> {
+    /// Leader: appends a proposal (checking conf changes, transfers and the
+    /// uncommitted limit) and replicates it.
+    pub(crate) fn handle_propose(&mut self, mut m: Message) -> Result<()> {
+        if m.entries.is_empty() {
+            return Err(Error::ProposalDropped);
+        }
+        if self.prs.get(self.id).is_none() {
+            // Removed from the group: stop accepting writes.
+            return Err(Error::ProposalDropped);
+        }
+        if self.lead_transferee.is_some() {
+            slog::debug!(self.logger, "proposal dropped: transfer in progress"; "id" => self.id);
+            return Err(Error::ProposalDropped);
+        }
+        let last = self.raft_log.last_index();
+        for (i, e) in m.entries.iter_mut().enumerate() {
+            if e.entry_type() == EntryType::EntryNormal {
+                continue;
+            }
+            if self.refuse_conf_change(e) {
+                slog::debug!(self.logger, "conf change refused; replaced by an empty entry";
+                    "id" => self.id, "pending" => self.pending_conf_index);
+                *e = Entry::default();
+            } else {
+                self.pending_conf_index = last + i as u64 + 1;
+            }
+        }
+        if !self.append_entry(&mut m.entries) {
+            return Err(Error::ProposalDropped);
+        }
+        self.bcast_append();
+        Ok(())
+    }
+
+    /// Appends entries of the current term to the leader's log. Returns false
+    /// (appending nothing) if they exceed the uncommitted-size limit.
+    pub(crate) fn append_entry(&mut self, es: &mut [Entry]) -> bool {
+        let size: u64 = es.iter().map(payload_size).sum();
+        if !self.increase_uncommitted_size(size) {
+            return false;
+        }
+        let mut li = self.raft_log.last_index();
+        for e in es.iter_mut() {
+            li += 1;
+            e.term = self.term;
+            e.index = li;
+        }
+        self.raft_log.append(es);
+        // The leader's own match moves only once the entries are persisted
+        // (`on_persist_entries`): it may replicate before its own write.
+        true
+    }
+
+    fn increase_uncommitted_size(&mut self, size: u64) -> bool {
+        // Empty entries are never dropped; one oversized proposal is allowed
+        // when nothing is uncommitted so progress is always possible.
+        if size > 0
+            && self.uncommitted_size > 0
+            && self.uncommitted_size.saturating_add(size) > self.max_uncommitted_size
+        {
+            return false;
+        }
+        self.uncommitted_size = self.uncommitted_size.saturating_add(size);
+        true
+    }
+
+    /// Entries handed out as committed no longer count as uncommitted.
+    pub(crate) fn reduce_uncommitted_size(&mut self, ents: &[Entry]) {
+        if self.state != super::StateRole::Leader {
+            return;
+        }
+        let size: u64 = ents.iter().map(payload_size).sum();
+        self.uncommitted_size = self.uncommitted_size.saturating_sub(size);
+    }
+
+    /// Sends appends (or heartbeats-as-appends) to every peer that is not
+    /// paused.
+    pub(crate) fn bcast_append(&mut self) {
+        for id in self.prs.ids() {
+            if id != self.id {
+                self.maybe_send_append(id, true);
+            }
+        }
+    }
+
+    /// Sends one append to `to` if its progress allows; sends a snapshot
+    /// instead when the needed entries are compacted. Returns whether a
+    /// message was sent.
+    pub(crate) fn maybe_send_append(&mut self, to: u64, send_if_empty: bool) -> bool {
+        let Some(pr) = self.prs.get(to) else {
+            return false;
+        };
+        if pr.is_paused() {
+            return false;
+        }
+        let next = pr.next_idx;
+        let term = self.raft_log.term(next - 1);
+        let ents = self.raft_log.entries(next, Some(self.max_msg_size));
+        let (term, ents) = match (term, ents) {
+            (Ok(t), Ok(e)) => (t, e),
+            _ => return self.send_snapshot(to),
+        };
+        if ents.is_empty() && !send_if_empty {
+            return false;
+        }
+        let committed = self.raft_log.committed;
+        let Some(pr) = self.prs.get_mut(to) else {
+            return false;
+        };
+        if let Some(last) = ents.last().map(|e| e.index) {
+            match pr.state {
+                ProgressState::Replicate => {
+                    pr.optimistic_update(last);
+                    pr.ins.add(last);
+                }
+                ProgressState::Probe => pr.probe_sent = true,
+                ProgressState::Snapshot => {
+                    unreachable!("append to peer {to} in snapshot state (is_paused checked)")
+                }
+            }
+        } else if pr.state == ProgressState::Probe {
+            pr.probe_sent = true;
+        }
+        pr.update_committed(committed);
+        let mut m = Self::new_message(to, MessageType::MsgAppend);
+        m.index = next - 1;
+        m.log_term = term;
+        m.entries = ents;
+        m.commit = committed;
+        self.send(m);
+        true
+    }
+
+    /// Sends heartbeats to every peer (carrying the newest pending read's
+    /// context, if any).
+    pub(crate) fn bcast_heartbeat(&mut self) {
+        let ctx = self.read_only.last_pending_request_ctx();
+        self.bcast_heartbeat_with_ctx(ctx);
+    }
+
+    pub(crate) fn bcast_heartbeat_with_ctx(&mut self, ctx: Option<Bytes>) {
+        for id in self.prs.ids() {
+            if id == self.id {
+                continue;
+            }
+            let Some(pr) = self.prs.get(id) else { continue };
+            // A follower may not have the leader's commit index entries yet:
+            // never tell it more than it has matched.
+            let commit = pr.matched.min(self.raft_log.committed);
+            let mut m = Self::new_message(id, MessageType::MsgHeartbeat);
+            m.commit = commit;
+            if let Some(c) = &ctx {
+                m.context = c.clone();
+            }
+            self.send(m);
+        }
+    }
+
+    /// Follower: handles an append from the leader.
+    pub(crate) fn handle_append_entries(&mut self, m: &Message) {
+        let mut resp = Self::new_message(m.from, MessageType::MsgAppendResponse);
+        if m.index < self.raft_log.committed {
+            // Already committed past it (a duplicate or reordered append).
+            resp.index = self.raft_log.committed;
+            self.send(resp);
+            return;
+        }
+        match self
+            .raft_log
+            .maybe_append(m.index, m.log_term, m.commit, &m.entries)
+        {
+            Some((_, last_new)) => {
+                resp.index = last_new;
+                resp.commit = self.raft_log.committed;
+            }
+            None => {
+                // Fast rejection: hint the largest index whose term is at most
+                // the leader's term at m.index, so the leader can skip terms.
+                let hint = m.index.min(self.raft_log.last_index());
+                let (hint_index, hint_term) = self.raft_log.find_conflict_by_term(hint, m.log_term);
+                slog::debug!(self.logger, "rejected append"; "id" => self.id,
+                    "index" => m.index, "log_term" => m.log_term, "hint" => hint_index);
+                resp.index = m.index;
+                resp.reject = true;
+                resp.reject_hint = hint_index;
+                resp.log_term = hint_term;
+            }
+        }
+        self.send(resp);
+    }
+
+    /// Leader: handles an append acknowledgement or rejection.
+    pub(crate) fn handle_append_response(&mut self, m: &Message) {
+        let last_index = self.raft_log.last_index();
+        let first_index = self.raft_log.first_index();
+        let next_probe = if m.reject && m.log_term > 0 {
+            self.raft_log
+                .find_conflict_by_term(m.reject_hint, m.log_term)
+                .0
+        } else {
+            m.reject_hint
+        };
+        let Some(pr) = self.prs.get_mut(m.from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if m.reject {
+            if pr.maybe_decr_to(m.index, next_probe) {
+                if pr.state == ProgressState::Replicate {
+                    pr.become_probe();
+                }
+                self.maybe_send_append(m.from, true);
+            }
+            return;
+        }
+        let old_paused = pr.is_paused();
+        if !pr.maybe_update(m.index) {
+            return;
+        }
+        match pr.state {
+            ProgressState::Probe => pr.become_replicate(),
+            ProgressState::Snapshot if pr.matched + 1 >= first_index => {
+                pr.become_probe();
+                pr.become_replicate();
+            }
+            ProgressState::Snapshot => {}
+            ProgressState::Replicate => pr.ins.free_to(m.index),
+        }
+        let matched = pr.matched;
+        if self.maybe_commit() {
+            if self.should_bcast_commit() {
+                self.bcast_append();
+            }
+        } else if old_paused {
+            self.maybe_send_append(m.from, true);
+        }
+        // Keep the pipeline full.
+        while self.maybe_send_append(m.from, false) {}
+        if self.lead_transferee == Some(m.from) && matched == last_index {
+            self.send_timeout_now(m.from);
+        }
+    }
+
+    fn should_bcast_commit(&self) -> bool {
+        !self.skip_bcast_commit
+    }
+
+    /// Follower: handles a heartbeat.
+    pub(crate) fn handle_heartbeat(&mut self, m: &Message) {
+        self.raft_log
+            .commit_to(m.commit.min(self.raft_log.last_index()));
+        let mut resp = Self::new_message(m.from, MessageType::MsgHeartbeatResponse);
+        resp.context = m.context.clone();
+        self.send(resp);
+    }
+
+    /// Leader: handles a heartbeat response (resumes probing, confirms reads).
+    pub(crate) fn handle_heartbeat_response(&mut self, m: &Message) {
+        let last_index = self.raft_log.last_index();
+        let Some(pr) = self.prs.get_mut(m.from) else {
+            return;
+        };
+        pr.recent_active = true;
+        pr.probe_sent = false;
+        if pr.state == ProgressState::Replicate && pr.ins.full() {
+            pr.ins.free_first_one();
+        }
+        if pr.matched < last_index {
+            self.maybe_send_append(m.from, true);
+        }
+        if !m.context.is_empty() {
+            self.confirm_read(m.from, &m.context);
+        }
+    }
+
+    /// Leader: commits what a quorum has (current-term entries only).
+    /// Returns whether the commit index moved.
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        let mci = self.prs.committed();
+        let term = self.term;
+        let was_committed_in_term = self.committed_entry_in_current_term();
+        if !self.raft_log.maybe_commit(mci, term) {
+            return false;
+        }
+        if !was_committed_in_term && self.committed_entry_in_current_term() {
+            self.release_pending_read_index();
+        }
+        true
+    }
+
+    /// Entries up to (`index`, `term`) are durable on this node.
+    pub fn on_persist_entries(&mut self, index: u64, term: u64) {
+        self.raft_log.stable_entries(index, term);
+        if self.state != super::StateRole::Leader {
+            return;
+        }
+        let persisted = self.raft_log.persisted;
+        let id = self.id;
+        let updated = self
+            .prs
+            .get_mut(id)
+            .is_some_and(|pr| pr.maybe_update(persisted));
+        if updated && self.maybe_commit() && self.should_bcast_commit() {
+            self.bcast_append();
+        }
+    }
+
+    /// The application applied up to `applied`; a leader with an
+    /// auto-leave joint configuration proposes leaving it.
+    pub fn commit_apply(&mut self, applied: u64) {
+        self.raft_log.applied_to(applied);
+        self.maybe_auto_leave_joint();
+    }
+}

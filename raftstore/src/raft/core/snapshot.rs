@@ -1,0 +1,127 @@
+//! Snapshots: the leader sends one when a follower's next entries are
+//! compacted; a follower restores one newer than its log.
+
+use flotilla_proto::eraftpb::{Message, MessageType, Snapshot};
+
+use super::Raft;
+use crate::raft::confchange;
+use crate::raft::errors::{Error, StorageError};
+use crate::raft::storage::Storage;
+
+impl<S: Storage> Raft<S> {
+    /// Sends a snapshot to `to` and moves its progress to snapshot state.
+    /// Returns false if none could be sent (peer inactive, or the storage
+    /// has no snapshot ready yet).
+    pub(crate) fn send_snapshot(&mut self, to: u64) -> bool {
+        let Some(pr) = self.prs.get(to) else {
+            return false;
+        };
+        if !pr.recent_active {
+            slog::debug!(self.logger, "not sending a snapshot to an inactive peer"; "to" => to);
+            return false;
+        }
+        let snap = match self.raft_log.snapshot(0, to) {
+            Ok(s) => s,
+            Err(Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {
+                slog::debug!(self.logger, "snapshot temporarily unavailable"; "to" => to);
+                return false;
+            }
+            Err(e) => {
+                slog::warn!(self.logger, "failed to get a snapshot"; "to" => to, "err" => %e);
+                return false;
+            }
+        };
+        let Some(meta) = snap.metadata.as_ref() else {
+            return false;
+        };
+        if meta.index == 0 {
+            return false;
+        }
+        let idx = meta.index;
+        if let Some(pr) = self.prs.get_mut(to) {
+            pr.become_snapshot(idx);
+        }
+        slog::debug!(self.logger, "sending snapshot"; "id" => self.id, "to" => to, "index" => idx);
+        let mut m = Self::new_message(to, MessageType::MsgSnapshot);
+        m.snapshot = Some(snap);
+        self.send(m);
+        true
+    }
+
+    /// Follower: handles a snapshot from the leader.
+    pub(crate) fn handle_snapshot(&mut self, mut m: Message) {
+        let snap = m.snapshot.take().unwrap_or_default();
+        let mut resp = Self::new_message(m.from, MessageType::MsgAppendResponse);
+        if self.restore(snap) {
+            resp.index = self.raft_log.last_index();
+        } else {
+            resp.index = self.raft_log.committed;
+        }
+        self.send(resp);
+    }
+
+    /// Installs `snap` if it is newer than the log. Returns false if it was
+    /// ignored (older than the commit index, already matched, or not
+    /// including this node).
+    pub fn restore(&mut self, snap: Snapshot) -> bool {
+        let Some(meta) = snap.metadata.as_ref() else {
+            return false;
+        };
+        let (sindex, sterm) = (meta.index, meta.term);
+        if sindex < self.raft_log.committed {
+            return false;
+        }
+        let cs = meta.conf_state.clone().unwrap_or_default();
+        let member = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .any(|id| *id == self.id);
+        if !member {
+            slog::warn!(self.logger, "ignoring a snapshot that does not include us";
+                "id" => self.id, "index" => sindex);
+            return false;
+        }
+        if self.raft_log.match_term(sindex, sterm) {
+            // We already have the snapshot's entries: just fast-forward commit.
+            self.raft_log.commit_to(sindex);
+            return false;
+        }
+        let Ok(cfg) = confchange::restore(&cs) else {
+            slog::warn!(self.logger, "ignoring a snapshot with an invalid conf state"; "id" => self.id);
+            return false;
+        };
+        self.raft_log.restore(snap);
+        let next = self.raft_log.last_index() + 1;
+        self.prs.apply_conf(cfg, next);
+        self.promotable = self.prs.is_voter(self.id);
+        self.pending_conf_index = 0;
+        slog::debug!(self.logger, "restored snapshot"; "id" => self.id, "index" => sindex,
+            "term" => sterm);
+        true
+    }
+
+    /// The snapshot at `index` is durable.
+    pub fn on_persist_snap(&mut self, index: u64) {
+        self.raft_log.stable_snap(index);
+    }
+
+    /// Leader: the application reports how sending a snapshot went.
+    pub(crate) fn handle_snapshot_status(&mut self, m: &Message) {
+        let Some(pr) = self.prs.get_mut(m.from) else {
+            return;
+        };
+        if pr.state != crate::raft::tracker::ProgressState::Snapshot {
+            return;
+        }
+        if m.reject {
+            pr.snapshot_failure();
+        }
+        pr.become_probe();
+        // Wait for a heartbeat response (or the snapshot's ack) before the
+        // next append.
+        pr.probe_sent = true;
+    }
+}

@@ -1,0 +1,225 @@
+//! Message dispatch: term rules first, then one flat `match` per role that
+//! hands each message type to a small handler.
+
+use flotilla_proto::eraftpb::{Message, MessageType};
+
+use super::{CAMPAIGN_TRANSFER, INVALID_ID, Raft, StateRole};
+use crate::raft::errors::{Error, Result};
+use crate::raft::storage::Storage;
+use crate::raft::tracker::ProgressState;
+
+impl<S: Storage> Raft<S> {
+    /// Steps one message through the state machine.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ProposalDropped`] when a proposal or read cannot be served,
+    /// storage failures.
+    pub fn step(&mut self, m: Message) -> Result<()> {
+        let t = m.msg_type();
+        if m.term == 0 {
+            // Local message (or a forwarded proposal/read).
+        } else if m.term > self.term {
+            if matches!(
+                t,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            ) {
+                let force = m.context.as_ref() == CAMPAIGN_TRANSFER;
+                let in_lease = self.check_quorum
+                    && self.leader_id != INVALID_ID
+                    && self.election_elapsed < self.election_timeout;
+                if !force && in_lease {
+                    slog::debug!(self.logger, "ignored vote request within the leader lease";
+                        "id" => self.id, "from" => m.from, "term" => m.term);
+                    return Ok(());
+                }
+            }
+            match t {
+                // A pre-vote never changes the voter's term.
+                MessageType::MsgRequestPreVote => {}
+                // A granted pre-vote carries the future term; wait for a quorum.
+                MessageType::MsgRequestPreVoteResponse if !m.reject => {}
+                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot => {
+                    self.become_follower(m.term, m.from)
+                }
+                _ => self.become_follower(m.term, INVALID_ID),
+            }
+        } else if m.term < self.term {
+            self.step_stale(&m);
+            return Ok(());
+        }
+
+        match t {
+            MessageType::MsgHup => {
+                self.hup(false);
+                Ok(())
+            }
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => {
+                self.handle_vote_request(&m);
+                Ok(())
+            }
+            _ => match self.state {
+                StateRole::Leader => self.step_leader(m),
+                StateRole::Candidate | StateRole::PreCandidate => self.step_candidate(m),
+                StateRole::Follower => self.step_follower(m),
+            },
+        }
+    }
+
+    /// A message from an older term.
+    fn step_stale(&mut self, m: &Message) {
+        match m.msg_type() {
+            // Tell a stale leader the current term so it steps down; with
+            // check-quorum or pre-vote a partitioned node would otherwise
+            // never learn it (etcd's rule).
+            MessageType::MsgAppend | MessageType::MsgHeartbeat
+                if self.check_quorum || self.pre_vote =>
+            {
+                self.send(Self::new_message(m.from, MessageType::MsgAppendResponse));
+            }
+            MessageType::MsgRequestPreVote => {
+                let mut resp = Self::new_message(m.from, MessageType::MsgRequestPreVoteResponse);
+                resp.term = self.term;
+                resp.reject = true;
+                self.send(resp);
+            }
+            _ => {
+                slog::debug!(self.logger, "ignored a message with a lower term";
+                    "id" => self.id, "from" => m.from, "msg_term" => m.term, "term" => self.term);
+            }
+        }
+    }
+
+    fn step_leader(&mut self, m: Message) -> Result<()> {
+        match m.msg_type() {
+            MessageType::MsgBeat => {
+                self.bcast_heartbeat();
+                Ok(())
+            }
+            MessageType::MsgCheckQuorum => {
+                self.check_quorum_active();
+                Ok(())
+            }
+            MessageType::MsgPropose => self.handle_propose(m),
+            MessageType::MsgReadIndex => {
+                self.handle_read_index_on_leader(m);
+                Ok(())
+            }
+            MessageType::MsgAppendResponse => {
+                self.handle_append_response(&m);
+                Ok(())
+            }
+            MessageType::MsgHeartbeatResponse => {
+                self.handle_heartbeat_response(&m);
+                Ok(())
+            }
+            MessageType::MsgSnapStatus => {
+                self.handle_snapshot_status(&m);
+                Ok(())
+            }
+            MessageType::MsgUnreachable => {
+                if let Some(pr) = self.prs.get_mut(m.from)
+                    && pr.state == ProgressState::Replicate
+                {
+                    pr.become_probe();
+                }
+                Ok(())
+            }
+            MessageType::MsgTransferLeader => {
+                self.handle_transfer_leader(&m);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn step_candidate(&mut self, m: Message) -> Result<()> {
+        match m.msg_type() {
+            MessageType::MsgPropose => Err(Error::ProposalDropped),
+            MessageType::MsgAppend => {
+                self.become_follower(m.term, m.from);
+                self.handle_append_entries(&m);
+                Ok(())
+            }
+            MessageType::MsgHeartbeat => {
+                self.become_follower(m.term, m.from);
+                self.handle_heartbeat(&m);
+                Ok(())
+            }
+            MessageType::MsgSnapshot => {
+                self.become_follower(m.term, m.from);
+                self.handle_snapshot(m);
+                Ok(())
+            }
+            MessageType::MsgRequestPreVoteResponse if self.state == StateRole::PreCandidate => {
+                self.handle_vote_response(&m);
+                Ok(())
+            }
+            MessageType::MsgRequestVoteResponse if self.state == StateRole::Candidate => {
+                self.handle_vote_response(&m);
+                Ok(())
+            }
+            MessageType::MsgReadIndex => Err(Error::ProposalDropped),
+            _ => Ok(()),
+        }
+    }
+
+    fn step_follower(&mut self, mut m: Message) -> Result<()> {
+        match m.msg_type() {
+            MessageType::MsgPropose => {
+                if self.leader_id == INVALID_ID || self.disable_proposal_forwarding {
+                    return Err(Error::ProposalDropped);
+                }
+                m.to = self.leader_id;
+                self.send(m);
+                Ok(())
+            }
+            MessageType::MsgAppend => {
+                self.election_elapsed = 0;
+                self.leader_id = m.from;
+                self.handle_append_entries(&m);
+                Ok(())
+            }
+            MessageType::MsgHeartbeat => {
+                self.election_elapsed = 0;
+                self.leader_id = m.from;
+                self.handle_heartbeat(&m);
+                Ok(())
+            }
+            MessageType::MsgSnapshot => {
+                self.election_elapsed = 0;
+                self.leader_id = m.from;
+                self.handle_snapshot(m);
+                Ok(())
+            }
+            MessageType::MsgTransferLeader => {
+                if self.leader_id == INVALID_ID {
+                    return Err(Error::ProposalDropped);
+                }
+                m.to = self.leader_id;
+                self.send(m);
+                Ok(())
+            }
+            MessageType::MsgTimeoutNow => {
+                if self.promotable {
+                    // A transfer skips pre-vote: the leader asked for it.
+                    self.hup(true);
+                }
+                Ok(())
+            }
+            MessageType::MsgReadIndex => {
+                if self.leader_id == INVALID_ID {
+                    return Err(Error::ProposalDropped);
+                }
+                m.to = self.leader_id;
+                self.send(m);
+                Ok(())
+            }
+            MessageType::MsgReadIndexResp => {
+                self.handle_read_index_response(&m);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
