@@ -1,1 +1,8 @@
-//! flotilla's cluster harness and integration tests (being written).
+//! flotilla's cluster harness and integration, fault and simulation tests.
+//!
+//! - [`harness`]: loggers, fast configs, asking a cluster who leads a region.
+//! - [`linearizability`]: a per-key register history recorder and a
+//!   Wing–Gong / Lowe linearizability checker.
+
+pub mod harness;
+pub mod linearizability;

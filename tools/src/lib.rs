@@ -1,1 +1,3 @@
-//! Library side of the flotilla tools (shared by the binaries).
+//! Library side of the flotilla tools: the embedded demo workload.
+
+pub mod demo;

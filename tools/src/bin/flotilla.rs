@@ -1,9 +1,10 @@
-//! The `flotilla` binary: embedded demo and load generator (more to come:
-//! server, ctl).
+//! The `flotilla` binary: the embedded demo (more to come: server, ctl).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flotilla_tools::demo::{self, DemoOptions};
 
 /// flotilla: a multi-raft sharding engine.
 #[derive(Parser, Debug)]
@@ -21,12 +22,34 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         regions: u64,
         /// Number of client threads.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 32)]
         clients: usize,
-        /// How long to run, e.g. `30s`.
-        #[arg(long, default_value = "30s")]
-        duration: String,
+        /// How long to run, e.g. `30s`, `2m`, `500ms`.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Fraction of operations that are writes.
+        #[arg(long, default_value_t = 0.5)]
+        write_ratio: f64,
+        /// Seed of the workload.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Store clock base tick in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        base_tick_ms: u64,
     },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -36,12 +59,38 @@ fn main() -> ExitCode {
             regions,
             clients,
             duration,
+            write_ratio,
+            seed,
+            base_tick_ms,
         } => {
-            eprintln!(
-                "flotilla demo (regions={regions}, clients={clients}, duration={duration}): \
-                 the store (peers, apply, transport) is not built yet; see README's status table."
+            if !(0.0..=1.0).contains(&write_ratio) || clients == 0 || regions == 0 {
+                eprintln!("flotilla demo: need regions > 0, clients > 0 and write_ratio in [0, 1]");
+                return ExitCode::from(2);
+            }
+            let opts = DemoOptions {
+                regions,
+                clients,
+                duration,
+                write_ratio,
+                seed,
+                base_tick_ms,
+            };
+            println!(
+                "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",
+                demo::DEMO_STORES,
+                duration
             );
-            ExitCode::from(2)
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            match demo::run(&opts, &logger) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flotilla demo failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

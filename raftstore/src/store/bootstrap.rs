@@ -1,0 +1,184 @@
+//! Bootstrapping a new cluster: the store ident and the initial regions,
+//! written identically on every store so that 100,000 regions can exist
+//! from the start without a single raft message.
+
+use flotilla_engine::{Cf, Durability, Engine, keys};
+use flotilla_proto::eraftpb::HardState;
+use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
+use flotilla_proto::raft_serverpb::{
+    PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState, StoreIdent,
+};
+
+use super::error::{Error, Result};
+use super::peer_storage::{RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
+
+/// Bits of a store-allocated id taken by the per-store counter; the store
+/// id sits above them (DESIGN §6).
+pub const ID_COUNTER_BITS: u32 = 40;
+/// Most stores a bootstrap region can have a peer on (peer ids of initial
+/// regions are `region_id * MAX_INITIAL_STORES + store index + 1`).
+pub const MAX_INITIAL_STORES: u64 = 64;
+
+/// The `n`-th of `count` boundaries splitting the key space evenly: the
+/// 8-byte big-endian value `n * 2^64 / count` (empty for `n == 0`, which
+/// means "from the start", and for `n == count`, "to the end").
+pub fn split_key(n: u64, count: u64) -> Vec<u8> {
+    if n == 0 || n >= count {
+        return Vec::new();
+    }
+    let v = ((u128::from(n) << 64) / u128::from(count)) as u64;
+    v.to_be_bytes().to_vec()
+}
+
+/// The initial regions of a cluster with `regions` regions over `stores`:
+/// region `i + 1` covers `[split_key(i), split_key(i + 1))` and has one
+/// voter on every store.
+///
+/// # Errors
+/// [`Error::Config`] for zero regions, no stores, too many stores, or
+/// duplicate store ids.
+pub fn initial_regions(stores: &[u64], regions: u64) -> Result<Vec<Region>> {
+    if regions == 0 || stores.is_empty() {
+        return Err(Error::Config(
+            "need at least one region and one store".into(),
+        ));
+    }
+    if stores.len() as u64 > MAX_INITIAL_STORES {
+        return Err(Error::Config(format!(
+            "at most {MAX_INITIAL_STORES} stores"
+        )));
+    }
+    let mut sorted = stores.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != stores.len() || sorted.contains(&0) {
+        return Err(Error::Config(
+            "store ids must be unique and non-zero".into(),
+        ));
+    }
+    Ok((0..regions)
+        .map(|i| {
+            let id = i + 1;
+            Region {
+                id,
+                start_key: split_key(i, regions).into(),
+                end_key: split_key(i + 1, regions).into(),
+                region_epoch: Some(RegionEpoch {
+                    conf_ver: 1,
+                    version: 1,
+                }),
+                peers: stores
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &store_id)| Peer {
+                        id: id * MAX_INITIAL_STORES + j as u64 + 1,
+                        store_id,
+                        role: PeerRole::Voter as i32,
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// Writes store `store_id`'s ident and the initial states of `regions` into
+/// an empty engine, in one synced batch.
+///
+/// # Errors
+/// [`Error::Config`] if the engine is already bootstrapped; engine errors.
+pub fn bootstrap_store(
+    engine: &Engine,
+    cluster_id: u64,
+    store_id: u64,
+    regions: &[Region],
+) -> Result<()> {
+    if engine
+        .get_msg::<StoreIdent>(Cf::Raft, keys::STORE_IDENT_KEY)?
+        .is_some()
+    {
+        return Err(Error::Config("store already bootstrapped".into()));
+    }
+    let mut wb = engine.write_batch();
+    for region in regions {
+        let id = region.id;
+        wb.put_msg(
+            Cf::Raft,
+            &keys::region_state_key(id),
+            &RegionLocalState {
+                state: PeerState::Normal as i32,
+                region: Some(region.clone()),
+                merge_state: None,
+            },
+        );
+        wb.put_msg(
+            Cf::Raft,
+            &keys::raft_state_key(id),
+            &RaftLocalState {
+                hard_state: Some(HardState {
+                    term: RAFT_INIT_LOG_TERM,
+                    vote: 0,
+                    commit: RAFT_INIT_LOG_INDEX,
+                }),
+                last_index: RAFT_INIT_LOG_INDEX,
+            },
+        );
+        wb.put_msg(
+            Cf::Raft,
+            &keys::apply_state_key(id),
+            &RaftApplyState {
+                applied_index: RAFT_INIT_LOG_INDEX,
+                truncated_state: Some(RaftTruncatedState {
+                    index: RAFT_INIT_LOG_INDEX,
+                    term: RAFT_INIT_LOG_TERM,
+                }),
+            },
+        );
+    }
+    // The ident goes last in the same batch: a store with an ident is
+    // completely bootstrapped.
+    wb.put_msg(
+        Cf::Raft,
+        keys::STORE_IDENT_KEY,
+        &StoreIdent {
+            cluster_id,
+            store_id,
+        },
+    );
+    engine.write(wb, Durability::Sync)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keys_cover_the_key_space_in_order() {
+        let n = 7;
+        let keys: Vec<Vec<u8>> = (0..=n).map(|i| split_key(i, n)).collect();
+        assert!(keys[0].is_empty() && keys[n as usize].is_empty());
+        for w in keys[1..n as usize].windows(2) {
+            assert!(w[0] < w[1]);
+        }
+    }
+
+    #[test]
+    fn initial_regions_are_adjacent_with_unique_peers() {
+        let regions = initial_regions(&[1, 2, 3], 100).unwrap();
+        assert_eq!(regions.len(), 100);
+        for w in regions.windows(2) {
+            assert_eq!(w[0].end_key, w[1].start_key);
+        }
+        let mut ids: Vec<u64> = regions
+            .iter()
+            .flat_map(|r| r.peers.iter().map(|p| p.id))
+            .collect();
+        let before = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), before);
+        assert!(initial_regions(&[1, 1], 1).is_err());
+        assert!(initial_regions(&[], 1).is_err());
+        assert!(initial_regions(&[1], 0).is_err());
+    }
+}

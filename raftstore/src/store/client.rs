@@ -1,0 +1,382 @@
+//! [`Client`]: a KV client with a region cache that routes keys to regions
+//! and retries on `NotLeader` / `EpochNotMatch` / `RegionNotFound` with
+//! backoff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_proto::metapb::{Peer, Region};
+use flotilla_proto::raft_cmdpb::{
+    DeleteRequest, GetRequest, PutRequest, RaftCmdRequest, RaftRequestHeader, Request, Response,
+    ScanRequest, request, response,
+};
+use fxhash::FxHashMap;
+use parking_lot::{Mutex, RwLock};
+
+use super::error::{Error, Result};
+use super::node::StoreHandle;
+use super::util::{key_in_region, response_error};
+
+/// Default time a client waits for one attempt.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default attempts per request.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 60;
+/// Default first backoff between attempts.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(20);
+/// Default longest backoff between attempts.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How a [`Client`] retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long one attempt may take.
+    pub request_timeout: Duration,
+    /// Attempts per request before giving up with the last error.
+    pub max_attempts: usize,
+    /// First backoff; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+        }
+    }
+}
+
+/// The stores a client can reach, by id. Shared: a cluster updates it as
+/// stores stop and restart.
+#[derive(Clone, Default)]
+pub struct Stores(Arc<RwLock<FxHashMap<u64, StoreHandle>>>);
+
+impl Stores {
+    /// Adds or replaces a store's handle.
+    pub fn insert(&self, handle: StoreHandle) {
+        self.0.write().insert(handle.store_id(), handle);
+    }
+
+    /// Removes a store.
+    pub fn remove(&self, store_id: u64) {
+        self.0.write().remove(&store_id);
+    }
+
+    /// A store's handle.
+    pub fn get(&self, store_id: u64) -> Option<StoreHandle> {
+        self.0.read().get(&store_id).cloned()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CachedRegion {
+    region: Region,
+    leader: Option<Peer>,
+}
+
+/// Regions by start key.
+#[derive(Debug, Default)]
+struct RegionCache {
+    by_start: BTreeMap<Bytes, CachedRegion>,
+}
+
+impl RegionCache {
+    fn locate(&self, key: &[u8]) -> Option<&CachedRegion> {
+        self.by_start
+            .range(..=Bytes::copy_from_slice(key))
+            .next_back()
+            .map(|(_, c)| c)
+            .filter(|c| key_in_region(key, &c.region))
+    }
+
+    fn insert(&mut self, region: Region) {
+        // Drop cached regions the new one overlaps.
+        let overlapping: Vec<Bytes> = self
+            .by_start
+            .iter()
+            .filter(|(_, c)| overlaps(&c.region, &region))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut leader = None;
+        for k in overlapping {
+            if let Some(old) = self.by_start.remove(&k)
+                && old.region.id == region.id
+            {
+                leader = old.leader.filter(|l| region.peers.contains(l));
+            }
+        }
+        self.by_start
+            .insert(region.start_key.clone(), CachedRegion { region, leader });
+    }
+
+    fn set_leader(&mut self, region_id: u64, leader: Option<Peer>) {
+        if let Some(c) = self
+            .by_start
+            .values_mut()
+            .find(|c| c.region.id == region_id)
+        {
+            c.leader = leader;
+        }
+    }
+}
+
+fn overlaps(a: &Region, b: &Region) -> bool {
+    let a_before_b_ends = b.end_key.is_empty() || a.start_key < b.end_key;
+    let b_before_a_ends = a.end_key.is_empty() || b.start_key < a.end_key;
+    a_before_b_ends && b_before_a_ends
+}
+
+/// A KV client over a set of stores. `Send + Sync`: share one between threads.
+pub struct Client {
+    stores: Stores,
+    cache: Mutex<RegionCache>,
+    cfg: ClientConfig,
+}
+
+impl Client {
+    /// A client for `stores`, knowing `regions` to start with.
+    pub fn new(stores: Stores, regions: &[Region], cfg: ClientConfig) -> Client {
+        let mut cache = RegionCache::default();
+        for r in regions {
+            cache.insert(r.clone());
+        }
+        Client {
+            stores,
+            cache: Mutex::new(cache),
+            cfg,
+        }
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    /// `Timeout` / `StaleCommand` when the outcome is unknown; the last
+    /// routing error when attempts run out; `EntryTooLarge` and other
+    /// non-retryable errors at once.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let req = Request {
+            cmd: Some(request::Cmd::Put(PutRequest {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+            })),
+        };
+        self.execute(key, vec![req], true).map(|_| ())
+    }
+
+    /// Deletes `key`.
+    ///
+    /// # Errors
+    /// As [`Client::put`].
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        let req = Request {
+            cmd: Some(request::Cmd::Delete(DeleteRequest {
+                key: Bytes::copy_from_slice(key),
+            })),
+        };
+        self.execute(key, vec![req], true).map(|_| ())
+    }
+
+    /// Reads `key` linearizably.
+    ///
+    /// # Errors
+    /// The last routing error when attempts run out.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let req = Request {
+            cmd: Some(request::Cmd::Get(GetRequest {
+                key: Bytes::copy_from_slice(key),
+            })),
+        };
+        let resp = self.execute(key, vec![req], false)?;
+        match resp.into_iter().next().and_then(|r| r.cmd) {
+            Some(response::Cmd::Get(g)) => Ok(g.value.map(|v| v.to_vec())),
+            other => Err(Error::InvalidRequest(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads up to `limit` pairs of `[start, end)` in key order (an empty
+    /// `end`: to the end of the key space), region by region.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut cursor = start.to_vec();
+        loop {
+            let remaining = limit.saturating_sub(out.len());
+            if remaining == 0 {
+                break;
+            }
+            let req = Request {
+                cmd: Some(request::Cmd::Scan(ScanRequest {
+                    start_key: Bytes::copy_from_slice(&cursor),
+                    end_key: Bytes::copy_from_slice(end),
+                    limit: u32::try_from(remaining).unwrap_or(u32::MAX),
+                })),
+            };
+            let resp = self.execute(&cursor, vec![req], false)?;
+            if let Some(response::Cmd::Scan(s)) = resp.into_iter().next().and_then(|r| r.cmd) {
+                out.extend(
+                    s.kvs
+                        .into_iter()
+                        .map(|kv| (kv.key.to_vec(), kv.value.to_vec())),
+                );
+            }
+            let region_end = self
+                .cache
+                .lock()
+                .locate(&cursor)
+                .map(|c| c.region.end_key.to_vec());
+            match region_end {
+                Some(e) if !e.is_empty() && (end.is_empty() || e.as_slice() < end) => cursor = e,
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Writes every pair, one command per region (atomic within a region,
+    /// not across regions).
+    ///
+    /// # Errors
+    /// The first region's error, as [`Client::put`]; earlier regions'
+    /// writes stay applied.
+    pub fn batch_put(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let mut by_region: BTreeMap<Bytes, Vec<Request>> = BTreeMap::new();
+        {
+            let cache = self.cache.lock();
+            for (k, v) in pairs {
+                let start = cache
+                    .locate(k)
+                    .map(|c| c.region.start_key.clone())
+                    .unwrap_or_default();
+                by_region.entry(start).or_default().push(Request {
+                    cmd: Some(request::Cmd::Put(PutRequest {
+                        key: Bytes::copy_from_slice(k),
+                        value: Bytes::copy_from_slice(v),
+                    })),
+                });
+            }
+        }
+        for reqs in by_region.into_values() {
+            let key = match &reqs[0].cmd {
+                Some(request::Cmd::Put(p)) => p.key.to_vec(),
+                _ => Vec::new(),
+            };
+            self.execute(&key, reqs, true)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `requests` (all on keys of one region) to the region of `key`,
+    /// retrying what is safe to retry.
+    fn execute(&self, key: &[u8], requests: Vec<Request>, is_write: bool) -> Result<Vec<Response>> {
+        let mut backoff = self.cfg.backoff;
+        let mut last_err = Error::RegionNotFound(0);
+        for attempt in 0..self.cfg.max_attempts {
+            let Some((region, peer)) = self.target(key, attempt) else {
+                return Err(Error::KeyNotInRegion {
+                    key: key.to_vec(),
+                    region_id: 0,
+                    start_key: Vec::new(),
+                    end_key: Vec::new(),
+                });
+            };
+            let request = RaftCmdRequest {
+                header: Some(RaftRequestHeader {
+                    region_id: region.id,
+                    peer: Some(peer),
+                    region_epoch: region.region_epoch,
+                    ..Default::default()
+                }),
+                requests: requests.clone(),
+                admin_request: None,
+            };
+            let err = match self.send_once(peer.store_id, request) {
+                Ok(responses) => {
+                    self.cache.lock().set_leader(region.id, Some(peer));
+                    return Ok(responses);
+                }
+                Err(e) => e,
+            };
+            let retry_now = match &err {
+                Error::NotLeader {
+                    leader: Some(l), ..
+                } if *l != peer => {
+                    self.cache.lock().set_leader(region.id, Some(*l));
+                    true
+                }
+                Error::NotLeader { .. }
+                | Error::RegionNotFound(_)
+                | Error::StoreNotMatch { .. }
+                | Error::StoreStopped => {
+                    self.cache.lock().set_leader(region.id, None);
+                    false
+                }
+                Error::EpochNotMatch { current_regions } => {
+                    let mut cache = self.cache.lock();
+                    for r in current_regions {
+                        cache.insert(r.clone());
+                    }
+                    true
+                }
+                Error::ServerIsBusy(_) | Error::ProposalDropped(_) => false,
+                Error::Timeout | Error::StaleCommand if !is_write => {
+                    self.cache.lock().set_leader(region.id, None);
+                    false
+                }
+                _ => return Err(err),
+            };
+            last_err = err;
+            if !retry_now {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(self.cfg.max_backoff);
+            }
+        }
+        Err(last_err)
+    }
+
+    /// The region of `key` and the peer to try on attempt `attempt`: the
+    /// cached leader, else the region's peers in turn.
+    fn target(&self, key: &[u8], attempt: usize) -> Option<(Region, Peer)> {
+        let cache = self.cache.lock();
+        let c = cache.locate(key)?;
+        let peer = c.leader.or_else(|| {
+            c.region
+                .peers
+                .get(attempt % c.region.peers.len().max(1))
+                .copied()
+        })?;
+        Some((c.region.clone(), peer))
+    }
+
+    fn send_once(&self, store_id: u64, request: RaftCmdRequest) -> Result<Vec<Response>> {
+        let handle = self.stores.get(store_id).ok_or(Error::StoreStopped)?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        handle.propose(
+            request,
+            Box::new(move |resp| {
+                let _ = tx.send(resp);
+            }),
+        );
+        match rx.recv_timeout(self.cfg.request_timeout) {
+            Ok(resp) => match response_error(&resp) {
+                Some(e) => Err(e),
+                None => Ok(resp.responses),
+            },
+            // The callback was dropped unanswered: the store stopped with
+            // the command in flight, so its outcome is unknown.
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::StaleCommand),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! [`Cluster`]: several stores in one process over a [`ChannelTransport`],
+//! for tests, the demo and embedding experiments.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flotilla_engine::{Engine, EngineOptions};
+use flotilla_proto::metapb::Region;
+use fxhash::FxHashMap;
+use slog::Logger;
+
+use super::bootstrap::{bootstrap_store, initial_regions};
+use super::client::{Client, ClientConfig, Stores};
+use super::config::Config;
+use super::error::{Error, Result};
+use super::node::Store;
+use super::transport::ChannelTransport;
+
+/// The cluster id every store of a [`Cluster`] is bootstrapped with.
+pub const CLUSTER_ID: u64 = 1;
+/// How often [`Cluster::wait_for_leaders`] looks.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Stores `1..=n` in one process, each on its own RocksDB under one
+/// directory, connected by an in-process network.
+pub struct Cluster {
+    dir: PathBuf,
+    cfg: Config,
+    transport: ChannelTransport,
+    stores: FxHashMap<u64, Store>,
+    handles: Stores,
+    regions: Vec<Region>,
+    store_ids: Vec<u64>,
+    logger: Logger,
+}
+
+impl Cluster {
+    /// Bootstraps `stores` stores with `regions` regions pre-split evenly
+    /// over the key space under `dir` (which must be empty or absent), and
+    /// starts them.
+    ///
+    /// # Errors
+    /// Bootstrap, engine or config errors.
+    pub fn bootstrap(
+        dir: impl AsRef<Path>,
+        stores: usize,
+        regions: u64,
+        cfg: Config,
+        logger: &Logger,
+    ) -> Result<Cluster> {
+        cfg.validate()?;
+        let store_ids: Vec<u64> = (1..=stores as u64).collect();
+        let initial = initial_regions(&store_ids, regions)?;
+        for &id in &store_ids {
+            let engine = Engine::open(store_dir(dir.as_ref(), id), &EngineOptions::default())?;
+            bootstrap_store(&engine, CLUSTER_ID, id, &initial)?;
+        }
+        let mut cluster = Cluster {
+            dir: dir.as_ref().to_path_buf(),
+            cfg,
+            transport: ChannelTransport::new(),
+            stores: FxHashMap::default(),
+            handles: Stores::default(),
+            regions: initial,
+            store_ids: store_ids.clone(),
+            logger: logger.clone(),
+        };
+        for id in store_ids {
+            cluster.start_store(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts (or restarts) store `id` from its directory.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if it is running already; open errors.
+    pub fn start_store(&mut self, id: u64) -> Result<()> {
+        if self.stores.contains_key(&id) {
+            return Err(Error::Config(format!("store {id} is running")));
+        }
+        let store = Store::open(
+            store_dir(&self.dir, id),
+            self.cfg.clone(),
+            self.transport.clone(),
+            &self.logger,
+        )?;
+        let handle = store.handle();
+        self.transport
+            .connect(id, std::sync::Arc::new(handle.clone()));
+        self.handles.insert(handle);
+        self.stores.insert(id, store);
+        Ok(())
+    }
+
+    /// Stops store `id` (as a crash would, minus the lost page cache: its
+    /// synced writes stay). Returns whether it was running.
+    pub fn stop_store(&mut self, id: u64) -> bool {
+        self.transport.disconnect(id);
+        self.handles.remove(id);
+        match self.stores.remove(&id) {
+            Some(store) => {
+                store.shutdown();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every store and starts them again from disk.
+    ///
+    /// # Errors
+    /// As [`Cluster::start_store`].
+    pub fn restart_all(&mut self) -> Result<()> {
+        for id in self.store_ids.clone() {
+            self.stop_store(id);
+        }
+        for id in self.store_ids.clone() {
+            self.start_store(id)?;
+        }
+        Ok(())
+    }
+
+    /// A client over this cluster's stores.
+    pub fn client(&self, cfg: ClientConfig) -> Client {
+        Client::new(self.handles.clone(), &self.regions, cfg)
+    }
+
+    /// The in-process network (add filters to it for fault tests).
+    pub fn transport(&self) -> &ChannelTransport {
+        &self.transport
+    }
+
+    /// The running store `id`.
+    pub fn store(&self, id: u64) -> Option<&Store> {
+        self.stores.get(&id)
+    }
+
+    /// The ids of every store (running or not).
+    pub fn store_ids(&self) -> &[u64] {
+        &self.store_ids
+    }
+
+    /// The regions bootstrapped.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// Leaders counted over running stores (a region in a leader change may
+    /// briefly count twice).
+    pub fn leader_count(&self) -> u64 {
+        self.stores
+            .values()
+            .map(|s| s.metrics().leaders.load(Ordering::Relaxed).max(0) as u64)
+            .sum()
+    }
+
+    /// Waits until at least `n` leaders exist, or `timeout` passes.
+    /// Returns whether they did.
+    pub fn wait_for_leaders(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.leader_count() >= n {
+                return true;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.leader_count() >= n
+    }
+
+    /// Stops every store.
+    pub fn shutdown(mut self) {
+        for id in self.store_ids.clone() {
+            self.stop_store(id);
+        }
+    }
+}
+
+/// Where store `id` of a cluster under `dir` keeps its RocksDB.
+pub fn store_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("store-{id}"))
+}

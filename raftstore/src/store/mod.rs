@@ -1,0 +1,37 @@
+//! The store: peers, apply, transport and the embedding API, on the batch
+//! system (`flotilla-router`) and the shared engine (`flotilla-engine`).
+//!
+//! The life of a write (DESIGN §2): a [`Client`] routes it to the region's
+//! leader through a [`StoreHandle`]; the peer proposes it; the raft poller
+//! writes every handled peer's entries and hard state in one batch with one
+//! sync, sends messages, and hands committed entries to the apply pollers,
+//! which write data and `RaftApplyState` atomically, answer the callback
+//! and report back.
+
+mod apply;
+pub mod bootstrap;
+mod client;
+mod cluster;
+mod config;
+mod error;
+mod fsm;
+mod msg;
+mod node;
+mod peer;
+mod peer_storage;
+mod transport;
+mod util;
+
+pub use self::client::{Client, ClientConfig, Stores};
+pub use self::cluster::{CLUSTER_ID, Cluster, store_dir};
+pub use self::config::Config;
+pub use self::error::{Error, Result};
+pub use self::fsm::StoreMetrics;
+pub use self::msg::Callback;
+pub use self::node::{Store, StoreHandle};
+pub use self::peer_storage::{PeerStorage, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
+pub use self::transport::{
+    ChannelTransport, DelayFilter, DropFilter, Filter, MessageSink, PartitionFilter, Transport,
+    TransportError,
+};
+pub use self::util::{err_response, key_in_region, response_error};

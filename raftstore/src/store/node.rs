@@ -1,0 +1,304 @@
+//! [`Store`]: one store opened on a directory — its engine, its peers on
+//! the raft pollers, its apply pollers and its clock.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use flotilla_engine::{Cf, Engine, EngineOptions, keys};
+use flotilla_proto::metapb::Region;
+use flotilla_proto::raft_cmdpb::RaftCmdRequest;
+use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState, StoreIdent};
+use flotilla_router::{BatchSystem, Mailbox, TrySend};
+use rayon::prelude::*;
+use slog::Logger;
+
+use super::apply::{ApplyControl, ApplyFsm, ApplyPoller};
+use super::config::Config;
+use super::error::{Error, Result};
+use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics};
+use super::msg::{Callback, PeerMsg, RaftCommand, StoreMsg};
+use super::peer::Peer;
+use super::transport::{MessageSink, Transport};
+use super::util::err_response;
+
+/// A cheap, cloneable way to send commands and raft messages into a
+/// running store.
+#[derive(Clone)]
+pub struct StoreHandle {
+    store_id: u64,
+    router: RaftRouter,
+}
+
+impl StoreHandle {
+    /// The store's id.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// Sends a client command to the region named in its header. The
+    /// callback is called exactly once, with the response or a typed error
+    /// (`RegionNotFound`, `ServerIsBusy` when the mailbox is full,
+    /// `StoreStopped`, ...).
+    pub fn propose(&self, request: RaftCmdRequest, callback: Callback) {
+        let region_id = request.header.as_ref().map_or(0, |h| h.region_id);
+        let cmd = Box::new(RaftCommand { request, callback });
+        if let Err(e) = self.router.send(region_id, PeerMsg::RaftCommand(cmd)) {
+            let err = match e.error {
+                flotilla_router::Error::Full { .. } => Error::ServerIsBusy("mailbox full".into()),
+                flotilla_router::Error::NotFound { .. } | flotilla_router::Error::Closed => {
+                    Error::RegionNotFound(region_id)
+                }
+                _ => Error::StoreStopped,
+            };
+            if let PeerMsg::RaftCommand(cmd) = e.msg {
+                (cmd.callback)(err_response(err));
+            }
+        }
+    }
+}
+
+impl MessageSink for StoreHandle {
+    fn deliver(&self, msg: RaftMessage) {
+        let region_id = msg.region_id;
+        match self
+            .router
+            .try_send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
+        {
+            TrySend::Sent | TrySend::Rejected(_) => {}
+            TrySend::Unknown(PeerMsg::RaftMessage(m)) => {
+                let _ = self.router.send_control(StoreMsg::RaftMessage(m));
+            }
+            TrySend::Unknown(_) => {}
+        }
+    }
+}
+
+/// A running store.
+pub struct Store {
+    store_id: u64,
+    engine: Engine,
+    router: RaftRouter,
+    raft_system: BatchSystem<PeerFsm, StoreFsm>,
+    apply_system: BatchSystem<ApplyFsm, ApplyControl>,
+    clock: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    regions: Vec<Region>,
+    metrics: Arc<StoreMetrics>,
+}
+
+impl Store {
+    /// Opens the bootstrapped store at `path` and starts it: every region's
+    /// peer is rebuilt from RocksDB (in parallel), re-applies from
+    /// `applied_index + 1`, and joins the pollers.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid config or an unbootstrapped
+    /// directory; [`Error::Engine`] for storage failures.
+    pub fn open<T: Transport>(
+        path: impl AsRef<Path>,
+        cfg: Config,
+        transport: T,
+        logger: &Logger,
+    ) -> Result<Store> {
+        cfg.validate()?;
+        let engine = Engine::open(path, &EngineOptions::default())?;
+        Self::start(engine, cfg, transport, logger)
+    }
+
+    /// Starts a store on an already open engine.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn start<T: Transport>(
+        engine: Engine,
+        cfg: Config,
+        transport: T,
+        logger: &Logger,
+    ) -> Result<Store> {
+        cfg.validate()?;
+        let ident: StoreIdent = engine
+            .get_msg(Cf::Raft, keys::STORE_IDENT_KEY)?
+            .ok_or_else(|| Error::Config("store is not bootstrapped".into()))?;
+        let store_id = ident.store_id;
+        let logger = logger.new(slog::o!("store" => store_id));
+        let regions = load_regions(&engine)?;
+        let cfg = Arc::new(cfg);
+        let peers: Vec<Peer> = regions
+            .par_iter()
+            .map(|region| {
+                let peer_id = region
+                    .peers
+                    .iter()
+                    .find(|p| p.store_id == store_id)
+                    .map(|p| p.id)
+                    .ok_or_else(|| {
+                        Error::Config(format!("region {} has no peer here", region.id))
+                    })?;
+                Peer::new(&cfg, engine.clone(), region.clone(), peer_id, &logger)
+            })
+            .collect::<Result<_>>()?;
+
+        let router_cfg = |pool_size| flotilla_router::Config {
+            pool_size,
+            max_batch_size: cfg.max_batch_size,
+            ..Default::default()
+        };
+        let router_err = |e: flotilla_router::Error| Error::Config(format!("batch system: {e}"));
+        let store_fsm = Box::new(StoreFsm { dropped_unknown: 0 });
+        let (router, mut raft_system) =
+            BatchSystem::new(&router_cfg(cfg.raft_pool_size), Mailbox::new(store_fsm))
+                .map_err(router_err)?;
+        let (apply_router, mut apply_system) = BatchSystem::new(
+            &router_cfg(cfg.apply_pool_size),
+            Mailbox::new(Box::new(ApplyControl)),
+        )
+        .map_err(router_err)?;
+        let capacity = NonZeroUsize::new(cfg.mailbox_capacity).unwrap_or(NonZeroUsize::MIN);
+        let mut apply_boxes = Vec::with_capacity(peers.len());
+        let mut peer_boxes = Vec::with_capacity(peers.len());
+        for peer in peers {
+            let id = peer.region_id();
+            let apply_state = *peer.raft.store().apply_state();
+            apply_boxes.push((
+                id,
+                Mailbox::new(Box::new(ApplyFsm::new(peer.region().clone(), apply_state))),
+            ));
+            peer_boxes.push((id, Mailbox::bounded(Box::new(PeerFsm::new(peer)), capacity)));
+        }
+        apply_router.register_all(apply_boxes).map_err(router_err)?;
+        router.register_all(peer_boxes).map_err(router_err)?;
+
+        let metrics = Arc::new(StoreMetrics::default());
+        {
+            let (engine, router, logger) = (engine.clone(), router.clone(), logger.clone());
+            apply_system
+                .spawn("apply", move |_| {
+                    ApplyPoller::new(engine.clone(), router.clone(), logger.clone())
+                })
+                .map_err(router_err)?;
+        }
+        {
+            let (engine, router, apply_router, metrics, logger) = (
+                engine.clone(),
+                router.clone(),
+                apply_router.clone(),
+                metrics.clone(),
+                logger.clone(),
+            );
+            let cfg = cfg.clone();
+            raft_system
+                .spawn("raft", move |_| {
+                    RaftPoller::new(
+                        cfg.clone(),
+                        engine.clone(),
+                        router.clone(),
+                        apply_router.clone(),
+                        transport.clone(),
+                        store_id,
+                        metrics.clone(),
+                        logger.clone(),
+                    )
+                })
+                .map_err(router_err)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let clock = {
+            let (stop, router, tick) = (stop.clone(), router.clone(), cfg.base_tick());
+            std::thread::Builder::new()
+                .name(format!("store-{store_id}-clock"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(tick);
+                        if router.send_control(StoreMsg::Tick).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Config(format!("spawn clock: {e}")))?
+        };
+        slog::info!(logger, "store started"; "regions" => regions.len());
+        Ok(Store {
+            store_id,
+            engine,
+            router,
+            raft_system,
+            apply_system,
+            clock: Some(clock),
+            stop,
+            regions,
+            metrics,
+        })
+    }
+
+    /// The store's id.
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// The store's engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A handle to send commands and messages into the store.
+    pub fn handle(&self) -> StoreHandle {
+        StoreHandle {
+            store_id: self.store_id,
+            router: self.router.clone(),
+        }
+    }
+
+    /// The regions the store had when it started.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// The store's counters.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Stops the clock and every poller, dropping all peers. Pending
+    /// callbacks are dropped unanswered (their clients time out).
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(clock) = self.clock.take() {
+            let _ = clock.join();
+        }
+        let _ = self.raft_system.shutdown();
+        let _ = self.apply_system.shutdown();
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Every live region's state on this engine (tombstones skipped).
+fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
+    let snap = engine.snapshot();
+    let (start, end) = keys::REGION_META_RANGE;
+    let mut regions = Vec::new();
+    for item in snap.iter(Cf::Raft, start, end) {
+        let (key, value) = item?;
+        keys::decode_region_state_key(&key).map_err(|e| Error::Engine(e.to_string()))?;
+        let state = <RegionLocalState as prost::Message>::decode(value.as_slice())
+            .map_err(|e| Error::Engine(format!("region state: {e}")))?;
+        if state.state() == PeerState::Tombstone {
+            continue;
+        }
+        if let Some(region) = state.region {
+            regions.push(region);
+        }
+    }
+    Ok(regions)
+}

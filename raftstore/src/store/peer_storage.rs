@@ -1,0 +1,544 @@
+//! [`PeerStorage`]: the consensus core's [`Storage`] on the store's RocksDB,
+//! with the key layout of DESIGN §3 and an entry cache for the hot tail.
+
+use std::collections::VecDeque;
+
+use flotilla_engine::{Cf, Engine, WriteBatch, keys};
+use flotilla_proto::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use flotilla_proto::metapb::{PeerRole, Region};
+use flotilla_proto::raft_serverpb::{
+    KeyValue, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionSnapshotData,
+};
+use prost::Message as _;
+
+use crate::raft::{self, RaftState, Storage, StorageError};
+
+/// The term and index every bootstrapped region's log starts at. Every store
+/// writes the same initial states, so all peers of a new region agree on a
+/// log prefix `[.., RAFT_INIT_LOG_INDEX]` without exchanging entries.
+pub const RAFT_INIT_LOG_TERM: u64 = 5;
+/// See [`RAFT_INIT_LOG_TERM`].
+pub const RAFT_INIT_LOG_INDEX: u64 = 5;
+/// Entries kept in the in-memory tail cache at most.
+pub const ENTRY_CACHE_CAPACITY: usize = 1024;
+
+/// The membership of `region` as a raft [`ConfState`]. A region with an
+/// incoming or demoting voter is in a joint configuration: the outgoing
+/// half is every voter and demoting voter.
+pub fn conf_state_from_region(region: &Region) -> ConfState {
+    let mut cs = ConfState::default();
+    let mut joint = false;
+    for p in &region.peers {
+        match p.role() {
+            PeerRole::Voter => cs.voters.push(p.id),
+            PeerRole::Learner => cs.learners.push(p.id),
+            PeerRole::IncomingVoter => {
+                joint = true;
+                cs.voters.push(p.id);
+            }
+            PeerRole::DemotingVoter => {
+                joint = true;
+                cs.learners_next.push(p.id);
+            }
+        }
+    }
+    if joint {
+        cs.voters_outgoing = region
+            .peers
+            .iter()
+            .filter(|p| matches!(p.role(), PeerRole::Voter | PeerRole::DemotingVoter))
+            .map(|p| p.id)
+            .collect();
+    }
+    cs
+}
+
+/// An error of the engine, wrapped for the consensus core.
+fn other(e: flotilla_engine::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// A region's durable raft state on this store.
+///
+/// Invariants: the log holds `[truncated.index + 1, raft_state.last_index]`;
+/// `cache` is a contiguous suffix of that log (`cache[i]` has index
+/// `cache[0].index + i`); `last_term` is the term of `last_index`.
+#[derive(Debug)]
+pub struct PeerStorage {
+    engine: Engine,
+    region: Region,
+    raft_state: RaftLocalState,
+    apply_state: RaftApplyState,
+    last_term: u64,
+    cache: VecDeque<Entry>,
+}
+
+impl PeerStorage {
+    /// Loads region `region.id`'s raft and apply states from `engine`. A
+    /// region without persisted raft state (a peer created by a message,
+    /// waiting for a snapshot) starts empty at index 0.
+    ///
+    /// # Errors
+    /// Engine read or decode failures.
+    pub fn load(engine: Engine, region: Region) -> Result<PeerStorage, flotilla_engine::Error> {
+        let raft_state: RaftLocalState = engine
+            .get_msg(Cf::Raft, &keys::raft_state_key(region.id))?
+            .unwrap_or_default();
+        let apply_state: RaftApplyState = engine
+            .get_msg(Cf::Raft, &keys::apply_state_key(region.id))?
+            .unwrap_or_default();
+        let mut storage = PeerStorage {
+            engine,
+            region,
+            raft_state,
+            apply_state,
+            last_term: 0,
+            cache: VecDeque::new(),
+        };
+        storage.last_term = storage.load_last_term()?;
+        Ok(storage)
+    }
+
+    fn load_last_term(&self) -> Result<u64, flotilla_engine::Error> {
+        let last = self.raft_state.last_index;
+        if last == self.truncated().index {
+            return Ok(self.truncated().term);
+        }
+        let entry: Option<Entry> = self
+            .engine
+            .get_msg(Cf::Raft, &keys::raft_log_key(self.region.id, last))?;
+        Ok(entry.map_or(0, |e| e.term))
+    }
+
+    /// The region this storage belongs to.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Replaces the region (after a conf change, split or merge applied).
+    pub fn set_region(&mut self, region: Region) {
+        self.region = region;
+    }
+
+    /// The persisted raft state (as of the last [`PeerStorage::append`]).
+    pub fn raft_state(&self) -> &RaftLocalState {
+        &self.raft_state
+    }
+
+    /// The apply state last reported by the apply side.
+    pub fn apply_state(&self) -> &RaftApplyState {
+        &self.apply_state
+    }
+
+    /// Records the apply state the apply side persisted.
+    pub fn set_apply_state(&mut self, state: RaftApplyState) {
+        self.apply_state = state;
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    /// Whether the peer has a log (false for a peer waiting for a snapshot).
+    pub fn is_initialized(&self) -> bool {
+        !self.region.peers.is_empty()
+    }
+
+    fn truncated(&self) -> RaftTruncatedState {
+        self.apply_state.truncated_state.unwrap_or_default()
+    }
+
+    /// Adds `entries` (contiguous, from the consensus core's `Ready`) to the
+    /// log in `wb`, deleting any old entries past the new last index, and
+    /// updates the in-memory state. The caller writes `wb` and must not
+    /// report the entries persisted before that write is durable.
+    pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let region_id = self.region.id;
+        for e in entries {
+            wb.put_msg(Cf::Raft, &keys::raft_log_key(region_id, e.index), e);
+        }
+        let prev_last = self.raft_state.last_index;
+        if last.index < prev_last {
+            let (lo, hi) = keys::raft_log_range(region_id, last.index + 1, prev_last + 1);
+            wb.delete_range(Cf::Raft, &lo, &hi);
+        }
+        self.raft_state.last_index = last.index;
+        self.last_term = last.term;
+        // Keep the cache a contiguous suffix ending at the new last entry.
+        while self.cache.back().is_some_and(|e| e.index >= first.index) {
+            self.cache.pop_back();
+        }
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
+            self.cache.clear();
+        }
+        self.cache.extend(entries.iter().cloned());
+        while self.cache.len() > ENTRY_CACHE_CAPACITY {
+            self.cache.pop_front();
+        }
+    }
+
+    /// Records `hs` as the hard state to persist with the next raft-state write.
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.raft_state.hard_state = Some(hs);
+    }
+
+    /// Puts the raft state into `wb`.
+    pub fn write_raft_state(&self, wb: &mut WriteBatch) {
+        wb.put_msg(
+            Cf::Raft,
+            &keys::raft_state_key(self.region.id),
+            &self.raft_state,
+        );
+    }
+
+    /// Drops cached entries at or below `index` (they are applied and the
+    /// cache only serves replication of the recent tail).
+    pub fn compact_cache_to(&mut self, index: u64) {
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            self.cache.pop_front();
+        }
+    }
+
+    fn check_range(&self, low: u64, high: u64) -> raft::Result<()> {
+        if low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if low <= self.truncated().index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.raft_state.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let hard_state = self.raft_state.hard_state.unwrap_or_default();
+        if !self.is_initialized() {
+            return Ok(RaftState::new(hard_state, ConfState::default()));
+        }
+        Ok(RaftState::new(
+            hard_state,
+            conf_state_from_region(&self.region),
+        ))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        self.check_range(low, high)?;
+        if low == high {
+            return Ok(Vec::new());
+        }
+        let limit = max_size.unwrap_or(u64::MAX);
+        let cache_first = self.cache.front().map_or(u64::MAX, |e| e.index);
+        let mut out = Vec::with_capacity((high - low).min(ENTRY_CACHE_CAPACITY as u64) as usize);
+        let mut size = 0u64;
+        let mut push = |out: &mut Vec<Entry>, e: Entry| -> bool {
+            size += e.encoded_len() as u64;
+            if !out.is_empty() && size > limit {
+                return false;
+            }
+            out.push(e);
+            true
+        };
+        // The part below the cache comes from RocksDB.
+        if low < cache_first {
+            let db_high = high.min(cache_first);
+            let (lo, hi) = keys::raft_log_range(self.region.id, low, db_high);
+            let snap = self.engine.snapshot();
+            let mut expected = low;
+            let mut err = None;
+            let mut full = false;
+            snap.scan(Cf::Raft, &lo, &hi, |_, v| match Entry::decode(v) {
+                Ok(e) if e.index == expected => {
+                    expected += 1;
+                    if push(&mut out, e) {
+                        std::ops::ControlFlow::Continue(())
+                    } else {
+                        full = true;
+                        std::ops::ControlFlow::Break(())
+                    }
+                }
+                Ok(_) => std::ops::ControlFlow::Break(()),
+                Err(e) => {
+                    err = Some(e);
+                    std::ops::ControlFlow::Break(())
+                }
+            })
+            .map_err(other)?;
+            if let Some(e) = err {
+                return Err(raft::Error::Store(StorageError::Other(Box::new(e))));
+            }
+            if full {
+                return Ok(out);
+            }
+            if expected != db_high {
+                // A hole in the log: it was compacted under us.
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        for e in self.cache.iter() {
+            if e.index < low.max(cache_first) {
+                continue;
+            }
+            if e.index >= high || !push(&mut out, e.clone()) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let truncated = self.truncated();
+        if idx == truncated.index {
+            return Ok(truncated.term);
+        }
+        if idx == self.raft_state.last_index {
+            return Ok(self.last_term);
+        }
+        self.check_range(idx, idx + 1)?;
+        if let Some(first) = self.cache.front()
+            && idx >= first.index
+        {
+            return Ok(self.cache[(idx - first.index) as usize].term);
+        }
+        let entry: Option<Entry> = self
+            .engine
+            .get_msg(Cf::Raft, &keys::raft_log_key(self.region.id, idx))
+            .map_err(other)?;
+        entry
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated().index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Generated from one engine snapshot: the apply state and the data
+        // are read at the same point in time.
+        let snap = self.engine.snapshot();
+        let apply: RaftApplyState = snap
+            .get_msg(Cf::Raft, &keys::apply_state_key(self.region.id))
+            .map_err(other)?
+            .unwrap_or_default();
+        let index = apply.applied_index;
+        let term = if index == self.truncated().index {
+            self.truncated().term
+        } else {
+            self.term(index)?
+        };
+        let start = keys::data_key(&self.region.start_key);
+        let end = keys::data_end_key(&self.region.end_key);
+        let mut kvs = Vec::new();
+        snap.scan(Cf::Default, &start, &end, |k, v| {
+            kvs.push(KeyValue {
+                key: k[1..].to_vec().into(),
+                value: v.to_vec().into(),
+            });
+            std::ops::ControlFlow::Continue(())
+        })
+        .map_err(other)?;
+        let data = RegionSnapshotData {
+            region: Some(self.region.clone()),
+            kvs,
+        };
+        Ok(Snapshot {
+            data: data.encode_to_vec().into(),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(conf_state_from_region(&self.region)),
+                index,
+                term,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_engine::{Durability, EngineOptions};
+    use flotilla_proto::metapb::{Peer, RegionEpoch};
+    use flotilla_proto::raft_serverpb::RaftTruncatedState;
+
+    use super::*;
+
+    fn region() -> Region {
+        Region {
+            id: 9,
+            start_key: Vec::new().into(),
+            end_key: Vec::new().into(),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            peers: (1..=3)
+                .map(|i| Peer {
+                    id: i,
+                    store_id: i,
+                    role: PeerRole::Voter as i32,
+                })
+                .collect(),
+        }
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        }
+    }
+
+    /// A storage bootstrapped at (5, 5) like every initial region.
+    fn storage(dir: &tempfile::TempDir) -> PeerStorage {
+        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+        let mut wb = engine.write_batch();
+        wb.put_msg(
+            Cf::Raft,
+            &keys::raft_state_key(9),
+            &RaftLocalState {
+                hard_state: Some(HardState {
+                    term: RAFT_INIT_LOG_TERM,
+                    vote: 0,
+                    commit: RAFT_INIT_LOG_INDEX,
+                }),
+                last_index: RAFT_INIT_LOG_INDEX,
+            },
+        );
+        wb.put_msg(
+            Cf::Raft,
+            &keys::apply_state_key(9),
+            &RaftApplyState {
+                applied_index: RAFT_INIT_LOG_INDEX,
+                truncated_state: Some(RaftTruncatedState {
+                    index: RAFT_INIT_LOG_INDEX,
+                    term: RAFT_INIT_LOG_TERM,
+                }),
+            },
+        );
+        engine.write(wb, Durability::Sync).unwrap();
+        PeerStorage::load(engine, region()).unwrap()
+    }
+
+    fn append(s: &mut PeerStorage, entries: &[Entry]) {
+        let mut wb = s.engine.write_batch();
+        s.append(entries, &mut wb);
+        s.write_raft_state(&mut wb);
+        s.engine.write(wb, Durability::Sync).unwrap();
+    }
+
+    #[test]
+    fn bootstrapped_state_answers_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(&dir);
+        assert_eq!(s.first_index().unwrap(), RAFT_INIT_LOG_INDEX + 1);
+        assert_eq!(s.last_index().unwrap(), RAFT_INIT_LOG_INDEX);
+        assert_eq!(s.term(RAFT_INIT_LOG_INDEX).unwrap(), RAFT_INIT_LOG_TERM);
+        let state = s.initial_state().unwrap();
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(state.hard_state.commit, RAFT_INIT_LOG_INDEX);
+        assert!(matches!(
+            s.term(RAFT_INIT_LOG_INDEX - 1),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            s.entries(6, 7, None),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+        assert!(s.entries(6, 6, None).unwrap().is_empty());
+    }
+
+    /// Entries come from the cache and, below it, from RocksDB, in order and
+    /// within the size limit (at least one entry).
+    #[test]
+    fn entries_from_cache_and_disk_with_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        let ents: Vec<Entry> = (6..=20).map(|i| entry(i, 6)).collect();
+        append(&mut s, &ents);
+        assert_eq!(s.entries(6, 21, None).unwrap(), ents);
+        // Drop the cache below 15: the head now comes from RocksDB.
+        s.compact_cache_to(14);
+        assert_eq!(s.entries(6, 21, None).unwrap(), ents);
+        assert_eq!(s.entries(10, 17, None).unwrap(), ents[4..11].to_vec());
+        let one = ents[0].encoded_len() as u64;
+        assert_eq!(s.entries(6, 21, Some(one * 3)).unwrap().len(), 3);
+        assert_eq!(s.entries(6, 21, Some(0)).unwrap().len(), 1);
+        for e in &ents {
+            assert_eq!(s.term(e.index).unwrap(), 6);
+        }
+        // After a reload (restart) everything comes from RocksDB.
+        let reloaded = PeerStorage::load(s.engine.clone(), region()).unwrap();
+        assert_eq!(reloaded.entries(6, 21, None).unwrap(), ents);
+        assert_eq!(reloaded.last_index().unwrap(), 20);
+        assert_eq!(reloaded.term(20).unwrap(), 6);
+    }
+
+    /// Appending over a suffix replaces it and deletes the old tail.
+    #[test]
+    fn conflicting_append_truncates_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        append(&mut s, &(6..=12).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        append(&mut s, &[entry(9, 7), entry(10, 7)]);
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert_eq!(s.term(10).unwrap(), 7);
+        assert_eq!(s.term(8).unwrap(), 6);
+        let reloaded = PeerStorage::load(s.engine.clone(), region()).unwrap();
+        assert_eq!(reloaded.last_index().unwrap(), 10);
+        assert!(
+            s.engine
+                .get(Cf::Raft, &keys::raft_log_key(9, 11))
+                .unwrap()
+                .is_none(),
+            "old tail entry 11 must be deleted"
+        );
+        assert_eq!(
+            reloaded
+                .entries(6, 11, None)
+                .unwrap()
+                .iter()
+                .map(|e| e.term)
+                .collect::<Vec<_>>(),
+            vec![6, 6, 6, 7, 7]
+        );
+    }
+
+    /// A snapshot carries the region's data as of the applied index.
+    #[test]
+    fn snapshot_holds_region_data_and_applied_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(&dir);
+        s.engine
+            .put(Cf::Default, &keys::data_key(b"a"), b"1")
+            .unwrap();
+        s.engine
+            .put(Cf::Default, &keys::data_key(b"b"), b"2")
+            .unwrap();
+        let snap = s.snapshot(0, 2).unwrap();
+        let meta = snap.metadata.unwrap();
+        assert_eq!(
+            (meta.index, meta.term),
+            (RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM)
+        );
+        let data = RegionSnapshotData::decode(snap.data).unwrap();
+        assert_eq!(data.kvs.len(), 2);
+        assert_eq!(&data.kvs[0].key[..], b"a");
+        assert_eq!(data.region.unwrap().id, 9);
+    }
+}

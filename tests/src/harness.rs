@@ -1,0 +1,108 @@
+//! Helpers for cluster tests: a quiet logger, fast configs, and asking a
+//! store who leads a region.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::raft_cmdpb::{
+    RaftCmdRequest, RaftRequestHeader, Request, SnapRequest, request,
+};
+use flotilla_raftstore::store::{Cluster, Config, Error, response_error};
+
+/// A logger that discards everything (set `FLOTILLA_LOG=1` for stderr).
+pub fn logger() -> slog::Logger {
+    if std::env::var_os("FLOTILLA_LOG").is_some() {
+        use slog::Drain;
+        let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+        let drain = slog_term::FullFormat::new(decorator).build().fuse();
+        slog::Logger::root(drain, slog::o!())
+    } else {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+}
+
+/// Base tick for tests with few regions: elections in ~100-200 ms.
+pub const FAST_TICK_MS: u64 = 10;
+
+/// A store config with a fast clock.
+pub fn fast_config(base_tick_ms: u64) -> Config {
+    Config {
+        base_tick_ms,
+        ..Config::default()
+    }
+}
+
+/// How long tests wait for something that should happen within a few
+/// election timeouts.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// The store whose peer of `region_id` says it is the leader, asking each
+/// running store with a linearizable `Snap` read.
+pub fn leader_store(cluster: &Cluster, region_id: u64) -> Option<u64> {
+    let region = cluster
+        .regions()
+        .iter()
+        .find(|r| r.id == region_id)?
+        .clone();
+    for &store_id in cluster.store_ids() {
+        let Some(store) = cluster.store(store_id) else {
+            continue;
+        };
+        let peer = region
+            .peers
+            .iter()
+            .find(|p| p.store_id == store_id)
+            .copied();
+        let req = RaftCmdRequest {
+            header: Some(RaftRequestHeader {
+                region_id,
+                peer,
+                region_epoch: region.region_epoch,
+                ..Default::default()
+            }),
+            requests: vec![Request {
+                cmd: Some(request::Cmd::Snap(SnapRequest {})),
+            }],
+            admin_request: None,
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        store
+            .handle()
+            .propose(req, Box::new(move |r| drop(tx.send(r))));
+        if let Ok(resp) = rx.recv_timeout(Duration::from_secs(2))
+            && response_error(&resp).is_none()
+        {
+            return Some(store_id);
+        }
+    }
+    None
+}
+
+/// Waits until `region_id` has a leader; returns its store.
+pub fn wait_leader(cluster: &Cluster, region_id: u64) -> Option<u64> {
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if let Some(s) = leader_store(cluster, region_id) {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Polls `f` until it returns true or [`SETTLE`] passes.
+pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Whether `e` leaves a write's outcome unknown.
+pub fn is_unknown_outcome(e: &Error) -> bool {
+    matches!(e, Error::Timeout | Error::StaleCommand)
+}

@@ -1,0 +1,278 @@
+//! The embedded demo: 3 stores in one process on RocksDB in a temp
+//! directory, a mixed read/write workload from many client threads for a
+//! bounded time, and a report of what it measured.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use flotilla_raftstore::store::{ClientConfig, Cluster, Config};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Stores in the demo cluster.
+pub const DEMO_STORES: usize = 3;
+/// Bytes of each written value.
+pub const VALUE_BYTES: usize = 128;
+/// Highest latency the histograms record (µs); slower ops are clamped.
+const MAX_LATENCY_US: u64 = 60_000_000;
+/// Significant digits the histograms keep.
+const HISTOGRAM_DIGITS: u8 = 3;
+/// Keys per region the workload draws from (suffix range).
+const KEYS_PER_REGION: u64 = 64;
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Regions bootstrapped, pre-split evenly.
+    pub regions: u64,
+    /// Client threads.
+    pub clients: usize,
+    /// How long the workload runs.
+    pub duration: Duration,
+    /// Fraction of operations that are writes (0.0 to 1.0).
+    pub write_ratio: f64,
+    /// Seed of the workload's key choice.
+    pub seed: u64,
+    /// Store clock base tick (ms).
+    pub base_tick_ms: u64,
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Operations completed (writes + reads).
+    pub ops: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Reads completed.
+    pub reads: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Wall time of the workload.
+    pub elapsed: Duration,
+    /// Write latency percentiles p50/p99/p999 (µs).
+    pub write_us: [u64; 3],
+    /// Read latency percentiles p50/p99/p999 (µs).
+    pub read_us: [u64; 3],
+    /// Regions with a leader at the end.
+    pub leaders: u64,
+    /// Time until every region had a leader.
+    pub election_time: Duration,
+    /// Raft messages sent by all stores during the workload.
+    pub raft_messages: u64,
+    /// Synced writes (fsyncs) by all stores during the workload.
+    pub fsyncs: u64,
+    /// Resident set size at the end (bytes), if known.
+    pub rss_bytes: Option<u64>,
+}
+
+fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
+    [
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+    ]
+}
+
+/// The process's resident set size, from `/proc/self/status`.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn totals(cluster: &Cluster) -> (u64, u64) {
+    let mut msgs = 0;
+    let mut fsyncs = 0;
+    for &id in cluster.store_ids() {
+        if let Some(s) = cluster.store(id) {
+            msgs += s.metrics().raft_messages_sent.load(Ordering::Relaxed);
+            fsyncs += s.engine().stats().synced_writes();
+        }
+    }
+    (msgs, fsyncs)
+}
+
+/// Runs the demo.
+///
+/// # Errors
+/// A string describing what failed to start.
+pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let cfg = Config {
+        base_tick_ms: opts.base_tick_ms,
+        ..Config::default()
+    };
+    let started = Instant::now();
+    let cluster = Cluster::bootstrap(dir.path(), DEMO_STORES, opts.regions, cfg, logger)
+        .map_err(|e| format!("bootstrap: {e}"))?;
+    let bar = ProgressBar::new(opts.regions);
+    bar.set_style(
+        ProgressStyle::with_template("electing leaders {bar:40} {pos}/{len} regions")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let election_deadline = Instant::now() + Duration::from_secs(120);
+    while cluster.leader_count() < opts.regions && Instant::now() < election_deadline {
+        bar.set_position(cluster.leader_count().min(opts.regions));
+        thread::sleep(Duration::from_millis(50));
+    }
+    bar.finish_and_clear();
+    let election_time = started.elapsed();
+
+    let client = Arc::new(cluster.client(ClientConfig::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done_ops = Arc::new(AtomicU64::new(0));
+    let (msgs0, fsyncs0) = totals(&cluster);
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..opts.clients)
+        .map(|c| {
+            let (client, stop, done_ops) = (client.clone(), stop.clone(), done_ops.clone());
+            let (regions, write_ratio, seed) = (opts.regions, opts.write_ratio, opts.seed);
+            thread::spawn(move || {
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9e37_79b9));
+                let new_hist =
+                    || Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_DIGITS);
+                let (mut wh, mut rh) = (new_hist().ok(), new_hist().ok());
+                let (mut writes, mut reads, mut errors) = (0u64, 0u64, 0u64);
+                let value = vec![b'v'; VALUE_BYTES];
+                while !stop.load(Ordering::Relaxed) {
+                    let region = rng.random_range(0..regions);
+                    let mut key = flotilla_raftstore::store::bootstrap::split_key(region, regions);
+                    key.extend_from_slice(&rng.random_range(0..KEYS_PER_REGION).to_be_bytes());
+                    let is_write = rng.random_bool(write_ratio);
+                    let t = Instant::now();
+                    let ok = if is_write {
+                        client.put(&key, &value).is_ok()
+                    } else {
+                        client.get(&key).is_ok()
+                    };
+                    let us = (t.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
+                    if !ok {
+                        errors += 1;
+                        continue;
+                    }
+                    let hist = if is_write { &mut wh } else { &mut rh };
+                    if let Some(h) = hist.as_mut() {
+                        let _ = h.record(us);
+                    }
+                    if is_write {
+                        writes += 1;
+                    } else {
+                        reads += 1;
+                    }
+                    done_ops.fetch_add(1, Ordering::Relaxed);
+                }
+                (wh, rh, writes, reads, errors)
+            })
+        })
+        .collect();
+    let bar = ProgressBar::new(opts.duration.as_secs().max(1));
+    bar.set_style(
+        ProgressStyle::with_template("running {bar:40} {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    while t0.elapsed() < opts.duration {
+        thread::sleep(Duration::from_millis(200));
+        let secs = t0.elapsed().as_secs_f64().max(0.001);
+        bar.set_position(t0.elapsed().as_secs());
+        bar.set_message(format!(
+            "{:.0} ops/s",
+            done_ops.load(Ordering::Relaxed) as f64 / secs
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut wh = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_DIGITS)
+        .map_err(|e| e.to_string())?;
+    let mut rh = wh.clone();
+    let (mut writes, mut reads, mut errors) = (0, 0, 0);
+    for w in workers {
+        let (w_h, r_h, w, r, e) = w
+            .join()
+            .map_err(|_| "a client thread panicked".to_string())?;
+        if let Some(h) = w_h {
+            let _ = wh.add(&h);
+        }
+        if let Some(h) = r_h {
+            let _ = rh.add(&h);
+        }
+        writes += w;
+        reads += r;
+        errors += e;
+    }
+    let elapsed = t0.elapsed();
+    bar.finish_and_clear();
+    let (msgs1, fsyncs1) = totals(&cluster);
+    let report = DemoReport {
+        ops: writes + reads,
+        writes,
+        reads,
+        errors,
+        elapsed,
+        write_us: percentiles(&wh),
+        read_us: percentiles(&rh),
+        leaders: cluster.leader_count(),
+        election_time,
+        raft_messages: msgs1 - msgs0,
+        fsyncs: fsyncs1 - fsyncs0,
+        rss_bytes: rss_bytes(),
+    };
+    cluster.shutdown();
+    Ok(report)
+}
+
+impl std::fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "elapsed            {:.1} s (leaders elected in {:.1} s)",
+            secs,
+            self.election_time.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "throughput         {:.0} ops/s ({:.0} writes/s, {:.0} reads/s), {} errors",
+            self.ops as f64 / secs,
+            self.writes as f64 / secs,
+            self.reads as f64 / secs,
+            self.errors
+        )?;
+        writeln!(
+            f,
+            "write latency      p50 {} µs  p99 {} µs  p999 {} µs",
+            self.write_us[0], self.write_us[1], self.write_us[2]
+        )?;
+        writeln!(
+            f,
+            "read latency       p50 {} µs  p99 {} µs  p999 {} µs",
+            self.read_us[0], self.read_us[1], self.read_us[2]
+        )?;
+        writeln!(f, "regions with leader {}", self.leaders)?;
+        writeln!(
+            f,
+            "raft messages      {} ({:.0}/s)",
+            self.raft_messages,
+            self.raft_messages as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "fsyncs             {} ({:.0}/s)",
+            self.fsyncs,
+            self.fsyncs as f64 / secs
+        )?;
+        match self.rss_bytes {
+            Some(b) => write!(
+                f,
+                "RSS                {:.1} MiB",
+                b as f64 / (1 << 20) as f64
+            ),
+            None => write!(f, "RSS                unknown"),
+        }
+    }
+}
