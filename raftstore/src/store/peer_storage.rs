@@ -372,7 +372,6 @@ impl Storage for PeerStorage {
 mod tests {
     use flotilla_engine::{Durability, EngineOptions};
     use flotilla_proto::metapb::{Peer, RegionEpoch};
-    use flotilla_proto::raft_serverpb::RaftTruncatedState;
 
     use super::*;
 
@@ -404,34 +403,10 @@ mod tests {
         }
     }
 
-    /// A storage bootstrapped at (5, 5) like every initial region.
+    /// A storage bootstrapped at (5, 5) exactly as every initial region is.
     fn storage(dir: &tempfile::TempDir) -> PeerStorage {
         let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-        let mut wb = engine.write_batch();
-        wb.put_msg(
-            Cf::Raft,
-            &keys::raft_state_key(9),
-            &RaftLocalState {
-                hard_state: Some(HardState {
-                    term: RAFT_INIT_LOG_TERM,
-                    vote: 0,
-                    commit: RAFT_INIT_LOG_INDEX,
-                }),
-                last_index: RAFT_INIT_LOG_INDEX,
-            },
-        );
-        wb.put_msg(
-            Cf::Raft,
-            &keys::apply_state_key(9),
-            &RaftApplyState {
-                applied_index: RAFT_INIT_LOG_INDEX,
-                truncated_state: Some(RaftTruncatedState {
-                    index: RAFT_INIT_LOG_INDEX,
-                    term: RAFT_INIT_LOG_TERM,
-                }),
-            },
-        );
-        engine.write(wb, Durability::Sync).unwrap();
+        super::super::bootstrap::bootstrap_store(&engine, 1, 1, &[region()]).unwrap();
         PeerStorage::load(engine, region()).unwrap()
     }
 
