@@ -4,6 +4,20 @@
 # Keep cargo's build output outside the work tree so fresh clones reuse it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/flotilla/target
 CARGO ?= cargo
+
+# RocksDB's C++ is ~12 minutes of every fresh build, and cargo rebuilds it
+# whenever the feature set of its build dependencies changes with the package
+# selection (test vs bench vs demo). ccache (installed by tools/install-deps.sh)
+# makes those rebuilds cache hits; cc-rs accepts a wrapper in CC/CXX. These are
+# expanded when a recipe runs, so they see a ccache the deps step just
+# installed. A CC/CXX from the environment or the command line wins.
+ccache_or = $(if $(shell command -v ccache 2>/dev/null),ccache $(1),$(1))
+ifeq ($(origin CC),default)
+export CC = $(call ccache_or,cc)
+endif
+ifeq ($(origin CXX),default)
+export CXX = $(call ccache_or,c++)
+endif
 DEMO_ARGS ?=
 
 .PHONY: all deps test fmt clippy unit demo bench clean
