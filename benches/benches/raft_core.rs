@@ -264,7 +264,7 @@ fn ready_node(log: &slog::Logger, stable: &[Entry], unstable: &[Entry]) -> RawNo
         e.index = next + i as u64;
         e.term = term;
     }
-    node.raft.raft_log_mut().append(&unstable);
+    node.raft.raft_log_mut().append(unstable);
     let followers = (READY_VOTERS.len() - 1) as u64;
     for _ in 0..READY_ITEMS / followers {
         node.tick();

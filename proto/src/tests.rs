@@ -75,12 +75,13 @@ fn raft_message() -> Message {
         entries: vec![entry(), entry()],
         commit: 40,
         commit_term: 5,
-        snapshot: Some(snapshot()),
+        snapshot: Some(Box::new(snapshot())),
         request_snapshot: 3,
         reject: true,
         reject_hint: 39,
         context: Bytes::from_static(b"read-ctx"),
         priority: -4,
+        no_ack: true,
     }
 }
 

@@ -461,3 +461,143 @@ fn reject_hint_points_at_follower_last_index() {
     assert_eq!((m.index, m.reject_hint, m.log_term), (10, 2, 1));
     let _ = MemStorage::new();
 }
+
+/// checklist: log-1, log-7 (proposals made between two Readies reach each
+/// follower as one append carrying all of them, in order; the batch takes
+/// one inflight slot, and every proposal still commits and applies)
+#[test]
+fn proposals_between_readies_share_one_append() {
+    const PROPOSALS: usize = 10;
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let before = net.raft(1).raft_log().last_index();
+    for i in 0..PROPOSALS {
+        net.node(1).propose(Vec::new(), vec![i as u8]).unwrap();
+    }
+    let msgs = net.process(1);
+    for to in [2, 3] {
+        assert_eq!(appends_to(&msgs, to), 1, "one append to {to}: {msgs:?}");
+        let m = msgs
+            .iter()
+            .find(|m| m.msg_type() == MessageType::MsgAppend && m.to == to)
+            .unwrap();
+        assert_eq!(m.index, before, "the append starts after the old tail");
+        let idx: Vec<u64> = m.entries.iter().map(|e| e.index).collect();
+        let want: Vec<u64> = (before + 1..=before + PROPOSALS as u64).collect();
+        assert_eq!(idx, want, "all proposals, in order");
+        let pr = net.raft(1).prs().get(to).unwrap();
+        assert_eq!(pr.ins.count(), 1, "one inflight slot for the batch");
+    }
+    net.send(msgs);
+    let want: Vec<Vec<u8>> = (0..PROPOSALS).map(|i| vec![i as u8]).collect();
+    for id in [1, 2, 3] {
+        assert_eq!(net.applied[&id], want, "node {id} applied every proposal");
+    }
+}
+
+/// checklist: log-3 (commit advances caused by several acknowledgements
+/// between two Readies are told to each follower once, and only to
+/// followers that do not know the new commit index yet)
+#[test]
+fn commit_advance_broadcast_once_per_ready() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5]);
+    net.elect(1);
+    net.node(1).propose(Vec::new(), b"x".to_vec()).unwrap();
+    let msgs = net.process(1);
+    let li = net.raft(1).raft_log().last_index();
+    // Every follower acknowledges; the leader steps all the acks before its
+    // next Ready. Acks from 2 and 3 each could move the commit index.
+    let mut acks = Vec::new();
+    for to in [2, 3, 4, 5] {
+        let m = msgs
+            .iter()
+            .find(|m| m.msg_type() == MessageType::MsgAppend && m.to == to)
+            .unwrap()
+            .clone();
+        net.node(to).step(m).unwrap();
+        acks.extend(net.process(to));
+    }
+    assert_eq!(acks.len(), 4, "{acks:?}");
+    for a in acks {
+        net.node(1).step(a).unwrap();
+    }
+    assert_eq!(net.raft(1).raft_log().committed, li);
+    let out = net.process(1);
+    for to in [2, 3, 4, 5] {
+        let to_peer: Vec<_> = out
+            .iter()
+            .filter(|m| m.msg_type() == MessageType::MsgAppend && m.to == to)
+            .collect();
+        assert_eq!(to_peer.len(), 1, "one commit append to {to}: {out:?}");
+        assert_eq!(to_peer[0].commit, li);
+    }
+}
+
+/// checklist: log-3 (a commit-index update to a replicating follower is
+/// marked `no_ack`; the follower commits without answering, but still
+/// answers a `no_ack` append it must reject)
+#[test]
+fn commit_only_append_is_not_acknowledged() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    net.node(1).propose(Vec::new(), b"x".to_vec()).unwrap();
+    let appends = net.process(1);
+    assert!(
+        appends.iter().all(|m| !m.no_ack),
+        "appends with entries want acks"
+    );
+    let mut acks = Vec::new();
+    for m in appends {
+        let to = m.to;
+        net.node(to).step(m).unwrap();
+        acks.extend(net.process(to));
+    }
+    for a in acks {
+        net.node(1).step(a).unwrap();
+    }
+    let li = net.raft(1).raft_log().last_index();
+    let commits = net.process(1);
+    let to2 = commits
+        .iter()
+        .find(|m| m.msg_type() == MessageType::MsgAppend && m.to == 2)
+        .unwrap()
+        .clone();
+    assert!(to2.entries.is_empty() && to2.no_ack, "{to2:?}");
+    assert_eq!(to2.commit, li);
+    net.node(2).step(to2.clone()).unwrap();
+    assert!(net.process(2).is_empty(), "accepted: no answer");
+    assert_eq!(net.raft(2).raft_log().committed, li);
+
+    // The same append with a previous entry node 3 does not have.
+    let mut bad = to2;
+    bad.to = 3;
+    bad.index = li + 5;
+    net.node(3).step(bad).unwrap();
+    let out = net.process(3);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].msg_type(), MessageType::MsgAppendResponse);
+    assert!(out[0].reject, "a rejection is always answered");
+}
+
+/// checklist: log-9, log-7 (a batch of proposals larger than
+/// `max_size_per_msg` goes out as several pipelined appends in the same
+/// Ready, not one append per round trip)
+#[test]
+fn batched_proposals_split_by_max_size_are_pipelined() {
+    const PROPOSALS: usize = 4;
+    let mut net = Network::new_with(&[1, 2, 3], |c| c.max_size_per_msg = 1);
+    net.elect(1);
+    for i in 0..PROPOSALS {
+        net.node(1).propose(Vec::new(), vec![i as u8; 8]).unwrap();
+    }
+    let msgs = net.process(1);
+    for to in [2, 3] {
+        assert_eq!(appends_to(&msgs, to), PROPOSALS, "to {to}: {msgs:?}");
+        let pr = net.raft(1).prs().get(to).unwrap();
+        assert_eq!(pr.ins.count(), PROPOSALS, "each append holds a slot");
+    }
+    net.send(msgs);
+    for id in [1, 2, 3] {
+        assert_eq!(net.applied[&id].len(), PROPOSALS, "node {id}");
+    }
+}

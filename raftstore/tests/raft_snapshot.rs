@@ -120,7 +120,7 @@ fn report_snapshot_moves_back_to_probe() {
 fn follower_restores_newer_ignores_older() {
     let mut n = new_node(2, &[1, 2, 3], &[]);
     let mut m = msg(MessageType::MsgSnapshot, 1, 2, 2);
-    m.snapshot = Some(snapshot(10, 2, &[1, 2, 3]));
+    m.snapshot = Some(Box::new(snapshot(10, 2, &[1, 2, 3])));
     n.step(m).unwrap();
     assert_eq!(n.raft.raft_log().committed, 10);
     assert_eq!(n.raft.raft_log().last_index(), 10);
@@ -130,7 +130,7 @@ fn follower_restores_newer_ignores_older() {
         (MessageType::MsgAppendResponse, 10)
     );
     let mut old = msg(MessageType::MsgSnapshot, 1, 2, 2);
-    old.snapshot = Some(snapshot(5, 1, &[1, 2, 3]));
+    old.snapshot = Some(Box::new(snapshot(5, 1, &[1, 2, 3])));
     n.step(old).unwrap();
     assert_eq!(n.raft.raft_log().last_index(), 10, "older snapshot ignored");
     let resp = n.raft.take_all_msgs().pop().unwrap();
@@ -158,14 +158,14 @@ fn follower_restores_newer_ignores_older() {
 fn restore_takes_conf_state_from_snapshot() {
     let mut n = new_node(2, &[1, 2, 3], &[]);
     let mut m = msg(MessageType::MsgSnapshot, 1, 2, 2);
-    m.snapshot = Some(snapshot(10, 2, &[1, 2, 4, 5]));
+    m.snapshot = Some(Box::new(snapshot(10, 2, &[1, 2, 4, 5])));
     n.step(m).unwrap();
     assert_eq!(n.raft.prs().conf_state().voters, vec![1, 2, 4, 5]);
     assert!(n.raft.prs().get(3).is_none());
     // A snapshot that does not include us is refused.
     let mut x = new_node(2, &[1, 2, 3], &[]);
     let mut m = msg(MessageType::MsgSnapshot, 1, 2, 2);
-    m.snapshot = Some(snapshot(10, 2, &[1, 3]));
+    m.snapshot = Some(Box::new(snapshot(10, 2, &[1, 3])));
     x.step(m).unwrap();
     assert_eq!(x.raft.raft_log().last_index(), 0);
     assert_eq!(x.raft.state(), StateRole::Follower);

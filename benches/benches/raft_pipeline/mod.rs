@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use flotilla_proto::eraftpb::{Entry, Message, MessageType};
+use flotilla_proto::eraftpb::{Entry, Message, MessageType, Snapshot};
 use flotilla_raftstore::raft::tracker::IDLE_CHECKS_BEFORE_FREE;
 use flotilla_raftstore::raft::{Config, LightReady, MemStorage, RawNode, Ready, StateRole};
 
@@ -416,7 +416,8 @@ impl BenchNode for Flotilla {
     fn persist(&self, rd: &Ready) {
         let mut s = self.store.wl();
         if let Some(snap) = &rd.snapshot {
-            s.apply_snapshot(snap.clone()).expect("apply snapshot");
+            s.apply_snapshot(Snapshot::clone(snap))
+                .expect("apply snapshot");
         }
         s.append(&rd.entries).expect("append");
         if let Some(hs) = rd.hs {

@@ -34,5 +34,5 @@ pub use self::raw_node::{LightReady, RawNode, Ready, is_local_msg, is_response_m
 pub use self::read_only::ReadState;
 pub use self::rng::SplitMix64;
 pub use self::status::Status;
-pub use self::storage::{MemStorage, MemStorageCore, RaftState, Storage};
+pub use self::storage::{MemStorage, MemStorageCore, MemStorageWriteGuard, RaftState, Storage};
 pub use self::util::{entry_size, limit_size};

@@ -44,8 +44,9 @@ pub struct Ready {
     pub hs: Option<HardState>,
     /// Entries to append to storage (they may overwrite a suffix).
     pub entries: Vec<Entry>,
-    /// A snapshot to install, if any (persist before the entries).
-    pub snapshot: Option<Snapshot>,
+    /// A snapshot to install, if any (persist before the entries). Boxed:
+    /// rare, and it would otherwise double the size of every `Ready`.
+    pub snapshot: Option<Box<Snapshot>>,
     /// Committed, durable entries to apply, in order.
     pub committed_entries: Vec<Entry>,
     /// Messages that may be sent immediately (a leader's appends and
@@ -225,13 +226,14 @@ impl<S: Storage> RawNode<S> {
     /// [`Error::StepPeerNotFound`] for a response from a non-member, and the
     /// errors of [`Raft::step`].
     pub fn step(&mut self, m: Message) -> Result<()> {
-        if is_local_msg(m.msg_type()) {
+        let t = m.msg_type();
+        if is_local_msg(t) {
             return Err(Error::StepLocalMsg);
         }
-        if is_response_msg(m.msg_type()) && self.raft.prs().get(m.from).is_none() {
+        if is_response_msg(t) && self.raft.prs().get(m.from).is_none() {
             return Err(Error::StepPeerNotFound(m.from));
         }
-        self.raft.step(m)
+        self.raft.step_typed(m, t)
     }
 
     /// Requests a linearizable read; the answer arrives as a [`ReadState`]
@@ -283,6 +285,7 @@ impl<S: Storage> RawNode<S> {
             || !log.unstable.unhanded_entries().is_empty()
             || log.has_next_entries()
             || !r.msgs().is_empty()
+            || r.has_pending_broadcast()
             || !r.msgs_after_persist().is_empty()
             || !r.read_states().is_empty()
     }
@@ -331,6 +334,7 @@ impl<S: Storage> RawNode<S> {
             rd.must_sync = true;
         }
         rd.committed_entries = self.take_committed(max_committed);
+        self.raft.flush_broadcast();
         rd.messages = std::mem::take(&mut self.raft.msgs);
         rd.persisted_messages = std::mem::take(&mut self.raft.msgs_after_persist);
         rd.read_states = std::mem::take(&mut self.raft.read_states);
@@ -361,17 +365,18 @@ impl<S: Storage> RawNode<S> {
         if n == 0 {
             return;
         }
-        let done: Vec<ReadyRecord> = self.records.drain(..n).collect();
-        if self.records.is_empty() {
-            self.records = Vec::new();
-        }
-        for r in done {
+        for i in 0..n {
+            let r = self.records[i];
             if let Some(idx) = r.snapshot {
                 self.raft.on_persist_snap(idx);
             }
             if let Some((idx, term)) = r.last_entry {
                 self.raft.on_persist_entries(idx, term);
             }
+        }
+        self.records.drain(..n);
+        if self.records.is_empty() {
+            self.records = Vec::new();
         }
     }
 
@@ -410,6 +415,7 @@ impl<S: Storage> RawNode<S> {
         }
         let max_committed = self.raft.max_committed_size_per_ready;
         lr.committed_entries = self.take_committed(max_committed);
+        self.raft.flush_broadcast();
         lr.messages = std::mem::take(&mut self.raft.msgs);
         lr
     }

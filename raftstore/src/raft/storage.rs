@@ -2,6 +2,7 @@
 //! and `MemStorage`, an in-memory implementation for tests and simulation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -236,16 +237,70 @@ impl MemStorageCore {
 }
 
 /// An in-memory [`Storage`]. Cheap to clone: clones share one state.
-#[derive(Debug, Clone, Default)]
+///
+/// The log bounds are mirrored in atomics so that `first_index` and
+/// `last_index`, which the consensus core asks for several times per
+/// message, cost one load instead of a lock round-trip. They are written
+/// only by [`MemStorageWriteGuard`]'s drop, under the write lock.
+#[derive(Debug, Clone)]
 pub struct MemStorage {
-    core: Arc<RwLock<MemStorageCore>>,
+    shared: Arc<MemShared>,
+}
+
+#[derive(Debug, Default)]
+struct MemShared {
+    core: RwLock<MemStorageCore>,
+    /// Mirrors `core.first_index()` whenever no write guard is alive.
+    first: AtomicU64,
+    /// Mirrors `core.last_index()` whenever no write guard is alive.
+    last: AtomicU64,
+}
+
+/// Write access to a [`MemStorage`]'s state; on drop it republishes the
+/// log bounds that lock-free readers see.
+pub struct MemStorageWriteGuard<'a> {
+    core: RwLockWriteGuard<'a, MemStorageCore>,
+    shared: &'a MemShared,
+}
+
+impl std::ops::Deref for MemStorageWriteGuard<'_> {
+    type Target = MemStorageCore;
+
+    fn deref(&self) -> &MemStorageCore {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for MemStorageWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut MemStorageCore {
+        &mut self.core
+    }
+}
+
+impl Drop for MemStorageWriteGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the write lock: readers of the atomics never see
+        // bounds of a state that is not (or not yet) the locked one for
+        // longer than this guard lives.
+        self.shared
+            .first
+            .store(self.core.first_index(), Ordering::Release);
+        self.shared
+            .last
+            .store(self.core.last_index(), Ordering::Release);
+    }
 }
 
 impl MemStorage {
     /// An empty storage (an uninitialized node that waits for a snapshot or
     /// a conf change).
     pub fn new() -> Self {
-        Self::default()
+        let s = MemStorage {
+            shared: Arc::default(),
+        };
+        // Publish the bounds of the empty log (first 1, last 0).
+        drop(s.wl());
+        s
     }
 
     /// A storage whose initial configuration is `cs` (a bootstrapped group).
@@ -266,12 +321,21 @@ impl MemStorage {
 
     /// Read access to the state.
     pub fn rl(&self) -> RwLockReadGuard<'_, MemStorageCore> {
-        self.core.read()
+        self.shared.core.read()
     }
 
     /// Write access to the state.
-    pub fn wl(&self) -> RwLockWriteGuard<'_, MemStorageCore> {
-        self.core.write()
+    pub fn wl(&self) -> MemStorageWriteGuard<'_> {
+        MemStorageWriteGuard {
+            core: self.shared.core.write(),
+            shared: &self.shared,
+        }
+    }
+}
+
+impl Default for MemStorage {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -309,11 +373,11 @@ impl Storage for MemStorage {
     }
 
     fn first_index(&self) -> Result<u64> {
-        Ok(self.rl().first_index())
+        Ok(self.shared.first.load(Ordering::Acquire))
     }
 
     fn last_index(&self) -> Result<u64> {
-        Ok(self.rl().last_index())
+        Ok(self.shared.last.load(Ordering::Acquire))
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> Result<Snapshot> {

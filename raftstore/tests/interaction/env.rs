@@ -213,7 +213,12 @@ impl InteractionEnv {
 
     fn process_ready_sync(&mut self, id: u64, rd: &mut Ready, indent: &str) -> Result<(), String> {
         let node = self.node(id)?;
-        persist(&node.store, rd.snapshot.clone(), &rd.entries, rd.hs)?;
+        persist(
+            &node.store,
+            rd.snapshot.as_deref().cloned(),
+            &rd.entries,
+            rd.hs,
+        )?;
         let mut msgs = rd.take_messages();
         msgs.append(&mut rd.take_persisted_messages());
         let committed = rd.take_committed_entries();
@@ -248,7 +253,7 @@ impl InteractionEnv {
         let committed = rd.take_committed_entries();
         let write = PendingWrite {
             number: rd.number(),
-            snapshot: rd.snapshot.take(),
+            snapshot: rd.snapshot.take().map(|s| *s),
             entries: std::mem::take(&mut rd.entries),
             hs: rd.hs,
             msgs: rd.take_persisted_messages(),

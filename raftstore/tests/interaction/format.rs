@@ -166,6 +166,9 @@ pub fn describe_message(m: &Message) -> String {
     if m.priority != 0 {
         let _ = write!(s, " Priority:{}", m.priority);
     }
+    if m.no_ack {
+        s.push_str(" NoAck");
+    }
     if !m.context.is_empty() {
         let _ = write!(s, " Context:{}", quoted(&m.context));
     }

@@ -166,7 +166,7 @@ pub fn take_msgs(r: &mut Raft<MemStorage>) -> Vec<Message> {
 /// Persists a ready into `store` (snapshot, entries, hard state).
 pub fn persist(store: &MemStorage, rd: &Ready) {
     if let Some(s) = &rd.snapshot {
-        store.wl().apply_snapshot(s.clone()).unwrap();
+        store.wl().apply_snapshot(Snapshot::clone(s)).unwrap();
     }
     store.wl().append(&rd.entries).unwrap();
     if let Some(hs) = &rd.hs {

@@ -499,7 +499,7 @@ impl World {
                     "n{id}: snapshot {md:?} carries no state digest"
                 );
             };
-            if let Err(e) = store.mem.wl().apply_snapshot(snap.clone()) {
+            if let Err(e) = store.mem.wl().apply_snapshot(Snapshot::clone(snap)) {
                 violation!("persist", "n{id}: storage refused snapshot {md:?}: {e:?}");
             }
             store.set_app(AppState {

@@ -15,7 +15,7 @@ mod step;
 mod transfer;
 
 use bytes::Bytes;
-use flotilla_proto::eraftpb::{HardState, Message, MessageType};
+use flotilla_proto::eraftpb::{Entry, HardState, Message, MessageType};
 use slog::Logger;
 
 use super::confchange;
@@ -45,6 +45,23 @@ pub enum StateRole {
     Leader,
     /// Running a pre-vote round (the term is not yet incremented).
     PreCandidate,
+}
+
+/// What a leader owes its followers since its last broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PendingBroadcast {
+    /// Entries were appended that no follower has been sent yet.
+    pub(crate) entries: bool,
+    /// The commit index moved; followers that do not know it get an
+    /// (empty, if nothing else is due) append carrying it.
+    pub(crate) commit: bool,
+}
+
+impl PendingBroadcast {
+    /// True if nothing is owed.
+    pub(crate) fn is_empty(self) -> bool {
+        !self.entries && !self.commit
+    }
 }
 
 /// The volatile state an application may want to observe.
@@ -92,6 +109,11 @@ pub struct Raft<S: Storage> {
     pub(crate) msgs: Vec<Message>,
     /// Messages that may be sent only once the current Ready is persisted.
     pub(crate) msgs_after_persist: Vec<Message>,
+    /// Leader: what the followers have not been told yet. Sent by
+    /// [`Raft::flush_broadcast`], which `RawNode` calls once per Ready, so n
+    /// proposals (or commit advances) between two Readies cost one append
+    /// per follower instead of n.
+    pub(crate) pending_bcast: PendingBroadcast,
     /// Ticks since the last election timeout reset (or, on a leader, since
     /// the last check-quorum).
     pub(crate) election_elapsed: usize,
@@ -143,6 +165,7 @@ impl<S: Storage> Raft<S> {
             read_states: Vec::new(),
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
+            pending_bcast: PendingBroadcast::default(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: 0,
@@ -285,8 +308,10 @@ impl<S: Storage> Raft<S> {
         &self.msgs_after_persist
     }
 
-    /// Takes every queued message, immediate and persistence-dependent.
+    /// Takes every queued message, immediate and persistence-dependent,
+    /// after flushing any pending broadcast.
     pub fn take_all_msgs(&mut self) -> Vec<Message> {
+        self.flush_broadcast();
         let mut v = std::mem::take(&mut self.msgs);
         v.append(&mut self.msgs_after_persist);
         v
@@ -350,6 +375,8 @@ impl<S: Storage> Raft<S> {
         self.read_only.reset();
         self.pending_read_index_messages = Vec::new();
         self.uncommitted_size = 0;
+        // A new term or role: whatever a leader owed its followers is moot.
+        self.pending_bcast = PendingBroadcast::default();
         let next = self.raft_log.last_index() + 1;
         let persisted = self.raft_log.persisted;
         let id = self.id;
@@ -432,7 +459,7 @@ impl<S: Storage> Raft<S> {
         self.pending_conf_index = last;
         // The empty entry of the new term commits the previous terms' entries
         // (paper fig. 8); it never counts toward the uncommitted limit.
-        let accepted = self.append_entry(&mut [Default::default()]);
+        let accepted = self.append_entry(vec![Entry::default()]);
         debug_assert!(accepted, "the empty entry is never dropped");
         slog::debug!(self.logger, "became leader"; "id" => self.id, "term" => term);
     }

@@ -38,16 +38,18 @@ impl<S: Storage> Raft<S> {
                 self.pending_conf_index = last + i as u64 + 1;
             }
         }
-        if !self.append_entry(&mut m.entries) {
+        if !self.append_entry(std::mem::take(&mut m.entries)) {
             return Err(Error::ProposalDropped);
         }
-        self.bcast_append();
+        // Replicated at the next flush (once per Ready), together with
+        // every other proposal made until then.
+        self.pending_bcast.entries = true;
         Ok(())
     }
 
     /// Appends entries of the current term to the leader's log. Returns false
     /// (appending nothing) if they exceed the uncommitted-size limit.
-    pub(crate) fn append_entry(&mut self, es: &mut [Entry]) -> bool {
+    pub(crate) fn append_entry(&mut self, mut es: Vec<Entry>) -> bool {
         let size: u64 = es.iter().map(payload_size).sum();
         if !self.increase_uncommitted_size(size) {
             return false;
@@ -89,11 +91,56 @@ impl<S: Storage> Raft<S> {
     /// Sends appends (or heartbeats-as-appends) to every peer that is not
     /// paused.
     pub(crate) fn bcast_append(&mut self) {
-        for id in self.prs.ids() {
+        // Sending never changes the membership, so walking by position is
+        // stable and allocates nothing.
+        let mut i = 0;
+        while let Some(id) = self.prs.id_at(i) {
+            i += 1;
             if id != self.id {
                 self.maybe_send_append(id, true);
             }
         }
+    }
+
+    /// Leader: sends what the followers are owed since the last flush
+    /// (proposals and commit advances are batched until then): new entries
+    /// to every follower whose progress allows, and the
+    /// new commit index to those that were not sent it yet. A no-op on a
+    /// non-leader or when nothing is owed.
+    pub fn flush_broadcast(&mut self) {
+        let pending = std::mem::take(&mut self.pending_bcast);
+        if pending.is_empty() || self.state != super::StateRole::Leader {
+            return;
+        }
+        let committed = self.raft_log.committed;
+        let mut i = 0;
+        while let Some(id) = self.prs.id_at(i) {
+            i += 1;
+            if id == self.id {
+                continue;
+            }
+            // Fill the pipeline: with `max_size_per_msg` the new entries
+            // may need several appends.
+            let mut sent = false;
+            while self.maybe_send_append(id, false) {
+                sent = true;
+            }
+            if sent {
+                continue;
+            }
+            let behind = self
+                .prs
+                .get(id)
+                .is_some_and(|pr| pr.committed_index < committed);
+            if pending.commit && behind {
+                self.maybe_send_append(id, true);
+            }
+        }
+    }
+
+    /// True if a leader owes its followers entries or a commit index.
+    pub fn has_pending_broadcast(&self) -> bool {
+        !self.pending_bcast.is_empty() && self.state == super::StateRole::Leader
     }
 
     /// Sends one append to `to` if its progress allows; sends a snapshot
@@ -120,6 +167,9 @@ impl<S: Storage> Raft<S> {
         let Some(pr) = self.prs.get_mut(to) else {
             return false;
         };
+        // A commit-index update to a replicating follower needs no answer:
+        // nothing rides on it (no inflight slot, no probe).
+        let no_ack = ents.is_empty() && pr.state == ProgressState::Replicate;
         if let Some(last) = ents.last().map(|e| e.index) {
             match pr.state {
                 ProgressState::Replicate => {
@@ -140,6 +190,7 @@ impl<S: Storage> Raft<S> {
         m.log_term = term;
         m.entries = ents;
         m.commit = committed;
+        m.no_ack = no_ack;
         self.send(m);
         true
     }
@@ -152,7 +203,9 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn bcast_heartbeat_with_ctx(&mut self, ctx: Option<Bytes>) {
-        for id in self.prs.ids() {
+        let mut i = 0;
+        while let Some(id) = self.prs.id_at(i) {
+            i += 1;
             if id == self.id {
                 continue;
             }
@@ -170,7 +223,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Follower: handles an append from the leader.
-    pub(crate) fn handle_append_entries(&mut self, m: &Message) {
+    pub(crate) fn handle_append_entries(&mut self, mut m: Message) {
         let mut resp = Self::new_message(m.from, MessageType::MsgAppendResponse);
         if m.index < self.raft_log.committed {
             // Already committed past it (a duplicate or reordered append).
@@ -178,11 +231,16 @@ impl<S: Storage> Raft<S> {
             self.send(resp);
             return;
         }
-        match self
-            .raft_log
-            .maybe_append(m.index, m.log_term, m.commit, &m.entries)
-        {
+        match self.raft_log.maybe_append(
+            m.index,
+            m.log_term,
+            m.commit,
+            std::mem::take(&mut m.entries),
+        ) {
             Some((_, last_new)) => {
+                if m.no_ack {
+                    return;
+                }
                 resp.index = last_new;
                 resp.commit = self.raft_log.committed;
             }
@@ -242,7 +300,7 @@ impl<S: Storage> Raft<S> {
         let matched = pr.matched;
         if self.maybe_commit() {
             if self.should_bcast_commit() {
-                self.bcast_append();
+                self.pending_bcast.commit = true;
             }
         } else if old_paused {
             self.maybe_send_append(m.from, true);
@@ -314,7 +372,7 @@ impl<S: Storage> Raft<S> {
             .get_mut(id)
             .is_some_and(|pr| pr.maybe_update(persisted));
         if updated && self.maybe_commit() && self.should_bcast_commit() {
-            self.bcast_append();
+            self.pending_bcast.commit = true;
         }
     }
 

@@ -43,14 +43,14 @@ impl<S: Storage> Raft<S> {
         }
         slog::debug!(self.logger, "sending snapshot"; "id" => self.id, "to" => to, "index" => idx);
         let mut m = Self::new_message(to, MessageType::MsgSnapshot);
-        m.snapshot = Some(snap);
+        m.snapshot = Some(Box::new(snap));
         self.send(m);
         true
     }
 
     /// Follower: handles a snapshot from the leader.
     pub(crate) fn handle_snapshot(&mut self, mut m: Message) {
-        let snap = m.snapshot.take().unwrap_or_default();
+        let snap = m.snapshot.take().map(|s| *s).unwrap_or_default();
         let mut resp = Self::new_message(m.from, MessageType::MsgAppendResponse);
         if self.restore(snap) {
             resp.index = self.raft_log.last_index();

@@ -17,6 +17,11 @@ impl<S: Storage> Raft<S> {
     /// storage failures.
     pub fn step(&mut self, m: Message) -> Result<()> {
         let t = m.msg_type();
+        self.step_typed(m, t)
+    }
+
+    /// [`Raft::step`] for a caller that already decoded `m`'s type as `t`.
+    pub(crate) fn step_typed(&mut self, m: Message, t: MessageType) -> Result<()> {
         if m.term == 0 {
             // Local message (or a forwarded proposal/read).
         } else if m.term > self.term {
@@ -45,7 +50,7 @@ impl<S: Storage> Raft<S> {
                 _ => self.become_follower(m.term, INVALID_ID),
             }
         } else if m.term < self.term {
-            self.step_stale(&m);
+            self.step_stale(&m, t);
             return Ok(());
         }
 
@@ -59,16 +64,16 @@ impl<S: Storage> Raft<S> {
                 Ok(())
             }
             _ => match self.state {
-                StateRole::Leader => self.step_leader(m),
-                StateRole::Candidate | StateRole::PreCandidate => self.step_candidate(m),
-                StateRole::Follower => self.step_follower(m),
+                StateRole::Leader => self.step_leader(m, t),
+                StateRole::Candidate | StateRole::PreCandidate => self.step_candidate(m, t),
+                StateRole::Follower => self.step_follower(m, t),
             },
         }
     }
 
     /// A message from an older term.
-    fn step_stale(&mut self, m: &Message) {
-        match m.msg_type() {
+    fn step_stale(&mut self, m: &Message, t: MessageType) {
+        match t {
             // Tell a stale leader the current term so it steps down; with
             // check-quorum or pre-vote a partitioned node would otherwise
             // never learn it (etcd's rule).
@@ -90,8 +95,8 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn step_leader(&mut self, m: Message) -> Result<()> {
-        match m.msg_type() {
+    fn step_leader(&mut self, m: Message, t: MessageType) -> Result<()> {
+        match t {
             MessageType::MsgBeat => {
                 self.bcast_heartbeat();
                 Ok(())
@@ -133,12 +138,12 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn step_candidate(&mut self, m: Message) -> Result<()> {
-        match m.msg_type() {
+    fn step_candidate(&mut self, m: Message, t: MessageType) -> Result<()> {
+        match t {
             MessageType::MsgPropose => Err(Error::ProposalDropped),
             MessageType::MsgAppend => {
                 self.become_follower(m.term, m.from);
-                self.handle_append_entries(&m);
+                self.handle_append_entries(m);
                 Ok(())
             }
             MessageType::MsgHeartbeat => {
@@ -164,8 +169,8 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn step_follower(&mut self, mut m: Message) -> Result<()> {
-        match m.msg_type() {
+    fn step_follower(&mut self, mut m: Message, t: MessageType) -> Result<()> {
+        match t {
             MessageType::MsgPropose => {
                 if self.leader_id == INVALID_ID || self.disable_proposal_forwarding {
                     return Err(Error::ProposalDropped);
@@ -177,7 +182,7 @@ impl<S: Storage> Raft<S> {
             MessageType::MsgAppend => {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
-                self.handle_append_entries(&m);
+                self.handle_append_entries(m);
                 Ok(())
             }
             MessageType::MsgHeartbeat => {

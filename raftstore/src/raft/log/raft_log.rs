@@ -31,6 +31,12 @@ pub struct RaftLog<S: Storage> {
     pub applied: u64,
     /// Highest index handed out for applying.
     pub applying: u64,
+    /// `(index, term)` of the newest entry known to be in the storage, so
+    /// the term lookups of steady replication (the previous entry of an
+    /// append, the entry being committed) need no storage call. The term
+    /// at an index changes only through [`RaftLog::append`] truncating at
+    /// or below it, or [`RaftLog::restore`]; both drop the hint.
+    stable_hint: Option<(u64, u64)>,
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -50,6 +56,7 @@ impl<S: Storage> RaftLog<S> {
             persisted: last,
             applied: first - 1,
             applying: first - 1,
+            stable_hint: None,
         }
     }
 
@@ -82,6 +89,12 @@ impl<S: Storage> RaftLog<S> {
     /// [`StorageError::Compacted`] below `first_index() - 1`, or any storage
     /// failure.
     pub fn term(&self, idx: u64) -> Result<u64> {
+        // The unstable tail (and a pending snapshot's index) lie within
+        // [first_index() - 1, last_index()]: answer from it without asking
+        // the storage for its bounds.
+        if let Some(t) = self.unstable.maybe_term(idx) {
+            return Ok(t);
+        }
         let dummy = self.first_index() - 1;
         if idx < dummy {
             return Err(StorageError::Compacted.into());
@@ -89,7 +102,9 @@ impl<S: Storage> RaftLog<S> {
         if idx > self.last_index() {
             return Ok(0);
         }
-        if let Some(t) = self.unstable.maybe_term(idx) {
+        if let Some((i, t)) = self.stable_hint
+            && i == idx
+        {
             return Ok(t);
         }
         match self.store.term(idx) {
@@ -123,8 +138,17 @@ impl<S: Storage> RaftLog<S> {
     /// The index of the first entry of `ents` that conflicts with the log
     /// (different term) or is new; 0 if all are already present.
     pub fn find_conflict(&self, ents: &[Entry]) -> u64 {
+        // Entries past the last index are new: no term lookup needed (the
+        // log answers term 0 there, which only a term-0 entry matches).
+        let last = self.last_index();
         ents.iter()
-            .find(|e| !self.match_term(e.index, e.term))
+            .find(|e| {
+                if e.index > last {
+                    e.term != 0
+                } else {
+                    !self.match_term(e.index, e.term)
+                }
+            })
             .map_or(0, |e| e.index)
     }
 
@@ -154,13 +178,13 @@ impl<S: Storage> RaftLog<S> {
         idx: u64,
         term: u64,
         committed: u64,
-        ents: &[Entry],
+        mut ents: Vec<Entry>,
     ) -> Option<(u64, u64)> {
         if !self.match_term(idx, term) {
             return None;
         }
         let last_new = idx + ents.len() as u64;
-        let conflict = self.find_conflict(ents);
+        let conflict = self.find_conflict(&ents);
         if conflict != 0 {
             assert!(
                 conflict > self.committed,
@@ -168,7 +192,8 @@ impl<S: Storage> RaftLog<S> {
                 self.committed
             );
             let start = (conflict - (idx + 1)) as usize;
-            self.append(&ents[start..]);
+            ents.drain(..start);
+            self.append(ents);
         }
         self.commit_to(committed.min(last_new));
         Some((conflict, last_new))
@@ -180,7 +205,7 @@ impl<S: Storage> RaftLog<S> {
     /// # Panics
     ///
     /// If `ents` would overwrite a committed entry.
-    pub fn append(&mut self, ents: &[Entry]) -> u64 {
+    pub fn append(&mut self, ents: Vec<Entry>) -> u64 {
         let Some(first) = ents.first() else {
             return self.last_index();
         };
@@ -193,6 +218,9 @@ impl<S: Storage> RaftLog<S> {
         if first.index <= self.persisted {
             // Durable entries are being replaced: they are no longer persisted.
             self.persisted = after;
+        }
+        if self.stable_hint.is_some_and(|(i, _)| i >= first.index) {
+            self.stable_hint = None;
         }
         if first.index < self.unstable.offset {
             // Entries that are in storage are replaced; the storage append
@@ -325,6 +353,7 @@ impl<S: Storage> RaftLog<S> {
     pub fn stable_entries(&mut self, index: u64, term: u64) {
         if index > self.persisted && self.unstable.maybe_term(index).is_some_and(|t| t == term) {
             self.persisted = index;
+            self.stable_hint = Some((index, term));
         }
         self.unstable.stable_entries(index, term);
     }
@@ -344,6 +373,7 @@ impl<S: Storage> RaftLog<S> {
         let idx = snap.metadata.as_ref().map_or(0, |m| m.index);
         self.committed = idx;
         self.persisted = self.persisted.min(idx);
+        self.stable_hint = None;
         self.unstable.restore(snap);
     }
 
@@ -358,7 +388,7 @@ impl<S: Storage> RaftLog<S> {
                 .as_ref()
                 .is_some_and(|m| m.index >= request_index)
         {
-            return Ok(s.clone());
+            return Ok(Snapshot::clone(s));
         }
         self.store.snapshot(request_index, to)
     }
@@ -384,7 +414,7 @@ mod tests {
         let s = MemStorage::new();
         s.wl().append(&ents(stored)).unwrap();
         let mut l = RaftLog::new(s);
-        l.append(&ents(unstable));
+        l.append(ents(unstable));
         l
     }
 
@@ -448,7 +478,7 @@ mod tests {
         for (i, (pi, pt, c, e, want, wlast, wcommit)) in cases.into_iter().enumerate() {
             let mut l = log_with(&base, &[]);
             l.commit_to(1);
-            assert_eq!(l.maybe_append(pi, pt, c, &ents(&e)), want, "case {i}");
+            assert_eq!(l.maybe_append(pi, pt, c, ents(&e)), want, "case {i}");
             assert_eq!(l.last_index(), wlast, "case {i}");
             assert_eq!(l.committed, wcommit, "case {i}");
         }
@@ -460,7 +490,7 @@ mod tests {
     fn maybe_append_below_commit_panics() {
         let mut l = log_with(&[(1, 1), (2, 2), (3, 3)], &[]);
         l.commit_to(3);
-        l.maybe_append(1, 1, 3, &ents(&[(2, 5)]));
+        l.maybe_append(1, 1, 3, ents(&[(2, 5)]));
     }
 
     /// checklist: ready-4 (only committed *and* persisted entries are applied)

@@ -10,7 +10,7 @@ use flotilla_proto::eraftpb::{Entry, Snapshot};
 #[derive(Debug, Default, Clone)]
 pub struct Unstable {
     /// A snapshot being installed, not yet persisted.
-    pub snapshot: Option<Snapshot>,
+    pub snapshot: Option<Box<Snapshot>>,
     /// Whether `snapshot` was already handed out in a `Ready`.
     pub snapshot_handed: bool,
     /// Entries not yet persisted.
@@ -37,13 +37,13 @@ impl Unstable {
 
     /// The first index, if only a snapshot determines it.
     pub fn maybe_first_index(&self) -> Option<u64> {
-        self.snapshot.as_ref().map(|s| snap_index(s).0 + 1)
+        self.snapshot.as_deref().map(|s| snap_index(s).0 + 1)
     }
 
     /// The last index, if the tail holds entries or a snapshot.
     pub fn maybe_last_index(&self) -> Option<u64> {
         match self.entries.len() {
-            0 => self.snapshot.as_ref().map(|s| snap_index(s).0),
+            0 => self.snapshot.as_deref().map(|s| snap_index(s).0),
             n => Some(self.offset + n as u64 - 1),
         }
     }
@@ -51,7 +51,7 @@ impl Unstable {
     /// The term of `idx`, if the tail knows it.
     pub fn maybe_term(&self, idx: u64) -> Option<u64> {
         if idx < self.offset {
-            let (si, st) = self.snapshot.as_ref().map(snap_index)?;
+            let (si, st) = self.snapshot.as_deref().map(snap_index)?;
             return (si == idx).then_some(st);
         }
         let last = self.maybe_last_index()?;
@@ -79,7 +79,7 @@ impl Unstable {
 
     /// The snapshot at `index` was persisted: drop it.
     pub fn stable_snap(&mut self, index: u64) {
-        if self.snapshot.as_ref().map(|s| snap_index(s).0) == Some(index) {
+        if self.snapshot.as_deref().map(|s| snap_index(s).0) == Some(index) {
             self.snapshot = None;
             self.snapshot_handed = false;
         }
@@ -91,26 +91,27 @@ impl Unstable {
         self.entries = Vec::new();
         self.offset = idx + 1;
         self.handed = idx;
-        self.snapshot = Some(snap);
+        self.snapshot = Some(Box::new(snap));
         self.snapshot_handed = false;
     }
 
     /// Appends `ents`, truncating any entries at or after `ents[0].index`.
     /// `ents` must start at most one past the last unstable index (the log
     /// checks that against the storage).
-    pub fn truncate_and_append(&mut self, ents: &[Entry]) {
+    pub fn truncate_and_append(&mut self, mut ents: Vec<Entry>) {
         let Some(first) = ents.first() else { return };
         let after = first.index;
         let end = self.offset + self.entries.len() as u64;
-        if after == end {
-            self.entries.extend_from_slice(ents);
-        } else if after <= self.offset {
-            // Replace the whole tail.
+        if after == end && !self.entries.is_empty() {
+            self.entries.append(&mut ents);
+        } else if after <= self.offset || after == end {
+            // Replace the whole (possibly empty) tail: take over the
+            // caller's buffer instead of copying into ours.
             self.offset = after;
-            self.entries = ents.to_vec();
+            self.entries = ents;
         } else {
             self.entries.truncate((after - self.offset) as usize);
-            self.entries.extend_from_slice(ents);
+            self.entries.append(&mut ents);
         }
         self.handed = self.handed.min(after - 1);
     }
@@ -210,7 +211,7 @@ mod tests {
             let mut u = Unstable::new(off);
             u.entries = ents(&existing);
             u.mark_handed();
-            u.truncate_and_append(&ents(&app));
+            u.truncate_and_append(ents(&app));
             assert_eq!(u.offset, woff);
             assert_eq!(u.entries, ents(&want));
             // Everything from the first appended index must be handed again.

@@ -45,6 +45,9 @@ impl Configuration {
     }
 }
 
+/// Up to this many peers, [`ProgressTracker`] finds a peer by linear scan.
+const LINEAR_SCAN_MAX: usize = 8;
+
 /// Inserts `id` into a sorted, deduplicated vector.
 pub(crate) fn sorted_insert(v: &mut Vec<u64>, id: u64) {
     if let Err(pos) = v.binary_search(&id) {
@@ -99,17 +102,22 @@ impl ProgressTracker {
 
     /// The progress of `id`.
     pub fn get(&self, id: u64) -> Option<&Progress> {
-        self.progress
-            .binary_search_by_key(&id, |p| p.0)
-            .ok()
-            .map(|i| &self.progress[i].1)
+        self.position(id).map(|i| &self.progress[i].1)
     }
 
     /// The progress of `id`, mutably.
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Progress> {
-        match self.progress.binary_search_by_key(&id, |p| p.0) {
-            Ok(i) => Some(&mut self.progress[i].1),
-            Err(_) => None,
+        self.position(id).map(|i| &mut self.progress[i].1)
+    }
+
+    /// Where `id` sits in `progress`. Groups are small (3 to 7 peers) and
+    /// this runs several times per message: a linear scan over so few ids
+    /// beats a binary search's unpredictable branches.
+    fn position(&self, id: u64) -> Option<usize> {
+        if self.progress.len() <= LINEAR_SCAN_MAX {
+            self.progress.iter().position(|p| p.0 == id)
+        } else {
+            self.progress.binary_search_by_key(&id, |p| p.0).ok()
         }
     }
 
@@ -121,6 +129,13 @@ impl ProgressTracker {
     /// Every peer's progress, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut Progress)> {
         self.progress.iter_mut().map(|(id, p)| (*id, p))
+    }
+
+    /// The id of the `i`-th peer in id order (voters and learners), if
+    /// there are more than `i` peers. Lets a caller walk the peers while
+    /// mutating the tracker, without collecting their ids.
+    pub fn id_at(&self, i: usize) -> Option<u64> {
+        self.progress.get(i).map(|p| p.0)
     }
 
     /// Ids of every peer (voters and learners), sorted.
