@@ -601,3 +601,47 @@ fn batched_proposals_split_by_max_size_are_pipelined() {
         assert_eq!(net.applied[&id].len(), PROPOSALS, "node {id}");
     }
 }
+
+/// Leader 1 of {1, 2, 3} with 3 cut off proposes one entry; follower 2
+/// stores it but its ack is lost. Returns the entry's index.
+fn lose_one_ack(net: &mut Network) -> u64 {
+    net.elect(1);
+    net.isolate(3);
+    net.node(1).propose(Vec::new(), b"x".to_vec()).unwrap();
+    let li = net.raft(1).raft_log().last_index();
+    let to2 = net
+        .process(1)
+        .into_iter()
+        .find(|m| m.msg_type() == MessageType::MsgAppend && m.to == 2)
+        .unwrap();
+    net.node(2).step(to2).unwrap();
+    let lost = net.process(2);
+    assert_eq!(lost.len(), 1, "the ack, dropped: {lost:?}");
+    assert!(net.raft(1).raft_log().committed < li);
+    li
+}
+
+/// checklist: log-3, log-12 (a lost append ack is recovered on the next
+/// heartbeat: the empty append the leader sends then asks for an answer,
+/// and the answer commits the entry)
+#[test]
+fn lost_append_ack_recovered_by_heartbeat() {
+    let mut net = Network::new(&[1, 2, 3]);
+    let li = lose_one_ack(&mut net);
+    net.tick(1, HEARTBEAT_TICK);
+    assert_eq!(net.raft(1).raft_log().committed, li);
+    assert_eq!(net.raft(2).raft_log().committed, li);
+}
+
+/// checklist: transfer-2 (a transfer to a follower whose ack was lost
+/// completes: the catch-up append asks for an answer, which triggers
+/// `MsgTimeoutNow`)
+#[test]
+fn transfer_completes_after_lost_ack() {
+    let mut net = Network::new(&[1, 2, 3]);
+    lose_one_ack(&mut net);
+    net.node(1).transfer_leader(2);
+    let msgs = net.process(1);
+    net.send(msgs);
+    assert_eq!(net.raft(2).state(), StateRole::Leader);
+}

@@ -23,6 +23,12 @@ const CI_SEEDS_PER_SWEEP: u64 = 125;
 const CI_STEPS: usize = 2_000;
 /// The seed the determinism test replays.
 const DETERMINISM_SEED: u64 = 42;
+/// Seeds that once failed, replayed in every run: (seed, voters, learners).
+/// 4200: a voter that missed a conf change bumped its term while cut off;
+/// its vote requests went to its stale voter set and never reached the
+/// leader, which never learned the term (stale appends were unanswered
+/// without check-quorum or pre-vote).
+const REGRESSION_SEEDS: &[(u64, u64, u64)] = &[(4200, 5, 0)];
 /// Seeds the checker self-test may need before the broken application is
 /// caught.
 const MUTATION_MAX_SEEDS: u64 = 200;
@@ -159,6 +165,17 @@ fn sim_five_voters_one_learner() {
 
 /// The same seed twice gives byte-for-byte the same trace of every event.
 ///
+/// Replays [`REGRESSION_SEEDS`] (the sweeps' seeds change with the
+/// implementation's message pattern; these stay pinned).
+///
+/// checklist: election-7, election-8, conf-1
+#[test]
+fn sim_regression_seeds() {
+    for &(seed, voters, learners) in REGRESSION_SEEDS {
+        run_one(seed, Shape { voters, learners }, steps());
+    }
+}
+
 /// checklist: election-1 (the randomized timeout comes from the seed)
 #[test]
 fn sim_same_seed_same_trace() {

@@ -258,6 +258,12 @@ struct MemShared {
 
 /// Write access to a [`MemStorage`]'s state; on drop it republishes the
 /// log bounds that lock-free readers see.
+///
+/// While a guard is alive, `Storage::first_index` and `last_index` still
+/// answer the bounds from before it was taken: drop the guard before
+/// handing control back to the node (e.g. before `advance` or
+/// `on_persist_ready`). The two bounds are published one after the other,
+/// so another thread may briefly see a new first index with an old last.
 pub struct MemStorageWriteGuard<'a> {
     core: RwLockWriteGuard<'a, MemStorageCore>,
     shared: &'a MemShared,

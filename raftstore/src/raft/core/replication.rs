@@ -128,10 +128,13 @@ impl<S: Storage> Raft<S> {
             if sent {
                 continue;
             }
+            // A follower whose next entries are compacted waits for a
+            // snapshot; the loop above already asked for one.
+            let first = self.raft_log.first_index();
             let behind = self
                 .prs
                 .get(id)
-                .is_some_and(|pr| pr.committed_index < committed);
+                .is_some_and(|pr| pr.committed_index < committed && pr.next_idx >= first);
             if pending.commit && behind {
                 self.maybe_send_append(id, true);
             }
@@ -167,9 +170,14 @@ impl<S: Storage> Raft<S> {
         let Some(pr) = self.prs.get_mut(to) else {
             return false;
         };
-        // A commit-index update to a replicating follower needs no answer:
-        // nothing rides on it (no inflight slot, no probe).
-        let no_ack = ents.is_empty() && pr.state == ProgressState::Replicate;
+        // A commit-index update to a replicating follower that is known to
+        // hold everything sent needs no answer: the ack would repeat a
+        // match the leader has (no inflight slot, no probe). With entries
+        // still unacknowledged the ack is what advances `matched` when an
+        // earlier one was lost (heartbeat responses and leader transfer
+        // send such empty appends), so it is requested.
+        let no_ack =
+            ents.is_empty() && pr.state == ProgressState::Replicate && pr.matched + 1 == next;
         if let Some(last) = ents.last().map(|e| e.index) {
             match pr.state {
                 ProgressState::Replicate => {

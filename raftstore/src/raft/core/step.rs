@@ -74,12 +74,14 @@ impl<S: Storage> Raft<S> {
     /// A message from an older term.
     fn step_stale(&mut self, m: &Message, t: MessageType) {
         match t {
-            // Tell a stale leader the current term so it steps down; with
-            // check-quorum or pre-vote a partitioned node would otherwise
-            // never learn it (etcd's rule).
-            MessageType::MsgAppend | MessageType::MsgHeartbeat
-                if self.check_quorum || self.pre_vote =>
-            {
+            // Tell a stale leader the current term so it steps down (the
+            // paper's rule). etcd answers only under check-quorum or
+            // pre-vote and otherwise relies on this node's vote requests to
+            // carry the term; but a node that missed a conf change sends
+            // them to its stale voter set, which may not include the
+            // leader: the simulator found such a group stuck for good
+            // (a voter at a higher term that no leader could reach).
+            MessageType::MsgAppend | MessageType::MsgHeartbeat => {
                 self.send(Self::new_message(m.from, MessageType::MsgAppendResponse));
             }
             MessageType::MsgRequestPreVote => {

@@ -102,9 +102,10 @@ impl Unstable {
         let Some(first) = ents.first() else { return };
         let after = first.index;
         let end = self.offset + self.entries.len() as u64;
+        debug_assert!(after <= end, "append at {after} leaves a gap after {end}");
         if after == end && !self.entries.is_empty() {
             self.entries.append(&mut ents);
-        } else if after <= self.offset || after == end {
+        } else if after <= self.offset {
             // Replace the whole (possibly empty) tail: take over the
             // caller's buffer instead of copying into ours.
             self.offset = after;
