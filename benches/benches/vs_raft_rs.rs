@@ -13,6 +13,11 @@
 //!   raft-rs both before and after its explicit
 //!   `Raft::maybe_free_inflight_buffers`, flotilla without any free call.
 //!
+//! - The same pipelines measured in alternating pairs (about 100 ms of
+//!   flotilla, then 100 ms of raft-rs, 31 times), whose per-pair ratio is
+//!   robust against the machine's noise drifting between criterion's
+//!   back-to-back runs.
+//!
 //! Prints a table of throughputs, heap bytes and ratios after criterion.
 
 mod raft_pipeline;
@@ -41,6 +46,10 @@ const THROUGHPUT_GOAL: f64 = 1.5;
 const HEAP_GOAL: f64 = 0.5;
 /// Rounds run to count messages and readies per proposal.
 const ROUNDS_FOR_COUNTS: usize = 1000;
+/// Alternating (flotilla, raft-rs) pairs of the paired measurement.
+const PAIRS: usize = 31;
+/// Wall time each library runs per half of a pair.
+const PAIR_HALF: std::time::Duration = std::time::Duration::from_millis(100);
 /// Bench id of flotilla's runs.
 const OURS: &str = "flotilla";
 /// Bench id of raft-rs's runs.
@@ -254,6 +263,54 @@ fn work_per_proposal<N: BenchNode>(per_round: u64) -> (f64, f64) {
     c.work_per_proposal()
 }
 
+/// Runs `per_round`-proposal rounds on `c` for about `d`; returns how many.
+fn rounds_in<N: BenchNode>(c: &mut Cluster<N>, per_round: u64, d: std::time::Duration) -> u64 {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < d {
+        c.round(per_round);
+        n += 1;
+    }
+    n.max(1)
+}
+
+/// Proposals per second over `rounds` rounds of `per_round` on `c`.
+fn ops_over<N: BenchNode>(c: &mut Cluster<N>, per_round: u64, rounds: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..rounds {
+        c.round(per_round);
+    }
+    (rounds * per_round) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The pipeline measured in alternating pairs: [`PAIRS`] times, flotilla
+/// then raft-rs each run for about [`PAIR_HALF`]. Noise on a shared machine
+/// drifts over seconds; criterion's back-to-back runs of several seconds
+/// each can land in different regimes, while the two halves of a pair
+/// share one. Returns the medians of (flotilla ops/s, raft-rs ops/s,
+/// per-pair ratio).
+fn paired(per_round: u64) -> (f64, f64, f64) {
+    let log = logger();
+    let mut ours = Cluster::<Flotilla>::new(&log);
+    let mut theirs = Cluster::<RaftRs>::new(&log);
+    let our_rounds = rounds_in(&mut ours, per_round, PAIR_HALF);
+    let their_rounds = rounds_in(&mut theirs, per_round, PAIR_HALF);
+    let (mut o, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..PAIRS {
+        let a = ops_over(&mut ours, per_round, our_rounds);
+        let b = ops_over(&mut theirs, per_round, their_rounds);
+        o.push(a);
+        t.push(b);
+        r.push(a / b);
+    }
+    (median(o), median(t), median(r))
+}
+
 fn print_table(samples: &Samples) {
     println!();
     println!("flotilla vs raft-rs 0.7 (3 voters, {PROPOSAL_SIZE}-byte proposals, MemStorage)");
@@ -272,6 +329,17 @@ fn print_table(samples: &Samples) {
             fmt_opt(theirs, "ops/s"),
             ratio.map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x")),
             ratio.map_or("n/a", |r| verdict(r >= THROUGHPUT_GOAL)),
+        );
+    }
+    for per_round in PROPOSALS_PER_ROUND {
+        let (ours, theirs, ratio) = paired(per_round);
+        println!(
+            "{:<34} {:>16} {:>16} {:>8}  {}",
+            format!("pipeline, {per_round}/round, paired"),
+            format!("{ours:.0} ops/s"),
+            format!("{theirs:.0} ops/s"),
+            format!("{ratio:.2}x"),
+            verdict(ratio >= THROUGHPUT_GOAL),
         );
     }
     for per_round in PROPOSALS_PER_ROUND {

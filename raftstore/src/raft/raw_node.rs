@@ -103,7 +103,48 @@ pub struct RawNode<S: Storage> {
     prev_hs: HardState,
     max_number: u64,
     /// Readies handed out and not yet reported persisted, oldest first.
-    records: Vec<ReadyRecord>,
+    records: PendingRecords,
+}
+
+/// The [`ReadyRecord`]s not yet persisted, oldest first. The usual case,
+/// one outstanding Ready, lives inline: no allocation per Ready.
+///
+/// Invariant: `tail` is empty when `head` is `None`; `head` is older than
+/// every record of `tail`.
+#[derive(Debug, Default)]
+struct PendingRecords {
+    head: Option<ReadyRecord>,
+    tail: Vec<ReadyRecord>,
+}
+
+impl PendingRecords {
+    fn push(&mut self, r: ReadyRecord) {
+        if self.head.is_none() {
+            self.head = Some(r);
+        } else {
+            self.tail.push(r);
+        }
+    }
+
+    /// Removes and returns the oldest record if its Ready number is at most
+    /// `number`.
+    fn pop_persisted(&mut self, number: u64) -> Option<ReadyRecord> {
+        let head = self.head.filter(|h| h.number <= number)?;
+        self.head = if self.tail.is_empty() {
+            None
+        } else {
+            Some(self.tail.remove(0))
+        };
+        if self.tail.is_empty() && self.tail.capacity() > 0 {
+            // An idle group holds no heap for records.
+            self.tail = Vec::new();
+        }
+        Some(head)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.tail.capacity() * std::mem::size_of::<ReadyRecord>()
+    }
 }
 
 /// `RawNode<S>` is `Send` whenever `S` is.
@@ -127,7 +168,7 @@ impl<S: Storage> RawNode<S> {
             prev_ss,
             prev_hs,
             max_number: 0,
-            records: Vec::new(),
+            records: PendingRecords::default(),
         })
     }
 
@@ -357,26 +398,13 @@ impl<S: Storage> RawNode<S> {
 
     /// The application made Ready `number` (and every earlier one) durable.
     pub fn on_persist_ready(&mut self, number: u64) {
-        let n = self
-            .records
-            .iter()
-            .take_while(|r| r.number <= number)
-            .count();
-        if n == 0 {
-            return;
-        }
-        for i in 0..n {
-            let r = self.records[i];
+        while let Some(r) = self.records.pop_persisted(number) {
             if let Some(idx) = r.snapshot {
                 self.raft.on_persist_snap(idx);
             }
             if let Some((idx, term)) = r.last_entry {
                 self.raft.on_persist_entries(idx, term);
             }
-        }
-        self.records.drain(..n);
-        if self.records.is_empty() {
-            self.records = Vec::new();
         }
     }
 
@@ -462,7 +490,7 @@ impl<S: Storage> RawNode<S> {
     /// An estimate of the heap bytes held by this node (excluding storage and
     /// the shared logger).
     pub fn heap_size(&self) -> usize {
-        self.raft.heap_size() + self.records.capacity() * std::mem::size_of::<ReadyRecord>()
+        self.raft.heap_size() + self.records.heap_bytes()
     }
 }
 

@@ -364,6 +364,7 @@ impl Storage for MemStorage {
         Ok(ents)
     }
 
+    #[inline]
     fn term(&self, idx: u64) -> Result<u64> {
         let core = self.rl();
         if idx == core.snapshot_metadata.index {
@@ -378,10 +379,12 @@ impl Storage for MemStorage {
         Ok(core.entries[(idx - core.first_index()) as usize].term)
     }
 
+    #[inline]
     fn first_index(&self) -> Result<u64> {
         Ok(self.shared.first.load(Ordering::Acquire))
     }
 
+    #[inline]
     fn last_index(&self) -> Result<u64> {
         Ok(self.shared.last.load(Ordering::Acquire))
     }

@@ -36,11 +36,13 @@ impl Unstable {
     }
 
     /// The first index, if only a snapshot determines it.
+    #[inline]
     pub fn maybe_first_index(&self) -> Option<u64> {
         self.snapshot.as_deref().map(|s| snap_index(s).0 + 1)
     }
 
     /// The last index, if the tail holds entries or a snapshot.
+    #[inline]
     pub fn maybe_last_index(&self) -> Option<u64> {
         match self.entries.len() {
             0 => self.snapshot.as_deref().map(|s| snap_index(s).0),
@@ -49,6 +51,7 @@ impl Unstable {
     }
 
     /// The term of `idx`, if the tail knows it.
+    #[inline]
     pub fn maybe_term(&self, idx: u64) -> Option<u64> {
         if idx < self.offset {
             let (si, st) = self.snapshot.as_deref().map(snap_index)?;
@@ -123,6 +126,7 @@ impl Unstable {
     ///
     /// If the range is outside the tail (an internal invariant of
     /// [`RaftLog`](super::RaftLog)).
+    #[inline]
     pub fn slice(&self, lo: u64, hi: u64) -> &[Entry] {
         let upper = self.offset + self.entries.len() as u64;
         assert!(
@@ -134,12 +138,14 @@ impl Unstable {
     }
 
     /// Entries not yet handed out in a `Ready`.
+    #[inline]
     pub fn unhanded_entries(&self) -> &[Entry] {
         let skip = (self.handed + 1).saturating_sub(self.offset) as usize;
         &self.entries[skip.min(self.entries.len())..]
     }
 
     /// Marks every entry as handed out.
+    #[inline]
     pub fn mark_handed(&mut self) {
         if let Some(last) = self.maybe_last_index() {
             self.handed = self.handed.max(last);

@@ -50,11 +50,13 @@ impl Inflights {
     }
 
     /// True when no more appends may be sent.
+    #[inline]
     pub fn full(&self) -> bool {
         self.count == self.cap
     }
 
     /// Number of appends in flight.
+    #[inline]
     pub fn count(&self) -> usize {
         self.count as usize
     }
@@ -75,6 +77,7 @@ impl Inflights {
     ///
     /// If the window is full (callers check [`Inflights::full`] first), or if
     /// `last_index` is not greater than the last recorded index.
+    #[inline]
     pub fn add(&mut self, last_index: u64) {
         assert!(!self.full(), "add to a full inflights window");
         if self.count as usize == self.buffer.len() {
@@ -101,6 +104,7 @@ impl Inflights {
     }
 
     /// Frees every in-flight append with last index `<= to`.
+    #[inline]
     pub fn free_to(&mut self, to: u64) {
         let len = self.buffer.len();
         while self.count > 0 && self.buffer[self.start as usize] <= to {

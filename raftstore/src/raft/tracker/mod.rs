@@ -101,11 +101,13 @@ impl ProgressTracker {
     }
 
     /// The progress of `id`.
+    #[inline]
     pub fn get(&self, id: u64) -> Option<&Progress> {
         self.position(id).map(|i| &self.progress[i].1)
     }
 
     /// The progress of `id`, mutably.
+    #[inline]
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Progress> {
         self.position(id).map(|i| &mut self.progress[i].1)
     }
@@ -113,6 +115,7 @@ impl ProgressTracker {
     /// Where `id` sits in `progress`. Groups are small (3 to 7 peers) and
     /// this runs several times per message: a linear scan over so few ids
     /// beats a binary search's unpredictable branches.
+    #[inline]
     fn position(&self, id: u64) -> Option<usize> {
         if self.progress.len() <= LINEAR_SCAN_MAX {
             self.progress.iter().position(|p| p.0 == id)
@@ -134,6 +137,7 @@ impl ProgressTracker {
     /// The id of the `i`-th peer in id order (voters and learners), if
     /// there are more than `i` peers. Lets a caller walk the peers while
     /// mutating the tracker, without collecting their ids.
+    #[inline]
     pub fn id_at(&self, i: usize) -> Option<u64> {
         self.progress.get(i).map(|p| p.0)
     }
@@ -185,6 +189,7 @@ impl ProgressTracker {
     }
 
     /// The largest index replicated on a quorum (both halves when joint).
+    #[inline]
     pub fn committed(&self) -> u64 {
         self.conf
             .voters

@@ -98,6 +98,7 @@ impl Progress {
 
     /// Updates after an acknowledgement of `n`. Returns false if the
     /// acknowledgement is stale (`n <= matched`).
+    #[inline]
     pub fn maybe_update(&mut self, n: u64) -> bool {
         let updated = self.matched < n;
         if updated {
@@ -109,12 +110,14 @@ impl Progress {
     }
 
     /// Records that the peer has been told commit index `ci`.
+    #[inline]
     pub fn update_committed(&mut self, ci: u64) {
         self.committed_index = self.committed_index.max(ci);
     }
 
     /// Optimistically advances `next_idx` after sending up to `n`
     /// (replicate state).
+    #[inline]
     pub fn optimistic_update(&mut self, n: u64) {
         self.next_idx = n + 1;
     }
@@ -139,6 +142,7 @@ impl Progress {
     }
 
     /// True if the leader must not send appends now.
+    #[inline]
     pub fn is_paused(&self) -> bool {
         match self.state {
             ProgressState::Probe => self.probe_sent,
