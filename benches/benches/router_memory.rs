@@ -4,15 +4,16 @@
 //! The memory figures are printed before criterion starts:
 //! `cargo bench -p flotilla-benches --bench router_memory`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use criterion::{BatchSize, Criterion, criterion_group};
+use flotilla_benches::Counting;
+use flotilla_benches::counting::{enable, live};
+use flotilla_benches::fsm::{Region, region};
 use flotilla_router::{
-    Batch, BatchSystem, Config, Fsm, HandleResult, Inbox, Mailbox, PollHandler, Router,
+    Batch, BatchSystem, Config, HandleResult, Inbox, Mailbox, PollHandler, Router,
 };
 
 /// Number of FSMs registered, as on a store hosting 100,000 regions.
@@ -22,67 +23,8 @@ const BOUNDED_CAPACITY: usize = 4_096;
 /// Per-FSM goal from the design: mailbox + router entry, empty mailbox.
 const GOAL_BYTES: usize = 512;
 
-/// Counts live heap bytes and allocations; delegates to the system allocator.
-struct Counting;
-
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-static LIVE_ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged, so `System`'s guarantees carry over; the counters are plain
-// atomics and never touch the allocation.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded verbatim; the caller upholds `alloc`'s contract.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-            LIVE_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded verbatim; `ptr` came from `alloc` with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        LIVE_ALLOCS.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded verbatim; the caller upholds `realloc`'s contract.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        new
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn live() -> (usize, usize) {
-    (
-        LIVE_BYTES.load(Ordering::SeqCst),
-        LIVE_ALLOCS.load(Ordering::SeqCst),
-    )
-}
-
-/// The smallest useful FSM: its own box is part of the figure, and reported
-/// separately.
-struct Region {
-    handled: u64,
-}
-
-impl Fsm for Region {
-    type Message = u64;
-
-    fn is_stopped(&self) -> bool {
-        false
-    }
-}
 
 /// Drains each inbox and reports every handled message.
 struct Drain {
@@ -106,10 +48,6 @@ impl PollHandler<Region, Region> for Drain {
     }
 
     fn end(&mut self, _batch: &mut Batch<'_, Region>) {}
-}
-
-fn region() -> Box<Region> {
-    Box::new(Region { handled: 0 })
 }
 
 fn new_system(pool_size: usize) -> (Router<Region, Region>, BatchSystem<Region, Region>) {
@@ -138,10 +76,10 @@ fn register(router: &Router<Region, Region>, bounded: bool) {
     }
 }
 
-fn report(label: &str, before: (usize, usize), after: (usize, usize)) {
-    let fsms = usize::try_from(FSMS).unwrap_or(usize::MAX);
-    let bytes = after.0.saturating_sub(before.0) as f64 / fsms as f64;
-    let allocs = after.1.saturating_sub(before.1) as f64 / fsms as f64;
+fn report(label: &str, before: (isize, isize), after: (isize, isize)) {
+    let fsms = FSMS as f64;
+    let bytes = (after.0 - before.0) as f64 / fsms;
+    let allocs = (after.1 - before.1) as f64 / fsms;
     let fsm_box = std::mem::size_of::<Region>() as f64;
     println!(
         "router_memory/{label}: {bytes:.1} heap bytes per FSM ({:.1} without the FSM's own \
@@ -153,6 +91,7 @@ fn report(label: &str, before: (usize, usize), after: (usize, usize)) {
 /// Registers 100,000 idle FSMs and prints the heap they cost, fresh and after
 /// each handled one message and went idle again.
 fn memory_report() {
+    enable(true);
     for bounded in [false, true] {
         let label = if bounded { "bounded" } else { "unbounded" };
         let (router, mut system) = new_system(1);

@@ -7,8 +7,9 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flotilla_benches::fsm::{Region, region};
 use flotilla_router::{
-    Batch, BatchSystem, Config, Fsm, HandleResult, Inbox, Mailbox, PollHandler, Router,
+    Batch, BatchSystem, Config, HandleResult, Inbox, Mailbox, PollHandler, Router,
 };
 
 /// Messages sent per measured iteration, spread round-robin over the FSMs.
@@ -19,18 +20,6 @@ const FSM_COUNTS: [u64; 3] = [1, 1_000, 100_000];
 const POLLER_COUNTS: [usize; 2] = [1, 2];
 /// Messages a handler takes from one inbox per round before yielding.
 const MESSAGES_PER_ROUND: usize = 4_096;
-
-struct Region {
-    handled: u64,
-}
-
-impl Fsm for Region {
-    type Message = u64;
-
-    fn is_stopped(&self) -> bool {
-        false
-    }
-}
 
 /// Shared completion counter: the handler that brings `handled` up to
 /// `target` signals the bench thread.
@@ -84,12 +73,11 @@ fn setup(fsms: u64, pollers: usize) -> Setup {
         pool_size: pollers,
         ..Config::default()
     };
-    let (router, mut system) =
-        match BatchSystem::new(&cfg, Mailbox::new(Box::new(Region { handled: 0 }))) {
-            Ok(pair) => pair,
-            Err(e) => panic!("bench config is valid: {e}"),
-        };
-    let mailboxes = (0..fsms).map(|addr| (addr, Mailbox::new(Box::new(Region { handled: 0 }))));
+    let (router, mut system) = match BatchSystem::new(&cfg, Mailbox::new(region())) {
+        Ok(pair) => pair,
+        Err(e) => panic!("bench config is valid: {e}"),
+    };
+    let mailboxes = (0..fsms).map(|addr| (addr, Mailbox::new(region())));
     if let Err(e) = router.register_all(mailboxes) {
         panic!("register: {e}");
     }

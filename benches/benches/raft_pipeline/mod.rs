@@ -8,11 +8,10 @@
 //! into its own `MemStorage`, step a message). Both libraries therefore run
 //! exactly the same delivery loop, persistence and apply accounting.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use flotilla_benches::{Counting, counting};
 
 use flotilla_proto::eraftpb::{Entry, Message, MessageType, Snapshot};
 use flotilla_raftstore::raft::tracker::IDLE_CHECKS_BEFORE_FREE;
@@ -352,13 +351,13 @@ pub fn idle_leader_heap<N: BenchNode>() -> (isize, isize) {
     // Warm-up: lazily initialized statics (default instances, thread
     // locals) are allocated once and must not be charged to the node.
     drop(idle_leader::<N>(&logger));
-    counting(true);
-    let before = live_bytes();
+    counting::enable(true);
+    let before = counting::thread_live_bytes();
     let mut n = idle_leader::<N>(&logger);
-    let held = live_bytes() - before;
+    let held = counting::thread_live_bytes() - before;
     n.free_inflight_buffers();
-    let freed = live_bytes() - before;
-    counting(false);
+    let freed = counting::thread_live_bytes() - before;
+    counting::enable(false);
     drop(n);
     (held, freed)
 }
@@ -502,62 +501,8 @@ impl BenchNode for Flotilla {
 
 // --- counting allocator ----------------------------------------------------
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-/// A global allocator that, while enabled, counts the live heap bytes of the
-/// current thread (so criterion's or the runtime's other threads do not
-/// disturb the count). Disabled it costs one relaxed load per call.
-pub struct Counting;
-
-fn track(delta: isize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        let _ = LIVE.try_with(|c| c.set(c.get() + delta));
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; the thread-local
-// counter is a const-initialized `Cell` without a destructor, so touching it
-// never allocates or re-enters the allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        track(layout.size() as isize);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        track(layout.size() as isize);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        track(-(layout.size() as isize));
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        track(new_size as isize - layout.size() as isize);
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn counting(on: bool) {
-    COUNTING.store(on, Ordering::SeqCst);
-}
-
-fn live_bytes() -> isize {
-    LIVE.with(|c| c.get())
-}
 
 // --- sample recording ------------------------------------------------------
 

@@ -85,11 +85,9 @@ impl<S: Storage> Raft<S> {
         if self.maybe_commit() {
             self.bcast_append();
         } else {
-            for id in self.prs.ids() {
-                if id != self.id {
-                    self.maybe_send_append(id, false);
-                }
-            }
+            self.for_each_peer(|r, id| {
+                r.maybe_send_append(id, false);
+            });
         }
         cs
     }

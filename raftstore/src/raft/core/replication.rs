@@ -91,13 +91,20 @@ impl<S: Storage> Raft<S> {
     /// Sends appends (or heartbeats-as-appends) to every peer that is not
     /// paused.
     pub(crate) fn bcast_append(&mut self) {
-        // Sending never changes the membership, so walking by position is
-        // stable and allocates nothing.
+        self.for_each_peer(|r, id| {
+            r.maybe_send_append(id, true);
+        });
+    }
+
+    /// Calls `f` for every peer but this node, in id order, without
+    /// collecting the ids. `f` may send: sending never changes the
+    /// membership, so walking the tracker by position stays stable.
+    pub(crate) fn for_each_peer(&mut self, mut f: impl FnMut(&mut Self, u64)) {
         let mut i = 0;
         while let Some(id) = self.prs.id_at(i) {
             i += 1;
             if id != self.id {
-                self.maybe_send_append(id, true);
+                f(self, id);
             }
         }
     }
@@ -113,32 +120,28 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let committed = self.raft_log.committed;
-        let mut i = 0;
-        while let Some(id) = self.prs.id_at(i) {
-            i += 1;
-            if id == self.id {
-                continue;
-            }
+        // Sending neither compacts nor commits: both bounds hold for the walk.
+        let first = self.raft_log.first_index();
+        self.for_each_peer(|r, id| {
             // Fill the pipeline: with `max_size_per_msg` the new entries
             // may need several appends.
             let mut sent = false;
-            while self.maybe_send_append(id, false) {
+            while r.maybe_send_append(id, false) {
                 sent = true;
             }
-            if sent {
-                continue;
+            if sent || !pending.commit {
+                return;
             }
             // A follower whose next entries are compacted waits for a
             // snapshot; the loop above already asked for one.
-            let first = self.raft_log.first_index();
-            let behind = self
+            let behind = r
                 .prs
                 .get(id)
                 .is_some_and(|pr| pr.committed_index < committed && pr.next_idx >= first);
-            if pending.commit && behind {
-                self.maybe_send_append(id, true);
+            if behind {
+                r.maybe_send_append(id, true);
             }
-        }
+        });
     }
 
     /// True if a leader owes its followers entries or a commit index.
@@ -211,23 +214,18 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn bcast_heartbeat_with_ctx(&mut self, ctx: Option<Bytes>) {
-        let mut i = 0;
-        while let Some(id) = self.prs.id_at(i) {
-            i += 1;
-            if id == self.id {
-                continue;
-            }
-            let Some(pr) = self.prs.get(id) else { continue };
+        self.for_each_peer(|r, id| {
+            let Some(pr) = r.prs.get(id) else { return };
             // A follower may not have the leader's commit index entries yet:
             // never tell it more than it has matched.
-            let commit = pr.matched.min(self.raft_log.committed);
+            let commit = pr.matched.min(r.raft_log.committed);
             let mut m = Self::new_message(id, MessageType::MsgHeartbeat);
             m.commit = commit;
             if let Some(c) = &ctx {
                 m.context = c.clone();
             }
-            self.send(m);
-        }
+            r.send(m);
+        });
     }
 
     /// Follower: handles an append from the leader.

@@ -171,16 +171,25 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn step_follower(&mut self, mut m: Message, t: MessageType) -> Result<()> {
+    /// Follower: hands `m` (a proposal, read or transfer request) to the
+    /// known leader; dropped with an error when there is none.
+    fn forward_to_leader(&mut self, mut m: Message) -> Result<()> {
+        if self.leader_id == INVALID_ID {
+            return Err(Error::ProposalDropped);
+        }
+        m.to = self.leader_id;
+        self.send(m);
+        Ok(())
+    }
+
+    fn step_follower(&mut self, m: Message, t: MessageType) -> Result<()> {
         match t {
-            MessageType::MsgPropose => {
-                if self.leader_id == INVALID_ID || self.disable_proposal_forwarding {
-                    return Err(Error::ProposalDropped);
-                }
-                m.to = self.leader_id;
-                self.send(m);
-                Ok(())
+            MessageType::MsgPropose if self.disable_proposal_forwarding => {
+                Err(Error::ProposalDropped)
             }
+            MessageType::MsgPropose
+            | MessageType::MsgTransferLeader
+            | MessageType::MsgReadIndex => self.forward_to_leader(m),
             MessageType::MsgAppend => {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
@@ -199,27 +208,11 @@ impl<S: Storage> Raft<S> {
                 self.handle_snapshot(m);
                 Ok(())
             }
-            MessageType::MsgTransferLeader => {
-                if self.leader_id == INVALID_ID {
-                    return Err(Error::ProposalDropped);
-                }
-                m.to = self.leader_id;
-                self.send(m);
-                Ok(())
-            }
             MessageType::MsgTimeoutNow => {
                 if self.promotable {
                     // A transfer skips pre-vote: the leader asked for it.
                     self.hup(true);
                 }
-                Ok(())
-            }
-            MessageType::MsgReadIndex => {
-                if self.leader_id == INVALID_ID {
-                    return Err(Error::ProposalDropped);
-                }
-                m.to = self.leader_id;
-                self.send(m);
                 Ok(())
             }
             MessageType::MsgReadIndexResp => {

@@ -397,18 +397,8 @@ impl<S: Storage> RaftLog<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::log::test_entries as ents;
     use crate::raft::storage::MemStorage;
-
-    fn ents(pairs: &[(u64, u64)]) -> Vec<Entry> {
-        pairs
-            .iter()
-            .map(|&(index, term)| Entry {
-                index,
-                term,
-                ..Default::default()
-            })
-            .collect()
-    }
 
     fn log_with(stored: &[(u64, u64)], unstable: &[(u64, u64)]) -> RaftLog<MemStorage> {
         let s = MemStorage::new();

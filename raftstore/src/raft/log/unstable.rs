@@ -166,18 +166,8 @@ impl Unstable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::log::test_entries as ents;
     use flotilla_proto::eraftpb::SnapshotMetadata;
-
-    fn ents(pairs: &[(u64, u64)]) -> Vec<Entry> {
-        pairs
-            .iter()
-            .map(|&(index, term)| Entry {
-                index,
-                term,
-                ..Default::default()
-            })
-            .collect()
-    }
 
     /// checklist: log-5 (unstable truncation on conflict)
     #[test]
