@@ -12,7 +12,7 @@ use rocksdb::{
 
 use crate::error::{Error, Result, rocks};
 use crate::snapshot::Snapshot;
-use crate::write_batch::WriteBatch;
+use crate::write_batch::{WriteBatch, WriteOrigin, check_range};
 
 /// The column families of a flotilla database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) db: DB,
     path: PathBuf,
     stats: EngineStats,
+    /// Writes still to fail, by [`WriteOrigin::index`] (fault injection).
+    faults: [AtomicU64; WriteOrigin::ALL.len()],
 }
 
 impl Inner {
@@ -191,6 +193,7 @@ impl Engine {
                 db,
                 path,
                 stats: EngineStats::default(),
+                faults: Default::default(),
             }),
         })
     }
@@ -264,8 +267,10 @@ impl Engine {
     /// Deletes every key in `[start, end)` of `cf`, unsynced.
     ///
     /// # Errors
-    /// [`Error::RocksDb`] if the write fails.
+    /// [`Error::InvalidRange`] unless `start < end`; [`Error::RocksDb`] if
+    /// the write fails.
     pub fn delete_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<()> {
+        check_range(start, end)?;
         self.inner
             .db
             .delete_range_cf(self.inner.cf(cf), start, end)
@@ -291,6 +296,15 @@ impl Engine {
         if batch.is_empty() {
             return Ok(());
         }
+        let origin = batch.origin();
+        let fault = &self.inner.faults[origin.index()];
+        if fault.load(Ordering::Relaxed) > 0
+            && fault
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(Error::InjectedFault { origin });
+        }
         let mut wopts = WriteOptions::default();
         let sync = durability == Durability::Sync;
         wopts.set_sync(sync);
@@ -306,6 +320,14 @@ impl Engine {
         }
         stats.written_bytes.fetch_add(data_size, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Fault injection, for tests of the write-failure paths: the next
+    /// `count` non-empty writes of batches from `origin` fail with
+    /// [`Error::InjectedFault`] and write nothing. `count = 0` cancels what
+    /// is left. Costs one relaxed atomic load per write otherwise.
+    pub fn inject_write_faults(&self, origin: WriteOrigin, count: u64) {
+        self.inner.faults[origin.index()].store(count, Ordering::Release);
     }
 
     /// A consistent point-in-time view of both column families.

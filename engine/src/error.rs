@@ -70,6 +70,24 @@ pub enum Error {
     /// Options that cannot work.
     #[error("invalid engine options: {0}")]
     InvalidOptions(String),
+    /// A range delete whose end does not come after its start. RocksDB
+    /// would accept such a batch into its WAL and then fail it at memtable
+    /// insertion, which poisons the whole database; it is refused here
+    /// before it can reach RocksDB.
+    #[error("invalid range: end {end:?} does not come after start {start:?}")]
+    InvalidRange {
+        /// The range's start.
+        start: Vec<u8>,
+        /// The range's end.
+        end: Vec<u8>,
+    },
+    /// A write failed by [`crate::Engine::inject_write_faults`] (fault
+    /// tests); nothing of the batch was written.
+    #[error("injected write fault ({origin:?})")]
+    InjectedFault {
+        /// The origin of the failed batch.
+        origin: crate::WriteOrigin,
+    },
 }
 
 /// The engine's result type.

@@ -19,4 +19,4 @@ mod write_batch;
 pub use engine::{Cf, Durability, Engine, EngineOptions, EngineStats};
 pub use error::{Error, Result};
 pub use snapshot::{RangeIter, Snapshot};
-pub use write_batch::WriteBatch;
+pub use write_batch::{WriteBatch, WriteOrigin};

@@ -3,6 +3,34 @@
 use std::sync::Arc;
 
 use crate::engine::{Cf, Engine, Inner};
+use crate::error::{Error, Result};
+
+/// Where a write batch comes from. The engine uses it only to aim injected
+/// faults ([`Engine::inject_write_faults`]) at one write path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WriteOrigin {
+    /// Anything else (bootstrap, tools, tests).
+    #[default]
+    Other,
+    /// A raft poll round: log entries and hard states.
+    RaftLog,
+    /// An apply round: user data and apply states.
+    Apply,
+}
+
+impl WriteOrigin {
+    /// Every origin, in index order.
+    pub const ALL: [WriteOrigin; 3] =
+        [WriteOrigin::Other, WriteOrigin::RaftLog, WriteOrigin::Apply];
+
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            WriteOrigin::Other => 0,
+            WriteOrigin::RaftLog => 1,
+            WriteOrigin::Apply => 2,
+        }
+    }
+}
 
 /// Writes collected from any number of regions and both column families,
 /// applied atomically by one [`Engine::write`]. Made by
@@ -13,6 +41,7 @@ pub struct WriteBatch {
     engine: Arc<Inner>,
     /// Scratch buffer for encoding messages, reused across `put_msg` calls.
     scratch: Vec<u8>,
+    origin: WriteOrigin,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -31,7 +60,18 @@ impl WriteBatch {
             raw: rocksdb::WriteBatch::default(),
             engine: engine.inner.clone(),
             scratch: Vec::new(),
+            origin: WriteOrigin::Other,
         }
+    }
+
+    /// Marks where the batch comes from (see [`WriteOrigin`]).
+    pub fn set_origin(&mut self, origin: WriteOrigin) {
+        self.origin = origin;
+    }
+
+    /// Where the batch comes from.
+    pub fn origin(&self) -> WriteOrigin {
+        self.origin
     }
 
     /// Sets `key` to `value` in `cf`.
@@ -54,8 +94,16 @@ impl WriteBatch {
     }
 
     /// Deletes every key of `cf` in `[start, end)`.
-    pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
+    ///
+    /// # Errors
+    /// [`Error::InvalidRange`] unless `start < end`; the batch is unchanged.
+    /// (RocksDB takes an inverted range into its WAL and then fails it at
+    /// memtable insertion with a fatal background error that stops every
+    /// later write to the database, so it must never get one.)
+    pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) -> Result<()> {
+        check_range(start, end)?;
         self.raw.delete_range_cf(self.engine.cf(cf), start, end);
+        Ok(())
     }
 
     /// Number of operations in the batch.
@@ -84,5 +132,17 @@ impl WriteBatch {
 
     pub(crate) fn engine(&self) -> &Arc<Inner> {
         &self.engine
+    }
+}
+
+/// [`Error::InvalidRange`] unless `start < end`.
+pub(crate) fn check_range(start: &[u8], end: &[u8]) -> Result<()> {
+    if start < end {
+        Ok(())
+    } else {
+        Err(Error::InvalidRange {
+            start: start.to_vec(),
+            end: end.to_vec(),
+        })
     }
 }

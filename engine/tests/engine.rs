@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::thread;
 
-use flotilla_engine::{Cf, Durability, Engine, EngineOptions, Error, keys};
+use flotilla_engine::{Cf, Durability, Engine, EngineOptions, Error, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Entry, HardState};
 use flotilla_proto::raft_serverpb::{RaftLocalState, RegionLocalState};
 use prost::Message as _;
@@ -292,7 +292,8 @@ fn delete_range_removes_exactly_the_range() {
         engine.put(Cf::Default, &keys::data_key(k), b"v").unwrap();
     }
     let mut wb = engine.write_batch();
-    wb.delete_range(Cf::Default, &keys::data_key(b"b"), &keys::data_key(b"d"));
+    wb.delete_range(Cf::Default, &keys::data_key(b"b"), &keys::data_key(b"d"))
+        .unwrap();
     engine.write(wb, Durability::Sync).unwrap();
     let left: Vec<_> = engine
         .snapshot()
@@ -300,6 +301,71 @@ fn delete_range_removes_exactly_the_range() {
         .map(|r| r.unwrap().0)
         .collect();
     assert_eq!(left, vec![keys::data_key(b"a"), keys::data_key(b"d")]);
+}
+
+/// An inverted or empty range is refused before it reaches RocksDB (which
+/// would log it and then fail it at memtable insertion, poisoning the
+/// database), and the database keeps taking writes afterwards.
+#[test]
+fn inverted_or_empty_range_is_refused_and_db_stays_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let (a, b) = (keys::data_key(b"a"), keys::data_key(b"b"));
+    let mut wb = engine.write_batch();
+    for (start, end) in [(&b, &a), (&a, &a)] {
+        assert!(matches!(
+            wb.delete_range(Cf::Default, start, end),
+            Err(Error::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            engine.delete_range(Cf::Default, start, end),
+            Err(Error::InvalidRange { .. })
+        ));
+    }
+    assert!(wb.is_empty(), "a refused range leaves the batch unchanged");
+    wb.put(Cf::Default, &a, b"v");
+    engine.write(wb, Durability::Sync).unwrap();
+    engine.put(Cf::Default, &b, b"w").unwrap();
+    assert_eq!(
+        engine.get(Cf::Default, &a).unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        engine.get(Cf::Default, &b).unwrap().as_deref(),
+        Some(&b"w"[..])
+    );
+}
+
+/// Injected faults fail exactly the next `count` writes of one origin,
+/// write nothing, and leave other origins alone.
+#[test]
+fn injected_write_faults_hit_only_their_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    engine.inject_write_faults(WriteOrigin::Apply, 2);
+    let batch = |key: &[u8], origin| {
+        let mut wb = engine.write_batch();
+        wb.set_origin(origin);
+        wb.put(Cf::Default, key, b"v");
+        wb
+    };
+    engine
+        .write(batch(b"raft", WriteOrigin::RaftLog), Durability::Sync)
+        .unwrap();
+    for key in [&b"x1"[..], b"x2"] {
+        assert!(matches!(
+            engine.write(batch(key, WriteOrigin::Apply), Durability::Sync),
+            Err(Error::InjectedFault {
+                origin: WriteOrigin::Apply
+            })
+        ));
+        assert_eq!(engine.get(Cf::Default, key).unwrap(), None);
+    }
+    engine
+        .write(batch(b"x3", WriteOrigin::Apply), Durability::Sync)
+        .unwrap();
+    assert!(engine.get(Cf::Default, b"x3").unwrap().is_some());
+    assert!(engine.get(Cf::Default, b"raft").unwrap().is_some());
 }
 
 #[test]

@@ -135,6 +135,32 @@ fn single_voter_read_index_immediate() {
     let _ = MemStorage::new();
 }
 
+/// checklist: read-2, read-5 (a single voter defers too: after a restart
+/// its persisted commit can lag entries it had applied and acknowledged, so
+/// before its own term's entry commits its commit index is not the group's)
+#[test]
+fn single_voter_defers_read_index_until_commit_in_term() {
+    // A log of 3 entries of term 1, of which the persisted commit knows 1.
+    let s = storage_with(&[1], &ents(&[(1, 1), (2, 1), (3, 1)]), 1);
+    s.wl().mut_hard_state().commit = 1;
+    let mut n = new_node_with(config(1), s.clone());
+    n.campaign().unwrap();
+    assert_eq!(n.raft.state(), StateRole::Leader);
+    n.read_index(b"early".to_vec()).unwrap();
+    assert!(
+        n.raft.read_states().is_empty(),
+        "answered with a commit index that may lag the group's"
+    );
+    // The term's empty entry persists and commits, and with it all of 1..=4.
+    let rd = n.ready();
+    persist(&s, &rd);
+    n.advance(rd);
+    assert_eq!(n.raft.raft_log().committed, 4);
+    assert_eq!(n.raft.read_states().len(), 1);
+    assert_eq!(n.raft.read_states()[0].index, 4);
+    assert_eq!(n.raft.read_states()[0].request_ctx.as_ref(), b"early");
+}
+
 /// checklist: read-6
 #[test]
 fn pending_reads_dropped_on_leadership_loss() {

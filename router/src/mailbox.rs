@@ -157,6 +157,17 @@ impl<N: Fsm> Mailbox<N> {
         self.push(msg, self.inner.capacity, scheduler)
     }
 
+    /// Enqueues `msg` unless `limit` messages are queued already (whatever
+    /// the mailbox's own capacity) or the mailbox is closed.
+    pub(crate) fn send_within<S: Schedule<N>>(
+        &self,
+        msg: N::Message,
+        limit: usize,
+        scheduler: &S,
+    ) -> Result<(), SendError<N::Message>> {
+        self.push(msg, limit, scheduler)
+    }
+
     /// Enqueues `msg` whatever the queue length, unless the mailbox is closed.
     pub(crate) fn force_send<S: Schedule<N>>(
         &self,
@@ -178,12 +189,7 @@ impl<N: Fsm> Mailbox<N> {
                 return Err(SendError::new(Error::Closed, msg));
             }
             if shared.queue.len() >= limit {
-                return Err(SendError::new(
-                    Error::Full {
-                        capacity: self.inner.capacity,
-                    },
-                    msg,
-                ));
+                return Err(SendError::new(Error::Full { capacity: limit }, msg));
             }
             shared.queue.push_back(msg);
             let was_idle = shared.state == MailboxState::Idle;

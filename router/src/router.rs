@@ -194,6 +194,22 @@ impl<N: Fsm, C: Fsm> Router<N, C> {
         }
     }
 
+    /// Like [`try_send`](Self::try_send), but with a queue bound of `limit`
+    /// instead of the mailbox's capacity: lets one kind of message (a
+    /// store's raft messages) keep a budget of its own past the capacity
+    /// that bounds another (client commands). A full mailbox comes back as
+    /// [`TrySend::Rejected`] with [`Error::Full`] (carrying `limit`).
+    pub fn try_send_within(&self, addr: u64, msg: N::Message, limit: usize) -> TrySend<N::Message> {
+        let map = self.shard(addr).read();
+        match map.get(&addr) {
+            None => TrySend::Unknown(msg),
+            Some(mailbox) => match mailbox.send_within(msg, limit, &self.inner.normal_scheduler) {
+                Ok(()) => TrySend::Sent,
+                Err(e) => TrySend::Rejected(e),
+            },
+        }
+    }
+
     /// Sends `msg` to the FSM at `addr` even if its mailbox is at capacity.
     /// For messages that must not be lost to back-pressure (e.g. results the
     /// FSM is waiting for).

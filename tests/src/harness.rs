@@ -104,5 +104,5 @@ pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
 
 /// Whether `e` leaves a write's outcome unknown.
 pub fn is_unknown_outcome(e: &Error) -> bool {
-    matches!(e, Error::Timeout | Error::StaleCommand)
+    e.is_outcome_unknown()
 }

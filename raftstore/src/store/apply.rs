@@ -3,8 +3,9 @@
 //! the proposals' callbacks and reports back to the peer.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use flotilla_engine::{Cf, Durability, Engine, WriteBatch, keys};
+use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Entry, EntryType};
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
@@ -17,9 +18,11 @@ use prost::Message as _;
 use slog::Logger;
 
 use super::error::Error;
+use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
 use super::msg::{ApplyMsg, ApplyRes, ApplyTask, PeerMsg, Proposal};
 use super::util::err_response;
+use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
 
 /// A region's apply delegate.
 pub struct ApplyFsm {
@@ -69,16 +72,27 @@ pub struct ApplyPoller {
     engine: Engine,
     raft_router: RaftRouter,
     wb: Option<WriteBatch>,
+    limits: RequestLimits,
+    status: Arc<StoreStatus>,
     logger: Logger,
 }
 
 impl ApplyPoller {
-    /// A poller writing to `engine` and reporting through `raft_router`.
-    pub fn new(engine: Engine, raft_router: RaftRouter, logger: Logger) -> ApplyPoller {
+    /// A poller writing to `engine` and reporting through `raft_router`;
+    /// a failed write stops the store through `status`.
+    pub fn new(
+        engine: Engine,
+        raft_router: RaftRouter,
+        limits: RequestLimits,
+        status: Arc<StoreStatus>,
+        logger: Logger,
+    ) -> ApplyPoller {
         ApplyPoller {
             engine,
             raft_router,
             wb: None,
+            limits,
+            status,
             logger,
         }
     }
@@ -88,28 +102,30 @@ impl ApplyPoller {
             task.region_id, fsm.region.id,
             "task routed to the wrong delegate"
         );
-        let wb = self.wb.get_or_insert_with(|| self.engine.write_batch());
+        let wb = self.wb.get_or_insert_with(|| {
+            let mut wb = self.engine.write_batch();
+            wb.set_origin(WriteOrigin::Apply);
+            wb
+        });
+        // In (term, index) order, as the entries are.
         let mut proposals: VecDeque<Proposal> = task.proposals.into();
         for entry in task.entries {
             if entry.index <= fsm.apply_state.applied_index {
                 continue; // already applied (e.g. replayed after restart)
             }
-            let resp = apply_entry(wb, &fsm.region, &entry);
-            // Proposals below this index were overwritten by another
-            // leader's entries: their outcome is unknown to the client.
-            while proposals.front().is_some_and(|p| p.index < entry.index) {
+            let resp = apply_entry(wb, &fsm.region, &self.limits, &entry);
+            let at = (entry.term, entry.index);
+            // A proposal ordered before this entry was never applied (its
+            // index was taken by another leader's entry, or by an entry of
+            // a later term): its outcome is unknown to the client.
+            while proposals.front().is_some_and(|p| (p.term, p.index) < at) {
                 if let Some(p) = proposals.pop_front() {
                     fsm.done.push((p, err_response(Error::StaleCommand)));
                 }
             }
-            if proposals.front().is_some_and(|p| p.index == entry.index)
+            if proposals.front().is_some_and(|p| (p.term, p.index) == at)
                 && let Some(p) = proposals.pop_front()
             {
-                let resp = if p.term == entry.term {
-                    resp
-                } else {
-                    err_response(Error::StaleCommand)
-                };
                 fsm.done.push((p, resp));
             }
             fsm.apply_state.applied_index = entry.index;
@@ -129,7 +145,18 @@ impl ApplyPoller {
 }
 
 /// Applies one entry to `wb`, returning the response for its proposer.
-fn apply_entry(wb: &mut WriteBatch, region: &Region, entry: &Entry) -> RaftCmdResponse {
+///
+/// The entry's command is decoded and validated against the region as a
+/// whole before anything goes into `wb`: an entry that fails (it may come
+/// from an old log, or have been proposed under another range) is answered
+/// with its typed error and writes nothing, and the other entries of the
+/// round are unaffected.
+fn apply_entry(
+    wb: &mut WriteBatch,
+    region: &Region,
+    limits: &RequestLimits,
+    entry: &Entry,
+) -> RaftCmdResponse {
     if entry.data.is_empty() || entry.entry_type() != EntryType::EntryNormal {
         // A new leader's empty entry (or a conf change, not yet supported).
         return RaftCmdResponse::default();
@@ -138,6 +165,13 @@ fn apply_entry(wb: &mut WriteBatch, region: &Region, entry: &Entry) -> RaftCmdRe
         Ok(r) => r,
         Err(e) => return err_response(Error::InvalidRequest(format!("undecodable entry: {e}"))),
     };
+    match validate_requests(&request, region, limits) {
+        Ok(RequestKind::Write) => {}
+        Ok(RequestKind::Read) => {
+            return err_response(Error::InvalidRequest("a read in the log".into()));
+        }
+        Err(e) => return err_response(e),
+    }
     let mut responses = Vec::with_capacity(request.requests.len());
     for r in &request.requests {
         let cmd = match &r.cmd {
@@ -150,16 +184,16 @@ fn apply_entry(wb: &mut WriteBatch, region: &Region, entry: &Entry) -> RaftCmdRe
                 response::Cmd::Delete(DeleteResponse {})
             }
             Some(request::Cmd::DeleteRange(d)) => {
-                let end = if d.end_key.is_empty()
-                    || (!region.end_key.is_empty() && d.end_key > region.end_key)
-                {
-                    keys::data_end_key(&region.end_key)
-                } else {
-                    keys::data_key(&d.end_key)
-                };
-                wb.delete_range(Cf::Default, &keys::data_key(&d.start_key), &end);
+                let (start, end) = data_range(&d.start_key, &d.end_key, region);
+                // Validated above, so the engine cannot refuse it; if it
+                // did, the engine's check is the last line of defence and
+                // the range is skipped rather than poisoning the batch.
+                if let Err(e) = wb.delete_range(Cf::Default, &start, &end) {
+                    return err_response(Error::InvalidRequest(e.to_string()));
+                }
                 response::Cmd::DeleteRange(DeleteRangeResponse {})
             }
+            // Validation let only writes through.
             _ => continue,
         };
         responses.push(Response { cmd: Some(cmd) });
@@ -193,7 +227,12 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
         for _ in 0..APPLY_MESSAGES_PER_ROUND {
             match inbox.try_recv() {
                 Some(ApplyMsg::Apply(task)) => self.apply_task(fsm, task),
-                None => return HandleResult::stop_at(inbox.len(), false),
+                // Drained: nothing was left behind on purpose, so progress
+                // is 0 and anything that arrives from now on reschedules
+                // the delegate (reading `inbox.len()` here would count a
+                // message that arrived in between as seen, and the
+                // delegate would go idle with it queued).
+                None => return HandleResult::stop_at(0, false),
             }
         }
         HandleResult::KeepProcessing
@@ -204,19 +243,32 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
             // Apply writes need no sync: the log they come from is durable,
             // and a lost apply is redone from `applied_index + 1` on restart.
             if let Err(e) = self.engine.write(wb, Durability::Buffered) {
-                slog::error!(self.logger, "apply write failed"; "err" => %e);
+                // The in-memory apply states moved past what is on disk:
+                // continuing would skip these entries for good. Stop the
+                // store; on restart it re-applies from the persisted state.
+                // The entries are committed, so their writers hear
+                // "outcome unknown", never "failed".
+                let reason = e.to_string();
                 for fsm in batch.iter_mut() {
                     for (p, _) in fsm.done.drain(..) {
-                        (p.callback)(err_response(Error::Engine(e.to_string())));
+                        p.callback
+                            .respond(err_response(Error::ApplyFailed(reason.clone())));
                     }
                     fsm.dirty = false;
+                    fsm.stopped = true;
                 }
+                self.status.fail(
+                    Error::Engine(format!("apply write failed: {reason}")),
+                    &self.logger,
+                );
                 return;
             }
         }
         for fsm in batch.iter_mut() {
             for (p, resp) in fsm.done.drain(..) {
-                (p.callback)(resp);
+                if !p.callback.respond(resp) {
+                    slog::error!(self.logger, "a write callback panicked"; "region" => fsm.region.id);
+                }
             }
             if fsm.dirty {
                 fsm.dirty = false;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_proto::metapb::{Peer, Region};
@@ -16,12 +16,16 @@ use flotilla_proto::raft_cmdpb::{
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
 
+use super::config::DEFAULT_MAX_SCAN_LIMIT;
 use super::error::{Error, Result};
 use super::node::StoreHandle;
 use super::util::{key_in_region, response_error};
 
 /// Default time a client waits for one attempt.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline of one operation, all its attempts and backoffs
+/// included.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default attempts per request.
 pub const DEFAULT_MAX_ATTEMPTS: usize = 60;
 /// Default first backoff between attempts.
@@ -32,8 +36,16 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// How a [`Client`] retries.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// How long one attempt may take.
+    /// How long one attempt may take (cut to what is left of
+    /// `operation_timeout`).
     pub request_timeout: Duration,
+    /// The deadline of one operation: every attempt and backoff of it. Past
+    /// it the operation fails with the last error, or `Timeout` if an
+    /// attempt was cut short.
+    pub operation_timeout: Duration,
+    /// Pairs asked of a store per scan request (at most the stores'
+    /// `max_scan_limit`); a longer scan pages.
+    pub scan_page_size: u32,
     /// Attempts per request before giving up with the last error.
     pub max_attempts: usize,
     /// First backoff; doubles up to `max_backoff`.
@@ -46,6 +58,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            scan_page_size: DEFAULT_MAX_SCAN_LIMIT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
@@ -210,25 +224,37 @@ impl Client {
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         let mut cursor = start.to_vec();
+        let page = self.cfg.scan_page_size.max(1);
         loop {
             let remaining = limit.saturating_sub(out.len());
-            if remaining == 0 {
+            if remaining == 0 || (!end.is_empty() && cursor.as_slice() >= end) {
                 break;
             }
+            let asked = u32::try_from(remaining).unwrap_or(u32::MAX).min(page);
             let req = Request {
                 cmd: Some(request::Cmd::Scan(ScanRequest {
                     start_key: Bytes::copy_from_slice(&cursor),
                     end_key: Bytes::copy_from_slice(end),
-                    limit: u32::try_from(remaining).unwrap_or(u32::MAX),
+                    limit: asked,
                 })),
             };
             let resp = self.execute(&cursor, vec![req], false)?;
+            let mut got = 0usize;
             if let Some(response::Cmd::Scan(s)) = resp.into_iter().next().and_then(|r| r.cmd) {
+                got = s.kvs.len();
                 out.extend(
                     s.kvs
                         .into_iter()
                         .map(|kv| (kv.key.to_vec(), kv.value.to_vec())),
                 );
+            }
+            if got == asked as usize {
+                // A full page: more of this region may follow the last key.
+                if let Some((last, _)) = out.last() {
+                    cursor = last.clone();
+                    cursor.push(0);
+                    continue;
+                }
             }
             let region_end = self
                 .cache
@@ -278,11 +304,24 @@ impl Client {
     }
 
     /// Sends `requests` (all on keys of one region) to the region of `key`,
-    /// retrying what is safe to retry.
+    /// retrying what is safe to retry until the operation's deadline.
+    ///
+    /// Retry rules: an error that proves the request did not enter the log
+    /// ([`Error::is_retryable`]) is retried, at another peer when it may
+    /// mean the leader moved; an error whose outcome is unknown
+    /// ([`Error::is_outcome_unknown`]) is retried for reads and returned
+    /// for writes (a write is never reported as a definite failure when it
+    /// may have taken effect). Every error that may mean the leader moved
+    /// drops the cached leader.
     fn execute(&self, key: &[u8], requests: Vec<Request>, is_write: bool) -> Result<Vec<Response>> {
+        let deadline = Instant::now() + self.cfg.operation_timeout;
         let mut backoff = self.cfg.backoff;
-        let mut last_err = Error::RegionNotFound(0);
+        let mut last_err = Error::Timeout;
         for attempt in 0..self.cfg.max_attempts {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
             let Some((region, peer)) = self.target(key, attempt) else {
                 return Err(Error::KeyNotInRegion {
                     key: key.to_vec(),
@@ -301,7 +340,8 @@ impl Client {
                 requests: requests.clone(),
                 admin_request: None,
             };
-            let err = match self.send_once(peer.store_id, request) {
+            let wait = self.cfg.request_timeout.min(deadline - now);
+            let err = match self.send_once(peer.store_id, request, wait) {
                 Ok(responses) => {
                     self.cache.lock().set_leader(region.id, Some(peer));
                     return Ok(responses);
@@ -315,13 +355,6 @@ impl Client {
                     self.cache.lock().set_leader(region.id, Some(*l));
                     true
                 }
-                Error::NotLeader { .. }
-                | Error::RegionNotFound(_)
-                | Error::StoreNotMatch { .. }
-                | Error::StoreStopped => {
-                    self.cache.lock().set_leader(region.id, None);
-                    false
-                }
                 Error::EpochNotMatch { current_regions } => {
                     let mut cache = self.cache.lock();
                     for r in current_regions {
@@ -330,15 +363,21 @@ impl Client {
                     true
                 }
                 Error::ServerIsBusy(_) | Error::ProposalDropped(_) => false,
-                Error::Timeout | Error::StaleCommand if !is_write => {
+                e if e.is_retryable() || e.is_outcome_unknown() => {
+                    // The leader may have moved, or its store stopped: ask
+                    // the region's peers in turn from now on.
                     self.cache.lock().set_leader(region.id, None);
+                    if is_write && e.is_outcome_unknown() {
+                        return Err(err);
+                    }
                     false
                 }
                 _ => return Err(err),
             };
             last_err = err;
             if !retry_now {
-                std::thread::sleep(backoff);
+                let left = deadline.saturating_duration_since(Instant::now());
+                std::thread::sleep(backoff.min(left));
                 backoff = (backoff * 2).min(self.cfg.max_backoff);
             }
         }
@@ -359,8 +398,16 @@ impl Client {
         Some((c.region.clone(), peer))
     }
 
-    fn send_once(&self, store_id: u64, request: RaftCmdRequest) -> Result<Vec<Response>> {
-        let handle = self.stores.get(store_id).ok_or(Error::StoreStopped)?;
+    fn send_once(
+        &self,
+        store_id: u64,
+        request: RaftCmdRequest,
+        wait: Duration,
+    ) -> Result<Vec<Response>> {
+        let handle = self
+            .stores
+            .get(store_id)
+            .ok_or(Error::StoreStopped { in_flight: false })?;
         let (tx, rx) = mpsc::sync_channel(1);
         handle.propose(
             request,
@@ -368,14 +415,16 @@ impl Client {
                 let _ = tx.send(resp);
             }),
         );
-        match rx.recv_timeout(self.cfg.request_timeout) {
+        match rx.recv_timeout(wait) {
             Ok(resp) => match response_error(&resp) {
                 Some(e) => Err(e),
                 None => Ok(resp.responses),
             },
-            // The callback was dropped unanswered: the store stopped with
-            // the command in flight, so its outcome is unknown.
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::StaleCommand),
+            // Unreachable (the store answers every callback, a dropped one
+            // with `StoreStopped`), but if it were: the outcome is unknown.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::StoreStopped { in_flight: true })
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout),
         }
     }

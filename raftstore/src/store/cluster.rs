@@ -127,6 +127,15 @@ impl Cluster {
         Client::new(self.handles.clone(), &self.regions, cfg)
     }
 
+    /// The running stores' handles, shared: the cluster updates them as
+    /// stores stop and start, so a [`Client`] made from them
+    /// (`Client::new(cluster.stores(), cluster.regions(), cfg)`) keeps
+    /// working while fault-injection code stops, starts and restarts
+    /// stores through `&mut Cluster`.
+    pub fn stores(&self) -> Stores {
+        self.handles.clone()
+    }
+
     /// The in-process network (add filters to it for fault tests).
     pub fn transport(&self) -> &ChannelTransport {
         &self.transport

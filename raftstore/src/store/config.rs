@@ -22,6 +22,19 @@ pub const DEFAULT_MAX_UNCOMMITTED_SIZE: u64 = 128 << 20;
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 4096;
 /// Default raft messages a peer handles per poll round.
 pub const DEFAULT_MESSAGES_PER_TICK: usize = 256;
+/// Default queue bound for inbound raft messages, as a multiple of
+/// `mailbox_capacity`: raft messages keep queueing after client commands
+/// are refused, so clients cannot starve the group of its own traffic.
+pub const DEFAULT_RAFT_MESSAGE_CAPACITY: usize = 4 * DEFAULT_MAILBOX_CAPACITY;
+/// Default longest key a request may name (bytes).
+pub const DEFAULT_MAX_KEY_SIZE: usize = 8 << 10;
+/// Default most pairs one scan may ask for.
+pub const DEFAULT_MAX_SCAN_LIMIT: u32 = 10_000;
+/// Default bound on the bytes of committed entries handed to apply at once
+/// (one apply task never holds a region's whole log).
+pub const DEFAULT_MAX_APPLY_BYTES_PER_READY: u64 = 16 << 20;
+/// Default clock-drift margin taken off a leader lease (ms).
+pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 
 /// How a store runs. Every field has a default (`Config::default()` or an
 /// empty TOML table).
@@ -34,8 +47,12 @@ pub struct Config {
     pub election_ticks: usize,
     /// Heartbeat interval, in base ticks.
     pub heartbeat_ticks: usize,
-    /// Serve reads from the leader's lease instead of a ReadIndex round.
+    /// Serve reads from the leader's lease instead of a ReadIndex round
+    /// while the lease is valid (see [`Config::lease_duration`]).
     pub lease_read: bool,
+    /// Clock-drift margin taken off the lease (ms): how much faster than
+    /// this store's clock another store's clock may run over one lease.
+    pub lease_drift_margin_ms: u64,
     /// Largest entry a client may propose (bytes).
     pub entry_max_size: u64,
     /// Bytes per append message.
@@ -52,10 +69,27 @@ pub struct Config {
     pub max_batch_size: usize,
     /// Queued messages per peer mailbox before clients get `ServerIsBusy`.
     pub mailbox_capacity: usize,
+    /// Queued messages per peer mailbox before inbound raft messages are
+    /// dropped (counted in `StoreMetrics::raft_messages_dropped`); at least
+    /// `mailbox_capacity`.
+    pub raft_message_capacity: usize,
+    /// Longest key a request may name (bytes).
+    pub max_key_size: usize,
+    /// Most pairs one scan may ask for.
+    pub max_scan_limit: u32,
+    /// Bytes of committed entries handed to apply per Ready at most.
+    pub max_apply_bytes_per_ready: u64,
     /// Messages a peer handles per poll round.
     pub messages_per_round: usize,
-    /// fsync the raft log write of every poll round. Turning it off trades
-    /// durability of acknowledged writes on machine crash for speed.
+    /// fsync the raft write of every poll round that appends log entries.
+    ///
+    /// With `false`, only log appends go unsynced: a machine crash (not a
+    /// process crash) may lose the newest entries of this store's log, and
+    /// with them writes that were acknowledged if a quorum of stores lost
+    /// them at once. Changes of term and vote are always synced, so a store
+    /// never votes twice in one term after a crash. Rounds that only move
+    /// the commit index are never synced (the commit index is recovered
+    /// from the applied index and the leader on restart).
     pub sync_log: bool,
 }
 
@@ -66,6 +100,7 @@ impl Default for Config {
             election_ticks: DEFAULT_ELECTION_TICKS,
             heartbeat_ticks: DEFAULT_HEARTBEAT_TICKS,
             lease_read: false,
+            lease_drift_margin_ms: DEFAULT_LEASE_DRIFT_MARGIN_MS,
             entry_max_size: DEFAULT_ENTRY_MAX_SIZE,
             max_size_per_msg: DEFAULT_MAX_SIZE_PER_MSG,
             max_inflight_msgs: DEFAULT_MAX_INFLIGHT_MSGS,
@@ -74,6 +109,10 @@ impl Default for Config {
             apply_pool_size: 1,
             max_batch_size: 256,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            raft_message_capacity: DEFAULT_RAFT_MESSAGE_CAPACITY,
+            max_key_size: DEFAULT_MAX_KEY_SIZE,
+            max_scan_limit: DEFAULT_MAX_SCAN_LIMIT,
+            max_apply_bytes_per_ready: DEFAULT_MAX_APPLY_BYTES_PER_READY,
             messages_per_round: DEFAULT_MESSAGES_PER_TICK,
             sync_log: true,
         }
@@ -105,7 +144,40 @@ impl Config {
         if self.entry_max_size == 0 || self.max_inflight_msgs == 0 {
             return bad("entry_max_size and max_inflight_msgs must be > 0");
         }
+        if self.raft_message_capacity < self.mailbox_capacity {
+            return bad("raft_message_capacity must be >= mailbox_capacity");
+        }
+        if self.max_key_size == 0 || self.max_scan_limit == 0 || self.max_apply_bytes_per_ready == 0
+        {
+            return bad("max_key_size, max_scan_limit and max_apply_bytes_per_ready must be > 0");
+        }
+        if self.lease_read && self.lease_duration().is_none() {
+            return bad(
+                "lease_read needs (election_ticks - 1) * base_tick_ms > lease_drift_margin_ms",
+            );
+        }
         Ok(())
+    }
+
+    /// How long a leader may serve reads from its lease after the send time
+    /// of a heartbeat round a quorum acknowledged: the shortest time before
+    /// another peer can win an election, `(election_ticks - 1)` base ticks
+    /// (a follower's first tick after it heard from the leader can come at
+    /// once), less the clock-drift margin. `None` if nothing is left.
+    pub fn lease_duration(&self) -> Option<std::time::Duration> {
+        let election_ms = (self.election_ticks as u64)
+            .saturating_sub(1)
+            .saturating_mul(self.base_tick_ms);
+        let lease_ms = election_ms.checked_sub(self.lease_drift_margin_ms)?;
+        (lease_ms > 0).then(|| std::time::Duration::from_millis(lease_ms))
+    }
+
+    /// The request limits of this config.
+    pub fn request_limits(&self) -> super::validate::RequestLimits {
+        super::validate::RequestLimits {
+            max_key_size: self.max_key_size,
+            max_scan_limit: self.max_scan_limit,
+        }
     }
 
     /// The base tick as a duration.

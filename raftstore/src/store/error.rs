@@ -65,13 +65,25 @@ pub enum Error {
         /// The entry's size in bytes.
         entry_size: u64,
     },
-    /// A malformed request (missing header, empty request list, ...).
+    /// A malformed request (missing header, empty request list, inverted
+    /// range, empty key, ...). Nothing was proposed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// The store is shutting down or stopped.
-    #[error("store stopped")]
-    StoreStopped,
-    /// An engine failure.
+    /// The store is stopped (a fatal engine error, or it is shutting down):
+    /// try another store. With `in_flight` the command had been proposed
+    /// before the store stopped and may still commit: its outcome is
+    /// unknown ([`Error::is_outcome_unknown`]).
+    #[error("store stopped{}", if *in_flight { " with the command in flight: outcome unknown" } else { "" })]
+    StoreStopped {
+        /// Whether the command had been proposed.
+        in_flight: bool,
+    },
+    /// Applying the committed entry failed in the engine. The store
+    /// stopped; the entry stays in the log and is applied when the store
+    /// restarts, so the command's outcome is unknown, not failed.
+    #[error("engine failure while applying: outcome unknown ({0})")]
+    ApplyFailed(String),
+    /// An engine failure that changed nothing (a read, opening a store).
     #[error("engine: {0}")]
     Engine(String),
     /// Invalid configuration.
@@ -87,7 +99,8 @@ impl From<flotilla_engine::Error> for Error {
 
 impl Error {
     /// Whether a client may retry the request (possibly elsewhere) without
-    /// risking a duplicate effect.
+    /// risking a duplicate effect: the request certainly did not enter the
+    /// log.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -97,6 +110,22 @@ impl Error {
                 | Error::ServerIsBusy(_)
                 | Error::ProposalDropped(_)
                 | Error::StoreNotMatch { .. }
+                | Error::StoreStopped { in_flight: false }
+        )
+    }
+
+    /// Whether a write that got this error may still have taken effect
+    /// (it was proposed, and may commit or have committed): a timeout, a
+    /// stale command, a store that stopped with the command in flight, or
+    /// an engine failure while applying. Such a write is never a definite
+    /// failure: read before retrying it if it is not idempotent.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout
+                | Error::StaleCommand
+                | Error::StoreStopped { in_flight: true }
+                | Error::ApplyFailed(_)
         )
     }
 
@@ -146,12 +175,17 @@ impl Error {
                 region_id,
                 entry_size,
             }),
-            other => {
-                return raft_cmdpb::Error {
-                    message: other.to_string(),
-                    detail: None,
-                };
+            Error::StoreStopped { in_flight } => {
+                Detail::StoreStopped(raft_cmdpb::StoreStopped { in_flight })
             }
+            Error::ApplyFailed(reason) => Detail::ApplyFailed(raft_cmdpb::ApplyFailed { reason }),
+            Error::Engine(reason) => Detail::EngineError(raft_cmdpb::EngineError { reason }),
+            Error::InvalidRequest(reason) => {
+                Detail::InvalidRequest(raft_cmdpb::InvalidRequest { reason })
+            }
+            Error::Config(reason) => Detail::InvalidRequest(raft_cmdpb::InvalidRequest {
+                reason: format!("config: {reason}"),
+            }),
         };
         raft_cmdpb::Error {
             message: self.to_string(),
@@ -159,8 +193,8 @@ impl Error {
         }
     }
 
-    /// Back from the wire form (an error without a typed detail becomes
-    /// [`Error::InvalidRequest`] carrying its message).
+    /// Back from the wire form (an error without a typed detail, e.g. from
+    /// a newer peer, becomes [`Error::InvalidRequest`] carrying its message).
     pub fn from_proto(e: raft_cmdpb::Error) -> Error {
         match e.detail {
             Some(Detail::NotLeader(d)) => Error::NotLeader {
@@ -189,6 +223,12 @@ impl Error {
                 region_id: d.region_id,
                 entry_size: d.entry_size,
             },
+            Some(Detail::StoreStopped(d)) => Error::StoreStopped {
+                in_flight: d.in_flight,
+            },
+            Some(Detail::ApplyFailed(d)) => Error::ApplyFailed(d.reason),
+            Some(Detail::EngineError(d)) => Error::Engine(d.reason),
+            Some(Detail::InvalidRequest(d)) => Error::InvalidRequest(d.reason),
             None => Error::InvalidRequest(e.message),
         }
     }
@@ -196,3 +236,106 @@ impl Error {
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::metapb::RegionEpoch;
+    use prost::Message as _;
+
+    /// One value of every variant (a new variant must be added here: the
+    /// match below does not compile otherwise).
+    fn every_variant() -> Vec<Error> {
+        let all = vec![
+            Error::NotLeader {
+                region_id: 3,
+                leader: Some(Peer {
+                    id: 7,
+                    store_id: 2,
+                    ..Default::default()
+                }),
+            },
+            Error::RegionNotFound(4),
+            Error::KeyNotInRegion {
+                key: b"k".to_vec(),
+                region_id: 5,
+                start_key: b"a".to_vec(),
+                end_key: b"c".to_vec(),
+            },
+            Error::EpochNotMatch {
+                current_regions: vec![Region {
+                    id: 9,
+                    region_epoch: Some(RegionEpoch {
+                        conf_ver: 1,
+                        version: 2,
+                    }),
+                    ..Default::default()
+                }],
+            },
+            Error::ServerIsBusy("full".into()),
+            Error::StaleCommand,
+            Error::ProposalDropped("transfer".into()),
+            Error::StoreNotMatch {
+                request_store_id: 1,
+                actual_store_id: 2,
+            },
+            Error::Timeout,
+            Error::EntryTooLarge {
+                region_id: 6,
+                entry_size: 1 << 30,
+            },
+            Error::InvalidRequest("inverted range".into()),
+            Error::StoreStopped { in_flight: false },
+            Error::StoreStopped { in_flight: true },
+            Error::ApplyFailed("disk".into()),
+            Error::Engine("read".into()),
+        ];
+        for e in &all {
+            match e {
+                Error::NotLeader { .. }
+                | Error::RegionNotFound(_)
+                | Error::KeyNotInRegion { .. }
+                | Error::EpochNotMatch { .. }
+                | Error::ServerIsBusy(_)
+                | Error::StaleCommand
+                | Error::ProposalDropped(_)
+                | Error::StoreNotMatch { .. }
+                | Error::Timeout
+                | Error::EntryTooLarge { .. }
+                | Error::InvalidRequest(_)
+                | Error::StoreStopped { .. }
+                | Error::ApplyFailed(_)
+                | Error::Engine(_)
+                | Error::Config(_) => {}
+            }
+        }
+        all
+    }
+
+    /// Every variant a client can see survives the wire as the same typed
+    /// variant (through encoded bytes, as over a network), never as a string.
+    #[test]
+    fn every_client_error_round_trips_typed() {
+        for e in every_variant() {
+            let bytes = e.to_proto().encode_to_vec();
+            let back = Error::from_proto(raft_cmdpb::Error::decode(&bytes[..]).unwrap());
+            assert_eq!(back, e, "{e}");
+            assert!(e.to_proto().detail.is_some(), "{e} has no typed detail");
+        }
+    }
+
+    /// Retryable and outcome-unknown never overlap, and the outcome-unknown
+    /// set is exactly the one the client contract names.
+    #[test]
+    fn retryable_and_outcome_unknown_are_disjoint() {
+        for e in every_variant() {
+            assert!(!(e.is_retryable() && e.is_outcome_unknown()), "{e}");
+        }
+        assert!(Error::Timeout.is_outcome_unknown());
+        assert!(Error::StaleCommand.is_outcome_unknown());
+        assert!(Error::ApplyFailed(String::new()).is_outcome_unknown());
+        assert!(Error::StoreStopped { in_flight: true }.is_outcome_unknown());
+        assert!(Error::StoreStopped { in_flight: false }.is_retryable());
+        assert!(!Error::Engine(String::new()).is_outcome_unknown());
+    }
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use flotilla_engine::{Durability, Engine, WriteBatch};
+use flotilla_engine::{Durability, Engine, WriteBatch, WriteOrigin};
 use flotilla_proto::eraftpb::Message;
 use flotilla_proto::raft_serverpb::RaftMessage;
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
@@ -13,8 +13,10 @@ use slog::Logger;
 
 use super::apply::{ApplyControl, ApplyFsm};
 use super::config::Config;
+use super::error::Error;
+use super::fatal::StoreStatus;
 use super::msg::{ApplyMsg, PeerMsg, StoreMsg};
-use super::peer::Peer;
+use super::peer::{Peer, WriteNeed};
 use super::transport::Transport;
 
 /// Routes messages to this store's peers and its store FSM.
@@ -48,11 +50,9 @@ impl Fsm for PeerFsm {
 }
 
 /// The store's control FSM: owns the clock's fan-out and messages for
-/// regions the store does not know.
-pub struct StoreFsm {
-    /// Raft messages dropped because their region is unknown here.
-    pub dropped_unknown: u64,
-}
+/// regions the store does not know (counted in
+/// [`StoreMetrics::raft_messages_unknown_region`]).
+pub struct StoreFsm;
 
 impl Fsm for StoreFsm {
     type Message = StoreMsg;
@@ -71,8 +71,15 @@ pub struct StoreMetrics {
     pub heartbeats_sent: AtomicU64,
     /// Poll rounds that wrote raft state.
     pub raft_writes: AtomicU64,
+    /// Of those, the rounds whose write was synced.
+    pub raft_synced_writes: AtomicU64,
     /// Peers of this store that are leaders now.
     pub leaders: AtomicI64,
+    /// Inbound raft messages dropped because their peer's mailbox held
+    /// `raft_message_capacity` messages.
+    pub raft_messages_dropped: AtomicU64,
+    /// Inbound raft messages for regions this store has no peer of.
+    pub raft_messages_unknown_region: AtomicU64,
 }
 
 /// Polls peers: steps their messages, collects their Readies into one
@@ -85,8 +92,14 @@ pub struct RaftPoller<T: Transport> {
     apply_router: ApplyRouter,
     transport: T,
     wb: Option<WriteBatch>,
+    /// The strongest durability a Ready of this round needs.
+    need: WriteNeed,
+    /// This round's write failed or a Ready could not be handled: the
+    /// store is stopping, nothing of the round may be acknowledged.
+    failed: bool,
     store_id: u64,
     metrics: Arc<StoreMetrics>,
+    status: Arc<StoreStatus>,
     logger: Logger,
 }
 
@@ -101,6 +114,7 @@ impl<T: Transport> RaftPoller<T> {
         transport: T,
         store_id: u64,
         metrics: Arc<StoreMetrics>,
+        status: Arc<StoreStatus>,
         logger: Logger,
     ) -> Self {
         RaftPoller {
@@ -110,10 +124,23 @@ impl<T: Transport> RaftPoller<T> {
             apply_router,
             transport,
             wb: None,
+            need: WriteNeed::Nothing,
+            failed: false,
             store_id,
             metrics,
+            status,
             logger,
         }
+    }
+
+    /// Stops the store: nothing of this round is written, sent or
+    /// acknowledged (the proposals of the peers in hand are answered
+    /// `StoreStopped { in_flight: true }` as their FSMs are dropped).
+    fn fail(&mut self, cause: Error) {
+        self.failed = true;
+        self.wb = None;
+        slog::crit!(self.logger, "raft poller stopping the store"; "store" => self.store_id);
+        self.status.fail(cause, &self.logger);
     }
 }
 
@@ -165,7 +192,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 StoreMsg::RaftMessage(m) => {
                     // Creating peers from messages (after split or conf
                     // change) is not supported yet.
-                    store.dropped_unknown += 1;
+                    let _ = store;
+                    self.metrics
+                        .raft_messages_unknown_region
+                        .fetch_add(1, Ordering::Relaxed);
                     slog::debug!(self.logger, "message for unknown region"; "region" => m.region_id);
                 }
             }
@@ -174,9 +204,17 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
     }
 
     fn handle_normal(&mut self, fsm: &mut PeerFsm, inbox: &Inbox<'_, PeerFsm>) -> HandleResult {
+        if self.failed {
+            fsm.stopped = true;
+            return HandleResult::stop_at(0, false);
+        }
         let mut handled = 0;
+        let mut drained = false;
         while handled < self.cfg.messages_per_round {
-            let Some(msg) = inbox.try_recv() else { break };
+            let Some(msg) = inbox.try_recv() else {
+                drained = true;
+                break;
+            };
             handled += 1;
             match msg {
                 PeerMsg::RaftMessage(m) => fsm.peer.on_raft_message(*m),
@@ -189,42 +227,83 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 PeerMsg::Wake => {}
             }
         }
-        let wb = self.wb.get_or_insert_with(|| self.engine.write_batch());
+        let wb = self.wb.get_or_insert_with(|| {
+            let mut wb = self.engine.write_batch();
+            wb.set_origin(WriteOrigin::RaftLog);
+            wb
+        });
         let (transport, metrics, logger) = (&mut self.transport, &*self.metrics, &self.logger);
-        let role = fsm.peer.collect_ready(wb, &mut |p, m| {
+        let collected = fsm.peer.collect_ready(wb, &mut |p, m| {
             send_raft_message(transport, metrics, logger, p, m)
         });
-        match role {
-            Some(true) => metrics.leaders.fetch_add(1, Ordering::Relaxed),
-            Some(false) => metrics.leaders.fetch_sub(1, Ordering::Relaxed),
-            None => 0,
-        };
-        if handled == self.cfg.messages_per_round {
-            HandleResult::KeepProcessing
+        match collected {
+            Ok((role, need)) => {
+                self.need = self.need.max(need);
+                match role {
+                    Some(true) => metrics.leaders.fetch_add(1, Ordering::Relaxed),
+                    Some(false) => metrics.leaders.fetch_sub(1, Ordering::Relaxed),
+                    None => 0,
+                };
+            }
+            Err(e) => {
+                fsm.stopped = true;
+                self.fail(e);
+                return HandleResult::stop_at(0, false);
+            }
+        }
+        if drained {
+            // Everything queued was handled: progress 0, so a message that
+            // arrived while the Ready was collected reschedules the peer
+            // (reading `inbox.len()` now would count it as seen and leave
+            // the peer idle with it queued).
+            HandleResult::stop_at(0, false)
         } else {
-            HandleResult::stop_at(inbox.len(), false)
+            HandleResult::KeepProcessing
         }
     }
 
     fn end(&mut self, batch: &mut Batch<'_, PeerFsm>) {
+        let need = std::mem::replace(&mut self.need, WriteNeed::Nothing);
+        if self.failed {
+            // The store is stopping: drop this round's peers (their
+            // proposals are answered as in flight) and write nothing.
+            for fsm in batch.iter_mut() {
+                fsm.stopped = true;
+            }
+            return;
+        }
         // Messages that need no persistence (a leader's appends) go first,
         // in parallel with our own write.
         self.transport.flush();
         if let Some(wb) = self.wb.take()
             && !wb.is_empty()
         {
-            let durability = if self.cfg.sync_log {
+            let sync = match need {
+                WriteNeed::TermOrVote => true,
+                WriteNeed::Entries => self.cfg.sync_log,
+                WriteNeed::CommitOnly | WriteNeed::Nothing => false,
+            };
+            let durability = if sync {
                 Durability::Sync
             } else {
                 Durability::Buffered
             };
             if let Err(e) = self.engine.write(wb, durability) {
-                // Nothing of this round is durable: acknowledging it
-                // would lose data. Stop the process rather than lie.
-                slog::crit!(self.logger, "raft log write failed"; "err" => %e, "store" => self.store_id);
-                panic!("store {}: raft log write failed: {e}", self.store_id);
+                // Nothing of this round is durable: acknowledging any of it
+                // would lose data, and the in-memory raft states are ahead
+                // of the disk. Stop the store.
+                for fsm in batch.iter_mut() {
+                    fsm.stopped = true;
+                }
+                self.fail(Error::Engine(format!("raft log write failed: {e}")));
+                return;
             }
             self.metrics.raft_writes.fetch_add(1, Ordering::Relaxed);
+            if sync {
+                self.metrics
+                    .raft_synced_writes
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         let (transport, metrics, logger) = (&mut self.transport, &*self.metrics, &self.logger);
         for fsm in batch.iter_mut() {
@@ -232,6 +311,9 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 .peer
                 .finish_ready(&mut |p, m| send_raft_message(transport, metrics, logger, p, m));
             let region_id = fsm.peer.region_id();
+            // A commit index left unwritten by `finish_ready` goes out with
+            // the peer's next round, which the apply result of the entries
+            // it committed brings about.
             if fsm.peer.raft.has_ready() {
                 let _ = self.router.force_send(region_id, PeerMsg::Wake);
             }

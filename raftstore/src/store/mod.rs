@@ -14,6 +14,7 @@ mod client;
 mod cluster;
 mod config;
 mod error;
+mod fatal;
 mod fsm;
 mod msg;
 mod node;
@@ -21,17 +22,20 @@ mod peer;
 mod peer_storage;
 mod transport;
 mod util;
+mod validate;
 
 pub use self::client::{Client, ClientConfig, Stores};
 pub use self::cluster::{CLUSTER_ID, Cluster, store_dir};
 pub use self::config::Config;
 pub use self::error::{Error, Result};
+pub use self::fatal::FatalHook;
 pub use self::fsm::StoreMetrics;
-pub use self::msg::Callback;
+pub use self::msg::{Callback, callback_panics};
 pub use self::node::{Store, StoreHandle};
-pub use self::peer_storage::{PeerStorage, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
+pub use self::peer_storage::{LoadError, PeerStorage, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
 pub use self::transport::{
-    ChannelTransport, DelayFilter, DropFilter, Filter, MessageSink, PartitionFilter, Transport,
-    TransportError,
+    ChannelTransport, DelayFilter, DropFilter, Filter, FilterId, MessageSink, PartitionFilter,
+    Transport, TransportError,
 };
 pub use self::util::{err_response, key_in_region, response_error};
+pub use self::validate::{RequestKind, RequestLimits, validate_request, validate_requests};

@@ -1,21 +1,99 @@
 //! Messages of the store's three kinds of FSM: peers, the store (control)
 //! and apply delegates.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use flotilla_proto::eraftpb::Entry;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage};
 
+use super::error::Error;
+use super::util::err_response;
+
 /// Called exactly once with a command's response (or its error in the
-/// response header).
+/// response header). It runs on a store thread: it should be quick. A panic
+/// in it is caught and counted, never taken down a poller.
 pub type Callback = Box<dyn FnOnce(RaftCmdResponse) + Send>;
+
+/// Callbacks that panicked, process-wide (see [`callback_panics`]).
+static CALLBACK_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many embedder callbacks have panicked in this process. Each panic was
+/// caught on the store thread that ran the callback, which carried on.
+pub fn callback_panics() -> u64 {
+    CALLBACK_PANICS.load(Ordering::Relaxed)
+}
+
+/// A [`Callback`] that is answered exactly once: by [`Responder::respond`],
+/// or, if it is dropped unanswered (its store stopped), with
+/// [`Error::StoreStopped`], `in_flight` once the command was proposed.
+pub struct Responder {
+    callback: Option<Callback>,
+    proposed: bool,
+}
+
+impl Responder {
+    /// Wraps `callback` for a command not yet proposed.
+    pub fn new(callback: Callback) -> Responder {
+        Responder {
+            callback: Some(callback),
+            proposed: false,
+        }
+    }
+
+    /// The command entered the log: if dropped now, its outcome is unknown.
+    pub fn mark_proposed(&mut self) {
+        self.proposed = true;
+    }
+
+    /// Answers with `resp`. Returns false if the callback panicked (the
+    /// panic was caught).
+    pub fn respond(mut self, resp: RaftCmdResponse) -> bool {
+        match self.callback.take() {
+            Some(cb) => invoke(cb, resp),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(cb) = self.callback.take() {
+            invoke(
+                cb,
+                err_response(Error::StoreStopped {
+                    in_flight: self.proposed,
+                }),
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("answered", &self.callback.is_none())
+            .field("proposed", &self.proposed)
+            .finish()
+    }
+}
+
+/// Runs `cb`, catching a panic. Returns false if it panicked.
+fn invoke(cb: Callback, resp: RaftCmdResponse) -> bool {
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || cb(resp))).is_ok();
+    if !ok {
+        CALLBACK_PANICS.fetch_add(1, Ordering::Relaxed);
+    }
+    ok
+}
 
 /// A client command and where its answer goes.
 pub struct RaftCommand {
     /// The request.
     pub request: RaftCmdRequest,
-    /// Called once with the response.
-    pub callback: Callback,
+    /// Answered once with the response.
+    pub callback: Responder,
 }
 
 impl std::fmt::Debug for RaftCommand {
@@ -57,8 +135,8 @@ pub struct Proposal {
     /// The term the entry was proposed in; an entry applied at `index` with
     /// another term means the proposal was lost (`StaleCommand`).
     pub term: u64,
-    /// Called once with the response.
-    pub callback: Callback,
+    /// Answered once with the response.
+    pub callback: Responder,
 }
 
 impl std::fmt::Debug for Proposal {
@@ -78,7 +156,9 @@ pub struct ApplyTask {
     pub region_id: u64,
     /// Committed, durable entries in index order.
     pub entries: Vec<Entry>,
-    /// Proposals whose index is at most the last entry's.
+    /// Proposals in (term, index) order, each at most the last entry's
+    /// (term, index): every one is either answered by an entry of this
+    /// task or was overwritten (`StaleCommand`).
     pub proposals: Vec<Proposal>,
 }
 

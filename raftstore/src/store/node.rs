@@ -11,18 +11,22 @@ use flotilla_engine::{Cf, Engine, EngineOptions, keys};
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState, StoreIdent};
-use flotilla_router::{BatchSystem, Mailbox, TrySend};
+use flotilla_router::{BatchSystem, Mailbox, SendError, TrySend};
 use rayon::prelude::*;
 use slog::Logger;
 
 use super::apply::{ApplyControl, ApplyFsm, ApplyPoller};
 use super::config::Config;
 use super::error::{Error, Result};
+use super::fatal::{FatalHook, StoreStatus};
 use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics};
-use super::msg::{Callback, PeerMsg, RaftCommand, StoreMsg};
+use super::msg::{Callback, PeerMsg, RaftCommand, Responder, StoreMsg};
 use super::peer::Peer;
 use super::transport::{MessageSink, Transport};
 use super::util::err_response;
+
+/// Log one dropped raft message in this many (each one is counted).
+const DROP_LOG_EVERY: u64 = 1024;
 
 /// A cheap, cloneable way to send commands and raft messages into a
 /// running store.
@@ -30,6 +34,10 @@ use super::util::err_response;
 pub struct StoreHandle {
     store_id: u64,
     router: RaftRouter,
+    status: Arc<StoreStatus>,
+    metrics: Arc<StoreMetrics>,
+    raft_message_capacity: usize,
+    logger: Logger,
 }
 
 impl StoreHandle {
@@ -38,23 +46,54 @@ impl StoreHandle {
         self.store_id
     }
 
+    /// Whether the store stopped (a fatal error or a shutdown): every
+    /// command sent now is answered [`Error::StoreStopped`].
+    pub fn is_stopped(&self) -> bool {
+        self.status.is_stopped() || self.router.is_shutdown()
+    }
+
     /// Sends a client command to the region named in its header. The
     /// callback is called exactly once, with the response or a typed error
     /// (`RegionNotFound`, `ServerIsBusy` when the mailbox is full,
-    /// `StoreStopped`, ...).
+    /// `StoreStopped` when the store stopped, with `in_flight` if it
+    /// stopped after proposing the command, ...). It runs on a store
+    /// thread; a panic in it is caught.
     pub fn propose(&self, request: RaftCmdRequest, callback: Callback) {
+        let callback = Responder::new(callback);
+        if self.is_stopped() {
+            callback.respond(err_response(Error::StoreStopped { in_flight: false }));
+            return;
+        }
         let region_id = request.header.as_ref().map_or(0, |h| h.region_id);
         let cmd = Box::new(RaftCommand { request, callback });
         if let Err(e) = self.router.send(region_id, PeerMsg::RaftCommand(cmd)) {
-            let err = match e.error {
-                flotilla_router::Error::Full { .. } => Error::ServerIsBusy("mailbox full".into()),
-                flotilla_router::Error::NotFound { .. } | flotilla_router::Error::Closed => {
-                    Error::RegionNotFound(region_id)
-                }
-                _ => Error::StoreStopped,
-            };
+            let err = self.send_error(region_id, &e.error);
             if let PeerMsg::RaftCommand(cmd) = e.msg {
-                (cmd.callback)(err_response(err));
+                cmd.callback.respond(err_response(err));
+            }
+        }
+    }
+
+    fn send_error(&self, region_id: u64, e: &flotilla_router::Error) -> Error {
+        match e {
+            flotilla_router::Error::Full { .. } => Error::ServerIsBusy("mailbox full".into()),
+            _ if self.is_stopped() => Error::StoreStopped { in_flight: false },
+            flotilla_router::Error::NotFound { .. } | flotilla_router::Error::Closed => {
+                Error::RegionNotFound(region_id)
+            }
+            _ => Error::StoreStopped { in_flight: false },
+        }
+    }
+
+    fn count_dropped(&self, region_id: u64, e: &SendError<PeerMsg>) {
+        if matches!(e.error, flotilla_router::Error::Full { .. }) {
+            let n = self
+                .metrics
+                .raft_messages_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(DROP_LOG_EVERY) {
+                slog::warn!(self.logger, "raft message dropped: peer mailbox full";
+                    "region" => region_id, "dropped_so_far" => n + 1);
             }
         }
     }
@@ -63,11 +102,15 @@ impl StoreHandle {
 impl MessageSink for StoreHandle {
     fn deliver(&self, msg: RaftMessage) {
         let region_id = msg.region_id;
-        match self
-            .router
-            .try_send(region_id, PeerMsg::RaftMessage(Box::new(msg)))
-        {
-            TrySend::Sent | TrySend::Rejected(_) => {}
+        // Raft messages have a budget of their own past the capacity that
+        // bounds client commands, so clients cannot starve a group.
+        match self.router.try_send_within(
+            region_id,
+            PeerMsg::RaftMessage(Box::new(msg)),
+            self.raft_message_capacity,
+        ) {
+            TrySend::Sent => {}
+            TrySend::Rejected(e) => self.count_dropped(region_id, &e),
             TrySend::Unknown(PeerMsg::RaftMessage(m)) => {
                 let _ = self.router.send_control(StoreMsg::RaftMessage(m));
             }
@@ -87,6 +130,9 @@ pub struct Store {
     stop: Arc<AtomicBool>,
     regions: Vec<Region>,
     metrics: Arc<StoreMetrics>,
+    status: Arc<StoreStatus>,
+    raft_message_capacity: usize,
+    logger: Logger,
 }
 
 impl Store {
@@ -118,6 +164,23 @@ impl Store {
         transport: T,
         logger: &Logger,
     ) -> Result<Store> {
+        Self::start_with_hook(engine, cfg, transport, logger, None)
+    }
+
+    /// [`Store::start`], with `on_fatal` called once if the store stops on
+    /// a fatal error (a failed engine write on the raft or apply path; see
+    /// [`Store::fatal_error`]). The store does not abort the process: the
+    /// hook may.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn start_with_hook<T: Transport>(
+        engine: Engine,
+        cfg: Config,
+        transport: T,
+        logger: &Logger,
+        on_fatal: Option<FatalHook>,
+    ) -> Result<Store> {
         cfg.validate()?;
         let ident: StoreIdent = engine
             .get_msg(Cf::Raft, keys::STORE_IDENT_KEY)?
@@ -147,7 +210,7 @@ impl Store {
             ..Default::default()
         };
         let router_err = |e: flotilla_router::Error| Error::Config(format!("batch system: {e}"));
-        let store_fsm = Box::new(StoreFsm { dropped_unknown: 0 });
+        let store_fsm = Box::new(StoreFsm);
         let (router, mut raft_system) =
             BatchSystem::new(&router_cfg(cfg.raft_pool_size), Mailbox::new(store_fsm))
                 .map_err(router_err)?;
@@ -172,20 +235,35 @@ impl Store {
         router.register_all(peer_boxes).map_err(router_err)?;
 
         let metrics = Arc::new(StoreMetrics::default());
+        let status = Arc::new(StoreStatus::new(on_fatal));
+        status.set_routers(router.clone(), apply_router.clone());
         {
-            let (engine, router, logger) = (engine.clone(), router.clone(), logger.clone());
+            let (engine, router, status, logger) = (
+                engine.clone(),
+                router.clone(),
+                status.clone(),
+                logger.clone(),
+            );
+            let limits = cfg.request_limits();
             apply_system
                 .spawn("apply", move |_| {
-                    ApplyPoller::new(engine.clone(), router.clone(), logger.clone())
+                    ApplyPoller::new(
+                        engine.clone(),
+                        router.clone(),
+                        limits,
+                        status.clone(),
+                        logger.clone(),
+                    )
                 })
                 .map_err(router_err)?;
         }
         {
-            let (engine, router, apply_router, metrics, logger) = (
+            let (engine, router, apply_router, metrics, status, logger) = (
                 engine.clone(),
                 router.clone(),
                 apply_router.clone(),
                 metrics.clone(),
+                status.clone(),
                 logger.clone(),
             );
             let cfg = cfg.clone();
@@ -199,6 +277,7 @@ impl Store {
                         transport.clone(),
                         store_id,
                         metrics.clone(),
+                        status.clone(),
                         logger.clone(),
                     )
                 })
@@ -230,6 +309,9 @@ impl Store {
             stop,
             regions,
             metrics,
+            status,
+            raft_message_capacity: cfg.raft_message_capacity,
+            logger,
         })
     }
 
@@ -248,7 +330,18 @@ impl Store {
         StoreHandle {
             store_id: self.store_id,
             router: self.router.clone(),
+            status: self.status.clone(),
+            metrics: self.metrics.clone(),
+            raft_message_capacity: self.raft_message_capacity,
+            logger: self.logger.clone(),
         }
+    }
+
+    /// The fatal error that stopped the store, if one did. A stopped store
+    /// answers every command [`Error::StoreStopped`]; drop it and open it
+    /// again from disk to recover (nothing it acknowledged is lost).
+    pub fn fatal_error(&self) -> Option<Error> {
+        self.status.fatal_error().cloned()
     }
 
     /// The regions the store had when it started.
@@ -268,6 +361,7 @@ impl Store {
     }
 
     fn stop_all(&mut self) {
+        self.status.mark_stopped();
         self.stop.store(true, Ordering::Release);
         if let Some(clock) = self.clock.take() {
             let _ = clock.join();

@@ -2,13 +2,14 @@
 //! for apply, and the reads waiting for a confirmed index.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_engine::{Cf, Engine, WriteBatch, keys};
 use flotilla_proto::eraftpb::{Entry, MessageType};
 use flotilla_proto::metapb::{self, Region};
 use flotilla_proto::raft_cmdpb::{
-    GetResponse, KvPair, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Request, Response,
+    GetResponse, KvPair, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response,
     ScanResponse, SnapResponse, request, response,
 };
 use flotilla_proto::raft_serverpb::RaftMessage;
@@ -17,19 +18,74 @@ use slog::Logger;
 
 use super::config::Config;
 use super::error::{Error, Result};
-use super::msg::{ApplyTask, Callback, Proposal};
+use super::msg::{ApplyTask, Proposal, Responder};
 use super::peer_storage::PeerStorage;
-use super::util::{check_key_in_region, err_response};
+use super::util::err_response;
+use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
 use crate::raft::{self, RawNode, Ready, StateRole};
 
-/// A read waiting for its ReadIndex to be confirmed and applied.
+/// A read waiting for its ReadIndex to be confirmed and applied, or a
+/// lease renewal round (no command).
 struct PendingRead {
     /// The context passed to `read_index`.
     id: u64,
     /// The confirmed read index, once known.
     read_index: Option<u64>,
-    request: RaftCmdRequest,
-    callback: Callback,
+    /// The term the round was started in.
+    term: u64,
+    /// When the round was started: a quorum that confirms it heard this
+    /// leader at or after this instant.
+    sent_at: Instant,
+    /// The read to serve, or `None` for a lease renewal.
+    command: Option<(RaftCmdRequest, Responder)>,
+}
+
+/// The leader lease of DESIGN §9 rule 6, kept by the store (wall clock),
+/// not by the consensus core: a quorum acknowledged a heartbeat round sent
+/// at `t`, so no other peer can be elected before `t + lease duration`.
+#[derive(Debug, Default)]
+struct Lease {
+    /// Reads may be served locally until then (in `term`).
+    expires_at: Option<Instant>,
+    /// The term the lease belongs to.
+    term: u64,
+    /// The last read that wanted the lease: renewals run only while reads
+    /// come, so an idle leader sends nothing for its lease.
+    last_wanted: Option<Instant>,
+    /// A renewal round is in flight.
+    renewing: bool,
+}
+
+impl Lease {
+    fn expire(&mut self) {
+        self.expires_at = None;
+        self.renewing = false;
+    }
+
+    fn extend(&mut self, term: u64, until: Instant) {
+        if self.term != term {
+            self.term = term;
+            self.expires_at = None;
+        }
+        if self.expires_at.is_none_or(|e| e < until) {
+            self.expires_at = Some(until);
+        }
+    }
+}
+
+/// How a Ready's raft write must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WriteNeed {
+    /// Nothing to write.
+    Nothing,
+    /// Only the commit index (or nothing durable-critical) changed: never
+    /// synced.
+    CommitOnly,
+    /// New log entries: synced when `sync_log` is on.
+    Entries,
+    /// Term or vote changed: always synced (a node must never vote twice
+    /// in one term after a crash).
+    TermOrVote,
 }
 
 /// One region's peer.
@@ -38,7 +94,9 @@ pub struct Peer {
     pub meta: metapb::Peer,
     /// The raft group.
     pub raft: RawNode<PeerStorage>,
-    /// Proposals in index order, not yet handed to apply.
+    /// Proposals in (term, index) order, not yet handed to apply. Terms
+    /// only grow and indices grow within a term, so pushing at the back
+    /// keeps the order even when a new term reuses lower indices.
     proposals: VecDeque<Proposal>,
     /// Reads in request order.
     reads: VecDeque<PendingRead>,
@@ -47,6 +105,13 @@ pub struct Peer {
     pending_ready: Option<Ready>,
     /// Whether the last soft state seen said leader.
     was_leader: bool,
+    /// The raft state changed outside a Ready (a commit index from a light
+    /// ready) and goes into the next round's batch.
+    raft_state_dirty: bool,
+    /// `Some` when reads may be served from the leader lease.
+    lease_duration: Option<Duration>,
+    lease: Lease,
+    limits: RequestLimits,
     engine: Engine,
     logger: Logger,
 }
@@ -77,14 +142,13 @@ impl Peer {
         rc.max_size_per_msg = cfg.max_size_per_msg;
         rc.max_inflight_msgs = cfg.max_inflight_msgs;
         rc.max_uncommitted_size = cfg.max_uncommitted_size;
+        rc.max_committed_size_per_ready = cfg.max_apply_bytes_per_ready;
         rc.check_quorum = true;
         rc.pre_vote = true;
         rc.disable_proposal_forwarding = true;
-        rc.read_only_option = if cfg.lease_read {
-            raft::ReadOnlyOption::LeaseBased
-        } else {
-            raft::ReadOnlyOption::Safe
-        };
+        // Always Safe in the core: the lease is the store's (wall clock,
+        // with a drift margin), not the core's tick-based one.
+        rc.read_only_option = raft::ReadOnlyOption::Safe;
         let logger = logger.new(slog::o!("region" => storage.region().id, "peer" => peer_id));
         let raft =
             RawNode::new(&rc, storage, &logger).map_err(|e| Error::Config(format!("raft: {e}")))?;
@@ -96,6 +160,14 @@ impl Peer {
             next_read_id: 0,
             pending_ready: None,
             was_leader: false,
+            raft_state_dirty: false,
+            lease_duration: if cfg.lease_read {
+                cfg.lease_duration()
+            } else {
+                None
+            },
+            lease: Lease::default(),
+            limits: cfg.request_limits(),
             engine,
             logger,
         })
@@ -144,36 +216,29 @@ impl Peer {
 
     /// Handles a client command: checks it, then proposes a write or starts
     /// a read. Errors are answered through the callback.
-    pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Callback) {
-        if let Err(e) = self.check_command(&request) {
-            callback(err_response(e));
-            return;
-        }
+    pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
+        let kind = match self.check_command(cfg, &request) {
+            Ok(kind) => kind,
+            Err(e) => {
+                callback.respond(err_response(e));
+                return;
+            }
+        };
         if !self.is_leader() {
-            callback(err_response(self.not_leader()));
+            callback.respond(err_response(self.not_leader()));
             return;
         }
-        let is_read = request.requests.iter().all(|r| {
-            matches!(
-                r.cmd,
-                Some(request::Cmd::Get(_) | request::Cmd::Scan(_) | request::Cmd::Snap(_))
-            )
-        });
-        if is_read {
-            self.start_read(request, callback);
-        } else {
-            self.propose_write(cfg, request, callback);
+        match kind {
+            RequestKind::Read => self.read(request, callback),
+            RequestKind::Write => self.propose_write(request, callback),
         }
     }
 
-    fn check_command(&self, request: &RaftCmdRequest) -> Result<()> {
+    fn check_command(&self, cfg: &Config, request: &RaftCmdRequest) -> Result<RequestKind> {
         let header = request
             .header
             .as_ref()
             .ok_or_else(|| Error::InvalidRequest("missing header".into()))?;
-        if request.requests.is_empty() {
-            return Err(Error::InvalidRequest("no requests".into()));
-        }
         if request.admin_request.is_some() {
             return Err(Error::InvalidRequest(
                 "admin commands are not supported yet".into(),
@@ -199,33 +264,32 @@ impl Peer {
                 current_regions: vec![region.clone()],
             });
         }
-        for r in &request.requests {
-            for key in request_keys(r) {
-                check_key_in_region(key, region)?;
+        let kind = validate_requests(request, region, &self.limits)?;
+        if kind == RequestKind::Write {
+            let size = request.encoded_len() as u64;
+            if size > cfg.entry_max_size {
+                return Err(Error::EntryTooLarge {
+                    region_id: region.id,
+                    entry_size: size,
+                });
             }
         }
-        Ok(())
+        Ok(kind)
     }
 
-    fn propose_write(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Callback) {
+    fn propose_write(&mut self, request: RaftCmdRequest, mut callback: Responder) {
         let data = request.encode_to_vec();
-        if data.len() as u64 > cfg.entry_max_size {
-            callback(err_response(Error::EntryTooLarge {
-                region_id: self.region_id(),
-                entry_size: data.len() as u64,
-            }));
-            return;
-        }
         let index = self.raft.raft.raft_log().last_index() + 1;
         let term = self.raft.raft.term();
         match self.raft.propose(Vec::new(), data) {
             Ok(()) => {
                 if self.raft.raft.raft_log().last_index() != index {
-                    callback(err_response(Error::ProposalDropped(
+                    callback.respond(err_response(Error::ProposalDropped(
                         "entry not appended".into(),
                     )));
                     return;
                 }
+                callback.mark_proposed();
                 self.proposals.push_back(Proposal {
                     index,
                     term,
@@ -240,30 +304,95 @@ impl Peer {
                 } else {
                     self.not_leader()
                 };
-                callback(err_response(e));
+                callback.respond(err_response(e));
             }
-            Err(e) => callback(err_response(Error::ProposalDropped(e.to_string()))),
+            Err(e) => {
+                callback.respond(err_response(Error::ProposalDropped(e.to_string())));
+            }
         }
     }
 
-    fn start_read(&mut self, request: RaftCmdRequest, callback: Callback) {
+    /// Serves a read from the lease if it is valid, else starts a
+    /// ReadIndex round (which also renews the lease).
+    fn read(&mut self, request: RaftCmdRequest, callback: Responder) {
+        if self.lease_duration.is_some() {
+            let now = Instant::now();
+            self.lease.last_wanted = Some(now);
+            if self.lease_valid(now) {
+                let resp = self.execute_read(&request);
+                callback.respond(resp);
+                return;
+            }
+        }
+        self.start_read_index(Some((request, callback)));
+    }
+
+    /// Whether a read may be served from the lease now: the lease of this
+    /// term has not expired, no leader transfer is under way, and this
+    /// peer has applied an entry of its own term (so every write any
+    /// leader acknowledged before is applied here).
+    fn lease_valid(&self, now: Instant) -> bool {
+        let raft = &self.raft.raft;
+        let term = raft.term();
+        self.is_leader()
+            && self.lease.term == term
+            && self.lease.expires_at.is_some_and(|e| now < e)
+            && raft.lead_transferee().is_none()
+            && raft
+                .raft_log()
+                .term(self.raft.store().applied_index())
+                .is_ok_and(|t| t == term)
+    }
+
+    fn start_read_index(&mut self, command: Option<(RaftCmdRequest, Responder)>) {
         self.next_read_id += 1;
         let id = self.next_read_id;
+        let sent_at = Instant::now();
         if let Err(e) = self.raft.read_index(id.to_be_bytes().to_vec()) {
-            callback(err_response(Error::ProposalDropped(e.to_string())));
+            if let Some((_, callback)) = command {
+                callback.respond(err_response(Error::ProposalDropped(e.to_string())));
+            }
             return;
+        }
+        if command.is_none() {
+            self.lease.renewing = true;
         }
         self.reads.push_back(PendingRead {
             id,
             read_index: None,
-            request,
-            callback,
+            term: self.raft.raft.term(),
+            sent_at,
+            command,
         });
     }
 
-    /// Ticks the raft group once.
+    /// Starts a lease renewal round when reads came within the last lease
+    /// and the lease is past half its length (or gone).
+    fn maybe_renew_lease(&mut self) {
+        let Some(duration) = self.lease_duration else {
+            return;
+        };
+        if !self.is_leader() || self.lease.renewing {
+            return;
+        }
+        let now = Instant::now();
+        let wanted = self
+            .lease
+            .last_wanted
+            .is_some_and(|t| now.saturating_duration_since(t) < duration);
+        let due = self
+            .lease
+            .expires_at
+            .is_none_or(|e| e.saturating_duration_since(now) < duration / 2);
+        if wanted && due {
+            self.start_read_index(None);
+        }
+    }
+
+    /// Ticks the raft group once, and renews the lease if reads want it.
     pub fn tick(&mut self) {
         self.raft.tick();
+        self.maybe_renew_lease();
     }
 
     /// Records what the apply side applied and serves reads that waited
@@ -291,18 +420,38 @@ impl Peer {
 
     /// If the group has a Ready: sends what may go now through `send`, puts
     /// the entries and hard state into `wb`, and keeps the Ready for
-    /// [`Peer::finish_ready`] after `wb` is written. Returns
-    /// `Some(true)` if the peer became leader, `Some(false)` if it stopped
-    /// being leader, `None` otherwise.
+    /// [`Peer::finish_ready`] after `wb` is written. Returns the role
+    /// change (`Some(true)`: became leader, `Some(false)`: stopped being
+    /// leader) and how the write must reach the disk.
+    ///
+    /// # Errors
+    /// A Ready carrying a raft snapshot: installing snapshots is not
+    /// supported yet, and dropping one would leave the log and the data
+    /// disagreeing with what the core believes. The caller must stop the
+    /// store; nothing of this Ready was written or sent.
     pub fn collect_ready(
         &mut self,
         wb: &mut WriteBatch,
         send: &mut impl FnMut(&Peer, flotilla_proto::eraftpb::Message),
-    ) -> Option<bool> {
+    ) -> Result<(Option<bool>, WriteNeed)> {
+        let mut need = WriteNeed::Nothing;
+        if self.raft_state_dirty {
+            self.raft_state_dirty = false;
+            self.raft.store().write_raft_state(wb);
+            need = WriteNeed::CommitOnly;
+        }
         if self.pending_ready.is_some() || !self.raft.has_ready() {
-            return None;
+            return Ok((None, need));
         }
         let mut rd = self.raft.ready();
+        if let Some(snap) = &rd.snapshot {
+            let index = snap.metadata.as_ref().map_or(0, |m| m.index);
+            slog::crit!(self.logger, "raft snapshot in a Ready: installing snapshots is not supported yet"; "index" => index);
+            return Err(Error::Engine(format!(
+                "region {}: received a raft snapshot at index {index}; installing snapshots is not supported yet",
+                self.region_id()
+            )));
+        }
         let mut role_change = None;
         if let Some(ss) = &rd.ss {
             let leader = ss.raft_state == StateRole::Leader;
@@ -318,26 +467,41 @@ impl Peer {
             send(self, m);
         }
         let store = &mut self.raft.raft.raft_log_mut().store;
-        let mut dirty = false;
         if !rd.entries.is_empty() {
             store.append(&rd.entries, wb);
-            dirty = true;
+            need = need.max(WriteNeed::Entries);
         }
         if let Some(hs) = rd.hs {
+            let prev = store.raft_state().hard_state.unwrap_or_default();
+            if hs.term != prev.term || hs.vote != prev.vote {
+                need = WriteNeed::TermOrVote;
+                // A new term or vote: any lease of the old term is over.
+                self.lease.expire();
+            } else {
+                need = need.max(WriteNeed::CommitOnly);
+            }
             store.set_hard_state(hs);
-            dirty = true;
         }
-        if dirty {
-            store.write_raft_state(wb);
+        if need != WriteNeed::Nothing {
+            self.raft.raft.raft_log().store.write_raft_state(wb);
         }
+        let term = self.raft.raft.term();
         for rs in std::mem::take(&mut rd.read_states) {
             let id = read_id(&rs.request_ctx);
             if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
                 r.read_index = Some(rs.index);
+                if r.command.is_none() {
+                    self.lease.renewing = false;
+                }
+                if let Some(duration) = self.lease_duration
+                    && r.term == term
+                {
+                    self.lease.extend(term, r.sent_at + duration);
+                }
             }
         }
         self.pending_ready = Some(rd);
-        role_change
+        Ok((role_change, need))
     }
 
     /// After this round's write is durable: sends the messages that waited
@@ -353,6 +517,14 @@ impl Peer {
             send(self, m);
         }
         let mut light = self.raft.advance_append(rd);
+        if let Some(commit) = light.commit_index {
+            // A commit that moved when our own write became durable (every
+            // commit of a single voter): no later Ready carries it, so it
+            // goes into the next round's batch (unsynced: it can always be
+            // learnt again).
+            self.raft.raft.raft_log_mut().store.set_commit(commit);
+            self.raft_state_dirty = true;
+        }
         for m in std::mem::take(&mut light.messages) {
             send(self, m);
         }
@@ -362,9 +534,14 @@ impl Peer {
     }
 
     fn apply_task(&mut self, entries: Vec<Entry>) -> Option<ApplyTask> {
-        let last = entries.last()?.index;
+        let last = entries.last()?;
+        let last = (last.term, last.index);
         let mut proposals = Vec::new();
-        while self.proposals.front().is_some_and(|p| p.index <= last) {
+        while self
+            .proposals
+            .front()
+            .is_some_and(|p| (p.term, p.index) <= last)
+        {
             if let Some(p) = self.proposals.pop_front() {
                 proposals.push(p);
             }
@@ -377,13 +554,14 @@ impl Peer {
     }
 
     fn on_lost_leadership(&mut self) {
+        self.lease.expire();
         // Reads not yet confirmed can no longer be confirmed by this peer.
         let mut kept = VecDeque::new();
         while let Some(r) = self.reads.pop_front() {
             if r.read_index.is_some() {
                 kept.push_back(r);
-            } else {
-                (r.callback)(err_response(self.not_leader()));
+            } else if let Some((_, callback)) = r.command {
+                callback.respond(err_response(self.not_leader()));
             }
         }
         self.reads = kept;
@@ -400,8 +578,10 @@ impl Peer {
             let Some(r) = self.reads.pop_front() else {
                 break;
             };
-            let resp = self.execute_read(&r.request);
-            (r.callback)(resp);
+            if let Some((request, callback)) = r.command {
+                let resp = self.execute_read(&request);
+                callback.respond(resp);
+            }
         }
     }
 
@@ -420,13 +600,9 @@ impl Peer {
                     }
                 }
                 Some(request::Cmd::Scan(s)) => {
-                    let start = keys::data_key(&s.start_key);
-                    let end = clamp_end(&s.end_key, &region.end_key);
-                    let limit = if s.limit == 0 {
-                        usize::MAX
-                    } else {
-                        s.limit as usize
-                    };
+                    // Validated: in the region, ordered, 0 < limit <= max.
+                    let (start, end) = data_range(&s.start_key, &s.end_key, region);
+                    let limit = (s.limit as usize).max(1);
                     let mut kvs = Vec::new();
                     let res = snap.scan(Cf::Default, &start, &end, |k, v| {
                         kvs.push(KvPair {
@@ -479,29 +655,4 @@ fn read_id(ctx: &[u8]) -> u64 {
         buf.copy_from_slice(ctx);
     }
     u64::from_be_bytes(buf)
-}
-
-/// The end of a scan inside a region: the request's end if set and within
-/// the region, else the region's end.
-fn clamp_end(req_end: &[u8], region_end: &[u8]) -> Vec<u8> {
-    if req_end.is_empty() {
-        return keys::data_end_key(region_end);
-    }
-    if region_end.is_empty() || req_end < region_end {
-        keys::data_key(req_end)
-    } else {
-        keys::data_end_key(region_end)
-    }
-}
-
-/// The keys a request touches (for the in-region check).
-pub fn request_keys(r: &Request) -> Vec<&[u8]> {
-    match &r.cmd {
-        Some(request::Cmd::Get(g)) => vec![&g.key[..]],
-        Some(request::Cmd::Put(p)) => vec![&p.key[..]],
-        Some(request::Cmd::Delete(d)) => vec![&d.key[..]],
-        Some(request::Cmd::DeleteRange(d)) => vec![&d.start_key[..]],
-        Some(request::Cmd::Scan(s)) => vec![&s.start_key[..]],
-        Some(request::Cmd::Snap(_)) | None => vec![],
-    }
 }

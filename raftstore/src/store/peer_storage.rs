@@ -53,6 +53,28 @@ pub fn conf_state_from_region(region: &Region) -> ConfState {
     cs
 }
 
+/// Why a region's persisted state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The engine failed to read or decode a state.
+    #[error(transparent)]
+    Engine(#[from] flotilla_engine::Error),
+    /// The persisted states contradict each other.
+    #[error("region {region_id}: corrupt raft state: {what}")]
+    Corrupt {
+        /// The region.
+        region_id: u64,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl From<LoadError> for super::error::Error {
+    fn from(e: LoadError) -> Self {
+        super::error::Error::Engine(e.to_string())
+    }
+}
+
 /// An error of the engine, wrapped for the consensus core.
 fn other(e: flotilla_engine::Error) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
@@ -78,15 +100,43 @@ impl PeerStorage {
     /// region without persisted raft state (a peer created by a message,
     /// waiting for a snapshot) starts empty at index 0.
     ///
+    /// The persisted commit index may lag the applied index (a commit that
+    /// moved when the leader's own write became durable is written in a
+    /// later round, unsynced); it is forwarded to the applied index, which
+    /// only ever covers committed entries that are in the log (the apply
+    /// write follows the log write in the WAL).
+    ///
     /// # Errors
-    /// Engine read or decode failures.
-    pub fn load(engine: Engine, region: Region) -> Result<PeerStorage, flotilla_engine::Error> {
-        let raft_state: RaftLocalState = engine
+    /// [`flotilla_engine::Error`] for read or decode failures, and
+    /// [`LoadError::Corrupt`] for states that contradict each other
+    /// (truncated > applied, applied > last index, a missing last entry).
+    pub fn load(engine: Engine, region: Region) -> Result<PeerStorage, LoadError> {
+        let mut raft_state: RaftLocalState = engine
             .get_msg(Cf::Raft, &keys::raft_state_key(region.id))?
             .unwrap_or_default();
         let apply_state: RaftApplyState = engine
             .get_msg(Cf::Raft, &keys::apply_state_key(region.id))?
             .unwrap_or_default();
+        let region_id = region.id;
+        let corrupt = |what: String| LoadError::Corrupt { region_id, what };
+        let truncated = apply_state.truncated_state.unwrap_or_default().index;
+        let applied = apply_state.applied_index;
+        if truncated > applied {
+            return Err(corrupt(format!(
+                "truncated index {truncated} > applied index {applied}"
+            )));
+        }
+        if applied > raft_state.last_index {
+            return Err(corrupt(format!(
+                "applied index {applied} > last log index {}",
+                raft_state.last_index
+            )));
+        }
+        if let Some(hs) = raft_state.hard_state.as_mut()
+            && hs.commit < applied
+        {
+            hs.commit = applied;
+        }
         let mut storage = PeerStorage {
             engine,
             region,
@@ -96,6 +146,12 @@ impl PeerStorage {
             cache: VecDeque::new(),
         };
         storage.last_term = storage.load_last_term()?;
+        if storage.last_term == 0 && storage.raft_state.last_index > 0 {
+            return Err(corrupt(format!(
+                "last log entry {} is missing",
+                storage.raft_state.last_index
+            )));
+        }
         Ok(storage)
     }
 
@@ -164,7 +220,10 @@ impl PeerStorage {
         let prev_last = self.raft_state.last_index;
         if last.index < prev_last {
             let (lo, hi) = keys::raft_log_range(region_id, last.index + 1, prev_last + 1);
-            wb.delete_range(Cf::Raft, &lo, &hi);
+            // `last.index < prev_last`: the range is non-empty, so the
+            // engine takes it.
+            let res = wb.delete_range(Cf::Raft, &lo, &hi);
+            debug_assert!(res.is_ok(), "{res:?}");
         }
         self.raft_state.last_index = last.index;
         self.last_term = last.term;
@@ -182,6 +241,17 @@ impl PeerStorage {
         self.cache.extend(entries.iter().cloned());
         while self.cache.len() > ENTRY_CACHE_CAPACITY {
             self.cache.pop_front();
+        }
+    }
+
+    /// Records a commit index to persist with the next raft-state write.
+    pub fn set_commit(&mut self, commit: u64) {
+        let hs = self
+            .raft_state
+            .hard_state
+            .get_or_insert_with(HardState::default);
+        if commit > hs.commit {
+            hs.commit = commit;
         }
     }
 

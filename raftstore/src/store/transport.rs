@@ -1,16 +1,14 @@
 //! How raft messages leave a store: the [`Transport`] trait and the
 //! in-process [`ChannelTransport`] with test filters.
 
-use std::sync::Arc;
-
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::eraftpb::MessageType;
 use flotilla_proto::raft_serverpb::RaftMessage;
 use fxhash::FxHashMap;
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 use thiserror::Error;
 
 /// Why a message could not be handed to its destination.
@@ -50,15 +48,33 @@ pub trait MessageSink: Send + Sync {
 
 /// A test filter on the in-process network. Filters see each flushed batch
 /// of messages and remove what they drop.
+///
+/// The filters of a [`ChannelTransport`] run in the order they were added.
+/// A [`DelayFilter`] takes the whole batch; when its messages fall due they
+/// pass through the filters then installed that were added after it (the
+/// ones before it already saw them), and what passes is delivered.
 pub trait Filter: Send + Sync {
     /// Keeps only the messages that pass.
     fn filter(&self, msgs: &mut Vec<RaftMessage>);
 }
 
+/// Names one filter added to a [`ChannelTransport`], for
+/// [`ChannelTransport::remove_filter`]. Ids are never reused, and a filter
+/// added later has a greater id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FilterId(u64);
+
+/// The installed filters, in the order they were added (so by id).
+#[derive(Default)]
+struct Filters {
+    next_id: u64,
+    list: Vec<(FilterId, Arc<dyn Filter>)>,
+}
+
 #[derive(Default)]
 struct Net {
     sinks: RwLock<FxHashMap<u64, Arc<dyn MessageSink>>>,
-    filters: RwLock<Vec<Arc<dyn Filter>>>,
+    filters: RwLock<Filters>,
 }
 
 /// An in-process network connecting the stores of one process, with
@@ -87,36 +103,87 @@ impl ChannelTransport {
         self.net.sinks.write().remove(&store_id);
     }
 
-    /// Adds a filter applied to every later flush.
-    pub fn add_filter(&self, filter: Arc<dyn Filter>) {
-        self.net.filters.write().push(filter);
+    /// Adds a filter applied to every later flush, after the filters
+    /// already installed. Returns its id for
+    /// [`ChannelTransport::remove_filter`] (callers that only ever
+    /// [`clear_filters`](ChannelTransport::clear_filters) may ignore it).
+    pub fn add_filter(&self, filter: Arc<dyn Filter>) -> FilterId {
+        self.install(|_| filter)
+    }
+
+    /// Adds the filter `make` builds from its id; the id is allocated and
+    /// the filter appended under one lock, so list order is id order.
+    fn install(&self, make: impl FnOnce(FilterId) -> Arc<dyn Filter>) -> FilterId {
+        let mut filters = self.net.filters.write();
+        let id = FilterId(filters.next_id);
+        filters.next_id += 1;
+        let filter = make(id);
+        filters.list.push((id, filter));
+        id
+    }
+
+    /// Removes the filter `id`; the others stay in force. Returns whether
+    /// it was installed. Once this returns the filter sees no more
+    /// messages; messages a removed delay filter holds are still delivered
+    /// when due.
+    pub fn remove_filter(&self, id: FilterId) -> bool {
+        let removed = {
+            let mut filters = self.net.filters.write();
+            let pos = filters.list.iter().position(|(i, _)| *i == id);
+            pos.map(|pos| filters.list.remove(pos))
+        };
+        // Dropped outside the lock: a delay filter's drop takes its queue.
+        removed.is_some()
     }
 
     /// Removes every filter: the network heals. Messages a delay filter
-    /// holds are still delivered when due.
+    /// holds are still delivered when due (through the filters added after
+    /// the delay filter that are installed by then).
     pub fn clear_filters(&self) {
-        self.net.filters.write().clear();
+        let removed = std::mem::take(&mut self.net.filters.write().list);
+        drop(removed);
     }
 
-    /// Drops every message between `store` and any other store.
-    pub fn isolate(&self, store: u64) {
-        self.add_filter(Arc::new(PartitionFilter::new(vec![vec![store]])));
+    /// Drops every message between `store` and any other store. Returns
+    /// the filter's id.
+    pub fn isolate(&self, store: u64) -> FilterId {
+        self.add_filter(Arc::new(PartitionFilter::new(vec![vec![store]])))
     }
 
     /// Splits the stores into `groups`: messages between stores of
     /// different groups are dropped (stores in no group form one more
-    /// group).
-    pub fn partition(&self, groups: Vec<Vec<u64>>) {
-        self.add_filter(Arc::new(PartitionFilter::new(groups)));
+    /// group). Returns the filter's id.
+    pub fn partition(&self, groups: Vec<Vec<u64>>) -> FilterId {
+        self.add_filter(Arc::new(PartitionFilter::new(groups)))
     }
 
-    /// Delays every message by `delay` (delivered by a background thread,
-    /// which stops when the network is dropped).
-    pub fn delay(&self, delay: Duration) {
-        self.add_filter(Arc::new(DelayFilter::start(
-            Arc::downgrade(&self.net),
-            delay,
-        )));
+    /// Delays every message by `delay`, then passes it through the filters
+    /// added after this one (see [`Filter`]) and delivers it. Returns the
+    /// filter's id.
+    ///
+    /// A background thread delivers; it runs until the filter is removed
+    /// and every message it held has been delivered, or until the network
+    /// is dropped (messages still held then are lost).
+    pub fn delay(&self, delay: Duration) -> FilterId {
+        let net = Arc::downgrade(&self.net);
+        self.install(|id| Arc::new(DelayFilter::start(net, id, delay)))
+    }
+
+    /// Delivers `msgs`, which delay filter `after` released, through the
+    /// filters installed now that were added after it.
+    fn deliver_delayed(net: &Net, after: FilterId, mut msgs: Vec<RaftMessage>) {
+        {
+            // Held while filtering, as in `flush`, so a filter that
+            // `remove_filter` removed never sees another message.
+            let filters = net.filters.read();
+            for (_, f) in filters.list.iter().filter(|(id, _)| *id > after) {
+                if msgs.is_empty() {
+                    break;
+                }
+                f.filter(&mut msgs);
+            }
+        }
+        ChannelTransport::deliver_now(net, msgs);
     }
 
     fn deliver_now(net: &Net, msgs: impl IntoIterator<Item = RaftMessage>) {
@@ -226,65 +293,109 @@ impl Ord for Delayed {
     }
 }
 
-/// Holds every message for a fixed delay, then delivers it in order.
-pub struct DelayFilter {
-    delay: Duration,
-    queue: Arc<parking_lot::Mutex<(BinaryHeap<Delayed>, u64)>>,
-    stop: Arc<AtomicBool>,
+/// The messages a [`DelayFilter`] holds, shared with its delivery thread.
+#[derive(Default)]
+struct DelayQueue {
+    heap: BinaryHeap<Delayed>,
+    seq: u64,
+    /// The filter was dropped: no message is added any more, and the
+    /// thread exits once `heap` is empty.
+    closed: bool,
 }
 
-/// How often the delay thread looks for due messages.
-const DELAY_POLL: Duration = Duration::from_millis(2);
+#[derive(Default)]
+struct DelayShared {
+    queue: Mutex<DelayQueue>,
+    /// Signalled when a message is queued or the filter is dropped.
+    wake: Condvar,
+}
+
+/// Holds every message for a fixed delay, then delivers it in order (see
+/// [`ChannelTransport::delay`]).
+pub struct DelayFilter {
+    delay: Duration,
+    shared: Arc<DelayShared>,
+}
+
+/// The longest the delay thread sleeps without checking whether the
+/// network still exists.
+const DELAY_IDLE_CHECK: Duration = Duration::from_millis(50);
 
 impl DelayFilter {
-    fn start(net: std::sync::Weak<Net>, delay: Duration) -> DelayFilter {
-        let queue = Arc::new(parking_lot::Mutex::new((
-            BinaryHeap::<Delayed>::new(),
-            0u64,
-        )));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (q, st) = (queue.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Acquire) {
-                std::thread::sleep(DELAY_POLL);
-                let Some(net) = net.upgrade() else { return };
-                let now = Instant::now();
-                let mut due = Vec::new();
-                {
-                    let mut guard = q.lock();
-                    while guard.0.peek().is_some_and(|d| d.due <= now) {
-                        if let Some(d) = guard.0.pop() {
-                            due.push(d.msg);
+    fn start(net: Weak<Net>, id: FilterId, delay: Duration) -> DelayFilter {
+        let shared = Arc::new(DelayShared::default());
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("delay-filter-{}", id.0))
+            .spawn(move || DelayFilter::run(&thread_shared, &net, id))
+            .expect("spawn delay filter thread");
+        DelayFilter { delay, shared }
+    }
+
+    /// The delivery thread: hands over each message when it falls due;
+    /// exits when the filter is gone and nothing is held, or when the
+    /// network is gone.
+    fn run(shared: &DelayShared, net: &Weak<Net>, id: FilterId) {
+        loop {
+            let due = {
+                let mut queue = shared.queue.lock();
+                loop {
+                    if net.strong_count() == 0 || (queue.closed && queue.heap.is_empty()) {
+                        return;
+                    }
+                    let now = Instant::now();
+                    match queue.heap.peek() {
+                        Some(d) if d.due <= now => break,
+                        Some(d) => {
+                            let until = d.due.min(now + DELAY_IDLE_CHECK);
+                            shared.wake.wait_until(&mut queue, until);
+                        }
+                        None => {
+                            shared.wake.wait_for(&mut queue, DELAY_IDLE_CHECK);
                         }
                     }
                 }
-                ChannelTransport::deliver_now(&net, due);
-            }
-        });
-        DelayFilter { delay, queue, stop }
+                let now = Instant::now();
+                let mut due = Vec::new();
+                while queue.heap.peek().is_some_and(|d| d.due <= now) {
+                    if let Some(d) = queue.heap.pop() {
+                        due.push(d.msg);
+                    }
+                }
+                due
+            };
+            // No lock of ours is held here: if this turns out to be the
+            // last reference to the network, dropping it drops this filter,
+            // whose `drop` takes the queue lock.
+            let Some(net) = net.upgrade() else { return };
+            ChannelTransport::deliver_delayed(&net, id, due);
+        }
     }
 }
 
 impl Drop for DelayFilter {
     fn drop(&mut self) {
-        // Deliver what is left, then stop the thread.
-        let due = self.queue.lock().0.peek().map(|d| d.due);
-        if let Some(due) = due {
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        self.stop.store(true, Ordering::Release);
+        // Does not wait: the thread delivers what is left when due, then
+        // exits.
+        self.shared.queue.lock().closed = true;
+        self.shared.wake.notify_one();
     }
 }
 
 impl Filter for DelayFilter {
     fn filter(&self, msgs: &mut Vec<RaftMessage>) {
-        let due = Instant::now() + self.delay;
-        let mut guard = self.queue.lock();
-        for msg in msgs.drain(..) {
-            guard.1 += 1;
-            let seq = guard.1;
-            guard.0.push(Delayed { due, seq, msg });
+        if msgs.is_empty() {
+            return;
         }
+        let due = Instant::now() + self.delay;
+        let mut queue = self.shared.queue.lock();
+        for msg in msgs.drain(..) {
+            queue.seq += 1;
+            let seq = queue.seq;
+            queue.heap.push(Delayed { due, seq, msg });
+        }
+        drop(queue);
+        self.shared.wake.notify_one();
     }
 }
 
@@ -306,7 +417,7 @@ impl Transport for ChannelTransport {
         if self.buffer.is_empty() {
             return;
         }
-        for f in self.net.filters.read().iter() {
+        for (_, f) in self.net.filters.read().list.iter() {
             f.filter(&mut self.buffer);
         }
         ChannelTransport::deliver_now(&self.net, self.buffer.drain(..));

@@ -18,13 +18,10 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn handle_read_index_on_leader(&mut self, m: Message) {
-        if self.prs.is_singleton(self.id) {
-            let idx = self.raft_log.committed;
-            self.respond_read(m, idx);
-            return;
-        }
         if !self.committed_entry_in_current_term() {
-            // Defer: the commit index may lag the group's until then.
+            // Defer: the commit index may lag the group's until then. This
+            // holds for a single voter too: after a restart its persisted
+            // commit can lag what it had applied and acknowledged.
             self.pending_read_index_messages.push(m);
             return;
         }
@@ -33,6 +30,12 @@ impl<S: Storage> Raft<S> {
 
     fn serve_read_index(&mut self, m: Message) {
         let idx = self.raft_log.committed;
+        if self.prs.is_singleton(self.id) {
+            // No one else to ask: the commit index of our own term is the
+            // group's.
+            self.respond_read(m, idx);
+            return;
+        }
         match self.read_only.option {
             ReadOnlyOption::Safe => {
                 let ctx = request_ctx(&m);
