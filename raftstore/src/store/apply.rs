@@ -283,3 +283,135 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use flotilla_engine::EngineOptions;
+    use flotilla_proto::metapb::RegionEpoch;
+    use flotilla_proto::raft_cmdpb::{DeleteRangeRequest, PutRequest, RaftRequestHeader};
+    use flotilla_router::{BatchSystem, Mailbox};
+
+    use super::*;
+    use crate::store::config::Config;
+    use crate::store::fsm::StoreFsm;
+    use crate::store::msg::Responder;
+    use crate::store::util::response_error;
+
+    fn region() -> Region {
+        Region {
+            id: 3,
+            start_key: Bytes::from_static(b"a"),
+            end_key: Bytes::from_static(b"m"),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            peers: Vec::new(),
+        }
+    }
+
+    fn entry(index: u64, term: u64, cmd: request::Cmd) -> Entry {
+        let req = RaftCmdRequest {
+            header: Some(RaftRequestHeader {
+                region_id: 3,
+                ..Default::default()
+            }),
+            requests: vec![flotilla_proto::raft_cmdpb::Request { cmd: Some(cmd) }],
+            admin_request: None,
+        };
+        Entry {
+            index,
+            term,
+            data: req.encode_to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn put(key: &'static [u8]) -> request::Cmd {
+        request::Cmd::Put(PutRequest {
+            key: Bytes::from_static(key),
+            value: Bytes::from_static(b"v"),
+        })
+    }
+
+    fn proposal(index: u64, term: u64) -> Proposal {
+        let mut callback = Responder::new(Box::new(|_| {}));
+        callback.mark_proposed();
+        Proposal {
+            index,
+            term,
+            callback,
+        }
+    }
+
+    /// F8 and F1 at apply: proposals are matched to entries by
+    /// (term, index), so after leadership churn a proposal whose entry did
+    /// apply is answered with success (not `StaleCommand`) and one whose
+    /// index was taken by another term is `StaleCommand`; an entry that
+    /// fails validation (the poison range) answers its typed error and
+    /// writes nothing, while the other entries of the same task apply.
+    #[test]
+    fn proposals_match_by_term_and_index_and_bad_entries_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+        let (router, _system) = BatchSystem::<super::super::fsm::PeerFsm, StoreFsm>::new(
+            &flotilla_router::Config::default(),
+            Mailbox::new(Box::new(StoreFsm)),
+        )
+        .unwrap();
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let status = Arc::new(StoreStatus::new(None));
+        let mut poller = ApplyPoller::new(
+            engine,
+            router,
+            Config::default().request_limits(),
+            status,
+            logger,
+        );
+        let mut fsm = ApplyFsm::new(region(), RaftApplyState::default());
+        let poison = request::Cmd::DeleteRange(DeleteRangeRequest {
+            start_key: Bytes::from_static(b"b"),
+            end_key: Bytes::from_static(b"a"),
+        });
+        let task = ApplyTask {
+            region_id: 3,
+            // Entry 11 of term 5 was overwritten by a leader of term 7.
+            entries: vec![
+                entry(10, 5, put(b"b")),
+                entry(11, 7, put(b"c")),
+                entry(12, 7, poison),
+            ],
+            proposals: vec![
+                proposal(10, 5),
+                proposal(11, 5),
+                proposal(11, 7),
+                proposal(12, 7),
+            ],
+        };
+        poller.apply_task(&mut fsm, task);
+        let answers: Vec<((u64, u64), Option<Error>)> = fsm
+            .done
+            .iter()
+            .map(|(p, resp)| ((p.term, p.index), response_error(resp)))
+            .collect();
+        assert_eq!(answers.len(), 4, "{answers:?}");
+        assert_eq!(answers[0], ((5, 10), None));
+        assert_eq!(answers[1], ((5, 11), Some(Error::StaleCommand)));
+        assert_eq!(
+            answers[2],
+            ((7, 11), None),
+            "an applied write reported stale"
+        );
+        assert!(
+            matches!(answers[3], ((7, 12), Some(Error::InvalidRequest(_)))),
+            "{:?}",
+            answers[3]
+        );
+        assert_eq!(fsm.apply_state.applied_index, 12);
+        // Two puts and the apply state; nothing of the poison range.
+        assert_eq!(poller.wb.as_ref().map(WriteBatch::count), Some(3));
+    }
+}

@@ -656,3 +656,62 @@ fn read_id(ctx: &[u8]) -> u64 {
     }
     u64::from_be_bytes(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_engine::{Durability, EngineOptions};
+    use flotilla_proto::eraftpb::{Message, Snapshot, SnapshotMetadata};
+
+    use super::*;
+    use crate::store::bootstrap::{bootstrap_store, initial_regions};
+
+    /// F11: a Ready that carries a raft snapshot is a typed error (the
+    /// caller stops the store), not silently dropped while the core goes on
+    /// believing the snapshot is installed. Nothing goes into the batch.
+    #[test]
+    fn ready_with_a_snapshot_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+        let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
+        bootstrap_store(&engine, 1, 2, std::slice::from_ref(&region)).unwrap();
+        let me = region.peers.iter().find(|p| p.store_id == 2).unwrap().id;
+        let leader = region.peers.iter().find(|p| p.store_id == 1).unwrap().id;
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let mut peer = Peer::new(
+            &Config::default(),
+            engine.clone(),
+            region.clone(),
+            me,
+            &logger,
+        )
+        .unwrap();
+        let snap = Snapshot {
+            data: Default::default(),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(super::super::peer_storage::conf_state_from_region(&region)),
+                index: 100,
+                term: 7,
+            }),
+        };
+        let m = Message {
+            msg_type: MessageType::MsgSnapshot as i32,
+            from: leader,
+            to: me,
+            term: 7,
+            snapshot: Some(Box::new(snap)),
+            ..Default::default()
+        };
+        peer.raft.step(m).unwrap();
+        let mut wb = engine.write_batch();
+        let mut sent = 0;
+        let res = peer.collect_ready(&mut wb, &mut |_, _| sent += 1);
+        assert!(
+            matches!(res, Err(Error::Engine(_))),
+            "{:?}",
+            res.map(|r| r.1)
+        );
+        assert!(wb.is_empty(), "a refused Ready wrote something");
+        assert_eq!(sent, 0, "a refused Ready sent something");
+        engine.write(wb, Durability::Sync).unwrap();
+    }
+}

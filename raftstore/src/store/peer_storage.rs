@@ -586,4 +586,62 @@ mod tests {
         assert_eq!(&data.kvs[0].key[..], b"a");
         assert_eq!(data.region.unwrap().id, 9);
     }
+
+    /// F4: a persisted commit behind the persisted applied index (a commit
+    /// from a light ready not yet written) is forwarded to it on load.
+    #[test]
+    fn load_forwards_commit_to_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        let mut apply = *s.apply_state();
+        apply.applied_index = 8;
+        s.engine
+            .put_msg(Cf::Raft, &keys::apply_state_key(9), &apply)
+            .unwrap();
+        let reloaded = PeerStorage::load(s.engine.clone(), region()).unwrap();
+        assert_eq!(reloaded.initial_state().unwrap().hard_state.commit, 8);
+    }
+
+    /// F13: states that contradict each other are a typed error on load,
+    /// not a silent `last_index 0` and a confusing failure later.
+    #[test]
+    fn load_refuses_contradicting_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        let engine = s.engine.clone();
+        let corrupt = |engine: &Engine| {
+            matches!(
+                PeerStorage::load(engine.clone(), region()),
+                Err(LoadError::Corrupt { region_id: 9, .. })
+            )
+        };
+        // Applied past the last index.
+        let mut apply = *s.apply_state();
+        apply.applied_index = 12;
+        engine
+            .put_msg(Cf::Raft, &keys::apply_state_key(9), &apply)
+            .unwrap();
+        assert!(corrupt(&engine));
+        // Truncated past applied.
+        apply.applied_index = 5;
+        apply.truncated_state = Some(RaftTruncatedState { index: 7, term: 6 });
+        engine
+            .put_msg(Cf::Raft, &keys::apply_state_key(9), &apply)
+            .unwrap();
+        assert!(corrupt(&engine));
+        // The last entry missing.
+        apply.truncated_state = Some(RaftTruncatedState { index: 5, term: 5 });
+        engine
+            .put_msg(Cf::Raft, &keys::apply_state_key(9), &apply)
+            .unwrap();
+        engine.delete(Cf::Raft, &keys::raft_log_key(9, 9)).unwrap();
+        assert!(corrupt(&engine));
+        // Back to consistent: loads.
+        engine
+            .put_msg(Cf::Raft, &keys::raft_log_key(9, 9), &entry(9, 6))
+            .unwrap();
+        assert!(PeerStorage::load(engine, region()).is_ok());
+    }
 }
