@@ -373,8 +373,9 @@ fn lease_read_leader_partitioned_never_serves_stale() {
         .iter()
         .filter(|(_, l)| *l == old)
         .map(|(r, _)| {
+            // Just past the region's start (the first region starts at "").
             let mut key = r.start_key.to_vec();
-            key.extend_from_slice(b"lease");
+            key.extend_from_slice(b"\0lease");
             (r.clone(), key)
         })
         .collect();
