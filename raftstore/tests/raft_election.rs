@@ -483,6 +483,41 @@ fn leader_lease_ignores_votes_unless_forced() {
     assert!(!n.raft.take_all_msgs()[0].reject);
 }
 
+/// checklist: quorum-2 (a node just started keeps the lease it may have
+/// acknowledged before a restart: with `refuse_votes_after_start` it
+/// ignores vote requests until it counted one election timeout of ticks;
+/// without the option the same request is granted at once)
+#[test]
+fn restarted_node_refuses_votes_for_one_election_timeout() {
+    for refuse in [true, false] {
+        let mut c = config(2);
+        c.check_quorum = true;
+        c.refuse_votes_after_start = refuse;
+        let mut n = new_node_with(c, MemStorage::with_voters(&[1, 2, 3], &[]));
+        n.step(vote_req(3, 2, 5, (10, 5))).unwrap();
+        if !refuse {
+            assert_eq!(n.raft.term(), 5, "granted at once without the option");
+            assert!(!n.raft.take_all_msgs()[0].reject);
+            continue;
+        }
+        assert_eq!(n.raft.term(), 0, "vote granted right after start");
+        assert!(n.raft.take_all_msgs().is_empty());
+        for _ in 0..ELECTION_TICK - 1 {
+            n.raft.tick();
+        }
+        n.step(vote_req(3, 2, 5, (10, 5))).unwrap();
+        assert_eq!(n.raft.term(), 0, "vote granted before an election timeout");
+        n.raft.tick();
+        n.step(vote_req(3, 2, 5, (10, 5))).unwrap();
+        assert_eq!(n.raft.term(), 5, "still refusing after an election timeout");
+        let granted =
+            n.raft.take_all_msgs().into_iter().any(|m| {
+                m.to == 3 && m.msg_type() == MessageType::MsgRequestVoteResponse && !m.reject
+            });
+        assert!(granted, "no vote granted after an election timeout");
+    }
+}
+
 /// checklist: quorum-3
 #[test]
 fn only_voters_keep_the_leader_alive() {

@@ -65,6 +65,14 @@ pub struct Config {
     pub read_only_option: ReadOnlyOption,
     /// Drop proposals on followers instead of forwarding them to the leader.
     pub disable_proposal_forwarding: bool,
+    /// A node that has just started refuses vote and pre-vote requests, as
+    /// if it had a live leader, until it has counted one election timeout
+    /// of ticks (requires `check_quorum`). Without it a follower that
+    /// acknowledged a leader's lease round and then restarted could vote
+    /// for another candidate at once, inside that lease. Costs at most one
+    /// election timeout of extra delay for an election right after a
+    /// restart.
+    pub refuse_votes_after_start: bool,
     /// Election priority: a voter refuses a candidate with lower priority
     /// whose log is equally up to date.
     pub priority: i64,
@@ -90,6 +98,7 @@ impl Default for Config {
             max_uncommitted_size: u64::MAX,
             max_committed_size_per_ready: u64::MAX,
             check_quorum: false,
+            refuse_votes_after_start: false,
             pre_vote: false,
             read_only_option: ReadOnlyOption::Safe,
             disable_proposal_forwarding: false,

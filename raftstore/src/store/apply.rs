@@ -22,7 +22,7 @@ use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
 use super::msg::{ApplyMsg, ApplyRes, ApplyTask, PeerMsg, Proposal};
 use super::util::err_response;
-use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
+use super::validate::{data_range, validate_for_apply};
 
 /// A region's apply delegate.
 pub struct ApplyFsm {
@@ -72,7 +72,6 @@ pub struct ApplyPoller {
     engine: Engine,
     raft_router: RaftRouter,
     wb: Option<WriteBatch>,
-    limits: RequestLimits,
     status: Arc<StoreStatus>,
     logger: Logger,
 }
@@ -83,7 +82,6 @@ impl ApplyPoller {
     pub fn new(
         engine: Engine,
         raft_router: RaftRouter,
-        limits: RequestLimits,
         status: Arc<StoreStatus>,
         logger: Logger,
     ) -> ApplyPoller {
@@ -91,7 +89,6 @@ impl ApplyPoller {
             engine,
             raft_router,
             wb: None,
-            limits,
             status,
             logger,
         }
@@ -113,7 +110,7 @@ impl ApplyPoller {
             if entry.index <= fsm.apply_state.applied_index {
                 continue; // already applied (e.g. replayed after restart)
             }
-            let resp = apply_entry(wb, &fsm.region, &self.limits, &entry);
+            let resp = apply_entry(wb, &fsm.region, &entry);
             let at = (entry.term, entry.index);
             // A proposal ordered before this entry was never applied (its
             // index was taken by another leader's entry, or by an entry of
@@ -146,17 +143,13 @@ impl ApplyPoller {
 
 /// Applies one entry to `wb`, returning the response for its proposer.
 ///
-/// The entry's command is decoded and validated against the region as a
-/// whole before anything goes into `wb`: an entry that fails (it may come
-/// from an old log, or have been proposed under another range) is answered
-/// with its typed error and writes nothing, and the other entries of the
-/// round are unaffected.
-fn apply_entry(
-    wb: &mut WriteBatch,
-    region: &Region,
-    limits: &RequestLimits,
-    entry: &Entry,
-) -> RaftCmdResponse {
+/// The entry's command is decoded and checked against the region as a
+/// whole before anything goes into `wb` ([`validate_for_apply`]: only what
+/// every replica decides alike): an entry that fails (it may come from an
+/// old log, or have been proposed under another range) is answered with
+/// its typed error and writes nothing, and the other entries of the round
+/// are unaffected.
+fn apply_entry(wb: &mut WriteBatch, region: &Region, entry: &Entry) -> RaftCmdResponse {
     if entry.data.is_empty() || entry.entry_type() != EntryType::EntryNormal {
         // A new leader's empty entry (or a conf change, not yet supported).
         return RaftCmdResponse::default();
@@ -165,12 +158,8 @@ fn apply_entry(
         Ok(r) => r,
         Err(e) => return err_response(Error::InvalidRequest(format!("undecodable entry: {e}"))),
     };
-    match validate_requests(&request, region, limits) {
-        Ok(RequestKind::Write) => {}
-        Ok(RequestKind::Read) => {
-            return err_response(Error::InvalidRequest("a read in the log".into()));
-        }
-        Err(e) => return err_response(e),
+    if let Err(e) = validate_for_apply(&request, region) {
+        return err_response(e);
     }
     let mut responses = Vec::with_capacity(request.requests.len());
     for r in &request.requests {
@@ -193,7 +182,7 @@ fn apply_entry(
                 }
                 response::Cmd::DeleteRange(DeleteRangeResponse {})
             }
-            // Validation let only writes through.
+            // Reads have no place in the log; nothing to write.
             _ => continue,
         };
         responses.push(Response { cmd: Some(cmd) });
@@ -295,7 +284,6 @@ mod tests {
     use flotilla_router::{BatchSystem, Mailbox};
 
     use super::*;
-    use crate::store::config::Config;
     use crate::store::fsm::StoreFsm;
     use crate::store::msg::Responder;
     use crate::store::util::response_error;
@@ -359,18 +347,12 @@ mod tests {
         let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
         let (router, _system) = BatchSystem::<super::super::fsm::PeerFsm, StoreFsm>::new(
             &flotilla_router::Config::default(),
-            Mailbox::new(Box::new(StoreFsm)),
+            Mailbox::new(Box::<StoreFsm>::default()),
         )
         .unwrap();
         let logger = Logger::root(slog::Discard, slog::o!());
         let status = Arc::new(StoreStatus::new(None));
-        let mut poller = ApplyPoller::new(
-            engine,
-            router,
-            Config::default().request_limits(),
-            status,
-            logger,
-        );
+        let mut poller = ApplyPoller::new(engine, router, status, logger);
         let mut fsm = ApplyFsm::new(region(), RaftApplyState::default());
         let poison = request::Cmd::DeleteRange(DeleteRangeRequest {
             start_key: Bytes::from_static(b"b"),

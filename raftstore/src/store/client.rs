@@ -43,8 +43,9 @@ pub struct ClientConfig {
     /// it the operation fails with the last error, or `Timeout` if an
     /// attempt was cut short.
     pub operation_timeout: Duration,
-    /// Pairs asked of a store per scan request (at most the stores'
-    /// `max_scan_limit`); a longer scan pages.
+    /// Pairs asked of a store per scan request; a longer scan pages. It
+    /// must not exceed the stores' `max_scan_limit`, or every scan is
+    /// refused with `InvalidRequest`.
     pub scan_page_size: u32,
     /// Attempts per request before giving up with the last error.
     pub max_attempts: usize,

@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_SCAN_LIMIT: u32 = 10_000;
 /// Default bound on the bytes of committed entries handed to apply at once
 /// (one apply task never holds a region's whole log).
 pub const DEFAULT_MAX_APPLY_BYTES_PER_READY: u64 = 16 << 20;
+/// The least spacing of two ticks a peer receives, in percent of the base
+/// tick (some slack for the clock thread's jitter; see
+/// [`Config::min_tick_spacing`]).
+pub const MIN_TICK_SPACING_PERCENT: u64 = 90;
 /// Default clock-drift margin taken off a leader lease (ms).
 pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 
@@ -85,11 +89,13 @@ pub struct Config {
     ///
     /// With `false`, only log appends go unsynced: a machine crash (not a
     /// process crash) may lose the newest entries of this store's log, and
-    /// with them writes that were acknowledged if a quorum of stores lost
-    /// them at once. Changes of term and vote are always synced, so a store
-    /// never votes twice in one term after a crash. Rounds that only move
-    /// the commit index are never synced (the commit index is recovered
-    /// from the applied index and the leader on restart).
+    /// one such crash can lose acknowledged writes: a follower that counted
+    /// toward an entry's quorum and then lost it may vote with a store that
+    /// never had it, and the entry is overwritten. Use it only where that
+    /// is acceptable. Changes of term and vote are always synced, so a
+    /// store never votes twice in one term after a crash. Rounds that only
+    /// move the commit index are never synced (the commit index is
+    /// recovered from the applied index and the leader on restart).
     pub sync_log: bool,
 }
 
@@ -159,17 +165,32 @@ impl Config {
         Ok(())
     }
 
+    /// The least time between two ticks a peer receives: the store drops a
+    /// tick that comes sooner after the last one (ticks that queued behind
+    /// a slow poller), so peers' clocks never run fast.
+    pub fn min_tick_spacing(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.base_tick_ms.saturating_mul(1000) * MIN_TICK_SPACING_PERCENT / 100,
+        )
+    }
+
     /// How long a leader may serve reads from its lease after the send time
     /// of a heartbeat round a quorum acknowledged: the shortest time before
-    /// another peer can win an election, `(election_ticks - 1)` base ticks
-    /// (a follower's first tick after it heard from the leader can come at
-    /// once), less the clock-drift margin. `None` if nothing is left.
+    /// another peer can win an election, less the clock-drift margin.
+    ///
+    /// A follower that heard the round refuses votes until it has counted
+    /// `election_ticks` ticks after it (check-quorum; after a restart,
+    /// `refuse_votes_after_start`); the first of them can come at once and
+    /// the others at least [`Config::min_tick_spacing`] apart, so that is
+    /// `(election_ticks - 1) * min_tick_spacing`. `None` if nothing is
+    /// left.
     pub fn lease_duration(&self) -> Option<std::time::Duration> {
-        let election_ms = (self.election_ticks as u64)
-            .saturating_sub(1)
-            .saturating_mul(self.base_tick_ms);
-        let lease_ms = election_ms.checked_sub(self.lease_drift_margin_ms)?;
-        (lease_ms > 0).then(|| std::time::Duration::from_millis(lease_ms))
+        let spacing = self.min_tick_spacing();
+        let election =
+            spacing.checked_mul(u32::try_from(self.election_ticks.saturating_sub(1)).ok()?)?;
+        let lease =
+            election.checked_sub(std::time::Duration::from_millis(self.lease_drift_margin_ms))?;
+        (!lease.is_zero()).then_some(lease)
     }
 
     /// The request limits of this config.

@@ -8,9 +8,9 @@
 //! command is answered `StoreStopped`; proposals in flight are answered
 //! `StoreStopped { in_flight: true }`, outcome unknown), and calls the
 //! embedder's [`FatalHook`]. The process is not aborted: the hook may do
-//! that (e.g. `std::process::abort()`), or the embedder may drop the store
-//! and reopen it from disk, which is safe because nothing of a failed round
-//! was acknowledged.
+//! that (e.g. `std::process::abort()`), or the embedder may (from another
+//! thread) drop the store and reopen it from disk, which is safe because
+//! nothing of a failed round was acknowledged.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -21,8 +21,11 @@ use slog::Logger;
 use super::error::Error;
 use super::fsm::{ApplyRouter, RaftRouter};
 
-/// Called once, on the thread that hit the error, when the store stops on
-/// a fatal error. A panic in it is caught.
+/// Called once, on the poller thread that hit the error, when the store
+/// stops on a fatal error. A panic in it is caught. It must not drop or
+/// shut down the [`super::Store`] itself (that joins the poller threads,
+/// this one included): signal another thread to do it, or abort the
+/// process.
 pub type FatalHook = Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// Whether the store is stopped, and why.

@@ -52,7 +52,14 @@ impl Fsm for PeerFsm {
 /// The store's control FSM: owns the clock's fan-out and messages for
 /// regions the store does not know (counted in
 /// [`StoreMetrics::raft_messages_unknown_region`]).
-pub struct StoreFsm;
+#[derive(Debug, Default)]
+pub struct StoreFsm {
+    /// No tick reaches the peers before this instant: ticks that queued up
+    /// behind a slow poller are dropped, not delivered in a burst, so a
+    /// peer's election clock never runs ahead of real time (the leader
+    /// lease depends on it; see `Config::lease_duration`).
+    next_tick_at: Option<std::time::Instant>,
+}
 
 impl Fsm for StoreFsm {
     type Message = StoreMsg;
@@ -80,6 +87,9 @@ pub struct StoreMetrics {
     pub raft_messages_dropped: AtomicU64,
     /// Inbound raft messages for regions this store has no peer of.
     pub raft_messages_unknown_region: AtomicU64,
+    /// Store ticks dropped because they came less than the minimum tick
+    /// spacing after the last one (they had queued behind a slow poller).
+    pub ticks_dropped: AtomicU64,
 }
 
 /// Polls peers: steps their messages, collects their Readies into one
@@ -188,11 +198,18 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
     ) -> HandleResult {
         while let Some(msg) = inbox.try_recv() {
             match msg {
-                StoreMsg::Tick => self.router.broadcast_normal(|| PeerMsg::Tick),
+                StoreMsg::Tick => {
+                    let now = std::time::Instant::now();
+                    if store.next_tick_at.is_none_or(|t| now >= t) {
+                        store.next_tick_at = Some(now + self.cfg.min_tick_spacing());
+                        self.router.broadcast_normal(|| PeerMsg::Tick);
+                    } else {
+                        self.metrics.ticks_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 StoreMsg::RaftMessage(m) => {
                     // Creating peers from messages (after split or conf
                     // change) is not supported yet.
-                    let _ = store;
                     self.metrics
                         .raft_messages_unknown_region
                         .fetch_add(1, Ordering::Relaxed);

@@ -210,7 +210,7 @@ impl Store {
             ..Default::default()
         };
         let router_err = |e: flotilla_router::Error| Error::Config(format!("batch system: {e}"));
-        let store_fsm = Box::new(StoreFsm);
+        let store_fsm = Box::<StoreFsm>::default();
         let (router, mut raft_system) =
             BatchSystem::new(&router_cfg(cfg.raft_pool_size), Mailbox::new(store_fsm))
                 .map_err(router_err)?;
@@ -244,13 +244,11 @@ impl Store {
                 status.clone(),
                 logger.clone(),
             );
-            let limits = cfg.request_limits();
             apply_system
                 .spawn("apply", move |_| {
                     ApplyPoller::new(
                         engine.clone(),
                         router.clone(),
-                        limits,
                         status.clone(),
                         logger.clone(),
                     )

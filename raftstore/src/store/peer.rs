@@ -38,6 +38,10 @@ struct PendingRead {
     sent_at: Instant,
     /// The read to serve, or `None` for a lease renewal.
     command: Option<(RaftCmdRequest, Responder)>,
+    /// Started with no leader transfer under way: only such a round may
+    /// extend the lease (a transferee may win without the followers'
+    /// lease check).
+    extends_lease: bool,
 }
 
 /// The leader lease of DESIGN §9 rule 6, kept by the store (wall clock),
@@ -144,6 +148,9 @@ impl Peer {
         rc.max_uncommitted_size = cfg.max_uncommitted_size;
         rc.max_committed_size_per_ready = cfg.max_apply_bytes_per_ready;
         rc.check_quorum = true;
+        // A restarted follower must not vote inside a lease it acknowledged
+        // before the restart.
+        rc.refuse_votes_after_start = cfg.lease_read;
         rc.pre_vote = true;
         rc.disable_proposal_forwarding = true;
         // Always Safe in the core: the lease is the store's (wall clock,
@@ -363,6 +370,7 @@ impl Peer {
             term: self.raft.raft.term(),
             sent_at,
             command,
+            extends_lease: self.raft.raft.lead_transferee().is_none(),
         });
     }
 
@@ -486,6 +494,12 @@ impl Peer {
             self.raft.raft.raft_log().store.write_raft_state(wb);
         }
         let term = self.raft.raft.term();
+        let transferring = self.raft.raft.lead_transferee().is_some();
+        if transferring {
+            // A transfer ends the lease: the transferee campaigns past the
+            // followers' lease check.
+            self.lease.expire();
+        }
         for rs in std::mem::take(&mut rd.read_states) {
             let id = read_id(&rs.request_ctx);
             if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
@@ -495,6 +509,8 @@ impl Peer {
                 }
                 if let Some(duration) = self.lease_duration
                     && r.term == term
+                    && r.extends_lease
+                    && !transferring
                 {
                     self.lease.extend(term, r.sent_at + duration);
                 }

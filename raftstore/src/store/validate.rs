@@ -160,6 +160,35 @@ fn check_range(
     Ok(())
 }
 
+/// The checks an entry's writes must pass when it is *applied*: only those
+/// that follow from the entry and the replicated region (a key or range
+/// inside the region, a range that is not inverted or empty, so the engine
+/// takes it). Config limits and rules added in later versions are checked
+/// at propose time only: every replica must decide the same for the same
+/// entry, whatever its config or version, or replicas diverge. Reads in
+/// the log are ignored (the apply writes nothing for them).
+///
+/// # Errors
+/// [`Error::KeyNotInRegion`] or [`Error::InvalidRequest`]; the whole entry
+/// is then skipped, identically on every replica.
+pub fn validate_for_apply(cmd: &RaftCmdRequest, region: &Region) -> Result<()> {
+    for r in &cmd.requests {
+        match &r.cmd {
+            Some(request::Cmd::Put(p)) => check_key_in_region(&p.key, region)?,
+            Some(request::Cmd::Delete(d)) => check_key_in_region(&d.key, region)?,
+            Some(request::Cmd::DeleteRange(d)) => {
+                let unlimited = RequestLimits {
+                    max_key_size: usize::MAX,
+                    max_scan_limit: u32::MAX,
+                };
+                check_range(&d.start_key, &d.end_key, region, &unlimited, false)?;
+            }
+            Some(request::Cmd::Get(_) | request::Cmd::Scan(_) | request::Cmd::Snap(_)) | None => {}
+        }
+    }
+    Ok(())
+}
+
 /// The data-CF bounds `[start, end)` of a validated range request: an
 /// empty `end`, or one past the region, is the region's end.
 pub fn data_range(start: &[u8], end: &[u8], region: &Region) -> (Vec<u8>, Vec<u8>) {
@@ -274,6 +303,31 @@ mod tests {
             vec![request::Cmd::Get(GetRequest { key: Bytes::new() })]
         )));
         assert!(check(&r, vec![put(b"b")]).is_ok());
+    }
+
+    /// At apply only replicated facts count: config limits and propose-time
+    /// rules (empty key, mixed commands) do not skip an entry, a range
+    /// that would poison the engine or a key outside the region does.
+    #[test]
+    fn apply_checks_only_what_replicas_agree_on() {
+        let r = region(b"a", b"m");
+        let at_apply = |reqs| validate_for_apply(&cmd(reqs), &r);
+        assert!(
+            at_apply(vec![put(&[b'b'; 17])]).is_ok(),
+            "config limit at apply"
+        );
+        assert!(
+            at_apply(vec![put(b"b"), request::Cmd::Snap(SnapRequest {})]).is_ok(),
+            "mixed command at apply"
+        );
+        assert!(matches!(
+            at_apply(vec![put(b"b"), del_range(b"c", b"b")]),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            at_apply(vec![put(b"z")]),
+            Err(Error::KeyNotInRegion { .. })
+        ));
     }
 
     /// Scan limits, empty commands, missing operations and mixed commands.

@@ -126,6 +126,10 @@ pub struct Raft<S: Storage> {
     pub(crate) min_election_timeout: usize,
     pub(crate) max_election_timeout: usize,
     pub(crate) check_quorum: bool,
+    /// Set at start with `Config::refuse_votes_after_start`: vote requests
+    /// are refused as within a lease until one election timeout of ticks
+    /// has passed or this node campaigns.
+    pub(crate) start_lease: bool,
     pub(crate) pre_vote: bool,
     pub(crate) skip_bcast_commit: bool,
     pub(crate) disable_proposal_forwarding: bool,
@@ -174,6 +178,7 @@ impl<S: Storage> Raft<S> {
             min_election_timeout: c.min_election_tick(),
             max_election_timeout: c.max_election_tick(),
             check_quorum: c.check_quorum,
+            start_lease: c.refuse_votes_after_start,
             pre_vote: c.pre_vote,
             skip_bcast_commit: c.skip_bcast_commit,
             disable_proposal_forwarding: c.disable_proposal_forwarding,
@@ -413,6 +418,7 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.vote = self.id;
         self.state = StateRole::Candidate;
+        self.start_lease = false;
         slog::debug!(self.logger, "became candidate"; "id" => self.id, "term" => term);
     }
 
@@ -430,6 +436,7 @@ impl<S: Storage> Raft<S> {
         self.state = StateRole::PreCandidate;
         self.prs.reset_votes();
         self.leader_id = INVALID_ID;
+        self.start_lease = false;
         slog::debug!(self.logger, "became pre-candidate"; "id" => self.id, "term" => self.term);
     }
 
@@ -474,6 +481,9 @@ impl<S: Storage> Raft<S> {
 
     fn tick_election(&mut self) -> bool {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.election_timeout {
+            self.start_lease = false;
+        }
         if !self.promotable || !self.past_election_timeout() {
             return false;
         }
