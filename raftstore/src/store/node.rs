@@ -64,7 +64,10 @@ impl StoreHandle {
             callback.respond(err_response(Error::StoreStopped { in_flight: false }));
             return;
         }
-        let region_id = request.header.as_ref().map_or(0, |h| h.region_id);
+        let Some(region_id) = request.header.as_ref().map(|h| h.region_id) else {
+            callback.respond(err_response(Error::InvalidRequest("missing header".into())));
+            return;
+        };
         let cmd = Box::new(RaftCommand { request, callback });
         if let Err(e) = self.router.send(region_id, PeerMsg::RaftCommand(cmd)) {
             let err = self.send_error(region_id, &e.error);
