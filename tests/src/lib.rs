@@ -3,6 +3,8 @@
 //! - [`harness`]: loggers, fast configs, asking a cluster who leads a region.
 //! - [`linearizability`]: a per-key register history recorder and a
 //!   Wing–Gong / Lowe linearizability checker.
+//! - [`requests`]: raw client commands sent straight to one store.
 
 pub mod harness;
 pub mod linearizability;
+pub mod requests;

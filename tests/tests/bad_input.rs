@@ -9,21 +9,19 @@
 //! succeed (limits exactly at the boundary, the final reads and writes) go
 //! to the current leader, with retries.
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flotilla_proto::ProstMessage;
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, CompactLogRequest, DeleteRangeRequest, DeleteRequest, GetRequest, PutRequest,
-    RaftCmdRequest, RaftCmdResponse, RaftRequestHeader, Request, ScanRequest, admin_request,
+    AdminRequest, CompactLogRequest, RaftCmdRequest, RaftCmdResponse, Request, admin_request,
     request, response,
 };
-use flotilla_raftstore::store::{
-    Client, ClientConfig, Cluster, Config, Error, StoreHandle, response_error,
-};
+use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config, Error, StoreHandle};
 use flotilla_tests::harness::{FAST_TICK_MS, SETTLE, fast_config, logger, wait_leader};
+use flotilla_tests::requests::{
+    command, delete, delete_range, get, propose_to, propose_via, put, scan,
+};
 
 /// Largest entry the test stores accept (bytes).
 const ENTRY_MAX: u64 = 64 << 10;
@@ -63,69 +61,14 @@ fn region(cluster: &Cluster, id: u64) -> Region {
     cluster.regions()[usize::try_from(id - 1).unwrap()].clone()
 }
 
-fn bytes(b: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(b)
-}
-
-fn put(key: &[u8], value: &[u8]) -> request::Cmd {
-    request::Cmd::Put(PutRequest {
-        key: bytes(key),
-        value: bytes(value),
-    })
-}
-
-fn get(key: &[u8]) -> request::Cmd {
-    request::Cmd::Get(GetRequest { key: bytes(key) })
-}
-
-fn delete(key: &[u8]) -> request::Cmd {
-    request::Cmd::Delete(DeleteRequest { key: bytes(key) })
-}
-
-fn delete_range(start: &[u8], end: &[u8]) -> request::Cmd {
-    request::Cmd::DeleteRange(DeleteRangeRequest {
-        start_key: bytes(start),
-        end_key: bytes(end),
-    })
-}
-
-fn scan(start: &[u8], end: &[u8], limit: u32) -> request::Cmd {
-    request::Cmd::Scan(ScanRequest {
-        start_key: bytes(start),
-        end_key: bytes(end),
-        limit,
-    })
-}
-
-/// A well-addressed command for `region`'s peer on `store_id`.
-fn command(region: &Region, store_id: u64, cmds: Vec<request::Cmd>) -> RaftCmdRequest {
-    RaftCmdRequest {
-        header: Some(RaftRequestHeader {
-            region_id: region.id,
-            peer: region
-                .peers
-                .iter()
-                .find(|p| p.store_id == store_id)
-                .copied(),
-            region_epoch: region.region_epoch,
-            ..Default::default()
-        }),
-        requests: cmds.into_iter().map(|c| Request { cmd: Some(c) }).collect(),
-        admin_request: None,
-    }
-}
-
 /// Proposes `req` through `handle` and waits for the answer.
 fn propose(handle: &StoreHandle, req: RaftCmdRequest) -> Result<RaftCmdResponse, Error> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    handle.propose(req, Box::new(move |r| drop(tx.send(r))));
-    let resp = rx.recv_timeout(ANSWER).expect("every proposal is answered");
-    response_error(&resp).map_or(Ok(resp), Err)
+    propose_via(handle, req, ANSWER)
 }
 
 /// Proposes `req` to the running store `store_id`.
 fn send(cluster: &Cluster, store_id: u64, req: RaftCmdRequest) -> Result<RaftCmdResponse, Error> {
-    propose(&cluster.store(store_id).expect("running").handle(), req)
+    propose_to(cluster, store_id, req, ANSWER)
 }
 
 /// Sends `cmds` to `region`'s current leader, retrying while leadership

@@ -4,15 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use bytes::Bytes;
-use flotilla_proto::raft_cmdpb::{PutRequest, RaftCmdRequest, RaftRequestHeader, Request, request};
-use flotilla_raftstore::store::{ClientConfig, Cluster, Error, response_error};
+use flotilla_proto::raft_cmdpb::RaftCmdRequest;
+use flotilla_raftstore::store::{ClientConfig, Cluster, Error};
 use flotilla_tests::harness::{FAST_TICK_MS, fast_config, is_unknown_outcome, logger, wait_leader};
 use flotilla_tests::linearizability::{History, check};
+use flotilla_tests::requests::{command, propose_to, put};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,25 +26,7 @@ fn put_request(
     key: &[u8],
     value: &[u8],
 ) -> RaftCmdRequest {
-    RaftCmdRequest {
-        header: Some(RaftRequestHeader {
-            region_id: region.id,
-            peer: region
-                .peers
-                .iter()
-                .find(|p| p.store_id == store_id)
-                .copied(),
-            region_epoch: region.region_epoch,
-            ..Default::default()
-        }),
-        requests: vec![Request {
-            cmd: Some(request::Cmd::Put(PutRequest {
-                key: Bytes::copy_from_slice(key),
-                value: Bytes::copy_from_slice(value),
-            })),
-        }],
-        admin_request: None,
-    }
+    command(region, store_id, vec![put(key, value)])
 }
 
 /// Sends `req` straight to store `store_id`, waiting up to `wait`.
@@ -55,16 +36,7 @@ fn send_direct(
     req: RaftCmdRequest,
     wait: Duration,
 ) -> Result<(), Error> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    cluster
-        .store(store_id)
-        .unwrap()
-        .handle()
-        .propose(req, Box::new(move |r| drop(tx.send(r))));
-    match rx.recv_timeout(wait) {
-        Ok(resp) => response_error(&resp).map_or(Ok(()), Err),
-        Err(_) => Err(Error::Timeout),
-    }
+    propose_to(cluster, store_id, req, wait).map(|_| ())
 }
 
 /// A leader cut off into a minority cannot acknowledge writes; the majority

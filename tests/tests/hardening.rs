@@ -11,17 +11,15 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flotilla_engine::{Cf, WriteOrigin, keys};
 use flotilla_proto::metapb::Region;
-use flotilla_proto::raft_cmdpb::{
-    GetRequest, PutRequest, RaftCmdRequest, RaftRequestHeader, Request, request, response,
-};
+use flotilla_proto::raft_cmdpb::{RaftCmdRequest, response};
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftLocalState};
 use flotilla_raftstore::store::{
     Client, ClientConfig, Cluster, Config, Error, callback_panics, response_error,
 };
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::requests::{command, get, propose_to, put};
 
 fn client_cfg() -> ClientConfig {
     ClientConfig {
@@ -30,42 +28,12 @@ fn client_cfg() -> ClientConfig {
     }
 }
 
-fn header(region: &Region, store_id: u64) -> Option<RaftRequestHeader> {
-    Some(RaftRequestHeader {
-        region_id: region.id,
-        peer: region
-            .peers
-            .iter()
-            .find(|p| p.store_id == store_id)
-            .copied(),
-        region_epoch: region.region_epoch,
-        ..Default::default()
-    })
-}
-
 fn put_req(region: &Region, store_id: u64, key: &[u8], value: &[u8]) -> RaftCmdRequest {
-    RaftCmdRequest {
-        header: header(region, store_id),
-        requests: vec![Request {
-            cmd: Some(request::Cmd::Put(PutRequest {
-                key: Bytes::copy_from_slice(key),
-                value: Bytes::copy_from_slice(value),
-            })),
-        }],
-        admin_request: None,
-    }
+    command(region, store_id, vec![put(key, value)])
 }
 
 fn get_req(region: &Region, store_id: u64, key: &[u8]) -> RaftCmdRequest {
-    RaftCmdRequest {
-        header: header(region, store_id),
-        requests: vec![Request {
-            cmd: Some(request::Cmd::Get(GetRequest {
-                key: Bytes::copy_from_slice(key),
-            })),
-        }],
-        admin_request: None,
-    }
+    command(region, store_id, vec![get(key)])
 }
 
 /// Proposes `req` at store `store_id` and waits up to `wait` for the answer.
@@ -75,17 +43,7 @@ fn propose(
     req: RaftCmdRequest,
     wait: Duration,
 ) -> Result<Vec<flotilla_proto::raft_cmdpb::Response>, Error> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    let store = cluster
-        .store(store_id)
-        .ok_or(Error::StoreStopped { in_flight: false })?;
-    store
-        .handle()
-        .propose(req, Box::new(move |r| drop(tx.send(r))));
-    match rx.recv_timeout(wait) {
-        Ok(resp) => response_error(&resp).map_or(Ok(resp.responses), Err),
-        Err(_) => Err(Error::Timeout),
-    }
+    propose_to(cluster, store_id, req, wait).map(|r| r.responses)
 }
 
 /// The value a store's engine holds for `key` (bypassing raft).
@@ -97,6 +55,26 @@ fn engine_value(cluster: &Cluster, store_id: u64, key: &[u8]) -> Option<Vec<u8>>
         .ok()?
 }
 
+/// A 3-store, 1-region cluster holding `before = 1`, whose leader's next
+/// write of `origin` will fail.
+fn leader_with_fault(
+    dir: &tempfile::TempDir,
+    origin: WriteOrigin,
+) -> (Cluster, u64, Client, Region) {
+    let cluster =
+        Cluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
+    let leader = wait_leader(&cluster, 1).expect("leader");
+    let client = Client::new(cluster.stores(), cluster.regions(), client_cfg());
+    client.put(b"before", b"1").unwrap();
+    let region = cluster.regions()[0].clone();
+    cluster
+        .store(leader)
+        .unwrap()
+        .engine()
+        .inject_write_faults(origin, 1);
+    (cluster, leader, client, region)
+}
+
 /// A failed raft-log write stops the store at once (typed fatal error, every
 /// later command `StoreStopped`), the writer hears "outcome unknown", the
 /// other stores go on, and after a restart nothing acknowledged is lost.
@@ -104,18 +82,7 @@ fn engine_value(cluster: &Cluster, store_id: u64, key: &[u8]) -> Option<Vec<u8>>
 #[test]
 fn raft_log_write_failure_stops_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        Cluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
-    let leader = wait_leader(&cluster, 1).expect("leader");
-    let client = Client::new(cluster.stores(), cluster.regions(), client_cfg());
-    client.put(b"before", b"1").unwrap();
-    let region = cluster.regions()[0].clone();
-
-    cluster
-        .store(leader)
-        .unwrap()
-        .engine()
-        .inject_write_faults(WriteOrigin::RaftLog, 1);
+    let (mut cluster, leader, client, region) = leader_with_fault(&dir, WriteOrigin::RaftLog);
     let res = propose(
         &cluster,
         leader,
@@ -168,18 +135,7 @@ fn raft_log_write_failure_stops_the_store() {
 #[test]
 fn apply_write_failure_stops_the_store_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        Cluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
-    let leader = wait_leader(&cluster, 1).expect("leader");
-    let client = Client::new(cluster.stores(), cluster.regions(), client_cfg());
-    client.put(b"before", b"1").unwrap();
-    let region = cluster.regions()[0].clone();
-
-    cluster
-        .store(leader)
-        .unwrap()
-        .engine()
-        .inject_write_faults(WriteOrigin::Apply, 1);
+    let (mut cluster, leader, client, region) = leader_with_fault(&dir, WriteOrigin::Apply);
     let err = propose(
         &cluster,
         leader,

@@ -460,6 +460,32 @@ impl Peer {
                 self.region_id()
             )));
         }
+        // Reads a quorum confirmed are attached before a step-down in the
+        // same Ready is handled: they stay valid (and are served once
+        // applied) although this peer is no longer leader.
+        let term = self.raft.raft.term();
+        let transferring = self.raft.raft.lead_transferee().is_some();
+        if transferring {
+            // A transfer ends the lease: the transferee campaigns past the
+            // followers' lease check.
+            self.lease.expire();
+        }
+        for rs in std::mem::take(&mut rd.read_states) {
+            let id = read_id(&rs.request_ctx);
+            if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
+                r.read_index = Some(rs.index);
+                if r.command.is_none() {
+                    self.lease.renewing = false;
+                }
+                if let Some(duration) = self.lease_duration
+                    && r.term == term
+                    && r.extends_lease
+                    && !transferring
+                {
+                    self.lease.extend(term, r.sent_at + duration);
+                }
+            }
+        }
         let mut role_change = None;
         if let Some(ss) = &rd.ss {
             let leader = ss.raft_state == StateRole::Leader;
@@ -492,29 +518,6 @@ impl Peer {
         }
         if need != WriteNeed::Nothing {
             self.raft.raft.raft_log().store.write_raft_state(wb);
-        }
-        let term = self.raft.raft.term();
-        let transferring = self.raft.raft.lead_transferee().is_some();
-        if transferring {
-            // A transfer ends the lease: the transferee campaigns past the
-            // followers' lease check.
-            self.lease.expire();
-        }
-        for rs in std::mem::take(&mut rd.read_states) {
-            let id = read_id(&rs.request_ctx);
-            if let Some(r) = self.reads.iter_mut().find(|r| r.id == id) {
-                r.read_index = Some(rs.index);
-                if r.command.is_none() {
-                    self.lease.renewing = false;
-                }
-                if let Some(duration) = self.lease_duration
-                    && r.term == term
-                    && r.extends_lease
-                    && !transferring
-                {
-                    self.lease.extend(term, r.sent_at + duration);
-                }
-            }
         }
         self.pending_ready = Some(rd);
         Ok((role_change, need))
