@@ -100,6 +100,13 @@ fn raft_log_write_failure_stops_the_store() {
         "no fatal error: {fatal:?}"
     );
     assert!(cluster.store(leader).unwrap().handle().is_stopped());
+    let leaders = cluster
+        .store(leader)
+        .unwrap()
+        .metrics()
+        .leaders
+        .load(Ordering::Relaxed);
+    assert_eq!(leaders, 0, "a stopped store still counts leaders");
     assert_eq!(
         propose(
             &cluster,

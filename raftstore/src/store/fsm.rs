@@ -151,6 +151,8 @@ impl<T: Transport> RaftPoller<T> {
         self.wb = None;
         slog::crit!(self.logger, "raft poller stopping the store"; "store" => self.store_id);
         self.status.fail(cause, &self.logger);
+        // The routers are shut down: every peer of the store is dropped.
+        self.metrics.leaders.store(0, Ordering::Relaxed);
     }
 }
 

@@ -369,6 +369,8 @@ impl Store {
         }
         let _ = self.raft_system.shutdown();
         let _ = self.apply_system.shutdown();
+        // Every peer is dropped: none leads here any more.
+        self.metrics.leaders.store(0, Ordering::Relaxed);
     }
 }
 

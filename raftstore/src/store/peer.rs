@@ -435,13 +435,23 @@ impl Peer {
     /// # Errors
     /// A Ready carrying a raft snapshot: installing snapshots is not
     /// supported yet, and dropping one would leave the log and the data
-    /// disagreeing with what the core believes. The caller must stop the
-    /// store; nothing of this Ready was written or sent.
+    /// disagreeing with what the core believes. An engine failure behind a
+    /// read of the log. The caller must stop the store; nothing of this
+    /// Ready was written or sent.
     pub fn collect_ready(
         &mut self,
         wb: &mut WriteBatch,
         send: &mut impl FnMut(&Peer, flotilla_proto::eraftpb::Message),
     ) -> Result<(Option<bool>, WriteNeed)> {
+        if let Some(e) = self.raft.store().take_read_error() {
+            // The core treats a failed read as "not yet" and would ask for
+            // the same entries forever: an unreadable log stops the store.
+            slog::crit!(self.logger, "raft log read failed"; "err" => %e);
+            return Err(Error::Engine(format!(
+                "region {}: raft log read failed: {e}",
+                self.region_id()
+            )));
+        }
         let mut need = WriteNeed::Nothing;
         if self.raft_state_dirty {
             self.raft_state_dirty = false;

@@ -93,6 +93,8 @@ pub struct PeerStorage {
     apply_state: RaftApplyState,
     last_term: u64,
     cache: VecDeque<Entry>,
+    /// An engine failure behind a read of the core (see `take_read_error`).
+    read_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl PeerStorage {
@@ -144,6 +146,7 @@ impl PeerStorage {
             apply_state,
             last_term: 0,
             cache: VecDeque::new(),
+            read_error: parking_lot::Mutex::new(None),
         };
         storage.last_term = storage.load_last_term()?;
         if storage.last_term == 0 && storage.raft_state.last_index > 0 {
@@ -304,6 +307,66 @@ impl Storage for PeerStorage {
     }
 
     fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        let res = self.read_entries(low, high, max_size);
+        self.note_read_error(&res);
+        res
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let res = self.read_term(idx);
+        self.note_read_error(&res);
+        res
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated().index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Generated from one engine snapshot: the apply state and the data
+        // are read at the same point in time.
+        let snap = self.engine.snapshot();
+        let apply: RaftApplyState = snap
+            .get_msg(Cf::Raft, &keys::apply_state_key(self.region.id))
+            .map_err(other)?
+            .unwrap_or_default();
+        let index = apply.applied_index;
+        let term = if index == self.truncated().index {
+            self.truncated().term
+        } else {
+            self.term(index)?
+        };
+        let start = keys::data_key(&self.region.start_key);
+        let end = keys::data_end_key(&self.region.end_key);
+        let mut kvs = Vec::new();
+        snap.scan(Cf::Default, &start, &end, |k, v| {
+            kvs.push(KeyValue {
+                key: k[1..].to_vec().into(),
+                value: v.to_vec().into(),
+            });
+            std::ops::ControlFlow::Continue(())
+        })
+        .map_err(other)?;
+        let data = RegionSnapshotData {
+            region: Some(self.region.clone()),
+            kvs,
+        };
+        Ok(Snapshot {
+            data: data.encode_to_vec().into(),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(conf_state_from_region(&self.region)),
+                index,
+                term,
+            }),
+        })
+    }
+}
+impl PeerStorage {
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
         self.check_range(low, high)?;
         if low == high {
             return Ok(Vec::new());
@@ -367,7 +430,7 @@ impl Storage for PeerStorage {
         Ok(out)
     }
 
-    fn term(&self, idx: u64) -> raft::Result<u64> {
+    fn read_term(&self, idx: u64) -> raft::Result<u64> {
         let truncated = self.truncated();
         if idx == truncated.index {
             return Ok(truncated.term);
@@ -390,51 +453,19 @@ impl Storage for PeerStorage {
             .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
-    fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.truncated().index + 1)
+    /// Remembers an engine failure behind a read the consensus core asked
+    /// for: the core treats it as "not available yet" and would ask again
+    /// forever, so the peer takes it with [`PeerStorage::take_read_error`]
+    /// and stops the store.
+    fn note_read_error<T>(&self, res: &raft::Result<T>) {
+        if let Err(raft::Error::Store(StorageError::Other(e))) = res {
+            *self.read_error.lock() = Some(e.to_string());
+        }
     }
 
-    fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.raft_state.last_index)
-    }
-
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Generated from one engine snapshot: the apply state and the data
-        // are read at the same point in time.
-        let snap = self.engine.snapshot();
-        let apply: RaftApplyState = snap
-            .get_msg(Cf::Raft, &keys::apply_state_key(self.region.id))
-            .map_err(other)?
-            .unwrap_or_default();
-        let index = apply.applied_index;
-        let term = if index == self.truncated().index {
-            self.truncated().term
-        } else {
-            self.term(index)?
-        };
-        let start = keys::data_key(&self.region.start_key);
-        let end = keys::data_end_key(&self.region.end_key);
-        let mut kvs = Vec::new();
-        snap.scan(Cf::Default, &start, &end, |k, v| {
-            kvs.push(KeyValue {
-                key: k[1..].to_vec().into(),
-                value: v.to_vec().into(),
-            });
-            std::ops::ControlFlow::Continue(())
-        })
-        .map_err(other)?;
-        let data = RegionSnapshotData {
-            region: Some(self.region.clone()),
-            kvs,
-        };
-        Ok(Snapshot {
-            data: data.encode_to_vec().into(),
-            metadata: Some(SnapshotMetadata {
-                conf_state: Some(conf_state_from_region(&self.region)),
-                index,
-                term,
-            }),
-        })
+    /// The engine failure of a read since the last call, if any.
+    pub fn take_read_error(&self) -> Option<String> {
+        self.read_error.lock().take()
     }
 }
 
@@ -643,5 +674,26 @@ mod tests {
             .put_msg(Cf::Raft, &keys::raft_log_key(9, 9), &entry(9, 6))
             .unwrap();
         assert!(PeerStorage::load(engine, region()).is_ok());
+    }
+
+    /// F13: an entry that no longer decodes is an engine failure the
+    /// storage remembers (the peer then stops the store), not a silent
+    /// "unavailable" the core would retry forever.
+    #[test]
+    fn unreadable_log_entry_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        s.compact_cache_to(9);
+        assert!(s.take_read_error().is_none());
+        s.engine
+            .put(Cf::Raft, &keys::raft_log_key(9, 7), b"\xff\xff garbage")
+            .unwrap();
+        assert!(s.entries(6, 9, None).is_err());
+        let e = s.take_read_error().expect("read error remembered");
+        assert!(e.contains("decod"), "{e}");
+        assert!(s.take_read_error().is_none(), "taken once");
+        assert!(s.term(7).is_err());
+        assert!(s.take_read_error().is_some());
     }
 }
