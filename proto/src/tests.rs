@@ -405,6 +405,19 @@ fn raft_serverpb_round_trip() {
         is_tombstone: true,
         start_key: Bytes::from_static(b"a"),
         end_key: Bytes::from_static(b"m"),
+        heartbeats: None,
+        heartbeat_responses: None,
+    });
+    // A coalesced batch in its envelope.
+    assert_round_trip(RaftMessage {
+        from_peer: Some(region().peers[0]),
+        to_peer: Some(region().peers[1]),
+        heartbeats: Some(StoreHeartbeat {
+            from_store: 1,
+            to_store: 2,
+            beats: vec![beat(), beat()],
+        }),
+        ..Default::default()
     });
     assert_round_trip(StoreHeartbeat {
         from_store: 1,

@@ -345,6 +345,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
         any::<bool>(),
         blob(8),
         blob(8),
+        option::of(arb_store_heartbeat()),
     )
         .prop_map(
             |(
@@ -356,6 +357,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                 is_tombstone,
                 start_key,
                 end_key,
+                heartbeats,
             )| {
                 RaftMessage {
                     region_id,
@@ -366,6 +368,8 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                     is_tombstone,
                     start_key,
                     end_key,
+                    heartbeats,
+                    heartbeat_responses: None,
                 }
             },
         )

@@ -15,6 +15,7 @@ use super::apply::{ApplyControl, ApplyFsm};
 use super::config::Config;
 use super::error::Error;
 use super::fatal::StoreStatus;
+use super::heartbeat::{Coalescer, is_coalesced};
 use super::msg::{ApplyMsg, PeerMsg, StoreMsg};
 use super::peer::{Peer, WriteNeed};
 use super::transport::Transport;
@@ -59,6 +60,9 @@ pub struct StoreFsm {
     /// peer's election clock never runs ahead of real time (the leader
     /// lease depends on it; see `Config::lease_duration`).
     next_tick_at: Option<std::time::Instant>,
+    /// Ticks delivered so far (heartbeats are flushed every
+    /// `heartbeat_ticks` of them).
+    ticks: u64,
 }
 
 impl Fsm for StoreFsm {
@@ -72,10 +76,22 @@ impl Fsm for StoreFsm {
 /// Counters shared by a store's pollers.
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
-    /// Raft messages handed to the transport.
+    /// Raft messages handed to the transport (a coalesced heartbeat batch
+    /// counts as one).
     pub raft_messages_sent: AtomicU64,
-    /// Heartbeats and heartbeat responses among them.
+    /// Heartbeats and heartbeat responses the peers sent (each went into a
+    /// coalesced batch, none on the wire alone).
     pub heartbeats_sent: AtomicU64,
+    /// Coalesced heartbeat batches sent (wire messages).
+    pub heartbeat_batches_sent: AtomicU64,
+    /// Times the heartbeat buffers were flushed (once per heartbeat
+    /// interval, plus urgent flushes).
+    pub heartbeat_flushes: AtomicU64,
+    /// Of those, the flushes at the end of a round because a beat carried
+    /// a ReadIndex context.
+    pub heartbeat_urgent_flushes: AtomicU64,
+    /// Coalesced heartbeat batches received.
+    pub heartbeat_batches_received: AtomicU64,
     /// Poll rounds that wrote raft state.
     pub raft_writes: AtomicU64,
     /// Of those, the rounds whose write was synced.
@@ -102,6 +118,9 @@ pub struct RaftPoller<T: Transport> {
     apply_router: ApplyRouter,
     transport: T,
     wb: Option<WriteBatch>,
+    coalescer: Arc<Coalescer>,
+    /// A beat with a ReadIndex context was coalesced this round.
+    urgent_beats: bool,
     /// The strongest durability a Ready of this round needs.
     need: WriteNeed,
     /// This round's write failed or a Ready could not be handled: the
@@ -125,6 +144,7 @@ impl<T: Transport> RaftPoller<T> {
         store_id: u64,
         metrics: Arc<StoreMetrics>,
         status: Arc<StoreStatus>,
+        coalescer: Arc<Coalescer>,
         logger: Logger,
     ) -> Self {
         RaftPoller {
@@ -134,6 +154,8 @@ impl<T: Transport> RaftPoller<T> {
             apply_router,
             transport,
             wb: None,
+            coalescer,
+            urgent_beats: false,
             need: WriteNeed::Nothing,
             failed: false,
             store_id,
@@ -156,38 +178,73 @@ impl<T: Transport> RaftPoller<T> {
     }
 }
 
-/// The one store-level place raft messages leave through: wraps `m` for its
-/// destination peer and hands it to the transport (the heartbeat coalescer
-/// will sit here).
-fn send_raft_message<T: Transport>(
+/// Where a poller's peers send raft messages during a round: the one
+/// store-level place they leave through. Heartbeats and their responses go
+/// to the coalescer; everything else is wrapped for its destination peer
+/// and handed to the transport.
+struct Outbox<'a, T> {
+    transport: &'a mut T,
+    coalescer: &'a Coalescer,
+    metrics: &'a StoreMetrics,
+    logger: &'a Logger,
+    /// A beat with a ReadIndex context was coalesced: flush this round.
+    urgent_beats: &'a mut bool,
+}
+
+impl<T: Transport> Outbox<'_, T> {
+    fn send(&mut self, peer: &Peer, m: Message) {
+        let region = peer.region();
+        let Some(to_peer) = region.peers.iter().find(|p| p.id == m.to).copied() else {
+            slog::debug!(self.logger, "message to unknown peer"; "to" => m.to);
+            return;
+        };
+        if is_coalesced(m.msg_type()) {
+            self.metrics.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+            if self.coalescer.push(region.id, to_peer.store_id, &m) {
+                *self.urgent_beats = true;
+            }
+            return;
+        }
+        let msg = RaftMessage {
+            region_id: region.id,
+            from_peer: Some(peer.meta),
+            to_peer: Some(to_peer),
+            message: Some(m),
+            region_epoch: region.region_epoch,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+            ..Default::default()
+        };
+        self.metrics
+            .raft_messages_sent
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.transport.send(msg) {
+            slog::debug!(self.logger, "send failed"; "err" => %e);
+        }
+    }
+}
+
+/// Sends every coalesced heartbeat batch of `coalescer` through
+/// `transport` and flushes it.
+fn flush_heartbeats<T: Transport>(
     transport: &mut T,
+    coalescer: &Coalescer,
     metrics: &StoreMetrics,
     logger: &Logger,
-    peer: &Peer,
-    m: Message,
 ) {
-    let region = peer.region();
-    let Some(to_peer) = region.peers.iter().find(|p| p.id == m.to).copied() else {
-        slog::debug!(logger, "message to unknown peer"; "to" => m.to);
-        return;
-    };
-    if Peer::is_heartbeat(m.msg_type()) {
-        metrics.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+    let batches = coalescer.drain();
+    let n = batches.len() as u64;
+    for batch in batches {
+        if let Err(e) = transport.send(batch) {
+            slog::debug!(logger, "heartbeat batch not sent"; "err" => %e);
+        }
     }
-    let msg = RaftMessage {
-        region_id: region.id,
-        from_peer: Some(peer.meta),
-        to_peer: Some(to_peer),
-        message: Some(m),
-        region_epoch: region.region_epoch,
-        is_tombstone: false,
-        start_key: region.start_key.clone(),
-        end_key: region.end_key.clone(),
-    };
-    metrics.raft_messages_sent.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = transport.send(msg) {
-        slog::debug!(logger, "send failed"; "err" => %e);
-    }
+    metrics.heartbeat_flushes.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .heartbeat_batches_sent
+        .fetch_add(n, Ordering::Relaxed);
+    metrics.raft_messages_sent.fetch_add(n, Ordering::Relaxed);
+    transport.flush();
 }
 
 impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
@@ -205,6 +262,17 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     if store.next_tick_at.is_none_or(|t| now >= t) {
                         store.next_tick_at = Some(now + self.cfg.min_tick_spacing());
                         self.router.broadcast_normal(|| PeerMsg::Tick);
+                        store.ticks += 1;
+                        if store.ticks.is_multiple_of(self.cfg.heartbeat_ticks as u64) {
+                            // Once per heartbeat interval: the beats the
+                            // peers made since the last flush.
+                            flush_heartbeats(
+                                &mut self.transport,
+                                &self.coalescer,
+                                &self.metrics,
+                                &self.logger,
+                            );
+                        }
                     } else {
                         self.metrics.ticks_dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -251,10 +319,15 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             wb.set_origin(WriteOrigin::RaftLog);
             wb
         });
-        let (transport, metrics, logger) = (&mut self.transport, &*self.metrics, &self.logger);
-        let collected = fsm.peer.collect_ready(wb, &mut |p, m| {
-            send_raft_message(transport, metrics, logger, p, m)
-        });
+        let mut outbox = Outbox {
+            transport: &mut self.transport,
+            coalescer: &self.coalescer,
+            metrics: &self.metrics,
+            logger: &self.logger,
+            urgent_beats: &mut self.urgent_beats,
+        };
+        let collected = fsm.peer.collect_ready(wb, &mut |p, m| outbox.send(p, m));
+        let metrics = &*self.metrics;
         match collected {
             Ok((role, need)) => {
                 self.need = self.need.max(need);
@@ -324,11 +397,16 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        let (transport, metrics, logger) = (&mut self.transport, &*self.metrics, &self.logger);
+        let mut outbox = Outbox {
+            transport: &mut self.transport,
+            coalescer: &self.coalescer,
+            metrics: &self.metrics,
+            logger: &self.logger,
+            urgent_beats: &mut self.urgent_beats,
+        };
+        let logger = &self.logger;
         for fsm in batch.iter_mut() {
-            let task = fsm
-                .peer
-                .finish_ready(&mut |p, m| send_raft_message(transport, metrics, logger, p, m));
+            let task = fsm.peer.finish_ready(&mut |p, m| outbox.send(p, m));
             let region_id = fsm.peer.region_id();
             // A commit index left unwritten by `finish_ready` goes out with
             // the peer's next round, which the apply result of the entries
@@ -345,6 +423,18 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 slog::warn!(logger, "apply delegate gone"; "region" => region_id);
             }
         }
-        transport.flush();
+        self.transport.flush();
+        if std::mem::take(&mut self.urgent_beats) {
+            // A ReadIndex round waits on these beats: no coalescing delay.
+            self.metrics
+                .heartbeat_urgent_flushes
+                .fetch_add(1, Ordering::Relaxed);
+            flush_heartbeats(
+                &mut self.transport,
+                &self.coalescer,
+                &self.metrics,
+                &self.logger,
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod fatal;
 mod fsm;
+mod heartbeat;
 mod msg;
 mod node;
 mod peer;

@@ -20,6 +20,7 @@ use super::config::Config;
 use super::error::{Error, Result};
 use super::fatal::{FatalHook, StoreStatus};
 use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics};
+use super::heartbeat::{self, Coalescer};
 use super::msg::{Callback, PeerMsg, RaftCommand, Responder, StoreMsg};
 use super::peer::Peer;
 use super::transport::{MessageSink, Transport};
@@ -104,6 +105,21 @@ impl StoreHandle {
 
 impl MessageSink for StoreHandle {
     fn deliver(&self, msg: RaftMessage) {
+        if heartbeat::is_batch(&msg) {
+            self.metrics
+                .heartbeat_batches_received
+                .fetch_add(1, Ordering::Relaxed);
+            for m in heartbeat::fan_out(msg) {
+                self.deliver_one(m);
+            }
+        } else {
+            self.deliver_one(msg);
+        }
+    }
+}
+
+impl StoreHandle {
+    fn deliver_one(&self, msg: RaftMessage) {
         let region_id = msg.region_id;
         // Raft messages have a budget of their own past the capacity that
         // bounds client commands, so clients cannot starve a group.
@@ -267,6 +283,7 @@ impl Store {
                 status.clone(),
                 logger.clone(),
             );
+            let coalescer = Arc::new(Coalescer::new(store_id));
             let cfg = cfg.clone();
             raft_system
                 .spawn("raft", move |_| {
@@ -279,6 +296,7 @@ impl Store {
                         store_id,
                         metrics.clone(),
                         status.clone(),
+                        coalescer.clone(),
                         logger.clone(),
                     )
                 })

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_engine::{Cf, Engine, WriteBatch, keys};
-use flotilla_proto::eraftpb::{Entry, MessageType};
+use flotilla_proto::eraftpb::Entry;
 use flotilla_proto::metapb::{self, Region};
 use flotilla_proto::raft_cmdpb::{
     GetResponse, KvPair, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response,
@@ -667,15 +667,6 @@ impl Peer {
             admin_response: None,
         }
     }
-
-    /// Whether a raft message of this type is a heartbeat (or response):
-    /// the store coalesces those per destination store.
-    pub fn is_heartbeat(t: MessageType) -> bool {
-        matches!(
-            t,
-            MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
-        )
-    }
 }
 
 fn read_id(ctx: &[u8]) -> u64 {
@@ -689,7 +680,7 @@ fn read_id(ctx: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use flotilla_engine::{Durability, EngineOptions};
-    use flotilla_proto::eraftpb::{Message, Snapshot, SnapshotMetadata};
+    use flotilla_proto::eraftpb::{Message, MessageType, Snapshot, SnapshotMetadata};
 
     use super::*;
     use crate::store::bootstrap::{bootstrap_store, initial_regions};

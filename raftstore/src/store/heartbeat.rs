@@ -1,0 +1,269 @@
+//! The heartbeat coalescer (DESIGN §5): no region's `MsgHeartbeat` or
+//! `MsgHeartbeatResponse` goes on the wire alone.
+//!
+//! Lifecycle: the raft pollers hand every heartbeat and heartbeat response
+//! their peers send to [`Coalescer::push`], which files it under its
+//! destination store. Once per heartbeat interval the store clock drains the
+//! buffers ([`Coalescer::drain`]) into one batch of beats and one batch of
+//! responses per destination store (never mixed), each a `RaftMessage`
+//! carrying a `StoreHeartbeat` or `StoreHeartbeatResponse`. A beat that
+//! carries a ReadIndex context asks for a flush at the end of the poll round
+//! instead, so reads never wait an interval. The receiving store
+//! [`fan_out`]s a batch back into one raft message per region, each with
+//! that region's own term, commit and context: one region's beat never
+//! touches another region's state, and the response runs the leader's
+//! usual logic. Commit also travels on appends, so beats are never the
+//! only commit channel.
+
+use flotilla_proto::eraftpb::{Message, MessageType};
+use flotilla_proto::metapb::Peer;
+use flotilla_proto::raft_serverpb::{Beat, RaftMessage, StoreHeartbeat, StoreHeartbeatResponse};
+use fxhash::FxHashMap;
+use parking_lot::Mutex;
+
+/// Whether a raft message of this type is coalesced.
+pub fn is_coalesced(t: MessageType) -> bool {
+    matches!(
+        t,
+        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+    )
+}
+
+/// Beats waiting for one destination store.
+#[derive(Debug, Default)]
+struct Pending {
+    beats: Vec<Beat>,
+    responses: Vec<Beat>,
+}
+
+/// A store's outgoing heartbeats, by destination store.
+#[derive(Debug)]
+pub struct Coalescer {
+    store_id: u64,
+    pending: Mutex<FxHashMap<u64, Pending>>,
+}
+
+impl Coalescer {
+    /// The coalescer of store `store_id`.
+    pub fn new(store_id: u64) -> Coalescer {
+        Coalescer {
+            store_id,
+            pending: Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    /// Files heartbeat (or response) `m` of region `region_id` for store
+    /// `to_store`. Returns whether it carries a ReadIndex context: then the
+    /// caller should flush at the end of its round.
+    pub fn push(&self, region_id: u64, to_store: u64, m: &Message) -> bool {
+        let beat = Beat {
+            region_id,
+            from_peer: m.from,
+            to_peer: m.to,
+            term: m.term,
+            commit: m.commit,
+            context: m.context.clone(),
+            quiesce: false,
+        };
+        let urgent = !beat.context.is_empty();
+        let mut pending = self.pending.lock();
+        let slot = pending.entry(to_store).or_default();
+        if m.msg_type() == MessageType::MsgHeartbeatResponse {
+            slot.responses.push(beat);
+        } else {
+            slot.beats.push(beat);
+        }
+        urgent
+    }
+
+    /// Takes every buffered beat: one batch message per destination store
+    /// and kind, beats and responses never mixed. The buffers are swapped
+    /// out under the lock and the batches built outside it.
+    pub fn drain(&self) -> Vec<RaftMessage> {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        let mut out = Vec::with_capacity(pending.len() * 2);
+        for (to_store, p) in pending {
+            let envelope = || RaftMessage {
+                from_peer: Some(store_peer(self.store_id)),
+                to_peer: Some(store_peer(to_store)),
+                ..Default::default()
+            };
+            if !p.beats.is_empty() {
+                out.push(RaftMessage {
+                    heartbeats: Some(StoreHeartbeat {
+                        from_store: self.store_id,
+                        to_store,
+                        beats: p.beats,
+                    }),
+                    ..envelope()
+                });
+            }
+            if !p.responses.is_empty() {
+                out.push(RaftMessage {
+                    heartbeat_responses: Some(StoreHeartbeatResponse {
+                        from_store: self.store_id,
+                        to_store,
+                        responses: p.responses,
+                    }),
+                    ..envelope()
+                });
+            }
+        }
+        out
+    }
+
+    /// Beats waiting, over every destination.
+    #[cfg(test)]
+    pub fn pending_beats(&self) -> usize {
+        self.pending
+            .lock()
+            .values()
+            .map(|p| p.beats.len() + p.responses.len())
+            .sum()
+    }
+}
+
+/// A peer that names only its store (the envelope of a batch).
+fn store_peer(store_id: u64) -> Peer {
+    Peer {
+        id: 0,
+        store_id,
+        ..Default::default()
+    }
+}
+
+/// Whether `msg` is a coalesced batch.
+pub fn is_batch(msg: &RaftMessage) -> bool {
+    msg.heartbeats.is_some() || msg.heartbeat_responses.is_some()
+}
+
+/// The per-region raft messages of a coalesced batch, in batch order. A
+/// message that is not a batch comes back alone.
+pub fn fan_out(msg: RaftMessage) -> Vec<RaftMessage> {
+    let (from_store, to_store, beats, t) = match (msg.heartbeats, msg.heartbeat_responses) {
+        (Some(b), None) => (b.from_store, b.to_store, b.beats, MessageType::MsgHeartbeat),
+        (None, Some(r)) => (
+            r.from_store,
+            r.to_store,
+            r.responses,
+            MessageType::MsgHeartbeatResponse,
+        ),
+        (None, None) => {
+            return vec![RaftMessage {
+                heartbeats: None,
+                heartbeat_responses: None,
+                ..msg
+            }];
+        }
+        // Never sent; refuse it whole rather than guess.
+        (Some(_), Some(_)) => return Vec::new(),
+    };
+    beats
+        .into_iter()
+        .map(|b| RaftMessage {
+            region_id: b.region_id,
+            from_peer: Some(Peer {
+                id: b.from_peer,
+                store_id: from_store,
+                ..Default::default()
+            }),
+            to_peer: Some(Peer {
+                id: b.to_peer,
+                store_id: to_store,
+                ..Default::default()
+            }),
+            message: Some(Message {
+                msg_type: t as i32,
+                from: b.from_peer,
+                to: b.to_peer,
+                term: b.term,
+                commit: b.commit,
+                context: b.context,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(t: MessageType, from: u64, to: u64, term: u64, commit: u64, ctx: &[u8]) -> Message {
+        Message {
+            msg_type: t as i32,
+            from,
+            to,
+            term,
+            commit,
+            context: ctx.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    /// Beats of many regions to two stores become one batch of beats and
+    /// one of responses per store, never mixed; fanning a batch out gives
+    /// back each region's own message, term, commit and context.
+    #[test]
+    fn coalesce_and_fan_out_round_trip() {
+        let c = Coalescer::new(1);
+        let mut sent = Vec::new();
+        for region in 1..=50u64 {
+            for to_store in [2u64, 3] {
+                let m = hb(
+                    MessageType::MsgHeartbeat,
+                    region * 64 + 1,
+                    region * 64 + to_store,
+                    region,
+                    region * 10,
+                    if region == 7 { b"read" } else { b"" },
+                );
+                let urgent = c.push(region, to_store, &m);
+                assert_eq!(urgent, region == 7);
+                sent.push((region, to_store, m));
+            }
+        }
+        let r = hb(MessageType::MsgHeartbeatResponse, 65, 66, 1, 0, b"");
+        c.push(1, 2, &r);
+        assert_eq!(c.pending_beats(), 101);
+        let batches = c.drain();
+        assert_eq!(c.pending_beats(), 0);
+        assert_eq!(batches.len(), 3, "beats to 2 and 3, responses to 2");
+        let mut got = Vec::new();
+        for b in batches {
+            assert!(is_batch(&b));
+            assert!(!(b.heartbeats.is_some() && b.heartbeat_responses.is_some()));
+            assert_eq!(b.region_id, 0);
+            for m in fan_out(b) {
+                let to_store = m.to_peer.unwrap().store_id;
+                got.push((m.region_id, to_store, m.message.unwrap()));
+            }
+        }
+        assert_eq!(got.len(), 101);
+        for (region, to_store, m) in &sent {
+            assert!(
+                got.contains(&(*region, *to_store, m.clone())),
+                "beat of region {region} to store {to_store} lost or changed"
+            );
+        }
+        assert!(got.contains(&(1, 2, r)));
+    }
+
+    /// A batch that claims to be both kinds is refused whole; a plain raft
+    /// message passes through alone.
+    #[test]
+    fn malformed_batches_are_refused() {
+        let both = RaftMessage {
+            heartbeats: Some(StoreHeartbeat::default()),
+            heartbeat_responses: Some(StoreHeartbeatResponse::default()),
+            ..Default::default()
+        };
+        assert!(fan_out(both).is_empty());
+        let plain = RaftMessage {
+            region_id: 4,
+            ..Default::default()
+        };
+        assert_eq!(fan_out(plain.clone()), vec![plain]);
+    }
+}
