@@ -3,13 +3,15 @@
 //! linearizability.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use flotilla_engine::WriteOrigin;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
-use flotilla_raftstore::store::{ClientConfig, Cluster, Error};
-use flotilla_tests::harness::{FAST_TICK_MS, fast_config, is_unknown_outcome, logger, wait_leader};
+use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Error};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, eventually, fast_config, is_unknown_outcome, logger, wait_leader,
+};
 use flotilla_tests::linearizability::{History, check};
 use flotilla_tests::requests::{command, propose_to, put};
 use rand::{Rng, SeedableRng};
@@ -149,37 +151,38 @@ fn bad_requests_get_typed_errors() {
     cluster.shutdown();
 }
 
-/// Several clients do random puts and gets on a few keys while the leader
-/// is partitioned away and later restarted; the recorded history must be
-/// linearizable per key.
-#[test]
-fn concurrent_history_is_linearizable_under_faults() {
-    const CLIENTS: usize = 4;
-    const KEYS: u64 = 3;
-    const OPS_PER_CLIENT: usize = 60;
-    let seed: u64 = std::env::var("SIM_SEED")
+/// Clients of the concurrent-history tests.
+const CLIENTS: usize = 4;
+/// Keys they share.
+const KEYS: u64 = 3;
+/// Operations each client runs at most.
+const OPS_PER_CLIENT: usize = 60;
+
+/// The history tests' seed (`SIM_SEED` replays one).
+fn history_seed() -> u64 {
+    std::env::var("SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster(&dir, 1);
-    let leader = wait_leader(&cluster, 1).expect("leader");
-    let history: Arc<History<u64, u64>> = Arc::new(History::new());
-    let client = Arc::new(cluster.client(ClientConfig {
-        request_timeout: Duration::from_millis(500),
-        max_attempts: 10,
-        ..Default::default()
-    }));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..CLIENTS)
+        .unwrap_or(7)
+}
+
+/// Starts `CLIENTS` threads doing seeded random puts and gets on `KEYS`
+/// keys through `client`, `pause` apart, recording every operation in
+/// `history`: a write whose outcome is unknown stays pending, a definite
+/// error fails it.
+fn spawn_history_clients(
+    client: &Arc<Client>,
+    history: &Arc<History<u64, u64>>,
+    seed: u64,
+    pause: Duration,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..CLIENTS)
         .map(|c| {
-            let (history, client, stop) = (history.clone(), client.clone(), stop.clone());
+            let (history, client) = (history.clone(), client.clone());
             thread::spawn(move || {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed ^ c as u64);
                 for n in 0..OPS_PER_CLIENT {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
+                    thread::sleep(pause);
                     let key = rng.random_range(0..KEYS);
                     let kb = key.to_be_bytes();
                     if rng.random_bool(0.5) {
@@ -203,19 +206,14 @@ fn concurrent_history_is_linearizable_under_faults() {
                 }
             })
         })
-        .collect();
-    thread::sleep(Duration::from_millis(300));
-    cluster.transport().isolate(leader);
-    thread::sleep(Duration::from_millis(600));
-    cluster.transport().clear_filters();
-    let second = wait_leader(&cluster, 1).expect("leader after heal");
-    cluster.stop_store(second);
-    thread::sleep(Duration::from_millis(400));
-    cluster.start_store(second).unwrap();
+        .collect()
+}
+
+/// Joins the clients and checks the history is linearizable per key.
+fn check_history(workers: Vec<thread::JoinHandle<()>>, history: &History<u64, u64>, seed: u64) {
     for w in workers {
         w.join().unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
     let ops = history.operations();
     assert!(
         ops.len() > CLIENTS * 10,
@@ -225,5 +223,79 @@ fn concurrent_history_is_linearizable_under_faults() {
     if let Err(v) = check(&ops) {
         panic!("history not linearizable (seed {seed}): {v}");
     }
+}
+
+fn history_client(cluster: &Cluster) -> Arc<Client> {
+    Arc::new(Client::new(
+        cluster.stores(),
+        cluster.regions(),
+        ClientConfig {
+            request_timeout: Duration::from_millis(500),
+            max_attempts: 10,
+            ..Default::default()
+        },
+    ))
+}
+
+/// Several clients do random puts and gets on a few keys while the leader
+/// is partitioned away and later restarted; the recorded history must be
+/// linearizable per key.
+#[test]
+fn concurrent_history_is_linearizable_under_faults() {
+    let seed = history_seed();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir, 1);
+    let leader = wait_leader(&cluster, 1).expect("leader");
+    let history: Arc<History<u64, u64>> = Arc::new(History::new());
+    let workers = spawn_history_clients(&history_client(&cluster), &history, seed, Duration::ZERO);
+    thread::sleep(Duration::from_millis(300));
+    cluster.transport().isolate(leader);
+    thread::sleep(Duration::from_millis(600));
+    cluster.transport().clear_filters();
+    let second = wait_leader(&cluster, 1).expect("leader after heal");
+    cluster.stop_store(second);
+    thread::sleep(Duration::from_millis(400));
+    cluster.start_store(second).unwrap();
+    check_history(workers, &history, seed);
+    cluster.shutdown();
+}
+
+/// The same concurrent history while engine writes fail: the leader's raft
+/// log write fails (its store stops, in-flight writes are outcome unknown),
+/// it is restarted from disk, then the next leader's apply write fails and
+/// it is restarted too. Every acknowledged write must stay, nothing failed
+/// may appear: the history must be linearizable per key.
+#[test]
+fn concurrent_history_is_linearizable_through_fatal_stops() {
+    let seed = history_seed();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(&dir, 1);
+    wait_leader(&cluster, 1).expect("leader");
+    let history: Arc<History<u64, u64>> = Arc::new(History::new());
+    let client = history_client(&cluster);
+    // Paced, so the history spans both faults and restarts.
+    let workers = spawn_history_clients(&client, &history, seed, Duration::from_millis(15));
+    for origin in [WriteOrigin::RaftLog, WriteOrigin::Apply] {
+        thread::sleep(Duration::from_millis(200));
+        let leader = wait_leader(&cluster, 1).expect("leader");
+        cluster
+            .store(leader)
+            .unwrap()
+            .engine()
+            .inject_write_faults(origin, 1);
+        // The next write of that kind on the leader fails and stops it:
+        // the clients' writes, or this one to a key outside the history.
+        assert!(
+            eventually(|| {
+                let _ = client.put(b"outside-history", b"x");
+                cluster.store(leader).unwrap().fatal_error().is_some()
+            }),
+            "{origin:?} fault never hit the leader"
+        );
+        thread::sleep(Duration::from_millis(200));
+        cluster.stop_store(leader);
+        cluster.start_store(leader).unwrap();
+    }
+    check_history(workers, &history, seed);
     cluster.shutdown();
 }
