@@ -3,6 +3,7 @@
 //! backoff.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -96,10 +97,14 @@ struct CachedRegion {
     leader: Option<Peer>,
 }
 
-/// Regions by start key.
+/// Regions by start key, with an index by id. Cached regions never
+/// overlap, so every operation is a few `O(log n)` map steps: a client of a
+/// store with 100,000 regions must not scan them per request.
 #[derive(Debug, Default)]
 struct RegionCache {
     by_start: BTreeMap<Bytes, CachedRegion>,
+    /// Region id → its start key in `by_start`.
+    start_of: FxHashMap<u64, Bytes>,
 }
 
 impl RegionCache {
@@ -112,30 +117,43 @@ impl RegionCache {
     }
 
     fn insert(&mut self, region: Region) {
-        // Drop cached regions the new one overlaps.
-        let overlapping: Vec<Bytes> = self
-            .by_start
-            .iter()
-            .filter(|(_, c)| overlaps(&c.region, &region))
-            .map(|(k, _)| k.clone())
-            .collect();
+        // Drop cached regions the new one overlaps: the one starting
+        // before it (if it reaches in) and those starting inside it.
+        let mut overlapping: Vec<Bytes> = Vec::new();
+        if let Some((k, c)) = self.by_start.range(..region.start_key.clone()).next_back()
+            && overlaps(&c.region, &region)
+        {
+            overlapping.push(k.clone());
+        }
+        let upper = if region.end_key.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(region.end_key.clone())
+        };
+        overlapping.extend(
+            self.by_start
+                .range((Bound::Included(region.start_key.clone()), upper))
+                .map(|(k, _)| k.clone()),
+        );
         let mut leader = None;
         for k in overlapping {
-            if let Some(old) = self.by_start.remove(&k)
-                && old.region.id == region.id
-            {
-                leader = old.leader.filter(|l| region.peers.contains(l));
+            if let Some(old) = self.by_start.remove(&k) {
+                if self.start_of.get(&old.region.id) == Some(&k) {
+                    self.start_of.remove(&old.region.id);
+                }
+                if old.region.id == region.id {
+                    leader = old.leader.filter(|l| region.peers.contains(l));
+                }
             }
         }
+        self.start_of.insert(region.id, region.start_key.clone());
         self.by_start
             .insert(region.start_key.clone(), CachedRegion { region, leader });
     }
 
     fn set_leader(&mut self, region_id: u64, leader: Option<Peer>) {
-        if let Some(c) = self
-            .by_start
-            .values_mut()
-            .find(|c| c.region.id == region_id)
+        if let Some(start) = self.start_of.get(&region_id)
+            && let Some(c) = self.by_start.get_mut(start)
         {
             c.leader = leader;
         }
@@ -428,5 +446,57 @@ impl Client {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, start: &'static [u8], end: &'static [u8]) -> Region {
+        Region {
+            id,
+            start_key: Bytes::from_static(start),
+            end_key: Bytes::from_static(end),
+            peers: vec![Peer {
+                id: id * 10,
+                store_id: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Inserting a region drops exactly the cached regions it overlaps
+    /// (the one reaching in from the left and those inside it), keeps its
+    /// own leader when it replaces itself, and the id index follows.
+    #[test]
+    fn region_cache_replaces_exactly_the_overlapping_regions() {
+        let mut c = RegionCache::default();
+        for r in [
+            region(1, b"", b"c"),
+            region(2, b"c", b"f"),
+            region(3, b"f", b"k"),
+            region(4, b"k", b""),
+        ] {
+            c.insert(r);
+        }
+        c.set_leader(2, Some(region(2, b"", b"").peers[0]));
+        assert_eq!(c.locate(b"d").unwrap().region.id, 2);
+        assert!(c.locate(b"d").unwrap().leader.is_some());
+        // Region 2 again (same range): keeps its leader.
+        c.insert(region(2, b"c", b"f"));
+        assert!(c.locate(b"d").unwrap().leader.is_some());
+        // A merged region over [b, h) replaces 1, 2 and 3.
+        c.insert(region(9, b"b", b"h"));
+        assert_eq!(c.by_start.len(), 2);
+        assert_eq!(c.locate(b"g").unwrap().region.id, 9);
+        assert!(c.locate(b"a").is_none(), "region 1 dropped");
+        assert!(c.locate(b"i").is_none(), "region 3 dropped");
+        assert_eq!(c.locate(b"z").unwrap().region.id, 4);
+        assert_eq!(c.start_of.len(), 2);
+        c.set_leader(2, None); // gone: no effect, no panic
+        c.set_leader(9, Some(region(9, b"", b"").peers[0]));
+        assert!(c.locate(b"c").unwrap().leader.is_some());
     }
 }
