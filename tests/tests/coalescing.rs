@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use flotilla_proto::eraftpb::MessageType;
 use flotilla_raftstore::store::{ClientConfig, Cluster, Config, StoreMetrics};
 use flotilla_tests::harness::logger;
 
@@ -106,5 +107,18 @@ fn idle_heartbeats_are_coalesced_per_store_pair() {
         "reads waited for the interval flush"
     );
     assert!(cluster.wait_for_leaders(REGIONS, Duration::from_secs(30)));
+    // The per-type counters account for every beat, and rounds are timed.
+    for &id in cluster.store_ids() {
+        let m = cluster.store(id).unwrap().metrics();
+        let by_type = m.sent_of_type(MessageType::MsgHeartbeat)
+            + m.sent_of_type(MessageType::MsgHeartbeatResponse);
+        assert_eq!(by_type, m.heartbeats_sent.load(Ordering::Relaxed));
+        assert!(m.sent_of_type(MessageType::MsgAppend) > 0);
+        assert!(m.poll_rounds.load(Ordering::Relaxed) > 0);
+        assert!(
+            m.poll_round_max_micros.load(Ordering::Relaxed) * m.poll_rounds.load(Ordering::Relaxed)
+                >= m.poll_round_micros.load(Ordering::Relaxed)
+        );
+    }
     cluster.shutdown();
 }

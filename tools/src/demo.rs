@@ -66,6 +66,15 @@ pub struct DemoReport {
     pub raft_messages: u64,
     /// Synced writes (fsyncs) by all stores during the workload.
     pub fsyncs: u64,
+    /// Heartbeats the peers generated during the workload (each went out
+    /// inside a coalesced batch).
+    pub heartbeats: u64,
+    /// Coalesced heartbeat batches sent during the workload.
+    pub heartbeat_batches: u64,
+    /// Raft poll rounds during the workload, over all stores.
+    pub poll_rounds: u64,
+    /// Their mean time (µs).
+    pub poll_round_mean_us: u64,
     /// Resident set size at the end (bytes), if known.
     pub rss_bytes: Option<u64>,
 }
@@ -86,16 +95,31 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn totals(cluster: &Cluster) -> (u64, u64) {
-    let mut msgs = 0;
-    let mut fsyncs = 0;
+/// Counters summed over the running stores.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    msgs: u64,
+    fsyncs: u64,
+    heartbeats: u64,
+    batches: u64,
+    rounds: u64,
+    round_us: u64,
+}
+
+fn totals(cluster: &Cluster) -> Totals {
+    let mut t = Totals::default();
     for &id in cluster.store_ids() {
         if let Some(s) = cluster.store(id) {
-            msgs += s.metrics().raft_messages_sent.load(Ordering::Relaxed);
-            fsyncs += s.engine().stats().synced_writes();
+            let m = s.metrics();
+            t.msgs += m.raft_messages_sent.load(Ordering::Relaxed);
+            t.fsyncs += s.engine().stats().synced_writes();
+            t.heartbeats += m.heartbeats_sent.load(Ordering::Relaxed);
+            t.batches += m.heartbeat_batches_sent.load(Ordering::Relaxed);
+            t.rounds += m.poll_rounds.load(Ordering::Relaxed);
+            t.round_us += m.poll_round_micros.load(Ordering::Relaxed);
         }
     }
-    (msgs, fsyncs)
+    t
 }
 
 /// Runs the demo.
@@ -127,7 +151,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
     let client = Arc::new(cluster.client(ClientConfig::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let done_ops = Arc::new(AtomicU64::new(0));
-    let (msgs0, fsyncs0) = totals(&cluster);
+    let before = totals(&cluster);
     let t0 = Instant::now();
     let workers: Vec<_> = (0..opts.clients)
         .map(|c| {
@@ -207,7 +231,8 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
     }
     let elapsed = t0.elapsed();
     bar.finish_and_clear();
-    let (msgs1, fsyncs1) = totals(&cluster);
+    let after = totals(&cluster);
+    let rounds = after.rounds - before.rounds;
     let report = DemoReport {
         ops: writes + reads,
         writes,
@@ -218,8 +243,12 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         read_us: percentiles(&rh),
         leaders: cluster.leader_count(),
         election_time,
-        raft_messages: msgs1 - msgs0,
-        fsyncs: fsyncs1 - fsyncs0,
+        raft_messages: after.msgs - before.msgs,
+        fsyncs: after.fsyncs - before.fsyncs,
+        heartbeats: after.heartbeats - before.heartbeats,
+        heartbeat_batches: after.batches - before.batches,
+        poll_rounds: rounds,
+        poll_round_mean_us: (after.round_us - before.round_us) / rounds.max(1),
         rss_bytes: rss_bytes(),
     };
     cluster.shutdown();
@@ -262,9 +291,23 @@ impl std::fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
+            "heartbeats         {} in {} coalesced batches ({:.0} batches/s)",
+            self.heartbeats,
+            self.heartbeat_batches,
+            self.heartbeat_batches as f64 / secs
+        )?;
+        writeln!(
+            f,
             "fsyncs             {} ({:.0}/s)",
             self.fsyncs,
             self.fsyncs as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "raft poll rounds   {} ({:.0}/s, mean {} µs)",
+            self.poll_rounds,
+            self.poll_rounds as f64 / secs,
+            self.poll_round_mean_us
         )?;
         match self.rss_bytes {
             Some(b) => write!(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use flotilla_engine::{Durability, Engine, WriteBatch, WriteOrigin};
-use flotilla_proto::eraftpb::Message;
+use flotilla_proto::eraftpb::{Message, MessageType};
 use flotilla_proto::raft_serverpb::RaftMessage;
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
 use slog::Logger;
@@ -73,9 +73,23 @@ impl Fsm for StoreFsm {
     }
 }
 
-/// Counters shared by a store's pollers.
+/// Kinds of raft message counted by [`StoreMetrics::sent_of_type`]: the
+/// values of `eraftpb::MessageType` are `0..MESSAGE_TYPES`.
+pub const MESSAGE_TYPES: usize = 19;
+
+/// Counters shared by a store's pollers (plain atomics, so an exporter can
+/// read them at any time; nothing is kept per region).
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
+    /// Raft messages the peers sent, by `MessageType` value (coalesced
+    /// heartbeats counted here under their own type too).
+    pub raft_messages_by_type: [AtomicU64; MESSAGE_TYPES],
+    /// Raft poll rounds run.
+    pub poll_rounds: AtomicU64,
+    /// Their total time, in microseconds (`begin` to the end of `end`).
+    pub poll_round_micros: AtomicU64,
+    /// The longest of them, in microseconds.
+    pub poll_round_max_micros: AtomicU64,
     /// Raft messages handed to the transport (a coalesced heartbeat batch
     /// counts as one).
     pub raft_messages_sent: AtomicU64,
@@ -123,6 +137,8 @@ pub struct RaftPoller<T: Transport> {
     urgent_beats: bool,
     /// The strongest durability a Ready of this round needs.
     need: WriteNeed,
+    /// When this round began.
+    round_start: Option<std::time::Instant>,
     /// This round's write failed or a Ready could not be handled: the
     /// store is stopping, nothing of the round may be acknowledged.
     failed: bool,
@@ -157,6 +173,7 @@ impl<T: Transport> RaftPoller<T> {
             coalescer,
             urgent_beats: false,
             need: WriteNeed::Nothing,
+            round_start: None,
             failed: false,
             store_id,
             metrics,
@@ -191,8 +208,31 @@ struct Outbox<'a, T> {
     urgent_beats: &'a mut bool,
 }
 
+impl StoreMetrics {
+    /// Raft messages of type `t` the peers sent.
+    pub fn sent_of_type(&self, t: MessageType) -> u64 {
+        self.raft_messages_by_type
+            .get(t as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn record_round(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.poll_rounds.fetch_add(1, Ordering::Relaxed);
+        self.poll_round_micros.fetch_add(us, Ordering::Relaxed);
+        self.poll_round_max_micros.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
 impl<T: Transport> Outbox<'_, T> {
     fn send(&mut self, peer: &Peer, m: Message) {
+        if let Some(c) = self
+            .metrics
+            .raft_messages_by_type
+            .get(m.msg_type() as usize)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         let region = peer.region();
         let Some(to_peer) = region.peers.iter().find(|p| p.id == m.to).copied() else {
             slog::debug!(self.logger, "message to unknown peer"; "to" => m.to);
@@ -248,7 +288,9 @@ fn flush_heartbeats<T: Transport>(
 }
 
 impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
-    fn begin(&mut self, _batch_size: usize) {}
+    fn begin(&mut self, _batch_size: usize) {
+        self.round_start = Some(std::time::Instant::now());
+    }
 
     fn handle_control(
         &mut self,
@@ -355,6 +397,16 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
     }
 
     fn end(&mut self, batch: &mut Batch<'_, PeerFsm>) {
+        self.end_round(batch);
+        if let Some(start) = self.round_start.take() {
+            self.metrics.record_round(start.elapsed());
+        }
+    }
+}
+
+impl<T: Transport> RaftPoller<T> {
+    /// The end of a round: write, send, hand committed entries to apply.
+    fn end_round(&mut self, batch: &mut Batch<'_, PeerFsm>) {
         let need = std::mem::replace(&mut self.need, WriteNeed::Nothing);
         if self.failed {
             // The store is stopping: drop this round's peers (their
