@@ -182,6 +182,17 @@ impl<T: Transport> RaftPoller<T> {
         }
     }
 
+    /// Where this round's peers send their raft messages.
+    fn outbox(&mut self) -> Outbox<'_, T> {
+        Outbox::new(
+            &mut self.transport,
+            &self.coalescer,
+            &self.metrics,
+            &self.logger,
+            &mut self.urgent_beats,
+        )
+    }
+
     /// Stops the store: nothing of this round is written, sent or
     /// acknowledged (the proposals of the peers in hand are answered
     /// `StoreStopped { in_flight: true }` as their FSMs are dropped).
@@ -224,7 +235,23 @@ impl StoreMetrics {
     }
 }
 
-impl<T: Transport> Outbox<'_, T> {
+impl<'a, T: Transport> Outbox<'a, T> {
+    fn new(
+        transport: &'a mut T,
+        coalescer: &'a Coalescer,
+        metrics: &'a StoreMetrics,
+        logger: &'a Logger,
+        urgent_beats: &'a mut bool,
+    ) -> Self {
+        Outbox {
+            transport,
+            coalescer,
+            metrics,
+            logger,
+            urgent_beats,
+        }
+    }
+
     fn send(&mut self, peer: &Peer, m: Message) {
         if let Some(c) = self
             .metrics
@@ -356,19 +383,16 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 PeerMsg::Wake => {}
             }
         }
-        let wb = self.wb.get_or_insert_with(|| {
+        let mut wb = self.wb.take().unwrap_or_else(|| {
             let mut wb = self.engine.write_batch();
             wb.set_origin(WriteOrigin::RaftLog);
             wb
         });
-        let mut outbox = Outbox {
-            transport: &mut self.transport,
-            coalescer: &self.coalescer,
-            metrics: &self.metrics,
-            logger: &self.logger,
-            urgent_beats: &mut self.urgent_beats,
-        };
-        let collected = fsm.peer.collect_ready(wb, &mut |p, m| outbox.send(p, m));
+        let mut outbox = self.outbox();
+        let collected = fsm
+            .peer
+            .collect_ready(&mut wb, &mut |p, m| outbox.send(p, m));
+        self.wb = Some(wb);
         let metrics = &*self.metrics;
         match collected {
             Ok((role, need)) => {
@@ -449,13 +473,14 @@ impl<T: Transport> RaftPoller<T> {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        let mut outbox = Outbox {
-            transport: &mut self.transport,
-            coalescer: &self.coalescer,
-            metrics: &self.metrics,
-            logger: &self.logger,
-            urgent_beats: &mut self.urgent_beats,
-        };
+        // Field by field: the routers stay usable while the outbox lives.
+        let mut outbox = Outbox::new(
+            &mut self.transport,
+            &self.coalescer,
+            &self.metrics,
+            &self.logger,
+            &mut self.urgent_beats,
+        );
         let logger = &self.logger;
         for fsm in batch.iter_mut() {
             let task = fsm.peer.finish_ready(&mut |p, m| outbox.send(p, m));
