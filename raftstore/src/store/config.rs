@@ -37,6 +37,12 @@ pub const DEFAULT_MAX_APPLY_BYTES_PER_READY: u64 = 16 << 20;
 /// tick (some slack for the clock thread's jitter; see
 /// [`Config::min_tick_spacing`]).
 pub const MIN_TICK_SPACING_PERCENT: u64 = 90;
+/// Longest base tick accepted (ms): one minute.
+pub const MAX_BASE_TICK_MS: u64 = 60_000;
+/// Most ticks an election timeout may span.
+pub const MAX_ELECTION_TICKS: usize = 100_000;
+/// Most threads in one poller pool.
+pub const MAX_POOL_SIZE: usize = 256;
 /// Default clock-drift margin taken off a leader lease (ms).
 pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 
@@ -132,8 +138,14 @@ impl Config {
     /// [`Error::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
-        if self.base_tick_ms == 0 {
-            return bad("base_tick_ms must be > 0");
+        if self.base_tick_ms == 0 || self.base_tick_ms > MAX_BASE_TICK_MS {
+            return bad("base_tick_ms must be in 1..=60000");
+        }
+        if self.election_ticks > MAX_ELECTION_TICKS {
+            return bad("election_ticks must be <= 100000");
+        }
+        if self.raft_pool_size > MAX_POOL_SIZE || self.apply_pool_size > MAX_POOL_SIZE {
+            return bad("pool sizes must be <= 256");
         }
         if self.heartbeat_ticks == 0 {
             return bad("heartbeat_ticks must be > 0");
@@ -170,7 +182,10 @@ impl Config {
     /// a slow poller), so peers' clocks never run fast.
     pub fn min_tick_spacing(&self) -> std::time::Duration {
         std::time::Duration::from_micros(
-            self.base_tick_ms.saturating_mul(1000) * MIN_TICK_SPACING_PERCENT / 100,
+            self.base_tick_ms
+                .saturating_mul(1000)
+                .saturating_mul(MIN_TICK_SPACING_PERCENT)
+                / 100,
         )
     }
 
@@ -204,5 +219,95 @@ impl Config {
     /// The base tick as a duration.
     pub fn base_tick(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.base_tick_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Random configs checked per run.
+    const CONFIG_CASES: u32 = 2048;
+
+    fn arb_config() -> impl Strategy<Value = Config> {
+        (
+            (any::<u64>(), any::<usize>(), any::<usize>(), any::<bool>()),
+            (any::<u64>(), any::<u64>(), any::<usize>(), any::<usize>()),
+            (any::<usize>(), any::<usize>(), any::<usize>(), any::<u32>()),
+            (0u64..200, 0usize..40, 0usize..10, 0usize..8),
+        )
+            .prop_map(|(a, b, c, small)| {
+                let mut cfg = Config {
+                    base_tick_ms: a.0,
+                    election_ticks: a.1,
+                    heartbeat_ticks: a.2,
+                    lease_read: a.3,
+                    lease_drift_margin_ms: b.0,
+                    max_apply_bytes_per_ready: b.1,
+                    raft_pool_size: b.2,
+                    apply_pool_size: b.3,
+                    mailbox_capacity: c.0,
+                    raft_message_capacity: c.1,
+                    max_key_size: c.2,
+                    max_scan_limit: c.3,
+                    ..Config::default()
+                };
+                // Half the cases near the valid region, where the derived
+                // durations are computed.
+                if small.0 % 2 == 0 {
+                    cfg.base_tick_ms = small.0;
+                    cfg.election_ticks = small.1;
+                    cfg.heartbeat_ticks = small.2;
+                    cfg.raft_pool_size = small.3;
+                    cfg.apply_pool_size = small.3;
+                    cfg.mailbox_capacity = 1;
+                    cfg.raft_message_capacity = 1;
+                    cfg.max_key_size = 1;
+                    cfg.max_scan_limit = 1;
+                    cfg.max_apply_bytes_per_ready = 1;
+                    cfg.lease_drift_margin_ms = small.0 / 2;
+                }
+                cfg
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: CONFIG_CASES,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Any config, however extreme, is validated without a panic; a
+        /// valid one has a positive tick spacing, and a lease (when lease
+        /// reads are on) shorter than the election timeout.
+        #[test]
+        fn validate_never_panics(cfg in arb_config()) {
+            let spacing = cfg.min_tick_spacing();
+            let _ = cfg.lease_duration();
+            if cfg.validate().is_ok() {
+                prop_assert!(!spacing.is_zero());
+                let election = cfg.base_tick() * u32::try_from(cfg.election_ticks).unwrap();
+                if cfg.lease_read {
+                    let lease = cfg.lease_duration().unwrap();
+                    prop_assert!(lease < election);
+                }
+            }
+        }
+    }
+
+    /// The defaults are valid, and give the lease the docs quote.
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config {
+            lease_read: true,
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.lease_duration(),
+            Some(std::time::Duration::from_millis(710))
+        );
     }
 }
