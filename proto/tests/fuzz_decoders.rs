@@ -609,6 +609,18 @@ fn arb_error() -> BoxedStrategy<Error> {
                 entry_size
             }
         )),
+        any::<bool>().prop_map(|in_flight| error::Detail::StoreStopped(
+            flotilla_proto::raft_cmdpb::StoreStopped { in_flight }
+        )),
+        text().prop_map(|reason| error::Detail::ApplyFailed(
+            flotilla_proto::raft_cmdpb::ApplyFailed { reason }
+        )),
+        text().prop_map(|reason| error::Detail::EngineError(
+            flotilla_proto::raft_cmdpb::EngineError { reason }
+        )),
+        text().prop_map(|reason| error::Detail::InvalidRequest(
+            flotilla_proto::raft_cmdpb::InvalidRequest { reason }
+        )),
     ];
     (text(), option::of(detail))
         .prop_map(|(message, detail)| Error { message, detail })
