@@ -122,6 +122,22 @@ pub struct StoreMetrics {
     pub ticks_dropped: AtomicU64,
 }
 
+impl StoreMetrics {
+    /// Raft messages of type `t` the peers sent.
+    pub fn sent_of_type(&self, t: MessageType) -> u64 {
+        self.raft_messages_by_type
+            .get(t as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn record_round(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.poll_rounds.fetch_add(1, Ordering::Relaxed);
+        self.poll_round_micros.fetch_add(us, Ordering::Relaxed);
+        self.poll_round_max_micros.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
 /// Polls peers: steps their messages, collects their Readies into one
 /// write batch, writes and syncs it once, then sends and hands committed
 /// entries to apply.
@@ -217,22 +233,6 @@ struct Outbox<'a, T> {
     logger: &'a Logger,
     /// A beat with a ReadIndex context was coalesced: flush this round.
     urgent_beats: &'a mut bool,
-}
-
-impl StoreMetrics {
-    /// Raft messages of type `t` the peers sent.
-    pub fn sent_of_type(&self, t: MessageType) -> u64 {
-        self.raft_messages_by_type
-            .get(t as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    fn record_round(&self, took: std::time::Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.poll_rounds.fetch_add(1, Ordering::Relaxed);
-        self.poll_round_micros.fetch_add(us, Ordering::Relaxed);
-        self.poll_round_max_micros.fetch_max(us, Ordering::Relaxed);
-    }
 }
 
 impl<'a, T: Transport> Outbox<'a, T> {

@@ -224,24 +224,40 @@ impl Peer {
     /// Handles a client command: checks it, then proposes a write or starts
     /// a read. Errors are answered through the callback.
     pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
-        let kind = match self.check_command(cfg, &request) {
+        let kind = match self.check_command(&request) {
             Ok(kind) => kind,
             Err(e) => {
                 callback.respond(err_response(e));
                 return;
             }
         };
+        // A write is encoded once: its size is checked on the bytes that
+        // go into the log.
+        let data = match kind {
+            RequestKind::Read => None,
+            RequestKind::Write => {
+                let data = request.encode_to_vec();
+                if data.len() as u64 > cfg.entry_max_size {
+                    callback.respond(err_response(Error::EntryTooLarge {
+                        region_id: self.region_id(),
+                        entry_size: data.len() as u64,
+                    }));
+                    return;
+                }
+                Some(data)
+            }
+        };
         if !self.is_leader() {
             callback.respond(err_response(self.not_leader()));
             return;
         }
-        match kind {
-            RequestKind::Read => self.read(request, callback),
-            RequestKind::Write => self.propose_write(request, callback),
+        match data {
+            None => self.read(request, callback),
+            Some(data) => self.propose_write(data, callback),
         }
     }
 
-    fn check_command(&self, cfg: &Config, request: &RaftCmdRequest) -> Result<RequestKind> {
+    fn check_command(&self, request: &RaftCmdRequest) -> Result<RequestKind> {
         let header = request
             .header
             .as_ref()
@@ -271,21 +287,10 @@ impl Peer {
                 current_regions: vec![region.clone()],
             });
         }
-        let kind = validate_requests(request, region, &self.limits)?;
-        if kind == RequestKind::Write {
-            let size = request.encoded_len() as u64;
-            if size > cfg.entry_max_size {
-                return Err(Error::EntryTooLarge {
-                    region_id: region.id,
-                    entry_size: size,
-                });
-            }
-        }
-        Ok(kind)
+        validate_requests(request, region, &self.limits)
     }
 
-    fn propose_write(&mut self, request: RaftCmdRequest, mut callback: Responder) {
-        let data = request.encode_to_vec();
+    fn propose_write(&mut self, data: Vec<u8>, mut callback: Responder) {
         let index = self.raft.raft.raft_log().last_index() + 1;
         let term = self.raft.raft.term();
         match self.raft.propose(Vec::new(), data) {
@@ -452,13 +457,17 @@ impl Peer {
                 self.region_id()
             )));
         }
-        let mut need = WriteNeed::Nothing;
-        if self.raft_state_dirty {
-            self.raft_state_dirty = false;
-            self.raft.store().write_raft_state(wb);
-            need = WriteNeed::CommitOnly;
-        }
+        // A commit left by the last `finish_ready` is written with whatever
+        // this round writes (the raft state goes into `wb` once).
+        let mut need = if std::mem::take(&mut self.raft_state_dirty) {
+            WriteNeed::CommitOnly
+        } else {
+            WriteNeed::Nothing
+        };
         if self.pending_ready.is_some() || !self.raft.has_ready() {
+            if need != WriteNeed::Nothing {
+                self.raft.store().write_raft_state(wb);
+            }
             return Ok((None, need));
         }
         let mut rd = self.raft.ready();

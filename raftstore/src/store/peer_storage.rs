@@ -1,6 +1,7 @@
 //! [`PeerStorage`]: the consensus core's [`Storage`] on the store's RocksDB,
 //! with the key layout of DESIGN §3 and an entry cache for the hot tail.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use flotilla_engine::{Cf, Engine, WriteBatch, keys};
@@ -94,7 +95,9 @@ pub struct PeerStorage {
     last_term: u64,
     cache: VecDeque<Entry>,
     /// An engine failure behind a read of the core (see `take_read_error`).
-    read_error: parking_lot::Mutex<Option<String>>,
+    /// A `RefCell`: the storage belongs to one peer, polled by one thread
+    /// at a time, and the check runs every round.
+    read_error: RefCell<Option<String>>,
 }
 
 impl PeerStorage {
@@ -146,7 +149,7 @@ impl PeerStorage {
             apply_state,
             last_term: 0,
             cache: VecDeque::new(),
-            read_error: parking_lot::Mutex::new(None),
+            read_error: RefCell::new(None),
         };
         storage.last_term = storage.load_last_term()?;
         if storage.last_term == 0 && storage.raft_state.last_index > 0 {
@@ -459,13 +462,13 @@ impl PeerStorage {
     /// and stops the store.
     fn note_read_error<T>(&self, res: &raft::Result<T>) {
         if let Err(raft::Error::Store(StorageError::Other(e))) = res {
-            *self.read_error.lock() = Some(e.to_string());
+            *self.read_error.borrow_mut() = Some(e.to_string());
         }
     }
 
     /// The engine failure of a read since the last call, if any.
     pub fn take_read_error(&self) -> Option<String> {
-        self.read_error.lock().take()
+        self.read_error.borrow_mut().take()
     }
 }
 

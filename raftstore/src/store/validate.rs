@@ -21,6 +21,12 @@ pub struct RequestLimits {
     pub max_scan_limit: u32,
 }
 
+/// No size limits: what apply checks (config limits are propose-time only).
+const NO_LIMITS: RequestLimits = RequestLimits {
+    max_key_size: usize::MAX,
+    max_scan_limit: u32::MAX,
+};
+
 /// What a valid request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
@@ -177,11 +183,7 @@ pub fn validate_for_apply(cmd: &RaftCmdRequest, region: &Region) -> Result<()> {
             Some(request::Cmd::Put(p)) => check_key_in_region(&p.key, region)?,
             Some(request::Cmd::Delete(d)) => check_key_in_region(&d.key, region)?,
             Some(request::Cmd::DeleteRange(d)) => {
-                let unlimited = RequestLimits {
-                    max_key_size: usize::MAX,
-                    max_scan_limit: u32::MAX,
-                };
-                check_range(&d.start_key, &d.end_key, region, &unlimited, false)?;
+                check_range(&d.start_key, &d.end_key, region, &NO_LIMITS, false)?;
             }
             Some(request::Cmd::Get(_) | request::Cmd::Scan(_) | request::Cmd::Snap(_)) | None => {}
         }
