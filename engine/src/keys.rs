@@ -35,6 +35,10 @@ pub const LOCAL_MAX_KEY: &[u8] = &[LOCAL_PREFIX + 1];
 
 /// The store-ident key (`StoreIdent`).
 pub const STORE_IDENT_KEY: &[u8] = &[LOCAL_PREFIX, 0x01];
+/// The store's liveness state (`StoreLivenessState`), in the raft CF.
+/// (Its second byte follows the region prefixes: `0x02` and `0x03` begin
+/// per-region keys.)
+pub const STORE_LIVENESS_KEY: &[u8] = &[LOCAL_PREFIX, 0x04];
 
 /// Second byte of per-region raft keys (log, raft state, apply state).
 pub const REGION_RAFT_PREFIX: u8 = 0x02;
@@ -101,6 +105,8 @@ pub enum KeyError {
 pub enum Key<'a> {
     /// The store-ident key.
     StoreIdent,
+    /// The store-liveness state key.
+    StoreLiveness,
     /// A raft log entry of a region.
     RaftLog {
         /// The region.
@@ -260,6 +266,10 @@ pub fn decode(key: &[u8]) -> Result<Key<'_>, KeyError> {
         [LOCAL_PREFIX, 0x01, ..] => {
             expect_len(key, "store ident", STORE_IDENT_KEY.len())?;
             Ok(Key::StoreIdent)
+        }
+        [LOCAL_PREFIX, 0x04, ..] => {
+            expect_len(key, "store liveness", STORE_LIVENESS_KEY.len())?;
+            Ok(Key::StoreLiveness)
         }
         [LOCAL_PREFIX, REGION_RAFT_PREFIX, ..] => decode_region_raft(key),
         [LOCAL_PREFIX, REGION_META_PREFIX, ..] => {

@@ -253,6 +253,7 @@ impl KindName for keys::Key<'_> {
             keys::Key::ApplyState { .. } => "apply_state",
             keys::Key::RegionState { .. } => "region_state",
             keys::Key::StoreIdent => "store_ident",
+            keys::Key::StoreLiveness => "store_liveness",
             keys::Key::Data(_) => "data",
         }
         .to_string()

@@ -104,6 +104,7 @@ fn beat() -> Beat {
         commit: 40,
         context: Bytes::from_static(b"c"),
         quiesce: true,
+        wake: true,
     }
 }
 
@@ -416,6 +417,7 @@ fn raft_serverpb_round_trip() {
             from_store: 1,
             to_store: 2,
             beats: vec![beat(), beat()],
+            epoch: 3,
         }),
         ..Default::default()
     });
@@ -423,12 +425,15 @@ fn raft_serverpb_round_trip() {
         from_store: 1,
         to_store: 2,
         beats: vec![beat(), beat()],
+        epoch: 3,
     });
     assert_round_trip(StoreHeartbeatResponse {
         from_store: 2,
         to_store: 1,
         responses: vec![beat()],
+        epoch: 4,
     });
+    assert_round_trip(StoreLivenessState { epoch: 9 });
     assert_round_trip(StoreIdent {
         cluster_id: 1,
         store_id: 3,

@@ -377,9 +377,18 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
 }
 
 fn arb_beat() -> BoxedStrategy<Beat> {
-    (num(), num(), num(), num(), num(), blob(8), any::<bool>())
+    (
+        num(),
+        num(),
+        num(),
+        num(),
+        num(),
+        blob(8),
+        any::<bool>(),
+        any::<bool>(),
+    )
         .prop_map(
-            |(region_id, from_peer, to_peer, term, commit, context, quiesce)| Beat {
+            |(region_id, from_peer, to_peer, term, commit, context, quiesce, wake)| Beat {
                 region_id,
                 from_peer,
                 to_peer,
@@ -387,28 +396,33 @@ fn arb_beat() -> BoxedStrategy<Beat> {
                 commit,
                 context,
                 quiesce,
+                wake,
             },
         )
         .boxed()
 }
 
 fn arb_store_heartbeat() -> BoxedStrategy<StoreHeartbeat> {
-    (num(), num(), vec(arb_beat(), 0..6))
-        .prop_map(|(from_store, to_store, beats)| StoreHeartbeat {
+    (num(), num(), vec(arb_beat(), 0..6), num())
+        .prop_map(|(from_store, to_store, beats, epoch)| StoreHeartbeat {
             from_store,
             to_store,
             beats,
+            epoch,
         })
         .boxed()
 }
 
 fn arb_store_heartbeat_response() -> BoxedStrategy<StoreHeartbeatResponse> {
-    (num(), num(), vec(arb_beat(), 0..6))
-        .prop_map(|(from_store, to_store, responses)| StoreHeartbeatResponse {
-            from_store,
-            to_store,
-            responses,
-        })
+    (num(), num(), vec(arb_beat(), 0..6), num())
+        .prop_map(
+            |(from_store, to_store, responses, epoch)| StoreHeartbeatResponse {
+                from_store,
+                to_store,
+                responses,
+                epoch,
+            },
+        )
         .boxed()
 }
 

@@ -54,8 +54,11 @@ fn all_counters(cluster: &Cluster) -> Vec<Counters> {
 #[test]
 fn idle_heartbeats_are_coalesced_per_store_pair() {
     let dir = tempfile::tempdir().unwrap();
+    // Awake regions are what is coalesced: hibernation would put these
+    // idle ones to sleep (see tests/hibernation.rs).
     let cfg = Config {
         base_tick_ms: TICK_MS,
+        hibernate_regions: false,
         ..Config::default()
     };
     let cluster = Cluster::bootstrap(dir.path(), 3, REGIONS, cfg.clone(), &logger()).unwrap();

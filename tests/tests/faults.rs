@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use flotilla_engine::WriteOrigin;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
-use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Error};
-use flotilla_tests::harness::{
-    FAST_TICK_MS, eventually, fast_config, is_unknown_outcome, logger, wait_leader,
-};
-use flotilla_tests::linearizability::{History, check};
+use flotilla_raftstore::store::{ClientConfig, Cluster, Error};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::linearizability::History;
 use flotilla_tests::requests::{command, propose_to, put};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use flotilla_tests::workload::{
+    Workload, check_history, history_client, history_seed, spawn_history_clients,
+};
 
 fn cluster(dir: &tempfile::TempDir, regions: u64) -> Cluster {
     Cluster::bootstrap(dir.path(), 3, regions, fast_config(FAST_TICK_MS), &logger())
@@ -151,103 +150,31 @@ fn bad_requests_get_typed_errors() {
     cluster.shutdown();
 }
 
-/// Clients of the concurrent-history tests.
-const CLIENTS: usize = 4;
-/// Keys they share.
-const KEYS: u64 = 3;
-/// Operations each client runs at most.
-const OPS_PER_CLIENT: usize = 60;
-
-/// The history tests' seed (`SIM_SEED` replays one).
-fn history_seed() -> u64 {
-    std::env::var("SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7)
-}
-
-/// Starts `CLIENTS` threads doing seeded random puts and gets on `KEYS`
-/// keys through `client`, `pause` apart, recording every operation in
-/// `history`: a write whose outcome is unknown stays pending, a definite
-/// error fails it.
-fn spawn_history_clients(
-    client: &Arc<Client>,
-    history: &Arc<History<u64, u64>>,
-    seed: u64,
-    pause: Duration,
-) -> Vec<thread::JoinHandle<()>> {
-    (0..CLIENTS)
-        .map(|c| {
-            let (history, client) = (history.clone(), client.clone());
-            thread::spawn(move || {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ c as u64);
-                for n in 0..OPS_PER_CLIENT {
-                    thread::sleep(pause);
-                    let key = rng.random_range(0..KEYS);
-                    let kb = key.to_be_bytes();
-                    if rng.random_bool(0.5) {
-                        let value = (c * OPS_PER_CLIENT + n) as u64 + 1;
-                        let id = history.invoke_write(c, key, value);
-                        match client.put(&kb, &value.to_be_bytes()) {
-                            Ok(()) => history.complete_write(id),
-                            Err(e) if is_unknown_outcome(&e) => {} // stays pending
-                            Err(_) => history.fail(id),
-                        }
-                    } else {
-                        let id = history.invoke_read(c, key);
-                        match client.get(&kb) {
-                            Ok(v) => history.complete_read(
-                                id,
-                                v.map(|b| u64::from_be_bytes(b.try_into().expect("8-byte value"))),
-                            ),
-                            Err(_) => history.fail(id),
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
-/// Joins the clients and checks the history is linearizable per key.
-fn check_history(workers: Vec<thread::JoinHandle<()>>, history: &History<u64, u64>, seed: u64) {
-    for w in workers {
-        w.join().unwrap();
-    }
-    let ops = history.operations();
-    assert!(
-        ops.len() > CLIENTS * 10,
-        "too few operations completed: {}",
-        ops.len()
-    );
-    if let Err(v) = check(&ops) {
-        panic!("history not linearizable (seed {seed}): {v}");
+/// The concurrent-history tests' workload, `pause` between operations.
+fn workload(pause: Duration) -> Workload {
+    Workload {
+        clients: 4,
+        keys: 3,
+        ops_per_client: 60,
+        pause,
+        seed: history_seed(7),
     }
 }
 
-fn history_client(cluster: &Cluster) -> Arc<Client> {
-    Arc::new(Client::new(
-        cluster.stores(),
-        cluster.regions(),
-        ClientConfig {
-            request_timeout: Duration::from_millis(500),
-            max_attempts: 10,
-            ..Default::default()
-        },
-    ))
-}
+/// Operations a history test must complete at least.
+const MIN_OPS: usize = 40;
 
 /// Several clients do random puts and gets on a few keys while the leader
 /// is partitioned away and later restarted; the recorded history must be
 /// linearizable per key.
 #[test]
 fn concurrent_history_is_linearizable_under_faults() {
-    let seed = history_seed();
+    let w = workload(Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir, 1);
     let leader = wait_leader(&cluster, 1).expect("leader");
     let history: Arc<History<u64, u64>> = Arc::new(History::new());
-    let workers = spawn_history_clients(&history_client(&cluster), &history, seed, Duration::ZERO);
+    let workers = spawn_history_clients(&history_client(&cluster), &history, w);
     thread::sleep(Duration::from_millis(300));
     cluster.transport().isolate(leader);
     thread::sleep(Duration::from_millis(600));
@@ -256,7 +183,7 @@ fn concurrent_history_is_linearizable_under_faults() {
     cluster.stop_store(second);
     thread::sleep(Duration::from_millis(400));
     cluster.start_store(second).unwrap();
-    check_history(workers, &history, seed);
+    check_history(workers, &history, w.seed, MIN_OPS);
     cluster.shutdown();
 }
 
@@ -267,14 +194,14 @@ fn concurrent_history_is_linearizable_under_faults() {
 /// may appear: the history must be linearizable per key.
 #[test]
 fn concurrent_history_is_linearizable_through_fatal_stops() {
-    let seed = history_seed();
+    let w = workload(Duration::from_millis(15));
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(&dir, 1);
     wait_leader(&cluster, 1).expect("leader");
     let history: Arc<History<u64, u64>> = Arc::new(History::new());
     let client = history_client(&cluster);
     // Paced, so the history spans both faults and restarts.
-    let workers = spawn_history_clients(&client, &history, seed, Duration::from_millis(15));
+    let workers = spawn_history_clients(&client, &history, w);
     for origin in [WriteOrigin::RaftLog, WriteOrigin::Apply] {
         thread::sleep(Duration::from_millis(200));
         let leader = wait_leader(&cluster, 1).expect("leader");
@@ -296,6 +223,6 @@ fn concurrent_history_is_linearizable_through_fatal_stops() {
         cluster.stop_store(leader);
         cluster.start_store(leader).unwrap();
     }
-    check_history(workers, &history, seed);
+    check_history(workers, &history, w.seed, MIN_OPS);
     cluster.shutdown();
 }

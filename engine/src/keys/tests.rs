@@ -34,6 +34,7 @@ fn layout_matches_design_table() {
 #[test]
 fn every_key_kind_round_trips() {
     assert_eq!(decode(STORE_IDENT_KEY), Ok(Key::StoreIdent));
+    assert_eq!(decode(STORE_LIVENESS_KEY), Ok(Key::StoreLiveness));
     assert_eq!(
         decode(&raft_log_key(9, 77)),
         Ok(Key::RaftLog {

@@ -318,6 +318,17 @@ impl<S: Storage> RawNode<S> {
 
     /// True if there is anything for the application to do.
     pub fn has_ready(&self) -> bool {
+        !self.raft.msgs().is_empty()
+            || !self.raft.msgs_after_persist().is_empty()
+            || self.has_pending_state()
+    }
+
+    /// Whether a Ready would carry more than messages: state or entries to
+    /// persist, entries to apply, confirmed reads, a broadcast to make. (A
+    /// group with only messages pending is idle once they are sent: the
+    /// messages waiting for persistence then wait for nothing, as the log
+    /// and hard state are persisted. Hibernation asks this.)
+    pub fn has_pending_state(&self) -> bool {
         let r = &self.raft;
         let log = r.raft_log();
         r.soft_state() != self.prev_ss
@@ -325,9 +336,7 @@ impl<S: Storage> RawNode<S> {
             || (log.unstable.snapshot.is_some() && !log.unstable.snapshot_handed)
             || !log.unstable.unhanded_entries().is_empty()
             || log.has_next_entries()
-            || !r.msgs().is_empty()
             || r.has_pending_broadcast()
-            || !r.msgs_after_persist().is_empty()
             || !r.read_states().is_empty()
     }
 

@@ -43,6 +43,8 @@ pub const MAX_BASE_TICK_MS: u64 = 60_000;
 pub const MAX_ELECTION_TICKS: usize = 100_000;
 /// Most threads in one poller pool.
 pub const MAX_POOL_SIZE: usize = 256;
+/// Default idle ticks before a leader tries to hibernate its region.
+pub const DEFAULT_HIBERNATE_IDLE_TICKS: usize = DEFAULT_ELECTION_TICKS;
 /// Default clock-drift margin taken off a leader lease (ms).
 pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 
@@ -103,6 +105,12 @@ pub struct Config {
     /// move the commit index are never synced (the commit index is
     /// recovered from the applied index and the leader on restart).
     pub sync_log: bool,
+    /// Let idle regions hibernate: no ticks, no messages until something
+    /// wakes them (DESIGN §5).
+    pub hibernate_regions: bool,
+    /// Ticks a leader waits after its last command before it tries to
+    /// hibernate its region (it tries again every this many ticks).
+    pub hibernate_idle_ticks: usize,
 }
 
 impl Default for Config {
@@ -127,6 +135,8 @@ impl Default for Config {
             max_apply_bytes_per_ready: DEFAULT_MAX_APPLY_BYTES_PER_READY,
             messages_per_round: DEFAULT_MESSAGES_PER_TICK,
             sync_log: true,
+            hibernate_regions: true,
+            hibernate_idle_ticks: DEFAULT_HIBERNATE_IDLE_TICKS,
         }
     }
 }
@@ -168,6 +178,9 @@ impl Config {
         if self.max_key_size == 0 || self.max_scan_limit == 0 || self.max_apply_bytes_per_ready == 0
         {
             return bad("max_key_size, max_scan_limit and max_apply_bytes_per_ready must be > 0");
+        }
+        if self.hibernate_idle_ticks == 0 {
+            return bad("hibernate_idle_ticks must be > 0");
         }
         if self.lease_read && self.lease_duration().is_none() {
             return bad(
@@ -214,6 +227,14 @@ impl Config {
             max_key_size: self.max_key_size,
             max_scan_limit: self.max_scan_limit,
         }
+    }
+
+    /// How long store liveness keeps supporting a remote store after it
+    /// last heard it: one election timeout. Hibernating regions whose
+    /// leader's store stays silent that long wake and elect a new leader.
+    pub fn support_duration(&self) -> std::time::Duration {
+        self.base_tick()
+            .saturating_mul(u32::try_from(self.election_ticks).unwrap_or(u32::MAX))
     }
 
     /// The base tick as a duration.

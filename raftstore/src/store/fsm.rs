@@ -2,6 +2,7 @@
 //! [`StoreFsm`] control FSM, and [`RaftPoller`], whose round ends in one
 //! write and one sync for every peer it handled.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -16,6 +17,8 @@ use super::config::Config;
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::heartbeat::{Coalescer, is_coalesced};
+use super::hibernation::{Hibernation, SleepMsg};
+pub use super::hibernation::{WAKE_REASONS, WakeReason};
 use super::msg::{ApplyMsg, PeerMsg, StoreMsg};
 use super::peer::{Peer, WriteNeed};
 use super::transport::Transport;
@@ -63,7 +66,15 @@ pub struct StoreFsm {
     /// Ticks delivered so far (heartbeats are flushed every
     /// `heartbeat_ticks` of them).
     ticks: u64,
+    /// The awake regions of this tick (kept to reuse its allocation).
+    tick_buf: Vec<u64>,
+    /// Wakes from store liveness not delivered yet (at most
+    /// [`WAKES_PER_ROUND`] go per round, so no round stalls).
+    pending_wakes: VecDeque<(u64, SleepMsg)>,
 }
+
+/// Liveness wakes the store FSM delivers per round at most.
+pub const WAKES_PER_ROUND: usize = 4096;
 
 impl Fsm for StoreFsm {
     type Message = StoreMsg;
@@ -96,8 +107,11 @@ pub struct StoreMetrics {
     /// Heartbeats and heartbeat responses the peers sent (each went into a
     /// coalesced batch, none on the wire alone).
     pub heartbeats_sent: AtomicU64,
-    /// Coalesced heartbeat batches sent (wire messages).
+    /// Coalesced heartbeat batches sent (wire messages), the bare
+    /// liveness beats included.
     pub heartbeat_batches_sent: AtomicU64,
+    /// Of those, the batches that carried at least one region's beat.
+    pub beat_batches_sent: AtomicU64,
     /// Times the heartbeat buffers were flushed (once per heartbeat
     /// interval, plus urgent flushes).
     pub heartbeat_flushes: AtomicU64,
@@ -120,9 +134,39 @@ pub struct StoreMetrics {
     /// Store ticks dropped because they came less than the minimum tick
     /// spacing after the last one (they had queued behind a slow poller).
     pub ticks_dropped: AtomicU64,
+    /// Ticks delivered to peers (only awake peers get them).
+    pub peer_ticks: AtomicU64,
+    /// Peers of this store that are awake now (they tick).
+    pub awake_peers: AtomicI64,
+    /// Peers of this store that are hibernating now (no ticks, no messages).
+    pub hibernated_peers: AtomicI64,
+    /// Times a peer of this store went to sleep.
+    pub hibernations: AtomicU64,
+    /// Times a peer of this store woke, by [`WakeReason`] value.
+    pub wakes_by_reason: [AtomicU64; WAKE_REASONS],
+    /// Store-liveness beats sent (one per remote store per heartbeat
+    /// interval, riding on a beats batch when one goes to that store).
+    pub liveness_beats_sent: AtomicU64,
+    /// Of those, the ones that went alone (no beats batch to carry them).
+    pub liveness_messages_sent: AtomicU64,
+    /// Heartbeat batches dropped whole because they came from an older
+    /// life (liveness epoch) of their store than one already heard.
+    pub stale_batches_dropped: AtomicU64,
+    /// Store-liveness beats received.
+    pub liveness_beats_received: AtomicU64,
+    /// Times this store withdrew its support from a remote store (it went
+    /// silent for the support duration, or restarted).
+    pub support_withdrawals: AtomicU64,
 }
 
 impl StoreMetrics {
+    /// Wakes for `reason` so far.
+    pub fn wakes(&self, reason: WakeReason) -> u64 {
+        self.wakes_by_reason
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// Raft messages of type `t` the peers sent.
     pub fn sent_of_type(&self, t: MessageType) -> u64 {
         self.raft_messages_by_type
@@ -149,6 +193,9 @@ pub struct RaftPoller<T: Transport> {
     transport: T,
     wb: Option<WriteBatch>,
     coalescer: Arc<Coalescer>,
+    hib: Arc<Hibernation>,
+    /// The remote stores that get a liveness beat every heartbeat flush.
+    liveness_to: Arc<[u64]>,
     /// A beat with a ReadIndex context was coalesced this round.
     urgent_beats: bool,
     /// The strongest durability a Ready of this round needs.
@@ -177,8 +224,10 @@ impl<T: Transport> RaftPoller<T> {
         metrics: Arc<StoreMetrics>,
         status: Arc<StoreStatus>,
         coalescer: Arc<Coalescer>,
+        hib: Arc<Hibernation>,
         logger: Logger,
     ) -> Self {
+        let liveness_to = hib.remotes().into();
         RaftPoller {
             cfg,
             engine,
@@ -187,6 +236,8 @@ impl<T: Transport> RaftPoller<T> {
             transport,
             wb: None,
             coalescer,
+            hib,
+            liveness_to,
             urgent_beats: false,
             need: WriteNeed::Nothing,
             round_start: None,
@@ -292,15 +343,30 @@ impl<'a, T: Transport> Outbox<'a, T> {
 }
 
 /// Sends every coalesced heartbeat batch of `coalescer` through
-/// `transport` and flushes it.
+/// `transport`, with a liveness beat to each of `liveness_to`, and flushes
+/// it.
 fn flush_heartbeats<T: Transport>(
     transport: &mut T,
     coalescer: &Coalescer,
     metrics: &StoreMetrics,
     logger: &Logger,
+    liveness_to: &[u64],
 ) {
-    let batches = coalescer.drain();
+    let batches = coalescer.drain(liveness_to);
     let n = batches.len() as u64;
+    let alone = batches
+        .iter()
+        .filter(|b| b.heartbeats.as_ref().is_some_and(|h| h.beats.is_empty()))
+        .count() as u64;
+    metrics
+        .liveness_beats_sent
+        .fetch_add(liveness_to.len() as u64, Ordering::Relaxed);
+    metrics
+        .liveness_messages_sent
+        .fetch_add(alone, Ordering::Relaxed);
+    metrics
+        .beat_batches_sent
+        .fetch_add(n - alone, Ordering::Relaxed);
     for batch in batches {
         if let Err(e) = transport.send(batch) {
             slog::debug!(logger, "heartbeat batch not sent"; "err" => %e);
@@ -330,22 +396,13 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     let now = std::time::Instant::now();
                     if store.next_tick_at.is_none_or(|t| now >= t) {
                         store.next_tick_at = Some(now + self.cfg.min_tick_spacing());
-                        self.router.broadcast_normal(|| PeerMsg::Tick);
-                        store.ticks += 1;
-                        if store.ticks.is_multiple_of(self.cfg.heartbeat_ticks as u64) {
-                            // Once per heartbeat interval: the beats the
-                            // peers made since the last flush.
-                            flush_heartbeats(
-                                &mut self.transport,
-                                &self.coalescer,
-                                &self.metrics,
-                                &self.logger,
-                            );
-                        }
+                        self.on_store_tick(store, now);
                     } else {
                         self.metrics.ticks_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                StoreMsg::WakeRegions(wakes) => store.pending_wakes.extend(wakes),
+                StoreMsg::ContinueWakes => {}
                 StoreMsg::RaftMessage(m) => {
                     // Creating peers from messages (after split or conf
                     // change) is not supported yet.
@@ -356,6 +413,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 }
             }
         }
+        self.deliver_wakes(store);
         HandleResult::stop_at(0, true)
     }
 
@@ -364,6 +422,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             fsm.stopped = true;
             return HandleResult::stop_at(0, false);
         }
+        let was_asleep = fsm.peer.is_asleep();
         let mut handled = 0;
         let mut drained = false;
         while handled < self.cfg.messages_per_round {
@@ -372,15 +431,34 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 break;
             };
             handled += 1;
-            match msg {
-                PeerMsg::RaftMessage(m) => fsm.peer.on_raft_message(*m),
+            let hib = &*self.hib;
+            let woke = match msg {
+                PeerMsg::RaftMessage(m) => fsm.peer.step_raft_message(*m, hib),
                 PeerMsg::RaftCommand(c) => {
                     let c = *c;
-                    fsm.peer.on_command(&self.cfg, c.request, c.callback)
+                    // Only a leader serves commands: a sleeping follower
+                    // answers NotLeader (naming the leader it sleeps
+                    // under) without waking.
+                    let woke = (fsm.peer.is_leader() && fsm.peer.wake(WakeReason::Command, hib))
+                        .then_some(WakeReason::Command);
+                    fsm.peer.on_command(&self.cfg, c.request, c.callback);
+                    woke
                 }
-                PeerMsg::Tick => fsm.peer.tick(),
-                PeerMsg::ApplyRes(res) => fsm.peer.on_apply_res(res),
-                PeerMsg::Wake => {}
+                PeerMsg::Tick => {
+                    fsm.peer.tick(&self.cfg, hib);
+                    None
+                }
+                PeerMsg::ApplyRes(res) => {
+                    fsm.peer.on_apply_res(res);
+                    None
+                }
+                PeerMsg::Wake => None,
+                PeerMsg::Sleep(m) => fsm.peer.on_sleep_msg(m, hib),
+            };
+            if let Some(reason) = woke
+                && let Some(c) = self.metrics.wakes_by_reason.get(reason as usize)
+            {
+                c.fetch_add(1, Ordering::Relaxed);
             }
         }
         let mut wb = self.wb.take().unwrap_or_else(|| {
@@ -393,6 +471,15 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             .peer
             .collect_ready(&mut wb, &mut |p, m| outbox.send(p, m));
         self.wb = Some(wb);
+        // After the raft messages of the round: a follower must see the
+        // leader's last heartbeat before the request to sleep, or the
+        // heartbeat would wake it again.
+        for b in fsm.peer.take_sleep_beats() {
+            self.coalescer.push_beat(b.to_store, b.beat, b.response);
+        }
+        if fsm.peer.is_asleep() && !was_asleep {
+            self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
+        }
         let metrics = &*self.metrics;
         match collected {
             Ok((role, need)) => {
@@ -511,7 +598,62 @@ impl<T: Transport> RaftPoller<T> {
                 &self.coalescer,
                 &self.metrics,
                 &self.logger,
+                &[],
             );
+        }
+    }
+
+    /// One store tick: ticks the awake peers only, withdraws support from
+    /// silent stores (waking the regions asleep under them), and once per
+    /// heartbeat interval flushes the coalesced beats with the liveness
+    /// beats.
+    fn on_store_tick(&mut self, store: &mut StoreFsm, now: std::time::Instant) {
+        self.hib.awake_regions(&mut store.tick_buf);
+        for &region in &store.tick_buf {
+            let _ = self.router.force_send(region, PeerMsg::Tick);
+        }
+        self.metrics
+            .peer_ticks
+            .fetch_add(store.tick_buf.len() as u64, Ordering::Relaxed);
+        store.ticks += 1;
+        let (withdrawn, woken) = self.hib.expire(now);
+        if !withdrawn.is_empty() {
+            slog::info!(self.logger, "store liveness withdrew support";
+                "stores" => ?withdrawn, "regions_woken" => woken.len());
+            self.metrics
+                .support_withdrawals
+                .fetch_add(withdrawn.len() as u64, Ordering::Relaxed);
+        }
+        store.pending_wakes.extend(woken);
+        let (awake, asleep) = self.hib.counts();
+        self.metrics
+            .awake_peers
+            .store(i64::try_from(awake).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.metrics
+            .hibernated_peers
+            .store(i64::try_from(asleep).unwrap_or(i64::MAX), Ordering::Relaxed);
+        if store.ticks.is_multiple_of(self.cfg.heartbeat_ticks as u64) {
+            // Once per heartbeat interval: the beats the peers made since
+            // the last flush, and the liveness beats.
+            flush_heartbeats(
+                &mut self.transport,
+                &self.coalescer,
+                &self.metrics,
+                &self.logger,
+                &self.liveness_to,
+            );
+        }
+    }
+
+    /// Delivers up to [`WAKES_PER_ROUND`] liveness wakes; asks for another
+    /// round if more are left.
+    fn deliver_wakes(&mut self, store: &mut StoreFsm) {
+        let n = store.pending_wakes.len().min(WAKES_PER_ROUND);
+        for (region, msg) in store.pending_wakes.drain(..n) {
+            let _ = self.router.force_send(region, PeerMsg::Sleep(msg));
+        }
+        if !store.pending_wakes.is_empty() {
+            let _ = self.router.force_send_control(StoreMsg::ContinueWakes);
         }
     }
 }

@@ -14,12 +14,22 @@
 //! touches another region's state, and the response runs the leader's
 //! usual logic. Commit also travels on appends, so beats are never the
 //! only commit channel.
+//!
+//! Every batch carries the sender's liveness epoch, and every flush of the
+//! heartbeat interval sends a beats batch to every remote store, empty if
+//! no region beats: the batches are the store-liveness heartbeats too
+//! (`liveness`), so two stores whose regions all sleep still hear each
+//! other with one message per interval. Hibernation beats (a leader's
+//! request to sleep, a follower's request to wake its leader) ride in the
+//! same batches (`hibernation`).
 
 use flotilla_proto::eraftpb::{Message, MessageType};
 use flotilla_proto::metapb::Peer;
 use flotilla_proto::raft_serverpb::{Beat, RaftMessage, StoreHeartbeat, StoreHeartbeatResponse};
 use fxhash::FxHashMap;
 use parking_lot::Mutex;
+
+use super::hibernation::SleepMsg;
 
 /// Whether a raft message of this type is coalesced.
 pub fn is_coalesced(t: MessageType) -> bool {
@@ -40,15 +50,30 @@ struct Pending {
 #[derive(Debug)]
 pub struct Coalescer {
     store_id: u64,
+    /// The store's liveness epoch, stamped on every batch.
+    epoch: u64,
     pending: Mutex<FxHashMap<u64, Pending>>,
 }
 
 impl Coalescer {
-    /// The coalescer of store `store_id`.
-    pub fn new(store_id: u64) -> Coalescer {
+    /// The coalescer of store `store_id` in its life `epoch`.
+    pub fn new(store_id: u64, epoch: u64) -> Coalescer {
         Coalescer {
             store_id,
+            epoch,
             pending: Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    /// Files a hibernation beat for store `to_store`: a response (the
+    /// follower side) or a beat (the leader side).
+    pub fn push_beat(&self, to_store: u64, beat: Beat, response: bool) {
+        let mut pending = self.pending.lock();
+        let slot = pending.entry(to_store).or_default();
+        if response {
+            slot.responses.push(beat);
+        } else {
+            slot.beats.push(beat);
         }
     }
 
@@ -64,6 +89,7 @@ impl Coalescer {
             commit: m.commit,
             context: m.context.clone(),
             quiesce: false,
+            wake: false,
         };
         let urgent = !beat.context.is_empty();
         let mut pending = self.pending.lock();
@@ -77,23 +103,30 @@ impl Coalescer {
     }
 
     /// Takes every buffered beat: one batch message per destination store
-    /// and kind, beats and responses never mixed. The buffers are swapped
-    /// out under the lock and the batches built outside it.
-    pub fn drain(&self) -> Vec<RaftMessage> {
-        let pending = std::mem::take(&mut *self.pending.lock());
+    /// and kind, beats and responses never mixed, plus an empty beats batch
+    /// for each store of `liveness_to` no beat goes to (the store-liveness
+    /// heartbeat). The buffers are swapped out under the lock and the
+    /// batches built outside it.
+    pub fn drain(&self, liveness_to: &[u64]) -> Vec<RaftMessage> {
+        let mut pending = std::mem::take(&mut *self.pending.lock());
+        for &store in liveness_to {
+            pending.entry(store).or_default();
+        }
         let mut out = Vec::with_capacity(pending.len() * 2);
         for (to_store, p) in pending {
+            let liveness = liveness_to.contains(&to_store);
             let envelope = || RaftMessage {
                 from_peer: Some(store_peer(self.store_id)),
                 to_peer: Some(store_peer(to_store)),
                 ..Default::default()
             };
-            if !p.beats.is_empty() {
+            if !p.beats.is_empty() || liveness {
                 out.push(RaftMessage {
                     heartbeats: Some(StoreHeartbeat {
                         from_store: self.store_id,
                         to_store,
                         beats: p.beats,
+                        epoch: self.epoch,
                     }),
                     ..envelope()
                 });
@@ -104,6 +137,7 @@ impl Coalescer {
                         from_store: self.store_id,
                         to_store,
                         responses: p.responses,
+                        epoch: self.epoch,
                     }),
                     ..envelope()
                 });
@@ -132,14 +166,33 @@ fn store_peer(store_id: u64) -> Peer {
     }
 }
 
-/// Whether `msg` is a coalesced batch.
-pub fn is_batch(msg: &RaftMessage) -> bool {
-    msg.heartbeats.is_some() || msg.heartbeat_responses.is_some()
+/// The sender's store and liveness epoch of a batch (`None` for a message
+/// that is not one).
+pub fn batch_sender(msg: &RaftMessage) -> Option<(u64, u64)> {
+    match (&msg.heartbeats, &msg.heartbeat_responses) {
+        (Some(b), _) => Some((b.from_store, b.epoch)),
+        (None, Some(r)) => Some((r.from_store, r.epoch)),
+        (None, None) => None,
+    }
 }
 
-/// The per-region raft messages of a coalesced batch, in batch order. A
-/// message that is not a batch comes back alone.
-pub fn fan_out(msg: RaftMessage) -> Vec<RaftMessage> {
+/// One region's part of a coalesced batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fanned {
+    /// A raft heartbeat or heartbeat response.
+    Raft(Box<RaftMessage>),
+    /// A hibernation message for the peer of `region_id`.
+    Sleep {
+        /// The region.
+        region_id: u64,
+        /// The message.
+        msg: SleepMsg,
+    },
+}
+
+/// The per-region messages of a coalesced batch, in batch order. A message
+/// that is not a batch comes back alone.
+pub fn fan_out(msg: RaftMessage) -> Vec<Fanned> {
     let (from_store, to_store, beats, t) = match (msg.heartbeats, msg.heartbeat_responses) {
         (Some(b), None) => (b.from_store, b.to_store, b.beats, MessageType::MsgHeartbeat),
         (None, Some(r)) => (
@@ -149,41 +202,65 @@ pub fn fan_out(msg: RaftMessage) -> Vec<RaftMessage> {
             MessageType::MsgHeartbeatResponse,
         ),
         (None, None) => {
-            return vec![RaftMessage {
+            return vec![Fanned::Raft(Box::new(RaftMessage {
                 heartbeats: None,
                 heartbeat_responses: None,
                 ..msg
-            }];
+            }))];
         }
         // Never sent; refuse it whole rather than guess.
         (Some(_), Some(_)) => return Vec::new(),
     };
     beats
         .into_iter()
-        .map(|b| RaftMessage {
-            region_id: b.region_id,
-            from_peer: Some(Peer {
-                id: b.from_peer,
-                store_id: from_store,
-                ..Default::default()
-            }),
-            to_peer: Some(Peer {
-                id: b.to_peer,
-                store_id: to_store,
-                ..Default::default()
-            }),
-            message: Some(Message {
-                msg_type: t as i32,
-                from: b.from_peer,
-                to: b.to_peer,
-                term: b.term,
-                commit: b.commit,
-                context: b.context,
-                ..Default::default()
-            }),
-            ..Default::default()
+        .map(|b| {
+            if t == MessageType::MsgHeartbeat && b.quiesce {
+                return Fanned::Sleep {
+                    region_id: b.region_id,
+                    msg: SleepMsg::Request {
+                        from: b.from_peer,
+                        from_store,
+                        term: b.term,
+                        commit: b.commit,
+                    },
+                };
+            }
+            if t == MessageType::MsgHeartbeatResponse && b.wake {
+                return Fanned::Sleep {
+                    region_id: b.region_id,
+                    msg: SleepMsg::WakeLeader { from: b.from_peer },
+                };
+            }
+            Fanned::Raft(Box::new(raft_beat(from_store, to_store, b, t)))
         })
         .collect()
+}
+
+/// The raft message a beat stands for.
+fn raft_beat(from_store: u64, to_store: u64, b: Beat, t: MessageType) -> RaftMessage {
+    RaftMessage {
+        region_id: b.region_id,
+        from_peer: Some(Peer {
+            id: b.from_peer,
+            store_id: from_store,
+            ..Default::default()
+        }),
+        to_peer: Some(Peer {
+            id: b.to_peer,
+            store_id: to_store,
+            ..Default::default()
+        }),
+        message: Some(Message {
+            msg_type: t as i32,
+            from: b.from_peer,
+            to: b.to_peer,
+            term: b.term,
+            commit: b.commit,
+            context: b.context,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -207,7 +284,7 @@ mod tests {
     /// back each region's own message, term, commit and context.
     #[test]
     fn coalesce_and_fan_out_round_trip() {
-        let c = Coalescer::new(1);
+        let c = Coalescer::new(1, 5);
         let mut sent = Vec::new();
         for region in 1..=50u64 {
             for to_store in [2u64, 3] {
@@ -227,15 +304,19 @@ mod tests {
         let r = hb(MessageType::MsgHeartbeatResponse, 65, 66, 1, 0, b"");
         c.push(1, 2, &r);
         assert_eq!(c.pending_beats(), 101);
-        let batches = c.drain();
+        let batches = c.drain(&[]);
         assert_eq!(c.pending_beats(), 0);
         assert_eq!(batches.len(), 3, "beats to 2 and 3, responses to 2");
         let mut got = Vec::new();
         for b in batches {
-            assert!(is_batch(&b));
+            assert!(batch_sender(&b).is_some());
             assert!(!(b.heartbeats.is_some() && b.heartbeat_responses.is_some()));
             assert_eq!(b.region_id, 0);
+            assert_eq!(batch_sender(&b), Some((1, 5)));
             for m in fan_out(b) {
+                let Fanned::Raft(m) = m else {
+                    panic!("no hibernation beat was sent: {m:?}")
+                };
                 let to_store = m.to_peer.unwrap().store_id;
                 got.push((m.region_id, to_store, m.message.unwrap()));
             }
@@ -264,6 +345,50 @@ mod tests {
             region_id: 4,
             ..Default::default()
         };
-        assert_eq!(fan_out(plain.clone()), vec![plain]);
+        assert_eq!(fan_out(plain.clone()), vec![Fanned::Raft(Box::new(plain))]);
+    }
+
+    /// Every flush sends a beats batch to each liveness store, empty if no
+    /// region beats there; hibernation beats come back as sleep messages.
+    #[test]
+    fn liveness_batches_and_sleep_beats() {
+        let c = Coalescer::new(1, 9);
+        let beat = |quiesce, wake| Beat {
+            region_id: 4,
+            from_peer: 10,
+            to_peer: 20,
+            term: 3,
+            commit: 7,
+            quiesce,
+            wake,
+            ..Default::default()
+        };
+        c.push_beat(2, beat(true, false), false);
+        c.push_beat(2, beat(false, true), true);
+        let mut batches = c.drain(&[2, 3]);
+        batches.sort_by_key(|b| (b.to_peer.unwrap().store_id, b.heartbeats.is_none()));
+        assert_eq!(batches.len(), 3, "beats + responses to 2, liveness to 3");
+        let empty = batches[2].heartbeats.as_ref().unwrap();
+        assert!(empty.beats.is_empty());
+        assert_eq!((empty.to_store, empty.epoch), (3, 9));
+        let fanned: Vec<Fanned> = batches.into_iter().flat_map(fan_out).collect();
+        assert_eq!(
+            fanned,
+            vec![
+                Fanned::Sleep {
+                    region_id: 4,
+                    msg: SleepMsg::Request {
+                        from: 10,
+                        from_store: 1,
+                        term: 3,
+                        commit: 7
+                    }
+                },
+                Fanned::Sleep {
+                    region_id: 4,
+                    msg: SleepMsg::WakeLeader { from: 10 }
+                },
+            ]
+        );
     }
 }

@@ -9,6 +9,7 @@ use flotilla_proto::raft_cmdpb::RaftCmdResponse;
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage};
 
 use super::error::Error;
+use super::hibernation::SleepMsg;
 use super::util::err_response;
 
 /// Called exactly once with a command's response (or its error in the
@@ -117,6 +118,9 @@ pub enum PeerMsg {
     ApplyRes(ApplyRes),
     /// Nothing: makes the poller handle the peer again (it has more ready).
     Wake,
+    /// A hibernation message (a leader's request to sleep, a follower's
+    /// request to wake, a liveness event).
+    Sleep(SleepMsg),
 }
 
 /// A message to the store (control) FSM.
@@ -126,6 +130,11 @@ pub enum StoreMsg {
     Tick,
     /// A raft message for a region this store has no peer of.
     RaftMessage(Box<RaftMessage>),
+    /// Liveness woke these regions: deliver each its message, in bounded
+    /// chunks per round.
+    WakeRegions(Vec<(u64, SleepMsg)>),
+    /// Go on delivering the wakes left from the last round.
+    ContinueWakes,
 }
 
 /// A proposal waiting for its entry to apply.

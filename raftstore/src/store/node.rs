@@ -20,7 +20,9 @@ use super::config::Config;
 use super::error::{Error, Result};
 use super::fatal::{FatalHook, StoreStatus};
 use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics};
-use super::heartbeat::{self, Coalescer};
+use super::heartbeat::{self, Coalescer, Fanned};
+use super::hibernation::Hibernation;
+use super::liveness::{self, Heard};
 use super::msg::{Callback, PeerMsg, RaftCommand, Responder, StoreMsg};
 use super::peer::Peer;
 use super::transport::{MessageSink, Transport};
@@ -37,6 +39,7 @@ pub struct StoreHandle {
     router: RaftRouter,
     status: Arc<StoreStatus>,
     metrics: Arc<StoreMetrics>,
+    hib: Arc<Hibernation>,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -105,27 +108,71 @@ impl StoreHandle {
 
 impl MessageSink for StoreHandle {
     fn deliver(&self, msg: RaftMessage) {
-        if heartbeat::is_batch(&msg) {
-            self.metrics
-                .heartbeat_batches_received
-                .fetch_add(1, Ordering::Relaxed);
-            for m in heartbeat::fan_out(msg) {
-                self.deliver_one(m);
+        let Some((from_store, epoch)) = heartbeat::batch_sender(&msg) else {
+            self.deliver_one(Box::new(msg));
+            return;
+        };
+        self.metrics
+            .heartbeat_batches_received
+            .fetch_add(1, Ordering::Relaxed);
+        if epoch != 0 && !self.heard(from_store, epoch) {
+            return;
+        }
+        for m in heartbeat::fan_out(msg) {
+            match m {
+                Fanned::Raft(m) => self.deliver_one(m),
+                Fanned::Sleep { region_id, msg } => {
+                    let r = self.router.try_send_within(
+                        region_id,
+                        PeerMsg::Sleep(msg),
+                        self.raft_message_capacity,
+                    );
+                    if let TrySend::Rejected(e) = r {
+                        self.count_dropped(region_id, &e);
+                    }
+                }
             }
-        } else {
-            self.deliver_one(msg);
         }
     }
 }
 
 impl StoreHandle {
-    fn deliver_one(&self, msg: RaftMessage) {
+    /// Store liveness heard `from_store` in its life `epoch`. Returns false
+    /// for a batch of a past life (dropped whole: a late message of a
+    /// withdrawn epoch must not put a region back to sleep).
+    fn heard(&self, from_store: u64, epoch: u64) -> bool {
+        self.metrics
+            .liveness_beats_received
+            .fetch_add(1, Ordering::Relaxed);
+        let (heard, woken) = self.hib.heard(from_store, epoch, std::time::Instant::now());
+        match heard {
+            Heard::Stale => {
+                self.metrics
+                    .stale_batches_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            Heard::Restarted => {
+                slog::info!(self.logger, "store restarted"; "store" => from_store, "epoch" => epoch);
+                self.metrics
+                    .support_withdrawals
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Heard::Started | Heard::Continued => {}
+        }
+        if !woken.is_empty() {
+            let _ = self.router.force_send_control(StoreMsg::WakeRegions(woken));
+        }
+        true
+    }
+
+    fn deliver_one(&self, msg: Box<RaftMessage>) {
         let region_id = msg.region_id;
         // Raft messages have a budget of their own past the capacity that
         // bounds client commands, so clients cannot starve a group.
         match self.router.try_send_within(
             region_id,
-            PeerMsg::RaftMessage(Box::new(msg)),
+            PeerMsg::RaftMessage(msg),
             self.raft_message_capacity,
         ) {
             TrySend::Sent => {}
@@ -150,6 +197,7 @@ pub struct Store {
     regions: Vec<Region>,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
+    hib: Arc<Hibernation>,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -207,6 +255,19 @@ impl Store {
         let store_id = ident.store_id;
         let logger = logger.new(slog::o!("store" => store_id));
         let regions = load_regions(&engine)?;
+        // Before the store sends anything: its peers must tell this life
+        // from the last one.
+        let epoch = liveness::bump_epoch(&engine)?;
+        let hib = Arc::new(Hibernation::new(
+            store_id,
+            epoch,
+            regions.iter().map(|r| r.id),
+            regions
+                .iter()
+                .flat_map(|r| r.peers.iter().map(|p| p.store_id))
+                .collect::<fxhash::FxHashSet<u64>>(),
+            cfg.support_duration(),
+        ));
         let cfg = Arc::new(cfg);
         let peers: Vec<Peer> = regions
             .par_iter()
@@ -275,15 +336,16 @@ impl Store {
                 .map_err(router_err)?;
         }
         {
-            let (engine, router, apply_router, metrics, status, logger) = (
+            let (engine, router, apply_router, metrics, status, hib, logger) = (
                 engine.clone(),
                 router.clone(),
                 apply_router.clone(),
                 metrics.clone(),
                 status.clone(),
+                hib.clone(),
                 logger.clone(),
             );
-            let coalescer = Arc::new(Coalescer::new(store_id));
+            let coalescer = Arc::new(Coalescer::new(store_id, epoch));
             let cfg = cfg.clone();
             raft_system
                 .spawn("raft", move |_| {
@@ -297,6 +359,7 @@ impl Store {
                         metrics.clone(),
                         status.clone(),
                         coalescer.clone(),
+                        hib.clone(),
                         logger.clone(),
                     )
                 })
@@ -329,6 +392,7 @@ impl Store {
             regions,
             metrics,
             status,
+            hib,
             raft_message_capacity: cfg.raft_message_capacity,
             logger,
         })
@@ -351,6 +415,7 @@ impl Store {
             router: self.router.clone(),
             status: self.status.clone(),
             metrics: self.metrics.clone(),
+            hib: self.hib.clone(),
             raft_message_capacity: self.raft_message_capacity,
             logger: self.logger.clone(),
         }
@@ -371,6 +436,23 @@ impl Store {
     /// The store's counters.
     pub fn metrics(&self) -> &StoreMetrics {
         &self.metrics
+    }
+
+    /// Whether the peer of `region_id` hibernates now.
+    pub fn is_hibernating(&self, region_id: u64) -> bool {
+        self.hib.is_asleep(region_id)
+    }
+
+    /// The regions whose peer here hibernates under a leader on store
+    /// `leader_store` (this store's own id: the regions it leads asleep),
+    /// sorted.
+    pub fn hibernating_under(&self, leader_store: u64) -> Vec<u64> {
+        self.hib.asleep_under(leader_store)
+    }
+
+    /// This store's liveness epoch: it grows every time the store starts.
+    pub fn liveness_epoch(&self) -> u64 {
+        self.hib.epoch()
     }
 
     /// Stops the clock and every poller, dropping all peers. Pending

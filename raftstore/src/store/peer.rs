@@ -6,22 +6,24 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_engine::{Cf, Engine, WriteBatch, keys};
-use flotilla_proto::eraftpb::Entry;
+use flotilla_proto::eraftpb::{Entry, Message, MessageType};
 use flotilla_proto::metapb::{self, Region};
 use flotilla_proto::raft_cmdpb::{
     GetResponse, KvPair, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response,
     ScanResponse, SnapResponse, request, response,
 };
-use flotilla_proto::raft_serverpb::RaftMessage;
+use flotilla_proto::raft_serverpb::{Beat, RaftMessage};
 use prost::Message as _;
 use slog::Logger;
 
 use super::config::Config;
 use super::error::{Error, Result};
+use super::hibernation::{Hibernation, OutBeat, PeerSleep, SleepMsg, WakeReason};
 use super::msg::{ApplyTask, Proposal, Responder};
 use super::peer_storage::PeerStorage;
 use super::util::err_response;
 use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
+use crate::raft::tracker::ProgressState;
 use crate::raft::{self, RawNode, Ready, StateRole};
 
 /// A read waiting for its ReadIndex to be confirmed and applied, or a
@@ -77,6 +79,15 @@ impl Lease {
     }
 }
 
+/// What an idle leader's hibernation would involve.
+#[derive(Debug, Default)]
+struct SleepPlan {
+    /// (peer, store) of the followers asked to sleep.
+    followers: Vec<(u64, u64)>,
+    /// Follower stores slept without.
+    lagging: Vec<u64>,
+}
+
 /// How a Ready's raft write must reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WriteNeed {
@@ -115,6 +126,8 @@ pub struct Peer {
     /// `Some` when reads may be served from the leader lease.
     lease_duration: Option<Duration>,
     lease: Lease,
+    /// Hibernation state (see `hibernation`).
+    sleep: PeerSleep,
     limits: RequestLimits,
     engine: Engine,
     logger: Logger,
@@ -174,6 +187,7 @@ impl Peer {
                 None
             },
             lease: Lease::default(),
+            sleep: PeerSleep::default(),
             limits: cfg.request_limits(),
             engine,
             logger,
@@ -216,14 +230,19 @@ impl Peer {
             slog::debug!(self.logger, "message for another peer"; "to" => to);
             return;
         }
+        let from = m.from;
         if let Err(e) = self.raft.step(m) {
             slog::debug!(self.logger, "step failed"; "err" => %e);
+        }
+        if from == self.raft.raft.leader_id() {
+            self.sleep.nudged = false;
         }
     }
 
     /// Handles a client command: checks it, then proposes a write or starts
     /// a read. Errors are answered through the callback.
     pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
+        self.sleep.idle_ticks = 0;
         let kind = match self.check_command(&request) {
             Ok(kind) => kind,
             Err(e) => {
@@ -402,10 +421,317 @@ impl Peer {
         }
     }
 
-    /// Ticks the raft group once, and renews the lease if reads want it.
-    pub fn tick(&mut self) {
+    /// One base tick: ticks the raft group, renews the lease if reads want
+    /// it, and lets an idle leader hibernate its region. A hibernating peer
+    /// ignores it.
+    pub fn tick(&mut self, cfg: &Config, hib: &Hibernation) {
+        if self.sleep.asleep {
+            return;
+        }
+        if self.nudge_leader_instead_of_campaigning(hib) {
+            return;
+        }
         self.raft.tick();
         self.maybe_renew_lease();
+        if cfg.hibernate_regions && self.is_leader() {
+            self.sleep.idle_ticks += 1;
+            if self.sleep.idle_ticks >= cfg.hibernate_idle_ticks {
+                self.sleep.idle_ticks = 0;
+                self.try_hibernate(hib);
+            }
+        }
+    }
+
+    /// Whether the peer hibernates.
+    pub fn is_asleep(&self) -> bool {
+        self.sleep.asleep
+    }
+
+    /// The hibernation beats to send (taken).
+    pub fn take_sleep_beats(&mut self) -> Vec<OutBeat> {
+        std::mem::take(&mut self.sleep.outbox)
+    }
+
+    /// Wakes the peer if it hibernates. Returns whether it did.
+    pub fn wake(&mut self, reason: WakeReason, hib: &Hibernation) -> bool {
+        if !self.sleep.asleep {
+            return false;
+        }
+        self.sleep.asleep = false;
+        self.sleep.idle_ticks = 0;
+        hib.wake(self.region_id());
+        if self.is_leader() {
+            self.raft.raft.resume_after_sleep();
+        } else if !matches!(
+            reason,
+            WakeReason::LeaderMessage | WakeReason::LeaderStoreDown
+        ) {
+            // The leader may sleep too: wake it rather than campaign.
+            self.wake_leader();
+        }
+        true
+    }
+
+    /// Steps a raft message, waking the peer first if it hibernates.
+    /// Returns the reason it woke for, if it did. A sleeping leader stays
+    /// asleep for a heartbeat response that asks nothing of it (the late
+    /// answer to its last heartbeat before it slept).
+    pub fn step_raft_message(&mut self, msg: RaftMessage, hib: &Hibernation) -> Option<WakeReason> {
+        if !self.sleep.asleep {
+            self.on_raft_message(msg);
+            return None;
+        }
+        let m = msg.message.as_ref()?;
+        let benign = self.is_leader()
+            && m.msg_type() == MessageType::MsgHeartbeatResponse
+            && m.term == self.raft.raft.term()
+            && m.context.is_empty();
+        let reason = if m.from == self.raft.raft.leader_id() {
+            WakeReason::LeaderMessage
+        } else {
+            WakeReason::PeerMessage
+        };
+        if benign {
+            self.on_raft_message(msg);
+            if !self.raft.has_ready() {
+                return None;
+            }
+            return self.wake(reason, hib).then_some(reason);
+        }
+        let woke = self.wake(reason, hib);
+        self.on_raft_message(msg);
+        woke.then_some(reason)
+    }
+
+    /// Handles a hibernation message. Returns the reason the peer woke
+    /// for, if it did.
+    pub fn on_sleep_msg(&mut self, msg: SleepMsg, hib: &Hibernation) -> Option<WakeReason> {
+        match msg {
+            SleepMsg::Request {
+                from,
+                from_store,
+                term,
+                commit,
+            } => {
+                self.on_sleep_request(from, from_store, term, commit, hib);
+                None
+            }
+            SleepMsg::WakeLeader { .. } => self
+                .wake(WakeReason::PeerMessage, hib)
+                .then_some(WakeReason::PeerMessage),
+            SleepMsg::LeaderStoreDown { store, epoch } => {
+                if !self.is_leader() && self.leader().is_some_and(|l| l.store_id == store) {
+                    self.sleep.woken_by = Some((store, epoch));
+                }
+                if !self.wake(WakeReason::LeaderStoreDown, hib) {
+                    return None;
+                }
+                if !self.is_leader() {
+                    // Its leader is gone: campaign now, not a whole
+                    // election timeout after the withdrawal.
+                    self.raft.raft.expire_election_clock();
+                }
+                Some(WakeReason::LeaderStoreDown)
+            }
+            SleepMsg::LaggingStoreBack { .. } => self
+                .wake(WakeReason::LaggingStoreBack, hib)
+                .then_some(WakeReason::LaggingStoreBack),
+        }
+    }
+
+    /// A follower whose election clock is about to run out while its
+    /// leader's store is still supported asks the leader to wake (it may
+    /// hibernate, having missed this follower's sleep) and gives it one
+    /// more timeout; the next time it campaigns.
+    fn nudge_leader_instead_of_campaigning(&mut self, hib: &Hibernation) -> bool {
+        let raft = &self.raft.raft;
+        if self.is_leader()
+            || self.sleep.nudged
+            || raft.election_elapsed() + 1 < raft.randomized_election_timeout()
+        {
+            return false;
+        }
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        if leader.id == self.meta.id || hib.supports(leader.store_id, Instant::now()).is_none() {
+            return false;
+        }
+        self.sleep.nudged = true;
+        self.raft.raft.reset_election_clock();
+        self.wake_leader();
+        true
+    }
+
+    fn wake_leader(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        if leader.id == self.meta.id {
+            return;
+        }
+        let beat = Beat {
+            region_id: self.region_id(),
+            from_peer: self.meta.id,
+            to_peer: leader.id,
+            term: self.raft.raft.term(),
+            wake: true,
+            ..Default::default()
+        };
+        self.sleep.outbox.push(OutBeat {
+            to_store: leader.store_id,
+            beat,
+            response: true,
+        });
+    }
+
+    /// The followers a leader hibernating now would ask to sleep, and the
+    /// follower stores it would sleep without (not supported by store
+    /// liveness). `None` if the region is not idle: something pending, not
+    /// everything applied, a live follower behind, or the matched peers
+    /// not a quorum.
+    fn hibernate_plan(&self, hib: &Hibernation, now: Instant) -> Option<SleepPlan> {
+        let raft = &self.raft.raft;
+        let log = raft.raft_log();
+        let last = log.last_index();
+        let idle = self.is_leader()
+            && raft.lead_transferee().is_none()
+            && self.pending_ready.is_none()
+            && !self.raft_state_dirty
+            && !self.raft.has_pending_state()
+            && self.proposals.is_empty()
+            && self.reads.is_empty()
+            && self.lease.expires_at.is_none_or(|e| e <= now)
+            && log.committed == last
+            && self.raft.store().applied_index() == last
+            && log.term(last).is_ok_and(|t| t == raft.term())
+            && raft.pending_conf_index() <= last
+            && raft.uncommitted_size() == 0;
+        if !idle {
+            return None;
+        }
+        let region = self.region();
+        let mut plan = SleepPlan::default();
+        let mut matched = vec![self.meta.id];
+        for (id, pr) in raft.prs().iter() {
+            if id == self.meta.id {
+                continue;
+            }
+            let store = region.peers.iter().find(|p| p.id == id)?.store_id;
+            if hib.supports(store, now).is_none() {
+                if !plan.lagging.contains(&store) {
+                    plan.lagging.push(store);
+                }
+            } else if pr.state == ProgressState::Replicate && pr.matched == last {
+                matched.push(id);
+                plan.followers.push((id, store));
+            } else {
+                return None;
+            }
+        }
+        raft.prs().has_quorum(&matched).then_some(plan)
+    }
+
+    /// An idle leader hibernates: it files itself asleep and asks its
+    /// matched followers to sleep too.
+    fn try_hibernate(&mut self, hib: &Hibernation) {
+        let now = Instant::now();
+        let Some(plan) = self.hibernate_plan(hib, now) else {
+            return;
+        };
+        if !hib.sleep_leader(self.region_id(), &plan.lagging, now) {
+            return;
+        }
+        self.sleep.asleep = true;
+        let (term, commit) = (self.raft.raft.term(), self.raft.raft.raft_log().committed);
+        for (peer, store) in plan.followers {
+            let beat = Beat {
+                region_id: self.region_id(),
+                from_peer: self.meta.id,
+                to_peer: peer,
+                term,
+                commit,
+                quiesce: true,
+                ..Default::default()
+            };
+            self.sleep.outbox.push(OutBeat {
+                to_store: store,
+                beat,
+                response: false,
+            });
+        }
+        self.free_idle_buffers();
+    }
+
+    /// A follower asked to hibernate by its leader: it sleeps if it is in
+    /// the same state (term, leader, everything committed and applied) and
+    /// supports the leader's store; otherwise it takes the beat as a
+    /// heartbeat and wakes the leader.
+    fn on_sleep_request(
+        &mut self,
+        from: u64,
+        from_store: u64,
+        term: u64,
+        commit: u64,
+        hib: &Hibernation,
+    ) {
+        if self.sleep.asleep {
+            return;
+        }
+        let raft = &self.raft.raft;
+        let log = raft.raft_log();
+        let agrees = !self.is_leader()
+            && raft.term() == term
+            && raft.leader_id() == from
+            && log.committed == commit
+            && log.last_index() == commit
+            && self.raft.store().applied_index() == commit
+            && self.pending_ready.is_none()
+            && !self.raft_state_dirty
+            && !self.raft.has_pending_state()
+            && self.reads.is_empty()
+            && self.proposals.is_empty()
+            && self
+                .region()
+                .peers
+                .iter()
+                .any(|p| p.id == from && p.store_id == from_store);
+        let not_before = self
+            .sleep
+            .woken_by
+            .and_then(|(s, e)| (s == from_store).then_some(e));
+        if agrees && hib.sleep_follower(self.region_id(), from_store, not_before, Instant::now()) {
+            self.sleep.asleep = true;
+            self.sleep.woken_by = None;
+            self.sleep.nudged = false;
+            self.raft.raft.reset_election_clock();
+            self.free_idle_buffers();
+            return;
+        }
+        let m = Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            from,
+            to: self.meta.id,
+            term,
+            commit,
+            ..Default::default()
+        };
+        if let Err(e) = self.raft.step(m) {
+            slog::debug!(self.logger, "hibernate beat refused"; "err" => %e);
+        }
+        self.wake_leader();
+    }
+
+    /// Frees what an idle peer does not need; it grows back on demand.
+    fn free_idle_buffers(&mut self) {
+        self.raft.raft.free_idle_buffers();
+        let applied = self.raft.store().applied_index();
+        self.raft
+            .raft
+            .raft_log_mut()
+            .store
+            .compact_cache_to(applied);
+        self.proposals.shrink_to_fit();
+        self.reads.shrink_to_fit();
+        self.sleep.outbox.shrink_to_fit();
     }
 
     /// Records what the apply side applied and serves reads that waited

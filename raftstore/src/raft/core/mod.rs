@@ -364,6 +364,52 @@ impl<S: Storage> Raft<S> {
         self.election_elapsed >= self.randomized_election_timeout
     }
 
+    /// Hibernation: restarts the election clock (a follower going to sleep
+    /// just heard its leader; when it wakes it gives the leader a whole
+    /// timeout before campaigning).
+    pub fn reset_election_clock(&mut self) {
+        self.election_elapsed = 0;
+    }
+
+    /// Hibernation: the leader store of a sleeping follower lost support
+    /// (it is down). Runs the election clock out so the node campaigns
+    /// within half the randomization window instead of a whole timeout,
+    /// and stops refusing votes as within a lease: the leader it heard is
+    /// gone. Ticks missed while asleep are not replayed.
+    pub fn expire_election_clock(&mut self) {
+        let spread = self
+            .randomized_election_timeout
+            .saturating_sub(self.election_timeout);
+        let at = self.randomized_election_timeout - spread / 2;
+        self.election_elapsed = self.election_elapsed.max(at.saturating_sub(1));
+        self.start_lease = false;
+    }
+
+    /// Hibernation: a leader wakes. Its check-quorum window starts afresh
+    /// with every peer counted active (they all agreed to sleep with it,
+    /// or are on stores it knows are down and will learn of them again
+    /// within one window); without this the first check after a long sleep
+    /// would find nobody active and step down.
+    pub fn resume_after_sleep(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        for (_, pr) in self.prs.iter_mut() {
+            pr.recent_active = true;
+        }
+    }
+
+    /// Hibernation: frees the buffers an idle group does not need (the
+    /// inflight windows, message vectors); they grow again on demand.
+    pub fn free_idle_buffers(&mut self) {
+        for (_, pr) in self.prs.iter_mut() {
+            pr.ins.free_buffer();
+        }
+        self.msgs.shrink_to_fit();
+        self.msgs_after_persist.shrink_to_fit();
+        self.read_states.shrink_to_fit();
+        self.pending_read_index_messages.shrink_to_fit();
+    }
+
     /// Resets the volatile state for `term`.
     pub(crate) fn reset(&mut self, term: u64) {
         if self.term != term {

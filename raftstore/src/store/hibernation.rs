@@ -1,0 +1,445 @@
+//! Hibernation of idle regions (DESIGN §5): the store-level registry of
+//! which peers sleep, under whose leader, and the messages that put them to
+//! sleep and wake them.
+//!
+//! Lifecycle of a region:
+//! 1. Awake: the peer is in the awake set and gets every store tick.
+//! 2. Its leader, idle for `hibernate_idle_ticks` (no command, nothing
+//!    pending, applied = commit = last, every follower on a supported
+//!    store matched), registers itself asleep ([`Hibernation::sleep_leader`])
+//!    and sends each such follower a hibernate beat ([`SleepMsg::Request`]).
+//!    Followers on stores this store does not support are *lagging*: the
+//!    leader sleeps without them if the matched ones are a quorum, and
+//!    wakes when such a store is heard again.
+//! 3. A follower that agrees (same term, leader and commit, all applied,
+//!    and it supports the leader's store) registers asleep under the
+//!    leader's store ([`Hibernation::sleep_follower`]). One that does not
+//!    agree treats the beat as a heartbeat and wakes the leader
+//!    ([`SleepMsg::WakeLeader`]).
+//! 4. Asleep: no ticks, no messages. Any command or raft message wakes the
+//!    peer; a follower woken by anything but its leader wakes the leader.
+//!    When support for a store is withdrawn, exactly the regions asleep
+//!    under a leader there wake ([`SleepMsg::LeaderStoreDown`]) with their
+//!    election clock run out, and may not sleep under that store again
+//!    until it is supported under a later support epoch.
+//!
+//! The support check and the registration of a sleeping follower happen
+//! under the same lock as withdrawal, so "falls asleep" cannot race
+//! "support withdrawn" and leave a region asleep under a dead leader.
+
+use std::time::{Duration, Instant};
+
+use flotilla_proto::raft_serverpb::Beat;
+use fxhash::{FxHashMap, FxHashSet};
+use parking_lot::Mutex;
+
+use super::liveness::{Heard, SupportTable};
+
+/// Why a hibernating peer woke (counted in
+/// [`StoreMetrics::wakes_by_reason`](super::StoreMetrics)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeReason {
+    /// A client command reached it.
+    Command = 0,
+    /// A raft message from its leader.
+    LeaderMessage = 1,
+    /// A raft message from another peer (a follower or a candidate), or a
+    /// follower asking its leader to wake.
+    PeerMessage = 2,
+    /// Store liveness withdrew support from its leader's store (the store
+    /// went silent or restarted).
+    LeaderStoreDown = 3,
+    /// A follower's store this leader hibernated without came back.
+    LaggingStoreBack = 4,
+}
+
+/// Number of [`WakeReason`]s.
+pub const WAKE_REASONS: usize = 5;
+
+/// Hibernation messages to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SleepMsg {
+    /// The leader `from` hibernates at `term` with everything up to
+    /// `commit` committed, and asks this follower to do the same.
+    Request {
+        /// The leader's peer id.
+        from: u64,
+        /// Its store.
+        from_store: u64,
+        /// Its term.
+        term: u64,
+        /// Its commit (= its last index).
+        commit: u64,
+    },
+    /// The follower `from` asks its hibernating leader to wake.
+    WakeLeader {
+        /// The follower's peer id.
+        from: u64,
+    },
+    /// Support for `store` was withdrawn (it lost support epoch `epoch`).
+    LeaderStoreDown {
+        /// The store.
+        store: u64,
+        /// The support epoch it lost.
+        epoch: u64,
+    },
+    /// `store`, a follower store this leader slept without, is back.
+    LaggingStoreBack {
+        /// The store.
+        store: u64,
+    },
+}
+
+/// A hibernation beat a peer wants sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutBeat {
+    /// The destination store.
+    pub to_store: u64,
+    /// The beat.
+    pub beat: Beat,
+    /// It goes with the responses (follower side), not the beats.
+    pub response: bool,
+}
+
+/// One peer's side of hibernation.
+#[derive(Debug, Default)]
+pub struct PeerSleep {
+    /// The peer hibernates: it ignores ticks and sends nothing.
+    pub asleep: bool,
+    /// Leader: ticks since its last command or wake.
+    pub idle_ticks: usize,
+    /// Follower: woken because support for its leader's store was
+    /// withdrawn, as (store, lost support epoch). It may not sleep under a
+    /// leader there until that store is supported under a later epoch.
+    pub woken_by: Option<(u64, u64)>,
+    /// Follower: its election clock ran out while its leader's store was
+    /// still supported, and it asked the leader to wake instead of
+    /// campaigning. Cleared when the leader is heard; if it is not, the
+    /// next timeout campaigns.
+    pub nudged: bool,
+    /// Beats to send at the end of this round.
+    pub outbox: Vec<OutBeat>,
+}
+
+/// Where a sleeping region is filed.
+#[derive(Debug)]
+struct Sleeper {
+    /// The store of the leader it sleeps under (this store for a leader).
+    leader_store: u64,
+    /// Leader only: follower stores it slept without.
+    lagging: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    support: SupportTable,
+    /// The peers that tick. Invariant: a region is in exactly one of
+    /// `awake` and `asleep`.
+    awake: FxHashSet<u64>,
+    asleep: FxHashMap<u64, Sleeper>,
+    asleep_by_leader_store: FxHashMap<u64, FxHashSet<u64>>,
+    lagging_by_store: FxHashMap<u64, FxHashSet<u64>>,
+}
+
+impl Inner {
+    fn take_asleep(&mut self, region: u64) -> bool {
+        let Some(s) = self.asleep.remove(&region) else {
+            return false;
+        };
+        unfile(&mut self.asleep_by_leader_store, s.leader_store, region);
+        for store in s.lagging {
+            unfile(&mut self.lagging_by_store, store, region);
+        }
+        self.awake.insert(region);
+        true
+    }
+
+    /// Wakes every region filed under `store` in `index`, adding a message
+    /// made by `msg` for each to `out`.
+    fn wake_filed(
+        &mut self,
+        store: u64,
+        by_leader: bool,
+        msg: &SleepMsg,
+        out: &mut Vec<(u64, SleepMsg)>,
+    ) {
+        let index = if by_leader {
+            &mut self.asleep_by_leader_store
+        } else {
+            &mut self.lagging_by_store
+        };
+        let Some(regions) = index.remove(&store) else {
+            return;
+        };
+        for region in regions {
+            self.take_asleep(region);
+            out.push((region, msg.clone()));
+        }
+    }
+}
+
+fn unfile(index: &mut FxHashMap<u64, FxHashSet<u64>>, store: u64, region: u64) {
+    if let Some(set) = index.get_mut(&store) {
+        set.remove(&region);
+        if set.is_empty() {
+            index.remove(&store);
+        }
+    }
+}
+
+/// The store's registry of awake and sleeping peers, with its store
+/// liveness.
+#[derive(Debug)]
+pub struct Hibernation {
+    store_id: u64,
+    /// This store's liveness epoch (its current life).
+    epoch: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Hibernation {
+    /// The registry of store `store_id` in its life `epoch`: every region
+    /// of `regions` awake; support for each of `remotes` starts when it is
+    /// first heard and is withdrawn after `support` of silence.
+    pub fn new(
+        store_id: u64,
+        epoch: u64,
+        regions: impl IntoIterator<Item = u64>,
+        remotes: impl IntoIterator<Item = u64>,
+        support: Duration,
+    ) -> Hibernation {
+        Hibernation {
+            store_id,
+            epoch,
+            inner: Mutex::new(Inner {
+                support: SupportTable::new(support, remotes.into_iter().filter(|&s| s != store_id)),
+                awake: regions.into_iter().collect(),
+                asleep: FxHashMap::default(),
+                asleep_by_leader_store: FxHashMap::default(),
+                lagging_by_store: FxHashMap::default(),
+            }),
+        }
+    }
+
+    /// This store's liveness epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The remote stores to send liveness to.
+    pub fn remotes(&self) -> Vec<u64> {
+        self.inner.lock().support.remotes().collect()
+    }
+
+    /// Replaces `out` with the awake regions (the ones to tick).
+    pub fn awake_regions(&self, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(self.inner.lock().awake.iter().copied());
+    }
+
+    /// (awake, asleep) region counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.awake.len(), inner.asleep.len())
+    }
+
+    /// Whether `region` is registered asleep.
+    pub fn is_asleep(&self, region: u64) -> bool {
+        self.inner.lock().asleep.contains_key(&region)
+    }
+
+    /// The regions asleep under a leader on `store`, sorted.
+    pub fn asleep_under(&self, store: u64) -> Vec<u64> {
+        let inner = self.inner.lock();
+        let mut v: Vec<u64> = inner
+            .asleep_by_leader_store
+            .get(&store)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    /// The support epoch under which this store supports `store` now.
+    pub fn supports(&self, store: u64, now: Instant) -> Option<u64> {
+        if store == self.store_id {
+            return Some(self.epoch);
+        }
+        self.inner.lock().support.supports(store, now)
+    }
+
+    /// Files the follower of `region` asleep under a leader on
+    /// `leader_store`, if this store supports that store now under a
+    /// support epoch greater than `not_before` (a region woken by a
+    /// withdrawal may sleep under that store again only once support is
+    /// given anew). Returns whether it did.
+    pub fn sleep_follower(
+        &self,
+        region: u64,
+        leader_store: u64,
+        not_before: Option<u64>,
+        now: Instant,
+    ) -> bool {
+        let mut inner = self.inner.lock();
+        let Some(epoch) = inner.support.supports(leader_store, now) else {
+            return false;
+        };
+        if not_before.is_some_and(|e| epoch <= e) || !inner.awake.remove(&region) {
+            return false;
+        }
+        inner.asleep.insert(
+            region,
+            Sleeper {
+                leader_store,
+                lagging: Vec::new(),
+            },
+        );
+        inner
+            .asleep_by_leader_store
+            .entry(leader_store)
+            .or_default()
+            .insert(region);
+        true
+    }
+
+    /// Files the leader of `region` asleep, without its followers on the
+    /// `lagging` stores, if none of those is supported now (one that is
+    /// would never wake it). Returns whether it did.
+    pub fn sleep_leader(&self, region: u64, lagging: &[u64], now: Instant) -> bool {
+        let mut inner = self.inner.lock();
+        if lagging
+            .iter()
+            .any(|&s| inner.support.supports(s, now).is_some())
+            || !inner.awake.remove(&region)
+        {
+            return false;
+        }
+        for &store in lagging {
+            inner
+                .lagging_by_store
+                .entry(store)
+                .or_default()
+                .insert(region);
+        }
+        inner.asleep.insert(
+            region,
+            Sleeper {
+                leader_store: self.store_id,
+                lagging: lagging.to_vec(),
+            },
+        );
+        let own = self.store_id;
+        inner
+            .asleep_by_leader_store
+            .entry(own)
+            .or_default()
+            .insert(region);
+        true
+    }
+
+    /// Moves `region` back to the awake set. Returns whether it was asleep.
+    pub fn wake(&self, region: u64) -> bool {
+        self.inner.lock().take_asleep(region)
+    }
+
+    /// Records a heartbeat batch from `store` in its life `epoch`. Returns
+    /// what it changed, and the regions it woke (already moved to the awake
+    /// set) with the message each must get.
+    pub fn heard(&self, store: u64, epoch: u64, now: Instant) -> (Heard, Vec<(u64, SleepMsg)>) {
+        let mut out = Vec::new();
+        let mut inner = self.inner.lock();
+        let heard = inner.support.heard(store, epoch, now);
+        if heard == Heard::Restarted {
+            // Its leaders of the old life are gone.
+            let msg = SleepMsg::LeaderStoreDown {
+                store,
+                epoch: inner.support.supports(store, now).unwrap_or(1) - 1,
+            };
+            inner.wake_filed(store, true, &msg, &mut out);
+        }
+        if matches!(heard, Heard::Started | Heard::Restarted) {
+            let msg = SleepMsg::LaggingStoreBack { store };
+            inner.wake_filed(store, false, &msg, &mut out);
+        }
+        (heard, out)
+    }
+
+    /// Withdraws support from the stores silent for the support duration,
+    /// and wakes exactly the regions asleep under a leader on one of them.
+    /// Returns the withdrawn stores and the woken regions (already moved to
+    /// the awake set) with their messages.
+    pub fn expire(&self, now: Instant) -> (Vec<u64>, Vec<(u64, SleepMsg)>) {
+        let mut out = Vec::new();
+        let mut inner = self.inner.lock();
+        let withdrawn = inner.support.expire(now);
+        for &(store, epoch) in &withdrawn {
+            let msg = SleepMsg::LeaderStoreDown { store, epoch };
+            inner.wake_filed(store, true, &msg, &mut out);
+        }
+        (withdrawn.into_iter().map(|(s, _)| s).collect(), out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Duration = Duration::from_secs(1);
+
+    /// A follower sleeps only under a supported leader store; withdrawal
+    /// wakes exactly the regions asleep under the withdrawn store, and they
+    /// may not sleep under it again until support starts anew.
+    #[test]
+    fn withdrawal_wakes_exactly_the_regions_under_the_store() {
+        let t0 = Instant::now();
+        let h = Hibernation::new(1, 1, 1..=4, [2, 3], D);
+        assert!(!h.sleep_follower(1, 2, None, t0), "store 2 never heard");
+        assert_eq!(h.heard(2, 1, t0).0, Heard::Started);
+        assert_eq!(h.heard(3, 1, t0).0, Heard::Started);
+        assert!(h.sleep_follower(1, 2, None, t0));
+        assert!(h.sleep_follower(2, 2, None, t0));
+        assert!(h.sleep_follower(3, 3, None, t0));
+        assert!(h.sleep_leader(4, &[], t0));
+        assert_eq!(h.counts(), (0, 4));
+        // Store 3 keeps beating, store 2 goes silent.
+        let later = t0 + D + D / 2;
+        h.heard(3, 1, t0 + D);
+        let (withdrawn, woken) = h.expire(later);
+        assert_eq!(withdrawn, vec![2]);
+        let mut regions: Vec<u64> = woken.iter().map(|(r, _)| *r).collect();
+        regions.sort_unstable();
+        assert_eq!(regions, vec![1, 2], "only the regions led from store 2");
+        let Some((_, SleepMsg::LeaderStoreDown { store: 2, epoch })) = woken.first().cloned()
+        else {
+            panic!("{woken:?}");
+        };
+        assert_eq!(h.counts(), (2, 2));
+        // Late: not supported, and even once heard again only under a
+        // newer support epoch.
+        assert!(!h.sleep_follower(1, 2, Some(epoch), later));
+        h.heard(2, 1, later);
+        assert!(h.sleep_follower(1, 2, Some(epoch), later));
+    }
+
+    /// A leader sleeps without a follower store only while that store is
+    /// unsupported, and wakes when it is heard again; a restart of a
+    /// leader store wakes the regions asleep under it.
+    #[test]
+    fn lagging_stores_and_restarts() {
+        let t0 = Instant::now();
+        let h = Hibernation::new(1, 1, 1..=3, [2, 3], D);
+        h.heard(2, 7, t0);
+        assert!(!h.sleep_leader(1, &[2], t0), "store 2 is supported");
+        assert!(h.sleep_leader(1, &[3], t0));
+        assert!(h.sleep_follower(2, 2, None, t0));
+        let (heard, woken) = h.heard(3, 1, t0);
+        assert_eq!(heard, Heard::Started);
+        assert_eq!(woken, vec![(1, SleepMsg::LaggingStoreBack { store: 3 })]);
+        let (heard, woken) = h.heard(2, 8, t0);
+        assert_eq!(heard, Heard::Restarted);
+        assert_eq!(woken.len(), 1);
+        assert_eq!(woken[0].0, 2);
+        assert_eq!(h.counts(), (3, 0));
+        assert!(!h.wake(2), "already awake");
+    }
+}
