@@ -1,8 +1,9 @@
 //! Heap bytes per peer of running stores, and their idle heartbeat traffic.
 //!
 //! Bootstraps 3 in-process stores with `FLOTILLA_MEM_REGIONS` regions each
-//! (default 10,000), waits until every region has a leader, lets them idle
-//! for a few heartbeat intervals, and prints:
+//! (default 10,000), waits until every region has a leader and (unless
+//! `FLOTILLA_MEM_HIBERNATE=0`) every peer hibernates, lets them idle for a
+//! few heartbeat intervals, and prints:
 //! - Rust heap bytes per peer (counting global allocator: every per-peer
 //!   structure — PeerFsm, RawNode, PeerStorage and its entry cache, mailbox,
 //!   router entry, ApplyFsm, region metadata — and the store-level ones
@@ -33,6 +34,8 @@ const STORES: usize = 3;
 const IDLE: Duration = Duration::from_secs(3);
 /// How long elections may take.
 const ELECTION_WAIT: Duration = Duration::from_secs(600);
+/// How long every peer may take to hibernate once led.
+const HIBERNATE_WAIT: Duration = Duration::from_secs(300);
 
 fn main() {
     let regions: u64 = std::env::var("FLOTILLA_MEM_REGIONS")
@@ -44,7 +47,11 @@ fn main() {
         Err(e) => panic!("temp dir: {e}"),
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let cfg = Config::default();
+    let hibernate = std::env::var("FLOTILLA_MEM_HIBERNATE").map_or(true, |v| v != "0");
+    let cfg = Config {
+        hibernate_regions: hibernate,
+        ..Config::default()
+    };
     enable(true);
     let (bytes0, allocs0) = live();
     let started = Instant::now();
@@ -59,21 +66,40 @@ fn main() {
         cluster.leader_count()
     );
     let elected = started.elapsed();
-    let beats = |c: &Cluster| -> (u64, u64, u64) {
-        c.store_ids().iter().fold((0, 0, 0), |(b, w, f), &id| {
-            let m = c.store(id).map(|s| s.metrics());
-            m.map_or((b, w, f), |m| {
-                (
-                    b + m.heartbeats_sent.load(Ordering::Relaxed),
-                    w + m.heartbeat_batches_sent.load(Ordering::Relaxed),
-                    f + m.heartbeat_flushes.load(Ordering::Relaxed),
-                )
-            })
-        })
+    let asleep = |c: &Cluster| -> i64 {
+        c.store_ids()
+            .iter()
+            .filter_map(|&id| c.store(id))
+            .map(|s| s.metrics().hibernated_peers.load(Ordering::Relaxed))
+            .sum()
     };
-    let (b0, w0, f0) = beats(&cluster);
+    let all = regions as i64 * STORES as i64;
+    if hibernate {
+        let deadline = Instant::now() + HIBERNATE_WAIT;
+        while asleep(&cluster) < all && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let slept = started.elapsed();
+    let beats = |c: &Cluster| -> (u64, u64, u64, u64) {
+        c.store_ids()
+            .iter()
+            .fold((0, 0, 0, 0), |(b, w, f, l), &id| {
+                let m = c.store(id).map(|s| s.metrics());
+                m.map_or((b, w, f, l), |m| {
+                    (
+                        b + m.heartbeats_sent.load(Ordering::Relaxed),
+                        w + m.heartbeat_batches_sent.load(Ordering::Relaxed),
+                        f + m.heartbeat_flushes.load(Ordering::Relaxed),
+                        l + m.liveness_messages_sent.load(Ordering::Relaxed),
+                    )
+                })
+            })
+    };
+    let (b0, w0, f0, l0) = beats(&cluster);
     std::thread::sleep(IDLE);
-    let (b1, w1, f1) = beats(&cluster);
+    let (b1, w1, f1, l1) = beats(&cluster);
+    let hibernated = asleep(&cluster);
     let (bytes1, allocs1) = live();
     let peers = regions as f64 * STORES as f64;
     let per_peer = (bytes1 - bytes0) as f64 / peers;
@@ -83,6 +109,11 @@ fn main() {
         "  bootstrap + open {:.1} s, every region led after {:.1} s",
         opened.as_secs_f64(),
         elapsed_s(elected)
+    );
+    println!(
+        "  hibernation {}: {hibernated} of {all} peers asleep ({:.1} s after start)",
+        if hibernate { "on" } else { "off" },
+        elapsed_s(slept)
     );
     println!(
         "  idle Rust heap per peer: {per_peer:.0} B ({:.2} KiB) in {allocs_per_peer:.1} allocations",
@@ -104,8 +135,9 @@ fn main() {
     );
     if flushes > 0.0 {
         println!(
-            "  wire heartbeat messages per store pair per interval: {:.2} (beats per batch {:.0})",
+            "  wire heartbeat messages per store pair per interval: {:.2}, of which bare liveness beats {:.2} (beats per batch {:.0})",
             (w1 - w0) as f64 / pairs / flushes,
+            (l1 - l0) as f64 / pairs / flushes,
             (b1 - b0) as f64 / (w1 - w0).max(1) as f64
         );
     }

@@ -418,6 +418,8 @@ fn raft_serverpb_round_trip() {
             to_store: 2,
             beats: vec![beat(), beat()],
             epoch: 3,
+            withdrawals: 1,
+            echo: 2,
         }),
         ..Default::default()
     });
@@ -426,12 +428,16 @@ fn raft_serverpb_round_trip() {
         to_store: 2,
         beats: vec![beat(), beat()],
         epoch: 3,
+        withdrawals: 1,
+        echo: 2,
     });
     assert_round_trip(StoreHeartbeatResponse {
         from_store: 2,
         to_store: 1,
         responses: vec![beat()],
         epoch: 4,
+        withdrawals: 5,
+        echo: 6,
     });
     assert_round_trip(StoreLivenessState { epoch: 9 });
     assert_round_trip(StoreIdent {

@@ -403,24 +403,32 @@ fn arb_beat() -> BoxedStrategy<Beat> {
 }
 
 fn arb_store_heartbeat() -> BoxedStrategy<StoreHeartbeat> {
-    (num(), num(), vec(arb_beat(), 0..6), num())
-        .prop_map(|(from_store, to_store, beats, epoch)| StoreHeartbeat {
-            from_store,
-            to_store,
-            beats,
-            epoch,
-        })
+    (num(), num(), vec(arb_beat(), 0..6), (num(), num(), num()))
+        .prop_map(
+            |(from_store, to_store, beats, (epoch, withdrawals, echo))| StoreHeartbeat {
+                from_store,
+                to_store,
+                beats,
+                epoch,
+                withdrawals,
+                echo,
+            },
+        )
         .boxed()
 }
 
 fn arb_store_heartbeat_response() -> BoxedStrategy<StoreHeartbeatResponse> {
-    (num(), num(), vec(arb_beat(), 0..6), num())
+    (num(), num(), vec(arb_beat(), 0..6), (num(), num(), num()))
         .prop_map(
-            |(from_store, to_store, responses, epoch)| StoreHeartbeatResponse {
-                from_store,
-                to_store,
-                responses,
-                epoch,
+            |(from_store, to_store, responses, (epoch, withdrawals, echo))| {
+                StoreHeartbeatResponse {
+                    from_store,
+                    to_store,
+                    responses,
+                    epoch,
+                    withdrawals,
+                    echo,
+                }
             },
         )
         .boxed()

@@ -14,7 +14,7 @@ use std::time::Duration;
 use flotilla_engine::{Cf, keys};
 use flotilla_proto::eraftpb::MessageType;
 use flotilla_proto::metapb::Region;
-use flotilla_proto::raft_serverpb::{Beat, RaftMessage, StoreHeartbeat};
+use flotilla_proto::raft_serverpb::RaftMessage;
 use flotilla_raftstore::store::{
     ClientConfig, Cluster, Config, Filter, MessageSink, StoreMetrics, WakeReason,
 };
@@ -232,31 +232,98 @@ fn history_is_linearizable_across_sleep_and_wake() {
     cluster.shutdown();
 }
 
+/// Keeps a copy of the first heartbeat batch from `from` to `to` that
+/// carries a hibernate request, and lets everything pass.
+struct RecordSleepBatch {
+    from: u64,
+    to: u64,
+    batch: Mutex<Option<RaftMessage>>,
+}
+
+impl Filter for RecordSleepBatch {
+    fn filter(&self, msgs: &mut Vec<RaftMessage>) {
+        let mut kept = self.batch.lock().unwrap();
+        if kept.is_some() {
+            return;
+        }
+        *kept = msgs
+            .iter()
+            .find(|m| {
+                m.heartbeats.as_ref().is_some_and(|h| {
+                    h.from_store == self.from
+                        && h.to_store == self.to
+                        && h.beats.iter().any(|b| b.quiesce)
+                })
+            })
+            .cloned();
+    }
+}
+
+/// Delivers `batch` to store `to` by hand (as a late message would come)
+/// and returns whether the store dropped it whole.
+fn deliver_late(cluster: &Cluster, to: u64, batch: RaftMessage) -> bool {
+    let dropped = || {
+        metrics(cluster, to)
+            .stale_batches_dropped
+            .load(Ordering::Relaxed)
+    };
+    let before = dropped();
+    cluster.stores().get(to).expect("running").deliver(batch);
+    dropped() == before + 1
+}
+
 /// 1,000 hibernating regions; the store leading the most of them dies.
 /// Store liveness withdraws its support, exactly the regions asleep under
 /// it wake, and every one gets a new leader; none stays asleep under the
-/// dead store. When it restarts, a late batch of its old life is dropped
-/// whole.
+/// dead store. A late batch the dead store sent before it died (a real
+/// hibernate request of its leaders) is dropped whole, both while the
+/// store is down (it does not echo the withdrawal) and after it restarted
+/// (it is of an older life), and puts nothing to sleep under it.
 #[test]
 fn a_dead_leader_stores_regions_elect_new_leaders() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = bootstrap(&dir, MANY_REGIONS, config(MANY_TICK_MS));
+    let cfg = config(MANY_TICK_MS);
+    let cluster = Cluster::bootstrap(dir.path(), 3, MANY_REGIONS, cfg, &logger()).unwrap();
+    // Record one hibernate batch from every store to the next before the
+    // regions first go to sleep.
+    let ids = cluster.store_ids().to_vec();
+    let recorders: Vec<Arc<RecordSleepBatch>> = ids
+        .iter()
+        .map(|&from| {
+            let r = Arc::new(RecordSleepBatch {
+                from,
+                to: ids[(from as usize) % ids.len()],
+                batch: Mutex::new(None),
+            });
+            cluster.transport().add_filter(r.clone());
+            r
+        })
+        .collect();
+    let mut cluster = cluster;
+    assert!(
+        cluster.wait_for_leaders(MANY_REGIONS, Duration::from_secs(60)),
+        "only {} of {MANY_REGIONS} regions have a leader",
+        cluster.leader_count()
+    );
     assert!(
         eventually(|| all_asleep(&cluster, MANY_REGIONS)),
         "not every region hibernated: {}",
         state(&cluster)
     );
-    let dead = *cluster
-        .store_ids()
+    let dead = *ids
         .iter()
         .max_by_key(|&&id| metrics(&cluster, id).leaders.load(Ordering::Relaxed))
         .unwrap();
-    let live: Vec<u64> = cluster
-        .store_ids()
-        .iter()
-        .copied()
-        .filter(|&s| s != dead)
-        .collect();
+    let recorder = &recorders[ids.iter().position(|&s| s == dead).unwrap()];
+    let target = recorder.to;
+    let late = recorder
+        .batch
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the dead store sent a hibernate batch");
+    cluster.transport().clear_filters();
+    let live: Vec<u64> = ids.iter().copied().filter(|&s| s != dead).collect();
     let led = cluster.store(live[0]).unwrap().hibernating_under(dead);
     assert_eq!(
         led,
@@ -278,10 +345,23 @@ fn a_dead_leader_stores_regions_elect_new_leaders() {
             .is_empty())),
         "regions still asleep under the dead store"
     );
+    // While the store is down, its late batch revives nothing.
+    assert!(
+        deliver_late(&cluster, target, late.clone()),
+        "a late batch of the dead store was taken"
+    );
+    assert!(
+        cluster
+            .store(target)
+            .unwrap()
+            .hibernating_under(dead)
+            .is_empty()
+    );
     assert!(
         eventually(|| sum(&cluster, |m| m.leaders.load(Ordering::Relaxed) as u64) == MANY_REGIONS),
-        "{} of {MANY_REGIONS} regions have a leader",
-        cluster.leader_count()
+        "{} of {MANY_REGIONS} regions have a leader: {}",
+        cluster.leader_count(),
+        state(&cluster)
     );
     for (&s, b) in live.iter().zip(&before) {
         let m = metrics(&cluster, s);
@@ -294,12 +374,12 @@ fn a_dead_leader_stores_regions_elect_new_leaders() {
     // The survivors' regions sleep again, under the new leaders.
     assert!(
         eventually(|| all_asleep(&cluster, MANY_REGIONS)),
-        "regions did not sleep again after the failover"
+        "regions did not sleep again after the failover: {}",
+        state(&cluster)
     );
 
-    // The dead store comes back in a new life; a batch of its old life
-    // (a hibernate request naming its old leader) is dropped whole.
-    let target = live[0];
+    // The dead store comes back in a new life; the batch of its old life
+    // is dropped whole.
     let withdrawals = metrics(&cluster, target)
         .support_withdrawals
         .load(Ordering::Relaxed);
@@ -312,42 +392,53 @@ fn a_dead_leader_stores_regions_elect_new_leaders() {
             > withdrawals),
         "store {target} never heard the new life of store {dead}"
     );
-    let region = cluster
-        .regions()
+    assert!(
+        deliver_late(&cluster, target, late),
+        "a batch of an older life was taken"
+    );
+    assert!(
+        cluster
+            .store(target)
+            .unwrap()
+            .hibernating_under(dead)
+            .is_empty()
+    );
+    cluster.shutdown();
+}
+
+/// The store leading the most sleeping regions restarts at once (before
+/// its silence could be noticed): its new life tells the others, the
+/// regions asleep under its old leaders wake, and every region has a
+/// leader again and sleeps.
+#[test]
+fn a_leader_store_restart_wakes_its_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = bootstrap(&dir, REGIONS, config(TICK_MS));
+    assert!(
+        eventually(|| all_asleep(&cluster, REGIONS)),
+        "not every region hibernated: {}",
+        state(&cluster)
+    );
+    let ids = cluster.store_ids().to_vec();
+    let leader = *ids
         .iter()
-        .find(|r| r.id == led[0])
-        .unwrap()
-        .clone();
-    let peer = |s: u64| region.peers.iter().find(|p| p.store_id == s).unwrap().id;
-    // Wake it first: a stale request must not put it back to sleep.
-    let client = cluster.client(ClientConfig::default());
-    client.put(&key_in(&region), b"x").unwrap();
-    let dropped = metrics(&cluster, target)
-        .stale_batches_dropped
-        .load(Ordering::Relaxed);
-    let stale = RaftMessage {
-        heartbeats: Some(StoreHeartbeat {
-            from_store: dead,
-            to_store: target,
-            epoch: old_epoch,
-            beats: vec![Beat {
-                region_id: region.id,
-                from_peer: peer(dead),
-                to_peer: peer(target),
-                term: u64::MAX,
-                commit: u64::MAX,
-                quiesce: true,
-                ..Default::default()
-            }],
-        }),
-        ..Default::default()
-    };
-    cluster.stores().get(target).unwrap().deliver(stale);
-    assert_eq!(
-        metrics(&cluster, target)
-            .stale_batches_dropped
-            .load(Ordering::Relaxed),
-        dropped + 1
+        .max_by_key(|&&id| metrics(&cluster, id).leaders.load(Ordering::Relaxed))
+        .unwrap();
+    let others: Vec<u64> = ids.iter().copied().filter(|&s| s != leader).collect();
+    let led = cluster.store(others[0]).unwrap().hibernating_under(leader);
+    assert!(!led.is_empty());
+    let woke = wakes(&cluster, WakeReason::LeaderStoreDown);
+    cluster.stop_store(leader);
+    cluster.start_store(leader).unwrap();
+    assert!(
+        eventually(|| wakes(&cluster, WakeReason::LeaderStoreDown) >= woke + led.len() as u64),
+        "the regions asleep under the restarted store did not wake: {}",
+        state(&cluster)
+    );
+    assert!(
+        eventually(|| cluster.leader_count() == REGIONS && all_asleep(&cluster, REGIONS)),
+        "regions without a leader or awake after the restart: {}",
+        state(&cluster)
     );
     cluster.shutdown();
 }

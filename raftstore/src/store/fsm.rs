@@ -116,7 +116,8 @@ pub struct StoreMetrics {
     /// interval, plus urgent flushes).
     pub heartbeat_flushes: AtomicU64,
     /// Of those, the flushes at the end of a round because a beat carried
-    /// a ReadIndex context.
+    /// a ReadIndex context, or a hibernating region woke (its leader's
+    /// first heartbeats, a follower's request to wake its leader).
     pub heartbeat_urgent_flushes: AtomicU64,
     /// Coalesced heartbeat batches received.
     pub heartbeat_batches_received: AtomicU64,
@@ -150,7 +151,9 @@ pub struct StoreMetrics {
     /// Of those, the ones that went alone (no beats batch to carry them).
     pub liveness_messages_sent: AtomicU64,
     /// Heartbeat batches dropped whole because they came from an older
-    /// life (liveness epoch) of their store than one already heard.
+    /// life (liveness epoch) of their store than one already heard, or
+    /// were sent before their store heard that this store withdrew its
+    /// support (late messages that must not revive it).
     pub stale_batches_dropped: AtomicU64,
     /// Store-liveness beats received.
     pub liveness_beats_received: AtomicU64,
@@ -348,11 +351,12 @@ impl<'a, T: Transport> Outbox<'a, T> {
 fn flush_heartbeats<T: Transport>(
     transport: &mut T,
     coalescer: &Coalescer,
+    hib: &Hibernation,
     metrics: &StoreMetrics,
     logger: &Logger,
     liveness_to: &[u64],
 ) {
-    let batches = coalescer.drain(liveness_to);
+    let batches = coalescer.drain(liveness_to, |to| hib.stamp(to));
     let n = batches.len() as u64;
     let alone = batches
         .iter()
@@ -423,6 +427,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             return HandleResult::stop_at(0, false);
         }
         let was_asleep = fsm.peer.is_asleep();
+        let mut wake_urgent = false;
         let mut handled = 0;
         let mut drained = false;
         while handled < self.cfg.messages_per_round {
@@ -455,10 +460,15 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 PeerMsg::Wake => None,
                 PeerMsg::Sleep(m) => fsm.peer.on_sleep_msg(m, hib),
             };
-            if let Some(reason) = woke
-                && let Some(c) = self.metrics.wakes_by_reason.get(reason as usize)
-            {
-                c.fetch_add(1, Ordering::Relaxed);
+            if let Some(reason) = woke {
+                // A woken leader's first heartbeats and a follower's wake
+                // request go at the end of the round, not an interval
+                // later: a follower that missed the sleep is counting down
+                // to an election.
+                wake_urgent |= fsm.peer.is_leader();
+                if let Some(c) = self.metrics.wakes_by_reason.get(reason as usize) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let mut wb = self.wb.take().unwrap_or_else(|| {
@@ -475,8 +485,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
         // leader's last heartbeat before the request to sleep, or the
         // heartbeat would wake it again.
         for b in fsm.peer.take_sleep_beats() {
+            wake_urgent |= b.beat.wake;
             self.coalescer.push_beat(b.to_store, b.beat, b.response);
         }
+        self.urgent_beats |= wake_urgent;
         if fsm.peer.is_asleep() && !was_asleep {
             self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
         }
@@ -596,6 +608,7 @@ impl<T: Transport> RaftPoller<T> {
             flush_heartbeats(
                 &mut self.transport,
                 &self.coalescer,
+                &self.hib,
                 &self.metrics,
                 &self.logger,
                 &[],
@@ -638,6 +651,7 @@ impl<T: Transport> RaftPoller<T> {
             flush_heartbeats(
                 &mut self.transport,
                 &self.coalescer,
+                &self.hib,
                 &self.metrics,
                 &self.logger,
                 &self.liveness_to,

@@ -105,9 +105,14 @@ impl Coalescer {
     /// Takes every buffered beat: one batch message per destination store
     /// and kind, beats and responses never mixed, plus an empty beats batch
     /// for each store of `liveness_to` no beat goes to (the store-liveness
-    /// heartbeat). The buffers are swapped out under the lock and the
-    /// batches built outside it.
-    pub fn drain(&self, liveness_to: &[u64]) -> Vec<RaftMessage> {
+    /// heartbeat). Each batch gets the (withdrawals, echo) liveness stamp
+    /// `stamp` gives for its destination. The buffers are swapped out
+    /// under the lock and the batches built outside it.
+    pub fn drain(
+        &self,
+        liveness_to: &[u64],
+        stamp: impl Fn(u64) -> (u64, u64),
+    ) -> Vec<RaftMessage> {
         let mut pending = std::mem::take(&mut *self.pending.lock());
         for &store in liveness_to {
             pending.entry(store).or_default();
@@ -115,6 +120,7 @@ impl Coalescer {
         let mut out = Vec::with_capacity(pending.len() * 2);
         for (to_store, p) in pending {
             let liveness = liveness_to.contains(&to_store);
+            let (withdrawals, echo) = stamp(to_store);
             let envelope = || RaftMessage {
                 from_peer: Some(store_peer(self.store_id)),
                 to_peer: Some(store_peer(to_store)),
@@ -127,6 +133,8 @@ impl Coalescer {
                         to_store,
                         beats: p.beats,
                         epoch: self.epoch,
+                        withdrawals,
+                        echo,
                     }),
                     ..envelope()
                 });
@@ -138,6 +146,8 @@ impl Coalescer {
                         to_store,
                         responses: p.responses,
                         epoch: self.epoch,
+                        withdrawals,
+                        echo,
                     }),
                     ..envelope()
                 });
@@ -166,12 +176,34 @@ fn store_peer(store_id: u64) -> Peer {
     }
 }
 
-/// The sender's store and liveness epoch of a batch (`None` for a message
-/// that is not one).
-pub fn batch_sender(msg: &RaftMessage) -> Option<(u64, u64)> {
+/// Who sent a batch, as its liveness stamp says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSender {
+    /// The sending store.
+    pub store: u64,
+    /// Its liveness epoch (its life).
+    pub epoch: u64,
+    /// Times it withdrew support from the receiver.
+    pub withdrawals: u64,
+    /// The receiver's withdrawals it heard of.
+    pub echo: u64,
+}
+
+/// The sender of a batch (`None` for a message that is not one).
+pub fn batch_sender(msg: &RaftMessage) -> Option<BatchSender> {
     match (&msg.heartbeats, &msg.heartbeat_responses) {
-        (Some(b), _) => Some((b.from_store, b.epoch)),
-        (None, Some(r)) => Some((r.from_store, r.epoch)),
+        (Some(b), _) => Some(BatchSender {
+            store: b.from_store,
+            epoch: b.epoch,
+            withdrawals: b.withdrawals,
+            echo: b.echo,
+        }),
+        (None, Some(r)) => Some(BatchSender {
+            store: r.from_store,
+            epoch: r.epoch,
+            withdrawals: r.withdrawals,
+            echo: r.echo,
+        }),
         (None, None) => None,
     }
 }
@@ -304,7 +336,7 @@ mod tests {
         let r = hb(MessageType::MsgHeartbeatResponse, 65, 66, 1, 0, b"");
         c.push(1, 2, &r);
         assert_eq!(c.pending_beats(), 101);
-        let batches = c.drain(&[]);
+        let batches = c.drain(&[], |_| (0, 0));
         assert_eq!(c.pending_beats(), 0);
         assert_eq!(batches.len(), 3, "beats to 2 and 3, responses to 2");
         let mut got = Vec::new();
@@ -312,7 +344,15 @@ mod tests {
             assert!(batch_sender(&b).is_some());
             assert!(!(b.heartbeats.is_some() && b.heartbeat_responses.is_some()));
             assert_eq!(b.region_id, 0);
-            assert_eq!(batch_sender(&b), Some((1, 5)));
+            assert_eq!(
+                batch_sender(&b),
+                Some(BatchSender {
+                    store: 1,
+                    epoch: 5,
+                    withdrawals: 0,
+                    echo: 0
+                })
+            );
             for m in fan_out(b) {
                 let Fanned::Raft(m) = m else {
                     panic!("no hibernation beat was sent: {m:?}")
@@ -365,12 +405,15 @@ mod tests {
         };
         c.push_beat(2, beat(true, false), false);
         c.push_beat(2, beat(false, true), true);
-        let mut batches = c.drain(&[2, 3]);
+        let mut batches = c.drain(&[2, 3], |s| (s, 10 * s));
         batches.sort_by_key(|b| (b.to_peer.unwrap().store_id, b.heartbeats.is_none()));
         assert_eq!(batches.len(), 3, "beats + responses to 2, liveness to 3");
         let empty = batches[2].heartbeats.as_ref().unwrap();
         assert!(empty.beats.is_empty());
-        assert_eq!((empty.to_store, empty.epoch), (3, 9));
+        assert_eq!(
+            (empty.to_store, empty.epoch, empty.withdrawals, empty.echo),
+            (3, 9, 3, 30)
+        );
         let fanned: Vec<Fanned> = batches.into_iter().flat_map(fan_out).collect();
         assert_eq!(
             fanned,

@@ -112,13 +112,30 @@ pub struct PeerSleep {
     /// withdrawn, as (store, lost support epoch). It may not sleep under a
     /// leader there until that store is supported under a later epoch.
     pub woken_by: Option<(u64, u64)>,
-    /// Follower: its election clock ran out while its leader's store was
-    /// still supported, and it asked the leader to wake instead of
-    /// campaigning. Cleared when the leader is heard; if it is not, the
-    /// next timeout campaigns.
+    /// Follower: it slept under a leader on this (store, support epoch)
+    /// and has not heard that leader since (even if something else woke
+    /// it): it acknowledged nothing of the leader since, so when support
+    /// for that store is withdrawn under that epoch it may run its
+    /// election clock out at once.
+    pub quiet_under: Option<(u64, u64)>,
+    /// Follower: half its election timeout passed without a word from its
+    /// leader while the leader's store is supported, and it asked the
+    /// leader to wake (it may hibernate, having missed this follower's
+    /// sleep). Cleared when the leader is heard.
     pub nudged: bool,
     /// Beats to send at the end of this round.
     pub outbox: Vec<OutBeat>,
+}
+
+/// What hearing a batch did ([`Hibernation::heard`]).
+#[derive(Debug)]
+pub struct HeardBatch {
+    /// What it changed in the support table.
+    pub heard: Heard,
+    /// Support for the sender was withdrawn first (lapsed or restarted).
+    pub withdrew: bool,
+    /// Regions woken, with their messages.
+    pub woken: Vec<(u64, SleepMsg)>,
 }
 
 /// Where a sleeping region is filed.
@@ -272,20 +289,18 @@ impl Hibernation {
     /// `leader_store`, if this store supports that store now under a
     /// support epoch greater than `not_before` (a region woken by a
     /// withdrawal may sleep under that store again only once support is
-    /// given anew). Returns whether it did.
+    /// given anew). Returns the support epoch it sleeps under, if it did.
     pub fn sleep_follower(
         &self,
         region: u64,
         leader_store: u64,
         not_before: Option<u64>,
         now: Instant,
-    ) -> bool {
+    ) -> Option<u64> {
         let mut inner = self.inner.lock();
-        let Some(epoch) = inner.support.supports(leader_store, now) else {
-            return false;
-        };
+        let epoch = inner.support.supports(leader_store, now)?;
         if not_before.is_some_and(|e| epoch <= e) || !inner.awake.remove(&region) {
-            return false;
+            return None;
         }
         inner.asleep.insert(
             region,
@@ -299,7 +314,7 @@ impl Hibernation {
             .entry(leader_store)
             .or_default()
             .insert(region);
-        true
+        Some(epoch)
     }
 
     /// Files the leader of `region` asleep, without its followers on the
@@ -342,26 +357,51 @@ impl Hibernation {
         self.inner.lock().take_asleep(region)
     }
 
-    /// Records a heartbeat batch from `store` in its life `epoch`. Returns
-    /// what it changed, and the regions it woke (already moved to the awake
-    /// set) with the message each must get.
-    pub fn heard(&self, store: u64, epoch: u64, now: Instant) -> (Heard, Vec<(u64, SleepMsg)>) {
+    /// The (withdrawals, echo) stamp for a batch to `store` (see
+    /// `liveness`).
+    pub fn stamp(&self, store: u64) -> (u64, u64) {
+        self.inner.lock().support.stamp(store)
+    }
+
+    /// Records a heartbeat batch from `store` in its life `epoch`, stamped
+    /// (`withdrawals`, `echo`). Returns what it changed, whether support
+    /// for `store` was withdrawn (it had lapsed, or the store restarted),
+    /// and the regions woken (already moved to the awake set) with the
+    /// message each must get.
+    pub fn heard(
+        &self,
+        store: u64,
+        epoch: u64,
+        (withdrawals, echo): (u64, u64),
+        now: Instant,
+    ) -> HeardBatch {
         let mut out = Vec::new();
         let mut inner = self.inner.lock();
-        let heard = inner.support.heard(store, epoch, now);
+        let mut withdrew = false;
+        if let Some(lost) = inner.support.expire_one(store, now) {
+            // Lapsed before the next tick noticed: withdraw it now, before
+            // this batch counts.
+            withdrew = true;
+            let msg = SleepMsg::LeaderStoreDown { store, epoch: lost };
+            inner.wake_filed(store, true, &msg, &mut out);
+        }
+        let lost = inner.support.support_epoch(store);
+        let heard = inner.support.heard(store, epoch, withdrawals, echo, now);
         if heard == Heard::Restarted {
             // Its leaders of the old life are gone.
-            let msg = SleepMsg::LeaderStoreDown {
-                store,
-                epoch: inner.support.supports(store, now).unwrap_or(1) - 1,
-            };
+            withdrew = true;
+            let msg = SleepMsg::LeaderStoreDown { store, epoch: lost };
             inner.wake_filed(store, true, &msg, &mut out);
         }
         if matches!(heard, Heard::Started | Heard::Restarted) {
             let msg = SleepMsg::LaggingStoreBack { store };
             inner.wake_filed(store, false, &msg, &mut out);
         }
-        (heard, out)
+        HeardBatch {
+            heard,
+            withdrew,
+            woken: out,
+        }
     }
 
     /// Withdraws support from the stores silent for the support duration,
@@ -385,61 +425,97 @@ mod tests {
     use super::*;
 
     const D: Duration = Duration::from_secs(1);
+    /// The stamp of a batch from a store that never saw a withdrawal.
+    const FRESH: (u64, u64) = (0, 0);
 
     /// A follower sleeps only under a supported leader store; withdrawal
     /// wakes exactly the regions asleep under the withdrawn store, and they
-    /// may not sleep under it again until support starts anew.
+    /// may not sleep under it again until support starts anew (from a
+    /// batch that echoes the withdrawal).
     #[test]
     fn withdrawal_wakes_exactly_the_regions_under_the_store() {
         let t0 = Instant::now();
         let h = Hibernation::new(1, 1, 1..=4, [2, 3], D);
-        assert!(!h.sleep_follower(1, 2, None, t0), "store 2 never heard");
-        assert_eq!(h.heard(2, 1, t0).0, Heard::Started);
-        assert_eq!(h.heard(3, 1, t0).0, Heard::Started);
-        assert!(h.sleep_follower(1, 2, None, t0));
-        assert!(h.sleep_follower(2, 2, None, t0));
-        assert!(h.sleep_follower(3, 3, None, t0));
+        assert!(
+            h.sleep_follower(1, 2, None, t0).is_none(),
+            "store 2 never heard"
+        );
+        assert_eq!(h.heard(2, 1, FRESH, t0).heard, Heard::Started);
+        assert_eq!(h.heard(3, 1, FRESH, t0).heard, Heard::Started);
+        let e2 = h.sleep_follower(1, 2, None, t0).unwrap();
+        assert!(h.sleep_follower(2, 2, None, t0).is_some());
+        assert!(h.sleep_follower(3, 3, None, t0).is_some());
         assert!(h.sleep_leader(4, &[], t0));
         assert_eq!(h.counts(), (0, 4));
         // Store 3 keeps beating, store 2 goes silent.
-        let later = t0 + D + D / 2;
-        h.heard(3, 1, t0 + D);
+        let later = t0 + D + D / 4;
+        h.heard(3, 1, FRESH, t0 + D / 2);
         let (withdrawn, woken) = h.expire(later);
         assert_eq!(withdrawn, vec![2]);
         let mut regions: Vec<u64> = woken.iter().map(|(r, _)| *r).collect();
         regions.sort_unstable();
         assert_eq!(regions, vec![1, 2], "only the regions led from store 2");
-        let Some((_, SleepMsg::LeaderStoreDown { store: 2, epoch })) = woken.first().cloned()
-        else {
-            panic!("{woken:?}");
-        };
+        assert!(
+            woken.iter().all(|(_, m)| *m
+                == SleepMsg::LeaderStoreDown {
+                    store: 2,
+                    epoch: e2
+                }),
+            "{woken:?}"
+        );
         assert_eq!(h.counts(), (2, 2));
-        // Late: not supported, and even once heard again only under a
-        // newer support epoch.
-        assert!(!h.sleep_follower(1, 2, Some(epoch), later));
-        h.heard(2, 1, later);
-        assert!(h.sleep_follower(1, 2, Some(epoch), later));
+        // A late batch of store 2 (sent before it heard of the withdrawal)
+        // revives nothing.
+        assert_eq!(h.heard(2, 1, FRESH, later).heard, Heard::Unproven);
+        assert!(h.sleep_follower(1, 2, Some(e2), later).is_none());
+        // Store 2 echoes the withdrawal: support under a newer epoch.
+        let (withdrawals, _) = h.stamp(2);
+        assert_eq!(h.heard(2, 1, (0, withdrawals), later).heard, Heard::Started);
+        assert!(h.sleep_follower(1, 2, Some(e2), later).unwrap() > e2);
     }
 
     /// A leader sleeps without a follower store only while that store is
     /// unsupported, and wakes when it is heard again; a restart of a
-    /// leader store wakes the regions asleep under it.
+    /// leader store wakes the regions asleep under it; support that lapsed
+    /// is withdrawn by the next batch if no tick did it first.
     #[test]
-    fn lagging_stores_and_restarts() {
+    fn lagging_stores_restarts_and_lapses() {
         let t0 = Instant::now();
         let h = Hibernation::new(1, 1, 1..=3, [2, 3], D);
-        h.heard(2, 7, t0);
+        h.heard(2, 7, FRESH, t0);
         assert!(!h.sleep_leader(1, &[2], t0), "store 2 is supported");
         assert!(h.sleep_leader(1, &[3], t0));
-        assert!(h.sleep_follower(2, 2, None, t0));
-        let (heard, woken) = h.heard(3, 1, t0);
-        assert_eq!(heard, Heard::Started);
-        assert_eq!(woken, vec![(1, SleepMsg::LaggingStoreBack { store: 3 })]);
-        let (heard, woken) = h.heard(2, 8, t0);
-        assert_eq!(heard, Heard::Restarted);
-        assert_eq!(woken.len(), 1);
-        assert_eq!(woken[0].0, 2);
+        let e2 = h.sleep_follower(2, 2, None, t0).unwrap();
+        let heard = h.heard(3, 1, FRESH, t0);
+        assert_eq!(heard.heard, Heard::Started);
+        assert_eq!(
+            heard.woken,
+            vec![(1, SleepMsg::LaggingStoreBack { store: 3 })]
+        );
+        let heard = h.heard(2, 8, FRESH, t0);
+        assert_eq!(heard.heard, Heard::Restarted);
+        assert!(heard.withdrew);
+        assert_eq!(
+            heard.woken,
+            vec![(
+                2,
+                SleepMsg::LeaderStoreDown {
+                    store: 2,
+                    epoch: e2
+                }
+            )]
+        );
         assert_eq!(h.counts(), (3, 0));
         assert!(!h.wake(2), "already awake");
+        // Store 2 lapses with no tick in between: the next batch withdraws
+        // first (waking the region asleep under it), and does not count.
+        let e = h.sleep_follower(2, 2, None, t0).unwrap();
+        let heard = h.heard(2, 8, FRESH, t0 + 2 * D);
+        assert!(heard.withdrew);
+        assert_eq!(heard.heard, Heard::Unproven);
+        assert_eq!(
+            heard.woken,
+            vec![(2, SleepMsg::LeaderStoreDown { store: 2, epoch: e })]
+        );
     }
 }

@@ -7,14 +7,21 @@
 //! shares a region with it, empty if no region beats, so the pair hears
 //! each other even when every region sleeps. A [`SupportTable`] records,
 //! per remote store, when it was last heard and in which epoch:
-//! - the first batch (or the first after a withdrawal) starts *support* for
-//!   the store, under a new support epoch ([`Heard::Started`]);
+//! - the first batch starts *support* for the store, under a new support
+//!   epoch ([`Heard::Started`]);
 //! - a batch from a newer epoch means the store restarted: support of its
 //!   old life is withdrawn and a new one starts ([`Heard::Restarted`]);
 //! - a batch from an older epoch is a late message of a past life and is
 //!   dropped whole ([`Heard::Stale`]);
 //! - support not renewed within the support duration is withdrawn
-//!   ([`SupportTable::expire`]).
+//!   ([`SupportTable::expire`], or on the next batch if that comes first).
+//!   After a withdrawal, support starts again only from a batch that
+//!   *echoes* it: every batch carries how many times its sender withdrew
+//!   support from the receiver, and the latest such count the sender heard
+//!   from the receiver. A batch whose echo predates the withdrawal was sent
+//!   before the sender could know of it (a late message, perhaps from a
+//!   store now dead) and is dropped ([`Heard::Unproven`]); one that echoes
+//!   it proves the sender lived after the withdrawal.
 //!
 //! Withdrawals drive waking: the hibernating regions whose leader lives on
 //! the withdrawn store wake and elect a new leader (`hibernation`).
@@ -40,6 +47,10 @@ struct Remote {
     support_epoch: u64,
     /// Support is given (heard within the support duration, not withdrawn).
     supported: bool,
+    /// Times this store withdrew its support from the remote (sent to it).
+    withdrawals: u64,
+    /// The latest withdrawal count the remote announced (echoed to it).
+    their_withdrawals: u64,
 }
 
 /// What hearing from a remote store changed.
@@ -47,6 +58,10 @@ struct Remote {
 pub enum Heard {
     /// A batch of an older life of the store: drop what it carries.
     Stale,
+    /// A batch that does not echo this store's last withdrawal of support
+    /// for its sender: it may have been sent before the sender died. Drop
+    /// what it carries; support stays withdrawn.
+    Unproven,
     /// Support goes on.
     Continued,
     /// Support starts (first contact, or back after a withdrawal).
@@ -81,13 +96,49 @@ impl SupportTable {
         self.remotes.keys().copied()
     }
 
-    /// Records a batch from `store` in its life `epoch` at `now`.
-    pub fn heard(&mut self, store: u64, epoch: u64, now: Instant) -> Heard {
+    /// The latest support epoch of `store` (given or withdrawn; 0 before
+    /// first contact).
+    pub fn support_epoch(&self, store: u64) -> u64 {
+        self.remotes.get(&store).map_or(0, |r| r.support_epoch)
+    }
+
+    /// The (withdrawals, echo) to stamp on a batch for `store`.
+    pub fn stamp(&self, store: u64) -> (u64, u64) {
+        self.remotes
+            .get(&store)
+            .map_or((0, 0), |r| (r.withdrawals, r.their_withdrawals))
+    }
+
+    /// Withdraws support from `store` if it lapsed by `now` (not heard
+    /// within the support duration) but was not withdrawn yet. Returns
+    /// the support epoch it lost.
+    pub fn expire_one(&mut self, store: u64, now: Instant) -> Option<u64> {
+        let d = self.duration;
+        let r = self.remotes.get_mut(&store)?;
+        (r.supported && !heard_within(r.last_heard, now, d)).then(|| withdraw(r))
+    }
+
+    /// Records a batch from `store` in its life `epoch`, stamped with
+    /// `withdrawals` (times it withdrew support from us) and `echo` (our
+    /// withdrawals it heard of), at `now`. Support that lapsed must be
+    /// withdrawn first ([`SupportTable::expire_one`]).
+    pub fn heard(
+        &mut self,
+        store: u64,
+        epoch: u64,
+        withdrawals: u64,
+        echo: u64,
+        now: Instant,
+    ) -> Heard {
         let r = self.remotes.entry(store).or_default();
         if epoch < r.epoch {
             return Heard::Stale;
         }
         let restarted = epoch > r.epoch && r.last_heard.is_some();
+        if !restarted && !r.supported && echo < r.withdrawals {
+            return Heard::Unproven;
+        }
+        r.their_withdrawals = r.their_withdrawals.max(withdrawals);
         r.epoch = epoch;
         r.last_heard = Some(now);
         if restarted {
@@ -110,8 +161,7 @@ impl SupportTable {
         let mut withdrawn = Vec::new();
         for (&store, r) in &mut self.remotes {
             if r.supported && !heard_within(r.last_heard, now, self.duration) {
-                r.supported = false;
-                withdrawn.push((store, r.support_epoch));
+                withdrawn.push((store, withdraw(r)));
             }
         }
         withdrawn
@@ -123,6 +173,13 @@ impl SupportTable {
         let r = self.remotes.get(&store)?;
         (r.supported && heard_within(r.last_heard, now, self.duration)).then_some(r.support_epoch)
     }
+}
+
+/// Withdraws support from `r`; returns the support epoch it lost.
+fn withdraw(r: &mut Remote) -> u64 {
+    r.supported = false;
+    r.withdrawals += 1;
+    r.support_epoch
 }
 
 fn heard_within(last: Option<Instant>, now: Instant, d: Duration) -> bool {
@@ -165,19 +222,42 @@ mod tests {
         let t0 = Instant::now();
         let mut t = SupportTable::new(D, [2, 3]);
         assert_eq!(t.supports(2, t0), None, "no support before contact");
-        assert_eq!(t.heard(2, 1, t0), Heard::Started);
+        assert_eq!(t.heard(2, 1, 0, 0, t0), Heard::Started);
         let e1 = t.supports(2, t0).unwrap();
-        assert_eq!(t.heard(2, 1, t0 + D / 2), Heard::Continued);
+        assert_eq!(t.heard(2, 1, 0, 0, t0 + D / 2), Heard::Continued);
         assert!(t.expire(t0 + D).is_empty(), "heard D/2 ago");
         assert_eq!(t.supports(2, t0 + D), Some(e1));
         let late = t0 + D / 2 + D;
         assert_eq!(t.supports(2, late), None, "expired even before expire()");
         assert_eq!(t.expire(late), vec![(2, e1)]);
         assert!(t.expire(late).is_empty(), "withdrawn once");
-        assert_eq!(t.heard(2, 1, late), Heard::Started);
+        assert_eq!(t.stamp(2), (1, 0), "our batches to 2 announce it");
+        // A batch store 2 sent before it heard of the withdrawal (it may
+        // have died since): dropped, support stays withdrawn.
+        assert_eq!(t.heard(2, 1, 0, 0, late), Heard::Unproven);
+        assert_eq!(t.supports(2, late), None);
+        // One that echoes it: store 2 lived after the withdrawal.
+        assert_eq!(t.heard(2, 1, 0, 1, late), Heard::Started);
         let e2 = t.supports(2, late).unwrap();
         assert!(e2 > e1, "support after a withdrawal has a new epoch");
         assert_eq!(t.supports(3, late), None, "store 3 never heard");
+    }
+
+    /// Support that lapsed is withdrawn by the next batch if no tick
+    /// withdrew it first; that batch must then echo the withdrawal.
+    #[test]
+    fn lapsed_support_is_withdrawn_before_a_late_batch_counts() {
+        let t0 = Instant::now();
+        let mut t = SupportTable::new(D, [2]);
+        t.heard(2, 1, 0, 0, t0);
+        let e1 = t.supports(2, t0).unwrap();
+        assert_eq!(t.expire_one(2, t0 + D / 2), None, "not lapsed");
+        let late = t0 + 2 * D;
+        assert_eq!(t.expire_one(2, late), Some(e1));
+        assert_eq!(t.expire_one(2, late), None, "withdrawn once");
+        assert_eq!(t.heard(2, 1, 0, 0, late), Heard::Unproven);
+        assert_eq!(t.heard(2, 1, 4, 1, late), Heard::Started);
+        assert_eq!(t.stamp(2), (1, 4), "we echo what store 2 announced");
     }
 
     /// A newer epoch is a restart (support of the old life withdrawn); an
@@ -186,12 +266,12 @@ mod tests {
     fn restarts_and_stale_lives() {
         let t0 = Instant::now();
         let mut t = SupportTable::new(D, [2]);
-        assert_eq!(t.heard(2, 5, t0), Heard::Started);
+        assert_eq!(t.heard(2, 5, 0, 0, t0), Heard::Started);
         let e1 = t.supports(2, t0).unwrap();
-        assert_eq!(t.heard(2, 6, t0), Heard::Restarted);
+        assert_eq!(t.heard(2, 6, 0, 0, t0), Heard::Restarted);
         assert!(t.supports(2, t0).unwrap() > e1);
-        assert_eq!(t.heard(2, 5, t0), Heard::Stale);
-        assert_eq!(t.heard(2, 6, t0), Heard::Continued);
+        assert_eq!(t.heard(2, 5, 0, 0, t0), Heard::Stale);
+        assert_eq!(t.heard(2, 6, 0, 0, t0), Heard::Continued);
     }
 
     /// Every start of a store gets a greater epoch, across reopenings of

@@ -108,14 +108,14 @@ impl StoreHandle {
 
 impl MessageSink for StoreHandle {
     fn deliver(&self, msg: RaftMessage) {
-        let Some((from_store, epoch)) = heartbeat::batch_sender(&msg) else {
+        let Some(sender) = heartbeat::batch_sender(&msg) else {
             self.deliver_one(Box::new(msg));
             return;
         };
         self.metrics
             .heartbeat_batches_received
             .fetch_add(1, Ordering::Relaxed);
-        if epoch != 0 && !self.heard(from_store, epoch) {
+        if sender.epoch != 0 && !self.heard(sender) {
             return;
         }
         for m in heartbeat::fan_out(msg) {
@@ -137,33 +137,42 @@ impl MessageSink for StoreHandle {
 }
 
 impl StoreHandle {
-    /// Store liveness heard `from_store` in its life `epoch`. Returns false
-    /// for a batch of a past life (dropped whole: a late message of a
-    /// withdrawn epoch must not put a region back to sleep).
-    fn heard(&self, from_store: u64, epoch: u64) -> bool {
+    /// Store liveness heard a batch of `sender`. Returns false for a batch
+    /// to drop whole: one of a past life of its store, or one sent before
+    /// its store could know this store withdrew its support (a late
+    /// message must not put a region back to sleep under a dead leader).
+    fn heard(&self, sender: heartbeat::BatchSender) -> bool {
         self.metrics
             .liveness_beats_received
             .fetch_add(1, Ordering::Relaxed);
-        let (heard, woken) = self.hib.heard(from_store, epoch, std::time::Instant::now());
-        match heard {
-            Heard::Stale => {
+        let heard = self.hib.heard(
+            sender.store,
+            sender.epoch,
+            (sender.withdrawals, sender.echo),
+            std::time::Instant::now(),
+        );
+        if heard.withdrew {
+            slog::info!(self.logger, "store liveness withdrew support";
+                "store" => sender.store, "epoch" => sender.epoch,
+                "regions_woken" => heard.woken.len());
+            self.metrics
+                .support_withdrawals
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if !heard.woken.is_empty() {
+            let _ = self
+                .router
+                .force_send_control(StoreMsg::WakeRegions(heard.woken));
+        }
+        match heard.heard {
+            Heard::Stale | Heard::Unproven => {
                 self.metrics
                     .stale_batches_dropped
                     .fetch_add(1, Ordering::Relaxed);
-                return false;
+                false
             }
-            Heard::Restarted => {
-                slog::info!(self.logger, "store restarted"; "store" => from_store, "epoch" => epoch);
-                self.metrics
-                    .support_withdrawals
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Heard::Started | Heard::Continued => {}
+            Heard::Started | Heard::Continued | Heard::Restarted => true,
         }
-        if !woken.is_empty() {
-            let _ = self.router.force_send_control(StoreMsg::WakeRegions(woken));
-        }
-        true
     }
 
     fn deliver_one(&self, msg: Box<RaftMessage>) {

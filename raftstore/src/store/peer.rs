@@ -236,6 +236,7 @@ impl Peer {
         }
         if from == self.raft.raft.leader_id() {
             self.sleep.nudged = false;
+            self.sleep.quiet_under = None;
         }
     }
 
@@ -428,9 +429,7 @@ impl Peer {
         if self.sleep.asleep {
             return;
         }
-        if self.nudge_leader_instead_of_campaigning(hib) {
-            return;
-        }
+        self.maybe_nudge_leader(hib);
         self.raft.tick();
         self.maybe_renew_lease();
         if cfg.hibernate_regions && self.is_leader() {
@@ -459,9 +458,23 @@ impl Peer {
         }
         self.sleep.asleep = false;
         self.sleep.idle_ticks = 0;
+        // A request to sleep made earlier in this round must not go out
+        // after what woke the peer (a follower could ack a new lease round
+        // and then sleep on it).
+        self.sleep.outbox.retain(|b| !b.beat.quiesce);
         hib.wake(self.region_id());
         if self.is_leader() {
             self.raft.raft.resume_after_sleep();
+            // Heartbeat at once: a follower awake since this leader slept
+            // hears it before its election clock runs out.
+            let beat = Message {
+                msg_type: MessageType::MsgBeat as i32,
+                from: self.meta.id,
+                ..Default::default()
+            };
+            if let Err(e) = self.raft.step(beat) {
+                slog::debug!(self.logger, "heartbeat on wake failed"; "err" => %e);
+            }
         } else if !matches!(
             reason,
             WakeReason::LeaderMessage | WakeReason::LeaderStoreDown
@@ -482,6 +495,11 @@ impl Peer {
             return None;
         }
         let m = msg.message.as_ref()?;
+        if msg.to_peer.is_none_or(|p| p.id != self.meta.id) {
+            // Not for this peer: dropped without waking it.
+            self.on_raft_message(msg);
+            return None;
+        }
         let benign = self.is_leader()
             && m.msg_type() == MessageType::MsgHeartbeatResponse
             && m.term == self.raft.raft.term()
@@ -520,18 +538,20 @@ impl Peer {
                 .wake(WakeReason::PeerMessage, hib)
                 .then_some(WakeReason::PeerMessage),
             SleepMsg::LeaderStoreDown { store, epoch } => {
-                if !self.is_leader() && self.leader().is_some_and(|l| l.store_id == store) {
-                    self.sleep.woken_by = Some((store, epoch));
-                }
-                if !self.wake(WakeReason::LeaderStoreDown, hib) {
+                // Only for a follower that slept under that very support of
+                // its leader's store and has not heard the leader since: a
+                // late message (the follower woke, heard its leader, or
+                // slept again under newer support) changes nothing.
+                if self.is_leader() || self.sleep.quiet_under != Some((store, epoch)) {
                     return None;
                 }
-                if !self.is_leader() {
-                    // Its leader is gone: campaign now, not a whole
-                    // election timeout after the withdrawal.
-                    self.raft.raft.expire_election_clock();
-                }
-                Some(WakeReason::LeaderStoreDown)
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = Some((store, epoch));
+                let woke = self.wake(WakeReason::LeaderStoreDown, hib);
+                // Its leader is gone: campaign now, not a whole election
+                // timeout after the withdrawal.
+                self.raft.raft.expire_election_clock();
+                woke.then_some(WakeReason::LeaderStoreDown)
             }
             SleepMsg::LaggingStoreBack { .. } => self
                 .wake(WakeReason::LaggingStoreBack, hib)
@@ -539,28 +559,34 @@ impl Peer {
         }
     }
 
-    /// A follower whose election clock is about to run out while its
-    /// leader's store is still supported asks the leader to wake (it may
-    /// hibernate, having missed this follower's sleep) and gives it one
-    /// more timeout; the next time it campaigns.
-    fn nudge_leader_instead_of_campaigning(&mut self, hib: &Hibernation) -> bool {
+    /// A follower that has not heard its leader for half an election
+    /// timeout while the leader's store is supported asks the leader to
+    /// wake: it may hibernate, having missed this follower's sleep (a lost
+    /// request). The woken leader heartbeats at once, well before the
+    /// follower's clock runs out; the clock itself is left alone, so a
+    /// leader that is really gone costs no extra timeout.
+    fn maybe_nudge_leader(&mut self, hib: &Hibernation) {
         let raft = &self.raft.raft;
         if self.is_leader()
             || self.sleep.nudged
-            || raft.election_elapsed() + 1 < raft.randomized_election_timeout()
+            || raft.election_elapsed() < raft.election_timeout() / 2
         {
-            return false;
+            return;
         }
         let Some(leader) = self.leader() else {
-            return false;
+            return;
         };
-        if leader.id == self.meta.id || hib.supports(leader.store_id, Instant::now()).is_none() {
-            return false;
+        if leader.id == self.meta.id
+            || self
+                .sleep
+                .woken_by
+                .is_some_and(|(s, _)| s == leader.store_id)
+            || hib.supports(leader.store_id, Instant::now()).is_none()
+        {
+            return;
         }
         self.sleep.nudged = true;
-        self.raft.raft.reset_election_clock();
         self.wake_leader();
-        true
     }
 
     fn wake_leader(&mut self) {
@@ -698,8 +724,14 @@ impl Peer {
             .sleep
             .woken_by
             .and_then(|(s, e)| (s == from_store).then_some(e));
-        if agrees && hib.sleep_follower(self.region_id(), from_store, not_before, Instant::now()) {
+        let slept = if agrees {
+            hib.sleep_follower(self.region_id(), from_store, not_before, Instant::now())
+        } else {
+            None
+        };
+        if let Some(epoch) = slept {
             self.sleep.asleep = true;
+            self.sleep.quiet_under = Some((from_store, epoch));
             self.sleep.woken_by = None;
             self.sleep.nudged = false;
             self.raft.raft.reset_election_clock();
@@ -724,11 +756,13 @@ impl Peer {
     fn free_idle_buffers(&mut self) {
         self.raft.raft.free_idle_buffers();
         let applied = self.raft.store().applied_index();
+        // As after an apply: the last applied entry stays (its term is
+        // asked for by the next append).
         self.raft
             .raft
             .raft_log_mut()
             .store
-            .compact_cache_to(applied);
+            .compact_cache_to(applied.saturating_sub(1));
         self.proposals.shrink_to_fit();
         self.reads.shrink_to_fit();
         self.sleep.outbox.shrink_to_fit();

@@ -364,6 +364,11 @@ impl<S: Storage> Raft<S> {
         self.election_elapsed >= self.randomized_election_timeout
     }
 
+    /// The (unrandomized) election timeout, in ticks.
+    pub fn election_timeout(&self) -> usize {
+        self.election_timeout
+    }
+
     /// Hibernation: restarts the election clock (a follower going to sleep
     /// just heard its leader; when it wakes it gives the leader a whole
     /// timeout before campaigning).
@@ -386,10 +391,10 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Hibernation: a leader wakes. Its check-quorum window starts afresh
-    /// with every peer counted active (they all agreed to sleep with it,
-    /// or are on stores it knows are down and will learn of them again
-    /// within one window); without this the first check after a long sleep
-    /// would find nobody active and step down.
+    /// with every peer counted active (it heard from them all before it
+    /// slept, or knew their stores down; it learns of them again within
+    /// one window); without this the first check after a long sleep would
+    /// find nobody active and step down.
     pub fn resume_after_sleep(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
