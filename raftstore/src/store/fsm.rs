@@ -16,7 +16,7 @@ use super::apply::{ApplyControl, ApplyFsm};
 use super::config::Config;
 use super::error::Error;
 use super::fatal::StoreStatus;
-use super::heartbeat::{Coalescer, is_coalesced};
+use super::heartbeat::{self, Coalescer, is_coalesced};
 use super::hibernation::{Hibernation, SleepMsg};
 pub use super::hibernation::{WAKE_REASONS, WakeReason};
 use super::msg::{ApplyMsg, PeerMsg, StoreMsg};
@@ -145,17 +145,17 @@ pub struct StoreMetrics {
     pub hibernations: AtomicU64,
     /// Times a peer of this store woke, by [`WakeReason`] value.
     pub wakes_by_reason: [AtomicU64; WAKE_REASONS],
-    /// Store-liveness beats sent (one per remote store per heartbeat
-    /// interval, riding on a beats batch when one goes to that store).
-    pub liveness_beats_sent: AtomicU64,
-    /// Of those, the ones that went alone (no beats batch to carry them).
+    /// Bare store-liveness beats sent: one to each remote store no beats
+    /// batch went to in the last heartbeat interval (every batch carries
+    /// the liveness stamp too).
     pub liveness_messages_sent: AtomicU64,
     /// Heartbeat batches dropped whole because they came from an older
     /// life (liveness epoch) of their store than one already heard, or
     /// were sent before their store heard that this store withdrew its
     /// support (late messages that must not revive it).
     pub stale_batches_dropped: AtomicU64,
-    /// Store-liveness beats received.
+    /// Heartbeat batches received, bare liveness beats included: each one
+    /// is store liveness.
     pub liveness_beats_received: AtomicU64,
     /// Times this store withdrew its support from a remote store (it went
     /// silent for the support duration, or restarted).
@@ -197,8 +197,6 @@ pub struct RaftPoller<T: Transport> {
     wb: Option<WriteBatch>,
     coalescer: Arc<Coalescer>,
     hib: Arc<Hibernation>,
-    /// The remote stores that get a liveness beat every heartbeat flush.
-    liveness_to: Arc<[u64]>,
     /// A beat with a ReadIndex context was coalesced this round.
     urgent_beats: bool,
     /// The strongest durability a Ready of this round needs.
@@ -230,7 +228,6 @@ impl<T: Transport> RaftPoller<T> {
         hib: Arc<Hibernation>,
         logger: Logger,
     ) -> Self {
-        let liveness_to = hib.remotes().into();
         RaftPoller {
             cfg,
             engine,
@@ -240,7 +237,6 @@ impl<T: Transport> RaftPoller<T> {
             wb: None,
             coalescer,
             hib,
-            liveness_to,
             urgent_beats: false,
             need: WriteNeed::Nothing,
             round_start: None,
@@ -346,31 +342,16 @@ impl<'a, T: Transport> Outbox<'a, T> {
 }
 
 /// Sends every coalesced heartbeat batch of `coalescer` through
-/// `transport`, with a liveness beat to each of `liveness_to`, and flushes
-/// it.
+/// `transport` (stamped for store liveness) and flushes it.
 fn flush_heartbeats<T: Transport>(
     transport: &mut T,
     coalescer: &Coalescer,
     hib: &Hibernation,
     metrics: &StoreMetrics,
     logger: &Logger,
-    liveness_to: &[u64],
 ) {
-    let batches = coalescer.drain(liveness_to, |to| hib.stamp(to));
+    let batches = coalescer.drain(|to| hib.stamp(to));
     let n = batches.len() as u64;
-    let alone = batches
-        .iter()
-        .filter(|b| b.heartbeats.as_ref().is_some_and(|h| h.beats.is_empty()))
-        .count() as u64;
-    metrics
-        .liveness_beats_sent
-        .fetch_add(liveness_to.len() as u64, Ordering::Relaxed);
-    metrics
-        .liveness_messages_sent
-        .fetch_add(alone, Ordering::Relaxed);
-    metrics
-        .beat_batches_sent
-        .fetch_add(n - alone, Ordering::Relaxed);
     for batch in batches {
         if let Err(e) = transport.send(batch) {
             slog::debug!(logger, "heartbeat batch not sent"; "err" => %e);
@@ -380,8 +361,37 @@ fn flush_heartbeats<T: Transport>(
     metrics
         .heartbeat_batches_sent
         .fetch_add(n, Ordering::Relaxed);
+    metrics.beat_batches_sent.fetch_add(n, Ordering::Relaxed);
     metrics.raft_messages_sent.fetch_add(n, Ordering::Relaxed);
     transport.flush();
+}
+
+/// Sends a bare liveness beat to every remote store no batch went to in
+/// the last heartbeat interval (the store clock calls it every tick, off
+/// the pollers: a store whose pollers are busy still beats).
+pub fn send_liveness_beats<T: Transport>(
+    transport: &mut T,
+    hib: &Hibernation,
+    metrics: &StoreMetrics,
+    store_id: u64,
+    interval: std::time::Duration,
+) {
+    let due = hib.liveness_due(std::time::Instant::now(), interval);
+    if due.is_empty() {
+        return;
+    }
+    let n = due.len() as u64;
+    for (to, stamp) in due {
+        let _ = transport.send(heartbeat::liveness_beat(store_id, hib.epoch(), to, stamp));
+    }
+    transport.flush();
+    metrics
+        .liveness_messages_sent
+        .fetch_add(n, Ordering::Relaxed);
+    metrics
+        .heartbeat_batches_sent
+        .fetch_add(n, Ordering::Relaxed);
+    metrics.raft_messages_sent.fetch_add(n, Ordering::Relaxed);
 }
 
 impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
@@ -611,7 +621,6 @@ impl<T: Transport> RaftPoller<T> {
                 &self.hib,
                 &self.metrics,
                 &self.logger,
-                &[],
             );
         }
     }
@@ -654,7 +663,6 @@ impl<T: Transport> RaftPoller<T> {
                 &self.hib,
                 &self.metrics,
                 &self.logger,
-                &self.liveness_to,
             );
         }
     }

@@ -15,11 +15,12 @@
 //! usual logic. Commit also travels on appends, so beats are never the
 //! only commit channel.
 //!
-//! Every batch carries the sender's liveness epoch, and every flush of the
-//! heartbeat interval sends a beats batch to every remote store, empty if
-//! no region beats: the batches are the store-liveness heartbeats too
-//! (`liveness`), so two stores whose regions all sleep still hear each
-//! other with one message per interval. Hibernation beats (a leader's
+//! Every batch carries the sender's liveness stamp, so the batches are the
+//! store-liveness heartbeats too (`liveness`); the store clock sends a
+//! bare beat ([`liveness_beat`]) to each remote store no batch went to in
+//! the last heartbeat interval, so two stores whose regions all sleep (or
+//! whose pollers are busy) still hear each other with one message per
+//! interval. Hibernation beats (a leader's
 //! request to sleep, a follower's request to wake its leader) ride in the
 //! same batches (`hibernation`).
 
@@ -103,30 +104,21 @@ impl Coalescer {
     }
 
     /// Takes every buffered beat: one batch message per destination store
-    /// and kind, beats and responses never mixed, plus an empty beats batch
-    /// for each store of `liveness_to` no beat goes to (the store-liveness
-    /// heartbeat). Each batch gets the (withdrawals, echo) liveness stamp
-    /// `stamp` gives for its destination. The buffers are swapped out
-    /// under the lock and the batches built outside it.
-    pub fn drain(
-        &self,
-        liveness_to: &[u64],
-        stamp: impl Fn(u64) -> (u64, u64),
-    ) -> Vec<RaftMessage> {
-        let mut pending = std::mem::take(&mut *self.pending.lock());
-        for &store in liveness_to {
-            pending.entry(store).or_default();
-        }
+    /// and kind, beats and responses never mixed. Each batch gets the
+    /// (withdrawals, echo) liveness stamp `stamp` gives for its
+    /// destination. The buffers are swapped out under the lock and the
+    /// batches built outside it.
+    pub fn drain(&self, stamp: impl Fn(u64) -> (u64, u64)) -> Vec<RaftMessage> {
+        let pending = std::mem::take(&mut *self.pending.lock());
         let mut out = Vec::with_capacity(pending.len() * 2);
         for (to_store, p) in pending {
-            let liveness = liveness_to.contains(&to_store);
             let (withdrawals, echo) = stamp(to_store);
             let envelope = || RaftMessage {
                 from_peer: Some(store_peer(self.store_id)),
                 to_peer: Some(store_peer(to_store)),
                 ..Default::default()
             };
-            if !p.beats.is_empty() || liveness {
+            if !p.beats.is_empty() {
                 out.push(RaftMessage {
                     heartbeats: Some(StoreHeartbeat {
                         from_store: self.store_id,
@@ -164,6 +156,29 @@ impl Coalescer {
             .values()
             .map(|p| p.beats.len() + p.responses.len())
             .sum()
+    }
+}
+
+/// A bare store-liveness beat: an empty beats batch from store `from` in
+/// its life `epoch` to store `to`, with the (withdrawals, echo) stamp.
+pub fn liveness_beat(
+    from: u64,
+    epoch: u64,
+    to: u64,
+    (withdrawals, echo): (u64, u64),
+) -> RaftMessage {
+    RaftMessage {
+        from_peer: Some(store_peer(from)),
+        to_peer: Some(store_peer(to)),
+        heartbeats: Some(StoreHeartbeat {
+            from_store: from,
+            to_store: to,
+            beats: Vec::new(),
+            epoch,
+            withdrawals,
+            echo,
+        }),
+        ..Default::default()
     }
 }
 
@@ -336,7 +351,7 @@ mod tests {
         let r = hb(MessageType::MsgHeartbeatResponse, 65, 66, 1, 0, b"");
         c.push(1, 2, &r);
         assert_eq!(c.pending_beats(), 101);
-        let batches = c.drain(&[], |_| (0, 0));
+        let batches = c.drain(|_| (0, 0));
         assert_eq!(c.pending_beats(), 0);
         assert_eq!(batches.len(), 3, "beats to 2 and 3, responses to 2");
         let mut got = Vec::new();
@@ -388,8 +403,9 @@ mod tests {
         assert_eq!(fan_out(plain.clone()), vec![Fanned::Raft(Box::new(plain))]);
     }
 
-    /// Every flush sends a beats batch to each liveness store, empty if no
-    /// region beats there; hibernation beats come back as sleep messages.
+    /// Batches carry the liveness stamp of their destination; a bare
+    /// liveness beat is an empty, stamped beats batch; hibernation beats
+    /// come back as sleep messages.
     #[test]
     fn liveness_batches_and_sleep_beats() {
         let c = Coalescer::new(1, 9);
@@ -405,15 +421,28 @@ mod tests {
         };
         c.push_beat(2, beat(true, false), false);
         c.push_beat(2, beat(false, true), true);
-        let mut batches = c.drain(&[2, 3], |s| (s, 10 * s));
-        batches.sort_by_key(|b| (b.to_peer.unwrap().store_id, b.heartbeats.is_none()));
-        assert_eq!(batches.len(), 3, "beats + responses to 2, liveness to 3");
-        let empty = batches[2].heartbeats.as_ref().unwrap();
+        let mut batches = c.drain(|s| (s, 10 * s));
+        batches.sort_by_key(|b| b.heartbeats.is_none());
+        assert_eq!(batches.len(), 2, "beats + responses to 2");
+        let beats = batches[0].heartbeats.as_ref().unwrap();
+        assert_eq!((beats.withdrawals, beats.echo), (2, 20));
+        let bare = liveness_beat(1, 9, 3, (3, 30));
+        assert_eq!(
+            batch_sender(&bare),
+            Some(BatchSender {
+                store: 1,
+                epoch: 9,
+                withdrawals: 3,
+                echo: 30
+            })
+        );
+        let empty = bare.heartbeats.as_ref().unwrap();
         assert!(empty.beats.is_empty());
         assert_eq!(
             (empty.to_store, empty.epoch, empty.withdrawals, empty.echo),
             (3, 9, 3, 30)
         );
+        assert!(fan_out(bare.clone()).is_empty());
         let fanned: Vec<Fanned> = batches.into_iter().flat_map(fan_out).collect();
         assert_eq!(
             fanned,

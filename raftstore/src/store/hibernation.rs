@@ -156,6 +156,8 @@ struct Inner {
     asleep: FxHashMap<u64, Sleeper>,
     asleep_by_leader_store: FxHashMap<u64, FxHashSet<u64>>,
     lagging_by_store: FxHashMap<u64, FxHashSet<u64>>,
+    /// When a batch last went to each remote store.
+    last_sent: FxHashMap<u64, Instant>,
 }
 
 impl Inner {
@@ -234,6 +236,7 @@ impl Hibernation {
                 asleep: FxHashMap::default(),
                 asleep_by_leader_store: FxHashMap::default(),
                 lagging_by_store: FxHashMap::default(),
+                last_sent: FxHashMap::default(),
             }),
         }
     }
@@ -241,11 +244,6 @@ impl Hibernation {
     /// This store's liveness epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
-    }
-
-    /// The remote stores to send liveness to.
-    pub fn remotes(&self) -> Vec<u64> {
-        self.inner.lock().support.remotes().collect()
     }
 
     /// Replaces `out` with the awake regions (the ones to tick).
@@ -358,9 +356,32 @@ impl Hibernation {
     }
 
     /// The (withdrawals, echo) stamp for a batch to `store` (see
-    /// `liveness`).
+    /// `liveness`); records that a batch goes to `store` now.
     pub fn stamp(&self, store: u64) -> (u64, u64) {
-        self.inner.lock().support.stamp(store)
+        let mut inner = self.inner.lock();
+        inner.last_sent.insert(store, Instant::now());
+        inner.support.stamp(store)
+    }
+
+    /// The remote stores no batch went to within `interval` before `now`,
+    /// with their stamps: each gets a bare liveness beat (recorded as sent
+    /// now).
+    pub fn liveness_due(&self, now: Instant, interval: Duration) -> Vec<(u64, (u64, u64))> {
+        let mut inner = self.inner.lock();
+        let Inner {
+            support, last_sent, ..
+        } = &mut *inner;
+        let mut due = Vec::new();
+        for store in support.remotes() {
+            let sent_lately = last_sent
+                .get(&store)
+                .is_some_and(|t| now.saturating_duration_since(*t) < interval);
+            if !sent_lately {
+                last_sent.insert(store, now);
+                due.push((store, support.stamp(store)));
+            }
+        }
+        due
     }
 
     /// Records a heartbeat batch from `store` in its life `epoch`, stamped

@@ -19,7 +19,7 @@ use super::apply::{ApplyControl, ApplyFsm, ApplyPoller};
 use super::config::Config;
 use super::error::{Error, Result};
 use super::fatal::{FatalHook, StoreStatus};
-use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics};
+use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics, send_liveness_beats};
 use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::liveness::{self, Heard};
@@ -324,6 +324,7 @@ impl Store {
         router.register_all(peer_boxes).map_err(router_err)?;
 
         let metrics = Arc::new(StoreMetrics::default());
+        let clock_transport = transport.clone();
         let status = Arc::new(StoreStatus::new(on_fatal));
         status.set_routers(router.clone(), apply_router.clone());
         {
@@ -377,6 +378,13 @@ impl Store {
         let stop = Arc::new(AtomicBool::new(false));
         let clock = {
             let (stop, router, tick) = (stop.clone(), router.clone(), cfg.base_tick());
+            let (hib, metrics, mut transport) = (hib.clone(), metrics.clone(), clock_transport);
+            // A bare beat goes only where no batch went for a heartbeat
+            // interval and a tick: not where the pollers' flush is merely
+            // a little late.
+            let liveness_interval = tick.saturating_mul(
+                u32::try_from(cfg.heartbeat_ticks.saturating_add(1)).unwrap_or(u32::MAX),
+            );
             std::thread::Builder::new()
                 .name(format!("store-{store_id}-clock"))
                 .spawn(move || {
@@ -385,6 +393,15 @@ impl Store {
                         if router.send_control(StoreMsg::Tick).is_err() {
                             break;
                         }
+                        // Liveness off the pollers: a store whose pollers
+                        // are busy still beats.
+                        send_liveness_beats(
+                            &mut transport,
+                            &hib,
+                            &metrics,
+                            store_id,
+                            liveness_interval,
+                        );
                     }
                 })
                 .map_err(|e| Error::Config(format!("spawn clock: {e}")))?
