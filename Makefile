@@ -1,4 +1,5 @@
-# flotilla — the two commands a fresh machine needs: `make demo`, `make test`.
+# flotilla — the two commands a fresh machine needs: `make demo`, `make test`
+# (and `make load`, the 100,000-region load tool).
 # Both install missing system packages first (tools/install-deps.sh).
 
 # Keep cargo's build output outside the work tree so fresh clones reuse it.
@@ -19,8 +20,9 @@ ifeq ($(origin CXX),default)
 export CXX = $(call ccache_or,c++)
 endif
 DEMO_ARGS ?=
+LOAD_ARGS ?=
 
-.PHONY: all deps test fmt clippy unit demo bench clean
+.PHONY: all deps test fmt clippy unit demo load bench clean
 
 all: test
 
@@ -45,6 +47,12 @@ unit: deps
 ## demo: the main job — an embedded 3-store cluster under a mixed workload.
 demo: deps
 	$(CARGO) run --release -p flotilla-tools --bin flotilla -- demo $(DEMO_ARGS)
+
+## load: 100,000 regions on 3 in-process stores through election, idle,
+## uniform and hot-spot writes, the loss of a store and its restart; one
+## table per phase, a CSV and a PNG (e.g. LOAD_ARGS="--regions 1000 --phase-duration 3s").
+load: deps
+	$(CARGO) run --release -p flotilla-tools --bin flotilla -- load $(LOAD_ARGS)
 
 ## bench: every criterion bench (release build; slow the first time).
 bench: deps

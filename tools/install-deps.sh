@@ -11,12 +11,14 @@
 #   different package selection changes librocksdb-sys's hash take seconds
 #   instead of ~12 minutes (the Makefile puts it in front of cc and c++ when
 #   it is installed).
+# - fonts-dejavu-core: the text of `flotilla load`'s PNG chart (without a
+#   font the chart is drawn without labels).
 # protoc is not needed: flotilla-proto uses the protoc shipped by the
 # protoc-bin-vendored crate.
 set -euo pipefail
 
 required=(clang libclang-dev g++ make)
-optional=(ccache)
+optional=(ccache fonts-dejavu-core)
 
 have_pkg() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
@@ -55,7 +57,7 @@ if ! command -v apt-get >/dev/null 2>&1; then
     echo "flotilla needs: ${missing_required[*]}; install them with your package manager." >&2
     exit 1
   fi
-  echo "install-deps: ${missing_optional[*]} not installed; builds work, only slower." >&2
+  echo "install-deps: ${missing_optional[*]} not installed; builds work (maybe slower, load charts without text)." >&2
   exit 0
 fi
 
@@ -73,5 +75,5 @@ if ((${#missing_required[@]} > 0)); then
   apt_install "${missing_required[@]}"
 fi
 if ((${#missing_optional[@]} > 0)) && ! apt_install "${missing_optional[@]}"; then
-  echo "install-deps: could not install ${missing_optional[*]}; builds work, only slower." >&2
+  echo "install-deps: could not install ${missing_optional[*]}; builds work (maybe slower, load charts without text)." >&2
 fi

@@ -1,10 +1,13 @@
-//! The `flotilla` binary: the embedded demo (more to come: server, ctl).
+//! The `flotilla` binary: the embedded demo and the load tool (more to
+//! come: server, ctl).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_tools::demo::{self, DemoOptions};
+use flotilla_tools::load::options::parse_duration;
+use flotilla_tools::load::{self, LoadArgs, LoadError, LoadOptions};
 
 /// flotilla: a multi-raft sharding engine.
 #[derive(Parser, Debug)]
@@ -37,24 +40,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         base_tick_ms: u64,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
-    }
+    /// Bootstrap many regions (100,000 by default) on 3 in-process stores
+    /// and measure election, idle cost, uniform and hot-spot writes, and
+    /// the loss and restart of a store; writes a CSV and a PNG.
+    Load(LoadArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Load(args) => run_load(args),
         Command::Demo {
             regions,
             clients,
@@ -93,4 +88,45 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs `flotilla load`: tables on stdout as the phases end, errors on
+/// stderr, exit code 2 for bad usage.
+fn run_load(args: LoadArgs) -> ExitCode {
+    let opts = match LoadOptions::try_from(args) {
+        Ok(opts) => opts,
+        Err(e) => return load_failed(&e),
+    };
+    println!(
+        "flotilla load: {} stores, {} regions, {} clients, phases of {:?}, sync_log {}, seed {}",
+        load::LOAD_STORES,
+        opts.regions,
+        opts.clients,
+        opts.phase_duration,
+        opts.sync_log,
+        opts.seed
+    );
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let result = load::run(&opts, &logger, &mut |table| println!("{table}"));
+    match result {
+        Ok(out) => {
+            println!("series (one row per second): {}", out.csv.display());
+            println!("  columns: {}", load::series::CSV_HEADER);
+            println!("chart: {}", out.png.display());
+            if !out.png_has_text {
+                println!(
+                    "  (no font found, so no text in it; set {} to a .ttf file) {}",
+                    load::chart::FONT_ENV,
+                    load::chart::PANEL_LEGEND
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => load_failed(&e),
+    }
+}
+
+fn load_failed(e: &LoadError) -> ExitCode {
+    eprintln!("flotilla load: {e}");
+    ExitCode::from(e.exit_code())
 }

@@ -1,0 +1,291 @@
+//! The options of `flotilla load`: the clap arguments, their value parsers,
+//! and the checked [`LoadOptions`] the run uses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+
+use super::LoadError;
+
+/// Regions bootstrapped by default.
+pub const DEFAULT_REGIONS: u64 = 100_000;
+/// Most regions accepted (far beyond what one machine's memory holds).
+pub const MAX_REGIONS: u64 = 10_000_000;
+/// Default store clock base tick (ms), the raftstore default.
+pub const DEFAULT_BASE_TICK_MS: u64 = 100;
+/// Longest base tick accepted (ms), as the raftstore config allows.
+pub const MAX_BASE_TICK_MS: u64 = 60_000;
+/// Client threads by default.
+pub const DEFAULT_CLIENTS: u32 = 32;
+/// Most client threads accepted.
+pub const MAX_CLIENTS: u32 = 4_096;
+/// Default length of each measured phase.
+pub const DEFAULT_PHASE_DURATION: &str = "10s";
+/// Shortest phase accepted: the series has one row per second.
+pub const MIN_PHASE_DURATION: Duration = Duration::from_secs(1);
+/// Longest phase accepted.
+pub const MAX_PHASE_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Fraction of operations that are writes by default (the rest are reads).
+pub const DEFAULT_WRITE_RATIO: f64 = 1.0;
+/// Bytes of each written value by default.
+pub const DEFAULT_VALUE_SIZE: u32 = 128;
+/// Largest value accepted (bytes); the store refuses entries over 8 MiB.
+pub const MAX_VALUE_SIZE: u32 = 1 << 20;
+/// Seed of the workload by default.
+pub const DEFAULT_SEED: u64 = 42;
+
+const S_PER_M: u64 = 60;
+const S_PER_H: u64 = 60 * 60;
+
+/// `flotilla load`: bootstrap many regions on 3 in-process stores, then
+/// measure election, idle cost, uniform and hot-spot writes, and the loss
+/// and restart of a store.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Number of regions to bootstrap (each has a peer on every store).
+    #[arg(long, default_value_t = DEFAULT_REGIONS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_REGIONS))]
+    pub regions: u64,
+    /// Store clock base tick in milliseconds (the election timeout is
+    /// this times the config's election ticks).
+    #[arg(long, default_value_t = DEFAULT_BASE_TICK_MS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BASE_TICK_MS))]
+    pub base_tick_ms: u64,
+    /// Client threads of the write phases.
+    #[arg(long, default_value_t = DEFAULT_CLIENTS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CLIENTS)))]
+    pub clients: u32,
+    /// Length of each measured phase, e.g. `10s`, `500ms`, `2m` (at least 1s).
+    #[arg(long, default_value = DEFAULT_PHASE_DURATION, value_parser = parse_phase_duration)]
+    pub phase_duration: Duration,
+    /// Fraction of client operations that are writes, in [0, 1] (the rest
+    /// are reads).
+    #[arg(long, default_value_t = DEFAULT_WRITE_RATIO, value_parser = parse_ratio)]
+    pub write_ratio: f64,
+    /// Bytes of each written value.
+    #[arg(long, default_value_t = DEFAULT_VALUE_SIZE,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_VALUE_SIZE)))]
+    pub value_size: u32,
+    /// fsync the raft log on every round that appends entries
+    /// (`--sync-log false` to turn it off).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub sync_log: bool,
+    /// Directory for the CSV and the PNG (created if missing; default: a
+    /// new directory under the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Seed of every random choice of the workload.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+}
+
+/// What a load run does, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// Regions bootstrapped.
+    pub regions: u64,
+    /// Store clock base tick (ms).
+    pub base_tick_ms: u64,
+    /// Client threads of the write phases.
+    pub clients: usize,
+    /// Length of each measured phase.
+    pub phase_duration: Duration,
+    /// Fraction of operations that are writes.
+    pub write_ratio: f64,
+    /// Bytes per written value.
+    pub value_size: usize,
+    /// Whether the stores sync their raft log writes.
+    pub sync_log: bool,
+    /// Where the CSV and PNG go (`None`: a new temp directory).
+    pub out: Option<PathBuf>,
+    /// Workload seed.
+    pub seed: u64,
+}
+
+impl TryFrom<LoadArgs> for LoadOptions {
+    type Error = LoadError;
+
+    /// Checks what clap could not check alone.
+    ///
+    /// # Errors
+    /// [`LoadError::Usage`] for an `--out` that exists and is not a
+    /// directory.
+    fn try_from(a: LoadArgs) -> Result<Self, LoadError> {
+        if let Some(out) = &a.out
+            && out.exists()
+            && !out.is_dir()
+        {
+            return Err(LoadError::Usage(format!(
+                "--out {}: exists and is not a directory",
+                out.display()
+            )));
+        }
+        Ok(LoadOptions {
+            regions: a.regions,
+            base_tick_ms: a.base_tick_ms,
+            clients: usize::try_from(a.clients)
+                .map_err(|_| LoadError::Usage("--clients: too many".into()))?,
+            phase_duration: a.phase_duration,
+            write_ratio: a.write_ratio,
+            value_size: usize::try_from(a.value_size)
+                .map_err(|_| LoadError::Usage("--value-size: too large".into()))?,
+            sync_log: a.sync_log,
+            out: a.out,
+            seed: a.seed,
+        })
+    }
+}
+
+/// Parses a duration: a whole number with a unit `ms`, `s`, `m` or `h`
+/// (no unit: seconds), e.g. `500ms`, `10s`, `2m`.
+///
+/// # Errors
+/// A message for clap naming what is wrong (never a panic, even on
+/// overflow).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!("bad duration {s:?}: expected e.g. 10s, 500ms, 2m"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: number too large"))?;
+    let too_long = || format!("bad duration {s:?}: too long");
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(S_PER_M)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
+        "h" => n
+            .checked_mul(S_PER_H)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
+        _ => Err(format!("bad duration unit in {s:?} (use ms, s, m or h)")),
+    }
+}
+
+/// [`parse_duration`], within [`MIN_PHASE_DURATION`]..=[`MAX_PHASE_DURATION`].
+///
+/// # Errors
+/// As [`parse_duration`], or the bounds.
+pub fn parse_phase_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_PHASE_DURATION || d > MAX_PHASE_DURATION {
+        return Err(format!(
+            "phase duration must be between {} ms and {} h",
+            MIN_PHASE_DURATION.as_millis(),
+            MAX_PHASE_DURATION.as_secs() / S_PER_H
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a fraction in `[0, 1]` (NaN refused).
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad ratio {s:?}: expected a number in [0, 1]"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("ratio {s:?} is not in [0, 1]"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: LoadArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<LoadArgs, clap::Error> {
+        let argv = std::iter::once("load").chain(args.iter().copied());
+        Wrapper::try_parse_from(argv).map(|w| w.args)
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_never_overflow() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "-1s", "1.5s", "10x", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration(&format!("{}m", u64::MAX)).is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX / 2)).is_err());
+    }
+
+    #[test]
+    fn ratios_are_fractions() {
+        assert_eq!(parse_ratio("0.25"), Ok(0.25));
+        assert_eq!(parse_ratio("1"), Ok(1.0));
+        for bad in ["NaN", "-0.1", "1.01", "inf", "half"] {
+            assert!(parse_ratio(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn defaults_and_small_runs_parse() {
+        let a = parse(&[]).expect("defaults");
+        assert_eq!(a.regions, DEFAULT_REGIONS);
+        assert!(a.sync_log);
+        assert_eq!(a.phase_duration, Duration::from_secs(10));
+        let a = parse(&[
+            "--regions",
+            "1000",
+            "--phase-duration",
+            "3s",
+            "--sync-log",
+            "false",
+            "--write-ratio",
+            "0.5",
+        ])
+        .expect("small run");
+        assert_eq!(a.regions, 1000);
+        assert!(!a.sync_log);
+        let o = LoadOptions::try_from(a).expect("valid");
+        assert_eq!(o.phase_duration, Duration::from_secs(3));
+        assert!((o.write_ratio - 0.5).abs() < f64::EPSILON);
+        assert!(parse(&["--sync-log"]).expect("bare flag").sync_log);
+    }
+
+    #[test]
+    fn bad_options_are_usage_errors_not_panics() {
+        for bad in [
+            &["--regions", "0"][..],
+            &["--regions", "-5"],
+            &["--clients", "0"],
+            &["--base-tick-ms", "0"],
+            &["--base-tick-ms", "60001"],
+            &["--phase-duration", "0s"],
+            &["--phase-duration", "999ms"],
+            &["--write-ratio", "2"],
+            &["--value-size", "99999999"],
+            &["--sync-log", "maybe"],
+            &["--seed", "x"],
+        ] {
+            let e = parse(bad).expect_err("accepted bad options");
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let a = parse(&["--out", &file.path().display().to_string()]).expect("parses");
+        assert!(matches!(LoadOptions::try_from(a), Err(LoadError::Usage(_))));
+    }
+}
