@@ -30,7 +30,9 @@ struct Counters {
 fn counters(m: &StoreMetrics) -> Counters {
     Counters {
         beats: m.heartbeats_sent.load(Ordering::Relaxed),
-        batches: m.heartbeat_batches_sent.load(Ordering::Relaxed),
+        // Batches carrying beats; the store clock's bare liveness beats
+        // (sent when a flush is late) are not heartbeat coalescing.
+        batches: m.beat_batches_sent.load(Ordering::Relaxed),
         flushes: m.heartbeat_flushes.load(Ordering::Relaxed),
         urgent: m.heartbeat_urgent_flushes.load(Ordering::Relaxed),
         received: m.heartbeat_batches_received.load(Ordering::Relaxed),

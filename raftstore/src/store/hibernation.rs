@@ -118,6 +118,10 @@ pub struct PeerSleep {
     /// for that store is withdrawn under that epoch it may run its
     /// election clock out at once.
     pub quiet_under: Option<(u64, u64)>,
+    /// Follower, quiet: a peer of the region asked for its vote, which it
+    /// refused as its store still supported the leader's; when the
+    /// withdrawal comes it campaigns first.
+    pub vote_asked: bool,
     /// Follower: half its election timeout passed without a word from its
     /// leader while the leader's store is supported, and it asked the
     /// leader to wake (it may hibernate, having missed this follower's

@@ -429,6 +429,7 @@ impl Peer {
         if self.sleep.asleep {
             return;
         }
+        self.check_quiet_leader(hib);
         self.maybe_nudge_leader(hib);
         self.raft.tick();
         self.maybe_renew_lease();
@@ -490,6 +491,14 @@ impl Peer {
     /// asleep for a heartbeat response that asks nothing of it (the late
     /// answer to its last heartbeat before it slept).
     pub fn step_raft_message(&mut self, msg: RaftMessage, hib: &Hibernation) -> Option<WakeReason> {
+        if let Some(m) = &msg.message
+            && matches!(
+                m.msg_type(),
+                MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+            )
+        {
+            self.on_vote_while_quiet(hib);
+        }
         if !self.sleep.asleep {
             self.on_raft_message(msg);
             return None;
@@ -521,6 +530,52 @@ impl Peer {
         woke.then_some(reason)
     }
 
+    /// An awake follower still quiet (woken by a peer, not its leader)
+    /// looks at its leader's store once a tick: once this store no longer
+    /// supports it, the follower runs its clock out as a withdrawal would
+    /// (the withdrawal wakes only sleeping peers).
+    fn check_quiet_leader(&mut self, hib: &Hibernation) {
+        let Some((store, epoch)) = self.sleep.quiet_under else {
+            return;
+        };
+        match hib.supports(store, Instant::now()) {
+            Some(e) if e == epoch => {}
+            Some(_) => self.sleep.quiet_under = None,
+            None => {
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = Some((store, epoch));
+                let first = self.campaigns_first_without(store)
+                    || std::mem::take(&mut self.sleep.vote_asked);
+                self.raft.raft.expire_election_clock(first);
+            }
+        }
+    }
+
+    /// A peer of the region asks for a vote while this follower is quiet
+    /// (it slept under its leader's store and has not heard the leader
+    /// since). If this store no longer supports that store either (its
+    /// support lapsed, whether or not a tick withdrew it yet), the leader
+    /// is gone here too: the clock runs out now, as a withdrawal would
+    /// make it, so the vote is not refused as within a lease. Otherwise
+    /// the refusal stands, but when the withdrawal comes this follower
+    /// campaigns first (a peer already found the leader gone).
+    fn on_vote_while_quiet(&mut self, hib: &Hibernation) {
+        let Some((store, epoch)) = self.sleep.quiet_under else {
+            return;
+        };
+        match hib.supports(store, Instant::now()) {
+            Some(e) if e == epoch => self.sleep.vote_asked = true,
+            // Supported again under a newer epoch: the store lived after
+            // the withdrawal; its leader may be alive.
+            Some(_) => {}
+            None => {
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = Some((store, epoch));
+                self.raft.raft.expire_election_clock(false);
+            }
+        }
+    }
+
     /// Handles a hibernation message. Returns the reason the peer woke
     /// for, if it did.
     pub fn on_sleep_msg(&mut self, msg: SleepMsg, hib: &Hibernation) -> Option<WakeReason> {
@@ -549,8 +604,11 @@ impl Peer {
                 self.sleep.woken_by = Some((store, epoch));
                 let woke = self.wake(WakeReason::LeaderStoreDown, hib);
                 // Its leader is gone: campaign now, not a whole election
-                // timeout after the withdrawal.
-                self.raft.raft.expire_election_clock();
+                // timeout after the withdrawal; one follower per region
+                // first, the others a little later.
+                let first = self.campaigns_first_without(store)
+                    || std::mem::take(&mut self.sleep.vote_asked);
+                self.raft.raft.expire_election_clock(first);
                 woke.then_some(WakeReason::LeaderStoreDown)
             }
             SleepMsg::LaggingStoreBack { .. } => self
@@ -587,6 +645,28 @@ impl Peer {
         }
         self.sleep.nudged = true;
         self.wake_leader();
+    }
+
+    /// Whether this peer is the one of its region to campaign first when
+    /// the leader's store `down` is gone: the region's voters on other
+    /// stores take turns by region id, so the new leaders of a dead
+    /// store's regions spread over the surviving stores.
+    fn campaigns_first_without(&self, down: u64) -> bool {
+        let mut ids: Vec<u64> = self
+            .region()
+            .peers
+            .iter()
+            .filter(|p| p.store_id != down && p.role() != metapb::PeerRole::Learner)
+            .map(|p| p.id)
+            .collect();
+        ids.sort_unstable();
+        let Some(n) = u64::try_from(ids.len()).ok().filter(|&n| n > 0) else {
+            return false;
+        };
+        usize::try_from(self.region_id() % n)
+            .ok()
+            .and_then(|i| ids.get(i))
+            == Some(&self.meta.id)
     }
 
     fn wake_leader(&mut self) {
@@ -732,6 +812,7 @@ impl Peer {
         if let Some(epoch) = slept {
             self.sleep.asleep = true;
             self.sleep.quiet_under = Some((from_store, epoch));
+            self.sleep.vote_asked = false;
             self.sleep.woken_by = None;
             self.sleep.nudged = false;
             self.raft.raft.reset_election_clock();

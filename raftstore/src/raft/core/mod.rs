@@ -377,16 +377,27 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Hibernation: the leader store of a sleeping follower lost support
-    /// (it is down). Runs the election clock out so the node campaigns
-    /// within half the randomization window instead of a whole timeout,
-    /// and stops refusing votes as within a lease: the leader it heard is
-    /// gone. Ticks missed while asleep are not replayed.
-    pub fn expire_election_clock(&mut self) {
-        let spread = self
-            .randomized_election_timeout
-            .saturating_sub(self.election_timeout);
-        let at = self.randomized_election_timeout - spread / 2;
-        self.election_elapsed = self.election_elapsed.max(at.saturating_sub(1));
+    /// (it is down). Stops refusing votes as within a lease (the leader it
+    /// heard is gone) and runs the election clock out: with `first`, the
+    /// node campaigns at its next tick; otherwise within its randomized
+    /// spread, giving the first one time to win (two followers campaigning
+    /// at once split the vote and both wait a whole timeout more). Ticks
+    /// missed while asleep are not replayed.
+    pub fn expire_election_clock(&mut self, first: bool) {
+        // At least the election timeout: no vote is refused as within a
+        // lease any more.
+        let at = if first {
+            self.randomized_election_timeout.saturating_sub(1)
+        } else {
+            // Not at once: half a timeout at least for the first one to
+            // win (campaigning at the same tick splits the vote).
+            let hold = (self.election_timeout / 2).max(1);
+            self.randomized_election_timeout = self
+                .randomized_election_timeout
+                .max(self.election_timeout + hold);
+            0
+        };
+        self.election_elapsed = self.election_elapsed.max(at).max(self.election_timeout);
         self.start_lease = false;
     }
 
