@@ -1,16 +1,21 @@
 //! `flotilla load`: bootstraps many regions (100,000 by default) on 3
-//! stores in one process, then runs phases and prints one table each:
+//! stores in one process, then runs phases and prints one table each
+//! (after one with the command line that reproduces the run):
 //!
 //! - (a) election: time until every region has a leader;
-//! - (b) idle: RSS per peer, CPU, wire messages per store pair, hibernation;
+//! - (b) idle: waits until every peer hibernates, then measures the steady
+//!   idle state: RSS in all and per peer, CPU, wire messages and heartbeat
+//!   batches per store pair per heartbeat interval, peer ticks;
 //! - (c) uniform writes and (d) hot-spot writes: throughput, latency
 //!   percentiles, fsyncs, hibernated and awake peers;
 //! - (e) kill the store that leads the most regions: how fast its regions
-//!   get new leaders, and how many still have none after two election
+//!   get new leaders (from the stop and from the first support withdrawal,
+//!   `t_detect`), and how many still have none after two election
 //!   timeouts;
 //! - (f) restart it: time to open, to load its peers, and to serve.
 //!
-//! A per-second series goes to a CSV and a PNG chart.
+//! Then a summary: issue #10's goals beside the measured values, each met
+//! or not. A per-second series goes to a CSV and a PNG chart.
 
 pub mod arrivals;
 pub mod chart;
@@ -18,6 +23,7 @@ pub mod options;
 mod phases;
 pub mod series;
 pub mod stats;
+pub mod summary;
 pub mod table;
 pub mod workload;
 
@@ -130,8 +136,10 @@ pub fn store_config(opts: &LoadOptions) -> Result<Config, LoadError> {
     Ok(cfg)
 }
 
-/// Runs every phase, handing each phase's table to `on_table` as soon as
-/// it is done, then writes the CSV and the PNG.
+/// Hands the command line of the process (and the same with every option
+/// explicit) to `on_table`, runs every phase, handing each phase's table
+/// to `on_table` as soon as it is done, then the goal table; then writes
+/// the CSV and the PNG.
 ///
 /// # Errors
 /// [`LoadError::Usage`] for options the store refuses; the first failure
@@ -143,6 +151,10 @@ pub fn run(
     on_table: &mut dyn FnMut(&Table),
 ) -> Result<LoadOutput, LoadError> {
     let cfg = store_config(opts)?;
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    on_table(&summary::command_table(&argv, opts));
     let dir = prepare_out_dir(opts.out.as_deref())?;
     let data = tempfile::Builder::new()
         .prefix(DATA_DIR_PREFIX)

@@ -138,6 +138,65 @@ impl TryFrom<LoadArgs> for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// The arguments of `flotilla load` (from `load` on) that run with
+    /// these options, every one of them explicit (so that changed defaults
+    /// do not change the run).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "load".into(),
+            "--regions".into(),
+            self.regions.to_string(),
+            "--base-tick-ms".into(),
+            self.base_tick_ms.to_string(),
+            "--clients".into(),
+            self.clients.to_string(),
+            "--phase-duration".into(),
+            fmt_duration_arg(self.phase_duration),
+            "--write-ratio".into(),
+            self.write_ratio.to_string(),
+            "--value-size".into(),
+            self.value_size.to_string(),
+            "--sync-log".into(),
+            self.sync_log.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+        ];
+        if let Some(out) = &self.out {
+            args.push("--out".into());
+            args.push(out.to_string_lossy().into_owned());
+        }
+        args
+    }
+}
+
+/// `d` as [`parse_duration`] reads it back: whole seconds as `10s`, else
+/// milliseconds (`1500ms`; below a millisecond is dropped).
+pub fn fmt_duration_arg(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// `args` as one shell command line: each argument as is when it has only
+/// characters no shell treats specially, else in single quotes.
+pub fn shell_join<S: AsRef<str>>(args: impl IntoIterator<Item = S>) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    args.into_iter()
+        .map(|a| {
+            let a = a.as_ref();
+            if !a.is_empty() && a.chars().all(plain) {
+                a.to_string()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Parses a duration: a whole number with a unit `ms`, `s`, `m` or `h`
 /// (no unit: seconds), e.g. `500ms`, `10s`, `2m`.
 ///
@@ -264,6 +323,48 @@ mod tests {
         assert_eq!(o.phase_duration, Duration::from_secs(3));
         assert!((o.write_ratio - 0.5).abs() < f64::EPSILON);
         assert!(parse(&["--sync-log"]).expect("bare flag").sync_log);
+    }
+
+    #[test]
+    fn explicit_args_give_the_same_options() {
+        let a = parse(&[
+            "--regions",
+            "1000",
+            "--phase-duration",
+            "1500ms",
+            "--write-ratio",
+            "0.3",
+            "--sync-log",
+            "false",
+            "--out",
+            "/tmp/a dir",
+        ])
+        .expect("parses");
+        let o = LoadOptions::try_from(a).expect("valid");
+        let args = o.to_args();
+        assert_eq!(args[0], "load");
+        let again = LoadOptions::try_from(
+            parse(&args[1..].iter().map(String::as_str).collect::<Vec<_>>()).expect("re-parses"),
+        )
+        .expect("valid");
+        assert_eq!(again, o);
+        let d = LoadOptions::try_from(parse(&[]).expect("defaults")).expect("valid");
+        assert!(d.to_args().contains(&"10s".to_string()));
+        assert!(!d.to_args().contains(&"--out".to_string()));
+    }
+
+    #[test]
+    fn command_lines_quote_only_what_a_shell_would_split() {
+        assert_eq!(
+            shell_join(["flotilla", "load", "--regions", "1000", "--out", "/tmp/x-1"]),
+            "flotilla load --regions 1000 --out /tmp/x-1"
+        );
+        assert_eq!(
+            shell_join(["a b", "", "it's", "$HOME"]),
+            r"'a b' '' 'it'\''s' '$HOME'"
+        );
+        assert_eq!(fmt_duration_arg(Duration::from_secs(3)), "3s");
+        assert_eq!(fmt_duration_arg(Duration::from_millis(2500)), "2500ms");
     }
 
     #[test]

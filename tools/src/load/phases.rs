@@ -14,19 +14,32 @@ use slog::Logger;
 use super::arrivals::Arrivals;
 use super::chart::draw_chart;
 use super::series::{Reading, Sampler, write_csv_file};
-use super::stats::{Counters, CpuMeter, Gauges, Meter, leaders_of, rss_bytes};
-use super::table::{Table, fmt_bytes, fmt_duration, fmt_rate};
+use super::stats::{
+    CPU_TICK, Counters, CpuMeter, Gauges, Meter, leaders_of, max_poll_round_us, peak_rss_bytes,
+    rss_bytes, support_withdrawals,
+};
+use super::summary::{Failover, Findings, fmt_core_share, goal_table, goals};
+use super::table::{Table, fmt_bytes, fmt_duration, fmt_micros, fmt_rate};
 use super::workload::{ClientPool, KeyPattern, Live, PhaseLoad, Workload};
 use super::{CSV_NAME, LOAD_STORES, LoadError, LoadOptions, LoadOutput, PNG_NAME, STORE_PAIRS};
 
 /// How often waits look at the cluster (leader counts, the series).
 const POLL: Duration = Duration::from_millis(10);
+/// How often the idle measurement looks (seldom: its own CPU counts).
+const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often spinners redraw.
 const SPINNER_TICK: Duration = Duration::from_millis(100);
 /// Least time the election phase waits for every region to get a leader.
 const ELECTION_WAIT_MIN: Duration = Duration::from_secs(120);
 /// ... or this many election timeouts, if longer.
 const ELECTION_WAIT_TIMEOUTS: u32 = 60;
+/// Least time the idle phase waits for every peer to hibernate before it
+/// measures.
+const HIBERNATE_WAIT_MIN: Duration = Duration::from_secs(30);
+/// ... or this many election timeouts, if longer.
+const HIBERNATE_WAIT_TIMEOUTS: u32 = 30;
+/// The restart phase reports when this share of the peers hibernate again.
+const REHIBERNATED_SHARE: f64 = 0.95;
 /// Least time the kill phase waits for the dead store's regions.
 const FAILOVER_WAIT_MIN: Duration = Duration::from_secs(30);
 /// ... or this many election timeouts, if longer.
@@ -39,21 +52,25 @@ const BAR_WIDTH: &str = "30";
 /// much (shorter rows would be noise).
 const MIN_ROW_SPAN: Duration = Duration::from_millis(200);
 
-/// The phases, in order.
+/// The phases, in order. The values pick the random streams of a phase's
+/// clients: they stay fixed, so that a phase added does not change the
+/// others' workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// (a) every region elects a leader.
-    Election,
-    /// (b) no client traffic.
-    Idle,
+    Election = 0,
+    /// (b), first: no client traffic until every peer hibernates.
+    Hibernate = 6,
+    /// (b) no client traffic, every peer hibernated: the steady idle state.
+    Idle = 1,
     /// (c) writes spread over every region.
-    Uniform,
+    Uniform = 2,
     /// (d) writes mostly on a few regions.
-    HotSpot,
+    HotSpot = 3,
     /// (e) the store leading the most regions dies.
-    Kill,
+    Kill = 4,
     /// (f) it comes back.
-    Restart,
+    Restart = 5,
 }
 
 impl Phase {
@@ -61,6 +78,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Election => "election",
+            Phase::Hibernate => "hibernate",
             Phase::Idle => "idle",
             Phase::Uniform => "uniform",
             Phase::HotSpot => "hotspot",
@@ -73,7 +91,9 @@ impl Phase {
     pub fn title(self) -> &'static str {
         match self {
             Phase::Election => "(a) election: time until every region has a leader",
-            Phase::Idle => "(b) idle: the cost of regions doing nothing",
+            Phase::Hibernate | Phase::Idle => {
+                "(b) idle: every peer hibernated, the cost of regions doing nothing"
+            }
             Phase::Uniform => "(c) uniform writes",
             Phase::HotSpot => "(d) hot-spot writes",
             Phase::Kill => "(e) kill the store that leads the most regions",
@@ -117,6 +137,19 @@ pub(super) fn bootstrap(
     Ok((cluster, started.elapsed()))
 }
 
+/// How the wait for every peer to hibernate ended.
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    /// When every peer was asleep, from the start of the wait.
+    took: Option<Duration>,
+    /// How long the wait lasted.
+    waited: Duration,
+    /// Seconds from the end of the bootstrap to the end of the wait.
+    since_bootstrap: f64,
+    /// The gauges at its end.
+    gauges: Gauges,
+}
+
 /// A load run in progress: the cluster, the client, the meters.
 pub(super) struct Run<'a> {
     opts: &'a LoadOptions,
@@ -128,6 +161,7 @@ pub(super) struct Run<'a> {
     meter: Meter,
     sampler: Sampler,
     phase: Phase,
+    findings: Findings,
 }
 
 impl<'a> Run<'a> {
@@ -159,14 +193,31 @@ impl<'a> Run<'a> {
             meter,
             sampler,
             phase: Phase::Election,
+            findings: Findings {
+                peers: opts.regions * LOAD_STORES as u64,
+                ..Findings::default()
+            },
         })
     }
 
-    /// Every phase in order, each table handed to `on_table`.
+    /// Every phase in order, each table handed to `on_table`, then the
+    /// goal table (with what was measured, even after a failed phase).
     ///
     /// # Errors
     /// The first phase that fails.
     pub(super) fn all_phases(
+        &mut self,
+        bootstrap_took: Duration,
+        on_table: &mut dyn FnMut(&Table),
+    ) -> Result<(), LoadError> {
+        let result = self.phases(bootstrap_took, on_table);
+        self.close_row();
+        self.findings.peak_rss = peak_rss_bytes();
+        on_table(&goal_table(&goals(&self.findings), self.opts.regions));
+        result
+    }
+
+    fn phases(
         &mut self,
         bootstrap_took: Duration,
         on_table: &mut dyn FnMut(&Table),
@@ -179,7 +230,6 @@ impl<'a> Run<'a> {
         let (table, victim) = self.kill();
         on_table(&table);
         on_table(&self.restart(victim)?);
-        self.close_row();
         Ok(())
     }
 
@@ -208,6 +258,12 @@ impl<'a> Run<'a> {
 
     fn election_timeout(&self) -> Duration {
         let ticks = u32::try_from(self.cfg.election_ticks).unwrap_or(u32::MAX);
+        self.cfg.base_tick().saturating_mul(ticks)
+    }
+
+    /// The heartbeat interval: `heartbeat_ticks` base ticks.
+    fn heartbeat_interval(&self) -> Duration {
+        let ticks = u32::try_from(self.cfg.heartbeat_ticks).unwrap_or(u32::MAX);
         self.cfg.base_tick().saturating_mul(ticks)
     }
 
@@ -263,7 +319,12 @@ impl<'a> Run<'a> {
 
     /// Sleeps one poll interval, then ticks.
     fn pause(&mut self) {
-        thread::sleep(POLL);
+        self.pause_for(POLL);
+    }
+
+    /// Sleeps `d`, then ticks.
+    fn pause_for(&mut self, d: Duration) {
+        thread::sleep(d);
         self.tick();
     }
 
@@ -277,11 +338,21 @@ impl<'a> Run<'a> {
         bar
     }
 
-    /// Waits out the phase duration from `started`, showing `msg()`.
-    fn wait_phase(&mut self, phase: Phase, started: Instant, msg: impl Fn(&Self) -> String) {
+    /// Waits out the phase duration from `started`, looking every `poll`,
+    /// showing `msg()`.
+    fn wait_phase(
+        &mut self,
+        phase: Phase,
+        started: Instant,
+        poll: Duration,
+        msg: impl Fn(&Self) -> String,
+    ) {
         let bar = self.timed_bar(phase);
-        while started.elapsed() < self.opts.phase_duration {
-            self.pause();
+        while let Some(left) = self.opts.phase_duration.checked_sub(started.elapsed()) {
+            if left.is_zero() {
+                break;
+            }
+            self.pause_for(poll.min(left));
             bar.set_position(started.elapsed().as_secs());
             bar.set_message(msg(self));
         }
@@ -328,6 +399,10 @@ impl<'a> Run<'a> {
             self.pause();
         }
         bar.finish_and_clear();
+        let peak_rss = peak_rss_bytes();
+        self.findings.bootstrap = bootstrap_took;
+        self.findings.election = arrivals.last().filter(|_| arrivals.complete());
+        self.findings.election_peak_rss = peak_rss;
         let mut t = Table::new(Phase::Election.title());
         t.row(
             "cluster",
@@ -351,34 +426,157 @@ impl<'a> Run<'a> {
         t.row("every region with a leader, after bootstrap", all);
         t.row(
             "leader elected at p50 / p99 / max",
-            arrival_quantiles(&arrivals),
+            arrival_quantiles(&arrivals, Duration::ZERO),
         );
         t.row("election timeout", self.describe_election_timeout());
         t.row("RSS", rss_row(self.peers()));
+        t.row(
+            "peak RSS so far (VmHWM)",
+            peak_rss.map_or_else(|| "unknown".into(), fmt_bytes),
+        );
         t
     }
 
-    /// (b): no traffic for the phase duration.
+    /// (b), first: no traffic until every peer hibernates (or
+    /// [`HIBERNATE_WAIT_MIN`] / [`HIBERNATE_WAIT_TIMEOUTS`] pass), so that
+    /// the idle measurement sees the steady state, not the way to it.
+    fn hibernate_all(&mut self) -> Settled {
+        self.enter(Phase::Hibernate);
+        let peers = self.peers();
+        let wait = HIBERNATE_WAIT_MIN.max(
+            self.election_timeout()
+                .saturating_mul(HIBERNATE_WAIT_TIMEOUTS),
+        );
+        let bar = ProgressBar::new(peers);
+        bar.set_style(style(&format!(
+            "hibernating {{bar:{BAR_WIDTH}}} {{pos}}/{{len}} peers asleep ({{elapsed}})"
+        )));
+        let started = Instant::now();
+        let took = loop {
+            let g = Gauges::of(&self.cluster);
+            bar.set_position(g.hibernated_peers.min(peers));
+            if g.hibernated_peers >= peers {
+                break Some(started.elapsed());
+            }
+            if started.elapsed() >= wait {
+                break None;
+            }
+            self.pause();
+        };
+        bar.finish_and_clear();
+        Settled {
+            took,
+            waited: started.elapsed(),
+            since_bootstrap: self.sampler.now_s(),
+            gauges: Gauges::of(&self.cluster),
+        }
+    }
+
+    /// (b): waits until every peer hibernates, then measures the idle
+    /// cluster (no traffic) for the phase duration.
     fn idle(&mut self) -> Table {
+        let settled = self.hibernate_all();
         self.enter(Phase::Idle);
         let before = self.meter.observe(&self.cluster);
         let cpu = CpuMeter::start();
         let started = Instant::now();
-        self.wait_phase(Phase::Idle, started, |_| String::new());
+        self.wait_phase(Phase::Idle, started, IDLE_POLL, |_| String::new());
+        let cores = cpu.cores_used();
         let span = started.elapsed();
+        let rss = rss_bytes();
         let d = self.meter.observe(&self.cluster).since(&before);
         let g = Gauges::of(&self.cluster);
+        let hb = self.heartbeat_interval();
+        let wire = per_pair_per_interval(d.wire_messages(), span, hb);
+        let beats = per_pair_per_interval(d.heartbeat_batches, span, hb);
+        let bare = per_pair_per_interval(d.liveness_messages, span, hb);
+        let f = &mut self.findings;
+        f.idle_rss = rss;
+        f.idle_hibernated = g.hibernated_peers;
+        f.idle_cores = cores;
+        f.idle_wire_per_pair = Some(wire);
+        f.idle_beats_per_pair = Some(beats);
+
+        let peers = self.peers();
         let mut t = Table::new(Phase::Idle.title());
-        t.row("duration", fmt_duration(span));
-        t.row("RSS", rss_row(self.peers()));
-        t.row("CPU cores used", fmt_cores(cpu.cores_used()));
-        wire_rows(&mut t, &d, span);
         t.row(
-            "hibernated peers (sum over stores)",
-            g.hibernated_peers.to_string(),
+            "every peer hibernated, after the election",
+            match settled.took {
+                Some(took) => format!(
+                    "{} ({:.2} s after the bootstrap)",
+                    fmt_duration(took),
+                    settled.since_bootstrap
+                ),
+                None => format!(
+                    "not within {}: {} of {peers} peers hibernated, {} awake",
+                    fmt_duration(settled.waited),
+                    settled.gauges.hibernated_peers,
+                    settled.gauges.awake_peers
+                ),
+            },
         );
-        t.row("awake peers (sum over stores)", g.awake_peers.to_string());
-        t.row("hibernations during the phase", d.hibernations.to_string());
+        t.row("then measured for", fmt_duration(span));
+        t.row(
+            "RSS, all and per peer",
+            rss.map_or_else(
+                || "unknown".into(),
+                |rss| {
+                    format!(
+                        "{} ({} per peer)",
+                        fmt_bytes(rss),
+                        fmt_bytes(rss / peers.max(1))
+                    )
+                },
+            ),
+        );
+        t.row(
+            "CPU",
+            cores.map_or_else(
+                || "unknown".into(),
+                |c| {
+                    format!(
+                        "{c:.3} cores ({}; /proc counts in {} ms ticks: +/- {:.2}% over {})",
+                        fmt_core_share(c),
+                        CPU_TICK.as_millis(),
+                        in_units_of(CPU_TICK, span) * 100.0,
+                        fmt_duration(span)
+                    )
+                },
+            ),
+        );
+        t.row(
+            "heartbeat interval",
+            format!(
+                "{} ({} ticks x {} ms)",
+                fmt_duration(hb),
+                self.cfg.heartbeat_ticks,
+                self.cfg.base_tick_ms
+            ),
+        );
+        t.row(
+            "all wire messages per store pair per heartbeat interval",
+            format!(
+                "{wire:.2} ({} messages, {STORE_PAIRS} ordered pairs, {:.1} intervals)",
+                d.wire_messages(),
+                in_units_of(span, hb)
+            ),
+        );
+        t.row(
+            "heartbeat/liveness batches per store pair per heartbeat interval",
+            format!(
+                "{beats:.2} ({} batches, of which {} bare liveness beats: {bare:.2} per pair per interval)",
+                d.heartbeat_batches, d.liveness_messages
+            ),
+        );
+        t.row("peer ticks delivered", d.peer_ticks.to_string());
+        t.row(
+            "hibernated / awake peers at the end",
+            format!("{} / {}", g.hibernated_peers, g.awake_peers),
+        );
+        t.row(
+            "hibernations / wakes during the measurement",
+            format!("{} / {}", d.hibernations, d.wakes),
+        );
         t
     }
 
@@ -396,7 +594,7 @@ impl<'a> Run<'a> {
             pattern,
             phase as u64,
         )?;
-        self.wait_phase(phase, started, |run| {
+        self.wait_phase(phase, started, POLL, |run| {
             let done = run.live.writes() - writes_before;
             format!("{:.0} writes/s", Counters::rate(done, started.elapsed()))
         });
@@ -444,19 +642,23 @@ impl<'a> Run<'a> {
     }
 
     /// (e): stops the busiest leader store and times its regions' new
-    /// leaders from the leader counts of the others. No client traffic
-    /// (nothing wakes the regions but the loss of their leader's store).
-    /// Returns the table and the store stopped.
+    /// leaders from the leader counts of the others, and the detection of
+    /// its loss from their support withdrawals. No client traffic (nothing
+    /// wakes the regions but the loss of their leader's store). Returns the
+    /// table and the store stopped.
     fn kill(&mut self) -> (Table, u64) {
         self.enter(Phase::Kill);
         let before = self.meter.observe(&self.cluster);
         let g_before = Gauges::of(&self.cluster);
         let (victim, led) = self.busiest_leader();
         let survivors_base = g_before.leaders.saturating_sub(led);
+        let withdrawals_base = support_withdrawals(&self.cluster, Some(victim));
+        let round_max_before = max_poll_round_us(&self.cluster, Some(victim));
         let e = self.election_timeout();
         let deadline = e.saturating_mul(FAILOVER_DEADLINE_TIMEOUTS);
         let wait = FAILOVER_WAIT_MIN.max(e.saturating_mul(FAILOVER_WAIT_TIMEOUTS));
         let mut arrivals = Arrivals::new(survivors_base, led);
+        let mut detect: Option<Duration> = None;
         let bar = spinner("{spinner} kill: {msg} ({elapsed})");
         let started = Instant::now();
         self.cluster.stop_store(victim);
@@ -464,6 +666,11 @@ impl<'a> Run<'a> {
         loop {
             let at = started.elapsed();
             arrivals.observe(self.cluster.leader_count(), at);
+            if detect.is_none()
+                && support_withdrawals(&self.cluster, Some(victim)) > withdrawals_base
+            {
+                detect = Some(at);
+            }
             bar.set_message(format!(
                 "store {victim} stopped; {}/{led} of its regions have a new leader",
                 arrivals.arrived()
@@ -476,8 +683,15 @@ impl<'a> Run<'a> {
             self.pause();
         }
         bar.finish_and_clear();
+        let round_max_after = max_poll_round_us(&self.cluster, Some(victim));
         let d = self.meter.observe(&self.cluster).since(&before);
         let g_after = Gauges::of(&self.cluster);
+        self.findings.failover = Some(Failover {
+            election_timeout: e,
+            max: arrivals.last().filter(|_| arrivals.complete()),
+            detect,
+            missing: led - arrivals.arrived(),
+        });
         let mut t = Table::new(Phase::Kill.title());
         t.row(
             "store stopped",
@@ -488,6 +702,25 @@ impl<'a> Run<'a> {
             ),
         );
         t.row("election timeout", self.describe_election_timeout());
+        t.row(
+            "t_detect: first support withdrawal on the surviving stores, from the stop",
+            match detect {
+                // Polling starts once the stop returns: a withdrawal seen
+                // at the first look may have come earlier.
+                Some(at) if at <= stop_took + POLL => {
+                    format!(
+                        "<= {} (seen at the first look after the stop)",
+                        fmt_duration(at)
+                    )
+                }
+                Some(at) => format!(
+                    "{} (support lasts {} after the last beat heard)",
+                    fmt_duration(at),
+                    fmt_duration(self.cfg.support_duration())
+                ),
+                None => "none seen".into(),
+            },
+        );
         let all = match arrivals.last() {
             Some(last) if arrivals.complete() => fmt_duration(last),
             None if arrivals.complete() => "none to elect".into(),
@@ -497,16 +730,48 @@ impl<'a> Run<'a> {
                 led - arrivals.arrived()
             ),
         };
-        t.row("all its regions with a new leader after", all);
+        t.row("all its regions with a new leader, from the stop", all);
         t.row(
-            "new leader after p50 / p99 / max",
-            arrival_quantiles(&arrivals),
+            "new leader after p50 / p99 / max, from the stop",
+            arrival_quantiles(&arrivals, Duration::ZERO),
         );
+        t.row(
+            "new leader after p50 / p99 / max, from t_detect",
+            detect.map_or_else(|| "-".into(), |at| arrival_quantiles(&arrivals, at)),
+        );
+        if let (Some(last), true) = (arrivals.last(), arrivals.complete()) {
+            t.row(
+                "slowest new leader, in election timeouts",
+                format!(
+                    "{:.2} from the stop{}",
+                    in_units_of(last, e),
+                    detect.map_or_else(String::new, |at| format!(
+                        ", {:.2} from t_detect",
+                        in_units_of(last.saturating_sub(at), e)
+                    ))
+                ),
+            );
+        }
         t.row(
             format!(
                 "regions without a leader after {FAILOVER_DEADLINE_TIMEOUTS} election timeouts"
             ),
             arrivals.missing_at(deadline).to_string(),
+        );
+        t.row(
+            "max poll round (since start), surviving stores",
+            if round_max_after > round_max_before {
+                format!(
+                    "{}, reached during the phase (before it: {})",
+                    fmt_micros(round_max_after),
+                    fmt_micros(round_max_before)
+                )
+            } else {
+                format!(
+                    "{}, from before the phase (none longer during it)",
+                    fmt_micros(round_max_after)
+                )
+            },
         );
         t.row(
             "hibernated peers before / after (running stores)",
@@ -522,7 +787,7 @@ impl<'a> Run<'a> {
         t.row(
             "measured by",
             format!(
-                "the others' leader counts, every {} ms, from the stop",
+                "the others' leader counts and support withdrawals, every {} ms, from the stop",
                 POLL.as_millis()
             ),
         );
@@ -552,6 +817,7 @@ impl<'a> Run<'a> {
                 source,
             })?;
         let start_took = t1.elapsed();
+        self.findings.restart = Some(engine_took + start_took);
         let loaded = self.cluster.store(victim).map_or(0, |s| s.regions().len());
         bar.finish_and_clear();
         self.tick();
@@ -566,10 +832,17 @@ impl<'a> Run<'a> {
             Phase::Restart as u64,
         )?;
         let mut all_leaders: Option<Duration> = None;
+        let mut rehibernated: Option<Duration> = None;
+        let rehibernate_at = rehibernation_threshold(self.peers());
         let bar = self.timed_bar(Phase::Restart);
         while traffic_started.elapsed() < self.opts.phase_duration {
             if all_leaders.is_none() && self.cluster.leader_count() >= self.opts.regions {
                 all_leaders = Some(started.elapsed());
+            }
+            if rehibernated.is_none()
+                && Gauges::of(&self.cluster).hibernated_peers >= rehibernate_at
+            {
+                rehibernated = Some(started.elapsed());
             }
             self.pause();
             bar.set_position(traffic_started.elapsed().as_secs());
@@ -577,6 +850,7 @@ impl<'a> Run<'a> {
         bar.finish_and_clear();
         let load = self.drain(pool)?;
         let first_write = load.first_write.map(|at| at.duration_since(started));
+        self.findings.restart_first_write = first_write;
         let span = traffic_started.elapsed();
         let d = self.meter.observe(&self.cluster).since(&before);
         let mut t = Table::new(Phase::Restart.title());
@@ -603,21 +877,33 @@ impl<'a> Run<'a> {
         );
         load_rows(&mut t, &load);
         t.row("fsyncs/s", fmt_rate(Counters::rate(d.synced_writes, span)));
-        if let Some(s) = self.cluster.store(victim) {
-            let m = s.metrics();
-            let get = |g: &std::sync::atomic::AtomicI64| {
-                g.load(std::sync::atomic::Ordering::Relaxed).max(0)
-            };
-            t.row(
-                "restarted store: leaders / awake / hibernated peers",
-                format!(
-                    "{} / {} / {}",
-                    get(&m.leaders),
-                    get(&m.awake_peers),
-                    get(&m.hibernated_peers)
-                ),
-            );
-        }
+        let g = Gauges::of(&self.cluster);
+        t.row(
+            format!(
+                "back to >= {:.0}% of the peers hibernated, from the start",
+                REHIBERNATED_SHARE * 100.0
+            ),
+            rehibernated.map_or_else(
+                || {
+                    format!(
+                        "not within the phase ({} of {} peers hibernated at the end)",
+                        g.hibernated_peers,
+                        self.peers()
+                    )
+                },
+                |at| format!("after {}", fmt_duration(at)),
+            ),
+        );
+        t.row(
+            "restarted store: leaders / awake / hibernated peers",
+            self.cluster.store(victim).map_or_else(
+                || "not running".into(),
+                |s| {
+                    let v = Gauges::of_store(s.metrics());
+                    format!("{} / {} / {}", v.leaders, v.awake_peers, v.hibernated_peers)
+                },
+            ),
+        );
         Ok(t)
     }
 
@@ -661,10 +947,10 @@ fn wire_rows(t: &mut Table, d: &Counters, span: Duration) {
         ),
     );
     t.row(
-        "  raft / lone liveness messages/s, all stores",
+        "  of which heartbeat batches / bare liveness beats, /s all stores",
         format!(
             "{} / {}",
-            fmt_rate(Counters::rate(d.raft_messages, span)),
+            fmt_rate(Counters::rate(d.heartbeat_batches, span)),
             fmt_rate(Counters::rate(d.liveness_messages, span))
         ),
     );
@@ -685,8 +971,80 @@ fn fmt_cores(cores: Option<f64>) -> String {
     cores.map_or_else(|| "unknown".into(), |c| format!("{c:.2}"))
 }
 
-fn arrival_quantiles(a: &Arrivals) -> String {
-    let q = |q: f64| a.quantile(q).map_or_else(|| "-".into(), fmt_duration);
-    let max = a.last().map_or_else(|| "-".into(), fmt_duration);
-    format!("{} / {} / {max}", q(0.5), q(0.99))
+/// p50 / p99 / max of the arrival times, each less `from`.
+fn arrival_quantiles(a: &Arrivals, from: Duration) -> String {
+    let show = |d: Option<Duration>| {
+        d.map_or_else(|| "-".into(), |d| fmt_duration(d.saturating_sub(from)))
+    };
+    format!(
+        "{} / {} / {}",
+        show(a.quantile(0.5)),
+        show(a.quantile(0.99)),
+        show(a.last())
+    )
+}
+
+/// Hibernated peers that make [`REHIBERNATED_SHARE`] of `peers`.
+fn rehibernation_threshold(peers: u64) -> u64 {
+    (peers as f64 * REHIBERNATED_SHARE).ceil() as u64
+}
+
+/// `d` in units of `unit`.
+fn in_units_of(d: Duration, unit: Duration) -> f64 {
+    d.as_secs_f64() / unit.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// `count` messages over `span`, per ordered store pair per heartbeat
+/// `interval`.
+fn per_pair_per_interval(count: u64, span: Duration, interval: Duration) -> f64 {
+    count as f64 / STORE_PAIRS as f64 / in_units_of(span, interval).max(f64::MIN_POSITIVE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn messages_per_pair_per_interval() {
+        // 6 ordered pairs, 10 s of 200 ms intervals: 50 intervals.
+        assert!((per_pair_per_interval(600, ms(10_000), ms(200)) - 2.0).abs() < 1e-9);
+        assert!((per_pair_per_interval(0, ms(10_000), ms(200))).abs() < 1e-9);
+        assert!(per_pair_per_interval(1, Duration::ZERO, ms(200)).is_finite());
+        assert!((in_units_of(ms(2_500), ms(1_000)) - 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rehibernation_needs_95_percent() {
+        assert_eq!(rehibernation_threshold(300_000), 285_000);
+        assert_eq!(rehibernation_threshold(3), 3);
+        assert_eq!(rehibernation_threshold(0), 0);
+    }
+
+    #[test]
+    fn arrival_times_from_a_later_origin() {
+        let mut a = Arrivals::new(0, 4);
+        a.observe(2, ms(1_200));
+        a.observe(4, ms(2_000));
+        assert_eq!(
+            arrival_quantiles(&a, Duration::ZERO),
+            "1.20 s / 2.00 s / 2.00 s"
+        );
+        assert_eq!(
+            arrival_quantiles(&a, ms(1_000)),
+            "200.0 ms / 1.00 s / 1.00 s"
+        );
+        assert_eq!(arrival_quantiles(&Arrivals::new(0, 1), ms(5)), "- / - / -");
+    }
+
+    #[test]
+    fn phase_streams_stay_fixed() {
+        assert_eq!(Phase::Uniform as u64, 2);
+        assert_eq!(Phase::HotSpot as u64, 3);
+        assert_eq!(Phase::Restart as u64, 5);
+        assert_eq!(Phase::Hibernate.title(), Phase::Idle.title());
+    }
 }

@@ -25,7 +25,8 @@ pub struct SeriesRow {
     pub writes_per_s: f64,
     /// p99 write latency over the row's interval (ms); `None` without writes.
     pub write_p99_ms: Option<f64>,
-    /// Wire messages (raft + lone liveness) per second, all stores.
+    /// Wire messages per second (raft messages, heartbeat batches and bare
+    /// liveness beats), all stores.
     pub wire_msgs_per_s: f64,
     /// Awake regions (awake peers per running store).
     pub awake_regions: u64,

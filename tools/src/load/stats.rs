@@ -2,7 +2,7 @@
 //! from `/proc`, and the stores' [`StoreMetrics`] summed over the cluster.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flotilla_raftstore::store::{Cluster, StoreMetrics, WakeReason};
@@ -10,15 +10,36 @@ use flotilla_raftstore::store::{Cluster, StoreMetrics, WakeReason};
 /// Linux reports process times in `USER_HZ` ticks, fixed at 100 per second
 /// for user space on every architecture.
 const CLOCK_TICKS_PER_S: f64 = 100.0;
+/// The resolution of [`cpu_ticks`] (one `USER_HZ` tick).
+pub const CPU_TICK: Duration = Duration::from_millis(10);
 /// `utime` is the 14th field of `/proc/<pid>/stat`, `stime` the 15th; the
 /// fields after the command name start with the 3rd.
 const UTIME_AFTER_COMM: usize = 14 - 3;
 /// `stime`, counted the same way.
 const STIME_AFTER_COMM: usize = 15 - 3;
+/// `/proc/<pid>/status` sizes are in kB (KiB).
+const KIB_BYTES: u64 = 1024;
 
 /// The process's resident set size (bytes), if `/proc` tells.
 pub fn rss_bytes() -> Option<u64> {
     crate::demo::rss_bytes()
+}
+
+/// The process's peak resident set size so far (bytes; `VmHWM`), if
+/// `/proc` tells.
+pub fn peak_rss_bytes() -> Option<u64> {
+    parse_status_bytes(&std::fs::read_to_string("/proc/self/status").ok()?, "VmHWM")
+}
+
+/// The value of `field` (e.g. `VmHWM`, in kB there) in the text of
+/// `/proc/<pid>/status`, in bytes.
+pub fn parse_status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(KIB_BYTES)
 }
 
 /// User plus system CPU time of the process so far, in clock ticks.
@@ -65,14 +86,24 @@ impl CpuMeter {
 /// across store restarts (a restarted store counts from zero again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Raft messages handed to the transport (a coalesced beat batch is one).
+    /// Wire messages: every message handed to the transport (raft
+    /// messages, coalesced heartbeat batches and bare liveness beats, one
+    /// each).
     pub raft_messages: u64,
-    /// Store-liveness messages that went on the wire alone.
+    /// Of those, the heartbeat batches: batches of beats and bare liveness
+    /// beats.
+    pub heartbeat_batches: u64,
+    /// Of those, the bare liveness beats (sent by the store clock to a store
+    /// no batch went to in a heartbeat interval).
     pub liveness_messages: u64,
     /// Synced raft writes (fsyncs).
     pub synced_writes: u64,
+    /// Ticks delivered to peers (only awake peers get them).
+    pub peer_ticks: u64,
     /// Times a peer went to sleep.
     pub hibernations: u64,
+    /// Times a peer woke, for any reason.
+    pub wakes: u64,
     /// Wakes because store liveness withdrew support from the leader's store.
     pub leader_store_down_wakes: u64,
     /// Times a store withdrew support from another.
@@ -82,20 +113,23 @@ pub struct Counters {
 impl Counters {
     /// The counters of one store.
     pub fn of(m: &StoreMetrics) -> Counters {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Counters {
             raft_messages: get(&m.raft_messages_sent),
+            heartbeat_batches: get(&m.heartbeat_batches_sent),
             liveness_messages: get(&m.liveness_messages_sent),
             synced_writes: get(&m.raft_synced_writes),
+            peer_ticks: get(&m.peer_ticks),
             hibernations: get(&m.hibernations),
+            wakes: m.wakes_by_reason.iter().map(get).sum(),
             leader_store_down_wakes: m.wakes(WakeReason::LeaderStoreDown),
             support_withdrawals: get(&m.support_withdrawals),
         }
     }
 
-    /// Messages on the wire: raft messages plus lone liveness messages.
+    /// Messages on the wire, of every kind.
     pub fn wire_messages(&self) -> u64 {
-        self.raft_messages + self.liveness_messages
+        self.raft_messages
     }
 
     /// What grew from `earlier` to `self`, field by field; a field that
@@ -104,9 +138,12 @@ impl Counters {
         let d = |now: u64, then: u64| now.checked_sub(then).unwrap_or(now);
         Counters {
             raft_messages: d(self.raft_messages, earlier.raft_messages),
+            heartbeat_batches: d(self.heartbeat_batches, earlier.heartbeat_batches),
             liveness_messages: d(self.liveness_messages, earlier.liveness_messages),
             synced_writes: d(self.synced_writes, earlier.synced_writes),
+            peer_ticks: d(self.peer_ticks, earlier.peer_ticks),
             hibernations: d(self.hibernations, earlier.hibernations),
+            wakes: d(self.wakes, earlier.wakes),
             leader_store_down_wakes: d(
                 self.leader_store_down_wakes,
                 earlier.leader_store_down_wakes,
@@ -117,9 +154,12 @@ impl Counters {
 
     fn add(&mut self, o: &Counters) {
         self.raft_messages += o.raft_messages;
+        self.heartbeat_batches += o.heartbeat_batches;
         self.liveness_messages += o.liveness_messages;
         self.synced_writes += o.synced_writes;
+        self.peer_ticks += o.peer_ticks;
         self.hibernations += o.hibernations;
+        self.wakes += o.wakes;
         self.leader_store_down_wakes += o.leader_store_down_wakes;
         self.support_withdrawals += o.support_withdrawals;
     }
@@ -174,18 +214,29 @@ pub struct Gauges {
 impl Gauges {
     /// Reads the gauges of every running store.
     pub fn of(cluster: &Cluster) -> Gauges {
-        let load = |g: &std::sync::atomic::AtomicI64| g.load(Ordering::Relaxed).max(0) as u64;
         let mut g = Gauges::default();
-        for &id in cluster.store_ids() {
-            if let Some(s) = cluster.store(id) {
-                let m = s.metrics();
-                g.awake_peers += load(&m.awake_peers);
-                g.hibernated_peers += load(&m.hibernated_peers);
-                g.leaders += load(&m.leaders);
-                g.running_stores += 1;
-            }
+        for m in running(cluster, None) {
+            g.add(&Gauges::of_store(m));
         }
         g
+    }
+
+    /// The gauges of one store (as of its last store tick).
+    pub fn of_store(m: &StoreMetrics) -> Gauges {
+        let load = |g: &AtomicI64| u64::try_from(g.load(Ordering::Relaxed)).unwrap_or(0);
+        Gauges {
+            awake_peers: load(&m.awake_peers),
+            hibernated_peers: load(&m.hibernated_peers),
+            leaders: load(&m.leaders),
+            running_stores: 1,
+        }
+    }
+
+    fn add(&mut self, o: &Gauges) {
+        self.awake_peers += o.awake_peers;
+        self.hibernated_peers += o.hibernated_peers;
+        self.leaders += o.leaders;
+        self.running_stores += o.running_stores;
     }
 
     /// Awake regions, estimated as awake peers per running store (every
@@ -202,9 +253,35 @@ impl Gauges {
 
 /// The leaders of store `id` now (0 if it is not running).
 pub fn leaders_of(cluster: &Cluster, id: u64) -> u64 {
-    cluster.store(id).map_or(0, |s| {
-        s.metrics().leaders.load(Ordering::Relaxed).max(0) as u64
-    })
+    cluster
+        .store(id)
+        .map_or(0, |s| Gauges::of_store(s.metrics()).leaders)
+}
+
+/// The metrics of every running store but `except`.
+pub fn running(cluster: &Cluster, except: Option<u64>) -> impl Iterator<Item = &StoreMetrics> {
+    cluster
+        .store_ids()
+        .iter()
+        .filter(move |&&id| Some(id) != except)
+        .filter_map(|&id| cluster.store(id))
+        .map(|s| s.metrics())
+}
+
+/// Support withdrawals so far, summed over the running stores but `except`.
+pub fn support_withdrawals(cluster: &Cluster, except: Option<u64>) -> u64 {
+    running(cluster, except)
+        .map(|m| m.support_withdrawals.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// The longest poll round since each store started (µs), over the running
+/// stores but `except`.
+pub fn max_poll_round_us(cluster: &Cluster, except: Option<u64>) -> u64 {
+    running(cluster, except)
+        .map(|m| m.poll_round_max_micros.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -241,5 +318,15 @@ mod tests {
     fn this_process_has_cpu_time_and_rss() {
         assert!(cpu_ticks().is_some());
         assert!(rss_bytes().is_some_and(|b| b > 0));
+        assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn status_fields_are_read_in_bytes() {
+        let status = "Name:\tflotilla\nVmHWMx:\t1 kB\nVmHWM:\t  2048 kB\nVmRSS:\t1024 kB\n";
+        assert_eq!(parse_status_bytes(status, "VmHWM"), Some(2048 * 1024));
+        assert_eq!(parse_status_bytes(status, "VmRSS"), Some(1024 * 1024));
+        assert_eq!(parse_status_bytes(status, "VmSwap"), None);
+        assert_eq!(parse_status_bytes("VmHWM: lots", "VmHWM"), None);
     }
 }
