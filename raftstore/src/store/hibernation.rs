@@ -27,6 +27,7 @@
 //! under the same lock as withdrawal, so "falls asleep" cannot race
 //! "support withdrawn" and leave a region asleep under a dead leader.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::raft_serverpb::Beat;
@@ -118,6 +119,9 @@ pub struct PeerSleep {
     /// for that store is withdrawn under that epoch it may run its
     /// election clock out at once.
     pub quiet_under: Option<(u64, u64)>,
+    /// Follower: [`Hibernation::withdrawal_count`] when it last looked at
+    /// its silent leader's store.
+    pub seen_withdrawals: u64,
     /// Follower, quiet: a peer of the region asked for its vote, which it
     /// refused as its store still supported the leader's; when the
     /// withdrawal comes it campaigns first.
@@ -217,6 +221,9 @@ pub struct Hibernation {
     store_id: u64,
     /// This store's liveness epoch (its current life).
     epoch: u64,
+    /// Support withdrawals so far, any store: a follower whose leader has
+    /// been silent looks at store liveness again only when this moved.
+    withdrawals: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -234,6 +241,7 @@ impl Hibernation {
         Hibernation {
             store_id,
             epoch,
+            withdrawals: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 support: SupportTable::new(support, remotes.into_iter().filter(|&s| s != store_id)),
                 awake: regions.into_iter().collect(),
@@ -248,6 +256,17 @@ impl Hibernation {
     /// This store's liveness epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Support withdrawals so far, from any store.
+    pub fn withdrawal_count(&self) -> u64 {
+        self.withdrawals.load(Ordering::Acquire)
+    }
+
+    /// The latest support epoch of `store` (the one it lost, once
+    /// withdrawn).
+    pub fn support_epoch(&self, store: u64) -> u64 {
+        self.inner.lock().support.support_epoch(store)
     }
 
     /// Replaces `out` with the awake regions (the ones to tick).
@@ -407,6 +426,7 @@ impl Hibernation {
             // Lapsed before the next tick noticed: withdraw it now, before
             // this batch counts.
             withdrew = true;
+            self.withdrawals.fetch_add(1, Ordering::AcqRel);
             let msg = SleepMsg::LeaderStoreDown { store, epoch: lost };
             inner.wake_filed(store, true, &msg, &mut out);
         }
@@ -415,6 +435,7 @@ impl Hibernation {
         if heard == Heard::Restarted {
             // Its leaders of the old life are gone.
             withdrew = true;
+            self.withdrawals.fetch_add(1, Ordering::AcqRel);
             let msg = SleepMsg::LeaderStoreDown { store, epoch: lost };
             inner.wake_filed(store, true, &msg, &mut out);
         }
@@ -437,6 +458,8 @@ impl Hibernation {
         let mut out = Vec::new();
         let mut inner = self.inner.lock();
         let withdrawn = inner.support.expire(now);
+        self.withdrawals
+            .fetch_add(withdrawn.len() as u64, Ordering::AcqRel);
         for &(store, epoch) in &withdrawn {
             let msg = SleepMsg::LeaderStoreDown { store, epoch };
             inner.wake_filed(store, true, &msg, &mut out);

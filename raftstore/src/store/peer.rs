@@ -20,7 +20,7 @@ use super::config::Config;
 use super::error::{Error, Result};
 use super::hibernation::{Hibernation, OutBeat, PeerSleep, SleepMsg, WakeReason};
 use super::msg::{ApplyTask, Proposal, Responder};
-use super::peer_storage::PeerStorage;
+use super::peer_storage::{PeerStorage, RAFT_INIT_LOG_TERM};
 use super::util::err_response;
 use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
 use crate::raft::tracker::ProgressState;
@@ -152,6 +152,9 @@ impl Peer {
             .copied()
             .ok_or_else(|| Error::Config(format!("peer {peer_id} not in region {}", region.id)))?;
         let storage = PeerStorage::load(engine.clone(), region)?;
+        // Never heard a leader: still in the term bootstrap wrote, no vote.
+        let hs = storage.raft_state().hard_state.unwrap_or_default();
+        let fresh = hs.term <= RAFT_INIT_LOG_TERM && hs.vote == 0;
         let mut rc = raft::Config::new(peer_id);
         rc.election_tick = cfg.election_ticks;
         rc.heartbeat_tick = cfg.heartbeat_ticks;
@@ -162,8 +165,8 @@ impl Peer {
         rc.max_committed_size_per_ready = cfg.max_apply_bytes_per_ready;
         rc.check_quorum = true;
         // A restarted follower must not vote inside a lease it acknowledged
-        // before the restart.
-        rc.refuse_votes_after_start = cfg.lease_read;
+        // before the restart (a fresh one acknowledged nothing).
+        rc.refuse_votes_after_start = cfg.lease_read && !fresh;
         rc.pre_vote = true;
         rc.disable_proposal_forwarding = true;
         // Always Safe in the core: the lease is the store's (wall clock,
@@ -172,7 +175,7 @@ impl Peer {
         let logger = logger.new(slog::o!("region" => storage.region().id, "peer" => peer_id));
         let raft =
             RawNode::new(&rc, storage, &logger).map_err(|e| Error::Config(format!("raft: {e}")))?;
-        Ok(Peer {
+        let mut peer = Peer {
             meta,
             raft,
             proposals: VecDeque::new(),
@@ -191,7 +194,15 @@ impl Peer {
             limits: cfg.request_limits(),
             engine,
             logger,
-        })
+        };
+        if fresh && peer.campaigns_first_without(0) {
+            // The first election after bootstrap: one voter per region,
+            // taking turns by region id, campaigns at its first tick, so
+            // the regions elect at once without split votes and their
+            // leaders spread over the stores.
+            peer.raft.raft.expire_election_clock(true);
+        }
+        Ok(peer)
     }
 
     /// The region as this peer knows it.
@@ -429,7 +440,7 @@ impl Peer {
         if self.sleep.asleep {
             return;
         }
-        self.check_quiet_leader(hib);
+        self.check_leader_store(hib);
         self.maybe_nudge_leader(hib);
         self.raft.tick();
         self.maybe_renew_lease();
@@ -530,12 +541,23 @@ impl Peer {
         woke.then_some(reason)
     }
 
-    /// An awake follower still quiet (woken by a peer, not its leader)
-    /// looks at its leader's store once a tick: once this store no longer
-    /// supports it, the follower runs its clock out as a withdrawal would
-    /// (the withdrawal wakes only sleeping peers).
-    fn check_quiet_leader(&mut self, hib: &Hibernation) {
+    /// An awake follower whose leader's store lost this store's support
+    /// runs its election clock out, as a withdrawal does for a sleeping
+    /// one (the withdrawal messages only sleeping peers): one still quiet
+    /// (woken by a peer, not its leader) looks each tick; one that heard
+    /// its leader looks once the leader has been silent for half an
+    /// election timeout, and again only after a withdrawal anywhere.
+    ///
+    /// Lease safety: support is withdrawn only after the support duration
+    /// (one election timeout, longer than any lease) without an accepted
+    /// batch from the store, and every lease round this follower
+    /// acknowledged came in such a batch; the lease it confirmed is over.
+    fn check_leader_store(&mut self, hib: &Hibernation) {
+        if self.is_leader() {
+            return;
+        }
         let Some((store, epoch)) = self.sleep.quiet_under else {
+            self.check_silent_leader_store(hib);
             return;
         };
         match hib.supports(store, Instant::now()) {
@@ -549,6 +571,29 @@ impl Peer {
                 self.raft.raft.expire_election_clock(first);
             }
         }
+    }
+
+    fn check_silent_leader_store(&mut self, hib: &Hibernation) {
+        let raft = &self.raft.raft;
+        if raft.election_elapsed() < raft.election_timeout() / 2 {
+            return;
+        }
+        let seen = hib.withdrawal_count();
+        if seen == self.sleep.seen_withdrawals {
+            return;
+        }
+        self.sleep.seen_withdrawals = seen;
+        let Some(leader) = self.leader() else { return };
+        let store = leader.store_id;
+        if store == self.meta.store_id
+            || self.sleep.woken_by.is_some_and(|(s, _)| s == store)
+            || hib.supports(store, Instant::now()).is_some()
+        {
+            return;
+        }
+        self.sleep.woken_by = Some((store, hib.support_epoch(store)));
+        let first = self.campaigns_first_without(store);
+        self.raft.raft.expire_election_clock(first);
     }
 
     /// A peer of the region asks for a vote while this follower is quiet
@@ -634,14 +679,20 @@ impl Peer {
         let Some(leader) = self.leader() else {
             return;
         };
-        if leader.id == self.meta.id
-            || self
-                .sleep
-                .woken_by
-                .is_some_and(|(s, _)| s == leader.store_id)
-            || hib.supports(leader.store_id, Instant::now()).is_none()
-        {
+        if leader.id == self.meta.id {
             return;
+        }
+        let Some(support) = hib.supports(leader.store_id, Instant::now()) else {
+            return;
+        };
+        if let Some((store, lost)) = self.sleep.woken_by
+            && store == leader.store_id
+        {
+            if support <= lost {
+                return;
+            }
+            // Supported again since it was withdrawn: the store is back.
+            self.sleep.woken_by = None;
         }
         self.sleep.nudged = true;
         self.wake_leader();
@@ -650,7 +701,8 @@ impl Peer {
     /// Whether this peer is the one of its region to campaign first when
     /// the leader's store `down` is gone: the region's voters on other
     /// stores take turns by region id, so the new leaders of a dead
-    /// store's regions spread over the surviving stores.
+    /// store's regions spread over the surviving stores. (`down` = 0, no
+    /// store, counts every voter.)
     fn campaigns_first_without(&self, down: u64) -> bool {
         let mut ids: Vec<u64> = self
             .region()
