@@ -28,6 +28,9 @@ use rand_chacha::ChaCha8Rng;
 
 /// Base tick of these tests (ms): an election timeout is 10 of them.
 const TICK_MS: u64 = 20;
+/// Ticks after every peer sleeps before a test counts messages: the last
+/// answers to the leaders' last heartbeats leave within a flush or two.
+const SETTLE_TICKS: u64 = 6;
 /// Regions of the small-cluster tests.
 const REGIONS: u64 = 30;
 /// Regions of the dead-leader-store test (the issue asks for 1,000).
@@ -135,6 +138,9 @@ fn idle_regions_sleep_and_a_write_wakes_exactly_its_region() {
         "not every region hibernated: {}",
         state(&cluster)
     );
+    // The followers' answers to the leaders' last heartbeats (sent with
+    // the requests to sleep) leave with the next flush.
+    std::thread::sleep(Duration::from_millis(SETTLE_TICKS * TICK_MS));
     let ticks = sum(&cluster, |m| m.peer_ticks.load(Ordering::Relaxed));
     let beats = sum(&cluster, |m| m.heartbeats_sent.load(Ordering::Relaxed));
     let by_peers = sum(&cluster, peer_messages);

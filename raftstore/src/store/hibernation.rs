@@ -119,6 +119,12 @@ pub struct PeerSleep {
     /// for that store is withdrawn under that epoch it may run its
     /// election clock out at once.
     pub quiet_under: Option<(u64, u64)>,
+    /// A fresh peer (never heard a leader): ticks its first election waits
+    /// at most for its store to hear every store of the region.
+    pub fresh_hold: Option<usize>,
+    /// A fresh peer designated to campaign first in its region's first
+    /// election.
+    pub campaigns_first: bool,
     /// Follower: [`Hibernation::withdrawal_count`] when it last looked at
     /// its silent leader's store.
     pub seen_withdrawals: u64,

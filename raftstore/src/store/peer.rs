@@ -79,6 +79,10 @@ impl Lease {
     }
 }
 
+/// Election timeouts a fresh region's peers wait at most for their stores
+/// to hear each other before the first election.
+const FRESH_HOLD_TIMEOUTS: usize = 5;
+
 /// What an idle leader's hibernation would involve.
 #[derive(Debug, Default)]
 struct SleepPlan {
@@ -195,12 +199,15 @@ impl Peer {
             engine,
             logger,
         };
-        if fresh && peer.campaigns_first_without(0) {
-            // The first election after bootstrap: one voter per region,
-            // taking turns by region id, campaigns at its first tick, so
-            // the regions elect at once without split votes and their
-            // leaders spread over the stores.
-            peer.raft.raft.expire_election_clock(true);
+        // The first election after bootstrap waits until the store hears
+        // every other store of the region (or a few election timeouts):
+        // then one voter per region, taking turns by region id, campaigns
+        // at once, the others on their usual clocks, so the regions elect
+        // without split votes and their leaders spread over the stores
+        // even when the stores start one after another.
+        if fresh {
+            peer.sleep.fresh_hold = Some(FRESH_HOLD_TIMEOUTS.saturating_mul(cfg.election_ticks));
+            peer.sleep.campaigns_first = peer.campaigns_first_without(0);
         }
         Ok(peer)
     }
@@ -440,6 +447,9 @@ impl Peer {
         if self.sleep.asleep {
             return;
         }
+        if self.sleep.fresh_hold.is_some() && self.hold_fresh_election(hib) {
+            return;
+        }
         self.check_leader_store(hib);
         self.maybe_nudge_leader(hib);
         self.raft.tick();
@@ -539,6 +549,35 @@ impl Peer {
         let woke = self.wake(reason, hib);
         self.on_raft_message(msg);
         woke.then_some(reason)
+    }
+
+    /// A fresh peer's first election: holds its election clock (returns
+    /// true: skip this tick) until its store supports every other store of
+    /// the region or the hold runs out; then the designated one campaigns
+    /// at once. A leader heard first ends the hold.
+    fn hold_fresh_election(&mut self, hib: &Hibernation) -> bool {
+        let Some(left) = self.sleep.fresh_hold else {
+            return false;
+        };
+        if self.raft.raft.leader_id() != raft::INVALID_ID {
+            self.sleep.fresh_hold = None;
+            return false;
+        }
+        let now = Instant::now();
+        let all_heard = self
+            .region()
+            .peers
+            .iter()
+            .all(|p| hib.supports(p.store_id, now).is_some());
+        if !all_heard && left > 0 {
+            self.sleep.fresh_hold = Some(left - 1);
+            return true;
+        }
+        self.sleep.fresh_hold = None;
+        if self.sleep.campaigns_first {
+            self.raft.raft.expire_election_clock(true);
+        }
+        false
     }
 
     /// An awake follower whose leader's store lost this store's support
