@@ -9,6 +9,12 @@ use flotilla_tools::demo::{self, DemoOptions};
 use flotilla_tools::load::options::parse_duration;
 use flotilla_tools::load::{self, LoadArgs, LoadError, LoadOptions};
 
+/// jemalloc: glibc's per-thread arenas fragment under many small
+/// per-peer allocations made and freed on several threads.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// flotilla: a multi-raft sharding engine.
 #[derive(Parser, Debug)]
 #[command(version, about)]
