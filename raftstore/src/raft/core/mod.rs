@@ -711,4 +711,108 @@ mod tests {
         assert_eq!(r.msgs()[0].term, 1, "term filled in");
         assert_eq!(r.msgs()[0].from, 1, "from filled in");
     }
+
+    fn with_check_quorum(id: u64) -> Raft<MemStorage> {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut c = Config::new(id);
+        c.check_quorum = true;
+        c.pre_vote = true;
+        Raft::new(&c, MemStorage::with_voters(&[1, 2, 3], &[]), &log).unwrap()
+    }
+
+    /// A pre-vote request from `from` for the next term, as up to date as
+    /// the receiver.
+    fn pre_vote(r: &Raft<MemStorage>, from: u64) -> Message {
+        let mut m = Raft::<MemStorage>::new_message(r.id, MessageType::MsgRequestPreVote);
+        m.from = from;
+        m.term = r.term() + 1;
+        m.log_term = r.raft_log().last_term();
+        m.index = r.raft_log().last_index();
+        m
+    }
+
+    fn granted(r: &mut Raft<MemStorage>) -> Option<bool> {
+        let msgs = r.take_all_msgs();
+        msgs.iter()
+            .find(|m| m.msg_type() == MessageType::MsgRequestPreVoteResponse)
+            .map(|m| !m.reject)
+    }
+
+    /// checklist: quorum-2 (a follower that heard its leader ignores votes
+    /// within the lease). Hibernation: once its leader's store is gone,
+    /// expire_election_clock ends that lease at once; the first campaigner
+    /// campaigns at its next tick, the others hold half a timeout.
+    #[test]
+    fn expired_election_clock_ends_the_vote_lease() {
+        let mut r = with_check_quorum(1);
+        r.become_follower(2, 2);
+        r.step(pre_vote(&r, 3)).unwrap();
+        assert_eq!(granted(&mut r), None, "ignored within the lease");
+        r.expire_election_clock(false);
+        r.step(pre_vote(&r, 3)).unwrap();
+        assert_eq!(granted(&mut r), Some(true), "granted once expired");
+        // Not first: no campaign before half a timeout, then one within
+        // the rest of the randomized timeout.
+        let mut r = with_check_quorum(1);
+        r.become_follower(2, 2);
+        r.expire_election_clock(false);
+        let half = r.election_timeout() / 2;
+        for _ in 1..half {
+            r.tick();
+            assert_eq!(r.state(), StateRole::Follower, "campaigned too soon");
+        }
+        for _ in half..r.election_timeout() {
+            r.tick();
+        }
+        assert_eq!(r.state(), StateRole::PreCandidate, "never campaigned");
+        // First: campaigns at the next tick.
+        let mut r = with_check_quorum(1);
+        r.become_follower(2, 2);
+        r.expire_election_clock(true);
+        r.tick();
+        assert_eq!(r.state(), StateRole::PreCandidate);
+    }
+
+    /// checklist: quorum-1 (a leader that hears from no majority within an
+    /// election timeout steps down). Hibernation: a leader waking from a
+    /// long sleep starts a fresh window with its peers counted active, so
+    /// its first check does not step it down; the next one, with no
+    /// answer, does.
+    #[test]
+    fn a_woken_leader_gets_a_fresh_check_quorum_window() {
+        let mut r = with_check_quorum(1);
+        r.become_candidate();
+        r.become_leader();
+        for (_, pr) in r.prs.iter_mut() {
+            pr.recent_active = false;
+        }
+        r.election_elapsed = r.election_timeout() - 1;
+        r.resume_after_sleep();
+        for _ in 0..r.election_timeout() {
+            r.tick();
+        }
+        assert_eq!(r.state(), StateRole::Leader, "stepped down on waking");
+        for _ in 0..r.election_timeout() {
+            r.tick();
+        }
+        assert_eq!(r.state(), StateRole::Follower, "no answer in a window");
+    }
+
+    /// checklist: mem-1 (explicit free only when empty). Hibernation frees
+    /// the inflight windows and message vectors of an idle group.
+    #[test]
+    fn idle_buffers_are_freed() {
+        let mut r = raft(1, &[1, 2, 3]);
+        r.become_candidate();
+        r.become_leader();
+        for (_, pr) in r.prs.iter_mut() {
+            pr.ins.add(5);
+            pr.ins.free_to(5);
+        }
+        r.msgs.reserve(64);
+        assert!(r.prs.inflight_heap_bytes() > 0);
+        r.free_idle_buffers();
+        assert_eq!(r.prs.inflight_heap_bytes(), 0);
+        assert_eq!(r.msgs.capacity(), 0);
+    }
 }
