@@ -266,8 +266,10 @@ impl Filter for RecordSleepBatch {
 }
 
 /// Delivers `batch` to store `to` by hand (as a late message would come)
-/// and returns whether the store dropped it whole.
-fn deliver_late(cluster: &Cluster, to: u64, batch: RaftMessage) -> bool {
+/// and checks the store dropped it whole and sleeps nothing under its
+/// sender.
+fn assert_late_batch_dropped(cluster: &Cluster, to: u64, batch: RaftMessage, what: &str) {
+    let from = batch.heartbeats.as_ref().map_or(0, |h| h.from_store);
     let dropped = || {
         metrics(cluster, to)
             .stale_batches_dropped
@@ -275,7 +277,12 @@ fn deliver_late(cluster: &Cluster, to: u64, batch: RaftMessage) -> bool {
     };
     let before = dropped();
     cluster.stores().get(to).expect("running").deliver(batch);
-    dropped() == before + 1
+    assert_eq!(dropped(), before + 1, "a late batch {what} was taken");
+    let store = cluster.store(to).expect("running");
+    assert!(
+        store.hibernating_under(from).is_empty(),
+        "a late batch {what} put a region to sleep"
+    );
 }
 
 /// 1,000 hibernating regions; the store leading the most of them dies.
@@ -352,17 +359,7 @@ fn a_dead_leader_stores_regions_elect_new_leaders() {
         "regions still asleep under the dead store"
     );
     // While the store is down, its late batch revives nothing.
-    assert!(
-        deliver_late(&cluster, target, late.clone()),
-        "a late batch of the dead store was taken"
-    );
-    assert!(
-        cluster
-            .store(target)
-            .unwrap()
-            .hibernating_under(dead)
-            .is_empty()
-    );
+    assert_late_batch_dropped(&cluster, target, late.clone(), "of the dead store");
     assert!(
         eventually(|| sum(&cluster, |m| m.leaders.load(Ordering::Relaxed) as u64) == MANY_REGIONS),
         "{} of {MANY_REGIONS} regions have a leader: {}",
@@ -398,17 +395,7 @@ fn a_dead_leader_stores_regions_elect_new_leaders() {
             > withdrawals),
         "store {target} never heard the new life of store {dead}"
     );
-    assert!(
-        deliver_late(&cluster, target, late),
-        "a batch of an older life was taken"
-    );
-    assert!(
-        cluster
-            .store(target)
-            .unwrap()
-            .hibernating_under(dead)
-            .is_empty()
-    );
+    assert_late_batch_dropped(&cluster, target, late, "of an older life");
     cluster.shutdown();
 }
 
