@@ -237,7 +237,13 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 // store; on restart it re-applies from the persisted state.
                 // The entries are committed, so their writers hear
                 // "outcome unknown", never "failed".
+                // The store stops before any writer hears of it: a client
+                // told ApplyFailed finds the store stopped.
                 let reason = e.to_string();
+                self.status.fail(
+                    Error::Engine(format!("apply write failed: {reason}")),
+                    &self.logger,
+                );
                 for fsm in batch.iter_mut() {
                     for (p, _) in fsm.done.drain(..) {
                         p.callback
@@ -246,10 +252,6 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                     fsm.dirty = false;
                     fsm.stopped = true;
                 }
-                self.status.fail(
-                    Error::Engine(format!("apply write failed: {reason}")),
-                    &self.logger,
-                );
                 return;
             }
         }
