@@ -545,3 +545,72 @@ fn lost_hibernate_beats_cause_no_election() {
     assert_eq!(votes(&cluster), before, "an election ran (seed {seed})");
     cluster.shutdown();
 }
+
+/// Puts the hibernate requests of a beats batch before the other beats
+/// (with probability `p` per batch, seeded): a follower sees its leader's
+/// request to sleep first and that leader's last heartbeat after it.
+struct RequestsFirst {
+    p: f64,
+    rng: Mutex<ChaCha8Rng>,
+    reordered: std::sync::atomic::AtomicU64,
+}
+
+impl Filter for RequestsFirst {
+    fn filter(&self, msgs: &mut Vec<RaftMessage>) {
+        let mut rng = self.rng.lock().unwrap();
+        for m in msgs.iter_mut() {
+            let Some(hb) = m.heartbeats.as_mut() else {
+                continue;
+            };
+            let mixed = hb.beats.iter().any(|b| b.quiesce) && hb.beats.iter().any(|b| !b.quiesce);
+            if mixed && rng.random_bool(self.p) {
+                hb.beats.sort_by_key(|b| !b.quiesce);
+                self.reordered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A follower sees its leader's last heartbeat after the request to sleep
+/// (reordered): it wakes again while the leader sleeps, then wakes the
+/// leader instead of campaigning. No region holds an election, every
+/// region keeps its leader, and once the order is right again every region
+/// sleeps.
+#[test]
+fn reordered_hibernate_beats_cause_no_election() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = bootstrap(&dir, REGIONS, config(TICK_MS));
+    let seed = history_seed(9);
+    let filter = Arc::new(RequestsFirst {
+        p: 0.5,
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        reordered: Default::default(),
+    });
+    let votes = |c: &Cluster| {
+        sum(c, |m| {
+            m.sent_of_type(MessageType::MsgRequestPreVote)
+                + m.sent_of_type(MessageType::MsgRequestVote)
+        })
+    };
+    let before = votes(&cluster);
+    let nudged = wakes(&cluster, WakeReason::PeerMessage);
+    let id = cluster.transport().add_filter(filter.clone());
+    std::thread::sleep(Duration::from_millis(TICK_MS * 150));
+    assert!(
+        filter.reordered.load(Ordering::Relaxed) > 0,
+        "nothing was reordered (seed {seed})"
+    );
+    assert!(
+        wakes(&cluster, WakeReason::PeerMessage) > nudged,
+        "no follower woken by a late heartbeat woke its leader (seed {seed})"
+    );
+    assert_eq!(votes(&cluster), before, "an election ran (seed {seed})");
+    assert_eq!(cluster.leader_count(), REGIONS, "seed {seed}");
+    cluster.transport().remove_filter(id);
+    assert!(
+        eventually(|| all_asleep(&cluster, REGIONS)),
+        "regions did not all sleep once the order was right (seed {seed})"
+    );
+    assert_eq!(votes(&cluster), before, "an election ran (seed {seed})");
+    cluster.shutdown();
+}
