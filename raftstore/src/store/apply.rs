@@ -237,10 +237,11 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 // store; on restart it re-applies from the persisted state.
                 // The entries are committed, so their writers hear
                 // "outcome unknown", never "failed".
-                // The store stops before any writer hears of it: a client
-                // told ApplyFailed finds the store stopped.
+                // The store stops before any writer hears of it (a client
+                // told ApplyFailed finds the store stopped), and the fatal
+                // hook, which may abort, runs after they are answered.
                 let reason = e.to_string();
-                self.status.fail(
+                let first = self.status.stop(
                     Error::Engine(format!("apply write failed: {reason}")),
                     &self.logger,
                 );
@@ -251,6 +252,9 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                     }
                     fsm.dirty = false;
                     fsm.stopped = true;
+                }
+                if first {
+                    self.status.run_hook(&self.logger);
                 }
                 return;
             }

@@ -89,7 +89,9 @@ pub struct Config {
     pub max_key_size: usize,
     /// Most pairs one scan may ask for.
     pub max_scan_limit: u32,
-    /// Bytes of committed entries handed to apply per Ready at most.
+    /// Bytes of committed entries a Ready hands to apply at most. (One apply
+    /// task joins a Ready's entries with those the write of that Ready
+    /// committed, so a task may carry up to twice this.)
     pub max_apply_bytes_per_ready: u64,
     /// Messages a peer handles per poll round.
     pub messages_per_round: usize,

@@ -69,8 +69,18 @@ impl StoreStatus {
 
     /// Stops the store on a fatal error; only the first call acts.
     pub fn fail(&self, cause: Error, logger: &Logger) {
+        if self.stop(cause, logger) {
+            self.run_hook(logger);
+        }
+    }
+
+    /// The first half of [`StoreStatus::fail`]: records the cause, marks
+    /// the store stopped and shuts its routers down. Returns whether this
+    /// call did it (only the first does); the caller then answers what it
+    /// holds and calls [`StoreStatus::run_hook`] (which may abort).
+    pub fn stop(&self, cause: Error, logger: &Logger) -> bool {
         if self.cause.set(cause.clone()).is_err() {
-            return;
+            return false;
         }
         self.stopped.store(true, Ordering::Release);
         slog::crit!(logger, "store stopped on a fatal error"; "cause" => %cause);
@@ -78,8 +88,17 @@ impl StoreStatus {
             raft.broadcast_shutdown();
             apply.broadcast_shutdown();
         }
+        true
+    }
+
+    /// Calls the fatal hook with the recorded cause (the second half of
+    /// [`StoreStatus::fail`]).
+    pub fn run_hook(&self, logger: &Logger) {
+        let Some(cause) = self.cause.get() else {
+            return;
+        };
         if let Some(hook) = &self.hook {
-            let call = std::panic::AssertUnwindSafe(|| hook(&cause));
+            let call = std::panic::AssertUnwindSafe(|| hook(cause));
             if std::panic::catch_unwind(call).is_err() {
                 slog::error!(logger, "fatal-error hook panicked");
             }

@@ -630,6 +630,7 @@ impl<T: Transport> RaftPoller<T> {
     /// heartbeat interval flushes the coalesced beats with the liveness
     /// beats.
     fn on_store_tick(&mut self, store: &mut StoreFsm, now: std::time::Instant) {
+        self.hib.note_store_tick(now);
         self.hib.awake_regions(&mut store.tick_buf);
         for &region in &store.tick_buf {
             let _ = self.router.force_send(region, PeerMsg::Tick);

@@ -34,7 +34,7 @@ use flotilla_proto::raft_serverpb::Beat;
 use fxhash::{FxHashMap, FxHashSet};
 use parking_lot::Mutex;
 
-use super::liveness::{Heard, SupportTable};
+use super::liveness::{Heard, SupportStatus, SupportTable};
 
 /// Why a hibernating peer woke (counted in
 /// [`StoreMetrics::wakes_by_reason`](super::StoreMetrics)).
@@ -230,6 +230,10 @@ pub struct Hibernation {
     /// Support withdrawals so far, any store: a follower whose leader has
     /// been silent looks at store liveness again only when this moved.
     withdrawals: AtomicU64,
+    /// When the registry was made.
+    born: Instant,
+    /// When the store FSM last handled a tick, in ms after `born`.
+    last_store_tick_ms: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -248,6 +252,8 @@ impl Hibernation {
             store_id,
             epoch,
             withdrawals: AtomicU64::new(0),
+            born: Instant::now(),
+            last_store_tick_ms: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 support: SupportTable::new(support, remotes.into_iter().filter(|&s| s != store_id)),
                 awake: regions.into_iter().collect(),
@@ -269,10 +275,31 @@ impl Hibernation {
         self.withdrawals.load(Ordering::Acquire)
     }
 
-    /// The latest support epoch of `store` (the one it lost, once
-    /// withdrawn).
-    pub fn support_epoch(&self, store: u64) -> u64 {
-        self.inner.lock().support.support_epoch(store)
+    /// Where this store's support for `store` stands at `now` (this store
+    /// itself is always supported).
+    pub fn support_status(&self, store: u64, now: Instant) -> SupportStatus {
+        if store == self.store_id {
+            return SupportStatus::Supported(self.epoch);
+        }
+        self.inner.lock().support.status(store, now)
+    }
+
+    /// Records that the store FSM handled a tick at `now` (its pollers
+    /// make progress).
+    pub fn note_store_tick(&self, now: Instant) {
+        let ms =
+            u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX);
+        self.last_store_tick_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether the store FSM handled a tick within `max_age` before `now`
+    /// (or the store is younger than that). The store clock sends liveness
+    /// beats only then: a store whose pollers are wedged must lose its
+    /// support, so the regions asleep under its leaders wake.
+    pub fn store_ticked_within(&self, now: Instant, max_age: Duration) -> bool {
+        let last =
+            self.born + Duration::from_millis(self.last_store_tick_ms.load(Ordering::Acquire));
+        now.saturating_duration_since(last) < max_age
     }
 
     /// Replaces `out` with the awake regions (the ones to tick).

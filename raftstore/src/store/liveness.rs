@@ -71,6 +71,17 @@ pub enum Heard {
     Restarted,
 }
 
+/// Where this store's support for a remote store stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupportStatus {
+    /// Never heard in this store's life.
+    Unknown,
+    /// Supported under this support epoch.
+    Supported(u64),
+    /// Heard once, but support under this epoch lapsed or was withdrawn.
+    Lost(u64),
+}
+
 /// Per remote store: whether this store supports it (hears it).
 #[derive(Debug)]
 pub struct SupportTable {
@@ -135,12 +146,17 @@ impl SupportTable {
             return Heard::Stale;
         }
         let restarted = epoch > r.epoch && r.last_heard.is_some();
+        // Learnt even from a batch dropped below: echoing it proves only
+        // that this store lived after the sender's withdrawal, and without
+        // it two stores that withdrew from each other would drop each
+        // other's batches for good.
+        r.their_withdrawals = r.their_withdrawals.max(withdrawals);
         if !restarted && !r.supported && echo < r.withdrawals {
             return Heard::Unproven;
         }
-        r.their_withdrawals = r.their_withdrawals.max(withdrawals);
         r.epoch = epoch;
-        r.last_heard = Some(now);
+        // Deliveries on several threads may record out of order.
+        r.last_heard = Some(r.last_heard.map_or(now, |t| t.max(now)));
         if restarted {
             r.support_epoch += 1;
             r.supported = true;
@@ -165,6 +181,20 @@ impl SupportTable {
             }
         }
         withdrawn
+    }
+
+    /// Where support for `store` stands at `now`.
+    pub fn status(&self, store: u64, now: Instant) -> SupportStatus {
+        let Some(r) = self.remotes.get(&store) else {
+            return SupportStatus::Unknown;
+        };
+        if r.last_heard.is_none() {
+            SupportStatus::Unknown
+        } else if r.supported && heard_within(r.last_heard, now, self.duration) {
+            SupportStatus::Supported(r.support_epoch)
+        } else {
+            SupportStatus::Lost(r.support_epoch)
+        }
     }
 
     /// The support epoch under which `store` is supported at `now`, if it
@@ -258,6 +288,34 @@ mod tests {
         assert_eq!(t.heard(2, 1, 0, 0, late), Heard::Unproven);
         assert_eq!(t.heard(2, 1, 4, 1, late), Heard::Started);
         assert_eq!(t.stamp(2), (1, 4), "we echo what store 2 announced");
+    }
+
+    /// Two stores that withdrew support from each other (a partition
+    /// longer than the support duration) take it up again within two
+    /// exchanges, each learning the other's withdrawal from a batch it
+    /// still drops.
+    #[test]
+    fn mutual_withdrawal_heals() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (SupportTable::new(D, [2]), SupportTable::new(D, [1]));
+        a.heard(2, 1, 0, 0, t0);
+        b.heard(1, 1, 0, 0, t0);
+        let late = t0 + 2 * D;
+        assert_eq!(a.expire(late).len(), 1);
+        assert_eq!(b.expire(late).len(), 1);
+        // Both send the stamps they have; both drop what comes.
+        let (sa, sb) = (a.stamp(2), b.stamp(1));
+        assert_eq!(b.heard(1, 1, sa.0, sa.1, late), Heard::Unproven);
+        assert_eq!(a.heard(2, 1, sb.0, sb.1, late), Heard::Unproven);
+        // Now each echoes the other's withdrawal.
+        let (sa, sb) = (a.stamp(2), b.stamp(1));
+        assert_eq!(b.heard(1, 1, sa.0, sa.1, late), Heard::Started);
+        assert_eq!(a.heard(2, 1, sb.0, sb.1, late), Heard::Started);
+        assert!(matches!(a.status(2, late), SupportStatus::Supported(_)));
+        assert_eq!(
+            SupportTable::new(D, [3]).status(3, late),
+            SupportStatus::Unknown
+        );
     }
 
     /// A newer epoch is a restart (support of the old life withdrawn); an

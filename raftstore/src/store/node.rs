@@ -115,7 +115,14 @@ impl MessageSink for StoreHandle {
         self.metrics
             .heartbeat_batches_received
             .fetch_add(1, Ordering::Relaxed);
-        if sender.epoch != 0 && !self.heard(sender) {
+        // Epoch 0 is never sent: a batch without a liveness stamp could
+        // carry acknowledgements no support accounts for.
+        if sender.epoch == 0 || !self.heard(sender) {
+            if sender.epoch == 0 {
+                self.metrics
+                    .stale_batches_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         for m in heartbeat::fan_out(msg) {
@@ -382,6 +389,7 @@ impl Store {
             // A bare beat goes only where no batch went for a heartbeat
             // interval and a tick: not where the pollers' flush is merely
             // a little late.
+            let support = cfg.support_duration();
             let liveness_interval = tick.saturating_mul(
                 u32::try_from(cfg.heartbeat_ticks.saturating_add(1)).unwrap_or(u32::MAX),
             );
@@ -394,14 +402,19 @@ impl Store {
                             break;
                         }
                         // Liveness off the pollers: a store whose pollers
-                        // are busy still beats.
-                        send_liveness_beats(
-                            &mut transport,
-                            &hib,
-                            &metrics,
-                            store_id,
-                            liveness_interval,
-                        );
+                        // are busy still beats; one whose pollers handled
+                        // no tick for a support duration (wedged) does
+                        // not, so its support lapses and the regions
+                        // asleep under its leaders wake.
+                        if hib.store_ticked_within(std::time::Instant::now(), support) {
+                            send_liveness_beats(
+                                &mut transport,
+                                &hib,
+                                &metrics,
+                                store_id,
+                                liveness_interval,
+                            );
+                        }
                     }
                 })
                 .map_err(|e| Error::Config(format!("spawn clock: {e}")))?

@@ -19,6 +19,7 @@ use slog::Logger;
 use super::config::Config;
 use super::error::{Error, Result};
 use super::hibernation::{Hibernation, OutBeat, PeerSleep, SleepMsg, WakeReason};
+use super::liveness::SupportStatus;
 use super::msg::{ApplyTask, Proposal, Responder};
 use super::peer_storage::{PeerStorage, RAFT_INIT_LOG_TERM};
 use super::util::err_response;
@@ -157,6 +158,10 @@ impl Peer {
             .ok_or_else(|| Error::Config(format!("peer {peer_id} not in region {}", region.id)))?;
         let storage = PeerStorage::load(engine.clone(), region)?;
         // Never heard a leader: still in the term bootstrap wrote, no vote.
+        // (Any peer that acknowledged a leader has a durable term above it:
+        // the ack leaves only after the term is synced.) Peers a split will
+        // create start in that term too, under a range a parent leader may
+        // still hold a lease on: split must not treat them as fresh.
         let hs = storage.raft_state().hard_state.unwrap_or_default();
         let fresh = hs.term <= RAFT_INIT_LOG_TERM && hs.vote == 0;
         let mut rc = raft::Config::new(peer_id);
@@ -512,21 +517,19 @@ impl Peer {
     /// asleep for a heartbeat response that asks nothing of it (the late
     /// answer to its last heartbeat before it slept).
     pub fn step_raft_message(&mut self, msg: RaftMessage, hib: &Hibernation) -> Option<WakeReason> {
-        if let Some(m) = &msg.message
-            && matches!(
-                m.msg_type(),
-                MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
-            )
-        {
-            self.on_vote_while_quiet(hib);
-        }
-        if !self.sleep.asleep {
-            self.on_raft_message(msg);
-            return None;
-        }
         let m = msg.message.as_ref()?;
         if msg.to_peer.is_none_or(|p| p.id != self.meta.id) {
             // Not for this peer: dropped without waking it.
+            self.on_raft_message(msg);
+            return None;
+        }
+        if matches!(
+            m.msg_type(),
+            MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+        ) {
+            self.on_vote_while_quiet(hib);
+        }
+        if !self.sleep.asleep {
             self.on_raft_message(msg);
             return None;
         }
@@ -599,16 +602,19 @@ impl Peer {
             self.check_silent_leader_store(hib);
             return;
         };
-        match hib.supports(store, Instant::now()) {
-            Some(e) if e == epoch => {}
-            Some(_) => self.sleep.quiet_under = None,
-            None => {
+        match hib.support_status(store, Instant::now()) {
+            SupportStatus::Supported(e) if e == epoch => {}
+            SupportStatus::Lost(e) if e == epoch => {
                 self.sleep.quiet_under = None;
                 self.sleep.woken_by = Some((store, epoch));
                 let first = self.campaigns_first_without(store)
                     || std::mem::take(&mut self.sleep.vote_asked);
                 self.raft.raft.expire_election_clock(first);
             }
+            // Supported again under a newer epoch (the store lived after
+            // the withdrawal), or a newer support lost too: this follower
+            // slept under older support and is past that.
+            _ => self.sleep.quiet_under = None,
         }
     }
 
@@ -624,13 +630,15 @@ impl Peer {
         self.sleep.seen_withdrawals = seen;
         let Some(leader) = self.leader() else { return };
         let store = leader.store_id;
-        if store == self.meta.store_id
-            || self.sleep.woken_by.is_some_and(|(s, _)| s == store)
-            || hib.supports(store, Instant::now()).is_some()
-        {
+        // Only a real loss of support: a store never heard in this life
+        // (just restarted) proves nothing about the leader.
+        let SupportStatus::Lost(lost) = hib.support_status(store, Instant::now()) else {
+            return;
+        };
+        if store == self.meta.store_id || self.sleep.woken_by == Some((store, lost)) {
             return;
         }
-        self.sleep.woken_by = Some((store, hib.support_epoch(store)));
+        self.sleep.woken_by = Some((store, lost));
         let first = self.campaigns_first_without(store);
         self.raft.raft.expire_election_clock(first);
     }
@@ -644,19 +652,22 @@ impl Peer {
     /// the refusal stands, but when the withdrawal comes this follower
     /// campaigns first (a peer already found the leader gone).
     fn on_vote_while_quiet(&mut self, hib: &Hibernation) {
+        if self.is_leader() {
+            return;
+        }
         let Some((store, epoch)) = self.sleep.quiet_under else {
             return;
         };
-        match hib.supports(store, Instant::now()) {
-            Some(e) if e == epoch => self.sleep.vote_asked = true,
-            // Supported again under a newer epoch: the store lived after
-            // the withdrawal; its leader may be alive.
-            Some(_) => {}
-            None => {
+        match hib.support_status(store, Instant::now()) {
+            SupportStatus::Supported(e) if e == epoch => self.sleep.vote_asked = true,
+            SupportStatus::Lost(e) if e == epoch => {
                 self.sleep.quiet_under = None;
                 self.sleep.woken_by = Some((store, epoch));
                 self.raft.raft.expire_election_clock(false);
             }
+            // Supported again under a newer epoch: the store lived after
+            // the withdrawal; its leader may be alive.
+            _ => {}
         }
     }
 
@@ -682,6 +693,14 @@ impl Peer {
                 // late message (the follower woke, heard its leader, or
                 // slept again under newer support) changes nothing.
                 if self.is_leader() || self.sleep.quiet_under != Some((store, epoch)) {
+                    // Stale for this peer; but a peer asleep here that the
+                    // registry no longer files asleep would never tick
+                    // again: wake it (without running its clock out).
+                    if self.sleep.asleep && !hib.is_asleep(self.region_id()) {
+                        return self
+                            .wake(WakeReason::LeaderStoreDown, hib)
+                            .then_some(WakeReason::LeaderStoreDown);
+                    }
                     return None;
                 }
                 self.sleep.quiet_under = None;
@@ -1044,7 +1063,13 @@ impl Peer {
                 self.was_leader = leader;
                 role_change = Some(leader);
             }
-            if !leader {
+            if leader {
+                // A follower's view of a former leader's store means
+                // nothing to a leader.
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = None;
+                self.sleep.vote_asked = false;
+            } else {
                 self.on_lost_leadership();
             }
         }
