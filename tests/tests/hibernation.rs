@@ -614,3 +614,44 @@ fn reordered_hibernate_beats_cause_no_election() {
     assert_eq!(votes(&cluster), before, "an election ran (seed {seed})");
     cluster.shutdown();
 }
+
+/// A store cut off from both others for several support durations: each
+/// side withdraws its support from the other. Once the network heals they
+/// support each other again (each learns the other's withdrawal from a
+/// batch it still drops, and echoes it), every region has a leader, and
+/// every region sleeps again (a follower sleeps only under a supported
+/// leader store).
+#[test]
+fn support_comes_back_after_a_healed_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = bootstrap(&dir, REGIONS, config(TICK_MS));
+    assert!(
+        eventually(|| all_asleep(&cluster, REGIONS)),
+        "not every region hibernated: {}",
+        state(&cluster)
+    );
+    let cut = 3;
+    let withdrawals =
+        |c: &Cluster, s: u64| metrics(c, s).support_withdrawals.load(Ordering::Relaxed);
+    let before: Vec<u64> = cluster
+        .store_ids()
+        .iter()
+        .map(|&s| withdrawals(&cluster, s))
+        .collect();
+    let id = cluster.transport().isolate(cut);
+    assert!(
+        eventually(|| cluster
+            .store_ids()
+            .iter()
+            .zip(&before)
+            .all(|(&s, &b)| withdrawals(&cluster, s) > b)),
+        "the stores did not withdraw support from each other"
+    );
+    cluster.transport().remove_filter(id);
+    assert!(
+        eventually(|| cluster.leader_count() == REGIONS && all_asleep(&cluster, REGIONS)),
+        "regions without a leader or awake after the partition healed: {}",
+        state(&cluster)
+    );
+    cluster.shutdown();
+}
