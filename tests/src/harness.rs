@@ -106,3 +106,30 @@ pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
 pub fn is_unknown_outcome(e: &Error) -> bool {
     e.is_outcome_unknown()
 }
+
+/// Every region of `cluster` with the store that leads it (waiting for a
+/// leader as [`wait_leader`] does).
+///
+/// # Panics
+/// If a region has no leader within [`SETTLE`].
+pub fn leaders(cluster: &Cluster) -> Vec<(flotilla_proto::metapb::Region, u64)> {
+    cluster
+        .regions()
+        .iter()
+        .map(|r| (r.clone(), wait_leader(cluster, r.id).expect("leader")))
+        .collect()
+}
+
+/// The store that leads the most regions of `leaders` (ties: the lowest
+/// id).
+pub fn busiest_leader(leaders: &[(flotilla_proto::metapb::Region, u64)]) -> Option<u64> {
+    let mut stores: Vec<u64> = leaders.iter().map(|(_, s)| *s).collect();
+    stores.sort_unstable();
+    stores.dedup();
+    stores.into_iter().max_by_key(|&s| {
+        (
+            leaders.iter().filter(|(_, l)| *l == s).count(),
+            std::cmp::Reverse(s),
+        )
+    })
+}

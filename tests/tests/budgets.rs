@@ -19,7 +19,9 @@ use flotilla_proto::raft_serverpb::RaftMessage;
 use flotilla_raftstore::store::{
     Client, ClientConfig, Cluster, Config, Error, MessageSink, StoreHandle, response_error,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, SETTLE, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, SETTLE, busiest_leader, eventually, fast_config, leaders, logger, wait_leader,
+};
 use flotilla_tests::requests::{command, propose_to, put};
 
 /// Queued messages per peer mailbox before client commands are refused
@@ -182,17 +184,9 @@ fn raft_message_flood_is_held_to_its_budget_and_the_store_keeps_serving() {
         ..fast_config(FAST_TICK_MS)
     };
     let cluster = Cluster::bootstrap(dir.path(), 3, FLOOD_REGIONS, cfg, &logger()).unwrap();
-    let leaders: Vec<(Region, u64)> = cluster
-        .regions()
-        .iter()
-        .map(|r| (r.clone(), wait_leader(&cluster, r.id).expect("leader")))
-        .collect();
+    let leaders = leaders(&cluster);
     // The store leading the most regions leads two at least.
-    let store = *cluster
-        .store_ids()
-        .iter()
-        .max_by_key(|&&s| leaders.iter().filter(|(_, l)| *l == s).count())
-        .unwrap();
+    let store = busiest_leader(&leaders).expect("a leader");
     let led: Vec<Region> = leaders
         .iter()
         .filter(|(_, l)| *l == store)

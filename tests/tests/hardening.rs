@@ -18,7 +18,9 @@ use flotilla_proto::raft_serverpb::{RaftApplyState, RaftLocalState};
 use flotilla_raftstore::store::{
     Client, ClientConfig, Cluster, Config, Error, callback_panics, response_error,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, busiest_leader, eventually, fast_config, leaders, logger, wait_leader,
+};
 use flotilla_tests::requests::{command, get, propose_to, put};
 
 fn client_cfg() -> ClientConfig {
@@ -323,15 +325,9 @@ fn lease_read_leader_partitioned_never_serves_stale() {
         ..fast_config(TICK_MS)
     };
     let cluster = Cluster::bootstrap(dir.path(), 3, REGIONS, cfg, &logger()).unwrap();
-    let leaders: Vec<(Region, u64)> = cluster
-        .regions()
-        .iter()
-        .map(|r| (r.clone(), wait_leader(&cluster, r.id).expect("leader")))
-        .collect();
+    let leaders = leaders(&cluster);
     // The store leading the most regions is cut off.
-    let old = (1..=3u64)
-        .max_by_key(|s| leaders.iter().filter(|(_, l)| l == s).count())
-        .unwrap();
+    let old = busiest_leader(&leaders).expect("a leader");
     let led: Vec<(Region, Vec<u8>)> = leaders
         .iter()
         .filter(|(_, l)| *l == old)

@@ -115,6 +115,13 @@ fn peer_messages(m: &StoreMetrics) -> u64 {
         .sum()
 }
 
+/// Vote and pre-vote requests sent so far, every running store.
+fn votes(cluster: &Cluster) -> u64 {
+    sum(cluster, |m| {
+        m.sent_of_type(MessageType::MsgRequestPreVote) + m.sent_of_type(MessageType::MsgRequestVote)
+    })
+}
+
 fn wakes(cluster: &Cluster, reason: WakeReason) -> u64 {
     sum(cluster, |m| m.wakes(reason))
 }
@@ -521,12 +528,6 @@ fn lost_hibernate_beats_cause_no_election() {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         dropped: Default::default(),
     });
-    let votes = |c: &Cluster| {
-        sum(c, |m| {
-            m.sent_of_type(MessageType::MsgRequestPreVote)
-                + m.sent_of_type(MessageType::MsgRequestVote)
-        })
-    };
     let before = votes(&cluster);
     let id = cluster.transport().add_filter(filter.clone());
     // Many idle windows.
@@ -586,12 +587,6 @@ fn reordered_hibernate_beats_cause_no_election() {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         reordered: Default::default(),
     });
-    let votes = |c: &Cluster| {
-        sum(c, |m| {
-            m.sent_of_type(MessageType::MsgRequestPreVote)
-                + m.sent_of_type(MessageType::MsgRequestVote)
-        })
-    };
     let before = votes(&cluster);
     let nudged = wakes(&cluster, WakeReason::PeerMessage);
     let id = cluster.transport().add_filter(filter.clone());
