@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use flotilla_engine::{Durability, Engine, WriteBatch, WriteOrigin};
 use flotilla_proto::eraftpb::{Message, MessageType};
@@ -73,6 +73,13 @@ pub struct StoreFsm {
     pending_wakes: VecDeque<(u64, SleepMsg)>,
 }
 
+/// Per region: a tick was sent to its peer and not handled yet. The store
+/// clock sends a peer no tick while its last one waits: a peer whose poller
+/// is behind misses ticks instead of getting a burst of stale ones later
+/// (its election clock runs slow under load, never fast), and a busy store
+/// is not buried under ticks. Fixed at start (regions do not change yet).
+pub type TickFlags = Arc<fxhash::FxHashMap<u64, AtomicBool>>;
+
 /// Liveness wakes the store FSM delivers per round at most.
 pub const WAKES_PER_ROUND: usize = 4096;
 
@@ -135,8 +142,11 @@ pub struct StoreMetrics {
     /// Store ticks dropped because they came less than the minimum tick
     /// spacing after the last one (they had queued behind a slow poller).
     pub ticks_dropped: AtomicU64,
-    /// Ticks delivered to peers (only awake peers get them).
+    /// Ticks sent to peers (only awake peers get them).
     pub peer_ticks: AtomicU64,
+    /// Ticks not sent because the peer had not handled its last one yet
+    /// (its poller is behind).
+    pub ticks_coalesced: AtomicU64,
     /// Peers of this store that are awake now (they tick).
     pub awake_peers: AtomicI64,
     /// Peers of this store that are hibernating now (no ticks, no messages).
@@ -197,6 +207,7 @@ pub struct RaftPoller<T: Transport> {
     wb: Option<WriteBatch>,
     coalescer: Arc<Coalescer>,
     hib: Arc<Hibernation>,
+    ticks_queued: TickFlags,
     /// A beat with a ReadIndex context was coalesced this round.
     urgent_beats: bool,
     /// The strongest durability a Ready of this round needs.
@@ -226,6 +237,7 @@ impl<T: Transport> RaftPoller<T> {
         status: Arc<StoreStatus>,
         coalescer: Arc<Coalescer>,
         hib: Arc<Hibernation>,
+        ticks_queued: TickFlags,
         logger: Logger,
     ) -> Self {
         RaftPoller {
@@ -237,6 +249,7 @@ impl<T: Transport> RaftPoller<T> {
             wb: None,
             coalescer,
             hib,
+            ticks_queued,
             urgent_beats: false,
             need: WriteNeed::Nothing,
             round_start: None,
@@ -460,6 +473,9 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     woke
                 }
                 PeerMsg::Tick => {
+                    if let Some(queued) = self.ticks_queued.get(&fsm.peer.region_id()) {
+                        queued.store(false, Ordering::Release);
+                    }
                     fsm.peer.tick(&self.cfg, hib);
                     None
                 }
@@ -632,12 +648,23 @@ impl<T: Transport> RaftPoller<T> {
     fn on_store_tick(&mut self, store: &mut StoreFsm, now: std::time::Instant) {
         self.hib.note_store_tick(now);
         self.hib.awake_regions(&mut store.tick_buf);
+        let (mut sent, mut skipped) = (0u64, 0u64);
         for &region in &store.tick_buf {
-            let _ = self.router.force_send(region, PeerMsg::Tick);
+            let queued = self.ticks_queued.get(&region);
+            if queued.is_some_and(|q| q.swap(true, Ordering::AcqRel)) {
+                skipped += 1;
+                continue;
+            }
+            if self.router.force_send(region, PeerMsg::Tick).is_ok() {
+                sent += 1;
+            } else if let Some(q) = queued {
+                q.store(false, Ordering::Release);
+            }
         }
+        self.metrics.peer_ticks.fetch_add(sent, Ordering::Relaxed);
         self.metrics
-            .peer_ticks
-            .fetch_add(store.tick_buf.len() as u64, Ordering::Relaxed);
+            .ticks_coalesced
+            .fetch_add(skipped, Ordering::Relaxed);
         store.ticks += 1;
         let (withdrawn, woken) = self.hib.expire(now);
         if !withdrawn.is_empty() {

@@ -19,7 +19,9 @@ use super::apply::{ApplyControl, ApplyFsm, ApplyPoller};
 use super::config::Config;
 use super::error::{Error, Result};
 use super::fatal::{FatalHook, StoreStatus};
-use super::fsm::{PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics, send_liveness_beats};
+use super::fsm::{
+    PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics, TickFlags, send_liveness_beats,
+};
 use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::liveness::{self, Heard};
@@ -363,6 +365,12 @@ impl Store {
                 logger.clone(),
             );
             let coalescer = Arc::new(Coalescer::new(store_id, epoch));
+            let ticks_queued: TickFlags = Arc::new(
+                regions
+                    .iter()
+                    .map(|r| (r.id, AtomicBool::new(false)))
+                    .collect(),
+            );
             let cfg = cfg.clone();
             raft_system
                 .spawn("raft", move |_| {
@@ -377,6 +385,7 @@ impl Store {
                         status.clone(),
                         coalescer.clone(),
                         hib.clone(),
+                        ticks_queued.clone(),
                         logger.clone(),
                     )
                 })
