@@ -1,0 +1,522 @@
+//! The peer's side of hibernation (DESIGN §5, `store::hibernation`): when
+//! an idle leader sleeps and asks its followers to, when a follower agrees,
+//! what wakes a peer, and how followers react to store liveness (running
+//! their election clocks out when their leader's store lost support,
+//! nudging a leader that may sleep, the first election after bootstrap).
+
+use std::time::Instant;
+
+use flotilla_proto::eraftpb::{Message, MessageType};
+use flotilla_proto::metapb;
+use flotilla_proto::raft_serverpb::{Beat, RaftMessage};
+
+use super::Peer;
+use crate::raft::{self, tracker::ProgressState};
+use crate::store::hibernation::{Hibernation, OutBeat, SleepMsg, WakeReason};
+use crate::store::liveness::SupportStatus;
+
+/// Election timeouts a fresh region's peers wait at most for their stores
+/// to hear each other before the first election.
+pub(super) const FRESH_HOLD_TIMEOUTS: usize = 5;
+
+/// What an idle leader's hibernation would involve.
+#[derive(Debug, Default)]
+pub(super) struct SleepPlan {
+    /// (peer, store) of the followers asked to sleep.
+    followers: Vec<(u64, u64)>,
+    /// Follower stores slept without.
+    lagging: Vec<u64>,
+}
+
+impl Peer {
+    /// Whether the peer hibernates.
+    pub fn is_asleep(&self) -> bool {
+        self.sleep.asleep
+    }
+
+    /// The hibernation beats to send (taken).
+    pub fn take_sleep_beats(&mut self) -> Vec<OutBeat> {
+        std::mem::take(&mut self.sleep.outbox)
+    }
+
+    /// Wakes the peer if it hibernates. Returns whether it did.
+    pub fn wake(&mut self, reason: WakeReason, hib: &Hibernation) -> bool {
+        if !self.sleep.asleep {
+            return false;
+        }
+        self.sleep.asleep = false;
+        self.sleep.idle_ticks = 0;
+        // A request to sleep made earlier in this round must not go out
+        // after what woke the peer (a follower could ack a new lease round
+        // and then sleep on it).
+        self.sleep.outbox.retain(|b| !b.beat.quiesce);
+        hib.wake(self.region_id());
+        if self.is_leader() {
+            self.raft.raft.resume_after_sleep();
+            // Heartbeat at once: a follower awake since this leader slept
+            // hears it before its election clock runs out.
+            let beat = Message {
+                msg_type: MessageType::MsgBeat as i32,
+                from: self.meta.id,
+                ..Default::default()
+            };
+            if let Err(e) = self.raft.step(beat) {
+                slog::debug!(self.logger, "heartbeat on wake failed"; "err" => %e);
+            }
+        } else if !matches!(
+            reason,
+            WakeReason::LeaderMessage | WakeReason::LeaderStoreDown
+        ) {
+            // The leader may sleep too: wake it rather than campaign.
+            self.wake_leader();
+        }
+        true
+    }
+
+    /// Steps a raft message, waking the peer first if it hibernates.
+    /// Returns the reason it woke for, if it did. A sleeping leader stays
+    /// asleep for a heartbeat response that asks nothing of it (the late
+    /// answer to its last heartbeat before it slept).
+    pub fn step_raft_message(&mut self, msg: RaftMessage, hib: &Hibernation) -> Option<WakeReason> {
+        let m = msg.message.as_ref()?;
+        if msg.to_peer.is_none_or(|p| p.id != self.meta.id) {
+            // Not for this peer: dropped without waking it.
+            self.on_raft_message(msg);
+            return None;
+        }
+        if matches!(
+            m.msg_type(),
+            MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+        ) {
+            self.on_vote_while_quiet(hib);
+        }
+        if !self.sleep.asleep {
+            self.on_raft_message(msg);
+            return None;
+        }
+        let benign = self.is_leader()
+            && m.msg_type() == MessageType::MsgHeartbeatResponse
+            && m.term == self.raft.raft.term()
+            && m.context.is_empty();
+        let reason = if m.from == self.raft.raft.leader_id() {
+            WakeReason::LeaderMessage
+        } else {
+            WakeReason::PeerMessage
+        };
+        if benign {
+            self.on_raft_message(msg);
+            if !self.raft.has_ready() {
+                return None;
+            }
+            return self.wake(reason, hib).then_some(reason);
+        }
+        let woke = self.wake(reason, hib);
+        self.on_raft_message(msg);
+        woke.then_some(reason)
+    }
+
+    /// A fresh peer's first election: holds its election clock (returns
+    /// true: skip this tick) until its store supports every other store of
+    /// the region or the hold runs out; then the designated one campaigns
+    /// at once. A leader heard first ends the hold.
+    pub(super) fn hold_fresh_election(&mut self, hib: &Hibernation) -> bool {
+        let Some(left) = self.sleep.fresh_hold else {
+            return false;
+        };
+        if self.raft.raft.leader_id() != raft::INVALID_ID {
+            self.sleep.fresh_hold = None;
+            return false;
+        }
+        let now = Instant::now();
+        let all_heard = self
+            .region()
+            .peers
+            .iter()
+            .all(|p| hib.supports(p.store_id, now).is_some());
+        if !all_heard && left > 0 {
+            self.sleep.fresh_hold = Some(left - 1);
+            return true;
+        }
+        self.sleep.fresh_hold = None;
+        if self.sleep.campaigns_first {
+            self.raft.raft.expire_election_clock(true);
+        }
+        false
+    }
+
+    /// An awake follower whose leader's store lost this store's support
+    /// runs its election clock out, as a withdrawal does for a sleeping
+    /// one (the withdrawal messages only sleeping peers): one still quiet
+    /// (woken by a peer, not its leader) looks each tick; one that heard
+    /// its leader looks once the leader has been silent for half an
+    /// election timeout, and again only after a withdrawal anywhere.
+    ///
+    /// Lease safety: support is withdrawn only after the support duration
+    /// (one election timeout, longer than any lease) without an accepted
+    /// batch from the store, and every lease round this follower
+    /// acknowledged came in such a batch; the lease it confirmed is over.
+    pub(super) fn check_leader_store(&mut self, hib: &Hibernation) {
+        if self.is_leader() {
+            return;
+        }
+        let Some((store, epoch)) = self.sleep.quiet_under else {
+            self.check_silent_leader_store(hib);
+            return;
+        };
+        match hib.support_status(store, Instant::now()) {
+            SupportStatus::Supported(e) if e == epoch => {}
+            SupportStatus::Lost(e) if e == epoch => {
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = Some((store, epoch));
+                let first = self.campaigns_first_without(store)
+                    || std::mem::take(&mut self.sleep.vote_asked);
+                self.raft.raft.expire_election_clock(first);
+            }
+            // Supported again under a newer epoch (the store lived after
+            // the withdrawal), or a newer support lost too: this follower
+            // slept under older support and is past that.
+            _ => self.sleep.quiet_under = None,
+        }
+    }
+
+    pub(super) fn check_silent_leader_store(&mut self, hib: &Hibernation) {
+        let raft = &self.raft.raft;
+        if raft.election_elapsed() < raft.election_timeout() / 2 {
+            return;
+        }
+        let seen = hib.withdrawal_count();
+        if seen == self.sleep.seen_withdrawals {
+            return;
+        }
+        self.sleep.seen_withdrawals = seen;
+        let Some(leader) = self.leader() else { return };
+        let store = leader.store_id;
+        // Only a real loss of support: a store never heard in this life
+        // (just restarted) proves nothing about the leader.
+        let SupportStatus::Lost(lost) = hib.support_status(store, Instant::now()) else {
+            return;
+        };
+        if store == self.meta.store_id || self.sleep.woken_by == Some((store, lost)) {
+            return;
+        }
+        self.sleep.woken_by = Some((store, lost));
+        let first = self.campaigns_first_without(store);
+        self.raft.raft.expire_election_clock(first);
+    }
+
+    /// A peer of the region asks for a vote while this follower is quiet
+    /// (it slept under its leader's store and has not heard the leader
+    /// since). If this store no longer supports that store either (its
+    /// support lapsed, whether or not a tick withdrew it yet), the leader
+    /// is gone here too: the clock runs out now, as a withdrawal would
+    /// make it, so the vote is not refused as within a lease. Otherwise
+    /// the refusal stands, but when the withdrawal comes this follower
+    /// campaigns first (a peer already found the leader gone).
+    pub(super) fn on_vote_while_quiet(&mut self, hib: &Hibernation) {
+        if self.is_leader() {
+            return;
+        }
+        let Some((store, epoch)) = self.sleep.quiet_under else {
+            return;
+        };
+        match hib.support_status(store, Instant::now()) {
+            SupportStatus::Supported(e) if e == epoch => self.sleep.vote_asked = true,
+            SupportStatus::Lost(e) if e == epoch => {
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = Some((store, epoch));
+                self.raft.raft.expire_election_clock(false);
+            }
+            // Supported again under a newer epoch: the store lived after
+            // the withdrawal; its leader may be alive.
+            _ => {}
+        }
+    }
+
+    /// Handles a hibernation message. Returns the reason the peer woke
+    /// for, if it did.
+    pub fn on_sleep_msg(&mut self, msg: SleepMsg, hib: &Hibernation) -> Option<WakeReason> {
+        match msg {
+            SleepMsg::Request {
+                from,
+                from_store,
+                term,
+                commit,
+            } => {
+                self.on_sleep_request(from, from_store, term, commit, hib);
+                None
+            }
+            SleepMsg::WakeLeader { .. } => self
+                .wake(WakeReason::PeerMessage, hib)
+                .then_some(WakeReason::PeerMessage),
+            SleepMsg::LeaderStoreDown { store, epoch } => {
+                // Only for a follower that slept under that very support of
+                // its leader's store and has not heard the leader since: a
+                // late message (the follower woke, heard its leader, or
+                // slept again under newer support) changes nothing.
+                if self.is_leader() || self.sleep.quiet_under != Some((store, epoch)) {
+                    // Stale for this peer; but a peer asleep here that the
+                    // registry no longer files asleep would never tick
+                    // again: wake it (without running its clock out).
+                    if self.sleep.asleep && !hib.is_asleep(self.region_id()) {
+                        return self
+                            .wake(WakeReason::LeaderStoreDown, hib)
+                            .then_some(WakeReason::LeaderStoreDown);
+                    }
+                    return None;
+                }
+                self.sleep.quiet_under = None;
+                self.sleep.woken_by = Some((store, epoch));
+                let woke = self.wake(WakeReason::LeaderStoreDown, hib);
+                // Its leader is gone: campaign now, not a whole election
+                // timeout after the withdrawal; one follower per region
+                // first, the others a little later.
+                let first = self.campaigns_first_without(store)
+                    || std::mem::take(&mut self.sleep.vote_asked);
+                self.raft.raft.expire_election_clock(first);
+                woke.then_some(WakeReason::LeaderStoreDown)
+            }
+            SleepMsg::LaggingStoreBack { .. } => self
+                .wake(WakeReason::LaggingStoreBack, hib)
+                .then_some(WakeReason::LaggingStoreBack),
+        }
+    }
+
+    /// A follower that has not heard its leader for half an election
+    /// timeout while the leader's store is supported asks the leader to
+    /// wake: it may hibernate, having missed this follower's sleep (a lost
+    /// request). The woken leader heartbeats at once, well before the
+    /// follower's clock runs out; the clock itself is left alone, so a
+    /// leader that is really gone costs no extra timeout.
+    pub(super) fn maybe_nudge_leader(&mut self, hib: &Hibernation) {
+        let raft = &self.raft.raft;
+        if self.is_leader()
+            || self.sleep.nudged
+            || raft.election_elapsed() < raft.election_timeout() / 2
+        {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        if leader.id == self.meta.id {
+            return;
+        }
+        let Some(support) = hib.supports(leader.store_id, Instant::now()) else {
+            return;
+        };
+        if let Some((store, lost)) = self.sleep.woken_by
+            && store == leader.store_id
+        {
+            if support <= lost {
+                return;
+            }
+            // Supported again since it was withdrawn: the store is back.
+            self.sleep.woken_by = None;
+        }
+        self.sleep.nudged = true;
+        self.wake_leader();
+    }
+
+    /// Whether this peer is the one of its region to campaign first when
+    /// the leader's store `down` is gone: the region's voters on other
+    /// stores take turns by region id, so the new leaders of a dead
+    /// store's regions spread over the surviving stores. (`down` = 0, no
+    /// store, counts every voter.)
+    pub(super) fn campaigns_first_without(&self, down: u64) -> bool {
+        let mut ids: Vec<u64> = self
+            .region()
+            .peers
+            .iter()
+            .filter(|p| p.store_id != down && p.role() != metapb::PeerRole::Learner)
+            .map(|p| p.id)
+            .collect();
+        ids.sort_unstable();
+        let Some(n) = u64::try_from(ids.len()).ok().filter(|&n| n > 0) else {
+            return false;
+        };
+        usize::try_from(self.region_id() % n)
+            .ok()
+            .and_then(|i| ids.get(i))
+            == Some(&self.meta.id)
+    }
+
+    pub(super) fn wake_leader(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        if leader.id == self.meta.id {
+            return;
+        }
+        let beat = Beat {
+            region_id: self.region_id(),
+            from_peer: self.meta.id,
+            to_peer: leader.id,
+            term: self.raft.raft.term(),
+            wake: true,
+            ..Default::default()
+        };
+        self.sleep.outbox.push(OutBeat {
+            to_store: leader.store_id,
+            beat,
+            response: true,
+        });
+    }
+
+    /// The followers a leader hibernating now would ask to sleep, and the
+    /// follower stores it would sleep without (not supported by store
+    /// liveness). `None` if the region is not idle: something pending, not
+    /// everything applied, a live follower behind, or the matched peers
+    /// not a quorum.
+    pub(super) fn hibernate_plan(&self, hib: &Hibernation, now: Instant) -> Option<SleepPlan> {
+        let raft = &self.raft.raft;
+        let log = raft.raft_log();
+        let last = log.last_index();
+        let idle = self.is_leader()
+            && raft.lead_transferee().is_none()
+            && self.pending_ready.is_none()
+            && !self.raft_state_dirty
+            && !self.raft.has_pending_state()
+            && self.proposals.is_empty()
+            && self.reads.is_empty()
+            && self.lease.expires_at.is_none_or(|e| e <= now)
+            && log.committed == last
+            && self.raft.store().applied_index() == last
+            && log.term(last).is_ok_and(|t| t == raft.term())
+            && raft.pending_conf_index() <= last
+            && raft.uncommitted_size() == 0;
+        if !idle {
+            return None;
+        }
+        let region = self.region();
+        let mut plan = SleepPlan::default();
+        let mut matched = vec![self.meta.id];
+        for (id, pr) in raft.prs().iter() {
+            if id == self.meta.id {
+                continue;
+            }
+            let store = region.peers.iter().find(|p| p.id == id)?.store_id;
+            if hib.supports(store, now).is_none() {
+                if !plan.lagging.contains(&store) {
+                    plan.lagging.push(store);
+                }
+            } else if pr.state == ProgressState::Replicate && pr.matched == last {
+                matched.push(id);
+                plan.followers.push((id, store));
+            } else {
+                return None;
+            }
+        }
+        raft.prs().has_quorum(&matched).then_some(plan)
+    }
+
+    /// An idle leader hibernates: it files itself asleep and asks its
+    /// matched followers to sleep too.
+    pub(super) fn try_hibernate(&mut self, hib: &Hibernation) {
+        let now = Instant::now();
+        let Some(plan) = self.hibernate_plan(hib, now) else {
+            return;
+        };
+        if !hib.sleep_leader(self.region_id(), &plan.lagging, now) {
+            return;
+        }
+        self.sleep.asleep = true;
+        let (term, commit) = (self.raft.raft.term(), self.raft.raft.raft_log().committed);
+        for (peer, store) in plan.followers {
+            let beat = Beat {
+                region_id: self.region_id(),
+                from_peer: self.meta.id,
+                to_peer: peer,
+                term,
+                commit,
+                quiesce: true,
+                ..Default::default()
+            };
+            self.sleep.outbox.push(OutBeat {
+                to_store: store,
+                beat,
+                response: false,
+            });
+        }
+        self.free_idle_buffers();
+    }
+
+    /// A follower asked to hibernate by its leader: it sleeps if it is in
+    /// the same state (term, leader, everything committed and applied) and
+    /// supports the leader's store; otherwise it takes the beat as a
+    /// heartbeat and wakes the leader.
+    pub(super) fn on_sleep_request(
+        &mut self,
+        from: u64,
+        from_store: u64,
+        term: u64,
+        commit: u64,
+        hib: &Hibernation,
+    ) {
+        if self.sleep.asleep {
+            return;
+        }
+        let raft = &self.raft.raft;
+        let log = raft.raft_log();
+        let agrees = !self.is_leader()
+            && raft.term() == term
+            && raft.leader_id() == from
+            && log.committed == commit
+            && log.last_index() == commit
+            && self.raft.store().applied_index() == commit
+            && self.pending_ready.is_none()
+            && !self.raft_state_dirty
+            && !self.raft.has_pending_state()
+            && self.reads.is_empty()
+            && self.proposals.is_empty()
+            && self
+                .region()
+                .peers
+                .iter()
+                .any(|p| p.id == from && p.store_id == from_store);
+        let not_before = self
+            .sleep
+            .woken_by
+            .and_then(|(s, e)| (s == from_store).then_some(e));
+        let slept = if agrees {
+            hib.sleep_follower(self.region_id(), from_store, not_before, Instant::now())
+        } else {
+            None
+        };
+        if let Some(epoch) = slept {
+            self.sleep.asleep = true;
+            self.sleep.quiet_under = Some((from_store, epoch));
+            self.sleep.vote_asked = false;
+            self.sleep.woken_by = None;
+            self.sleep.nudged = false;
+            self.raft.raft.reset_election_clock();
+            self.free_idle_buffers();
+            return;
+        }
+        let m = Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            from,
+            to: self.meta.id,
+            term,
+            commit,
+            ..Default::default()
+        };
+        if let Err(e) = self.raft.step(m) {
+            slog::debug!(self.logger, "hibernate beat refused"; "err" => %e);
+        }
+        self.wake_leader();
+    }
+
+    /// Frees what an idle peer does not need; it grows back on demand.
+    pub(super) fn free_idle_buffers(&mut self) {
+        self.raft.raft.free_idle_buffers();
+        let applied = self.raft.store().applied_index();
+        // As after an apply: the last applied entry stays (its term is
+        // asked for by the next append).
+        self.raft
+            .raft
+            .raft_log_mut()
+            .store
+            .compact_cache_to(applied.saturating_sub(1));
+        self.proposals.shrink_to_fit();
+        self.reads.shrink_to_fit();
+        self.sleep.outbox.shrink_to_fit();
+    }
+}
