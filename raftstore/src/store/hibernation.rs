@@ -339,6 +339,15 @@ impl Hibernation {
         self.inner.lock().support.supports(store, now)
     }
 
+    /// Whether this store supports every one of `stores` at `now` (itself
+    /// included), under one lock.
+    pub fn supports_all(&self, stores: impl IntoIterator<Item = u64>, now: Instant) -> bool {
+        let inner = self.inner.lock();
+        stores
+            .into_iter()
+            .all(|s| s == self.store_id || inner.support.supports(s, now).is_some())
+    }
+
     /// Files the follower of `region` asleep under a leader on
     /// `leader_store`, if this store supports that store now under a
     /// support epoch greater than `not_before` (a region woken by a

@@ -127,12 +127,10 @@ impl Peer {
             self.sleep.fresh_hold = None;
             return false;
         }
-        let now = Instant::now();
-        let all_heard = self
-            .region()
-            .peers
-            .iter()
-            .all(|p| hib.supports(p.store_id, now).is_some());
+        let all_heard = hib.supports_all(
+            self.region().peers.iter().map(|p| p.store_id),
+            Instant::now(),
+        );
         if !all_heard && left > 0 {
             self.sleep.fresh_hold = Some(left - 1);
             return true;
