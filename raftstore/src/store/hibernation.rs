@@ -608,4 +608,33 @@ mod tests {
             vec![(2, SleepMsg::LeaderStoreDown { store: 2, epoch: e })]
         );
     }
+
+    /// A bare liveness beat goes to a remote store only when no batch went
+    /// there within the interval; the store clock sends beats only while
+    /// the store FSM keeps ticking.
+    #[test]
+    fn liveness_beats_fill_gaps_and_stop_with_the_pollers() {
+        let interval = Duration::from_millis(200);
+        let h = Hibernation::new(1, 3, 1..=2, [1, 2, 3], D);
+        let due = |h: &Hibernation| {
+            let mut v: Vec<u64> = h
+                .liveness_due(Instant::now(), interval)
+                .iter()
+                .map(|(s, _)| *s)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(due(&h), vec![2, 3], "every remote store, never itself");
+        assert!(due(&h).is_empty(), "just sent");
+        std::thread::sleep(interval + interval / 2);
+        // A batch of beats goes to store 2 (stamped): only 3 is due.
+        h.stamp(2);
+        assert_eq!(due(&h), vec![3]);
+        // Pollers: beats while ticks are handled, none after D of none.
+        let now = Instant::now();
+        h.note_store_tick(now);
+        assert!(h.store_ticked_within(now, D));
+        assert!(!h.store_ticked_within(now + D, D));
+    }
 }
