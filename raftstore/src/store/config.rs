@@ -239,6 +239,15 @@ impl Config {
             .saturating_mul(u32::try_from(self.election_ticks).unwrap_or(u32::MAX))
     }
 
+    /// How long the store clock waits for a batch to a remote store before
+    /// sending it a bare liveness beat: a heartbeat interval and a tick, so
+    /// no bare beat goes where the pollers' flush is merely a little late.
+    pub fn liveness_beat_interval(&self) -> std::time::Duration {
+        self.base_tick().saturating_mul(
+            u32::try_from(self.heartbeat_ticks.saturating_add(1)).unwrap_or(u32::MAX),
+        )
+    }
+
     /// The base tick as a duration.
     pub fn base_tick(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.base_tick_ms)

@@ -117,14 +117,7 @@ impl MessageSink for StoreHandle {
         self.metrics
             .heartbeat_batches_received
             .fetch_add(1, Ordering::Relaxed);
-        // Epoch 0 is never sent: a batch without a liveness stamp could
-        // carry acknowledgements no support accounts for.
-        if sender.epoch == 0 || !self.heard(sender) {
-            if sender.epoch == 0 {
-                self.metrics
-                    .stale_batches_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.heard(sender) {
             return;
         }
         for m in heartbeat::fan_out(msg) {
@@ -151,6 +144,14 @@ impl StoreHandle {
     /// its store could know this store withdrew its support (a late
     /// message must not put a region back to sleep under a dead leader).
     fn heard(&self, sender: heartbeat::BatchSender) -> bool {
+        // Epoch 0 is never sent: a batch without a liveness stamp could
+        // carry acknowledgements no support accounts for.
+        if sender.epoch == 0 {
+            self.metrics
+                .stale_batches_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         self.metrics
             .liveness_beats_received
             .fetch_add(1, Ordering::Relaxed);
@@ -395,13 +396,8 @@ impl Store {
         let clock = {
             let (stop, router, tick) = (stop.clone(), router.clone(), cfg.base_tick());
             let (hib, metrics, mut transport) = (hib.clone(), metrics.clone(), clock_transport);
-            // A bare beat goes only where no batch went for a heartbeat
-            // interval and a tick: not where the pollers' flush is merely
-            // a little late.
             let support = cfg.support_duration();
-            let liveness_interval = tick.saturating_mul(
-                u32::try_from(cfg.heartbeat_ticks.saturating_add(1)).unwrap_or(u32::MAX),
-            );
+            let liveness_interval = cfg.liveness_beat_interval();
             std::thread::Builder::new()
                 .name(format!("store-{store_id}-clock"))
                 .spawn(move || {

@@ -164,11 +164,8 @@ impl Peer {
         match hib.support_status(store, Instant::now()) {
             SupportStatus::Supported(e) if e == epoch => {}
             SupportStatus::Lost(e) if e == epoch => {
-                self.sleep.quiet_under = None;
-                self.sleep.woken_by = Some((store, epoch));
-                let first = self.campaigns_first_without(store)
-                    || std::mem::take(&mut self.sleep.vote_asked);
-                self.raft.raft.expire_election_clock(first);
+                let first = self.first_after_quiet_loss(store);
+                self.leader_store_lost(store, epoch, first);
             }
             // Supported again under a newer epoch (the store lived after
             // the withdrawal), or a newer support lost too: this follower
@@ -197,9 +194,25 @@ impl Peer {
         if store == self.meta.store_id || self.sleep.woken_by == Some((store, lost)) {
             return;
         }
-        self.sleep.woken_by = Some((store, lost));
         let first = self.campaigns_first_without(store);
+        self.leader_store_lost(store, lost, first);
+    }
+
+    /// This follower's leader's store lost this store's support under
+    /// `epoch`: it stops refusing votes as within a lease and runs its
+    /// election clock out, campaigning at its next tick if `first` (see
+    /// `check_leader_store` for why this is lease-safe).
+    fn leader_store_lost(&mut self, store: u64, epoch: u64, first: bool) {
+        self.sleep.quiet_under = None;
+        self.sleep.woken_by = Some((store, epoch));
         self.raft.raft.expire_election_clock(first);
+    }
+
+    /// Whether a quiet follower whose leader's store was lost campaigns
+    /// first: its region's turn says so, or a peer already asked it for a
+    /// vote (that peer found the leader gone before this store did).
+    fn first_after_quiet_loss(&mut self, store: u64) -> bool {
+        self.campaigns_first_without(store) || std::mem::take(&mut self.sleep.vote_asked)
     }
 
     /// A peer of the region asks for a vote while this follower is quiet
@@ -219,11 +232,7 @@ impl Peer {
         };
         match hib.support_status(store, Instant::now()) {
             SupportStatus::Supported(e) if e == epoch => self.sleep.vote_asked = true,
-            SupportStatus::Lost(e) if e == epoch => {
-                self.sleep.quiet_under = None;
-                self.sleep.woken_by = Some((store, epoch));
-                self.raft.raft.expire_election_clock(false);
-            }
+            SupportStatus::Lost(e) if e == epoch => self.leader_store_lost(store, epoch, false),
             // Supported again under a newer epoch: the store lived after
             // the withdrawal; its leader may be alive.
             _ => {}
@@ -262,15 +271,12 @@ impl Peer {
                     }
                     return None;
                 }
-                self.sleep.quiet_under = None;
-                self.sleep.woken_by = Some((store, epoch));
                 let woke = self.wake(WakeReason::LeaderStoreDown, hib);
                 // Its leader is gone: campaign now, not a whole election
                 // timeout after the withdrawal; one follower per region
                 // first, the others a little later.
-                let first = self.campaigns_first_without(store)
-                    || std::mem::take(&mut self.sleep.vote_asked);
-                self.raft.raft.expire_election_clock(first);
+                let first = self.first_after_quiet_loss(store);
+                self.leader_store_lost(store, epoch, first);
                 woke.then_some(WakeReason::LeaderStoreDown)
             }
             SleepMsg::LaggingStoreBack { .. } => self
