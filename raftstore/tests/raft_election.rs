@@ -34,6 +34,36 @@ fn follower_campaigns_after_randomized_timeout_in_range() {
     assert!(seen.len() > 3, "timeouts are randomized: {seen:?}");
 }
 
+/// checklist: election-1 (`ticks_to_event` names the tick that campaigns:
+/// every tick before it only counts, which lets the store skip delivering
+/// them; a leader acts on every tick, a learner on none)
+#[test]
+fn ticks_to_event_is_the_campaigning_tick() {
+    for seed in 0..20u64 {
+        let mut c = config(1);
+        c.rng_seed = Some(seed);
+        let mut n = new_node_with(c, MemStorage::with_voters(&[1, 2, 3], &[]));
+        let left = n.raft.ticks_to_event();
+        assert_eq!(left, n.raft.randomized_election_timeout());
+        for i in 1..left {
+            assert!(!n.tick(), "tick {i} of {left} acted");
+            assert_eq!(n.raft.state(), StateRole::Follower);
+            assert_eq!(n.raft.ticks_to_event(), left - i);
+        }
+        assert!(n.tick(), "the due tick campaigns");
+        assert_eq!(n.raft.state(), StateRole::Candidate);
+    }
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    assert_eq!(
+        net.raft(1).ticks_to_event(),
+        1,
+        "a leader acts on each tick"
+    );
+    let learner = Network::new_with_members(&[1, 2], &[1], &[2], |_| {});
+    assert_eq!(learner.raft(2).ticks_to_event(), usize::MAX);
+}
+
 /// checklist: election-1 (a fixed seed fixes the timeout; simulators rely on it)
 #[test]
 fn same_seed_same_timeout() {

@@ -73,12 +73,24 @@ pub struct StoreFsm {
     pending_wakes: VecDeque<(u64, SleepMsg)>,
 }
 
-/// Per region: a tick was sent to its peer and not handled yet. The store
-/// clock sends a peer no tick while its last one waits: a peer whose poller
-/// is behind misses ticks instead of getting a burst of stale ones later
-/// (its election clock runs slow under load, never fast), and a busy store
-/// is not buried under ticks. Fixed at start (regions do not change yet).
-pub type TickFlags = Arc<fxhash::FxHashMap<u64, AtomicBool>>;
+/// Per region: what the store clock needs to know to tick its peer.
+#[derive(Debug, Default)]
+pub struct TickSlot {
+    /// A tick was sent to the peer and not handled yet. The store clock
+    /// sends a peer no tick while its last one waits: a peer whose poller
+    /// is behind misses ticks instead of getting a burst of stale ones
+    /// later (its election clock runs slow under load, never fast), and a
+    /// busy store is not buried under ticks.
+    pub queued: AtomicBool,
+    /// The first store tick at which a tick may act for the peer
+    /// ([`Peer::tick_due`], published after each round the peer is
+    /// handled in); the ticks before it are silent and not sent.
+    pub due: AtomicU64,
+}
+
+/// The tick slots of a store's regions. Fixed at start (regions do not
+/// change yet).
+pub type TickFlags = Arc<fxhash::FxHashMap<u64, TickSlot>>;
 
 /// Liveness wakes the store FSM delivers per round at most.
 pub const WAKES_PER_ROUND: usize = 4096;
@@ -147,6 +159,9 @@ pub struct StoreMetrics {
     /// Ticks not sent because the peer had not handled its last one yet
     /// (its poller is behind).
     pub ticks_coalesced: AtomicU64,
+    /// Ticks not sent to awake peers because they could only count (the
+    /// peer runs them itself; see [`TickSlot::due`]).
+    pub ticks_silent: AtomicU64,
     /// Peers of this store that are awake now (they tick).
     pub awake_peers: AtomicI64,
     /// Peers of this store that are hibernating now (no ticks, no messages).
@@ -450,6 +465,8 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             return HandleResult::stop_at(0, false);
         }
         let was_asleep = fsm.peer.is_asleep();
+        // Whatever comes meets clocks that are up to date.
+        fsm.peer.catch_up_ticks(self.hib.store_ticks());
         let mut wake_urgent = false;
         let mut handled = 0;
         let mut drained = false;
@@ -473,10 +490,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     woke
                 }
                 PeerMsg::Tick => {
-                    if let Some(queued) = self.ticks_queued.get(&fsm.peer.region_id()) {
-                        queued.store(false, Ordering::Release);
+                    if let Some(slot) = self.ticks_queued.get(&fsm.peer.region_id()) {
+                        slot.queued.store(false, Ordering::Release);
                     }
-                    fsm.peer.tick(&self.cfg, hib);
+                    fsm.peer.on_tick(hib.store_ticks(), &self.cfg, hib);
                     None
                 }
                 PeerMsg::ApplyRes(res) => {
@@ -517,6 +534,9 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
         self.urgent_beats |= wake_urgent;
         if fsm.peer.is_asleep() && !was_asleep {
             self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = self.ticks_queued.get(&fsm.peer.region_id()) {
+            slot.due.store(fsm.peer.tick_due(), Ordering::Release);
         }
         let metrics = &*self.metrics;
         match collected {
@@ -646,25 +666,32 @@ impl<T: Transport> RaftPoller<T> {
     /// heartbeat interval flushes the coalesced beats with the liveness
     /// beats.
     fn on_store_tick(&mut self, store: &mut StoreFsm, now: std::time::Instant) {
-        self.hib.note_store_tick(now);
+        let tick = self.hib.note_store_tick(now);
         self.hib.awake_regions(&mut store.tick_buf);
-        let (mut sent, mut skipped) = (0u64, 0u64);
+        let (mut sent, mut skipped, mut silent) = (0u64, 0u64, 0u64);
         for &region in &store.tick_buf {
-            let queued = self.ticks_queued.get(&region);
-            if queued.is_some_and(|q| q.swap(true, Ordering::AcqRel)) {
+            let slot = self.ticks_queued.get(&region);
+            if slot.is_some_and(|s| s.due.load(Ordering::Acquire) > tick) {
+                silent += 1;
+                continue;
+            }
+            if slot.is_some_and(|s| s.queued.swap(true, Ordering::AcqRel)) {
                 skipped += 1;
                 continue;
             }
             if self.router.force_send(region, PeerMsg::Tick).is_ok() {
                 sent += 1;
-            } else if let Some(q) = queued {
-                q.store(false, Ordering::Release);
+            } else if let Some(s) = slot {
+                s.queued.store(false, Ordering::Release);
             }
         }
         self.metrics.peer_ticks.fetch_add(sent, Ordering::Relaxed);
         self.metrics
             .ticks_coalesced
             .fetch_add(skipped, Ordering::Relaxed);
+        self.metrics
+            .ticks_silent
+            .fetch_add(silent, Ordering::Relaxed);
         store.ticks += 1;
         let (withdrawn, woken) = self.hib.expire(now);
         if !withdrawn.is_empty() {

@@ -234,6 +234,9 @@ pub struct Hibernation {
     born: Instant,
     /// When the store FSM last handled a tick, in ms after `born`.
     last_store_tick_ms: AtomicU64,
+    /// Store ticks so far: the time the peers' clocks run on (see
+    /// `peer::clock`).
+    ticks: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -254,6 +257,7 @@ impl Hibernation {
             withdrawals: AtomicU64::new(0),
             born: Instant::now(),
             last_store_tick_ms: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 support: SupportTable::new(support, remotes.into_iter().filter(|&s| s != store_id)),
                 awake: regions.into_iter().collect(),
@@ -285,11 +289,17 @@ impl Hibernation {
     }
 
     /// Records that the store FSM handled a tick at `now` (its pollers
-    /// make progress).
-    pub fn note_store_tick(&self, now: Instant) {
+    /// make progress); returns the store tick's number (the first is 1).
+    pub fn note_store_tick(&self, now: Instant) -> u64 {
         let ms =
             u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX);
         self.last_store_tick_ms.store(ms, Ordering::Release);
+        self.ticks.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Store ticks so far (the peers' clocks catch up to it).
+    pub fn store_ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Acquire)
     }
 
     /// Whether the store FSM handled a tick within `max_age` before `now`

@@ -20,7 +20,8 @@ use super::config::Config;
 use super::error::{Error, Result};
 use super::fatal::{FatalHook, StoreStatus};
 use super::fsm::{
-    PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics, TickFlags, send_liveness_beats,
+    PeerFsm, RaftPoller, RaftRouter, StoreFsm, StoreMetrics, TickFlags, TickSlot,
+    send_liveness_beats,
 };
 use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
@@ -369,7 +370,7 @@ impl Store {
             let ticks_queued: TickFlags = Arc::new(
                 regions
                     .iter()
-                    .map(|r| (r.id, AtomicBool::new(false)))
+                    .map(|r| (r.id, TickSlot::default()))
                     .collect(),
             );
             let cfg = cfg.clone();

@@ -568,7 +568,10 @@ impl<'a> Run<'a> {
                 d.heartbeat_batches, d.liveness_messages
             ),
         );
-        t.row("peer ticks delivered", d.peer_ticks.to_string());
+        t.row(
+            "peer ticks delivered / silent (not sent)",
+            format!("{} / {}", d.peer_ticks, d.silent_ticks),
+        );
         t.row(
             "hibernated / awake peers at the end",
             format!("{} / {}", g.hibernated_peers, g.awake_peers),

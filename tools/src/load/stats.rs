@@ -100,6 +100,8 @@ pub struct Counters {
     pub synced_writes: u64,
     /// Ticks delivered to peers (only awake peers get them).
     pub peer_ticks: u64,
+    /// Ticks not sent to awake peers: they could only count.
+    pub silent_ticks: u64,
     /// Times a peer went to sleep.
     pub hibernations: u64,
     /// Times a peer woke, for any reason.
@@ -120,6 +122,7 @@ impl Counters {
             liveness_messages: get(&m.liveness_messages_sent),
             synced_writes: get(&m.raft_synced_writes),
             peer_ticks: get(&m.peer_ticks),
+            silent_ticks: get(&m.ticks_silent),
             hibernations: get(&m.hibernations),
             wakes: m.wakes_by_reason.iter().map(get).sum(),
             leader_store_down_wakes: m.wakes(WakeReason::LeaderStoreDown),
@@ -142,6 +145,7 @@ impl Counters {
             liveness_messages: d(self.liveness_messages, earlier.liveness_messages),
             synced_writes: d(self.synced_writes, earlier.synced_writes),
             peer_ticks: d(self.peer_ticks, earlier.peer_ticks),
+            silent_ticks: d(self.silent_ticks, earlier.silent_ticks),
             hibernations: d(self.hibernations, earlier.hibernations),
             wakes: d(self.wakes, earlier.wakes),
             leader_store_down_wakes: d(
@@ -158,6 +162,7 @@ impl Counters {
         self.liveness_messages += o.liveness_messages;
         self.synced_writes += o.synced_writes;
         self.peer_ticks += o.peer_ticks;
+        self.silent_ticks += o.silent_ticks;
         self.hibernations += o.hibernations;
         self.wakes += o.wakes;
         self.leader_store_down_wakes += o.leader_store_down_wakes;

@@ -25,6 +25,7 @@ use super::util::err_response;
 use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
 use crate::raft::{self, RawNode, Ready, StateRole};
 
+mod clock;
 mod hibernate;
 
 use self::hibernate::FRESH_HOLD_TIMEOUTS;
@@ -122,6 +123,9 @@ pub struct Peer {
     lease: Lease,
     /// Hibernation state (see `hibernation`).
     sleep: PeerSleep,
+    /// The store tick up to which this peer's clocks have run (see
+    /// `clock`: silent ticks are run late, in a row).
+    clock: u64,
     limits: RequestLimits,
     engine: Engine,
     logger: Logger,
@@ -189,6 +193,7 @@ impl Peer {
             },
             lease: Lease::default(),
             sleep: PeerSleep::default(),
+            clock: 0,
             limits: cfg.request_limits(),
             engine,
             logger,
@@ -437,7 +442,7 @@ impl Peer {
     /// One base tick: ticks the raft group, renews the lease if reads want
     /// it, and lets an idle leader hibernate its region. A hibernating peer
     /// ignores it.
-    pub fn tick(&mut self, cfg: &Config, hib: &Hibernation) {
+    fn tick(&mut self, cfg: &Config, hib: &Hibernation) {
         if self.sleep.asleep {
             return;
         }

@@ -1,0 +1,76 @@
+//! The peer's clock (DESIGN §5, "only awake peers tick"): the store counts
+//! base ticks, and an awake peer gets a `Tick` message only at the first
+//! store tick where ticking may do more than count (its *due* tick). The
+//! ticks before that are silent: the peer runs them itself, in a row, when
+//! it next handles anything, so its clocks read the same as if each tick
+//! had been delivered. A follower that hears its leader every heartbeat
+//! never reaches its due tick and costs the store no message at all.
+//!
+//! A tick delivered late (its poller was behind) runs the silent ticks up
+//! to the due one and that one, and drops the rest, as a late tick always
+//! did: a peer's election clock runs slow under load, never fast.
+
+use super::Peer;
+use crate::store::config::Config;
+use crate::store::hibernation::Hibernation;
+
+impl Peer {
+    /// Runs the silent ticks up to store tick `now` (never the due one).
+    /// Called before the peer handles anything, so every message meets
+    /// clocks that are up to date. A sleeping peer's clock does not run:
+    /// it starts again from `now` when the peer wakes.
+    pub fn catch_up_ticks(&mut self, now: u64) {
+        if self.sleep.asleep {
+            self.clock = self.clock.max(now);
+            return;
+        }
+        let until = now.min(self.tick_due().saturating_sub(1));
+        while self.clock < until {
+            let acted = self.raft.tick();
+            debug_assert!(!acted, "a silent tick acted");
+            self.clock += 1;
+        }
+    }
+
+    /// The store's tick `now` reached this peer: runs the silent ticks,
+    /// then the due tick if it has come (with everything a tick does:
+    /// elections, heartbeats, hibernation checks), and drops the ticks
+    /// after it (the peer was late).
+    pub fn on_tick(&mut self, now: u64, cfg: &Config, hib: &Hibernation) {
+        self.catch_up_ticks(now);
+        if self.clock < now {
+            self.tick(cfg, hib);
+            self.clock = now;
+        }
+    }
+
+    /// The first store tick at which a tick may do more than count for
+    /// this peer.
+    pub fn tick_due(&self) -> u64 {
+        self.clock.saturating_add(self.ticks_to_event())
+    }
+
+    /// Ticks from the peer's clock to its next tick that may act (at
+    /// least 1).
+    fn ticks_to_event(&self) -> u64 {
+        // A sleeping peer is not ticked (the store ticks only its awake
+        // set); should the registry count it awake, its ticks are
+        // delivered and ignored, as before clocks were lazy.
+        if self.sleep.asleep {
+            return 1;
+        }
+        // A leader heartbeats, checks quorum, renews its lease and counts
+        // idle ticks; a fresh peer waits for its stores; a quiet follower
+        // watches its leader's store: each tick.
+        if self.is_leader() || self.sleep.fresh_hold.is_some() || self.sleep.quiet_under.is_some() {
+            return 1;
+        }
+        let raft = &self.raft.raft;
+        // From half an election timeout without its leader, a follower
+        // nudges the leader and looks at store liveness each tick.
+        let half = raft.election_timeout() / 2;
+        let watch = half.saturating_sub(raft.election_elapsed());
+        let ticks = raft.ticks_to_event().min(watch).max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+}
