@@ -67,9 +67,21 @@ impl Peer {
         }
         let raft = &self.raft.raft;
         // From half an election timeout without its leader, a follower
-        // nudges the leader and looks at store liveness each tick.
-        let half = raft.election_timeout() / 2;
-        let watch = half.saturating_sub(raft.election_elapsed());
+        // nudges the leader and looks at store liveness each tick; not
+        // when it knows no leader, or knows its leader's store is lost (a
+        // withdrawal woke it): then only its election clock matters. (At
+        // a store's death tens of thousands of followers are in that
+        // state at once, waiting for their regions' first campaigners.)
+        let watched = self
+            .leader()
+            .filter(|l| l.id != self.meta.id)
+            .is_some_and(|l| self.sleep.woken_by.is_none_or(|(s, _)| s != l.store_id));
+        let watch = if watched {
+            let half = raft.election_timeout() / 2;
+            half.saturating_sub(raft.election_elapsed())
+        } else {
+            usize::MAX
+        };
         let ticks = raft.ticks_to_event().min(watch).max(1);
         u64::try_from(ticks).unwrap_or(u64::MAX)
     }
