@@ -50,6 +50,15 @@ pub const MAX_POOL_SIZE: usize = 256;
 /// 1.3x the writes/s of waiting a whole election timeout, with 2.3x fewer
 /// heartbeats). A leader holding a lease sleeps only once it expired.
 pub const DEFAULT_HIBERNATE_IDLE_TICKS: usize = 3;
+/// Default ticks between a leader's raft log checks: 3 s at the default
+/// tick (TiKV's `raft_log_gc_tick_interval`).
+pub const DEFAULT_RAFT_LOG_GC_TICK_TICKS: usize = 30;
+/// Default compactable entries that make a leader compact at once (TiKV's
+/// `raft_log_gc_threshold`).
+pub const DEFAULT_RAFT_LOG_GC_THRESHOLD: u64 = 50;
+/// Default checks after which a shorter log is compacted too (TiKV's
+/// `raft_log_reserve_max_ticks`).
+pub const DEFAULT_RAFT_LOG_GC_RESERVE_CHECKS: u32 = 6;
 /// Default clock-drift margin taken off a leader lease (ms).
 pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 
@@ -118,6 +127,13 @@ pub struct Config {
     /// Ticks a leader waits after its last command before it tries to
     /// hibernate its region (it tries again every this many ticks).
     pub hibernate_idle_ticks: usize,
+    /// Ticks between a leader's raft log checks (log GC; only awake
+    /// leaders check). 0 turns log GC off: the log then grows forever.
+    pub raft_log_gc_tick_ticks: usize,
+    /// Compactable entries that make a leader compact its log at once.
+    pub raft_log_gc_threshold: u64,
+    /// Checks after which a leader compacts a shorter log too.
+    pub raft_log_gc_reserve_checks: u32,
 }
 
 impl Default for Config {
@@ -144,6 +160,9 @@ impl Default for Config {
             sync_log: true,
             hibernate_regions: true,
             hibernate_idle_ticks: DEFAULT_HIBERNATE_IDLE_TICKS,
+            raft_log_gc_tick_ticks: DEFAULT_RAFT_LOG_GC_TICK_TICKS,
+            raft_log_gc_threshold: DEFAULT_RAFT_LOG_GC_THRESHOLD,
+            raft_log_gc_reserve_checks: DEFAULT_RAFT_LOG_GC_RESERVE_CHECKS,
         }
     }
 }

@@ -5,6 +5,8 @@ use flotilla_proto::metapb::{Peer, Region};
 use flotilla_proto::raft_cmdpb::{self, error::Detail};
 use thiserror::Error;
 
+pub use super::admin::AdminError;
+
 /// Errors of the store and of requests to it.
 #[derive(Debug, Clone, Error, PartialEq)]
 pub enum Error {
@@ -89,6 +91,9 @@ pub enum Error {
     /// Invalid configuration.
     #[error("invalid config: {0}")]
     Config(String),
+    /// An admin command was refused.
+    #[error("admin: {0}")]
+    Admin(AdminError),
 }
 
 impl From<flotilla_engine::Error> for Error {
@@ -186,6 +191,7 @@ impl Error {
             Error::Config(reason) => Detail::InvalidRequest(raft_cmdpb::InvalidRequest {
                 reason: format!("config: {reason}"),
             }),
+            Error::Admin(e) => Detail::Admin(e.to_proto()),
         };
         raft_cmdpb::Error {
             message: self.to_string(),
@@ -229,6 +235,10 @@ impl Error {
             Some(Detail::ApplyFailed(d)) => Error::ApplyFailed(d.reason),
             Some(Detail::EngineError(d)) => Error::Engine(d.reason),
             Some(Detail::InvalidRequest(d)) => Error::InvalidRequest(d.reason),
+            Some(Detail::Admin(d)) => match AdminError::from_proto(d) {
+                Some(a) => Error::Admin(a),
+                None => Error::InvalidRequest(e.message),
+            },
             None => Error::InvalidRequest(e.message),
         }
     }
@@ -289,6 +299,13 @@ mod tests {
             Error::StoreStopped { in_flight: true },
             Error::ApplyFailed("disk".into()),
             Error::Engine("read".into()),
+            Error::Admin(AdminError::NotSupported {
+                command: "batch_split".into(),
+            }),
+            Error::Admin(AdminError::CompactIndexAhead {
+                compact_index: 9,
+                applied_index: 7,
+            }),
         ];
         for e in &all {
             match e {
@@ -306,7 +323,8 @@ mod tests {
                 | Error::StoreStopped { .. }
                 | Error::ApplyFailed(_)
                 | Error::Engine(_)
-                | Error::Config(_) => {}
+                | Error::Config(_)
+                | Error::Admin(_) => {}
             }
         }
         all

@@ -8,6 +8,7 @@
 //! which write data and `RaftApplyState` atomically, answer the callback
 //! and report back.
 
+mod admin;
 mod apply;
 pub mod bootstrap;
 mod client;
@@ -27,10 +28,11 @@ mod transport;
 mod util;
 mod validate;
 
+pub use self::admin::{EpochRule, epoch_rule};
 pub use self::client::{Client, ClientConfig, Stores};
 pub use self::cluster::{CLUSTER_ID, Cluster, store_dir};
 pub use self::config::Config;
-pub use self::error::{Error, Result};
+pub use self::error::{AdminError, Error, Result};
 pub use self::fatal::FatalHook;
 pub use self::fsm::{StoreMetrics, WakeReason};
 pub use self::msg::{Callback, callback_panics};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use flotilla_proto::eraftpb::Entry;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
-use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage};
+use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage, RaftTruncatedState};
 
 use super::error::Error;
 use super::hibernation::SleepMsg;
@@ -185,4 +185,17 @@ pub struct ApplyRes {
     pub region_id: u64,
     /// The apply state now persisted with the applied data.
     pub apply_state: RaftApplyState,
+    /// What the admin commands among the applied entries did, in log order.
+    pub results: Vec<ExecResult>,
+}
+
+/// What an applied admin command changed, for the peer to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecResult {
+    /// CompactLog: the log is truncated up to `truncated` (the apply state
+    /// says so; the peer deletes the entries from the engine after it).
+    CompactLog {
+        /// The new truncated state.
+        truncated: RaftTruncatedState,
+    },
 }

@@ -85,7 +85,8 @@ fn other(e: flotilla_engine::Error) -> raft::Error {
 ///
 /// Invariants: the log holds `[truncated.index + 1, raft_state.last_index]`;
 /// `cache` is a contiguous suffix of that log (`cache[i]` has index
-/// `cache[0].index + i`); `last_term` is the term of `last_index`.
+/// `cache[0].index + i`); `last_term` is the term of `last_index`; the
+/// engine holds no log entry below `deleted_below`.
 #[derive(Debug)]
 pub struct PeerStorage {
     engine: Engine,
@@ -94,6 +95,10 @@ pub struct PeerStorage {
     apply_state: RaftApplyState,
     last_term: u64,
     cache: VecDeque<Entry>,
+    /// Compacted entries in `[deleted_below, truncated.index + 1)` may
+    /// still be in the engine: [`PeerStorage::delete_compacted`] deletes
+    /// them (only after the apply state that compacted them was written).
+    deleted_below: u64,
     /// An engine failure behind a read of the core (see `take_read_error`).
     /// A `RefCell`: the storage belongs to one peer, polled by one thread
     /// at a time, and the check runs every round.
@@ -149,8 +154,10 @@ impl PeerStorage {
             apply_state,
             last_term: 0,
             cache: VecDeque::new(),
+            deleted_below: 0,
             read_error: RefCell::new(None),
         };
+        storage.deleted_below = storage.find_compacted_leftover()?;
         storage.last_term = storage.load_last_term()?;
         if storage.last_term == 0 && storage.raft_state.last_index > 0 {
             return Err(corrupt(format!(
@@ -159,6 +166,42 @@ impl PeerStorage {
             )));
         }
         Ok(storage)
+    }
+
+    /// Where the entries compacted before a restart are known deleted from:
+    /// a crash between a compaction's apply write and the deletion leaves
+    /// the entry at the truncated index in the engine (the deletion takes
+    /// the whole compacted range in one write), and then everything below
+    /// it is deleted with this peer's first write. A log never compacted
+    /// (truncated at the bootstrap index) has nothing below.
+    fn find_compacted_leftover(&self) -> Result<u64, flotilla_engine::Error> {
+        let truncated = self.truncated().index;
+        if truncated <= RAFT_INIT_LOG_INDEX {
+            return Ok(truncated + 1);
+        }
+        let key = keys::raft_log_key(self.region.id, truncated);
+        Ok(if self.engine.get(Cf::Raft, &key)?.is_some() {
+            0
+        } else {
+            truncated + 1
+        })
+    }
+
+    /// Puts the deletion of the compacted entries still in the engine into
+    /// `wb`. Returns whether there were any. The caller writes `wb` after
+    /// the apply state that compacted them (one engine, one WAL: if the
+    /// deletion survives a crash, so does that state).
+    pub fn delete_compacted(&mut self, wb: &mut WriteBatch) -> bool {
+        let below = self.truncated().index + 1;
+        if self.deleted_below >= below {
+            return false;
+        }
+        let (lo, hi) = keys::raft_log_range(self.region.id, self.deleted_below, below);
+        // Non-empty: `deleted_below < below`.
+        let res = wb.delete_range(Cf::Raft, &lo, &hi);
+        debug_assert!(res.is_ok(), "{res:?}");
+        self.deleted_below = below;
+        true
     }
 
     fn load_last_term(&self) -> Result<u64, flotilla_engine::Error> {
@@ -192,9 +235,13 @@ impl PeerStorage {
         &self.apply_state
     }
 
-    /// Records the apply state the apply side persisted.
+    /// Records the apply state the apply side persisted. A truncated
+    /// state that moved compacts the log: entries at or below it are gone
+    /// from the cache at once and from the engine with the next
+    /// [`PeerStorage::delete_compacted`].
     pub fn set_apply_state(&mut self, state: RaftApplyState) {
         self.apply_state = state;
+        self.compact_cache_to(self.truncated().index);
     }
 
     /// The index of the last applied entry.
@@ -677,6 +724,49 @@ mod tests {
             .put_msg(Cf::Raft, &keys::raft_log_key(9, 9), &entry(9, 6))
             .unwrap();
         assert!(PeerStorage::load(engine, region()).is_ok());
+    }
+
+    /// admin.md §5.2 CompactLog restart rule: a crash between the apply
+    /// write that truncated the log and the deletion of the entries leaves
+    /// them in the engine; the storage loaded after it deletes everything
+    /// at or below the truncated index with its first write, and a
+    /// storage whose compaction was deleted has nothing left to delete.
+    #[test]
+    fn compacted_entries_left_by_a_crash_are_deleted_after_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        append(&mut s, &(6..=30).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        let engine = s.engine.clone();
+        let mut apply = *s.apply_state();
+        apply.applied_index = 30;
+        apply.truncated_state = Some(RaftTruncatedState { index: 20, term: 6 });
+        engine
+            .put_msg(Cf::Raft, &keys::apply_state_key(9), &apply)
+            .unwrap();
+        let indices = |engine: &Engine| {
+            let (lo, hi) = keys::raft_log_range(9, 0, u64::MAX);
+            engine
+                .snapshot()
+                .iter(Cf::Raft, &lo, &hi)
+                .inspect(|kv| assert!(kv.is_ok(), "{kv:?}"))
+                .count()
+        };
+        assert_eq!(indices(&engine), 25);
+        let mut loaded = PeerStorage::load(engine.clone(), region()).unwrap();
+        assert_eq!(loaded.first_index().unwrap(), 21);
+        let mut wb = engine.write_batch();
+        assert!(loaded.delete_compacted(&mut wb));
+        engine.write(wb, Durability::Sync).unwrap();
+        assert_eq!(indices(&engine), 10, "entries 21..=30 are left");
+        assert_eq!(loaded.entries(21, 31, None).unwrap().len(), 10);
+        let mut wb = engine.write_batch();
+        assert!(!loaded.delete_compacted(&mut wb), "nothing left to delete");
+        let mut reloaded = PeerStorage::load(engine, region()).unwrap();
+        let mut wb = reloaded.engine.write_batch();
+        assert!(
+            !reloaded.delete_compacted(&mut wb),
+            "nothing left after a clean deletion"
+        );
     }
 
     /// F13: an entry that no longer decodes is an engine failure the

@@ -16,6 +16,7 @@ use flotilla_proto::raft_serverpb::RaftMessage;
 use prost::Message as _;
 use slog::Logger;
 
+use super::admin::{AdminError, LogGc, cmd_name};
 use super::config::Config;
 use super::error::{Error, Result};
 use super::hibernation::{Hibernation, PeerSleep};
@@ -27,6 +28,7 @@ use crate::raft::{self, RawNode, Ready, StateRole};
 
 mod clock;
 mod hibernate;
+mod log_gc;
 
 use self::hibernate::FRESH_HOLD_TIMEOUTS;
 
@@ -126,6 +128,8 @@ pub struct Peer {
     /// The store tick up to which this peer's clocks have run (see
     /// `clock`: silent ticks are run late, in a row).
     clock: u64,
+    /// Raft log GC bookkeeping (see `log_gc`).
+    log_gc: LogGc,
     limits: RequestLimits,
     engine: Engine,
     logger: Logger,
@@ -194,6 +198,7 @@ impl Peer {
             lease: Lease::default(),
             sleep: PeerSleep::default(),
             clock: 0,
+            log_gc: LogGc::default(),
             limits: cfg.request_limits(),
             engine,
             logger,
@@ -299,10 +304,16 @@ impl Peer {
             .header
             .as_ref()
             .ok_or_else(|| Error::InvalidRequest("missing header".into()))?;
-        if request.admin_request.is_some() {
-            return Err(Error::InvalidRequest(
-                "admin commands are not supported yet".into(),
-            ));
+        if let Some(admin) = &request.admin_request {
+            // The store proposes its own CompactLog; no admin command is
+            // taken from clients yet.
+            let cmd = admin
+                .cmd
+                .as_ref()
+                .ok_or_else(|| Error::InvalidRequest("admin request without a command".into()))?;
+            return Err(Error::Admin(AdminError::NotSupported {
+                command: cmd_name(cmd).into(),
+            }));
         }
         let region = self.region();
         if header.region_id != region.id {
@@ -453,6 +464,7 @@ impl Peer {
         self.maybe_nudge_leader(hib);
         self.raft.tick();
         self.maybe_renew_lease();
+        self.tick_log_gc(cfg);
         if cfg.hibernate_regions && self.is_leader() {
             self.sleep.idle_ticks += 1;
             if self.sleep.idle_ticks >= cfg.hibernate_idle_ticks {
@@ -476,6 +488,7 @@ impl Peer {
             .raft_log_mut()
             .store
             .set_apply_state(res.apply_state);
+        self.on_exec_results(res.results);
         self.raft
             .raft
             .raft_log_mut()
@@ -518,6 +531,9 @@ impl Peer {
         } else {
             WriteNeed::Nothing
         };
+        // Entries a compaction applied since the last round: deleted after
+        // the apply write that compacted them (it came first in the WAL).
+        self.raft.raft.raft_log_mut().store.delete_compacted(wb);
         if self.pending_ready.is_some() || !self.raft.has_ready() {
             if need != WriteNeed::Nothing {
                 self.raft.store().write_raft_state(wb);
@@ -565,6 +581,9 @@ impl Peer {
             if leader != self.was_leader {
                 self.was_leader = leader;
                 role_change = Some(leader);
+                // A new leadership checks its log afresh (a proposal of an
+                // earlier term may never have committed).
+                self.log_gc = LogGc::default();
             }
             if leader {
                 // A follower's view of a former leader's store means

@@ -20,9 +20,11 @@ use slog::Logger;
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
-use super::msg::{ApplyMsg, ApplyRes, ApplyTask, PeerMsg, Proposal};
+use super::msg::{ApplyMsg, ApplyRes, ApplyTask, ExecResult, PeerMsg, Proposal};
 use super::util::err_response;
 use super::validate::{data_range, validate_for_apply};
+
+mod admin;
 
 /// A region's apply delegate.
 pub struct ApplyFsm {
@@ -32,6 +34,8 @@ pub struct ApplyFsm {
     dirty: bool,
     /// Callbacks to run once this round's batch is written.
     done: Vec<(Proposal, RaftCmdResponse)>,
+    /// What this round's admin entries did, reported with the apply state.
+    results: Vec<ExecResult>,
     stopped: bool,
 }
 
@@ -43,6 +47,7 @@ impl ApplyFsm {
             apply_state,
             dirty: false,
             done: Vec::new(),
+            results: Vec::new(),
             stopped: false,
         }
     }
@@ -110,7 +115,13 @@ impl ApplyPoller {
             if entry.index <= fsm.apply_state.applied_index {
                 continue; // already applied (e.g. replayed after restart)
             }
-            let resp = apply_entry(wb, &fsm.region, &entry);
+            let resp = apply_entry(
+                wb,
+                &fsm.region,
+                &mut fsm.apply_state,
+                &mut fsm.results,
+                &entry,
+            );
             let at = (entry.term, entry.index);
             // A proposal ordered before this entry was never applied (its
             // index was taken by another leader's entry, or by an entry of
@@ -148,8 +159,15 @@ impl ApplyPoller {
 /// every replica decides alike): an entry that fails (it may come from an
 /// old log, or have been proposed under another range) is answered with
 /// its typed error and writes nothing, and the other entries of the round
-/// are unaffected.
-fn apply_entry(wb: &mut WriteBatch, region: &Region, entry: &Entry) -> RaftCmdResponse {
+/// are unaffected. An admin command changes `apply_state` (at the state
+/// before the entry) and records what it did in `results`.
+fn apply_entry(
+    wb: &mut WriteBatch,
+    region: &Region,
+    apply_state: &mut RaftApplyState,
+    results: &mut Vec<ExecResult>,
+    entry: &Entry,
+) -> RaftCmdResponse {
     if entry.data.is_empty() || entry.entry_type() != EntryType::EntryNormal {
         // A new leader's empty entry (or a conf change, not yet supported).
         return RaftCmdResponse::default();
@@ -158,6 +176,22 @@ fn apply_entry(wb: &mut WriteBatch, region: &Region, entry: &Entry) -> RaftCmdRe
         Ok(r) => r,
         Err(e) => return err_response(Error::InvalidRequest(format!("undecodable entry: {e}"))),
     };
+    if let Some(admin) = &request.admin_request {
+        return match admin::exec_admin(&request, admin, region, apply_state) {
+            Ok((resp, result)) => {
+                results.extend(result);
+                RaftCmdResponse {
+                    header: Some(RaftResponseHeader {
+                        current_term: entry.term,
+                        ..Default::default()
+                    }),
+                    responses: Vec::new(),
+                    admin_response: Some(resp),
+                }
+            }
+            Err(e) => err_response(e),
+        };
+    }
     if let Err(e) = validate_for_apply(&request, region) {
         return err_response(e);
     }
@@ -270,6 +304,7 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 let res = ApplyRes {
                     region_id: fsm.region.id,
                     apply_state: fsm.apply_state,
+                    results: std::mem::take(&mut fsm.results),
                 };
                 let _ = self
                     .raft_router
