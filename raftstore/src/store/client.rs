@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flotilla_proto::metapb::{Peer, Region};
 use flotilla_proto::raft_cmdpb::{
-    DeleteRequest, GetRequest, PutRequest, RaftCmdRequest, RaftRequestHeader, Request, Response,
-    ScanRequest, request, response,
+    AdminRequest, DeleteRequest, GetRequest, PutRequest, RaftCmdRequest, RaftRequestHeader,
+    Request, Response, ScanRequest, TransferLeaderRequest, admin_request, request, response,
 };
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
 
 use super::config::DEFAULT_MAX_SCAN_LIMIT;
-use super::error::{Error, Result};
+use super::error::{AdminError, Error, Result};
 use super::node::StoreHandle;
 use super::util::{key_in_region, response_error};
 
@@ -151,6 +151,10 @@ impl RegionCache {
             .insert(region.start_key.clone(), CachedRegion { region, leader });
     }
 
+    fn get(&self, region_id: u64) -> Option<&CachedRegion> {
+        self.by_start.get(self.start_of.get(&region_id)?)
+    }
+
     fn set_leader(&mut self, region_id: u64, leader: Option<Peer>) {
         if let Some(start) = self.start_of.get(&region_id)
             && let Some(c) = self.by_start.get_mut(start)
@@ -164,6 +168,13 @@ fn overlaps(a: &Region, b: &Region) -> bool {
     let a_before_b_ends = b.end_key.is_empty() || a.start_key < b.end_key;
     let b_before_a_ends = a.end_key.is_empty() || b.start_key < a.end_key;
     a_before_b_ends && b_before_a_ends
+}
+
+/// Where a request goes: the region of a key, or a region by id.
+#[derive(Debug, Clone, Copy)]
+enum Locate<'a> {
+    Key(&'a [u8]),
+    Region(u64),
 }
 
 /// A KV client over a set of stores. `Send + Sync`: share one between threads.
@@ -322,6 +333,47 @@ impl Client {
         Ok(())
     }
 
+    /// Asks region `region_id`'s leader to hand leadership to the region's
+    /// peer on store `to_store`. Returns once the transfer started: the
+    /// peer takes over within an election timeout (or the transfer is
+    /// abandoned and the leader stays); a transfer to the leader itself
+    /// succeeds at once.
+    ///
+    /// # Errors
+    /// [`Error::Admin`] with the refusal: no peer on that store
+    /// (`TransfereeNotFound`), a learner, one too far behind
+    /// ([`TRANSFER_LEADER_MAX_LAG`](super::TRANSFER_LEADER_MAX_LAG)), one
+    /// being sent a snapshot, or a conf change not applied yet;
+    /// `RegionNotFound` for a region the client does not know; routing
+    /// errors when attempts run out.
+    pub fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
+        let peer = {
+            let cache = self.cache.lock();
+            let region = &cache
+                .get(region_id)
+                .ok_or(Error::RegionNotFound(region_id))?
+                .region;
+            region
+                .peers
+                .iter()
+                .find(|p| p.store_id == to_store)
+                .copied()
+                .ok_or(Error::Admin(AdminError::TransfereeNotFound {
+                    peer_id: 0,
+                    store_id: to_store,
+                }))?
+        };
+        let admin = AdminRequest {
+            cmd: Some(admin_request::Cmd::TransferLeader(TransferLeaderRequest {
+                peer: Some(peer),
+            })),
+        };
+        // Not a write: asking again is harmless, so an unknown outcome is
+        // retried.
+        self.execute_at(Locate::Region(region_id), &[], Some(&admin), false)
+            .map(|_| ())
+    }
+
     /// Sends `requests` (all on keys of one region) to the region of `key`,
     /// retrying what is safe to retry until the operation's deadline.
     ///
@@ -333,6 +385,18 @@ impl Client {
     /// may have taken effect). Every error that may mean the leader moved
     /// drops the cached leader.
     fn execute(&self, key: &[u8], requests: Vec<Request>, is_write: bool) -> Result<Vec<Response>> {
+        self.execute_at(Locate::Key(key), &requests, None, is_write)
+    }
+
+    /// [`Client::execute`] for the region `at` names, sending `requests`
+    /// or the admin command `admin`.
+    fn execute_at(
+        &self,
+        at: Locate<'_>,
+        requests: &[Request],
+        admin: Option<&AdminRequest>,
+        is_write: bool,
+    ) -> Result<Vec<Response>> {
         let deadline = Instant::now() + self.cfg.operation_timeout;
         let mut backoff = self.cfg.backoff;
         let mut last_err = Error::Timeout;
@@ -341,12 +405,15 @@ impl Client {
             if now >= deadline {
                 break;
             }
-            let Some((region, peer)) = self.target(key, attempt) else {
-                return Err(Error::KeyNotInRegion {
-                    key: key.to_vec(),
-                    region_id: 0,
-                    start_key: Vec::new(),
-                    end_key: Vec::new(),
+            let Some((region, peer)) = self.target(at, attempt) else {
+                return Err(match at {
+                    Locate::Key(key) => Error::KeyNotInRegion {
+                        key: key.to_vec(),
+                        region_id: 0,
+                        start_key: Vec::new(),
+                        end_key: Vec::new(),
+                    },
+                    Locate::Region(id) => Error::RegionNotFound(id),
                 });
             };
             let request = RaftCmdRequest {
@@ -356,8 +423,8 @@ impl Client {
                     region_epoch: region.region_epoch,
                     ..Default::default()
                 }),
-                requests: requests.clone(),
-                admin_request: None,
+                requests: requests.to_vec(),
+                admin_request: admin.cloned(),
             };
             let wait = self.cfg.request_timeout.min(deadline - now);
             let err = match self.send_once(peer.store_id, request, wait) {
@@ -405,9 +472,12 @@ impl Client {
 
     /// The region of `key` and the peer to try on attempt `attempt`: the
     /// cached leader, else the region's peers in turn.
-    fn target(&self, key: &[u8], attempt: usize) -> Option<(Region, Peer)> {
+    fn target(&self, at: Locate<'_>, attempt: usize) -> Option<(Region, Peer)> {
         let cache = self.cache.lock();
-        let c = cache.locate(key)?;
+        let c = match at {
+            Locate::Key(key) => cache.locate(key)?,
+            Locate::Region(id) => cache.get(id)?,
+        };
         let peer = c.leader.or_else(|| {
             c.region
                 .peers

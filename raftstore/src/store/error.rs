@@ -306,6 +306,14 @@ mod tests {
                 compact_index: 9,
                 applied_index: 7,
             }),
+            Error::Admin(AdminError::TransfereeNotFound {
+                peer_id: 4,
+                store_id: 2,
+            }),
+            Error::Admin(AdminError::TransfereeNotVoter { peer_id: 4 }),
+            Error::Admin(AdminError::TransfereeLagging { lag: 300, max: 128 }),
+            Error::Admin(AdminError::TransfereePendingSnapshot { peer_id: 4 }),
+            Error::Admin(AdminError::TransfereePendingConfChange { pending_index: 12 }),
         ];
         for e in &all {
             match e {

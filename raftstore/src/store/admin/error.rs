@@ -24,6 +24,41 @@ pub enum AdminError {
         /// The region's applied index when the command applied.
         applied_index: u64,
     },
+    /// TransferLeader to a peer the region does not have on that store.
+    #[error("transferee {peer_id} on store {store_id} is not a peer of the region")]
+    TransfereeNotFound {
+        /// The peer asked for (0 if the client knew none on the store).
+        peer_id: u64,
+        /// Its store.
+        store_id: u64,
+    },
+    /// TransferLeader to a learner (it may not lead).
+    #[error("transferee {peer_id} is a learner")]
+    TransfereeNotVoter {
+        /// The peer asked for.
+        peer_id: u64,
+    },
+    /// TransferLeader to a peer too far behind the leader's log: it would
+    /// take longer than the transfer may.
+    #[error("transferee is {lag} entries behind (at most {max})")]
+    TransfereeLagging {
+        /// Entries the transferee lacks.
+        lag: u64,
+        /// The most a transfer accepts.
+        max: u64,
+    },
+    /// TransferLeader to a peer being sent a snapshot.
+    #[error("transferee {peer_id} is receiving a snapshot")]
+    TransfereePendingSnapshot {
+        /// The peer asked for.
+        peer_id: u64,
+    },
+    /// TransferLeader while a conf change is not applied yet.
+    #[error("a conf change up to index {pending_index} is not applied yet")]
+    TransfereePendingConfChange {
+        /// The index up to which a conf change may be pending.
+        pending_index: u64,
+    },
 }
 
 impl AdminError {
@@ -40,6 +75,23 @@ impl AdminError {
                 compact_index,
                 applied_index,
             }),
+            AdminError::TransfereeNotFound { peer_id, store_id } => {
+                Kind::TransfereeNotFound(raft_cmdpb::TransfereeNotFound { peer_id, store_id })
+            }
+            AdminError::TransfereeNotVoter { peer_id } => {
+                Kind::TransfereeNotVoter(raft_cmdpb::TransfereeNotVoter { peer_id })
+            }
+            AdminError::TransfereeLagging { lag, max } => {
+                Kind::TransfereeLagging(raft_cmdpb::TransfereeLagging { lag, max })
+            }
+            AdminError::TransfereePendingSnapshot { peer_id } => {
+                Kind::TransfereePendingSnapshot(raft_cmdpb::TransfereePendingSnapshot { peer_id })
+            }
+            AdminError::TransfereePendingConfChange { pending_index } => {
+                Kind::TransfereePendingConfChange(raft_cmdpb::TransfereePendingConfChange {
+                    pending_index,
+                })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -52,6 +104,21 @@ impl AdminError {
             Kind::CompactIndexAhead(d) => AdminError::CompactIndexAhead {
                 compact_index: d.compact_index,
                 applied_index: d.applied_index,
+            },
+            Kind::TransfereeNotFound(d) => AdminError::TransfereeNotFound {
+                peer_id: d.peer_id,
+                store_id: d.store_id,
+            },
+            Kind::TransfereeNotVoter(d) => AdminError::TransfereeNotVoter { peer_id: d.peer_id },
+            Kind::TransfereeLagging(d) => AdminError::TransfereeLagging {
+                lag: d.lag,
+                max: d.max,
+            },
+            Kind::TransfereePendingSnapshot(d) => {
+                AdminError::TransfereePendingSnapshot { peer_id: d.peer_id }
+            }
+            Kind::TransfereePendingConfChange(d) => AdminError::TransfereePendingConfChange {
+                pending_index: d.pending_index,
             },
         })
     }

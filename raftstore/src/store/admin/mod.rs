@@ -4,11 +4,16 @@
 
 mod compact;
 mod error;
+mod transfer;
 
 pub use self::compact::{CompactDecision, CompactInputs, LogGc, compact_decision};
 pub use self::error::AdminError;
+pub use self::transfer::{TRANSFER_LEADER_MAX_LAG, Transferee, check_transfer};
 
+use flotilla_proto::metapb::{Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::admin_request::Cmd;
+
+use super::error::{Error, Result};
 
 /// What an admin command checks of the region epoch before it applies, and
 /// what it bumps when it does (DESIGN §6; TiKV's `admin_cmd_epoch_lookup`).
@@ -50,6 +55,25 @@ pub const fn epoch_rule(cmd: &Cmd) -> EpochRule {
         Cmd::TransferLeader(_) => EpochRule::new(BOTH, NONE),
         Cmd::CompactLog(_) => EpochRule::new(NONE, NONE),
     }
+}
+
+/// Checks the epoch fields `cmd`'s rule names against the region's: a
+/// stale one is refused with the current region (DESIGN §6).
+///
+/// # Errors
+/// [`Error::EpochNotMatch`] with `region`.
+pub fn check_epoch(cmd: &Cmd, asked: Option<RegionEpoch>, region: &Region) -> Result<()> {
+    let rule = epoch_rule(cmd);
+    let current = region.region_epoch.unwrap_or_default();
+    let asked = asked.unwrap_or_default();
+    let stale = (rule.check_version && asked.version != current.version)
+        || (rule.check_conf_ver && asked.conf_ver != current.conf_ver);
+    if stale {
+        return Err(Error::EpochNotMatch {
+            current_regions: vec![region.clone()],
+        });
+    }
+    Ok(())
 }
 
 /// The name of `cmd` as the `AdminRequest.cmd` field that carries it.

@@ -10,7 +10,7 @@ use flotilla_proto::raft_cmdpb::{
 };
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftTruncatedState};
 
-use crate::store::admin::{AdminError, cmd_name, epoch_rule};
+use crate::store::admin::{AdminError, check_epoch, cmd_name};
 use crate::store::error::{Error, Result};
 use crate::store::msg::ExecResult;
 
@@ -32,7 +32,8 @@ pub(super) fn exec_admin(
         .cmd
         .as_ref()
         .ok_or_else(|| Error::InvalidRequest("admin request without a command".into()))?;
-    check_epoch(request, region, cmd)?;
+    let asked = request.header.as_ref().and_then(|h| h.region_epoch);
+    check_epoch(cmd, asked, region)?;
     match cmd {
         admin_request::Cmd::CompactLog(req) => {
             let result = exec_compact_log(req, apply_state)?;
@@ -45,25 +46,6 @@ pub(super) fn exec_admin(
             command: cmd_name(other).into(),
         })),
     }
-}
-
-/// The epoch fields `cmd` checks must match the region's (DESIGN §6).
-fn check_epoch(request: &RaftCmdRequest, region: &Region, cmd: &admin_request::Cmd) -> Result<()> {
-    let rule = epoch_rule(cmd);
-    let current = region.region_epoch.unwrap_or_default();
-    let asked = request
-        .header
-        .as_ref()
-        .and_then(|h| h.region_epoch)
-        .unwrap_or_default();
-    let stale = (rule.check_version && asked.version != current.version)
-        || (rule.check_conf_ver && asked.conf_ver != current.conf_ver);
-    if stale {
-        return Err(Error::EpochNotMatch {
-            current_regions: vec![region.clone()],
-        });
-    }
-    Ok(())
 }
 
 /// CompactLog: moves the truncated state (the entries themselves are

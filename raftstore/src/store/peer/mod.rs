@@ -9,14 +9,14 @@ use flotilla_engine::{Cf, Engine, WriteBatch, keys};
 use flotilla_proto::eraftpb::Entry;
 use flotilla_proto::metapb::{self, Region};
 use flotilla_proto::raft_cmdpb::{
-    GetResponse, KvPair, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response,
-    ScanResponse, SnapResponse, request, response,
+    GetResponse, KvPair, RaftCmdRequest, RaftCmdResponse, RaftRequestHeader, RaftResponseHeader,
+    Response, ScanResponse, SnapResponse, request, response,
 };
 use flotilla_proto::raft_serverpb::RaftMessage;
 use prost::Message as _;
 use slog::Logger;
 
-use super::admin::{AdminError, LogGc, cmd_name};
+use super::admin::LogGc;
 use super::config::Config;
 use super::error::{Error, Result};
 use super::hibernation::{Hibernation, PeerSleep};
@@ -26,6 +26,7 @@ use super::util::err_response;
 use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
 use crate::raft::{self, RawNode, Ready, StateRole};
 
+mod admin;
 mod clock;
 mod hibernate;
 mod log_gc;
@@ -266,6 +267,11 @@ impl Peer {
     /// a read. Errors are answered through the callback.
     pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
         self.sleep.idle_ticks = 0;
+        if request.admin_request.is_some() {
+            let resp = self.on_admin_command(&request).unwrap_or_else(err_response);
+            callback.respond(resp);
+            return;
+        }
         let kind = match self.check_command(&request) {
             Ok(kind) => kind,
             Err(e) => {
@@ -299,24 +305,14 @@ impl Peer {
         }
     }
 
-    fn check_command(&self, request: &RaftCmdRequest) -> Result<RequestKind> {
+    /// The request's header, if it is routed to this peer's region and
+    /// store.
+    fn check_header<'a>(&self, request: &'a RaftCmdRequest) -> Result<&'a RaftRequestHeader> {
         let header = request
             .header
             .as_ref()
             .ok_or_else(|| Error::InvalidRequest("missing header".into()))?;
-        if let Some(admin) = &request.admin_request {
-            // The store proposes its own CompactLog; no admin command is
-            // taken from clients yet.
-            let cmd = admin
-                .cmd
-                .as_ref()
-                .ok_or_else(|| Error::InvalidRequest("admin request without a command".into()))?;
-            return Err(Error::Admin(AdminError::NotSupported {
-                command: cmd_name(cmd).into(),
-            }));
-        }
-        let region = self.region();
-        if header.region_id != region.id {
+        if header.region_id != self.region().id {
             return Err(Error::RegionNotFound(header.region_id));
         }
         if let Some(peer) = &header.peer
@@ -327,6 +323,12 @@ impl Peer {
                 actual_store_id: self.meta.store_id,
             });
         }
+        Ok(header)
+    }
+
+    fn check_command(&self, request: &RaftCmdRequest) -> Result<RequestKind> {
+        let header = self.check_header(request)?;
+        let region = self.region();
         let current = region.region_epoch.unwrap_or_default();
         let epoch = header.region_epoch.unwrap_or_default();
         // Data commands depend on the key range: only `version` matters.
