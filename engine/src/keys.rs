@@ -39,6 +39,8 @@ pub const STORE_IDENT_KEY: &[u8] = &[LOCAL_PREFIX, 0x01];
 /// (Its second byte follows the region prefixes: `0x02` and `0x03` begin
 /// per-region keys.)
 pub const STORE_LIVENESS_KEY: &[u8] = &[LOCAL_PREFIX, 0x04];
+/// The store's id allocator state (`IdAllocatorState`), in the raft CF.
+pub const ID_ALLOCATOR_KEY: &[u8] = &[LOCAL_PREFIX, 0x05];
 
 /// Second byte of per-region raft keys (log, raft state, apply state).
 pub const REGION_RAFT_PREFIX: u8 = 0x02;
@@ -107,6 +109,8 @@ pub enum Key<'a> {
     StoreIdent,
     /// The store-liveness state key.
     StoreLiveness,
+    /// The id allocator state key.
+    IdAllocator,
     /// A raft log entry of a region.
     RaftLog {
         /// The region.
@@ -270,6 +274,10 @@ pub fn decode(key: &[u8]) -> Result<Key<'_>, KeyError> {
         [LOCAL_PREFIX, 0x04, ..] => {
             expect_len(key, "store liveness", STORE_LIVENESS_KEY.len())?;
             Ok(Key::StoreLiveness)
+        }
+        [LOCAL_PREFIX, 0x05, ..] => {
+            expect_len(key, "id allocator", ID_ALLOCATOR_KEY.len())?;
+            Ok(Key::IdAllocator)
         }
         [LOCAL_PREFIX, REGION_RAFT_PREFIX, ..] => decode_region_raft(key),
         [LOCAL_PREFIX, REGION_META_PREFIX, ..] => {

@@ -254,6 +254,7 @@ impl KindName for keys::Key<'_> {
             keys::Key::RegionState { .. } => "region_state",
             keys::Key::StoreIdent => "store_ident",
             keys::Key::StoreLiveness => "store_liveness",
+            keys::Key::IdAllocator => "id_allocator",
             keys::Key::Data(_) => "data",
         }
         .to_string()

@@ -184,6 +184,7 @@ fn encode(key: Key<'_>) -> Vec<u8> {
     match key {
         Key::StoreIdent => keys::STORE_IDENT_KEY.to_vec(),
         Key::StoreLiveness => keys::STORE_LIVENESS_KEY.to_vec(),
+        Key::IdAllocator => keys::ID_ALLOCATOR_KEY.to_vec(),
         Key::RaftLog { region_id, index } => keys::raft_log_key(region_id, index).to_vec(),
         Key::RaftState { region_id } => keys::raft_state_key(region_id).to_vec(),
         Key::ApplyState { region_id } => keys::apply_state_key(region_id).to_vec(),

@@ -35,6 +35,7 @@ fn layout_matches_design_table() {
 fn every_key_kind_round_trips() {
     assert_eq!(decode(STORE_IDENT_KEY), Ok(Key::StoreIdent));
     assert_eq!(decode(STORE_LIVENESS_KEY), Ok(Key::StoreLiveness));
+    assert_eq!(decode(ID_ALLOCATOR_KEY), Ok(Key::IdAllocator));
     assert_eq!(
         decode(&raft_log_key(9, 77)),
         Ok(Key::RaftLog {

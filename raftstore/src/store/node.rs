@@ -25,6 +25,7 @@ use super::fsm::{
 };
 use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
+use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
 use super::msg::{Callback, PeerMsg, RaftCommand, Responder, StoreMsg};
 use super::peer::Peer;
@@ -218,6 +219,7 @@ pub struct Store {
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
     hib: Arc<Hibernation>,
+    ids: IdAllocator,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -273,6 +275,7 @@ impl Store {
             .get_msg(Cf::Raft, keys::STORE_IDENT_KEY)?
             .ok_or_else(|| Error::Config("store is not bootstrapped".into()))?;
         let store_id = ident.store_id;
+        let ids = IdAllocator::open(engine.clone(), store_id)?;
         let logger = logger.new(slog::o!("store" => store_id));
         let regions = load_regions(&engine)?;
         // Before the store sends anything: its peers must tell this life
@@ -438,9 +441,18 @@ impl Store {
             metrics,
             status,
             hib,
+            ids,
             raft_message_capacity: cfg.raft_message_capacity,
             logger,
         })
+    }
+
+    /// A new region or peer id, unique cluster-wide (see [`IdAllocator`]).
+    ///
+    /// # Errors
+    /// As [`IdAllocator::alloc`].
+    pub fn alloc_id(&self) -> Result<u64> {
+        self.ids.alloc()
     }
 
     /// The store's id.
