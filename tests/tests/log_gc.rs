@@ -64,39 +64,82 @@ fn truncated(store: &Store) -> u64 {
         .index
 }
 
-/// The indices of the region's log entries in the engine.
-fn log_indices(engine: &Engine) -> Vec<u64> {
-    let (lo, hi) = keys::raft_log_range(REGION, 0, u64::MAX);
-    let mut out = Vec::new();
-    engine
-        .snapshot()
-        .scan(Cf::Raft, &lo, &hi, |k, _| {
-            let idx = k.get(k.len() - 8..).map(|b| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                u64::from_be_bytes(a)
-            });
-            out.extend(idx);
-            ControlFlow::Continue(())
-        })
-        .expect("scan log");
-    out
+/// The region's log as one engine snapshot sees it: truncated index, last
+/// index, and the indices of the entries in the engine.
+#[derive(Debug)]
+struct LogView {
+    truncated: u64,
+    last: u64,
+    indices: Vec<u64>,
 }
 
-/// Every entry at or below the truncated index is gone from the engine,
-/// and every entry above it up to the last index is there (admin.md §5.4
-/// invariant 4).
-fn assert_log_exactly_untruncated(store: &Store) {
-    let engine = store.engine();
-    let t = truncated(store);
-    let last = last_index(engine);
-    let want: Vec<u64> = (t + 1..=last).collect();
-    assert_eq!(
-        log_indices(engine),
-        want,
-        "store {}: log after truncation at {t}",
-        store.store_id()
-    );
+fn log_view(engine: &Engine) -> LogView {
+    let snap = engine.snapshot();
+    let apply: RaftApplyState = snap
+        .get_msg(Cf::Raft, &keys::apply_state_key(REGION))
+        .expect("read apply state")
+        .expect("apply state");
+    let raft: RaftLocalState = snap
+        .get_msg(Cf::Raft, &keys::raft_state_key(REGION))
+        .expect("read raft state")
+        .expect("raft state");
+    let (lo, hi) = keys::raft_log_range(REGION, 0, u64::MAX);
+    let mut indices = Vec::new();
+    snap.scan(Cf::Raft, &lo, &hi, |k, _| {
+        let idx = k.get(k.len() - 8..).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_be_bytes(a)
+        });
+        indices.extend(idx);
+        ControlFlow::Continue(())
+    })
+    .expect("scan log");
+    LogView {
+        truncated: apply.truncated_state.unwrap_or_default().index,
+        last: raft.last_index,
+        indices,
+    }
+}
+
+impl LogView {
+    /// Every entry in `(truncated, last]` is in the engine: no entry is
+    /// deleted before the apply state that compacted it (admin.md §5.4
+    /// invariant 4). Holds at every instant.
+    fn assert_complete(&self, store: u64) {
+        let kept: Vec<u64> = self
+            .indices
+            .iter()
+            .copied()
+            .filter(|&i| i > self.truncated)
+            .collect();
+        let want: Vec<u64> = (self.truncated + 1..=self.last).collect();
+        assert_eq!(kept, want, "store {store}: entries missing from {self:?}");
+    }
+
+    /// Nothing at or below the truncated index is left (true once the
+    /// deletion that follows each compaction was written).
+    fn only_untruncated(&self) -> bool {
+        self.indices.first().is_none_or(|&i| i > self.truncated)
+    }
+}
+
+/// On every store the log is complete now, and soon holds exactly
+/// `(truncated, last]`.
+fn assert_logs_exact(cluster: &Cluster, ids: &[u64]) {
+    for &id in ids {
+        let engine = cluster.store(id).unwrap().engine();
+        log_view(engine).assert_complete(id);
+        assert!(
+            eventually(|| {
+                let v = log_view(engine);
+                v.assert_complete(id);
+                v.only_untruncated()
+            }),
+            "store {id}: compacted entries left: {:?}",
+            log_view(engine)
+        );
+    }
 }
 
 fn assert_all_readable(client: &Client, range: std::ops::Range<u64>) {
@@ -131,13 +174,7 @@ fn every_replica_compacts_and_deletes_its_log() {
             .collect::<Vec<_>>()
     );
     // The deletion follows the apply write within a round or two.
-    assert!(eventually(|| ids.iter().all(|&id| {
-        let s = cluster.store(id).unwrap();
-        log_indices(s.engine()).first().copied() > Some(truncated(s))
-    })));
-    for &id in &ids {
-        assert_log_exactly_untruncated(cluster.store(id).unwrap());
-    }
+    assert_logs_exact(&cluster, &ids);
     assert_all_readable(&client(&cluster), 0..WRITES);
 
     cluster.restart_all().unwrap();
@@ -146,13 +183,9 @@ fn every_replica_compacts_and_deletes_its_log() {
     write(&c, WRITES..WRITES + 20);
     assert_all_readable(&c, 0..WRITES + 20);
     for &id in &ids {
-        let s = cluster.store(id).unwrap();
-        assert!(s.fatal_error().is_none());
-        assert!(
-            log_indices(s.engine()).first().copied() > Some(truncated(s)),
-            "store {id}: compacted entries back after restart"
-        );
+        assert!(cluster.store(id).unwrap().fatal_error().is_none());
     }
+    assert_logs_exact(&cluster, &ids);
     cluster.shutdown();
 }
 
