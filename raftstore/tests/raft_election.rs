@@ -36,7 +36,7 @@ fn follower_campaigns_after_randomized_timeout_in_range() {
 
 /// checklist: election-1 (`ticks_to_event` names the tick that campaigns:
 /// every tick before it only counts, which lets the store skip delivering
-/// them; a leader acts on every tick, a learner on none)
+/// them; a leader acts at its heartbeats, a learner never)
 #[test]
 fn ticks_to_event_is_the_campaigning_tick() {
     for seed in 0..20u64 {
@@ -53,13 +53,31 @@ fn ticks_to_event_is_the_campaigning_tick() {
         assert!(n.tick(), "the due tick campaigns");
         assert_eq!(n.raft.state(), StateRole::Candidate);
     }
-    let mut net = Network::new(&[1, 2, 3]);
+    // A leader acts at each heartbeat (and at its election timeout): the
+    // ticks in between only count.
+    const BEAT: usize = 3;
+    let mut net = Network::new_with_members(&[1, 2, 3], &[1, 2, 3], &[], |c| {
+        c.heartbeat_tick = BEAT;
+    });
     net.elect(1);
-    assert_eq!(
-        net.raft(1).ticks_to_event(),
-        1,
-        "a leader acts on each tick"
-    );
+    let mut beats = 0;
+    for _ in 0..3 * ELECTION_TICK {
+        let left = net.raft(1).ticks_to_event();
+        assert!((1..=BEAT).contains(&left), "{left}");
+        for i in 1..left {
+            net.node(1).tick();
+            assert!(
+                net.raft(1).msgs().is_empty(),
+                "silent leader tick {i} of {left} sent"
+            );
+        }
+        net.node(1).tick();
+        beats += usize::from(!net.raft(1).msgs().is_empty());
+        net.settle();
+        assert_eq!(net.raft(1).state(), StateRole::Leader);
+    }
+    // Every due tick but the check-quorum ones heartbeats.
+    assert!(beats >= 2 * ELECTION_TICK, "{beats} heartbeats");
     let learner = Network::new_with_members(&[1, 2], &[1], &[2], |_| {});
     assert_eq!(learner.raft(2).ticks_to_event(), usize::MAX);
 }

@@ -465,8 +465,6 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             return HandleResult::stop_at(0, false);
         }
         let was_asleep = fsm.peer.is_asleep();
-        // Whatever comes meets clocks that are up to date.
-        fsm.peer.catch_up_ticks(self.hib.store_ticks());
         let mut wake_urgent = false;
         let mut handled = 0;
         let mut drained = false;
@@ -477,6 +475,11 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             };
             handled += 1;
             let hib = &*self.hib;
+            // Each message meets clocks that are up to date: the ticks
+            // the store made before it ran first (the acting one too, if
+            // it is due), as a Tick queued ahead of it would have; none
+            // counts as coming after it.
+            fsm.peer.on_tick(hib.store_ticks(), &self.cfg, hib);
             let woke = match msg {
                 PeerMsg::RaftMessage(m) => fsm.peer.step_raft_message(*m, hib),
                 PeerMsg::RaftCommand(c) => {

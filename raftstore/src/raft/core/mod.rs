@@ -534,17 +534,22 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Ticks from now until [`tick`](Self::tick) may do more than count
-    /// (at least 1). A leader's clock drives its heartbeats and
-    /// check-quorum: 1. A promotable follower or candidate campaigns when
-    /// its randomized election timeout runs out. A peer that may not
-    /// campaign never acts on a tick: `usize::MAX`.
+    /// (at least 1). A leader acts when its next heartbeat is due or its
+    /// election timeout (check-quorum, the end of a transfer) comes. A
+    /// promotable follower or candidate campaigns when its randomized
+    /// election timeout runs out. A peer that may not campaign never acts
+    /// on a tick: `usize::MAX`.
     ///
     /// The ticks before that one are silent: running them later, in a
     /// row, leaves the same state as running them on time (the store
     /// delivers only the ticks that may act, DESIGN §5).
     pub fn ticks_to_event(&self) -> usize {
         if self.state == StateRole::Leader {
-            return 1;
+            let beat = self
+                .heartbeat_timeout
+                .saturating_sub(self.heartbeat_elapsed);
+            let quorum = self.election_timeout.saturating_sub(self.election_elapsed);
+            return beat.min(quorum).max(1);
         }
         if !self.promotable {
             return usize::MAX;

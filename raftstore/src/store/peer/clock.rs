@@ -22,6 +22,7 @@ impl Peer {
     pub fn catch_up_ticks(&mut self, now: u64) {
         if self.sleep.asleep {
             self.clock = self.clock.max(now);
+            self.last_full_tick = self.clock;
             return;
         }
         let until = now.min(self.tick_due().saturating_sub(1));
@@ -39,8 +40,12 @@ impl Peer {
     pub fn on_tick(&mut self, now: u64, cfg: &Config, hib: &Hibernation) {
         self.catch_up_ticks(now);
         if self.clock < now {
-            self.tick(cfg, hib);
+            // The counters of the peer (idle, log GC) count the silent
+            // ticks too.
+            let elapsed = now.saturating_sub(self.last_full_tick).max(1);
+            self.tick(cfg, hib, elapsed);
             self.clock = now;
+            self.last_full_tick = now;
         }
     }
 
@@ -59,13 +64,18 @@ impl Peer {
         if self.sleep.asleep {
             return 1;
         }
-        // A leader heartbeats, checks quorum, renews its lease and counts
-        // idle ticks; a fresh peer waits for its stores; a quiet follower
-        // watches its leader's store: each tick.
-        if self.is_leader() || self.sleep.fresh_hold.is_some() || self.sleep.quiet_under.is_some() {
+        let raft = &self.raft.raft;
+        // A leader acts at its heartbeats and its election timeout (raft's
+        // clock); its lease renewal, idle count and log check go at the
+        // same pace, counting the ticks in between.
+        if self.is_leader() {
+            return u64::try_from(raft.ticks_to_event()).unwrap_or(1);
+        }
+        // A fresh peer waits for its stores; a quiet follower watches its
+        // leader's store: each tick.
+        if self.sleep.fresh_hold.is_some() || self.sleep.quiet_under.is_some() {
             return 1;
         }
-        let raft = &self.raft.raft;
         // From half an election timeout without its leader, a follower
         // nudges the leader and looks at store liveness each tick; not
         // when it knows no leader, or knows its leader's store is lost (a

@@ -17,12 +17,16 @@ use crate::store::config::Config;
 use crate::store::msg::ExecResult;
 
 impl Peer {
-    /// One leader tick of the log GC clock: checks the log when it is due.
-    pub(super) fn tick_log_gc(&mut self, cfg: &Config) {
+    /// `elapsed` leader ticks of the log GC clock: checks the log when it
+    /// is due.
+    pub(super) fn tick_log_gc(&mut self, cfg: &Config, elapsed: u64) {
         if cfg.raft_log_gc_tick_ticks == 0 || !self.is_leader() {
             return;
         }
-        self.log_gc.ticks += 1;
+        self.log_gc.ticks = self
+            .log_gc
+            .ticks
+            .saturating_add(u32::try_from(elapsed).unwrap_or(u32::MAX));
         if (self.log_gc.ticks as usize) < cfg.raft_log_gc_tick_ticks {
             return;
         }

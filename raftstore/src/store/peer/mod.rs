@@ -67,6 +67,12 @@ struct Lease {
     last_wanted: Option<Instant>,
     /// A renewal round is in flight.
     renewing: bool,
+    /// The term in which this leader told a transferee to campaign: no
+    /// lease for the rest of it. (A transfer abandoned at the election
+    /// timeout does not stop a late MsgTimeoutNow: its campaign passes the
+    /// followers' lease check, so a lease renewed after the abandon could
+    /// outlive this leadership.)
+    fenced_term: u64,
 }
 
 impl Lease {
@@ -75,7 +81,17 @@ impl Lease {
         self.renewing = false;
     }
 
+    /// A MsgTimeoutNow goes out in `term`: the lease ends and is not
+    /// extended again in this term.
+    fn fence(&mut self, term: u64) {
+        self.expire();
+        self.fenced_term = term;
+    }
+
     fn extend(&mut self, term: u64, until: Instant) {
+        if term == self.fenced_term {
+            return;
+        }
         if self.term != term {
             self.term = term;
             self.expires_at = None;
@@ -129,6 +145,9 @@ pub struct Peer {
     /// The store tick up to which this peer's clocks have run (see
     /// `clock`: silent ticks are run late, in a row).
     clock: u64,
+    /// The store tick of the last tick that ran in full (`Peer::tick`):
+    /// the ticks since count toward the idle and log-GC counters.
+    last_full_tick: u64,
     /// Raft log GC bookkeeping (see `log_gc`).
     log_gc: LogGc,
     limits: RequestLimits,
@@ -199,6 +218,7 @@ impl Peer {
             lease: Lease::default(),
             sleep: PeerSleep::default(),
             clock: 0,
+            last_full_tick: 0,
             log_gc: LogGc::default(),
             limits: cfg.request_limits(),
             engine,
@@ -455,7 +475,8 @@ impl Peer {
     /// One base tick: ticks the raft group, renews the lease if reads want
     /// it, and lets an idle leader hibernate its region. A hibernating peer
     /// ignores it.
-    fn tick(&mut self, cfg: &Config, hib: &Hibernation) {
+    /// `elapsed` store ticks passed since the last one that ran in full.
+    fn tick(&mut self, cfg: &Config, hib: &Hibernation, elapsed: u64) {
         if self.sleep.asleep {
             return;
         }
@@ -466,9 +487,12 @@ impl Peer {
         self.maybe_nudge_leader(hib);
         self.raft.tick();
         self.maybe_renew_lease();
-        self.tick_log_gc(cfg);
+        self.tick_log_gc(cfg, elapsed);
         if cfg.hibernate_regions && self.is_leader() {
-            self.sleep.idle_ticks += 1;
+            self.sleep.idle_ticks = self
+                .sleep
+                .idle_ticks
+                .saturating_add(usize::try_from(elapsed).unwrap_or(usize::MAX));
             if self.sleep.idle_ticks >= cfg.hibernate_idle_ticks {
                 self.sleep.idle_ticks = 0;
                 self.try_hibernate(hib);
@@ -598,6 +622,7 @@ impl Peer {
             }
         }
         for m in rd.take_messages() {
+            self.fence_lease_on_timeout_now(&m);
             send(self, m);
         }
         let store = &mut self.raft.raft.raft_log_mut().store;
@@ -633,6 +658,7 @@ impl Peer {
         let mut rd = self.pending_ready.take()?;
         let mut committed = rd.take_committed_entries();
         for m in rd.take_persisted_messages() {
+            self.fence_lease_on_timeout_now(&m);
             send(self, m);
         }
         let mut light = self.raft.advance_append(rd);
@@ -645,11 +671,20 @@ impl Peer {
             self.raft_state_dirty = true;
         }
         for m in std::mem::take(&mut light.messages) {
+            self.fence_lease_on_timeout_now(&m);
             send(self, m);
         }
         committed.append(&mut light.committed_entries);
         self.serve_reads();
         self.apply_task(committed)
+    }
+
+    /// A leader telling a transferee to campaign gives up its lease for
+    /// the rest of the term (see `Lease::fenced_term`).
+    fn fence_lease_on_timeout_now(&mut self, m: &flotilla_proto::eraftpb::Message) {
+        if m.msg_type() == flotilla_proto::eraftpb::MessageType::MsgTimeoutNow {
+            self.lease.fence(m.term);
+        }
     }
 
     fn apply_task(&mut self, entries: Vec<Entry>) -> Option<ApplyTask> {
@@ -774,6 +809,25 @@ mod tests {
 
     use super::*;
     use crate::store::bootstrap::{bootstrap_store, initial_regions};
+
+    /// DESIGN §9 rule 6 (the lease ends on leader transfer): once a
+    /// MsgTimeoutNow went out in a term, no renewal in that term extends
+    /// the lease again (a late campaign of the transferee passes the
+    /// followers' lease check); a later term's lease is unaffected.
+    #[test]
+    fn lease_is_not_extended_in_a_term_after_timeout_now() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut lease = Lease::default();
+        lease.extend(7, later);
+        assert_eq!(lease.expires_at, Some(later));
+        lease.fence(7);
+        assert_eq!(lease.expires_at, None);
+        lease.extend(7, later + Duration::from_secs(1));
+        assert_eq!(lease.expires_at, None, "extended after the fence");
+        lease.extend(8, later);
+        assert_eq!((lease.term, lease.expires_at), (8, Some(later)));
+    }
 
     /// F11: a Ready that carries a raft snapshot is a typed error (the
     /// caller stops the store), not silently dropped while the core goes on
