@@ -394,3 +394,28 @@ fn dropping_the_network_discards_held_messages() {
         "delivered after the network was dropped"
     );
 }
+
+/// A disconnected store goes silent at once, as a crashed process would:
+/// messages to it and from it are refused (its threads may still be
+/// winding down and sending); connected again, it is heard again.
+#[test]
+fn a_disconnected_store_neither_receives_nor_sends() {
+    let (mut net, rec) = network(3);
+    net.disconnect(3);
+    assert!(
+        net.send(msg(1, 1, 3)).is_err(),
+        "sent to a disconnected store"
+    );
+    assert!(
+        net.send(msg(2, 3, 1)).is_err(),
+        "sent from a disconnected store"
+    );
+    send(&mut net, &[(3, 1, 2)]);
+    rec.wait_for("the message between connected stores", |log| {
+        !log.is_empty()
+    });
+    net.connect(3, rec.clone());
+    send(&mut net, &[(4, 3, 1)]);
+    rec.wait_for("the reconnected store's message", |log| log.len() == 2);
+    assert_eq!(rec.tags(), vec![3, 4]);
+}

@@ -97,8 +97,9 @@ impl ChannelTransport {
         self.net.sinks.write().insert(store_id, sink);
     }
 
-    /// Disconnects store `store_id` (e.g. it stopped); messages to it are
-    /// dropped.
+    /// Disconnects store `store_id` (e.g. it stopped); messages to it, and
+    /// from it, are dropped from now on (a stopping store goes silent at
+    /// once, as a crashed process would, not when its threads end).
     pub fn disconnect(&self, store_id: u64) {
         self.net.sinks.write().remove(&store_id);
     }
@@ -406,9 +407,16 @@ impl Transport for ChannelTransport {
             .as_ref()
             .map(|p| p.store_id)
             .ok_or(TransportError::NoDestination(msg.region_id))?;
-        if !self.net.sinks.read().contains_key(&store) {
+        let sinks = self.net.sinks.read();
+        if !sinks.contains_key(&store) {
             return Err(TransportError::StoreNotConnected(store));
         }
+        if let Some(from) = msg.from_peer.as_ref().map(|p| p.store_id)
+            && !sinks.contains_key(&from)
+        {
+            return Err(TransportError::StoreNotConnected(from));
+        }
+        drop(sinks);
         self.buffer.push(msg);
         Ok(())
     }
