@@ -737,3 +737,25 @@ impl<T: Transport> RaftPoller<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PeerFsm;
+
+    /// Bytes a boxed [`PeerFsm`] may take: the jemalloc size class it sits
+    /// in (the next one is 1,792). Every peer of a store has one, so
+    /// crossing it costs 256 bytes a peer (0.25 KiB of the 5 KiB a
+    /// hibernated peer may cost in all, issue #10).
+    const PEER_FSM_BUDGET: usize = 1536;
+
+    /// A field added to the peer that pushes the FSM past its allocation
+    /// class fails here, not as a drift in `make load`'s RSS figure.
+    #[test]
+    fn peer_fsm_fits_its_allocation_class() {
+        let size = std::mem::size_of::<PeerFsm>();
+        assert!(
+            size <= PEER_FSM_BUDGET,
+            "PeerFsm is {size} bytes, past its {PEER_FSM_BUDGET}-byte class"
+        );
+    }
+}

@@ -131,7 +131,9 @@ pub struct Peer {
     reads: VecDeque<PendingRead>,
     next_read_id: u64,
     /// A Ready whose writes are in this round's batch, finished in `end`.
-    pending_ready: Option<Ready>,
+    /// Boxed: it lives for part of a round, and inline it would take 192
+    /// bytes of every peer (PeerFsm would cross an allocator size class).
+    pending_ready: Option<Box<Ready>>,
     /// Whether the last soft state seen said leader.
     was_leader: bool,
     /// The raft state changed outside a Ready (a commit index from a light
@@ -644,7 +646,7 @@ impl Peer {
         if need != WriteNeed::Nothing {
             self.raft.raft.raft_log().store.write_raft_state(wb);
         }
-        self.pending_ready = Some(rd);
+        self.pending_ready = Some(Box::new(rd));
         Ok((role_change, need))
     }
 
@@ -655,7 +657,7 @@ impl Peer {
         &mut self,
         send: &mut impl FnMut(&Peer, flotilla_proto::eraftpb::Message),
     ) -> Option<ApplyTask> {
-        let mut rd = self.pending_ready.take()?;
+        let mut rd = *self.pending_ready.take()?;
         let mut committed = rd.take_committed_entries();
         for m in rd.take_persisted_messages() {
             self.fence_lease_on_timeout_now(&m);
