@@ -120,6 +120,9 @@ pub struct Config {
     /// store never votes twice in one term after a crash. Rounds that only
     /// move the commit index are never synced (the commit index is
     /// recovered from the applied index and the leader on restart).
+    /// With log GC on, such a follower may also find the entries it lost
+    /// compacted on the leader: it would need a snapshot, which stores do
+    /// not install yet (the store stops, see `Store::fatal_error`).
     pub sync_log: bool,
     /// Let idle regions hibernate: no ticks, no messages until something
     /// wakes them (DESIGN §5).
