@@ -11,6 +11,7 @@ pub use self::error::AdminError;
 pub use self::transfer::{TRANSFER_LEADER_MAX_LAG, Transferee, check_transfer};
 
 use flotilla_proto::metapb::{Region, RegionEpoch};
+use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::admin_request::Cmd;
 
 use super::error::{Error, Result};
@@ -55,6 +56,29 @@ pub const fn epoch_rule(cmd: &Cmd) -> EpochRule {
         Cmd::TransferLeader(_) => EpochRule::new(BOTH, NONE),
         Cmd::CompactLog(_) => EpochRule::new(NONE, NONE),
     }
+}
+
+/// The admin command a request carries, checked for shape the same way
+/// at propose and at apply: nothing else beside it, and a command inside.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] for another request beside it or an admin
+/// request without a command; `None` is not an error (not an admin
+/// request).
+pub fn admin_cmd(request: &RaftCmdRequest) -> Result<Option<&Cmd>> {
+    let Some(admin) = &request.admin_request else {
+        return Ok(None);
+    };
+    if !request.requests.is_empty() {
+        return Err(Error::InvalidRequest(
+            "an admin command carries no other request".into(),
+        ));
+    }
+    admin
+        .cmd
+        .as_ref()
+        .map(Some)
+        .ok_or_else(|| Error::InvalidRequest("admin request without a command".into()))
 }
 
 /// Checks the epoch fields `cmd`'s rule names against the region's: a

@@ -5,8 +5,8 @@
 
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, AdminResponse, CompactLogRequest, CompactLogResponse, RaftCmdRequest,
-    admin_request, admin_response,
+    AdminResponse, CompactLogRequest, CompactLogResponse, RaftCmdRequest, admin_request,
+    admin_response,
 };
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftTruncatedState};
 
@@ -14,24 +14,15 @@ use crate::store::admin::{AdminError, check_epoch, cmd_name};
 use crate::store::error::{Error, Result};
 use crate::store::msg::ExecResult;
 
-/// Applies the admin command of `request` (its `requests` must be empty)
-/// at the apply state before the entry. Returns the response and what the
-/// command changed.
+/// Applies `cmd`, the admin command of `request` (see
+/// [`admin_cmd`](crate::store::admin::admin_cmd)), at the apply state
+/// before the entry. Returns the response and what the command changed.
 pub(super) fn exec_admin(
     request: &RaftCmdRequest,
-    admin: &AdminRequest,
+    cmd: &admin_request::Cmd,
     region: &Region,
     apply_state: &mut RaftApplyState,
 ) -> Result<(AdminResponse, Option<ExecResult>)> {
-    if !request.requests.is_empty() {
-        return Err(Error::InvalidRequest(
-            "an admin command carries no other request".into(),
-        ));
-    }
-    let cmd = admin
-        .cmd
-        .as_ref()
-        .ok_or_else(|| Error::InvalidRequest("admin request without a command".into()))?;
     let asked = request.header.as_ref().and_then(|h| h.region_epoch);
     check_epoch(cmd, asked, region)?;
     match cmd {
@@ -80,7 +71,7 @@ fn exec_compact_log(
 #[cfg(test)]
 mod tests {
     use flotilla_proto::metapb::RegionEpoch;
-    use flotilla_proto::raft_cmdpb::{BatchSplitRequest, RaftRequestHeader};
+    use flotilla_proto::raft_cmdpb::{AdminRequest, BatchSplitRequest, RaftRequestHeader};
 
     use super::*;
 
@@ -95,8 +86,10 @@ mod tests {
         }
     }
 
-    fn request(cmd: admin_request::Cmd, epoch: RegionEpoch) -> (RaftCmdRequest, AdminRequest) {
-        let admin = AdminRequest { cmd: Some(cmd) };
+    fn request(
+        cmd: admin_request::Cmd,
+        epoch: RegionEpoch,
+    ) -> (RaftCmdRequest, admin_request::Cmd) {
         let req = RaftCmdRequest {
             header: Some(RaftRequestHeader {
                 region_id: 3,
@@ -104,9 +97,11 @@ mod tests {
                 ..Default::default()
             }),
             requests: Vec::new(),
-            admin_request: Some(admin.clone()),
+            admin_request: Some(AdminRequest {
+                cmd: Some(cmd.clone()),
+            }),
         };
-        (req, admin)
+        (req, cmd)
     }
 
     fn compact(index: u64, term: u64) -> admin_request::Cmd {
@@ -132,19 +127,19 @@ mod tests {
     fn compact_log_moves_truncated_state_within_applied() {
         let stale_epoch = RegionEpoch::default();
         let mut st = state(100, 5);
-        let (req, admin) = request(compact(60, 7), stale_epoch);
-        let (_, res) = exec_admin(&req, &admin, &region(), &mut st).unwrap();
+        let (req, cmd) = request(compact(60, 7), stale_epoch);
+        let (_, res) = exec_admin(&req, &cmd, &region(), &mut st).unwrap();
         let want = RaftTruncatedState { index: 60, term: 7 };
         assert_eq!(res, Some(ExecResult::CompactLog { truncated: want }));
         assert_eq!(st.truncated_state, Some(want));
 
-        let (req, admin) = request(compact(40, 6), stale_epoch);
-        let (_, res) = exec_admin(&req, &admin, &region(), &mut st).unwrap();
+        let (req, cmd) = request(compact(40, 6), stale_epoch);
+        let (_, res) = exec_admin(&req, &cmd, &region(), &mut st).unwrap();
         assert_eq!(res, None, "below the truncated index");
         assert_eq!(st.truncated_state, Some(want));
 
-        let (req, admin) = request(compact(101, 7), stale_epoch);
-        let err = exec_admin(&req, &admin, &region(), &mut st).unwrap_err();
+        let (req, cmd) = request(compact(101, 7), stale_epoch);
+        let err = exec_admin(&req, &cmd, &region(), &mut st).unwrap_err();
         assert_eq!(
             err,
             Error::Admin(AdminError::CompactIndexAhead {
@@ -161,14 +156,14 @@ mod tests {
     fn unsupported_commands_are_refused_after_their_epoch_check() {
         let mut st = state(100, 5);
         let split = admin_request::Cmd::BatchSplit(BatchSplitRequest::default());
-        let (req, admin) = request(split.clone(), RegionEpoch::default());
+        let (req, cmd) = request(split.clone(), RegionEpoch::default());
         assert!(matches!(
-            exec_admin(&req, &admin, &region(), &mut st),
+            exec_admin(&req, &cmd, &region(), &mut st),
             Err(Error::EpochNotMatch { .. })
         ));
-        let (req, admin) = request(split, region().region_epoch.unwrap());
+        let (req, cmd) = request(split, region().region_epoch.unwrap());
         assert_eq!(
-            exec_admin(&req, &admin, &region(), &mut st).unwrap_err(),
+            exec_admin(&req, &cmd, &region(), &mut st).unwrap_err(),
             Error::Admin(AdminError::NotSupported {
                 command: "batch_split".into()
             })

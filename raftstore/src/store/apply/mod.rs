@@ -17,6 +17,7 @@ use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler};
 use prost::Message as _;
 use slog::Logger;
 
+use super::admin::admin_cmd;
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
@@ -176,8 +177,12 @@ fn apply_entry(
         Ok(r) => r,
         Err(e) => return err_response(Error::InvalidRequest(format!("undecodable entry: {e}"))),
     };
-    if let Some(admin) = &request.admin_request {
-        return match admin::exec_admin(&request, admin, region, apply_state) {
+    let cmd = match admin_cmd(&request) {
+        Ok(cmd) => cmd,
+        Err(e) => return err_response(e),
+    };
+    if let Some(cmd) = cmd {
+        return match admin::exec_admin(&request, cmd, region, apply_state) {
             Ok((resp, result)) => {
                 results.extend(result);
                 RaftCmdResponse {

@@ -12,7 +12,9 @@ use flotilla_proto::raft_cmdpb::{
 
 use super::Peer;
 use crate::raft::tracker::ProgressState;
-use crate::store::admin::{AdminError, Transferee, check_epoch, check_transfer, cmd_name};
+use crate::store::admin::{
+    AdminError, Transferee, admin_cmd, check_epoch, check_transfer, cmd_name,
+};
 use crate::store::error::{Error, Result};
 
 impl Peer {
@@ -20,16 +22,8 @@ impl Peer {
     /// is the caller's to send.
     pub(super) fn on_admin_command(&mut self, request: &RaftCmdRequest) -> Result<RaftCmdResponse> {
         let header = self.check_header(request)?;
-        if !request.requests.is_empty() {
-            return Err(Error::InvalidRequest(
-                "an admin command carries no other request".into(),
-            ));
-        }
-        let cmd = request
-            .admin_request
-            .as_ref()
-            .and_then(|a| a.cmd.as_ref())
-            .ok_or_else(|| Error::InvalidRequest("admin request without a command".into()))?;
+        let cmd = admin_cmd(request)?
+            .ok_or_else(|| Error::InvalidRequest("not an admin request".into()))?;
         check_epoch(cmd, header.region_epoch, self.region())?;
         if !self.is_leader() {
             return Err(self.not_leader());

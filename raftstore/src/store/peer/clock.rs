@@ -15,11 +15,11 @@ use crate::store::config::Config;
 use crate::store::hibernation::Hibernation;
 
 impl Peer {
-    /// Runs the silent ticks up to store tick `now` (never the due one).
-    /// Called before the peer handles anything, so every message meets
-    /// clocks that are up to date. A sleeping peer's clock does not run:
-    /// it starts again from `now` when the peer wakes.
-    pub fn catch_up_ticks(&mut self, now: u64) {
+    /// Runs the silent ticks up to store tick `now` (never the due one),
+    /// so every message meets clocks that are up to date. A sleeping
+    /// peer's clock does not run: it starts again from `now` when the peer
+    /// wakes.
+    fn catch_up_ticks(&mut self, now: u64) {
         if self.sleep.asleep {
             self.clock = self.clock.max(now);
             self.last_full_tick = self.clock;
@@ -38,6 +38,11 @@ impl Peer {
     /// elections, heartbeats, hibernation checks), and drops the ticks
     /// after it (the peer was late).
     pub fn on_tick(&mut self, now: u64, cfg: &Config, hib: &Hibernation) {
+        // Called before every message: most come within the tick the
+        // clock is at already, and an awake peer then has nothing to run.
+        if self.clock >= now && !self.sleep.asleep {
+            return;
+        }
         self.catch_up_ticks(now);
         if self.clock < now {
             // The counters of the peer (idle, log GC) count the silent
