@@ -652,7 +652,12 @@ fn reordered_hibernate_beats_cause_no_election() {
         wakes(&cluster, WakeReason::PeerMessage) > nudged,
         "no follower woken by a late heartbeat woke its leader (seed {seed})"
     );
-    assert_eq!(votes(&cluster), before, "an election ran (seed {seed})");
+    assert_eq!(
+        votes(&cluster),
+        before,
+        "an election ran (seed {seed}): {}",
+        state(&cluster)
+    );
     assert_eq!(cluster.leader_count(), REGIONS, "seed {seed}");
     cluster.transport().remove_filter(id);
     assert!(

@@ -301,6 +301,13 @@ impl<S: Storage> RawNode<S> {
         let _ = self.raft.step(m);
     }
 
+    /// Broadcasts a heartbeat to every follower now if this node leads
+    /// (a no-op otherwise), as its heartbeat tick would.
+    pub fn ping(&mut self) {
+        // A follower or candidate drops a local beat.
+        let _ = self.raft.step(local(MessageType::MsgBeat));
+    }
+
     /// Reports that `id` could not be reached (its progress goes back to probe).
     pub fn report_unreachable(&mut self, id: u64) {
         let mut m = local(MessageType::MsgUnreachable);
@@ -570,6 +577,28 @@ mod tests {
             assert_eq!(n.step(m(t, 2, 1)), Err(Error::StepLocalMsg), "{t:?}");
         }
         assert_eq!(n.raft.state(), StateRole::Follower);
+    }
+
+    /// checklist: log-3 (a ping is a heartbeat round now, on a leader only,
+    /// carrying commit = min(match, committed))
+    #[test]
+    fn ping_heartbeats_only_on_a_leader() {
+        let mut n = node(1, &[1, 2, 3]);
+        n.ping();
+        assert!(n.raft.msgs().is_empty(), "a follower pinged");
+        n.raft.become_candidate();
+        n.raft.become_leader();
+        n.raft.msgs.clear();
+        n.ping();
+        let mut to: Vec<(u64, u64)> = n
+            .raft
+            .msgs()
+            .iter()
+            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat)
+            .map(|m| (m.to, m.commit))
+            .collect();
+        to.sort_unstable();
+        assert_eq!(to, vec![(2, 0), (3, 0)]);
     }
 
     /// checklist: conf-6 (responses from non-members are refused)

@@ -55,14 +55,7 @@ impl Peer {
             self.raft.raft.resume_after_sleep();
             // Heartbeat at once: a follower awake since this leader slept
             // hears it before its election clock runs out.
-            let beat = Message {
-                msg_type: MessageType::MsgBeat as i32,
-                from: self.meta.id,
-                ..Default::default()
-            };
-            if let Err(e) = self.raft.step(beat) {
-                slog::debug!(self.logger, "heartbeat on wake failed"; "err" => %e);
-            }
+            self.raft.ping();
         } else if !matches!(
             reason,
             WakeReason::LeaderMessage | WakeReason::LeaderStoreDown
