@@ -377,6 +377,7 @@ fn valid_value() -> BoxedStrategy<Vec<u8>> {
                         target: Some(target),
                         commit,
                     }),
+                    applying_snapshot: None,
                 }
                 .encode_to_vec()
             }),

@@ -464,6 +464,7 @@ fn raft_serverpb_round_trip() {
             target: Some(region()),
             commit: 9,
         }),
+        applying_snapshot: Some(RaftTruncatedState { index: 12, term: 3 }),
     });
     assert_round_trip(RegionSnapshotData {
         region: Some(region()),

@@ -475,6 +475,7 @@ fn arb_region_local_state() -> BoxedStrategy<RegionLocalState> {
                 target,
                 commit,
             }),
+            applying_snapshot: None,
         })
         .boxed()
 }

@@ -1,8 +1,9 @@
 //! Raft log GC, conservative mode (issue #11 item 2, admin.md phase B):
 //! leaders compact their regions' logs to what every peer matched, every
 //! replica moves its truncated state and deletes the compacted entries
-//! from its engine, and a follower that is down holds the log back, so
-//! it catches up from entries (no snapshot) when it returns.
+//! from its engine, and a follower that is down holds the log back (up to
+//! the count limit, see `snapshot.rs`), so it catches up from entries (no
+//! snapshot) when it returns.
 
 use std::ops::ControlFlow;
 
@@ -190,10 +191,9 @@ fn every_replica_compacts_and_deletes_its_log() {
 }
 
 /// admin.md scenario 1 (`gc_never_cuts_live_followers`, conservative
-/// mode): with one store down, the others compact no further than what it
-/// had matched, so when it returns it catches up from entries (a snapshot
-/// would stop it: stores do not install snapshots yet) and serves every
-/// key.
+/// mode): with one store down and the log below the count limit, the
+/// others compact no further than what it had matched, so when it returns
+/// it catches up from entries (no snapshot) and serves every key.
 #[test]
 fn a_stopped_follower_holds_the_log_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,5 +247,21 @@ fn a_stopped_follower_holds_the_log_back() {
     );
     assert!(cluster.store(down).unwrap().fatal_error().is_none());
     assert_all_readable(&client(&cluster), 0..WRITES);
+    let snapshots: u64 = cluster
+        .store_ids()
+        .iter()
+        .map(|&id| {
+            cluster
+                .store(id)
+                .unwrap()
+                .metrics()
+                .snapshots_sent
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(
+        snapshots, 0,
+        "a follower that was never cut off got a snapshot"
+    );
     cluster.shutdown();
 }

@@ -108,6 +108,7 @@ pub fn bootstrap_store(
                 state: PeerState::Normal as i32,
                 region: Some(region.clone()),
                 merge_state: None,
+                applying_snapshot: None,
             },
         );
         wb.put_msg(

@@ -59,6 +59,14 @@ pub const DEFAULT_RAFT_LOG_GC_THRESHOLD: u64 = 50;
 /// Default checks after which a shorter log is compacted too (TiKV's
 /// `raft_log_reserve_max_ticks`).
 pub const DEFAULT_RAFT_LOG_GC_RESERVE_CHECKS: u32 = 6;
+/// Default log length (entries) past which a leader compacts even what a
+/// follower has not matched (forced log GC; the follower then gets a
+/// snapshot): TiKV's `raft_log_gc_count_limit` (3/4 of a 96 MiB region in
+/// 1 KiB entries).
+pub const DEFAULT_RAFT_LOG_GC_COUNT_LIMIT: u64 = 73_728;
+/// Default snapshots a store receives at once (more are refused as busy,
+/// and their leaders send again later).
+pub const DEFAULT_SNAP_MAX_RECEIVING: usize = 4;
 /// Default clock-drift margin taken off a leader lease (ms).
 pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 
@@ -137,6 +145,15 @@ pub struct Config {
     pub raft_log_gc_threshold: u64,
     /// Checks after which a leader compacts a shorter log too.
     pub raft_log_gc_reserve_checks: u32,
+    /// Log length (entries past the truncated index, up to the applied
+    /// one) past which a leader compacts even what a follower (down, cut
+    /// off, or slow) has not matched, keeping half of this; that follower
+    /// then catches up by a snapshot. 0: never (a down follower then holds
+    /// the log back until it returns).
+    pub raft_log_gc_count_limit: u64,
+    /// Snapshots this store receives at once; more are refused as busy
+    /// (their leaders send again later). At least 1.
+    pub snap_max_receiving: usize,
 }
 
 impl Default for Config {
@@ -166,6 +183,8 @@ impl Default for Config {
             raft_log_gc_tick_ticks: DEFAULT_RAFT_LOG_GC_TICK_TICKS,
             raft_log_gc_threshold: DEFAULT_RAFT_LOG_GC_THRESHOLD,
             raft_log_gc_reserve_checks: DEFAULT_RAFT_LOG_GC_RESERVE_CHECKS,
+            raft_log_gc_count_limit: DEFAULT_RAFT_LOG_GC_COUNT_LIMIT,
+            snap_max_receiving: DEFAULT_SNAP_MAX_RECEIVING,
         }
     }
 }
@@ -210,6 +229,9 @@ impl Config {
         }
         if self.hibernate_idle_ticks == 0 {
             return bad("hibernate_idle_ticks must be > 0");
+        }
+        if self.snap_max_receiving == 0 {
+            return bad("snap_max_receiving must be > 0");
         }
         if self.lease_read && self.lease_duration().is_none() {
             return bad(

@@ -19,8 +19,9 @@ use super::fatal::StoreStatus;
 use super::heartbeat::{self, Coalescer, is_coalesced};
 use super::hibernation::{Hibernation, SleepMsg};
 pub use super::hibernation::{WAKE_REASONS, WakeReason};
-use super::msg::{ApplyMsg, PeerMsg, StoreMsg};
+use super::msg::{ApplyMsg, ExecResult, PeerMsg, StoreMsg};
 use super::peer::{Peer, WriteNeed};
+use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
 use super::transport::Transport;
 
 /// Routes messages to this store's peers and its store FSM.
@@ -185,6 +186,20 @@ pub struct StoreMetrics {
     /// Times this store withdrew its support from a remote store (it went
     /// silent for the support duration, or restarted).
     pub support_withdrawals: AtomicU64,
+    /// Snapshots this store's leaders generated.
+    pub snapshots_generated: AtomicU64,
+    /// Snapshot generations that failed.
+    pub snapshot_generate_failures: AtomicU64,
+    /// Snapshots sent whole (the receiver has the file).
+    pub snapshots_sent: AtomicU64,
+    /// Snapshot sends that failed (receiver busy, dropped, I/O).
+    pub snapshot_send_failures: AtomicU64,
+    /// Snapshots received whole and handed to their peer.
+    pub snapshots_received: AtomicU64,
+    /// Snapshot streams refused or broken on receipt.
+    pub snapshot_receive_failures: AtomicU64,
+    /// Snapshots written into the engine (the region is `Normal` again).
+    pub snapshots_applied: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -219,6 +234,8 @@ pub struct RaftPoller<T: Transport> {
     router: RaftRouter,
     apply_router: ApplyRouter,
     transport: T,
+    /// The store's snapshot worker (generation and sending).
+    snap: Option<SnapScheduler>,
     wb: Option<WriteBatch>,
     coalescer: Arc<Coalescer>,
     hib: Arc<Hibernation>,
@@ -253,6 +270,7 @@ impl<T: Transport> RaftPoller<T> {
         coalescer: Arc<Coalescer>,
         hib: Arc<Hibernation>,
         ticks_queued: TickFlags,
+        snap: Option<SnapScheduler>,
         logger: Logger,
     ) -> Self {
         RaftPoller {
@@ -261,6 +279,7 @@ impl<T: Transport> RaftPoller<T> {
             router,
             apply_router,
             transport,
+            snap,
             wb: None,
             coalescer,
             hib,
@@ -280,6 +299,7 @@ impl<T: Transport> RaftPoller<T> {
     fn outbox(&mut self) -> Outbox<'_, T> {
         Outbox::new(
             &mut self.transport,
+            self.snap.as_ref(),
             &self.coalescer,
             &self.metrics,
             &self.logger,
@@ -306,6 +326,8 @@ impl<T: Transport> RaftPoller<T> {
 /// and handed to the transport.
 struct Outbox<'a, T> {
     transport: &'a mut T,
+    /// Snapshots leave through the snapshot worker.
+    snap: Option<&'a SnapScheduler>,
     coalescer: &'a Coalescer,
     metrics: &'a StoreMetrics,
     logger: &'a Logger,
@@ -316,6 +338,7 @@ struct Outbox<'a, T> {
 impl<'a, T: Transport> Outbox<'a, T> {
     fn new(
         transport: &'a mut T,
+        snap: Option<&'a SnapScheduler>,
         coalescer: &'a Coalescer,
         metrics: &'a StoreMetrics,
         logger: &'a Logger,
@@ -323,6 +346,7 @@ impl<'a, T: Transport> Outbox<'a, T> {
     ) -> Self {
         Outbox {
             transport,
+            snap,
             coalescer,
             metrics,
             logger,
@@ -360,11 +384,50 @@ impl<'a, T: Transport> Outbox<'a, T> {
             end_key: region.end_key.clone(),
             ..Default::default()
         };
+        if msg
+            .message
+            .as_ref()
+            .is_some_and(|m| m.msg_type() == MessageType::MsgSnapshot)
+        {
+            // With its file, off the poller. Without a worker (or with it
+            // gone) raft hears of the failure at the next round.
+            if let Some(snap) = self.snap
+                && snap.send(SnapTask::Send(Box::new(msg))).is_ok()
+            {
+                return;
+            }
+            slog::warn!(self.logger, "no snapshot worker: snapshot not sent"; "region" => region.id);
+            return;
+        }
         self.metrics
             .raft_messages_sent
             .fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.transport.send(msg) {
             slog::debug!(self.logger, "send failed"; "err" => %e);
+        }
+    }
+}
+
+/// Queues a snapshot generation the core asked for on the snapshot
+/// worker; without one the slot stays empty and raft keeps hearing
+/// "temporarily unavailable".
+fn schedule_generation(
+    snap: Option<&SnapScheduler>,
+    region_id: u64,
+    slot: Arc<GenSlot>,
+    logger: &Logger,
+) {
+    let task = SnapTask::Generate { region_id, slot };
+    if snap.is_none_or(|s| s.send(task).is_err()) {
+        slog::warn!(logger, "no snapshot worker: snapshot not generated"; "region" => region_id);
+    }
+}
+
+impl<T: Transport> RaftPoller<T> {
+    /// Schedules the snapshot generation `peer`'s core asked for, if any.
+    fn schedule_snapshot(&self, peer: &Peer) {
+        if let Some(slot) = peer.raft.store().take_snapshot_wanted() {
+            schedule_generation(self.snap.as_ref(), peer.region_id(), slot, &self.logger);
         }
     }
 }
@@ -500,11 +563,25 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     None
                 }
                 PeerMsg::ApplyRes(res) => {
+                    let snapshots = res
+                        .results
+                        .iter()
+                        .filter(|r| matches!(r, ExecResult::SnapshotApplied { .. }))
+                        .count() as u64;
+                    if snapshots > 0 {
+                        self.metrics
+                            .snapshots_applied
+                            .fetch_add(snapshots, Ordering::Relaxed);
+                    }
                     fsm.peer.on_apply_res(res);
                     None
                 }
                 PeerMsg::Wake => None,
                 PeerMsg::Sleep(m) => fsm.peer.on_sleep_msg(m, hib),
+                PeerMsg::SnapshotStatus { to_peer, ok } => {
+                    fsm.peer.on_snapshot_status(to_peer, ok);
+                    None
+                }
             };
             if let Some(reason) = woke {
                 // A woken leader's first heartbeats and a follower's wake
@@ -527,6 +604,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             .peer
             .collect_ready(&mut wb, &mut |p, m| outbox.send(p, m));
         self.wb = Some(wb);
+        self.schedule_snapshot(&fsm.peer);
         // After the raft messages of the round: a follower must see the
         // leader's last heartbeat before the request to sleep, or the
         // heartbeat would wake it again.
@@ -624,6 +702,7 @@ impl<T: Transport> RaftPoller<T> {
         // Field by field: the routers stay usable while the outbox lives.
         let mut outbox = Outbox::new(
             &mut self.transport,
+            self.snap.as_ref(),
             &self.coalescer,
             &self.metrics,
             &self.logger,
@@ -633,6 +712,19 @@ impl<T: Transport> RaftPoller<T> {
         for fsm in batch.iter_mut() {
             let task = fsm.peer.finish_ready(&mut |p, m| outbox.send(p, m));
             let region_id = fsm.peer.region_id();
+            if let Some(slot) = fsm.peer.raft.store().take_snapshot_wanted() {
+                schedule_generation(self.snap.as_ref(), region_id, slot, logger);
+            }
+            // The persisted snapshot goes to apply before the entries
+            // after it.
+            if let Some(snap) = fsm.peer.take_snapshot_task()
+                && self
+                    .apply_router
+                    .force_send(region_id, ApplyMsg::Snapshot(snap))
+                    .is_err()
+            {
+                slog::warn!(logger, "apply delegate gone"; "region" => region_id);
+            }
             // A commit index left unwritten by `finish_ready` goes out with
             // the peer's next round, which the apply result of the entries
             // it committed brings about.

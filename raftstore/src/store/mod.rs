@@ -25,6 +25,7 @@ mod msg;
 mod node;
 mod peer;
 mod peer_storage;
+mod snapshot;
 mod transport;
 mod util;
 mod validate;
@@ -40,6 +41,7 @@ pub use self::id_alloc::{ID_BATCH, ID_COUNTER_BITS, IdAllocator};
 pub use self::msg::{Callback, callback_panics};
 pub use self::node::{Store, StoreHandle};
 pub use self::peer_storage::{LoadError, PeerStorage, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
+pub use self::snapshot::{SNAP_CHUNK_BYTES, SNAP_DIR, SnapError};
 pub use self::transport::{
     ChannelTransport, DelayFilter, DropFilter, Filter, FilterId, MessageSink, PartitionFilter,
     Transport, TransportError,

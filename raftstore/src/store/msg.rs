@@ -1,9 +1,11 @@
 //! Messages of the store's three kinds of FSM: peers, the store (control)
 //! and apply delegates.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::eraftpb::Entry;
+use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage, RaftTruncatedState};
@@ -121,6 +123,13 @@ pub enum PeerMsg {
     /// A hibernation message (a leader's request to sleep, a follower's
     /// request to wake, a liveness event).
     Sleep(SleepMsg),
+    /// How sending a snapshot to `to_peer` went (the snapshot worker).
+    SnapshotStatus {
+        /// The follower.
+        to_peer: u64,
+        /// Whether the follower's store has the whole file.
+        ok: bool,
+    },
 }
 
 /// A message to the store (control) FSM.
@@ -171,11 +180,27 @@ pub struct ApplyTask {
     pub proposals: Vec<Proposal>,
 }
 
+/// A received snapshot for a region's apply delegate to write into the
+/// engine (its peer persisted the region as `Applying`).
+#[derive(Debug, Clone)]
+pub struct SnapshotTask {
+    /// The region as of the snapshot.
+    pub region: Region,
+    /// The snapshot's index.
+    pub index: u64,
+    /// The snapshot's term.
+    pub term: u64,
+    /// The received file.
+    pub path: PathBuf,
+}
+
 /// A message to an apply delegate.
 #[derive(Debug)]
 pub enum ApplyMsg {
     /// Apply these entries.
     Apply(ApplyTask),
+    /// Write this snapshot (after every entry queued before it).
+    Snapshot(SnapshotTask),
 }
 
 /// What the apply side reports back to the peer.
@@ -197,5 +222,11 @@ pub enum ExecResult {
     CompactLog {
         /// The new truncated state.
         truncated: RaftTruncatedState,
+    },
+    /// A snapshot was written into the engine: the region is `Normal` at
+    /// `index`.
+    SnapshotApplied {
+        /// The snapshot's index.
+        index: u64,
     },
 }

@@ -27,8 +27,9 @@ use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
-use super::msg::{Callback, PeerMsg, RaftCommand, Responder, StoreMsg};
+use super::msg::{ApplyMsg, Callback, PeerMsg, RaftCommand, Responder, SnapshotTask, StoreMsg};
 use super::peer::Peer;
+use super::snapshot::{SnapError, SnapManager, SnapWorker};
 use super::transport::{MessageSink, Transport};
 use super::util::err_response;
 
@@ -44,6 +45,7 @@ pub struct StoreHandle {
     status: Arc<StoreStatus>,
     metrics: Arc<StoreMetrics>,
     hib: Arc<Hibernation>,
+    snap_mgr: Arc<SnapManager>,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -111,6 +113,31 @@ impl StoreHandle {
 }
 
 impl MessageSink for StoreHandle {
+    fn receive_snapshot(
+        &self,
+        msg: RaftMessage,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>, SnapError>>,
+    ) -> Result<(), SnapError> {
+        if self.is_stopped() {
+            return Err(SnapError::RegionNotFound(msg.region_id));
+        }
+        match self.snap_mgr.receive(msg, chunks) {
+            Ok(msg) => {
+                self.metrics
+                    .snapshots_received
+                    .fetch_add(1, Ordering::Relaxed);
+                self.deliver_one(Box::new(msg));
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .snapshot_receive_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
     fn deliver(&self, msg: RaftMessage) {
         let Some(sender) = heartbeat::batch_sender(&msg) else {
             self.deliver_one(Box::new(msg));
@@ -220,6 +247,8 @@ pub struct Store {
     status: Arc<StoreStatus>,
     hib: Arc<Hibernation>,
     ids: IdAllocator,
+    snap_mgr: Arc<SnapManager>,
+    snap_worker: SnapWorker,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -325,8 +354,12 @@ impl Store {
         let capacity = NonZeroUsize::new(cfg.mailbox_capacity).unwrap_or(NonZeroUsize::MIN);
         let mut apply_boxes = Vec::with_capacity(peers.len());
         let mut peer_boxes = Vec::with_capacity(peers.len());
+        let mut applying = Vec::new();
         for peer in peers {
             let id = peer.region_id();
+            if let Some(snap) = peer.raft.store().applying_snapshot() {
+                applying.push((peer.region().clone(), snap));
+            }
             let apply_state = *peer.raft.store().apply_state();
             apply_boxes.push((
                 id,
@@ -337,8 +370,47 @@ impl Store {
         apply_router.register_all(apply_boxes).map_err(router_err)?;
         router.register_all(peer_boxes).map_err(router_err)?;
 
+        // Snapshots being applied when the store stopped are written
+        // again, before any entry after them; every other snapshot file
+        // is left over from the last life.
+        let snap_mgr = Arc::new(
+            SnapManager::for_engine(&engine, cfg.snap_max_receiving)
+                .map_err(|e| Error::Engine(format!("snapshot directory: {e}")))?,
+        );
+        let applying: Vec<SnapshotTask> = applying
+            .into_iter()
+            .map(|(region, (index, term))| SnapshotTask {
+                path: snap_mgr.recv_path(region.id, term, index),
+                region,
+                index,
+                term,
+            })
+            .collect();
+        let keep: Vec<_> = applying.iter().map(|t| t.path.clone()).collect();
+        let removed = snap_mgr.remove_all_but(&keep);
+        if removed > 0 {
+            slog::info!(logger, "stale snapshot files removed"; "files" => removed);
+        }
+        for task in applying {
+            let id = task.region.id;
+            apply_router
+                .force_send(id, ApplyMsg::Snapshot(task))
+                .map_err(|_| Error::Config(format!("region {id}: no apply delegate")))?;
+        }
+
         let metrics = Arc::new(StoreMetrics::default());
         let clock_transport = transport.clone();
+        let snap_worker = SnapWorker::start(
+            store_id,
+            engine.clone(),
+            snap_mgr.clone(),
+            transport.clone(),
+            router.clone(),
+            metrics.clone(),
+            logger.clone(),
+        )
+        .map_err(|e| Error::Config(format!("spawn snapshot worker: {e}")))?;
+        let snap_sched = snap_worker.scheduler();
         let status = Arc::new(StoreStatus::new(on_fatal));
         status.set_routers(router.clone(), apply_router.clone());
         {
@@ -391,6 +463,7 @@ impl Store {
                         coalescer.clone(),
                         hib.clone(),
                         ticks_queued.clone(),
+                        snap_sched.clone(),
                         logger.clone(),
                     )
                 })
@@ -442,6 +515,8 @@ impl Store {
             status,
             hib,
             ids,
+            snap_mgr,
+            snap_worker,
             raft_message_capacity: cfg.raft_message_capacity,
             logger,
         })
@@ -473,6 +548,7 @@ impl Store {
             status: self.status.clone(),
             metrics: self.metrics.clone(),
             hib: self.hib.clone(),
+            snap_mgr: self.snap_mgr.clone(),
             raft_message_capacity: self.raft_message_capacity,
             logger: self.logger.clone(),
         }
@@ -526,6 +602,7 @@ impl Store {
         }
         let _ = self.raft_system.shutdown();
         let _ = self.apply_system.shutdown();
+        self.snap_worker.stop();
         // Every peer is dropped: none leads here any more.
         self.metrics.leaders.store(0, Ordering::Relaxed);
     }

@@ -3,15 +3,17 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use flotilla_engine::{Cf, Engine, WriteBatch, keys};
-use flotilla_proto::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use flotilla_proto::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use flotilla_proto::metapb::{PeerRole, Region};
 use flotilla_proto::raft_serverpb::{
-    KeyValue, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionSnapshotData,
+    PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
 };
 use prost::Message as _;
 
+use super::snapshot::{GenSlot, snapshot_apply_state, snapshot_index};
 use crate::raft::{self, RaftState, Storage, StorageError};
 
 /// The term and index every bootstrapped region's log starts at. Every store
@@ -103,6 +105,24 @@ pub struct PeerStorage {
     /// A `RefCell`: the storage belongs to one peer, polled by one thread
     /// at a time, and the check runs every round.
     read_error: RefCell<Option<String>>,
+    /// A leader's snapshot generation (boxed: most peers never have one).
+    /// A `RefCell` for the same reason as `read_error`.
+    snap_gen: RefCell<Option<Box<SnapGen>>>,
+    /// A received snapshot is persisted (the region is `Applying`) and not
+    /// yet written into the engine: the data range is not the applied
+    /// index's, so no read may be served.
+    applying_snapshot: bool,
+}
+
+/// Where a leader's snapshot generation stands.
+#[derive(Debug)]
+enum SnapGen {
+    /// The core asked for a snapshot; the poller has not scheduled it yet.
+    Wanted(Arc<GenSlot>),
+    /// The snapshot worker is generating it.
+    Running(Arc<GenSlot>),
+    /// Generated; handed out as long as it is not older than the log.
+    Ready(Snapshot),
 }
 
 impl PeerStorage {
@@ -124,9 +144,22 @@ impl PeerStorage {
         let mut raft_state: RaftLocalState = engine
             .get_msg(Cf::Raft, &keys::raft_state_key(region.id))?
             .unwrap_or_default();
-        let apply_state: RaftApplyState = engine
+        let mut apply_state: RaftApplyState = engine
             .get_msg(Cf::Raft, &keys::apply_state_key(region.id))?
             .unwrap_or_default();
+        let region_state: Option<RegionLocalState> =
+            engine.get_msg(Cf::Raft, &keys::region_state_key(region.id))?;
+        // A snapshot being written into the engine: the log and raft state
+        // are the snapshot's, and so is the apply state (the apply side may
+        // have written an older one after it; the snapshot is written
+        // again at start, see `applying_snapshot`).
+        let applying = region_state
+            .as_ref()
+            .filter(|s| s.state() == PeerState::Applying)
+            .and_then(|s| s.applying_snapshot);
+        if let Some(snap) = applying {
+            apply_state = snapshot_apply_state(snap.index, snap.term);
+        }
         let region_id = region.id;
         let corrupt = |what: String| LoadError::Corrupt { region_id, what };
         let truncated = apply_state.truncated_state.unwrap_or_default().index;
@@ -156,6 +189,8 @@ impl PeerStorage {
             cache: VecDeque::new(),
             deleted_below: 0,
             read_error: RefCell::new(None),
+            snap_gen: RefCell::new(None),
+            applying_snapshot: applying.is_some(),
         };
         storage.deleted_below = storage.find_compacted_leftover()?;
         storage.last_term = storage.load_last_term()?;
@@ -213,6 +248,66 @@ impl PeerStorage {
             .engine
             .get_msg(Cf::Raft, &keys::raft_log_key(self.region.id, last))?;
         Ok(entry.map_or(0, |e| e.term))
+    }
+
+    /// The snapshot being written into the engine ((index, term)), if the
+    /// region is `Applying`.
+    pub fn applying_snapshot(&self) -> Option<(u64, u64)> {
+        self.applying_snapshot
+            .then(|| (self.truncated().index, self.truncated().term))
+    }
+
+    /// The apply side wrote the snapshot: the region is `Normal` again.
+    pub fn snapshot_applied(&mut self) {
+        self.applying_snapshot = false;
+    }
+
+    /// Persists a received snapshot at (`index`, `term`) of `region` into
+    /// `wb` (step 4 of `snapshot`): the region `Applying`, the apply state
+    /// at the snapshot, the whole old log deleted; the raft state follows
+    /// with the Ready's hard state. The caller hands the snapshot to the
+    /// apply side once `wb` is written.
+    pub fn persist_snapshot(&mut self, index: u64, term: u64, region: Region, wb: &mut WriteBatch) {
+        let region_id = self.region.id;
+        let end = self.raft_state.last_index.max(index) + 1;
+        let (lo, hi) = keys::raft_log_range(region_id, self.deleted_below.min(end), end);
+        if lo < hi {
+            let res = wb.delete_range(Cf::Raft, &lo, &hi);
+            debug_assert!(res.is_ok(), "{res:?}");
+        }
+        let mut state = RegionLocalState {
+            region: Some(region.clone()),
+            applying_snapshot: Some(RaftTruncatedState { index, term }),
+            ..Default::default()
+        };
+        state.set_state(PeerState::Applying);
+        wb.put_msg(Cf::Raft, &keys::region_state_key(region_id), &state);
+        self.apply_state = snapshot_apply_state(index, term);
+        wb.put_msg(
+            Cf::Raft,
+            &keys::apply_state_key(region_id),
+            &self.apply_state,
+        );
+        self.raft_state.last_index = index;
+        self.last_term = term;
+        self.cache.clear();
+        self.deleted_below = index + 1;
+        self.region = region;
+        self.applying_snapshot = true;
+        *self.snap_gen.borrow_mut() = None;
+    }
+
+    /// The generation the core asked for since the last call, for the
+    /// poller to schedule on the snapshot worker (its outcome goes into
+    /// the returned slot).
+    pub fn take_snapshot_wanted(&self) -> Option<Arc<GenSlot>> {
+        let mut state = self.snap_gen.borrow_mut();
+        let Some(SnapGen::Wanted(slot)) = state.as_deref() else {
+            return None;
+        };
+        let slot = slot.clone();
+        *state = Some(Box::new(SnapGen::Running(slot.clone())));
+        Some(slot)
     }
 
     /// The region this storage belongs to.
@@ -376,43 +471,33 @@ impl Storage for PeerStorage {
         Ok(self.raft_state.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Generated from one engine snapshot: the apply state and the data
-        // are read at the same point in time.
-        let snap = self.engine.snapshot();
-        let apply: RaftApplyState = snap
-            .get_msg(Cf::Raft, &keys::apply_state_key(self.region.id))
-            .map_err(other)?
-            .unwrap_or_default();
-        let index = apply.applied_index;
-        let term = if index == self.truncated().index {
-            self.truncated().term
-        } else {
-            self.term(index)?
-        };
-        let start = keys::data_key(&self.region.start_key);
-        let end = keys::data_end_key(&self.region.end_key);
-        let mut kvs = Vec::new();
-        snap.scan(Cf::Default, &start, &end, |k, v| {
-            kvs.push(KeyValue {
-                key: k[1..].to_vec().into(),
-                value: v.to_vec().into(),
-            });
-            std::ops::ControlFlow::Continue(())
-        })
-        .map_err(other)?;
-        let data = RegionSnapshotData {
-            region: Some(self.region.clone()),
-            kvs,
-        };
-        Ok(Snapshot {
-            data: data.encode_to_vec().into(),
-            metadata: Some(SnapshotMetadata {
-                conf_state: Some(conf_state_from_region(&self.region)),
-                index,
-                term,
-            }),
-        })
+    /// The latest generated snapshot if it is not older than the log's
+    /// start nor `request_index`; otherwise a generation is asked for (see
+    /// [`PeerStorage::take_snapshot_wanted`]) and the core hears
+    /// `SnapshotTemporarilyUnavailable` until it is done (it asks again at
+    /// the follower's next heartbeat response).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut state = self.snap_gen.borrow_mut();
+        let wanted = request_index.max(self.truncated().index);
+        match state.as_deref() {
+            Some(SnapGen::Wanted(_)) => {
+                return Err(StorageError::SnapshotTemporarilyUnavailable.into());
+            }
+            Some(SnapGen::Running(slot)) => match slot.take() {
+                None => return Err(StorageError::SnapshotTemporarilyUnavailable.into()),
+                Some(Ok(snap)) => *state = Some(Box::new(SnapGen::Ready(snap))),
+                // Asked again below (the failure was counted and logged).
+                Some(Err(_)) => *state = None,
+            },
+            Some(SnapGen::Ready(_)) | None => {}
+        }
+        if let Some(SnapGen::Ready(snap)) = state.as_deref()
+            && snapshot_index(snap).0 >= wanted
+        {
+            return Ok(snap.clone());
+        }
+        *state = Some(Box::new(SnapGen::Wanted(Arc::new(GenSlot::default()))));
+        Err(StorageError::SnapshotTemporarilyUnavailable.into())
     }
 }
 impl PeerStorage {
@@ -645,27 +730,96 @@ mod tests {
         );
     }
 
-    /// A snapshot carries the region's data as of the applied index.
+    /// A leader's snapshot: the core hears "temporarily unavailable" until
+    /// the worker generated it (the poller takes the wanted generation
+    /// once); then it gets the snapshot, whose file holds the region's
+    /// data as of the applied index. A snapshot older than the log's start
+    /// is generated again.
     #[test]
-    fn snapshot_holds_region_data_and_applied_index() {
+    fn snapshot_is_generated_off_the_core_and_reused_while_fresh() {
+        use crate::store::snapshot::{SnapManager, SnapReader, generate_snapshot, snapshot_meta};
         let dir = tempfile::tempdir().unwrap();
-        let s = storage(&dir);
+        let mut s = storage(&dir);
+        let mgr = SnapManager::new(dir.path().join("snap"), 1).unwrap();
         s.engine
             .put(Cf::Default, &keys::data_key(b"a"), b"1")
             .unwrap();
         s.engine
             .put(Cf::Default, &keys::data_key(b"b"), b"2")
             .unwrap();
+        let unavailable = |s: &PeerStorage| {
+            matches!(
+                s.snapshot(0, 2),
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable
+                ))
+            )
+        };
+        assert!(unavailable(&s));
+        let slot = s.take_snapshot_wanted().expect("a generation is wanted");
+        assert!(s.take_snapshot_wanted().is_none(), "scheduled twice");
+        assert!(unavailable(&s), "handed out before it was generated");
+        slot.put(generate_snapshot(&s.engine, &mgr, 9));
         let snap = s.snapshot(0, 2).unwrap();
-        let meta = snap.metadata.unwrap();
         assert_eq!(
-            (meta.index, meta.term),
+            snapshot_index(&snap),
             (RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM)
         );
-        let data = RegionSnapshotData::decode(snap.data).unwrap();
-        assert_eq!(data.kvs.len(), 2);
-        assert_eq!(&data.kvs[0].key[..], b"a");
-        assert_eq!(data.region.unwrap().id, 9);
+        let meta = snapshot_meta(&snap).unwrap();
+        assert_eq!((meta.kv_count, meta.region.unwrap().id), (2, 9));
+        let mut r =
+            SnapReader::open(&mgr.gen_path(9, RAFT_INIT_LOG_TERM, RAFT_INIT_LOG_INDEX)).unwrap();
+        assert_eq!(r.next_kv().unwrap(), Some((b"a".to_vec(), b"1".to_vec())));
+        // Reused for another follower while the log starts at or below it.
+        assert_eq!(s.snapshot(0, 3).unwrap(), snap);
+        // A compaction past it: a new one is wanted.
+        append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        s.set_apply_state(snapshot_apply_state(8, 6));
+        assert!(unavailable(&s));
+        assert!(s.take_snapshot_wanted().is_some());
+    }
+
+    /// A follower persists a received snapshot: region `Applying`, apply
+    /// state and log at the snapshot, old log gone. A restart before the
+    /// apply side finished loads the same state, even if the apply side
+    /// wrote an older apply state after it.
+    #[test]
+    fn persisted_snapshot_survives_a_restart_while_applying() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());
+        let mut wb = s.engine.write_batch();
+        s.persist_snapshot(30, 8, region(), &mut wb);
+        s.write_raft_state(&mut wb);
+        s.engine.write(wb, Durability::Sync).unwrap();
+        assert_eq!(s.applying_snapshot(), Some((30, 8)));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (31, 30)
+        );
+        assert_eq!(s.term(30).unwrap(), 8);
+        for i in 6..=9 {
+            assert!(
+                s.engine
+                    .get(Cf::Raft, &keys::raft_log_key(9, i))
+                    .unwrap()
+                    .is_none(),
+                "entry {i} of the old log is still there"
+            );
+        }
+        // The apply side finishes an older entry after the persist.
+        s.engine
+            .put_msg(
+                Cf::Raft,
+                &keys::apply_state_key(9),
+                &snapshot_apply_state(7, 6),
+            )
+            .unwrap();
+        let reloaded = PeerStorage::load(s.engine.clone(), region()).unwrap();
+        assert_eq!(reloaded.applying_snapshot(), Some((30, 8)));
+        assert_eq!(reloaded.applied_index(), 30);
+        assert_eq!(reloaded.last_index().unwrap(), 30);
+        assert_eq!(reloaded.term(30).unwrap(), 8);
     }
 
     /// F4: a persisted commit behind the persisted applied index (a commit

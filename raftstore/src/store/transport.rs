@@ -11,6 +11,8 @@ use fxhash::FxHashMap;
 use parking_lot::{Condvar, Mutex, RwLock};
 use thiserror::Error;
 
+use super::snapshot::SnapError;
+
 /// Why a message could not be handed to its destination.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TransportError {
@@ -38,12 +40,42 @@ pub trait Transport: Send + Clone + 'static {
 
     /// Delivers everything queued since the last flush.
     fn flush(&mut self);
+
+    /// Sends a snapshot stream to the store of `msg.to_peer`: `msg` (a
+    /// `MsgSnapshot` whose snapshot data is a `SnapshotMeta`), then the
+    /// snapshot file's bytes from `chunks`. Blocks until the receiver has
+    /// the whole file and took the message, or refused it (called on the
+    /// snapshot worker, never on a poller).
+    ///
+    /// # Errors
+    /// [`SnapError`]: the destination is unknown, busy, or refused the
+    /// stream, a chunk could not be read, or the stream was dropped.
+    fn send_snapshot(
+        &mut self,
+        msg: RaftMessage,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>, SnapError>>,
+    ) -> Result<(), SnapError>;
 }
 
 /// Where a [`ChannelTransport`] delivers a store's inbound messages.
 pub trait MessageSink: Send + Sync {
     /// Hands one inbound message to the store.
     fn deliver(&self, msg: RaftMessage);
+
+    /// Receives a snapshot stream (see [`Transport::send_snapshot`]);
+    /// returns once the message was handed to the store.
+    ///
+    /// # Errors
+    /// As [`Transport::send_snapshot`]. A sink that takes no snapshots
+    /// refuses every stream with [`SnapError::RegionNotFound`].
+    fn receive_snapshot(
+        &self,
+        msg: RaftMessage,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>, SnapError>>,
+    ) -> Result<(), SnapError> {
+        let _ = chunks;
+        Err(SnapError::RegionNotFound(msg.region_id))
+    }
 }
 
 /// A test filter on the in-process network. Filters see each flushed batch
@@ -429,5 +461,37 @@ impl Transport for ChannelTransport {
             f.filter(&mut self.buffer);
         }
         ChannelTransport::deliver_now(&self.net, self.buffer.drain(..));
+    }
+
+    /// The stream passes the filters as its message would: a filter that
+    /// drops the message drops the stream ([`SnapError::Dropped`]), and so
+    /// does a delay filter, whose late message arrives without its file
+    /// (the peer refuses it). What passes reaches the destination's sink
+    /// at once.
+    fn send_snapshot(
+        &mut self,
+        msg: RaftMessage,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>, SnapError>>,
+    ) -> Result<(), SnapError> {
+        let store = to_store(&msg);
+        let from = from_store(&msg);
+        let sink = {
+            let sinks = self.net.sinks.read();
+            if !sinks.contains_key(&from) {
+                return Err(TransportError::StoreNotConnected(from).into());
+            }
+            sinks
+                .get(&store)
+                .cloned()
+                .ok_or(TransportError::StoreNotConnected(store))?
+        };
+        let mut one = vec![msg];
+        for (_, f) in self.net.filters.read().list.iter() {
+            f.filter(&mut one);
+        }
+        let Some(msg) = one.pop() else {
+            return Err(SnapError::Dropped);
+        };
+        sink.receive_snapshot(msg, chunks)
     }
 }

@@ -1,11 +1,11 @@
 //! CompactLog on the propose side (raft log GC, conservative mode): when a
 //! leader compacts its region's log, and to where.
 //!
-//! Conservative: never past what every peer of the region has matched
-//! (learners included) nor past what the leader applied, so no follower is
-//! ever cut off and needs a snapshot. A follower that is down holds the
-//! log back until it returns; cutting it off (TiKV's count and size
-//! limits) needs snapshots between stores, which come later.
+//! Conservative first: never past what every peer of the region has
+//! matched (learners included) nor past what the leader applied, so no
+//! follower is cut off and needs a snapshot. Forced past a count limit
+//! (TiKV's `raft_log_gc_count_limit`): a follower that is down or far
+//! behind no longer holds the log back, and catches up by a snapshot.
 
 /// A compaction drops at least this many entries (fewer is not worth an
 /// entry of its own: a CompactLog itself adds one to the log).
@@ -27,6 +27,9 @@ pub struct CompactInputs {
     pub threshold: u64,
     /// Checks after which fewer entries are compacted too.
     pub reserve_checks: u32,
+    /// Log length past which what a follower has not matched is compacted
+    /// too (0: never).
+    pub count_limit: u64,
 }
 
 /// A leader's decision at a log check.
@@ -45,8 +48,17 @@ pub enum CompactDecision {
 /// applied index, once that drops `threshold` entries, or after
 /// `reserve_checks` checks if it drops at least [`MIN_COMPACT_ENTRIES`]
 /// (so an idle region's short tail goes too, but not one entry at a time).
+///
+/// Forced mode: once the log up to the applied index is longer than
+/// `count_limit`, it is compacted to keep `count_limit / 2` entries below
+/// the applied index whatever the followers matched (one that has not
+/// then needs a snapshot).
 pub fn compact_decision(i: &CompactInputs) -> CompactDecision {
-    let to = i.replicated_index.min(i.applied_index);
+    let mut to = i.replicated_index.min(i.applied_index);
+    let length = (i.applied_index + 1).saturating_sub(i.first_index);
+    if i.count_limit > 0 && length > i.count_limit {
+        to = to.max(i.applied_index - i.count_limit / 2);
+    }
     if to < i.first_index {
         return CompactDecision::Skip;
     }
@@ -84,6 +96,7 @@ mod tests {
             skipped_checks: 0,
             threshold: 50,
             reserve_checks: 6,
+            count_limit: 0,
         }
     }
 
@@ -119,6 +132,36 @@ mod tests {
         assert_eq!(compact_decision(&i), CompactDecision::Skip);
         i.replicated_index = 8;
         assert_eq!(compact_decision(&i), CompactDecision::Compact { index: 8 });
+    }
+
+    /// admin.md scenario 2 (`gc_forced_cuts_partitioned_follower_then_snapshot`),
+    /// the decision: past the count limit, a follower that has matched
+    /// nothing no longer holds the log back; half the limit stays below
+    /// the applied index. At or under the limit the log waits for it.
+    #[test]
+    fn forced_mode_cuts_a_follower_past_the_count_limit() {
+        let mut i = inputs();
+        i.replicated_index = 5;
+        i.count_limit = 195; // the log holds 195 entries: 6..=200
+        assert_eq!(compact_decision(&i), CompactDecision::Skip);
+        i.count_limit = 194;
+        assert_eq!(
+            compact_decision(&i),
+            CompactDecision::Compact { index: 103 }
+        );
+        // A follower past that point is not cut off further back.
+        i.replicated_index = 150;
+        assert_eq!(
+            compact_decision(&i),
+            CompactDecision::Compact { index: 150 }
+        );
+        i.count_limit = 0;
+        i.replicated_index = 5;
+        assert_eq!(
+            compact_decision(&i),
+            CompactDecision::Skip,
+            "forced mode off"
+        );
     }
 
     /// At the threshold the log is compacted at once.

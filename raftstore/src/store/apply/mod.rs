@@ -21,7 +21,8 @@ use super::admin::admin_cmd;
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
-use super::msg::{ApplyMsg, ApplyRes, ApplyTask, ExecResult, PeerMsg, Proposal};
+use super::msg::{ApplyMsg, ApplyRes, ApplyTask, ExecResult, PeerMsg, Proposal, SnapshotTask};
+use super::snapshot::{apply_snapshot_file, snapshot_apply_state};
 use super::util::err_response;
 use super::validate::{data_range, validate_for_apply};
 
@@ -37,6 +38,10 @@ pub struct ApplyFsm {
     done: Vec<(Proposal, RaftCmdResponse)>,
     /// What this round's admin entries did, reported with the apply state.
     results: Vec<ExecResult>,
+    /// A snapshot to write at the end of this round, after the round's
+    /// batch (which holds the entries before it); nothing after it is
+    /// applied in this round.
+    snapshot: Option<SnapshotTask>,
     stopped: bool,
 }
 
@@ -49,6 +54,7 @@ impl ApplyFsm {
             dirty: false,
             done: Vec::new(),
             results: Vec::new(),
+            snapshot: None,
             stopped: false,
         }
     }
@@ -153,6 +159,46 @@ impl ApplyPoller {
     }
 }
 
+impl ApplyPoller {
+    /// Writes a received snapshot into the engine (its entries before it
+    /// are written already); the region is `Normal` at the snapshot's
+    /// index afterwards. A failure stops the store: the region stays
+    /// `Applying` on disk and the write is redone at the next start.
+    fn apply_snapshot(&mut self, fsm: &mut ApplyFsm, task: SnapshotTask) {
+        let started = std::time::Instant::now();
+        match apply_snapshot_file(
+            &self.engine,
+            &task.region,
+            &task.path,
+            task.index,
+            task.term,
+        ) {
+            Ok(kvs) => {
+                slog::info!(self.logger, "snapshot applied"; "region" => task.region.id,
+                    "index" => task.index, "kvs" => kvs, "took" => ?started.elapsed());
+                fsm.region = task.region;
+                fsm.apply_state = snapshot_apply_state(task.index, task.term);
+                fsm.results
+                    .push(ExecResult::SnapshotApplied { index: task.index });
+                fsm.dirty = true;
+            }
+            Err(e) => {
+                let first = self.status.stop(
+                    Error::Engine(format!(
+                        "region {}: applying the snapshot at {} failed: {e}",
+                        task.region.id, task.index
+                    )),
+                    &self.logger,
+                );
+                fsm.stopped = true;
+                if first {
+                    self.status.run_hook(&self.logger);
+                }
+            }
+        }
+    }
+}
+
 /// Applies one entry to `wb`, returning the response for its proposer.
 ///
 /// The entry's command is decoded and checked against the region as a
@@ -253,8 +299,13 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
 
     fn handle_normal(&mut self, fsm: &mut ApplyFsm, inbox: &Inbox<'_, ApplyFsm>) -> HandleResult {
         for _ in 0..APPLY_MESSAGES_PER_ROUND {
+            if fsm.snapshot.is_some() {
+                // The rest waits for the snapshot, written in `end`.
+                return HandleResult::KeepProcessing;
+            }
             match inbox.try_recv() {
                 Some(ApplyMsg::Apply(task)) => self.apply_task(fsm, task),
+                Some(ApplyMsg::Snapshot(task)) => fsm.snapshot = Some(task),
                 // Drained: nothing was left behind on purpose, so progress
                 // is 0 and anything that arrives from now on reschedules
                 // the delegate (reading `inbox.len()` here would count a
@@ -299,6 +350,9 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
             }
         }
         for fsm in batch.iter_mut() {
+            if let Some(task) = fsm.snapshot.take() {
+                self.apply_snapshot(fsm, task);
+            }
             for (p, resp) in fsm.done.drain(..) {
                 if !p.callback.respond(resp) {
                     slog::error!(self.logger, "a write callback panicked"; "region" => fsm.region.id);

@@ -51,6 +51,7 @@ impl Peer {
             skipped_checks: self.log_gc.skipped,
             threshold: cfg.raft_log_gc_threshold,
             reserve_checks: cfg.raft_log_gc_reserve_checks,
+            count_limit: cfg.raft_log_gc_count_limit,
         };
         let CompactDecision::Compact { index } = compact_decision(&inputs) else {
             self.log_gc.skipped = self.log_gc.skipped.saturating_add(1);
@@ -90,6 +91,12 @@ impl Peer {
             match r {
                 ExecResult::CompactLog { truncated } => {
                     slog::debug!(self.logger, "raft log compacted"; "index" => truncated.index);
+                }
+                ExecResult::SnapshotApplied { index } => {
+                    let store = &mut self.raft.raft.raft_log_mut().store;
+                    if store.applying_snapshot().is_some_and(|(i, _)| i == index) {
+                        store.snapshot_applied();
+                    }
                 }
             }
         }

@@ -1,0 +1,117 @@
+//! The peer's side of snapshots (see `store::snapshot`): which received
+//! snapshots it lets its raft group see, persisting the one raft installs,
+//! handing it to the apply side, and telling raft how a send went.
+
+use flotilla_engine::WriteBatch;
+use flotilla_proto::eraftpb::{Message, MessageType, Snapshot};
+
+use super::Peer;
+use crate::store::error::{Error, Result};
+use crate::store::msg::SnapshotTask;
+use crate::store::snapshot::{recv_path, snap_dir, snapshot_index, snapshot_meta};
+
+impl Peer {
+    /// Whether a received `MsgSnapshot` may reach raft: its file is here,
+    /// it is of this region with this region's range (regions do not split
+    /// or merge yet), and no other snapshot is being applied (two in
+    /// flight could not both be redone after a crash). A refused one's
+    /// file is removed; raft's leader sends again.
+    pub(super) fn admit_snapshot(&self, m: &Message) -> bool {
+        let Some(snap) = m.snapshot.as_deref() else {
+            return false;
+        };
+        let (index, term) = snapshot_index(snap);
+        let path = recv_path(&snap_dir(&self.engine), self.region_id(), term, index);
+        let why = match snapshot_meta(snap) {
+            Err(e) => Some(e.to_string()),
+            Ok(meta) => {
+                let region = meta.region.unwrap_or_default();
+                let ours = self.region();
+                if region.id != ours.id
+                    || region.start_key != ours.start_key
+                    || region.end_key != ours.end_key
+                {
+                    Some("another region or range".to_owned())
+                } else if self.raft.store().applying_snapshot().is_some() {
+                    Some("a snapshot is being applied".to_owned())
+                } else if !path.exists() {
+                    Some("its file is not here".to_owned())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(why) = why {
+            slog::info!(self.logger, "snapshot refused"; "index" => index, "why" => why);
+            let _ = std::fs::remove_file(&path);
+            return false;
+        }
+        true
+    }
+
+    /// After raft stepped an admitted snapshot: if raft did not install it
+    /// (older than the commit index, already matched), its file goes.
+    pub(super) fn drop_unused_snapshot(&self, index: u64, term: u64) {
+        let installed = self
+            .raft
+            .raft
+            .raft_log()
+            .unstable
+            .snapshot
+            .as_deref()
+            .is_some_and(|s| snapshot_index(s) == (index, term));
+        if !installed {
+            let path = recv_path(&snap_dir(&self.engine), self.region_id(), term, index);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// A Ready's snapshot: persisted into `wb` (region `Applying`, states
+    /// at the snapshot, old log deleted), and kept for the apply side,
+    /// which gets it once `wb` is written.
+    ///
+    /// # Errors
+    /// A snapshot whose meta does not decode (it was checked on receipt:
+    /// this is a bug, and the store stops rather than lose the data).
+    pub(super) fn persist_snapshot(&mut self, snap: &Snapshot, wb: &mut WriteBatch) -> Result<()> {
+        let (index, term) = snapshot_index(snap);
+        let meta = snapshot_meta(snap).map_err(|e| {
+            Error::Engine(format!(
+                "region {}: installed snapshot: {e}",
+                self.region_id()
+            ))
+        })?;
+        let region = meta.region.unwrap_or_default();
+        self.raft
+            .raft
+            .raft_log_mut()
+            .store
+            .persist_snapshot(index, term, region.clone(), wb);
+        let path = recv_path(&snap_dir(&self.engine), region.id, term, index);
+        slog::info!(self.logger, "snapshot persisted"; "index" => index, "term" => term);
+        self.pending_snapshot = Some(Box::new(SnapshotTask {
+            region,
+            index,
+            term,
+            path,
+        }));
+        Ok(())
+    }
+
+    /// The persisted snapshot for the apply side (taken).
+    pub fn take_snapshot_task(&mut self) -> Option<SnapshotTask> {
+        self.pending_snapshot.take().map(|t| *t)
+    }
+
+    /// The snapshot worker's report on a send to `to_peer`.
+    pub fn on_snapshot_status(&mut self, to_peer: u64, ok: bool) {
+        self.raft.report_snapshot(to_peer, ok);
+    }
+
+    /// Whether `m` is a snapshot, and its (index, term).
+    pub(super) fn snapshot_of(m: &Message) -> Option<(u64, u64)> {
+        (m.msg_type() == MessageType::MsgSnapshot)
+            .then(|| m.snapshot.as_deref().map(snapshot_index))
+            .flatten()
+    }
+}

@@ -1,0 +1,188 @@
+//! The snapshot worker: one thread per store that generates snapshots and
+//! sends them (steps 1 and 2), so neither a large region's scan nor its
+//! transfer holds up a poller. Tasks run in the order they were queued, so
+//! a send queued before a newer generation of the same region still finds
+//! its file.
+
+use std::fs::File;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use flotilla_engine::Engine;
+use flotilla_proto::raft_serverpb::RaftMessage;
+use slog::Logger;
+
+use super::generate::SharedGenSlot;
+use super::{SNAP_CHUNK_BYTES, SnapError, SnapManager, generate_snapshot, snapshot_index};
+use crate::store::fsm::{RaftRouter, StoreMetrics};
+use crate::store::msg::PeerMsg;
+use crate::store::transport::Transport;
+
+/// Work for the snapshot worker.
+#[derive(Debug)]
+pub enum SnapTask {
+    /// Generate region `region_id`'s snapshot into `slot`.
+    Generate {
+        /// The region.
+        region_id: u64,
+        /// Where the outcome goes.
+        slot: SharedGenSlot,
+    },
+    /// Send this `MsgSnapshot` with its generated file.
+    Send(Box<RaftMessage>),
+    /// End the worker (the store stops; tasks queued after it are
+    /// dropped, and a leader's raft retries after its next start).
+    Stop,
+}
+
+/// Queues tasks for a store's snapshot worker (cheap to clone).
+pub type SnapScheduler = Sender<SnapTask>;
+
+/// A running snapshot worker; stops when every [`SnapScheduler`] is gone
+/// or on [`SnapWorker::stop`].
+pub struct SnapWorker {
+    sched: Option<SnapScheduler>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Ctx<T> {
+    engine: Engine,
+    mgr: Arc<SnapManager>,
+    transport: T,
+    router: RaftRouter,
+    metrics: Arc<StoreMetrics>,
+    logger: Logger,
+}
+
+impl SnapWorker {
+    /// Starts the worker of store `store_id`.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start<T: Transport>(
+        store_id: u64,
+        engine: Engine,
+        mgr: Arc<SnapManager>,
+        transport: T,
+        router: RaftRouter,
+        metrics: Arc<StoreMetrics>,
+        logger: Logger,
+    ) -> std::io::Result<SnapWorker> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut ctx = Ctx {
+            engine,
+            mgr,
+            transport,
+            router,
+            metrics,
+            logger,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("store-{store_id}-snap"))
+            .spawn(move || run(&mut ctx, &rx))?;
+        Ok(SnapWorker {
+            sched: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// A scheduler for the worker's tasks.
+    pub fn scheduler(&self) -> Option<SnapScheduler> {
+        self.sched.clone()
+    }
+
+    /// Stops the worker once the tasks queued so far are done.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.sched.take() {
+            let _ = s.send(SnapTask::Stop);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SnapWorker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>) {
+    while let Ok(task) = rx.recv() {
+        match task {
+            SnapTask::Generate { region_id, slot } => {
+                let outcome = generate_snapshot(&ctx.engine, &ctx.mgr, region_id);
+                match &outcome {
+                    Ok(_) => ctx
+                        .metrics
+                        .snapshots_generated
+                        .fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        slog::warn!(ctx.logger, "snapshot generation failed"; "region" => region_id, "err" => %e);
+                        ctx.metrics
+                            .snapshot_generate_failures
+                            .fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                // The leader's raft asks again at its next heartbeat
+                // response from the follower.
+                slot.put(outcome);
+            }
+            SnapTask::Send(msg) => send(ctx, *msg),
+            SnapTask::Stop => return,
+        }
+    }
+}
+
+fn send<T: Transport>(ctx: &mut Ctx<T>, msg: RaftMessage) {
+    let region_id = msg.region_id;
+    let to_peer = msg.to_peer.map_or(0, |p| p.id);
+    let outcome = send_file(ctx, msg);
+    let ok = match outcome {
+        Ok(()) => {
+            ctx.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            slog::info!(ctx.logger, "snapshot not sent"; "region" => region_id, "to" => to_peer, "err" => %e);
+            ctx.metrics
+                .snapshot_send_failures
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    };
+    let _ = ctx
+        .router
+        .force_send(region_id, PeerMsg::SnapshotStatus { to_peer, ok });
+}
+
+fn send_file<T: Transport>(ctx: &mut Ctx<T>, msg: RaftMessage) -> Result<(), SnapError> {
+    let snap = msg
+        .message
+        .as_ref()
+        .and_then(|m| m.snapshot.as_deref())
+        .ok_or_else(|| SnapError::Corrupt("MsgSnapshot without a snapshot".into()))?;
+    let (index, term) = snapshot_index(snap);
+    let mut file = File::open(ctx.mgr.gen_path(msg.region_id, term, index))?;
+    let mut chunks = std::iter::from_fn(move || {
+        let mut buf = vec![0; SNAP_CHUNK_BYTES];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Some(Err(SnapError::Io(e))),
+            }
+        }
+        if filled == 0 {
+            return None;
+        }
+        buf.truncate(filled);
+        Some(Ok(buf))
+    });
+    ctx.transport.send_snapshot(msg, &mut chunks)
+}

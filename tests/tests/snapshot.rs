@@ -1,0 +1,201 @@
+//! Snapshots between stores (issue #11 item 3, admin.md phase C): a
+//! follower cut off past a forced log compaction catches up by one
+//! snapshot (generated and sent off the pollers, received whole and
+//! checked, persisted `Applying`, written into the engine, `Normal`), then
+//! follows the log again, and keeps its data across a restart.
+
+use std::sync::atomic::Ordering;
+
+use flotilla_engine::{Cf, Engine, keys};
+use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
+use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config, SNAP_DIR, StoreMetrics};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+
+/// The region the tests write to.
+const REGION: u64 = 1;
+/// Log length past which leaders compact whatever followers matched.
+const COUNT_LIMIT: u64 = 30;
+/// Writes while the follower is cut off: far past the count limit.
+const CUT_OFF_WRITES: u64 = 150;
+
+fn config() -> Config {
+    Config {
+        raft_log_gc_tick_ticks: 2,
+        raft_log_gc_threshold: 10,
+        raft_log_gc_count_limit: COUNT_LIMIT,
+        ..fast_config(FAST_TICK_MS)
+    }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("snap{i:05}").into_bytes()
+}
+
+fn write(client: &Client, range: std::ops::Range<u64>) {
+    for i in range {
+        client.put(&key(i), &i.to_be_bytes()).expect("put");
+    }
+}
+
+fn apply_state(engine: &Engine) -> RaftApplyState {
+    engine
+        .get_msg(Cf::Raft, &keys::apply_state_key(REGION))
+        .expect("read apply state")
+        .expect("apply state")
+}
+
+fn region_state(engine: &Engine) -> PeerState {
+    let s: RegionLocalState = engine
+        .get_msg(Cf::Raft, &keys::region_state_key(REGION))
+        .expect("read region state")
+        .expect("region state");
+    s.state()
+}
+
+fn last_index(engine: &Engine) -> u64 {
+    let s: RaftLocalState = engine
+        .get_msg(Cf::Raft, &keys::raft_state_key(REGION))
+        .expect("read raft state")
+        .expect("raft state");
+    s.last_index
+}
+
+/// Whether `engine`'s data holds every key of `range` with its value.
+fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
+    range.into_iter().all(|i| {
+        engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .expect("read data")
+            .is_some_and(|v| v == i.to_be_bytes())
+    })
+}
+
+fn total(cluster: &Cluster, f: impl Fn(&StoreMetrics) -> u64) -> u64 {
+    cluster
+        .store_ids()
+        .iter()
+        .filter_map(|&id| cluster.store(id))
+        .map(|s| f(s.metrics()))
+        .sum()
+}
+
+/// Files in a store's snapshot directory.
+fn snap_files(dir: &std::path::Path, id: u64) -> Vec<String> {
+    std::fs::read_dir(flotilla_raftstore::store::store_dir(dir, id).join(SNAP_DIR))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// admin.md scenario 2 (`gc_forced_cuts_partitioned_follower_then_snapshot`):
+/// a follower is partitioned away while the log grows far past the count
+/// limit, so the others compact past it. Healed, it catches up by exactly
+/// one snapshot (no snapshot loop, tikv#424): its data equals the
+/// leader's, its region is `Normal` at an index past the compaction, it
+/// then follows the log, and after a restart it still serves everything.
+#[test]
+fn gc_forced_cuts_partitioned_follower_then_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let cut = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..10);
+    let filter = cluster.transport().isolate(cut);
+    write(&client, 10..10 + CUT_OFF_WRITES);
+    let cut_last = last_index(cluster.store(cut).unwrap().engine());
+    let live: Vec<u64> = cluster
+        .store_ids()
+        .iter()
+        .copied()
+        .filter(|&id| id != cut)
+        .collect();
+    assert!(
+        eventually(|| live.iter().all(|&id| {
+            let t = apply_state(cluster.store(id).unwrap().engine())
+                .truncated_state
+                .unwrap_or_default()
+                .index;
+            t > cut_last
+        })),
+        "the live stores did not compact past the cut-off store's last index {cut_last}"
+    );
+    assert_eq!(
+        total(&cluster, |m| m.snapshots_sent.load(Ordering::Relaxed)),
+        0,
+        "a snapshot went through the partition"
+    );
+
+    cluster.transport().remove_filter(filter);
+    let cut_engine = cluster.store(cut).unwrap().engine().clone();
+    assert!(
+        eventually(|| holds(&cut_engine, 0..10 + CUT_OFF_WRITES)
+            && region_state(&cut_engine) == PeerState::Normal),
+        "the cut-off store did not catch up: applied {:?}, state {:?}",
+        apply_state(&cut_engine),
+        region_state(&cut_engine)
+    );
+    let metrics = cluster.store(cut).unwrap().metrics();
+    // The peer hears of the apply just after the engine has it.
+    assert!(eventually(|| metrics
+        .snapshots_applied
+        .load(Ordering::Relaxed)
+        >= 1));
+    assert_eq!(
+        metrics.snapshots_applied.load(Ordering::Relaxed),
+        1,
+        "not exactly one snapshot"
+    );
+    assert_eq!(metrics.snapshots_received.load(Ordering::Relaxed), 1);
+    assert!(apply_state(&cut_engine).applied_index > cut_last);
+
+    // Back on the log: new writes reach it as entries.
+    let n = 10 + CUT_OFF_WRITES;
+    write(&client, n..n + 20);
+    assert!(
+        eventually(|| holds(&cut_engine, n..n + 20)),
+        "writes after the snapshot did not reach the store"
+    );
+    assert_eq!(
+        metrics.snapshots_applied.load(Ordering::Relaxed),
+        1,
+        "a second snapshot"
+    );
+    assert!(
+        total(&cluster, |m| m.snapshots_sent.load(Ordering::Relaxed)) <= 2,
+        "snapshots sent again and again"
+    );
+    // The sender's file and the receiver's are gone once used.
+    assert!(
+        eventually(|| snap_files(dir.path(), cut).is_empty()),
+        "received snapshot files left: {:?}",
+        snap_files(dir.path(), cut)
+    );
+
+    drop(cut_engine);
+    cluster.stop_store(cut);
+    cluster.start_store(cut).unwrap();
+    let engine = cluster.store(cut).unwrap().engine().clone();
+    assert_eq!(region_state(&engine), PeerState::Normal);
+    assert!(holds(&engine, 0..n + 20), "data lost across the restart");
+    assert!(
+        last_index(&engine) >= apply_state(&engine).applied_index,
+        "log behind the applied index after restart"
+    );
+    write(&client, n + 20..n + 30);
+    assert!(eventually(|| holds(&engine, n + 20..n + 30)));
+    for &id in cluster.store_ids() {
+        assert!(
+            cluster.store(id).unwrap().fatal_error().is_none(),
+            "store {id} stopped"
+        );
+    }
+    cluster.shutdown();
+}
