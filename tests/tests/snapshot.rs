@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
-use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config, SNAP_DIR, StoreMetrics};
+use flotilla_raftstore::store::{
+    Client, ClientConfig, Cluster, Config, FilterId, SNAP_DIR, StoreMetrics,
+};
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
 
 /// The region the tests write to.
@@ -90,26 +92,19 @@ fn snap_files(dir: &std::path::Path, id: u64) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// admin.md scenario 2 (`gc_forced_cuts_partitioned_follower_then_snapshot`):
-/// a follower is partitioned away while the log grows far past the count
-/// limit, so the others compact past it. Healed, it catches up by exactly
-/// one snapshot (no snapshot loop, tikv#424): its data equals the
-/// leader's, its region is `Normal` at an index past the compaction, it
-/// then follows the log, and after a restart it still serves everything.
-#[test]
-fn gc_forced_cuts_partitioned_follower_then_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
+/// A cluster whose region's log was compacted past one follower: that
+/// follower was partitioned away (`filter`) during `10 + CUT_OFF_WRITES`
+/// writes. Returns the follower's store and its last index then.
+fn cut_off_follower(cluster: &Cluster, client: &Client) -> (u64, FilterId, u64) {
+    let leader = wait_leader(cluster, REGION).expect("leader");
     let cut = *cluster
         .store_ids()
         .iter()
         .find(|&&id| id != leader)
         .expect("a follower");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..10);
+    write(client, 0..10);
     let filter = cluster.transport().isolate(cut);
-    write(&client, 10..10 + CUT_OFF_WRITES);
+    write(client, 10..10 + CUT_OFF_WRITES);
     let cut_last = last_index(cluster.store(cut).unwrap().engine());
     let live: Vec<u64> = cluster
         .store_ids()
@@ -128,11 +123,25 @@ fn gc_forced_cuts_partitioned_follower_then_snapshot() {
         "the live stores did not compact past the cut-off store's last index {cut_last}"
     );
     assert_eq!(
-        total(&cluster, |m| m.snapshots_sent.load(Ordering::Relaxed)),
+        total(cluster, |m| m.snapshots_sent.load(Ordering::Relaxed)),
         0,
         "a snapshot went through the partition"
     );
+    (cut, filter, cut_last)
+}
 
+/// admin.md scenario 2 (`gc_forced_cuts_partitioned_follower_then_snapshot`):
+/// a follower is partitioned away while the log grows far past the count
+/// limit, so the others compact past it. Healed, it catches up by exactly
+/// one snapshot (no snapshot loop, tikv#424): its data equals the
+/// leader's, its region is `Normal` at an index past the compaction, it
+/// then follows the log, and after a restart it still serves everything.
+#[test]
+fn gc_forced_cuts_partitioned_follower_then_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let client = cluster.client(ClientConfig::default());
+    let (cut, filter, cut_last) = cut_off_follower(&cluster, &client);
     cluster.transport().remove_filter(filter);
     let cut_engine = cluster.store(cut).unwrap().engine().clone();
     assert!(
@@ -197,5 +206,44 @@ fn gc_forced_cuts_partitioned_follower_then_snapshot() {
             "store {id} stopped"
         );
     }
+    cluster.shutdown();
+}
+
+/// admin.md scenario 6 (`snap_transfer_interrupted`): the first snapshot
+/// stream breaks after one chunk. The receiver keeps nothing of it (no
+/// partial file), the leader hears the send failed and sends again, and
+/// the follower catches up by the second.
+#[test]
+fn snap_transfer_interrupted_then_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let client = cluster.client(ClientConfig::default());
+    let (cut, filter, _) = cut_off_follower(&cluster, &client);
+    cluster.transport().break_snapshot_streams(1);
+    cluster.transport().remove_filter(filter);
+    let cut_engine = cluster.store(cut).unwrap().engine().clone();
+    assert!(
+        eventually(|| holds(&cut_engine, 0..10 + CUT_OFF_WRITES)),
+        "the follower did not catch up after a broken stream"
+    );
+    let metrics = cluster.store(cut).unwrap().metrics();
+    assert_eq!(
+        metrics.snapshot_receive_failures.load(Ordering::Relaxed),
+        1,
+        "the broken stream was not seen by the receiver"
+    );
+    assert!(eventually(|| total(&cluster, |m| m
+        .snapshot_send_failures
+        .load(Ordering::Relaxed))
+        == 1));
+    assert!(eventually(|| metrics
+        .snapshots_applied
+        .load(Ordering::Relaxed)
+        == 1));
+    assert!(
+        eventually(|| snap_files(dir.path(), cut).is_empty()),
+        "files left on the receiver: {:?}",
+        snap_files(dir.path(), cut)
+    );
     cluster.shutdown();
 }

@@ -107,6 +107,8 @@ struct Filters {
 struct Net {
     sinks: RwLock<FxHashMap<u64, Arc<dyn MessageSink>>>,
     filters: RwLock<Filters>,
+    /// Snapshot streams still to break after their first chunk.
+    streams_to_break: std::sync::atomic::AtomicU64,
 }
 
 /// An in-process network connecting the stores of one process, with
@@ -127,6 +129,15 @@ impl ChannelTransport {
     /// Connects store `store_id`: messages to it go to `sink`.
     pub fn connect(&self, store_id: u64, sink: Arc<dyn MessageSink>) {
         self.net.sinks.write().insert(store_id, sink);
+    }
+
+    /// Breaks the next `n` snapshot streams after their first chunk (as a
+    /// connection lost mid-transfer would): the receiver gets an error
+    /// instead of the rest, and the sender hears the send failed.
+    pub fn break_snapshot_streams(&self, n: u64) {
+        self.net
+            .streams_to_break
+            .store(n, std::sync::atomic::Ordering::Release);
     }
 
     /// Disconnects store `store_id` (e.g. it stopped); messages to it, and
@@ -492,6 +503,29 @@ impl Transport for ChannelTransport {
         let Some(msg) = one.pop() else {
             return Err(SnapError::Dropped);
         };
-        sink.receive_snapshot(msg, chunks)
+        let break_this = self
+            .net
+            .streams_to_break
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if !break_this {
+            return sink.receive_snapshot(msg, chunks);
+        }
+        let mut sent = 0;
+        let mut broken = std::iter::from_fn(|| {
+            sent += 1;
+            match sent {
+                1 => chunks.next(),
+                2 => Some(Err(SnapError::Dropped)),
+                _ => None,
+            }
+        });
+        // The receiver sees an error in place of the second chunk.
+        sink.receive_snapshot(msg, &mut broken)
+            .and(Err(SnapError::Dropped))
     }
 }

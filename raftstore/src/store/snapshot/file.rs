@@ -102,9 +102,11 @@ impl SnapWriter {
 }
 
 /// Receives a snapshot file chunk by chunk, checking it against what its
-/// message says before it takes its final name.
+/// message says before it takes its final name. Dropped unfinished (the
+/// stream broke, or failed its checks), it removes its partial file.
 pub struct ChunkWriter {
-    out: File,
+    /// `None` once finished (renamed into place).
+    out: Option<File>,
     path: PathBuf,
     hasher: crc32fast::Hasher,
     size: u64,
@@ -117,7 +119,7 @@ impl ChunkWriter {
     /// The file could not be created.
     pub fn create(path: &Path) -> Result<ChunkWriter, SnapError> {
         Ok(ChunkWriter {
-            out: File::create(tmp_path(path))?,
+            out: Some(File::create(tmp_path(path))?),
             path: path.to_owned(),
             hasher: crc32fast::Hasher::new(),
             size: 0,
@@ -136,7 +138,10 @@ impl ChunkWriter {
                 actual: self.size,
             });
         }
-        self.out.write_all(chunk)?;
+        let Some(out) = self.out.as_mut() else {
+            return Err(SnapError::Corrupt("a chunk after the end".into()));
+        };
+        out.write_all(chunk)?;
         self.hasher.update(chunk);
         Ok(())
     }
@@ -146,30 +151,34 @@ impl ChunkWriter {
     /// # Errors
     /// [`SnapError::SizeMismatch`] or [`SnapError::ChecksumMismatch`]
     /// (the partial file is removed), or an I/O failure.
-    pub fn finish(self, size: u64, checksum: u32) -> Result<(), SnapError> {
-        let tmp = tmp_path(&self.path);
-        let actual = self.hasher.finalize();
-        let outcome = if self.size != size {
-            Err(SnapError::SizeMismatch {
+    pub fn finish(mut self, size: u64, checksum: u32) -> Result<(), SnapError> {
+        let actual = self.hasher.clone().finalize();
+        if self.size != size {
+            return Err(SnapError::SizeMismatch {
                 expected: size,
                 actual: self.size,
-            })
-        } else if actual != checksum {
-            Err(SnapError::ChecksumMismatch {
+            });
+        }
+        if actual != checksum {
+            return Err(SnapError::ChecksumMismatch {
                 expected: checksum,
                 actual,
-            })
-        } else {
-            Ok(())
-        };
-        if let Err(e) = outcome {
-            drop(self.out);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            });
         }
-        self.out.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
+        if let Some(out) = self.out.as_ref() {
+            out.sync_all()?;
+        }
+        std::fs::rename(tmp_path(&self.path), &self.path)?;
+        self.out = None;
         Ok(())
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(tmp_path(&self.path));
+        }
     }
 }
 
@@ -335,5 +344,14 @@ mod tests {
             w.push(&bytes, info.size - 1),
             Err(SnapError::SizeMismatch { .. })
         ));
+        drop(w);
+        assert!(!tmp_path(&bad).exists(), "a refused stream left its file");
+
+        // A stream that breaks off leaves nothing either.
+        let broken = dir.path().join("broken.snap");
+        let mut w = ChunkWriter::create(&broken).unwrap();
+        w.push(&bytes[..3], info.size).unwrap();
+        drop(w);
+        assert!(!broken.exists() && !tmp_path(&broken).exists());
     }
 }
