@@ -19,6 +19,7 @@ pub struct Counting;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 static LIVE_ALLOCS: AtomicIsize = AtomicIsize::new(0);
+static PEAK_BYTES: AtomicIsize = AtomicIsize::new(0);
 
 thread_local! {
     static THREAD_LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
@@ -27,7 +28,10 @@ thread_local! {
 /// Counts `bytes` and `allocs` more (or fewer, when negative) live.
 fn track(bytes: isize, allocs: isize) {
     if ENABLED.load(Ordering::Relaxed) {
-        LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        let now = LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if bytes > 0 {
+            PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+        }
         LIVE_ALLOCS.fetch_add(allocs, Ordering::Relaxed);
         // `try_with`: the thread-local may already be gone while a thread
         // exits; such frees are simply not counted for that thread.
@@ -89,6 +93,16 @@ pub fn live() -> (isize, isize) {
         LIVE_BYTES.load(Ordering::SeqCst),
         LIVE_ALLOCS.load(Ordering::SeqCst),
     )
+}
+
+/// The most live bytes (all threads) since the last [`reset_peak`].
+pub fn peak_bytes() -> isize {
+    PEAK_BYTES.load(Ordering::SeqCst)
+}
+
+/// Starts a new peak at the live bytes now.
+pub fn reset_peak() {
+    PEAK_BYTES.store(LIVE_BYTES.load(Ordering::SeqCst), Ordering::SeqCst);
 }
 
 /// Live bytes counted on the calling thread while enabled.

@@ -200,6 +200,13 @@ pub struct StoreMetrics {
     pub snapshot_receive_failures: AtomicU64,
     /// Snapshots written into the engine (the region is `Normal` again).
     pub snapshots_applied: AtomicU64,
+    /// Time spent generating snapshots (microseconds, all of them).
+    pub snapshot_generate_micros: AtomicU64,
+    /// Time spent sending snapshot streams (microseconds, all of them).
+    pub snapshot_send_micros: AtomicU64,
+    /// Time spent writing received snapshots into the engine
+    /// (microseconds, all of them).
+    pub snapshot_apply_micros: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -563,15 +570,15 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     None
                 }
                 PeerMsg::ApplyRes(res) => {
-                    let snapshots = res
-                        .results
-                        .iter()
-                        .filter(|r| matches!(r, ExecResult::SnapshotApplied { .. }))
-                        .count() as u64;
-                    if snapshots > 0 {
-                        self.metrics
-                            .snapshots_applied
-                            .fetch_add(snapshots, Ordering::Relaxed);
+                    for r in &res.results {
+                        if let ExecResult::SnapshotApplied { micros, .. } = r {
+                            self.metrics
+                                .snapshots_applied
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.metrics
+                                .snapshot_apply_micros
+                                .fetch_add(*micros, Ordering::Relaxed);
+                        }
                     }
                     fsm.peer.on_apply_res(res);
                     None

@@ -228,5 +228,7 @@ pub enum ExecResult {
     SnapshotApplied {
         /// The snapshot's index.
         index: u64,
+        /// How long the write took (microseconds).
+        micros: u64,
     },
 }

@@ -178,8 +178,10 @@ impl ApplyPoller {
                     "index" => task.index, "kvs" => kvs, "took" => ?started.elapsed());
                 fsm.region = task.region;
                 fsm.apply_state = snapshot_apply_state(task.index, task.term);
-                fsm.results
-                    .push(ExecResult::SnapshotApplied { index: task.index });
+                fsm.results.push(ExecResult::SnapshotApplied {
+                    index: task.index,
+                    micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                });
                 fsm.dirty = true;
             }
             Err(e) => {

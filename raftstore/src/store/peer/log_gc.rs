@@ -92,7 +92,7 @@ impl Peer {
                 ExecResult::CompactLog { truncated } => {
                     slog::debug!(self.logger, "raft log compacted"; "index" => truncated.index);
                 }
-                ExecResult::SnapshotApplied { index } => {
+                ExecResult::SnapshotApplied { index, .. } => {
                     let store = &mut self.raft.raft.raft_log_mut().store;
                     if store.applying_snapshot().is_some_and(|(i, _)| i == index) {
                         store.snapshot_applied();

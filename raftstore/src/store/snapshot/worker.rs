@@ -9,6 +9,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use flotilla_engine::Engine;
@@ -115,7 +116,11 @@ fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>) {
     while let Ok(task) = rx.recv() {
         match task {
             SnapTask::Generate { region_id, slot } => {
+                let started = Instant::now();
                 let outcome = generate_snapshot(&ctx.engine, &ctx.mgr, region_id);
+                ctx.metrics
+                    .snapshot_generate_micros
+                    .fetch_add(micros_since(started), Ordering::Relaxed);
                 match &outcome {
                     Ok(_) => ctx
                         .metrics
@@ -141,7 +146,11 @@ fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>) {
 fn send<T: Transport>(ctx: &mut Ctx<T>, msg: RaftMessage) {
     let region_id = msg.region_id;
     let to_peer = msg.to_peer.map_or(0, |p| p.id);
+    let started = Instant::now();
     let outcome = send_file(ctx, msg);
+    ctx.metrics
+        .snapshot_send_micros
+        .fetch_add(micros_since(started), Ordering::Relaxed);
     let ok = match outcome {
         Ok(()) => {
             ctx.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
@@ -185,4 +194,8 @@ fn send_file<T: Transport>(ctx: &mut Ctx<T>, msg: RaftMessage) -> Result<(), Sna
         Some(Ok(buf))
     });
     ctx.transport.send_snapshot(msg, &mut chunks)
+}
+
+fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
