@@ -9,10 +9,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, Region};
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, DeleteRequest, GetRequest, PutRequest, RaftCmdRequest, RaftRequestHeader,
-    Request, Response, ScanRequest, TransferLeaderRequest, admin_request, request, response,
+    AdminRequest, ChangePeerRequest, DeleteRequest, GetRequest, PutRequest, RaftCmdRequest,
+    RaftCmdResponse, RaftRequestHeader, Request, Response, ScanRequest, TransferLeaderRequest,
+    admin_request, admin_response, request, response,
 };
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
@@ -374,6 +376,48 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Changes region `region_id`'s membership by one peer (a v1 conf
+    /// change): `AddLearnerNode` adds `peer` as a learner, `AddNode` adds
+    /// it as a voter or promotes the learner it is, `RemoveNode` removes
+    /// it. `peer.id` must be new for an added peer (allocate it with
+    /// [`Store::alloc_id`](super::Store::alloc_id)). Returns the region
+    /// once the change applied on the leader; the new peer's store creates
+    /// it when the leader first reaches it, and a snapshot initializes it.
+    /// The client's region cache takes the new membership.
+    ///
+    /// # Errors
+    /// [`Error::Admin`] with the refusal: a conf change still pending
+    /// (`ConfChangePending`), a peer or store the region has already
+    /// (`PeerAlreadyPresent`), a peer it does not have
+    /// (`ConfChangePeerNotFound`), removing the leader
+    /// (`ConfChangeRemovesLeader`: transfer the leadership first) or the
+    /// last voter, promoting a learner that has not caught up
+    /// (`LearnerNotCaughtUp`, try again); `EpochNotMatch` when the
+    /// membership changed meanwhile (the cache refreshes); an unknown
+    /// outcome ([`Error::is_outcome_unknown`]) is not retried, as for
+    /// writes.
+    pub fn change_peer(
+        &self,
+        region_id: u64,
+        change_type: ConfChangeType,
+        peer: Peer,
+    ) -> Result<Region> {
+        let admin = AdminRequest {
+            cmd: Some(admin_request::Cmd::ChangePeer(ChangePeerRequest {
+                change_type: change_type as i32,
+                peer: Some(peer),
+            })),
+        };
+        let resp = self.execute_full(Locate::Region(region_id), &[], Some(&admin), true)?;
+        let region = match resp.admin_response.and_then(|a| a.cmd) {
+            Some(admin_response::Cmd::ChangePeer(r)) => r.region,
+            _ => None,
+        }
+        .ok_or_else(|| Error::InvalidRequest("change_peer answered without a region".into()))?;
+        self.cache.lock().insert(region.clone());
+        Ok(region)
+    }
+
     /// Sends `requests` (all on keys of one region) to the region of `key`,
     /// retrying what is safe to retry until the operation's deadline.
     ///
@@ -397,6 +441,18 @@ impl Client {
         admin: Option<&AdminRequest>,
         is_write: bool,
     ) -> Result<Vec<Response>> {
+        self.execute_full(at, requests, admin, is_write)
+            .map(|r| r.responses)
+    }
+
+    /// [`Client::execute_at`], answering the whole response.
+    fn execute_full(
+        &self,
+        at: Locate<'_>,
+        requests: &[Request],
+        admin: Option<&AdminRequest>,
+        is_write: bool,
+    ) -> Result<RaftCmdResponse> {
         let deadline = Instant::now() + self.cfg.operation_timeout;
         let mut backoff = self.cfg.backoff;
         let mut last_err = Error::Timeout;
@@ -492,7 +548,7 @@ impl Client {
         store_id: u64,
         request: RaftCmdRequest,
         wait: Duration,
-    ) -> Result<Vec<Response>> {
+    ) -> Result<RaftCmdResponse> {
         let handle = self
             .stores
             .get(store_id)
@@ -507,7 +563,7 @@ impl Client {
         match rx.recv_timeout(wait) {
             Ok(resp) => match response_error(&resp) {
                 Some(e) => Err(e),
-                None => Ok(resp.responses),
+                None => Ok(resp),
             },
             // Unreachable (the store answers every callback, a dropped one
             // with `StoreStopped`), but if it were: the outcome is unknown.

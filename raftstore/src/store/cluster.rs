@@ -72,6 +72,24 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Bootstraps and starts a new store `id` with no peers (conf changes
+    /// add them).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the cluster has a store `id`; bootstrap and
+    /// open errors.
+    pub fn add_store(&mut self, id: u64) -> Result<()> {
+        if self.store_ids.contains(&id) {
+            return Err(Error::Config(format!("store {id} exists")));
+        }
+        {
+            let engine = Engine::open(store_dir(&self.dir, id), &EngineOptions::default())?;
+            bootstrap_store(&engine, CLUSTER_ID, id, &[])?;
+        }
+        self.store_ids.push(id);
+        self.start_store(id)
+    }
+
     /// Starts (or restarts) store `id` from its directory.
     ///
     /// # Errors

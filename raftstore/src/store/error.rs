@@ -314,6 +314,21 @@ mod tests {
             Error::Admin(AdminError::TransfereeLagging { lag: 300, max: 128 }),
             Error::Admin(AdminError::TransfereePendingSnapshot { peer_id: 4 }),
             Error::Admin(AdminError::TransfereePendingConfChange { pending_index: 12 }),
+            Error::Admin(AdminError::ConfChangePending { pending_index: 13 }),
+            Error::Admin(AdminError::PeerAlreadyPresent {
+                peer_id: 5,
+                store_id: 3,
+            }),
+            Error::Admin(AdminError::ConfChangePeerNotFound {
+                peer_id: 6,
+                store_id: 4,
+            }),
+            Error::Admin(AdminError::ConfChangeRemovesLeader { peer_id: 7 }),
+            Error::Admin(AdminError::ConfChangeRemovesLastVoter { peer_id: 8 }),
+            Error::Admin(AdminError::LearnerNotCaughtUp {
+                peer_id: 9,
+                matched: 10,
+            }),
         ];
         for e in &all {
             match e {

@@ -6,9 +6,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-use flotilla_engine::{Durability, Engine, WriteBatch, WriteOrigin};
+use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Message, MessageType};
-use flotilla_proto::raft_serverpb::RaftMessage;
+use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftMessage, RegionLocalState};
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
 use slog::Logger;
 
@@ -89,9 +89,10 @@ pub struct TickSlot {
     pub due: AtomicU64,
 }
 
-/// The tick slots of a store's regions. Fixed at start (regions do not
-/// change yet).
-pub type TickFlags = Arc<fxhash::FxHashMap<u64, TickSlot>>;
+/// The tick slots of a store's regions: one per peer, added when a peer
+/// is created and removed when it is destroyed (a write lock, rare); the
+/// store clock and the pollers read it.
+pub type TickFlags = Arc<parking_lot::RwLock<fxhash::FxHashMap<u64, TickSlot>>>;
 
 /// Liveness wakes the store FSM delivers per round at most.
 pub const WAKES_PER_ROUND: usize = 4096;
@@ -200,6 +201,10 @@ pub struct StoreMetrics {
     pub snapshot_receive_failures: AtomicU64,
     /// Snapshots written into the engine (the region is `Normal` again).
     pub snapshots_applied: AtomicU64,
+    /// Peers created from messages (uninitialized until a snapshot).
+    pub peers_created: AtomicU64,
+    /// Peers destroyed (removed from their region).
+    pub peers_destroyed: AtomicU64,
     /// Time spent generating snapshots (microseconds, all of them).
     pub snapshot_generate_micros: AtomicU64,
     /// Time spent sending snapshot streams (microseconds, all of them).
@@ -370,7 +375,7 @@ impl<'a, T: Transport> Outbox<'a, T> {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let region = peer.region();
-        let Some(to_peer) = region.peers.iter().find(|p| p.id == m.to).copied() else {
+        let Some(to_peer) = peer.peer_by_id(m.to) else {
             slog::debug!(self.logger, "message to unknown peer"; "to" => m.to);
             return;
         };
@@ -413,6 +418,159 @@ impl<'a, T: Transport> Outbox<'a, T> {
             slog::debug!(self.logger, "send failed"; "err" => %e);
         }
     }
+}
+
+impl<T: Transport> RaftPoller<T> {
+    /// A raft message for a region this store has no peer of: a message
+    /// that may start a peer (see [`may_create_peer`]) creates an
+    /// uninitialized one, unless the region was removed from this store
+    /// (its tombstone is as new as the message); the rest is dropped.
+    fn on_unknown_region_message(&mut self, msg: Box<RaftMessage>) {
+        let region_id = msg.region_id;
+        // Created since the message was routed here.
+        let msg = match self.router.force_send(region_id, PeerMsg::RaftMessage(msg)) {
+            Ok(()) => return,
+            Err(e) => match e.into_msg() {
+                PeerMsg::RaftMessage(m) => m,
+                _ => return,
+            },
+        };
+        let created = match self.create_peer(&msg) {
+            Ok(created) => created,
+            Err(e) => {
+                slog::warn!(self.logger, "peer not created"; "region" => region_id, "err" => %e);
+                false
+            }
+        };
+        if !created {
+            self.metrics
+                .raft_messages_unknown_region
+                .fetch_add(1, Ordering::Relaxed);
+            slog::debug!(self.logger, "message for unknown region dropped"; "region" => region_id);
+            return;
+        }
+        self.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
+        let _ = self.router.force_send(region_id, PeerMsg::RaftMessage(msg));
+    }
+
+    /// Destroys a peer a conf change removed (its tombstone is written):
+    /// its log, states and data go in one synced write, then its mailboxes,
+    /// tick slot and hibernation entry. Its waiting clients hear the
+    /// region is not here. A failed write stops the store.
+    fn destroy_peer(&mut self, fsm: &mut PeerFsm) {
+        let region_id = fsm.peer.region_id();
+        let mut wb = self.engine.write_batch();
+        wb.set_origin(WriteOrigin::RaftLog);
+        fsm.peer.clear_for_destroy(&mut wb);
+        if let Err(e) = self.engine.write(wb, Durability::Sync) {
+            fsm.stopped = true;
+            self.fail(Error::Engine(format!(
+                "region {region_id}: destroying the removed peer failed: {e}"
+            )));
+            return;
+        }
+        fsm.stopped = true;
+        fsm.peer.fail_pending(Error::RegionNotFound(region_id));
+        self.router.close(region_id);
+        self.apply_router.close(region_id);
+        self.ticks_queued.write().remove(&region_id);
+        self.hib.remove_region(region_id);
+        self.metrics.peers_destroyed.fetch_add(1, Ordering::Relaxed);
+        slog::info!(self.logger, "removed peer destroyed"; "region" => region_id, "peer" => fsm.peer.meta.id);
+    }
+
+    /// Creates and registers an uninitialized peer for `msg` if it may
+    /// start one. Returns whether it did.
+    fn create_peer(&self, msg: &RaftMessage) -> Result<bool, Error> {
+        let region_id = msg.region_id;
+        let Some(to) = msg
+            .to_peer
+            .filter(|p| p.store_id == self.store_id && p.id != 0)
+        else {
+            return Ok(false);
+        };
+        if !msg.message.as_ref().is_some_and(may_create_peer) {
+            return Ok(false);
+        }
+        let state: Option<RegionLocalState> = self
+            .engine
+            .get_msg(Cf::Raft, &keys::region_state_key(region_id))?;
+        if let Some(state) = state {
+            if state.state() != PeerState::Tombstone {
+                // A live state without a peer: not ours to repair here.
+                return Ok(false);
+            }
+            if tombstone_outdates(&state, msg) {
+                slog::debug!(self.logger, "message for a removed peer dropped";
+                    "region" => region_id, "to" => to.id);
+                return Ok(false);
+            }
+        }
+        let peer =
+            Peer::uninitialized(&self.cfg, self.engine.clone(), region_id, to, &self.logger)?;
+        let region = peer.region().clone();
+        self.ticks_queued
+            .write()
+            .insert(region_id, TickSlot::default());
+        self.hib.add_region(region_id);
+        let capacity = std::num::NonZeroUsize::new(self.cfg.mailbox_capacity)
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        let register_err = |e: flotilla_router::Error| Error::Config(format!("register: {e}"));
+        self.apply_router
+            .register(
+                region_id,
+                flotilla_router::Mailbox::new(Box::new(ApplyFsm::new(
+                    region,
+                    to,
+                    RaftApplyState::default(),
+                ))),
+            )
+            .map_err(register_err)?;
+        self.router
+            .register(
+                region_id,
+                flotilla_router::Mailbox::bounded(Box::new(PeerFsm::new(peer)), capacity),
+            )
+            .map_err(register_err)?;
+        slog::info!(self.logger, "peer created from a message"; "region" => region_id, "peer" => to.id);
+        Ok(true)
+    }
+}
+
+/// Whether a message for a region a store has no peer of may create one:
+/// a vote or pre-vote (the region may be electing with this peer in it),
+/// or a heartbeat that commits nothing here (a leader that added this
+/// peer). Anything else (an append, a heartbeat with a commit index) comes
+/// from a leader that thinks this peer has a log: a peer that was removed
+/// and whose messages are late.
+pub fn may_create_peer(m: &Message) -> bool {
+    match m.msg_type() {
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => true,
+        MessageType::MsgHeartbeat => m.commit == 0,
+        _ => false,
+    }
+}
+
+/// Whether a tombstone outdates `msg` (which then must not recreate the
+/// peer): the tombstone's region lists the removed peer itself, so a
+/// message to that peer id or an older one, or from a configuration no
+/// newer than the one that removed it, is late.
+pub fn tombstone_outdates(state: &RegionLocalState, msg: &RaftMessage) -> bool {
+    let Some(region) = state.region.as_ref() else {
+        return false;
+    };
+    let to = msg.to_peer.map_or(0, |p| p.id);
+    let removed_id = region
+        .peers
+        .iter()
+        .filter(|p| p.store_id == msg.to_peer.map_or(0, |p| p.store_id))
+        .map(|p| p.id)
+        .max()
+        .unwrap_or(0);
+    let conf_ver = |e: Option<flotilla_proto::metapb::RegionEpoch>| e.map_or(0, |e| e.conf_ver);
+    to <= removed_id
+        || (msg.region_epoch.is_some()
+            && conf_ver(msg.region_epoch) <= conf_ver(region.region_epoch))
 }
 
 /// Queues a snapshot generation the core asked for on the snapshot
@@ -515,14 +673,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 }
                 StoreMsg::WakeRegions(wakes) => store.pending_wakes.extend(wakes),
                 StoreMsg::ContinueWakes => {}
-                StoreMsg::RaftMessage(m) => {
-                    // Creating peers from messages (after split or conf
-                    // change) is not supported yet.
-                    self.metrics
-                        .raft_messages_unknown_region
-                        .fetch_add(1, Ordering::Relaxed);
-                    slog::debug!(self.logger, "message for unknown region"; "region" => m.region_id);
-                }
+                StoreMsg::RaftMessage(m) => self.on_unknown_region_message(m),
             }
         }
         self.deliver_wakes(store);
@@ -563,7 +714,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     woke
                 }
                 PeerMsg::Tick => {
-                    if let Some(slot) = self.ticks_queued.get(&fsm.peer.region_id()) {
+                    if let Some(slot) = self.ticks_queued.read().get(&fsm.peer.region_id()) {
                         slot.queued.store(false, Ordering::Release);
                     }
                     fsm.peer.on_tick(hib.store_ticks(), &self.cfg, hib);
@@ -601,6 +752,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 }
             }
         }
+        if fsm.peer.is_removed() {
+            self.destroy_peer(fsm);
+            return HandleResult::stop_at(0, false);
+        }
         let mut wb = self.wb.take().unwrap_or_else(|| {
             let mut wb = self.engine.write_batch();
             wb.set_origin(WriteOrigin::RaftLog);
@@ -623,7 +778,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
         if fsm.peer.is_asleep() && !was_asleep {
             self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(slot) = self.ticks_queued.get(&fsm.peer.region_id()) {
+        if let Some(slot) = self.ticks_queued.read().get(&fsm.peer.region_id()) {
             slot.due.store(fsm.peer.tick_due(), Ordering::Release);
         }
         let metrics = &*self.metrics;
@@ -771,8 +926,9 @@ impl<T: Transport> RaftPoller<T> {
         let tick = self.hib.note_store_tick(now);
         self.hib.awake_regions(&mut store.tick_buf);
         let (mut sent, mut skipped, mut silent) = (0u64, 0u64, 0u64);
+        let slots = self.ticks_queued.read();
         for &region in &store.tick_buf {
-            let slot = self.ticks_queued.get(&region);
+            let slot = slots.get(&region);
             if slot.is_some_and(|s| s.due.load(Ordering::Acquire) > tick) {
                 silent += 1;
                 continue;
@@ -787,6 +943,7 @@ impl<T: Transport> RaftPoller<T> {
                 s.queued.store(false, Ordering::Release);
             }
         }
+        drop(slots);
         self.metrics.peer_ticks.fetch_add(sent, Ordering::Relaxed);
         self.metrics
             .ticks_coalesced

@@ -425,6 +425,21 @@ impl Hibernation {
         true
     }
 
+    /// Registers a peer created while the store runs (from a message):
+    /// awake, ticking.
+    pub fn add_region(&self, region: u64) {
+        let mut inner = self.inner.lock();
+        inner.take_asleep(region);
+        inner.awake.insert(region);
+    }
+
+    /// Forgets a destroyed peer's region.
+    pub fn remove_region(&self, region: u64) {
+        let mut inner = self.inner.lock();
+        inner.take_asleep(region);
+        inner.awake.remove(&region);
+    }
+
     /// Moves `region` back to the awake set. Returns whether it was asleep.
     pub fn wake(&self, region: u64) -> bool {
         self.inner.lock().take_asleep(region)

@@ -30,7 +30,7 @@ mod transport;
 mod util;
 mod validate;
 
-pub use self::admin::{EpochRule, TRANSFER_LEADER_MAX_LAG, epoch_rule};
+pub use self::admin::{EpochRule, PROMOTE_MAX_LAG, TRANSFER_LEADER_MAX_LAG, epoch_rule};
 pub use self::client::{Client, ClientConfig, Stores};
 pub use self::cluster::{CLUSTER_ID, Cluster, store_dir};
 pub use self::config::Config;

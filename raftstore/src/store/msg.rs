@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flotilla_proto::eraftpb::Entry;
+use flotilla_proto::eraftpb::{ConfChange, Entry};
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
@@ -222,6 +222,15 @@ pub enum ExecResult {
     CompactLog {
         /// The new truncated state.
         truncated: RaftTruncatedState,
+    },
+    /// A ChangePeer applied: the region's membership is `region` (this
+    /// store's peer may be gone from it); the peer applies `cc` to its
+    /// raft group.
+    ChangePeer {
+        /// The change, for the raft group.
+        cc: ConfChange,
+        /// The region after it.
+        region: Region,
     },
     /// A snapshot was written into the engine: the region is `Normal` at
     /// `index`.

@@ -363,7 +363,11 @@ impl Store {
             let apply_state = *peer.raft.store().apply_state();
             apply_boxes.push((
                 id,
-                Mailbox::new(Box::new(ApplyFsm::new(peer.region().clone(), apply_state))),
+                Mailbox::new(Box::new(ApplyFsm::new(
+                    peer.region().clone(),
+                    peer.meta,
+                    apply_state,
+                ))),
             ));
             peer_boxes.push((id, Mailbox::bounded(Box::new(PeerFsm::new(peer)), capacity)));
         }
@@ -442,12 +446,12 @@ impl Store {
                 logger.clone(),
             );
             let coalescer = Arc::new(Coalescer::new(store_id, epoch));
-            let ticks_queued: TickFlags = Arc::new(
+            let ticks_queued: TickFlags = Arc::new(parking_lot::RwLock::new(
                 regions
                     .iter()
                     .map(|r| (r.id, TickSlot::default()))
                     .collect(),
-            );
+            ));
             let cfg = cfg.clone();
             raft_system
                 .spawn("raft", move |_| {

@@ -59,6 +59,51 @@ pub enum AdminError {
         /// The index up to which a conf change may be pending.
         pending_index: u64,
     },
+    /// A conf change while an earlier one is not applied yet (one at a
+    /// time per region).
+    #[error("a conf change up to index {pending_index} is not applied yet")]
+    ConfChangePending {
+        /// The index up to which a conf change may be pending.
+        pending_index: u64,
+    },
+    /// Adding a peer whose id the region has, or on a store the region
+    /// has a peer on already.
+    #[error("the region has peer {peer_id} on store {store_id} already")]
+    PeerAlreadyPresent {
+        /// The peer the region has.
+        peer_id: u64,
+        /// Its store.
+        store_id: u64,
+    },
+    /// Removing or promoting a peer the region does not have.
+    #[error("peer {peer_id} on store {store_id} is not a peer of the region")]
+    ConfChangePeerNotFound {
+        /// The peer asked for.
+        peer_id: u64,
+        /// Its store.
+        store_id: u64,
+    },
+    /// Removing the leader itself (transfer the leadership first).
+    #[error("peer {peer_id} leads the region: transfer the leadership before removing it")]
+    ConfChangeRemovesLeader {
+        /// The leader.
+        peer_id: u64,
+    },
+    /// Removing the region's last voter.
+    #[error("peer {peer_id} is the region's last voter")]
+    ConfChangeRemovesLastVoter {
+        /// The voter.
+        peer_id: u64,
+    },
+    /// Promoting a learner that has not caught up with the leader's log
+    /// (it would count toward the quorum before it holds the data).
+    #[error("learner {peer_id} has matched only up to index {matched}")]
+    LearnerNotCaughtUp {
+        /// The learner.
+        peer_id: u64,
+        /// What it has matched.
+        matched: u64,
+    },
 }
 
 impl AdminError {
@@ -92,6 +137,27 @@ impl AdminError {
                     pending_index,
                 })
             }
+            AdminError::ConfChangePending { pending_index } => {
+                Kind::ConfChangePending(raft_cmdpb::ConfChangePending { pending_index })
+            }
+            AdminError::PeerAlreadyPresent { peer_id, store_id } => {
+                Kind::PeerAlreadyPresent(raft_cmdpb::PeerAlreadyPresent { peer_id, store_id })
+            }
+            AdminError::ConfChangePeerNotFound { peer_id, store_id } => {
+                Kind::ConfChangePeerNotFound(raft_cmdpb::ConfChangePeerNotFound {
+                    peer_id,
+                    store_id,
+                })
+            }
+            AdminError::ConfChangeRemovesLeader { peer_id } => {
+                Kind::ConfChangeRemovesLeader(raft_cmdpb::ConfChangeRemovesLeader { peer_id })
+            }
+            AdminError::ConfChangeRemovesLastVoter { peer_id } => {
+                Kind::ConfChangeRemovesLastVoter(raft_cmdpb::ConfChangeRemovesLastVoter { peer_id })
+            }
+            AdminError::LearnerNotCaughtUp { peer_id, matched } => {
+                Kind::LearnerNotCaughtUp(raft_cmdpb::LearnerNotCaughtUp { peer_id, matched })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -119,6 +185,27 @@ impl AdminError {
             }
             Kind::TransfereePendingConfChange(d) => AdminError::TransfereePendingConfChange {
                 pending_index: d.pending_index,
+            },
+            Kind::ConfChangePending(d) => AdminError::ConfChangePending {
+                pending_index: d.pending_index,
+            },
+            Kind::PeerAlreadyPresent(d) => AdminError::PeerAlreadyPresent {
+                peer_id: d.peer_id,
+                store_id: d.store_id,
+            },
+            Kind::ConfChangePeerNotFound(d) => AdminError::ConfChangePeerNotFound {
+                peer_id: d.peer_id,
+                store_id: d.store_id,
+            },
+            Kind::ConfChangeRemovesLeader(d) => {
+                AdminError::ConfChangeRemovesLeader { peer_id: d.peer_id }
+            }
+            Kind::ConfChangeRemovesLastVoter(d) => {
+                AdminError::ConfChangeRemovesLastVoter { peer_id: d.peer_id }
+            }
+            Kind::LearnerNotCaughtUp(d) => AdminError::LearnerNotCaughtUp {
+                peer_id: d.peer_id,
+                matched: d.matched,
             },
         })
     }

@@ -3,10 +3,12 @@
 //! each command (one file per command as they arrive; `compact` first).
 
 mod compact;
+mod conf_change;
 mod error;
 mod transfer;
 
 pub use self::compact::{CompactDecision, CompactInputs, LogGc, compact_decision};
+pub use self::conf_change::{LeaderView, PROMOTE_MAX_LAG, change_region, check_change_peer};
 pub use self::error::AdminError;
 pub use self::transfer::{TRANSFER_LEADER_MAX_LAG, Transferee, check_transfer};
 

@@ -1,8 +1,9 @@
 //! Admin commands a client sends the peer (DESIGN §6): routed and
 //! epoch-checked like writes, then handled by the leader. TransferLeader
-//! is the first: it is not replicated, and the answer says the transfer
-//! started (the new leader takes over within an election timeout, or the
-//! transfer is abandoned).
+//! is not replicated: the answer says the transfer started (the new
+//! leader takes over within an election timeout, or the transfer is
+//! abandoned). ChangePeer is proposed as a conf change entry and answered
+//! when it applies.
 
 use flotilla_proto::metapb::PeerRole;
 use flotilla_proto::raft_cmdpb::{
@@ -10,17 +11,45 @@ use flotilla_proto::raft_cmdpb::{
     TransferLeaderResponse, admin_request, admin_response,
 };
 
+use flotilla_proto::eraftpb::ConfChange;
+use prost::Message as _;
+
 use super::Peer;
 use crate::raft::tracker::ProgressState;
 use crate::store::admin::{
-    AdminError, Transferee, admin_cmd, check_epoch, check_transfer, cmd_name,
+    AdminError, LeaderView, Transferee, admin_cmd, check_change_peer, check_epoch, check_transfer,
+    cmd_name,
 };
 use crate::store::error::{Error, Result};
+use crate::store::msg::Responder;
+use crate::store::util::err_response;
+
+/// What the leader does with an admin command that passed its checks.
+enum AdminStep {
+    /// Answer now.
+    Answer(Box<RaftCmdResponse>),
+    /// Propose this conf change; answer when it applies.
+    ProposeConfChange(ConfChange),
+}
 
 impl Peer {
-    /// Handles a client's admin command; the response (or the refusal)
-    /// is the caller's to send.
-    pub(super) fn on_admin_command(&mut self, request: &RaftCmdRequest) -> Result<RaftCmdResponse> {
+    /// Handles a client's admin command: answered at once (TransferLeader,
+    /// refusals) or once its entry applies (ChangePeer).
+    pub(super) fn on_admin_command(&mut self, request: RaftCmdRequest, callback: Responder) {
+        match self.admin_command(&request) {
+            Ok(AdminStep::Answer(resp)) => {
+                callback.respond(*resp);
+            }
+            Ok(AdminStep::ProposeConfChange(cc)) => {
+                self.propose_with(callback, |raft| raft.propose_conf_change(Vec::new(), &cc));
+            }
+            Err(e) => {
+                callback.respond(err_response(e));
+            }
+        }
+    }
+
+    fn admin_command(&mut self, request: &RaftCmdRequest) -> Result<AdminStep> {
         let header = self.check_header(request)?;
         let cmd = admin_cmd(request)?
             .ok_or_else(|| Error::InvalidRequest("not an admin request".into()))?;
@@ -33,6 +62,24 @@ impl Peer {
                 self.transfer_leader(req)?;
                 admin_response::Cmd::TransferLeader(TransferLeaderResponse {})
             }
+            admin_request::Cmd::ChangePeer(req) => {
+                let raft = &self.raft.raft;
+                let view = LeaderView {
+                    leader_id: self.meta.id,
+                    applied_index: self.raft.store().applied_index(),
+                    pending_conf_index: raft.pending_conf_index(),
+                    last_index: raft.raft_log().last_index(),
+                };
+                let matched = |id| raft.prs().get(id).map_or(0, |pr| pr.matched);
+                check_change_peer(req, self.region(), &view, matched)?;
+                let peer = req.peer.unwrap_or_default();
+                return Ok(AdminStep::ProposeConfChange(ConfChange {
+                    change_type: req.change_type,
+                    node_id: peer.id,
+                    context: request.encode_to_vec().into(),
+                    id: 0,
+                }));
+            }
             // CompactLog is the store's own (log GC); the others come with
             // their issues.
             other => {
@@ -41,14 +88,14 @@ impl Peer {
                 }));
             }
         };
-        Ok(RaftCmdResponse {
+        Ok(AdminStep::Answer(Box::new(RaftCmdResponse {
             header: Some(RaftResponseHeader {
                 current_term: self.raft.raft.term(),
                 ..Default::default()
             }),
             responses: Vec::new(),
             admin_response: Some(AdminResponse { cmd: Some(resp) }),
-        })
+        })))
     }
 
     /// Starts a leader transfer to the request's peer after the checks of

@@ -14,7 +14,6 @@ use super::Peer;
 use crate::raft::Storage as _;
 use crate::store::admin::{CompactDecision, CompactInputs, compact_decision};
 use crate::store::config::Config;
-use crate::store::msg::ExecResult;
 
 impl Peer {
     /// `elapsed` leader ticks of the log GC clock: checks the log when it
@@ -81,24 +80,6 @@ impl Peer {
                 self.log_gc.skipped = 0;
             }
             Err(e) => slog::debug!(self.logger, "compact log not proposed"; "err" => %e),
-        }
-    }
-
-    /// What the applied admin commands did (the apply state, already
-    /// recorded, carries the truncated state itself).
-    pub(super) fn on_exec_results(&mut self, results: Vec<ExecResult>) {
-        for r in results {
-            match r {
-                ExecResult::CompactLog { truncated } => {
-                    slog::debug!(self.logger, "raft log compacted"; "index" => truncated.index);
-                }
-                ExecResult::SnapshotApplied { index, .. } => {
-                    let store = &mut self.raft.raft.raft_log_mut().store;
-                    if store.applying_snapshot().is_some_and(|(i, _)| i == index) {
-                        store.snapshot_applied();
-                    }
-                }
-            }
         }
     }
 }

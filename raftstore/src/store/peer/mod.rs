@@ -28,6 +28,7 @@ use crate::raft::{self, RawNode, Ready, StateRole};
 
 mod admin;
 mod clock;
+mod exec;
 mod hibernate;
 mod log_gc;
 mod snapshot;
@@ -118,6 +119,14 @@ pub enum WriteNeed {
     TermOrVote,
 }
 
+/// Peers outside the region's list a peer remembers at most.
+const MAX_KNOWN_PEERS: usize = 4;
+
+/// Peers outside the region's list, oldest first (boxed in `Peer`: most
+/// peers never have any).
+#[derive(Debug, Default)]
+struct KnownPeers(Vec<metapb::Peer>);
+
 /// One region's peer.
 pub struct Peer {
     /// This peer's identity.
@@ -156,6 +165,11 @@ pub struct Peer {
     /// A snapshot persisted in this round's batch, for the apply side once
     /// the batch is written (boxed: rare).
     pending_snapshot: Option<Box<SnapshotTask>>,
+    /// Peers heard from that the region (as this peer knows it) does not
+    /// list: an uninitialized peer answers its leader through them.
+    known_peers: Option<Box<KnownPeers>>,
+    /// A conf change removed this peer (see `exec`).
+    removed: bool,
     limits: RequestLimits,
     engine: Engine,
     logger: Logger,
@@ -179,6 +193,38 @@ impl Peer {
             .find(|p| p.id == peer_id)
             .copied()
             .ok_or_else(|| Error::Config(format!("peer {peer_id} not in region {}", region.id)))?;
+        Peer::with_meta(cfg, engine, region, meta, logger)
+    }
+
+    /// An uninitialized peer `meta` of region `region_id`, created by a
+    /// message from a region this store has no peer of (a peer added by a
+    /// conf change): no range, no members, an empty log; a snapshot from
+    /// its leader initializes it.
+    ///
+    /// # Errors
+    /// As [`Peer::new`].
+    pub fn uninitialized(
+        cfg: &Config,
+        engine: Engine,
+        region_id: u64,
+        meta: metapb::Peer,
+        logger: &Logger,
+    ) -> Result<Peer> {
+        let region = Region {
+            id: region_id,
+            ..Default::default()
+        };
+        Peer::with_meta(cfg, engine, region, meta, logger)
+    }
+
+    fn with_meta(
+        cfg: &Config,
+        engine: Engine,
+        region: Region,
+        meta: metapb::Peer,
+        logger: &Logger,
+    ) -> Result<Peer> {
+        let peer_id = meta.id;
         let storage = PeerStorage::load(engine.clone(), region)?;
         // Never heard a leader: still in the term bootstrap wrote, no vote.
         // (Any peer that acknowledged a leader has a durable term above it:
@@ -227,6 +273,8 @@ impl Peer {
             last_full_tick: 0,
             log_gc: LogGc::default(),
             pending_snapshot: None,
+            known_peers: None,
+            removed: false,
             limits: cfg.request_limits(),
             engine,
             logger,
@@ -237,11 +285,35 @@ impl Peer {
         // at once, the others on their usual clocks, so the regions elect
         // without split votes and their leaders spread over the stores
         // even when the stores start one after another.
-        if fresh {
+        if fresh && peer.raft.store().is_initialized() {
             peer.sleep.fresh_hold = Some(FRESH_HOLD_TIMEOUTS.saturating_mul(cfg.election_ticks));
             peer.sleep.campaigns_first = peer.campaigns_first_without(0);
         }
         Ok(peer)
+    }
+
+    /// The peer `id` of this region: a member, or one heard from.
+    pub fn peer_by_id(&self, id: u64) -> Option<metapb::Peer> {
+        self.region()
+            .peers
+            .iter()
+            .chain(self.known_peers.iter().flat_map(|v| v.0.iter()))
+            .find(|p| p.id == id)
+            .copied()
+    }
+
+    /// Remembers `from`, a peer this region's list lacks (bounded: the
+    /// latest few).
+    fn note_peer(&mut self, from: metapb::Peer) {
+        if from.id == 0 || self.region().peers.iter().any(|p| p.id == from.id) {
+            return;
+        }
+        let known = &mut self.known_peers.get_or_insert_with(Box::default).0;
+        known.retain(|p| p.id != from.id);
+        if known.len() >= MAX_KNOWN_PEERS {
+            known.remove(0);
+        }
+        known.push(from);
     }
 
     /// The region as this peer knows it.
@@ -280,6 +352,9 @@ impl Peer {
             slog::debug!(self.logger, "message for another peer"; "to" => to);
             return;
         }
+        if let Some(from) = msg.from_peer {
+            self.note_peer(from);
+        }
         let from = m.from;
         let snapshot = Self::snapshot_of(&m);
         if snapshot.is_some() && !self.admit_snapshot(&m) {
@@ -302,8 +377,7 @@ impl Peer {
     pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
         self.sleep.idle_ticks = 0;
         if request.admin_request.is_some() {
-            let resp = self.on_admin_command(&request).unwrap_or_else(err_response);
-            callback.respond(resp);
+            self.on_admin_command(request, callback);
             return;
         }
         let kind = match self.check_command(&request) {
@@ -374,10 +448,20 @@ impl Peer {
         validate_requests(request, region, &self.limits)
     }
 
-    fn propose_write(&mut self, data: Vec<u8>, mut callback: Responder) {
+    fn propose_write(&mut self, data: Vec<u8>, callback: Responder) {
+        self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
+    }
+
+    /// Proposes one entry through `propose` and queues `callback` to be
+    /// answered when it applies (or with why it was not proposed).
+    fn propose_with(
+        &mut self,
+        mut callback: Responder,
+        propose: impl FnOnce(&mut RawNode<PeerStorage>) -> raft::Result<()>,
+    ) {
         let index = self.raft.raft.raft_log().last_index() + 1;
         let term = self.raft.raft.term();
-        match self.raft.propose(Vec::new(), data) {
+        match propose(&mut self.raft) {
             Ok(()) => {
                 if self.raft.raft.raft_log().last_index() != index {
                     callback.respond(err_response(Error::ProposalDropped(
@@ -721,6 +805,19 @@ impl Peer {
             entries,
             proposals,
         })
+    }
+
+    /// Answers every waiting proposal and read with `e` (the peer is
+    /// going away).
+    pub fn fail_pending(&mut self, e: Error) {
+        for p in self.proposals.drain(..) {
+            p.callback.respond(err_response(e.clone()));
+        }
+        for r in self.reads.drain(..) {
+            if let Some((_, callback)) = r.command {
+                callback.respond(err_response(e.clone()));
+            }
+        }
     }
 
     fn on_lost_leadership(&mut self) {

@@ -27,9 +27,14 @@ impl Peer {
             Ok(meta) => {
                 let region = meta.region.unwrap_or_default();
                 let ours = self.region();
+                // An uninitialized peer takes its range from the snapshot.
+                // (Ranges do not change until regions split and merge,
+                // which will check overlaps with the store's other
+                // regions here.)
+                let initialized = self.raft.store().is_initialized();
                 if region.id != ours.id
-                    || region.start_key != ours.start_key
-                    || region.end_key != ours.end_key
+                    || (initialized
+                        && (region.start_key != ours.start_key || region.end_key != ours.end_key))
                 {
                     Some("another region or range".to_owned())
                 } else if self.raft.store().applying_snapshot().is_some() {

@@ -1,0 +1,337 @@
+//! ChangePeer (v1 conf change) on both sides: the membership a change
+//! leads to, checked alike on every replica at apply ([`change_region`]),
+//! and the leader's checks before it proposes one ([`check_change_peer`]).
+
+use flotilla_proto::eraftpb::ConfChangeType;
+use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
+use flotilla_proto::raft_cmdpb::ChangePeerRequest;
+
+use super::error::AdminError;
+use crate::store::error::{Error, Result};
+
+/// A learner is promoted only once it has matched up to this many entries
+/// below the leader's last index (it then counts toward the quorum
+/// holding the data, not catching up by a snapshot).
+pub const PROMOTE_MAX_LAG: u64 = 128;
+
+/// What the leader knows when it checks a change.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderView {
+    /// The leader's peer id.
+    pub leader_id: u64,
+    /// The leader's applied index.
+    pub applied_index: u64,
+    /// The index up to which a conf change may be pending.
+    pub pending_conf_index: u64,
+    /// The leader's last log index.
+    pub last_index: u64,
+}
+
+/// The peer a change names, checked for shape.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] without a peer, or with a zero id or store.
+pub fn change_peer_of(req: &ChangePeerRequest) -> Result<Peer> {
+    let peer = req
+        .peer
+        .ok_or_else(|| Error::InvalidRequest("change_peer without a peer".into()))?;
+    if peer.id == 0 || peer.store_id == 0 {
+        return Err(Error::InvalidRequest(
+            "change_peer needs a peer id and a store id".into(),
+        ));
+    }
+    Ok(peer)
+}
+
+/// The region after `req`, with `conf_ver` bumped: a voter added or a
+/// learner promoted (AddNode), a learner added (AddLearnerNode), a peer
+/// removed (RemoveNode). Every replica decides alike.
+///
+/// # Errors
+/// [`AdminError::PeerAlreadyPresent`] for a peer id or store the region
+/// has already (a voter asked to become one again included);
+/// [`AdminError::ConfChangePeerNotFound`] for removing or promoting a peer
+/// it does not have; [`AdminError::ConfChangeRemovesLastVoter`];
+/// [`Error::InvalidRequest`] for a malformed request.
+pub fn change_region(req: &ChangePeerRequest, region: &Region) -> Result<Region> {
+    let peer = change_peer_of(req)?;
+    let same_id = region.peers.iter().position(|p| p.id == peer.id);
+    let same_store = region.peers.iter().find(|p| p.store_id == peer.store_id);
+    let present = |p: &Peer| {
+        Error::Admin(AdminError::PeerAlreadyPresent {
+            peer_id: p.id,
+            store_id: p.store_id,
+        })
+    };
+    let not_found = || {
+        Error::Admin(AdminError::ConfChangePeerNotFound {
+            peer_id: peer.id,
+            store_id: peer.store_id,
+        })
+    };
+    let mut next = region.clone();
+    match req.change_type() {
+        ConfChangeType::AddNode => match same_id.map(|i| &region.peers[i]) {
+            Some(p) if p.store_id != peer.store_id => return Err(not_found()),
+            Some(p) if p.role() == PeerRole::Learner => {
+                if let Some(i) = same_id {
+                    next.peers[i].set_role(PeerRole::Voter);
+                }
+            }
+            Some(p) => return Err(present(p)),
+            None => {
+                if let Some(p) = same_store {
+                    return Err(present(p));
+                }
+                let mut voter = peer;
+                voter.set_role(PeerRole::Voter);
+                next.peers.push(voter);
+            }
+        },
+        ConfChangeType::AddLearnerNode => {
+            if let Some(p) = same_id.map(|i| &region.peers[i]).or(same_store) {
+                return Err(present(p));
+            }
+            let mut learner = peer;
+            learner.set_role(PeerRole::Learner);
+            next.peers.push(learner);
+        }
+        ConfChangeType::RemoveNode => {
+            let Some(i) = same_id.filter(|&i| region.peers[i].store_id == peer.store_id) else {
+                return Err(not_found());
+            };
+            let removed = next.peers.remove(i);
+            if removed.role() != PeerRole::Learner
+                && !next.peers.iter().any(|p| p.role() != PeerRole::Learner)
+            {
+                return Err(Error::Admin(AdminError::ConfChangeRemovesLastVoter {
+                    peer_id: peer.id,
+                }));
+            }
+        }
+    }
+    let epoch = region.region_epoch.unwrap_or_default();
+    next.region_epoch = Some(RegionEpoch {
+        conf_ver: epoch.conf_ver + 1,
+        version: epoch.version,
+    });
+    Ok(next)
+}
+
+/// The leader's checks before it proposes `req` (on top of
+/// [`change_region`], which it runs too): one conf change at a time, the
+/// leader not removed in place, a promoted learner caught up
+/// (`learner_matched` gives what a peer has matched).
+///
+/// # Errors
+/// [`AdminError::ConfChangePending`], [`AdminError::ConfChangeRemovesLeader`],
+/// [`AdminError::LearnerNotCaughtUp`], and those of [`change_region`].
+pub fn check_change_peer(
+    req: &ChangePeerRequest,
+    region: &Region,
+    view: &LeaderView,
+    learner_matched: impl Fn(u64) -> u64,
+) -> Result<Region> {
+    if view.pending_conf_index > view.applied_index {
+        return Err(Error::Admin(AdminError::ConfChangePending {
+            pending_index: view.pending_conf_index,
+        }));
+    }
+    let next = change_region(req, region)?;
+    let peer = change_peer_of(req)?;
+    match req.change_type() {
+        ConfChangeType::RemoveNode if peer.id == view.leader_id => {
+            Err(Error::Admin(AdminError::ConfChangeRemovesLeader {
+                peer_id: peer.id,
+            }))
+        }
+        ConfChangeType::AddNode
+            if region
+                .peers
+                .iter()
+                .any(|p| p.id == peer.id && p.role() == PeerRole::Learner) =>
+        {
+            let matched = learner_matched(peer.id);
+            if matched == 0 || matched + PROMOTE_MAX_LAG < view.last_index {
+                return Err(Error::Admin(AdminError::LearnerNotCaughtUp {
+                    peer_id: peer.id,
+                    matched,
+                }));
+            }
+            Ok(next)
+        }
+        _ => Ok(next),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, store_id: u64, role: PeerRole) -> Peer {
+        Peer {
+            id,
+            store_id,
+            role: role as i32,
+        }
+    }
+
+    fn region() -> Region {
+        Region {
+            id: 1,
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 4,
+                version: 2,
+            }),
+            peers: vec![
+                peer(10, 1, PeerRole::Voter),
+                peer(11, 2, PeerRole::Voter),
+                peer(12, 3, PeerRole::Learner),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn req(t: ConfChangeType, id: u64, store_id: u64) -> ChangePeerRequest {
+        ChangePeerRequest {
+            change_type: t as i32,
+            peer: Some(peer(id, store_id, PeerRole::Voter)),
+        }
+    }
+
+    fn view() -> LeaderView {
+        LeaderView {
+            leader_id: 10,
+            applied_index: 100,
+            pending_conf_index: 90,
+            last_index: 100,
+        }
+    }
+
+    fn admin(r: Result<Region>) -> AdminError {
+        match r {
+            Err(Error::Admin(e)) => e,
+            other => panic!("not an admin error: {other:?}"),
+        }
+    }
+
+    /// Each change's membership and the conf_ver bump.
+    #[test]
+    fn changes_add_promote_and_remove_with_a_conf_ver_bump() {
+        let r = region();
+        let added = change_region(&req(ConfChangeType::AddNode, 13, 4), &r).unwrap();
+        assert!(added.peers.contains(&peer(13, 4, PeerRole::Voter)));
+        assert_eq!(added.region_epoch.unwrap().conf_ver, 5);
+        assert_eq!(added.region_epoch.unwrap().version, 2);
+        let learner = change_region(&req(ConfChangeType::AddLearnerNode, 13, 4), &r).unwrap();
+        assert!(learner.peers.contains(&peer(13, 4, PeerRole::Learner)));
+        let promoted = change_region(&req(ConfChangeType::AddNode, 12, 3), &r).unwrap();
+        assert!(promoted.peers.contains(&peer(12, 3, PeerRole::Voter)));
+        assert_eq!(promoted.peers.len(), 3);
+        let removed = change_region(&req(ConfChangeType::RemoveNode, 11, 2), &r).unwrap();
+        assert_eq!(removed.peers.len(), 2);
+        assert!(removed.peers.iter().all(|p| p.id != 11));
+    }
+
+    /// admin.md scenario 12 (`conf_change_typed_rejections`), the
+    /// membership part: each refusal has its variant.
+    #[test]
+    fn refusals_are_typed() {
+        let r = region();
+        assert_eq!(
+            admin(change_region(&req(ConfChangeType::AddNode, 11, 2), &r)),
+            AdminError::PeerAlreadyPresent {
+                peer_id: 11,
+                store_id: 2
+            }
+        );
+        assert_eq!(
+            admin(change_region(
+                &req(ConfChangeType::AddLearnerNode, 20, 1),
+                &r
+            )),
+            AdminError::PeerAlreadyPresent {
+                peer_id: 10,
+                store_id: 1
+            },
+            "a second peer on a store"
+        );
+        assert_eq!(
+            admin(change_region(&req(ConfChangeType::RemoveNode, 11, 3), &r)),
+            AdminError::ConfChangePeerNotFound {
+                peer_id: 11,
+                store_id: 3
+            }
+        );
+        let single = Region {
+            peers: vec![peer(10, 1, PeerRole::Voter), peer(12, 3, PeerRole::Learner)],
+            ..region()
+        };
+        assert_eq!(
+            admin(change_region(
+                &req(ConfChangeType::RemoveNode, 10, 1),
+                &single
+            )),
+            AdminError::ConfChangeRemovesLastVoter { peer_id: 10 }
+        );
+        assert!(matches!(
+            change_region(
+                &ChangePeerRequest {
+                    change_type: ConfChangeType::AddNode as i32,
+                    peer: Some(peer(0, 4, PeerRole::Voter)),
+                },
+                &r
+            ),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+
+    /// admin.md scenario 12, the leader's part: one change at a time, no
+    /// removing the leader in place, no promoting a learner far behind.
+    #[test]
+    fn leader_checks_pending_self_removal_and_lagging_learners() {
+        let r = region();
+        let pending = LeaderView {
+            pending_conf_index: 101,
+            ..view()
+        };
+        assert_eq!(
+            admin(check_change_peer(
+                &req(ConfChangeType::AddNode, 13, 4),
+                &r,
+                &pending,
+                |_| 100
+            )),
+            AdminError::ConfChangePending { pending_index: 101 }
+        );
+        assert_eq!(
+            admin(check_change_peer(
+                &req(ConfChangeType::RemoveNode, 10, 1),
+                &r,
+                &view(),
+                |_| 100
+            )),
+            AdminError::ConfChangeRemovesLeader { peer_id: 10 }
+        );
+        let far = LeaderView {
+            last_index: 1000,
+            ..view()
+        };
+        assert_eq!(
+            admin(check_change_peer(
+                &req(ConfChangeType::AddNode, 12, 3),
+                &r,
+                &far,
+                |_| 500
+            )),
+            AdminError::LearnerNotCaughtUp {
+                peer_id: 12,
+                matched: 500
+            }
+        );
+        assert!(check_change_peer(&req(ConfChangeType::AddNode, 12, 3), &r, &far, |_| 990).is_ok());
+        assert!(
+            check_change_peer(&req(ConfChangeType::RemoveNode, 11, 2), &r, &view(), |_| 0).is_ok()
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Conf change (issue #11 items 4-5, admin.md phases D-E): a learner added
+//! on a new store is created there by its leader's first heartbeat,
+//! initialized by a snapshot, promoted once caught up; a removed peer is
+//! destroyed (tombstone, no log, no data) and late messages never bring it
+//! back, while a newer peer on the same store may be added again. Refusals
+//! are typed.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use flotilla_engine::{Cf, Engine, keys};
+use flotilla_proto::eraftpb::{ConfChangeType, Message, MessageType};
+use flotilla_proto::metapb::{Peer, PeerRole, Region};
+use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
+use flotilla_raftstore::store::{
+    AdminError, Client, ClientConfig, Cluster, Config, Error, MessageSink,
+};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+
+/// The region the tests change.
+const REGION: u64 = 1;
+/// Keys written before each change.
+const KEYS: u64 = 40;
+
+fn config() -> Config {
+    fast_config(FAST_TICK_MS)
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("cc{i:05}").into_bytes()
+}
+
+fn write(client: &Client, range: std::ops::Range<u64>) {
+    for i in range {
+        client.put(&key(i), &i.to_be_bytes()).expect("put");
+    }
+}
+
+fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
+    range.into_iter().all(|i| {
+        engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .expect("read data")
+            .is_some_and(|v| v == i.to_be_bytes())
+    })
+}
+
+fn region_state(engine: &Engine) -> Option<RegionLocalState> {
+    engine
+        .get_msg(Cf::Raft, &keys::region_state_key(REGION))
+        .expect("read region state")
+}
+
+fn state_is(engine: &Engine, want: PeerState) -> bool {
+    region_state(engine).is_some_and(|s| s.state() == want)
+}
+
+fn peer_on(region: &Region, store: u64) -> Option<Peer> {
+    region.peers.iter().find(|p| p.store_id == store).copied()
+}
+
+fn admin_err(r: Result<Region, Error>) -> AdminError {
+    match r {
+        Err(Error::Admin(e)) => e,
+        other => panic!("not an admin refusal: {other:?}"),
+    }
+}
+
+/// Changes the membership, retrying while the last change is still being
+/// applied or a learner catches up.
+fn change(client: &Client, t: ConfChangeType, peer: Peer) -> Region {
+    let mut last = None;
+    for _ in 0..200 {
+        match client.change_peer(REGION, t, peer) {
+            Ok(r) => return r,
+            Err(Error::Admin(
+                AdminError::ConfChangePending { .. } | AdminError::LearnerNotCaughtUp { .. },
+            )) => {}
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("{t:?} of {peer:?}: {e}"),
+        }
+        last = Some(());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{t:?} of {peer:?} never applied ({last:?})");
+}
+
+/// admin.md scenario 10 (`add_learner_snapshot_promote`): a learner on a
+/// new store is created by a message, initialized by a snapshot (it holds
+/// every key written before), follows the log, is promoted to voter, and
+/// keeps everything across a restart. conf_ver moves by one per change.
+#[test]
+fn add_learner_snapshot_promote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    cluster.add_store(4).unwrap();
+    let id = cluster.store(leader).unwrap().alloc_id().unwrap();
+    let learner = Peer {
+        id,
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    let conf_ver = cluster.regions()[0].region_epoch.unwrap().conf_ver;
+    let region = change(&client, ConfChangeType::AddLearnerNode, learner);
+    assert_eq!(region.region_epoch.unwrap().conf_ver, conf_ver + 1);
+    assert_eq!(
+        peer_on(&region, 4).map(|p| p.role()),
+        Some(PeerRole::Learner)
+    );
+
+    let engine = cluster.store(4).unwrap().engine().clone();
+    assert!(
+        eventually(|| holds(&engine, 0..KEYS) && state_is(&engine, PeerState::Normal)),
+        "the learner was not initialized: {:?}",
+        region_state(&engine)
+    );
+    let m = cluster.store(4).unwrap().metrics();
+    assert_eq!(m.peers_created.load(Ordering::Relaxed), 1);
+    assert!(eventually(
+        || m.snapshots_applied.load(Ordering::Relaxed) == 1
+    ));
+    write(&client, KEYS..KEYS + 10);
+    assert!(
+        eventually(|| holds(&engine, KEYS..KEYS + 10)),
+        "the learner does not follow the log"
+    );
+
+    let region = change(&client, ConfChangeType::AddNode, learner);
+    assert_eq!(region.region_epoch.unwrap().conf_ver, conf_ver + 2);
+    assert_eq!(peer_on(&region, 4).map(|p| p.role()), Some(PeerRole::Voter));
+    assert!(eventually(|| region_state(&engine)
+        .and_then(|s| s.region)
+        .is_some_and(
+            |r| peer_on(&r, 4).is_some_and(|p| p.role() == PeerRole::Voter)
+        )));
+    write(&client, KEYS + 10..KEYS + 20);
+    assert!(eventually(|| holds(&engine, KEYS + 10..KEYS + 20)));
+
+    drop(engine);
+    cluster.stop_store(4);
+    cluster.start_store(4).unwrap();
+    let engine = cluster.store(4).unwrap().engine().clone();
+    assert!(holds(&engine, 0..KEYS + 20), "data lost across the restart");
+    write(&client, KEYS + 20..KEYS + 30);
+    assert!(eventually(|| holds(&engine, KEYS + 20..KEYS + 30)));
+    for &s in cluster.store_ids() {
+        assert!(
+            cluster.store(s).unwrap().fatal_error().is_none(),
+            "store {s} stopped"
+        );
+    }
+    cluster.shutdown();
+}
+
+/// A pre-vote from the region's other peer to `to` on `store`, as an
+/// isolated old peer would send.
+fn pre_vote(region: &Region, store: u64, to: Peer) -> RaftMessage {
+    let from = *region
+        .peers
+        .iter()
+        .find(|p| p.store_id != store)
+        .expect("another peer");
+    RaftMessage {
+        region_id: REGION,
+        from_peer: Some(from),
+        to_peer: Some(to),
+        region_epoch: region.region_epoch,
+        message: Some(Message {
+            msg_type: MessageType::MsgRequestPreVote as i32,
+            from: from.id,
+            to: to.id,
+            term: 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// admin.md scenario 9 (`removed_peer_never_resurrects`): a removed
+/// follower is destroyed (its region a tombstone naming it, its log,
+/// states and data gone), the region serves on without it, a late vote to
+/// the removed peer never recreates it (not even after a restart), and a
+/// new peer with a newer id on the same store is added and initialized.
+#[test]
+fn removed_peer_is_destroyed_and_never_resurrects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let old_region = cluster.regions()[0].clone();
+    let gone = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader)
+        .expect("a follower");
+    let removed = peer_on(&old_region, gone).unwrap();
+    let region = change(&client, ConfChangeType::RemoveNode, removed);
+    assert!(peer_on(&region, gone).is_none());
+
+    let engine = cluster.store(gone).unwrap().engine().clone();
+    assert!(
+        eventually(|| cluster
+            .store(gone)
+            .unwrap()
+            .metrics()
+            .peers_destroyed
+            .load(Ordering::Relaxed)
+            == 1),
+        "the removed peer was not destroyed"
+    );
+    let tomb = region_state(&engine).expect("a region state");
+    assert_eq!(tomb.state(), PeerState::Tombstone);
+    assert!(
+        tomb.region
+            .as_ref()
+            .is_some_and(|r| r.peers.contains(&removed)),
+        "the tombstone does not name the removed peer: {tomb:?}"
+    );
+    assert!(
+        engine
+            .get(Cf::Raft, &keys::raft_state_key(REGION))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        engine
+            .get(Cf::Raft, &keys::apply_state_key(REGION))
+            .unwrap()
+            .is_none()
+    );
+    assert!((0..KEYS).all(|i| {
+        engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .unwrap()
+            .is_none()
+    }));
+    write(&client, KEYS..KEYS + 10);
+
+    // A late pre-vote to the removed peer: dropped, never a new peer.
+    let store = cluster.store(gone).unwrap();
+    store.handle().deliver(pre_vote(&old_region, gone, removed));
+    std::thread::sleep(Duration::from_millis(FAST_TICK_MS * 10));
+    assert_eq!(store.metrics().peers_created.load(Ordering::Relaxed), 0);
+    assert_eq!(region_state(&engine).unwrap().state(), PeerState::Tombstone);
+    drop(engine);
+    cluster.stop_store(gone);
+    cluster.start_store(gone).unwrap();
+    let store = cluster.store(gone).unwrap();
+    store.handle().deliver(pre_vote(&old_region, gone, removed));
+    std::thread::sleep(Duration::from_millis(FAST_TICK_MS * 10));
+    assert_eq!(store.metrics().peers_created.load(Ordering::Relaxed), 0);
+    let engine = store.engine().clone();
+    assert_eq!(region_state(&engine).unwrap().state(), PeerState::Tombstone);
+
+    // Back with a newer peer id: created, initialized by a snapshot.
+    let id = cluster.store(leader).unwrap().alloc_id().unwrap();
+    let again = Peer {
+        id,
+        store_id: gone,
+        role: PeerRole::Learner as i32,
+    };
+    change(&client, ConfChangeType::AddLearnerNode, again);
+    assert!(
+        eventually(|| holds(&engine, 0..KEYS + 10) && state_is(&engine, PeerState::Normal)),
+        "the re-added peer was not initialized: {:?}",
+        region_state(&engine)
+    );
+    cluster.shutdown();
+}
+
+/// admin.md scenario 12 (`conf_change_typed_rejections`) through the
+/// client: removing the leader, a second peer on a store, removing a
+/// peer the region does not have.
+#[test]
+fn conf_change_typed_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    let region = cluster.regions()[0].clone();
+    let leader_peer = peer_on(&region, leader).unwrap();
+    assert_eq!(
+        admin_err(client.change_peer(REGION, ConfChangeType::RemoveNode, leader_peer)),
+        AdminError::ConfChangeRemovesLeader {
+            peer_id: leader_peer.id
+        }
+    );
+    let id = cluster.store(leader).unwrap().alloc_id().unwrap();
+    assert_eq!(
+        admin_err(client.change_peer(
+            REGION,
+            ConfChangeType::AddLearnerNode,
+            Peer {
+                id,
+                store_id: leader,
+                role: PeerRole::Learner as i32
+            }
+        )),
+        AdminError::PeerAlreadyPresent {
+            peer_id: leader_peer.id,
+            store_id: leader
+        }
+    );
+    assert_eq!(
+        admin_err(client.change_peer(
+            REGION,
+            ConfChangeType::RemoveNode,
+            Peer {
+                id,
+                store_id: 9,
+                role: PeerRole::Voter as i32
+            }
+        )),
+        AdminError::ConfChangePeerNotFound {
+            peer_id: id,
+            store_id: 9
+        }
+    );
+    // Nothing changed.
+    client.put(b"k", b"v").unwrap();
+    assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    cluster.shutdown();
+}
