@@ -325,3 +325,98 @@ fn conf_change_typed_rejections() {
     assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     cluster.shutdown();
 }
+
+/// Moves the region's leadership to `store`, retrying until it leads.
+fn lead_from(cluster: &Cluster, client: &Client, store: u64) {
+    for _ in 0..200 {
+        if flotilla_tests::harness::leader_store(cluster, REGION) == Some(store) {
+            return;
+        }
+        let _ = client.transfer_leader(REGION, store);
+        std::thread::sleep(Duration::from_millis(FAST_TICK_MS * 3));
+    }
+    panic!("store {store} never took the leadership");
+}
+
+/// admin.md §5.5 (#11 "a concurrent history across conf changes and
+/// leader transfers"): clients read and write a few keys while a driver
+/// adds a learner on a new store, promotes it, moves the leadership to it,
+/// removes an original voter, adds a new peer back on that store, moves
+/// the leadership again and removes the first new peer. The history is
+/// linearizable, and every peer of the final membership holds the same
+/// data. `SIM_SEED` replays a seed.
+#[test]
+fn history_is_linearizable_across_conf_changes_and_transfers() {
+    use flotilla_tests::linearizability::History;
+    use flotilla_tests::workload::{
+        Workload, check_history, history_client, history_seed, spawn_history_clients,
+    };
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    wait_leader(&cluster, REGION).expect("leader");
+    cluster.add_store(4).unwrap();
+    let w = Workload {
+        clients: 4,
+        keys: 5,
+        ops_per_client: 120,
+        pause: Duration::from_millis(4),
+        seed: history_seed(11),
+    };
+    let history = Arc::new(History::new());
+    let workers = spawn_history_clients(&history_client(&cluster), &history, w);
+    let admin = cluster.client(ClientConfig::default());
+    let alloc = |c: &Cluster| c.store(2).unwrap().alloc_id().unwrap();
+
+    let four = Peer {
+        id: alloc(&cluster),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    change(&admin, ConfChangeType::AddLearnerNode, four);
+    change(&admin, ConfChangeType::AddNode, four);
+    lead_from(&cluster, &admin, 4);
+    let one = peer_on(&cluster.regions()[0], 1).unwrap();
+    change(&admin, ConfChangeType::RemoveNode, one);
+    let one_again = Peer {
+        id: alloc(&cluster),
+        store_id: 1,
+        role: PeerRole::Learner as i32,
+    };
+    change(&admin, ConfChangeType::AddLearnerNode, one_again);
+    change(&admin, ConfChangeType::AddNode, one_again);
+    lead_from(&cluster, &admin, 2);
+    let region = change(&admin, ConfChangeType::RemoveNode, four);
+
+    check_history(workers, &history, w.seed, 100);
+    // Every member converges on the same data.
+    let data = |s: u64| -> Vec<Option<Vec<u8>>> {
+        let engine = cluster.store(s).unwrap().engine();
+        (0..w.keys)
+            .map(|k| {
+                engine
+                    .get(Cf::Default, &keys::data_key(&k.to_be_bytes()))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let members: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
+    assert_eq!(members.len(), 3, "{region:?}");
+    assert!(
+        eventually(|| members.iter().all(|&s| data(s) == data(members[0]))),
+        "members disagree (seed {})",
+        w.seed
+    );
+    assert!(
+        eventually(|| state_is(cluster.store(4).unwrap().engine(), PeerState::Tombstone)),
+        "store 4 kept its removed peer"
+    );
+    for &s in cluster.store_ids() {
+        assert!(
+            cluster.store(s).unwrap().fatal_error().is_none(),
+            "store {s} stopped"
+        );
+    }
+    cluster.shutdown();
+}
