@@ -212,32 +212,36 @@ fn removed_peer_is_destroyed_and_never_resurrects() {
             == 1),
         "the removed peer was not destroyed"
     );
+    // Its apply delegate clears it after everything it applied.
+    let cleared = |engine: &Engine| {
+        state_is(engine, PeerState::Tombstone)
+            && engine
+                .get(Cf::Raft, &keys::raft_state_key(REGION))
+                .unwrap()
+                .is_none()
+            && engine
+                .get(Cf::Raft, &keys::apply_state_key(REGION))
+                .unwrap()
+                .is_none()
+            && (0..KEYS).all(|i| {
+                engine
+                    .get(Cf::Default, &keys::data_key(&key(i)))
+                    .unwrap()
+                    .is_none()
+            })
+    };
+    assert!(
+        eventually(|| cleared(&engine)),
+        "not cleared: {:?}",
+        region_state(&engine)
+    );
     let tomb = region_state(&engine).expect("a region state");
-    assert_eq!(tomb.state(), PeerState::Tombstone);
     assert!(
         tomb.region
             .as_ref()
             .is_some_and(|r| r.peers.contains(&removed)),
         "the tombstone does not name the removed peer: {tomb:?}"
     );
-    assert!(
-        engine
-            .get(Cf::Raft, &keys::raft_state_key(REGION))
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        engine
-            .get(Cf::Raft, &keys::apply_state_key(REGION))
-            .unwrap()
-            .is_none()
-    );
-    assert!((0..KEYS).all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .unwrap()
-            .is_none()
-    }));
     write(&client, KEYS..KEYS + 10);
 
     // A late pre-vote to the removed peer: dropped, never a new peer.
@@ -418,5 +422,63 @@ fn history_is_linearizable_across_conf_changes_and_transfers() {
             "store {s} stopped"
         );
     }
+    cluster.shutdown();
+}
+
+/// admin.md scenario 9, the isolated case: a follower is removed while
+/// partitioned away, so it never applies its removal. Healed, it goes on
+/// campaigning under the old membership; a member answers with a
+/// tombstone message (stale-peer GC without a placement service) and the
+/// store destroys it: tombstone naming it, no raft log or states.
+#[test]
+fn peer_removed_while_isolated_is_destroyed_after_the_heal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let gone = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader)
+        .expect("a follower");
+    let removed = peer_on(&cluster.regions()[0], gone).unwrap();
+    let filter = cluster.transport().isolate(gone);
+    change(&client, ConfChangeType::RemoveNode, removed);
+    write(&client, KEYS..KEYS + 10);
+    let store = cluster.store(gone).unwrap();
+    assert_eq!(
+        store.metrics().peers_destroyed.load(Ordering::Relaxed),
+        0,
+        "destroyed without hearing of it"
+    );
+    cluster.transport().remove_filter(filter);
+    assert!(
+        eventually(|| store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1),
+        "the removed peer was never told"
+    );
+    let engine = store.engine();
+    assert!(
+        eventually(|| state_is(engine, PeerState::Tombstone)
+            && engine
+                .get(Cf::Raft, &keys::raft_state_key(REGION))
+                .unwrap()
+                .is_none()
+            && (0..KEYS).all(|i| engine
+                .get(Cf::Default, &keys::data_key(&key(i)))
+                .unwrap()
+                .is_none())),
+        "not cleared: {:?}",
+        region_state(engine)
+    );
+    let tomb = region_state(engine).expect("a region state");
+    assert!(
+        tomb.region
+            .as_ref()
+            .is_some_and(|r| r.peers.iter().any(|p| p.id == removed.id))
+    );
+    // The region serves on with its two members.
+    write(&client, KEYS + 10..KEYS + 20);
+    assert!(cluster.store(leader).unwrap().fatal_error().is_none());
     cluster.shutdown();
 }

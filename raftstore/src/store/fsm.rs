@@ -453,26 +453,24 @@ impl<T: Transport> RaftPoller<T> {
         let _ = self.router.force_send(region_id, PeerMsg::RaftMessage(msg));
     }
 
-    /// Destroys a peer a conf change removed (its tombstone is written):
-    /// its log, states and data go in one synced write, then its mailboxes,
-    /// tick slot and hibernation entry. Its waiting clients hear the
-    /// region is not here. A failed write stops the store.
+    /// Destroys a removed peer: it stops here (its mailbox closes, its
+    /// waiting clients hear the region is not here, its tick slot and
+    /// hibernation entry go), and its apply delegate, after every entry
+    /// queued before, writes the region's tombstone and deletes its log,
+    /// states and data (see `ApplyMsg::Destroy`).
     fn destroy_peer(&mut self, fsm: &mut PeerFsm) {
         let region_id = fsm.peer.region_id();
-        let mut wb = self.engine.write_batch();
-        wb.set_origin(WriteOrigin::RaftLog);
-        fsm.peer.clear_for_destroy(&mut wb);
-        if let Err(e) = self.engine.write(wb, Durability::Sync) {
-            fsm.stopped = true;
-            self.fail(Error::Engine(format!(
-                "region {region_id}: destroying the removed peer failed: {e}"
-            )));
-            return;
-        }
+        let task = fsm.peer.destroy_task();
         fsm.stopped = true;
         fsm.peer.fail_pending(Error::RegionNotFound(region_id));
         self.router.close(region_id);
-        self.apply_router.close(region_id);
+        if self
+            .apply_router
+            .force_send(region_id, ApplyMsg::Destroy(task))
+            .is_err()
+        {
+            slog::warn!(self.logger, "apply delegate gone: removed peer not cleared"; "region" => region_id);
+        }
         self.ticks_queued.write().remove(&region_id);
         self.hib.remove_region(region_id);
         self.metrics.peers_destroyed.fetch_add(1, Ordering::Relaxed);
@@ -761,6 +759,11 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             wb.set_origin(WriteOrigin::RaftLog);
             wb
         });
+        if let Some(gc) = fsm.peer.take_gc_reply()
+            && let Err(e) = self.transport.send(gc)
+        {
+            slog::debug!(self.logger, "tombstone message not sent"; "err" => %e);
+        }
         let mut outbox = self.outbox();
         let collected = fsm
             .peer

@@ -194,6 +194,17 @@ pub struct SnapshotTask {
     pub path: PathBuf,
 }
 
+/// A removed peer's last task for its apply delegate.
+#[derive(Debug, Clone)]
+pub struct DestroyTask {
+    /// The region's tombstone (it names the removed peer).
+    pub tombstone: Region,
+    /// The peer's last log index (its log is deleted up to it).
+    pub last_index: u64,
+    /// Whether the region's data range goes too (an initialized peer).
+    pub clear_data: bool,
+}
+
 /// A message to an apply delegate.
 #[derive(Debug)]
 pub enum ApplyMsg {
@@ -201,6 +212,9 @@ pub enum ApplyMsg {
     Apply(ApplyTask),
     /// Write this snapshot (after every entry queued before it).
     Snapshot(SnapshotTask),
+    /// The peer is destroyed: after every entry queued before, write the
+    /// region's tombstone and delete its log, states and data; then stop.
+    Destroy(DestroyTask),
 }
 
 /// What the apply side reports back to the peer.
@@ -208,6 +222,9 @@ pub enum ApplyMsg {
 pub struct ApplyRes {
     /// The region.
     pub region_id: u64,
+    /// The peer whose apply delegate sent it (a result of a destroyed
+    /// peer's delegate never reaches a newer peer of the region).
+    pub peer_id: u64,
     /// The apply state now persisted with the applied data.
     pub apply_state: RaftApplyState,
     /// What the admin commands among the applied entries did, in log order.

@@ -24,7 +24,9 @@ use super::admin::{admin_cmd, change_region, check_epoch};
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
-use super::msg::{ApplyMsg, ApplyRes, ApplyTask, ExecResult, PeerMsg, Proposal, SnapshotTask};
+use super::msg::{
+    ApplyMsg, ApplyRes, ApplyTask, DestroyTask, ExecResult, PeerMsg, Proposal, SnapshotTask,
+};
 use super::snapshot::{apply_snapshot_file, snapshot_apply_state};
 use super::util::err_response;
 use super::validate::{data_range, validate_for_apply};
@@ -50,6 +52,9 @@ pub struct ApplyFsm {
     /// batch (which holds the entries before it); nothing after it is
     /// applied in this round.
     snapshot: Option<SnapshotTask>,
+    /// The peer's destruction, done at the end of this round after the
+    /// round's batch; nothing after it is handled.
+    destroy: Option<DestroyTask>,
     stopped: bool,
 }
 
@@ -66,6 +71,7 @@ impl ApplyFsm {
             done: Vec::new(),
             results: Vec::new(),
             snapshot: None,
+            destroy: None,
             stopped: false,
         }
     }
@@ -255,6 +261,48 @@ fn apply_conf_change(wb: &mut WriteBatch, fsm: &mut ApplyFsm, entry: &Entry) -> 
 }
 
 impl ApplyPoller {
+    /// Destroys a removed peer's state, after everything it applied: the
+    /// region's tombstone, its log, raft and apply states and (if it was
+    /// initialized) its data go in one synced write; then the delegate
+    /// stops. A crash before it leaves the peer as it was, a stale member
+    /// that is told again it was removed. A failed write stops the store.
+    fn destroy(&mut self, fsm: &mut ApplyFsm, task: &DestroyTask) {
+        let region = &task.tombstone;
+        let mut wb = self.engine.write_batch();
+        wb.set_origin(WriteOrigin::Apply);
+        let mut state = RegionLocalState {
+            region: Some(region.clone()),
+            ..Default::default()
+        };
+        state.set_state(PeerState::Tombstone);
+        wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+        let (lo, hi) = keys::raft_log_range(region.id, 0, task.last_index + 1);
+        let _ = wb.delete_range(Cf::Raft, &lo, &hi);
+        wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
+        wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
+        let (start, end) = (
+            keys::data_key(&region.start_key),
+            keys::data_end_key(&region.end_key),
+        );
+        if task.clear_data && start < end {
+            let _ = wb.delete_range(Cf::Default, &start, &end);
+        }
+        fsm.stopped = true;
+        fsm.dirty = false;
+        if let Err(e) = self.engine.write(wb, Durability::Sync) {
+            let first = self.status.stop(
+                Error::Engine(format!(
+                    "region {}: destroying the peer failed: {e}",
+                    region.id
+                )),
+                &self.logger,
+            );
+            if first {
+                self.status.run_hook(&self.logger);
+            }
+        }
+    }
+
     /// Writes a received snapshot into the engine (its entries before it
     /// are written already); the region is `Normal` at the snapshot's
     /// index afterwards. A failure stops the store: the region stays
@@ -396,13 +444,15 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
 
     fn handle_normal(&mut self, fsm: &mut ApplyFsm, inbox: &Inbox<'_, ApplyFsm>) -> HandleResult {
         for _ in 0..APPLY_MESSAGES_PER_ROUND {
-            if fsm.snapshot.is_some() {
-                // The rest waits for the snapshot, written in `end`.
+            if fsm.snapshot.is_some() || fsm.destroy.is_some() {
+                // The rest waits for the snapshot or the destruction,
+                // done in `end`.
                 return HandleResult::KeepProcessing;
             }
             match inbox.try_recv() {
                 Some(ApplyMsg::Apply(task)) => self.apply_task(fsm, task),
                 Some(ApplyMsg::Snapshot(task)) => fsm.snapshot = Some(task),
+                Some(ApplyMsg::Destroy(task)) => fsm.destroy = Some(task),
                 // Drained: nothing was left behind on purpose, so progress
                 // is 0 and anything that arrives from now on reschedules
                 // the delegate (reading `inbox.len()` here would count a
@@ -450,6 +500,9 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
             if let Some(task) = fsm.snapshot.take() {
                 self.apply_snapshot(fsm, task);
             }
+            if let Some(task) = fsm.destroy.take() {
+                self.destroy(fsm, &task);
+            }
             for (p, resp) in fsm.done.drain(..) {
                 if !p.callback.respond(resp) {
                     slog::error!(self.logger, "a write callback panicked"; "region" => fsm.region.id);
@@ -459,6 +512,7 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 fsm.dirty = false;
                 let res = ApplyRes {
                     region_id: fsm.region.id,
+                    peer_id: fsm.peer.id,
                     apply_state: fsm.apply_state,
                     results: std::mem::take(&mut fsm.results),
                 };

@@ -4,14 +4,13 @@
 //! removed from its region is destroyed by its poller, see
 //! [`Peer::is_removed`]).
 
-use flotilla_engine::{Cf, WriteBatch, keys};
 use flotilla_proto::eraftpb::ConfChange;
-use flotilla_proto::metapb::Region;
+use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
+use flotilla_proto::raft_serverpb::RaftMessage;
 
-use super::Peer;
-use crate::store::msg::ExecResult;
+use crate::store::msg::{DestroyTask, ExecResult};
 
-impl Peer {
+impl super::Peer {
     /// Acts on what the applied admin commands did, in log order.
     pub(super) fn on_exec_results(&mut self, results: Vec<ExecResult>) {
         for r in results {
@@ -49,27 +48,72 @@ impl Peer {
         self.raft.raft.raft_log_mut().store.set_region(region);
     }
 
-    /// Whether a conf change removed this peer from its region (the apply
-    /// side wrote its tombstone): its poller destroys it.
+    /// Whether this peer was removed from its region (a conf change it
+    /// applied, or a tombstone message from a newer member): its poller
+    /// destroys it.
     pub fn is_removed(&self) -> bool {
         self.removed
     }
 
-    /// Puts the deletion of everything this removed peer kept into `wb`:
-    /// its raft log, raft and apply states, and its region's data (the
-    /// apply side applies nothing for it any more). The region state, a
-    /// tombstone naming this peer, stays.
-    pub fn clear_for_destroy(&self, wb: &mut WriteBatch) {
+    /// A message from `from`, which the region (as this initialized peer
+    /// knows it) does not list, sent under an older membership: `from` was
+    /// removed while it could not hear of it (a removed peer that was
+    /// partitioned away, or down). It is told so with a tombstone message
+    /// (TiKV's stale-peer GC; no placement service needed).
+    pub(super) fn check_stale_sender(&mut self, from: Peer, epoch: Option<RegionEpoch>) {
         let region = self.region();
-        let last = self.raft.store().raft_state().last_index;
-        let (lo, hi) = keys::raft_log_range(region.id, 0, last + 1);
-        let _ = wb.delete_range(Cf::Raft, &lo, &hi);
-        wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
-        wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
-        let start = keys::data_key(&region.start_key);
-        let end = keys::data_end_key(&region.end_key);
-        if start < end {
-            let _ = wb.delete_range(Cf::Default, &start, &end);
+        let ours = region.region_epoch.unwrap_or_default();
+        let stale = self.raft.store().is_initialized()
+            && from.id != self.meta.id
+            && !region.peers.iter().any(|p| p.id == from.id)
+            && epoch.is_some_and(|e| e.conf_ver < ours.conf_ver);
+        if !stale || self.gc_reply.is_some() {
+            return;
+        }
+        slog::info!(self.logger, "telling a removed peer it is gone"; "to" => from.id,
+            "store" => from.store_id);
+        self.gc_reply = Some(Box::new(RaftMessage {
+            region_id: region.id,
+            from_peer: Some(self.meta),
+            to_peer: Some(from),
+            region_epoch: Some(ours),
+            is_tombstone: true,
+            ..Default::default()
+        }));
+    }
+
+    /// The tombstone message to send, if one is due (taken).
+    pub fn take_gc_reply(&mut self) -> Option<RaftMessage> {
+        self.gc_reply.take().map(|m| *m)
+    }
+
+    /// A tombstone message: a member under a newer membership says this
+    /// peer is no longer in the region. It is destroyed (its poller writes
+    /// its tombstone).
+    pub(super) fn on_tombstone_message(&mut self, msg: &RaftMessage) {
+        let ours = self.region().region_epoch.unwrap_or_default();
+        let newer = msg.region_epoch.is_some_and(|e| e.conf_ver > ours.conf_ver);
+        if !newer || msg.to_peer.map(|p| p.id) != Some(self.meta.id) {
+            return;
+        }
+        slog::info!(self.logger, "removed from the region while away: destroying";
+            "conf_ver" => ours.conf_ver);
+        self.removed = true;
+    }
+
+    /// The apply delegate's last task for this removed peer: its
+    /// region's tombstone (naming this peer, so late messages to it never
+    /// recreate it), its log up to its last index, and its data if it was
+    /// initialized (its range is the region's).
+    pub fn destroy_task(&self) -> DestroyTask {
+        let mut tombstone = self.region().clone();
+        if !tombstone.peers.iter().any(|p| p.id == self.meta.id) {
+            tombstone.peers.push(self.meta);
+        }
+        DestroyTask {
+            tombstone,
+            last_index: self.raft.store().raft_state().last_index,
+            clear_data: self.raft.store().is_initialized(),
         }
     }
 }

@@ -71,6 +71,10 @@ impl Peer {
     /// asleep for a heartbeat response that asks nothing of it (the late
     /// answer to its last heartbeat before it slept).
     pub fn step_raft_message(&mut self, msg: RaftMessage, hib: &Hibernation) -> Option<WakeReason> {
+        if msg.is_tombstone {
+            self.on_tombstone_message(&msg);
+            return None;
+        }
         let m = msg.message.as_ref()?;
         if msg.to_peer.is_none_or(|p| p.id != self.meta.id) {
             // Not for this peer: dropped without waking it.

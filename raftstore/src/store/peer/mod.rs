@@ -170,6 +170,9 @@ pub struct Peer {
     known_peers: Option<Box<KnownPeers>>,
     /// A conf change removed this peer (see `exec`).
     removed: bool,
+    /// A tombstone message for a peer removed from the region while it
+    /// could not hear it (see `exec`), to send.
+    gc_reply: Option<Box<RaftMessage>>,
     limits: RequestLimits,
     engine: Engine,
     logger: Logger,
@@ -275,6 +278,7 @@ impl Peer {
             pending_snapshot: None,
             known_peers: None,
             removed: false,
+            gc_reply: None,
             limits: cfg.request_limits(),
             engine,
             logger,
@@ -353,6 +357,7 @@ impl Peer {
             return;
         }
         if let Some(from) = msg.from_peer {
+            self.check_stale_sender(from, msg.region_epoch);
             self.note_peer(from);
         }
         let from = m.from;
@@ -607,7 +612,16 @@ impl Peer {
             self.region_id(),
             "apply result routed to the wrong peer"
         );
-        let applied = res.apply_state.applied_index;
+        if res.peer_id != self.meta.id {
+            // From the delegate of a destroyed peer of this region.
+            return;
+        }
+        // Never past the commit index raft knows (the delegate applies
+        // only committed entries; this guards the core's invariant).
+        let applied = res
+            .apply_state
+            .applied_index
+            .min(self.raft.raft.raft_log().committed);
         // Entries applied before a snapshot this peer persisted since: the
         // snapshot's state stands.
         if applied >= self.raft.store().applied_index() {
