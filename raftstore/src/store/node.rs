@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use flotilla_engine::{Cf, Engine, EngineOptions, keys};
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
-use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState, StoreIdent};
+use flotilla_proto::raft_serverpb::{
+    PeerState, RaftLocalState, RaftMessage, RegionLocalState, StoreIdent,
+};
 use flotilla_router::{BatchSystem, Mailbox, SendError, TrySend};
 use rayon::prelude::*;
 use slog::Logger;
@@ -618,22 +620,133 @@ impl Drop for Store {
     }
 }
 
-/// Every live region's state on this engine (tombstones skipped).
+/// Every live region's state on this engine (tombstones skipped). A
+/// tombstone whose peer was not cleared yet (the store stopped between
+/// the conf change that removed it and its destruction) is cleared now.
 fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
     let snap = engine.snapshot();
     let (start, end) = keys::REGION_META_RANGE;
     let mut regions = Vec::new();
+    let mut leftovers = engine.write_batch();
     for item in snap.iter(Cf::Raft, start, end) {
         let (key, value) = item?;
         keys::decode_region_state_key(&key).map_err(|e| Error::Engine(e.to_string()))?;
         let state = <RegionLocalState as prost::Message>::decode(value.as_slice())
             .map_err(|e| Error::Engine(format!("region state: {e}")))?;
         if state.state() == PeerState::Tombstone {
+            if let Some(region) = &state.region {
+                clear_tombstoned(&snap, region, &mut leftovers)?;
+            }
             continue;
         }
         if let Some(region) = state.region {
             regions.push(region);
         }
     }
+    if !leftovers.is_empty() {
+        engine.write(leftovers, flotilla_engine::Durability::Sync)?;
+    }
     Ok(regions)
+}
+
+/// Puts the deletion of what a tombstoned region's peer left (its log,
+/// raft and apply states, its data) into `wb`, if it left anything.
+fn clear_tombstoned(
+    snap: &flotilla_engine::Snapshot,
+    region: &Region,
+    wb: &mut flotilla_engine::WriteBatch,
+) -> Result<()> {
+    let Some(raft) = snap.get_msg::<RaftLocalState>(Cf::Raft, &keys::raft_state_key(region.id))?
+    else {
+        return Ok(());
+    };
+    let (lo, hi) = keys::raft_log_range(region.id, 0, raft.last_index + 1);
+    wb.delete_range(Cf::Raft, &lo, &hi)?;
+    wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
+    wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
+    let (start, end) = (
+        keys::data_key(&region.start_key),
+        keys::data_end_key(&region.end_key),
+    );
+    // An uninitialized peer's tombstone has no epoch and no range: it
+    // owned no data.
+    if region.region_epoch.is_some() && start < end {
+        wb.delete_range(Cf::Default, &start, &end)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_engine::{Durability, EngineOptions};
+
+    use super::*;
+    use crate::store::bootstrap::{bootstrap_store, initial_regions};
+    use crate::store::transport::ChannelTransport;
+
+    /// A store that stopped after a conf change removed its peer (the
+    /// region's tombstone written) but before the peer was cleared opens
+    /// without the region, and with its log, states and data gone.
+    #[test]
+    fn a_tombstoned_region_left_uncleared_is_cleared_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
+        {
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            bootstrap_store(&engine, 1, 1, std::slice::from_ref(&region)).unwrap();
+            let mut wb = engine.write_batch();
+            wb.put(Cf::Default, &keys::data_key(b"k"), b"v");
+            for i in 6..=7 {
+                wb.put(Cf::Raft, &keys::raft_log_key(region.id, i), b"entry");
+            }
+            let raft = RaftLocalState {
+                hard_state: None,
+                last_index: 7,
+            };
+            wb.put_msg(Cf::Raft, &keys::raft_state_key(region.id), &raft);
+            let state = RegionLocalState {
+                state: PeerState::Tombstone as i32,
+                region: Some(region.clone()),
+                merge_state: None,
+                applying_snapshot: None,
+            };
+            wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+            engine.write(wb, Durability::Sync).unwrap();
+        }
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let store = Store::open(
+            dir.path(),
+            Config::default(),
+            ChannelTransport::new(),
+            &logger,
+        )
+        .unwrap();
+        assert!(store.regions().is_empty(), "a tombstoned region was loaded");
+        let engine = store.engine();
+        for key in [
+            keys::raft_state_key(region.id).to_vec(),
+            keys::apply_state_key(region.id).to_vec(),
+            keys::raft_log_key(region.id, 6).to_vec(),
+            keys::raft_log_key(region.id, 7).to_vec(),
+        ] {
+            assert!(
+                engine.get(Cf::Raft, &key).unwrap().is_none(),
+                "{key:?} left"
+            );
+        }
+        assert!(
+            engine
+                .get(Cf::Default, &keys::data_key(b"k"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            engine
+                .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))
+                .unwrap()
+                .is_some_and(|s| s.state() == PeerState::Tombstone),
+            "the tombstone itself must stay"
+        );
+        store.shutdown();
+    }
 }
