@@ -74,7 +74,9 @@ fn change(client: &Client, t: ConfChangeType, peer: Peer) -> Region {
         match client.change_peer(REGION, t, peer) {
             Ok(r) => return r,
             Err(Error::Admin(
-                AdminError::ConfChangePending { .. } | AdminError::LearnerNotCaughtUp { .. },
+                AdminError::ConfChangePending { .. }
+                | AdminError::LearnerNotCaughtUp { .. }
+                | AdminError::ConfChangeInJoint { .. },
             )) => {}
             Err(e) if e.is_retryable() => {}
             Err(e) => panic!("{t:?} of {peer:?}: {e}"),
@@ -409,8 +411,19 @@ fn history_is_linearizable_across_conf_changes_and_transfers() {
     assert_eq!(members.len(), 3, "{region:?}");
     assert!(
         eventually(|| members.iter().all(|&s| data(s) == data(members[0]))),
-        "members disagree (seed {})",
-        w.seed
+        "members disagree (seed {}): {:?}",
+        w.seed,
+        members
+            .iter()
+            .map(|&s| (
+                s,
+                data(s)
+                    .into_iter()
+                    .map(|v| v.map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default())))
+                    .collect::<Vec<_>>(),
+                region_state(cluster.store(s).unwrap().engine())
+            ))
+            .collect::<Vec<_>>()
     );
     assert!(
         eventually(|| state_is(cluster.store(4).unwrap().engine(), PeerState::Tombstone)),
@@ -480,5 +493,122 @@ fn peer_removed_while_isolated_is_destroyed_after_the_heal() {
     // The region serves on with its two members.
     write(&client, KEYS + 10..KEYS + 20);
     assert!(cluster.store(leader).unwrap().fatal_error().is_none());
+    cluster.shutdown();
+}
+
+/// Every running store's view of the region (its region state), once it
+/// shows `conf_ver`.
+fn settled_on(cluster: &Cluster, stores: &[u64], conf_ver: u64) -> bool {
+    stores.iter().all(|&s| {
+        cluster
+            .store(s)
+            .and_then(|st| region_state(st.engine()))
+            .and_then(|r| r.region)
+            .is_some_and(|r| r.region_epoch.is_some_and(|e| e.conf_ver == conf_ver))
+    })
+}
+
+/// admin.md scenario 11 (`joint_replace_two_voters_leader_crash`): two of
+/// three voters are replaced in one joint change (two learners promoted,
+/// two voters demoted); the leader's store stops right after the joint
+/// entry applied there. The region keeps serving; whichever leader it has
+/// leaves the joint configuration (conf_ver moves by one to enter and one
+/// to leave, on every store), and the demoted learners are then removed.
+#[test]
+fn joint_replace_two_voters_leader_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    cluster.add_store(4).unwrap();
+    cluster.add_store(5).unwrap();
+    let original = cluster.regions()[0].clone();
+    let conf_ver = original.region_epoch.unwrap().conf_ver;
+    let mut new_peers = Vec::new();
+    for store in [4, 5] {
+        let p = Peer {
+            id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+            store_id: store,
+            role: PeerRole::Learner as i32,
+        };
+        change(&client, ConfChangeType::AddLearnerNode, p);
+        let engine = cluster.store(store).unwrap().engine().clone();
+        assert!(
+            eventually(|| holds(&engine, 0..KEYS)),
+            "learner on {store} not initialized"
+        );
+        new_peers.push(p);
+    }
+    let demoted: Vec<Peer> = original
+        .peers
+        .iter()
+        .filter(|p| p.store_id != leader)
+        .copied()
+        .collect();
+    let mut changes: Vec<(ConfChangeType, Peer)> = new_peers
+        .iter()
+        .map(|&p| (ConfChangeType::AddNode, p))
+        .collect();
+    changes.extend(demoted.iter().map(|&p| (ConfChangeType::AddLearnerNode, p)));
+    let joint = loop {
+        match client.change_peers(REGION, &changes) {
+            Ok(r) => break r,
+            Err(Error::Admin(
+                AdminError::LearnerNotCaughtUp { .. } | AdminError::ConfChangePending { .. },
+            )) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("joint change: {e}"),
+        }
+    };
+    assert_eq!(joint.region_epoch.unwrap().conf_ver, conf_ver + 3);
+    assert!(
+        joint
+            .peers
+            .iter()
+            .any(|p| p.role() == PeerRole::IncomingVoter),
+        "{joint:?}"
+    );
+    // The leader's store goes down with the joint entry applied there.
+    cluster.stop_store(leader);
+    let up: Vec<u64> = cluster
+        .store_ids()
+        .iter()
+        .copied()
+        .filter(|&s| s != leader)
+        .collect();
+    assert!(
+        eventually(|| settled_on(&cluster, &up, conf_ver + 4)),
+        "the joint configuration was not left"
+    );
+    write(&client, KEYS..KEYS + 10);
+    cluster.start_store(leader).unwrap();
+    let all = cluster.store_ids().to_vec();
+    assert!(eventually(|| settled_on(&cluster, &all, conf_ver + 4)));
+    let left = region_state(cluster.store(4).unwrap().engine())
+        .and_then(|s| s.region)
+        .unwrap();
+    for p in &demoted {
+        assert_eq!(
+            peer_on(&left, p.store_id).map(|q| q.role()),
+            Some(PeerRole::Learner)
+        );
+        change(&client, ConfChangeType::RemoveNode, *p);
+    }
+    for p in &demoted {
+        let engine = cluster.store(p.store_id).unwrap().engine().clone();
+        assert!(
+            eventually(|| state_is(&engine, PeerState::Tombstone)),
+            "demoted peer on {} not destroyed",
+            p.store_id
+        );
+    }
+    write(&client, KEYS + 10..KEYS + 20);
+    for s in [4, 5, leader] {
+        let engine = cluster.store(s).unwrap().engine().clone();
+        assert!(
+            eventually(|| holds(&engine, 0..KEYS + 20)),
+            "store {s} lacks data"
+        );
+    }
     cluster.shutdown();
 }

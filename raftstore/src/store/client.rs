@@ -12,9 +12,9 @@ use bytes::Bytes;
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, Region};
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, ChangePeerRequest, DeleteRequest, GetRequest, PutRequest, RaftCmdRequest,
-    RaftCmdResponse, RaftRequestHeader, Request, Response, ScanRequest, TransferLeaderRequest,
-    admin_request, admin_response, request, response,
+    AdminRequest, ChangePeerRequest, ChangePeerV2Request, DeleteRequest, GetRequest, PutRequest,
+    RaftCmdRequest, RaftCmdResponse, RaftRequestHeader, Request, Response, ScanRequest,
+    TransferLeaderRequest, admin_request, admin_response, request, response,
 };
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
@@ -408,12 +408,49 @@ impl Client {
                 peer: Some(peer),
             })),
         };
-        let resp = self.execute_full(Locate::Region(region_id), &[], Some(&admin), true)?;
+        self.conf_change(region_id, &admin)
+    }
+
+    /// Changes region `region_id`'s membership by several peers at once
+    /// (a v2 conf change; see [`Client::change_peer`] for each change).
+    /// Two or more changes go through a joint configuration, which the
+    /// leader leaves on its own once it applied: a voter is removed by
+    /// demoting it (`AddLearnerNode` of the voter) and removing the
+    /// learner later, never in the joint change itself. Returns the
+    /// region as the change applied (in the joint configuration, for two
+    /// changes or more).
+    ///
+    /// # Errors
+    /// As [`Client::change_peer`], and `ConfChangeInJoint` while the
+    /// region is still in a joint configuration (try again),
+    /// `ConfChangeRemovesVoterInJoint`.
+    pub fn change_peers(
+        &self,
+        region_id: u64,
+        changes: &[(ConfChangeType, Peer)],
+    ) -> Result<Region> {
+        let admin = AdminRequest {
+            cmd: Some(admin_request::Cmd::ChangePeerV2(ChangePeerV2Request {
+                changes: changes
+                    .iter()
+                    .map(|&(t, peer)| ChangePeerRequest {
+                        change_type: t as i32,
+                        peer: Some(peer),
+                    })
+                    .collect(),
+            })),
+        };
+        self.conf_change(region_id, &admin)
+    }
+
+    fn conf_change(&self, region_id: u64, admin: &AdminRequest) -> Result<Region> {
+        let resp = self.execute_full(Locate::Region(region_id), &[], Some(admin), true)?;
         let region = match resp.admin_response.and_then(|a| a.cmd) {
             Some(admin_response::Cmd::ChangePeer(r)) => r.region,
+            Some(admin_response::Cmd::ChangePeerV2(r)) => r.region,
             _ => None,
         }
-        .ok_or_else(|| Error::InvalidRequest("change_peer answered without a region".into()))?;
+        .ok_or_else(|| Error::InvalidRequest("a conf change answered without a region".into()))?;
         self.cache.lock().insert(region.clone());
         Ok(region)
     }

@@ -329,6 +329,9 @@ mod tests {
                 peer_id: 9,
                 matched: 10,
             }),
+            Error::Admin(AdminError::ConfChangeInJoint { region_id: 2 }),
+            Error::Admin(AdminError::ConfChangeNotInJoint { region_id: 3 }),
+            Error::Admin(AdminError::ConfChangeRemovesVoterInJoint { peer_id: 11 }),
         ];
         for e in &all {
             match e {

@@ -503,6 +503,16 @@ impl<T: Transport> RaftPoller<T> {
                     "region" => region_id, "to" => to.id);
                 return Ok(false);
             }
+            // The removed peer's apply delegate has not cleared its log and
+            // states yet: a new peer must not start from them (the
+            // leader's next message comes after the clearing).
+            if self
+                .engine
+                .get(Cf::Raft, &keys::raft_state_key(region_id))?
+                .is_some()
+            {
+                return Ok(false);
+            }
         }
         let peer =
             Peer::uninitialized(&self.cfg, self.engine.clone(), region_id, to, &self.logger)?;

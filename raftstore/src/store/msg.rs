@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flotilla_proto::eraftpb::{ConfChange, Entry};
+use flotilla_proto::eraftpb::{ConfChangeV2, Entry};
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
@@ -245,7 +245,7 @@ pub enum ExecResult {
     /// raft group.
     ChangePeer {
         /// The change, for the raft group.
-        cc: ConfChange,
+        cc: ConfChangeV2,
         /// The region after it.
         region: Region,
     },

@@ -13,7 +13,7 @@ use flotilla_proto::raft_serverpb::{
 };
 use prost::Message as _;
 
-use super::snapshot::{GenSlot, snapshot_apply_state, snapshot_index};
+use super::snapshot::{GenSlot, snapshot_apply_state, snapshot_index, snapshot_meta};
 use crate::raft::{self, RaftState, Storage, StorageError};
 
 /// The term and index every bootstrapped region's log starts at. Every store
@@ -46,6 +46,9 @@ pub fn conf_state_from_region(region: &Region) -> ConfState {
         }
     }
     if joint {
+        // A joint configuration is left as soon as possible: by whichever
+        // leader finds itself in one (after a restart too).
+        cs.auto_leave = true;
         cs.voters_outgoing = region
             .peers
             .iter()
@@ -491,8 +494,16 @@ impl Storage for PeerStorage {
             },
             Some(SnapGen::Ready(_)) | None => {}
         }
+        // Reused while it is not older than the log's start and carries
+        // the current membership (a peer added since is not in an older
+        // one, and would refuse it for good: a snapshot loop).
+        let conf_ver = |r: &Region| r.region_epoch.map_or(0, |e| e.conf_ver);
         if let Some(SnapGen::Ready(snap)) = state.as_deref()
             && snapshot_index(snap).0 >= wanted
+            && snapshot_meta(snap)
+                .ok()
+                .and_then(|m| m.region)
+                .is_some_and(|r| conf_ver(&r) >= conf_ver(&self.region))
         {
             return Ok(snap.clone());
         }
@@ -772,6 +783,21 @@ mod tests {
         assert_eq!(r.next_kv().unwrap(), Some((b"a".to_vec(), b"1".to_vec())));
         // Reused for another follower while the log starts at or below it.
         assert_eq!(s.snapshot(0, 3).unwrap(), snap);
+        // A membership change since: a new one is wanted (a peer added
+        // since would refuse the older one for good).
+        let mut changed = region();
+        changed.region_epoch = Some(RegionEpoch {
+            conf_ver: 2,
+            version: 1,
+        });
+        s.set_region(changed);
+        assert!(unavailable(&s), "a snapshot of an older membership reused");
+        let slot = s.take_snapshot_wanted().expect("a generation is wanted");
+        slot.put(generate_snapshot(&s.engine, &mgr, 9));
+        // (The engine's region state still says conf_ver 1: the storage
+        // asks again rather than hand it out.)
+        assert!(unavailable(&s));
+        s.set_region(region());
         // A compaction past it: a new one is wanted.
         append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());
         s.set_apply_state(snapshot_apply_state(8, 6));

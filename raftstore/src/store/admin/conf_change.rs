@@ -2,7 +2,9 @@
 //! leads to, checked alike on every replica at apply ([`change_region`]),
 //! and the leader's checks before it proposes one ([`check_change_peer`]).
 
-use flotilla_proto::eraftpb::ConfChangeType;
+use flotilla_proto::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
+};
 use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::ChangePeerRequest;
 
@@ -116,6 +118,202 @@ pub fn change_region(req: &ChangePeerRequest, region: &Region) -> Result<Region>
         version: epoch.version,
     });
     Ok(next)
+}
+
+/// The raft change of a ChangePeer(V2) request's `changes` (one change:
+/// a simple change; more: a joint configuration the leader leaves on its
+/// own; none: leaving a joint configuration).
+pub fn conf_change_v2(changes: &[ChangePeerRequest]) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2 {
+        changes: changes
+            .iter()
+            .map(|c| ConfChangeSingle {
+                change_type: c.change_type,
+                node_id: c.peer.map_or(0, |p| p.id),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    cc.set_transition(ConfChangeTransition::Auto);
+    cc
+}
+
+/// Whether `region` is in a joint configuration (a peer is an incoming
+/// or a demoting voter).
+pub fn is_joint(region: &Region) -> bool {
+    region
+        .peers
+        .iter()
+        .any(|p| matches!(p.role(), PeerRole::IncomingVoter | PeerRole::DemotingVoter))
+}
+
+fn bump_conf_ver(region: &mut Region) {
+    let epoch = region.region_epoch.unwrap_or_default();
+    region.region_epoch = Some(RegionEpoch {
+        conf_ver: epoch.conf_ver + 1,
+        version: epoch.version,
+    });
+}
+
+/// The region after a ChangePeerV2 of `changes`, with `conf_ver` bumped:
+/// no change leaves the joint configuration (incoming voters become
+/// voters, demoting ones learners); one change is a simple change
+/// ([`change_region`]); more enter a joint configuration: a new voter or a
+/// promoted learner is an incoming voter, a demoted voter a demoting one,
+/// a learner may be added or removed, and a voter may not be removed
+/// (demote it, then remove the learner). Every replica decides alike.
+///
+/// # Errors
+/// [`AdminError::ConfChangeNotInJoint`] leaving a configuration that is not
+/// joint; [`AdminError::ConfChangeInJoint`] changing one that is;
+/// [`AdminError::ConfChangeRemovesVoterInJoint`]; those of
+/// [`change_region`] for each change; [`Error::InvalidRequest`] for two
+/// changes of one peer.
+pub fn change_region_v2(changes: &[ChangePeerRequest], region: &Region) -> Result<Region> {
+    let joint = is_joint(region);
+    if changes.is_empty() {
+        if !joint {
+            return Err(Error::Admin(AdminError::ConfChangeNotInJoint {
+                region_id: region.id,
+            }));
+        }
+        let mut next = region.clone();
+        for p in &mut next.peers {
+            match p.role() {
+                PeerRole::IncomingVoter => p.set_role(PeerRole::Voter),
+                PeerRole::DemotingVoter => p.set_role(PeerRole::Learner),
+                _ => {}
+            }
+        }
+        bump_conf_ver(&mut next);
+        return Ok(next);
+    }
+    if joint {
+        return Err(Error::Admin(AdminError::ConfChangeInJoint {
+            region_id: region.id,
+        }));
+    }
+    if let [one] = changes {
+        return change_region(one, region);
+    }
+    let mut next = region.clone();
+    let mut seen = Vec::with_capacity(changes.len());
+    for req in changes {
+        let peer = change_peer_of(req)?;
+        if seen.contains(&peer.id) {
+            return Err(Error::InvalidRequest(format!(
+                "peer {} changes twice in one change",
+                peer.id
+            )));
+        }
+        seen.push(peer.id);
+        let same_id = next.peers.iter().position(|p| p.id == peer.id);
+        let present = |p: &Peer| {
+            Error::Admin(AdminError::PeerAlreadyPresent {
+                peer_id: p.id,
+                store_id: p.store_id,
+            })
+        };
+        let not_found = Error::Admin(AdminError::ConfChangePeerNotFound {
+            peer_id: peer.id,
+            store_id: peer.store_id,
+        });
+        if let Some(i) = same_id
+            && next.peers[i].store_id != peer.store_id
+        {
+            return Err(not_found);
+        }
+        match (req.change_type(), same_id) {
+            (ConfChangeType::AddNode, Some(i)) => match next.peers[i].role() {
+                PeerRole::Learner => next.peers[i].set_role(PeerRole::IncomingVoter),
+                _ => return Err(present(&next.peers[i])),
+            },
+            (ConfChangeType::AddLearnerNode, Some(i)) => match next.peers[i].role() {
+                PeerRole::Voter => next.peers[i].set_role(PeerRole::DemotingVoter),
+                _ => return Err(present(&next.peers[i])),
+            },
+            (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode, None) => {
+                if let Some(p) = next.peers.iter().find(|p| p.store_id == peer.store_id) {
+                    return Err(present(p));
+                }
+                let mut added = peer;
+                added.set_role(if req.change_type() == ConfChangeType::AddNode {
+                    PeerRole::IncomingVoter
+                } else {
+                    PeerRole::Learner
+                });
+                next.peers.push(added);
+            }
+            (ConfChangeType::RemoveNode, Some(i)) => {
+                if next.peers[i].role() != PeerRole::Learner {
+                    return Err(Error::Admin(AdminError::ConfChangeRemovesVoterInJoint {
+                        peer_id: peer.id,
+                    }));
+                }
+                next.peers.remove(i);
+            }
+            (ConfChangeType::RemoveNode, None) => return Err(not_found),
+        }
+    }
+    let incoming = next
+        .peers
+        .iter()
+        .filter(|p| matches!(p.role(), PeerRole::Voter | PeerRole::IncomingVoter))
+        .count();
+    if incoming == 0 {
+        return Err(Error::Admin(AdminError::ConfChangeRemovesLastVoter {
+            peer_id: seen.first().copied().unwrap_or_default(),
+        }));
+    }
+    bump_conf_ver(&mut next);
+    Ok(next)
+}
+
+/// The leader's checks before it proposes a ChangePeerV2 of `changes`
+/// (as [`check_change_peer`] for each, then [`change_region_v2`]): one
+/// conf change at a time, the leader neither removed nor demoted, a
+/// promoted learner caught up.
+///
+/// # Errors
+/// As [`check_change_peer`] and [`change_region_v2`].
+pub fn check_change_peers(
+    changes: &[ChangePeerRequest],
+    region: &Region,
+    view: &LeaderView,
+    learner_matched: impl Fn(u64) -> u64,
+) -> Result<Region> {
+    if view.pending_conf_index > view.applied_index {
+        return Err(Error::Admin(AdminError::ConfChangePending {
+            pending_index: view.pending_conf_index,
+        }));
+    }
+    for req in changes {
+        let peer = change_peer_of(req)?;
+        let is_learner = region
+            .peers
+            .iter()
+            .any(|p| p.id == peer.id && p.role() == PeerRole::Learner);
+        match req.change_type() {
+            ConfChangeType::RemoveNode | ConfChangeType::AddLearnerNode
+                if peer.id == view.leader_id =>
+            {
+                return Err(Error::Admin(AdminError::ConfChangeRemovesLeader {
+                    peer_id: peer.id,
+                }));
+            }
+            ConfChangeType::AddNode if is_learner => {
+                let matched = learner_matched(peer.id);
+                if matched == 0 || matched + PROMOTE_MAX_LAG < view.last_index {
+                    return Err(Error::Admin(AdminError::LearnerNotCaughtUp {
+                        peer_id: peer.id,
+                        matched,
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+    change_region_v2(changes, region)
 }
 
 /// The leader's checks before it proposes `req` (on top of
@@ -284,6 +482,76 @@ mod tests {
             ),
             Err(Error::InvalidRequest(_))
         ));
+    }
+
+    /// Scenario 11's membership: replacing two of three voters enters a
+    /// joint configuration (incoming and demoting voters), leaving it
+    /// settles the roles; each step bumps conf_ver once.
+    #[test]
+    fn joint_change_enters_and_leaves() {
+        let r = Region {
+            peers: vec![
+                peer(10, 1, PeerRole::Voter),
+                peer(11, 2, PeerRole::Voter),
+                peer(12, 3, PeerRole::Voter),
+                peer(13, 4, PeerRole::Learner),
+                peer(14, 5, PeerRole::Learner),
+            ],
+            ..region()
+        };
+        let changes = [
+            req(ConfChangeType::AddNode, 13, 4),
+            req(ConfChangeType::AddNode, 14, 5),
+            req(ConfChangeType::AddLearnerNode, 11, 2),
+            req(ConfChangeType::AddLearnerNode, 12, 3),
+        ];
+        let joint = change_region_v2(&changes, &r).unwrap();
+        assert!(is_joint(&joint));
+        assert_eq!(joint.region_epoch.unwrap().conf_ver, 5);
+        let role = |r: &Region, id| r.peers.iter().find(|p| p.id == id).unwrap().role();
+        assert_eq!(role(&joint, 13), PeerRole::IncomingVoter);
+        assert_eq!(role(&joint, 11), PeerRole::DemotingVoter);
+        let cs = crate::store::peer_storage::conf_state_from_region(&joint);
+        assert!(cs.auto_leave);
+        let mut outgoing = cs.voters_outgoing.clone();
+        outgoing.sort_unstable();
+        assert_eq!(outgoing, vec![10, 11, 12]);
+        assert_eq!(
+            admin(change_region_v2(&changes[..1], &joint)),
+            AdminError::ConfChangeInJoint { region_id: 1 }
+        );
+        let left = change_region_v2(&[], &joint).unwrap();
+        assert!(!is_joint(&left));
+        assert_eq!(left.region_epoch.unwrap().conf_ver, 6);
+        assert_eq!(role(&left, 14), PeerRole::Voter);
+        assert_eq!(role(&left, 12), PeerRole::Learner);
+        assert_eq!(
+            admin(change_region_v2(&[], &left)),
+            AdminError::ConfChangeNotInJoint { region_id: 1 }
+        );
+        assert_eq!(
+            admin(change_region_v2(
+                &[
+                    req(ConfChangeType::AddNode, 13, 4),
+                    req(ConfChangeType::RemoveNode, 11, 2)
+                ],
+                &r
+            )),
+            AdminError::ConfChangeRemovesVoterInJoint { peer_id: 11 }
+        );
+        assert_eq!(
+            admin(check_change_peers(
+                &[
+                    req(ConfChangeType::AddNode, 13, 4),
+                    req(ConfChangeType::AddLearnerNode, 10, 1)
+                ],
+                &r,
+                &view(),
+                |_| 100
+            )),
+            AdminError::ConfChangeRemovesLeader { peer_id: 10 },
+            "the leader demoted"
+        );
     }
 
     /// admin.md scenario 12, the leader's part: one change at a time, no

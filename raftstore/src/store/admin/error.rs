@@ -95,6 +95,26 @@ pub enum AdminError {
         /// The voter.
         peer_id: u64,
     },
+    /// A membership change while the region is in a joint configuration:
+    /// only leaving it is allowed (the leader leaves it on its own).
+    #[error("region {region_id} is in a joint configuration")]
+    ConfChangeInJoint {
+        /// The region.
+        region_id: u64,
+    },
+    /// Leaving a joint configuration the region is not in.
+    #[error("region {region_id} is not in a joint configuration")]
+    ConfChangeNotInJoint {
+        /// The region.
+        region_id: u64,
+    },
+    /// Removing a voter inside a joint change: demote it to a learner in
+    /// the change, and remove the learner afterwards.
+    #[error("voter {peer_id} cannot be removed inside a joint change: demote it first")]
+    ConfChangeRemovesVoterInJoint {
+        /// The voter.
+        peer_id: u64,
+    },
     /// Promoting a learner that has not caught up with the leader's log
     /// (it would count toward the quorum before it holds the data).
     #[error("learner {peer_id} has matched only up to index {matched}")]
@@ -158,6 +178,17 @@ impl AdminError {
             AdminError::LearnerNotCaughtUp { peer_id, matched } => {
                 Kind::LearnerNotCaughtUp(raft_cmdpb::LearnerNotCaughtUp { peer_id, matched })
             }
+            AdminError::ConfChangeInJoint { region_id } => {
+                Kind::ConfChangeInJoint(raft_cmdpb::ConfChangeInJoint { region_id })
+            }
+            AdminError::ConfChangeNotInJoint { region_id } => {
+                Kind::ConfChangeNotInJoint(raft_cmdpb::ConfChangeNotInJoint { region_id })
+            }
+            AdminError::ConfChangeRemovesVoterInJoint { peer_id } => {
+                Kind::ConfChangeRemovesVoterInJoint(raft_cmdpb::ConfChangeRemovesVoterInJoint {
+                    peer_id,
+                })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -207,6 +238,15 @@ impl AdminError {
                 peer_id: d.peer_id,
                 matched: d.matched,
             },
+            Kind::ConfChangeInJoint(d) => AdminError::ConfChangeInJoint {
+                region_id: d.region_id,
+            },
+            Kind::ConfChangeNotInJoint(d) => AdminError::ConfChangeNotInJoint {
+                region_id: d.region_id,
+            },
+            Kind::ConfChangeRemovesVoterInJoint(d) => {
+                AdminError::ConfChangeRemovesVoterInJoint { peer_id: d.peer_id }
+            }
         })
     }
 }

@@ -6,21 +6,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
-use flotilla_proto::eraftpb::ConfChange;
 use flotilla_proto::eraftpb::{Entry, EntryType};
 use flotilla_proto::metapb::Peer;
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
-    AdminResponse, ChangePeerResponse, DeleteRangeResponse, DeleteResponse, PutResponse,
-    RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response, admin_request, admin_response,
-    request, response,
+    DeleteRangeResponse, DeleteResponse, PutResponse, RaftCmdRequest, RaftCmdResponse,
+    RaftResponseHeader, Response, request, response,
 };
 use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState};
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler};
 use prost::Message as _;
 use slog::Logger;
 
-use super::admin::{admin_cmd, change_region, check_epoch};
+use super::admin::admin_cmd;
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
@@ -32,6 +30,7 @@ use super::util::err_response;
 use super::validate::{data_range, validate_for_apply};
 
 mod admin;
+mod conf_change;
 
 /// A region's apply delegate.
 pub struct ApplyFsm {
@@ -142,8 +141,11 @@ impl ApplyPoller {
             let resp = if fsm.removed {
                 // Removed from the region: nothing more lands here.
                 err_response(Error::RegionNotFound(fsm.region.id))
-            } else if entry.entry_type() == EntryType::EntryConfChange {
-                apply_conf_change(wb, fsm, &entry)
+            } else if matches!(
+                entry.entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            ) {
+                conf_change::apply_conf_change(wb, fsm, &entry)
             } else {
                 apply_entry(
                     wb,
@@ -180,83 +182,6 @@ impl ApplyPoller {
                 &fsm.apply_state,
             );
         }
-    }
-}
-
-/// Applies a ChangePeer conf change entry (its `ConfChange` carries the
-/// client's request): the region's new membership goes into `wb` with the
-/// entry, and to the peer, which applies the change to its raft group. A
-/// change that removes this store's peer writes the region's `Tombstone`
-/// instead (naming the removed peer, so late messages to it never
-/// recreate it), and nothing after it applies here.
-fn apply_conf_change(wb: &mut WriteBatch, fsm: &mut ApplyFsm, entry: &Entry) -> RaftCmdResponse {
-    let cc = match ConfChange::decode(entry.data.clone()) {
-        Ok(cc) => cc,
-        Err(e) => {
-            return err_response(Error::InvalidRequest(format!(
-                "undecodable conf change: {e}"
-            )));
-        }
-    };
-    let request = match RaftCmdRequest::decode(cc.context.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            return err_response(Error::InvalidRequest(format!(
-                "undecodable conf change request: {e}"
-            )));
-        }
-    };
-    let Some(admin_request::Cmd::ChangePeer(req)) =
-        request.admin_request.as_ref().and_then(|a| a.cmd.as_ref())
-    else {
-        return err_response(Error::InvalidRequest(
-            "a conf change entry without a change_peer request".into(),
-        ));
-    };
-    if req.peer.map(|p| p.id) != Some(cc.node_id) || req.change_type != cc.change_type {
-        return err_response(Error::InvalidRequest(
-            "a conf change entry that disagrees with its request".into(),
-        ));
-    }
-    let asked = request.header.as_ref().and_then(|h| h.region_epoch);
-    let cmd = admin_request::Cmd::ChangePeer(*req);
-    if let Err(e) = check_epoch(&cmd, asked, &fsm.region) {
-        return err_response(e);
-    }
-    let region = match change_region(req, &fsm.region) {
-        Ok(r) => r,
-        Err(e) => return err_response(e),
-    };
-    let mut state = RegionLocalState {
-        region: Some(region.clone()),
-        ..Default::default()
-    };
-    if region.peers.iter().any(|p| p.id == fsm.peer.id) {
-        state.set_state(PeerState::Normal);
-    } else {
-        let mut tombstone = region.clone();
-        tombstone.peers.push(fsm.peer);
-        state.region = Some(tombstone);
-        state.set_state(PeerState::Tombstone);
-        fsm.removed = true;
-    }
-    wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
-    fsm.region = region.clone();
-    fsm.results.push(ExecResult::ChangePeer {
-        cc,
-        region: region.clone(),
-    });
-    RaftCmdResponse {
-        header: Some(RaftResponseHeader {
-            current_term: entry.term,
-            ..Default::default()
-        }),
-        responses: Vec::new(),
-        admin_response: Some(AdminResponse {
-            cmd: Some(admin_response::Cmd::ChangePeer(ChangePeerResponse {
-                region: Some(region),
-            })),
-        }),
     }
 }
 

@@ -11,14 +11,14 @@ use flotilla_proto::raft_cmdpb::{
     TransferLeaderResponse, admin_request, admin_response,
 };
 
-use flotilla_proto::eraftpb::ConfChange;
+use flotilla_proto::eraftpb::{ConfChange, ConfChangeV2};
 use prost::Message as _;
 
 use super::Peer;
 use crate::raft::tracker::ProgressState;
 use crate::store::admin::{
-    AdminError, LeaderView, Transferee, admin_cmd, check_change_peer, check_epoch, check_transfer,
-    cmd_name,
+    AdminError, LeaderView, Transferee, admin_cmd, check_change_peer, check_change_peers,
+    check_epoch, check_transfer, cmd_name, conf_change_v2,
 };
 use crate::store::error::{Error, Result};
 use crate::store::msg::Responder;
@@ -30,6 +30,8 @@ enum AdminStep {
     Answer(Box<RaftCmdResponse>),
     /// Propose this conf change; answer when it applies.
     ProposeConfChange(ConfChange),
+    /// Propose this (possibly joint) conf change; answer when it applies.
+    ProposeConfChangeV2(ConfChangeV2),
 }
 
 impl Peer {
@@ -42,6 +44,11 @@ impl Peer {
             }
             Ok(AdminStep::ProposeConfChange(cc)) => {
                 self.propose_with(callback, |raft| raft.propose_conf_change(Vec::new(), &cc));
+            }
+            Ok(AdminStep::ProposeConfChangeV2(cc)) => {
+                self.propose_with(callback, |raft| {
+                    raft.propose_conf_change_v2(Vec::new(), &cc)
+                });
             }
             Err(e) => {
                 callback.respond(err_response(e));
@@ -79,6 +86,20 @@ impl Peer {
                     context: request.encode_to_vec().into(),
                     id: 0,
                 }));
+            }
+            admin_request::Cmd::ChangePeerV2(req) => {
+                let raft = &self.raft.raft;
+                let view = LeaderView {
+                    leader_id: self.meta.id,
+                    applied_index: self.raft.store().applied_index(),
+                    pending_conf_index: raft.pending_conf_index(),
+                    last_index: raft.raft_log().last_index(),
+                };
+                let matched = |id| raft.prs().get(id).map_or(0, |pr| pr.matched);
+                check_change_peers(&req.changes, self.region(), &view, matched)?;
+                let mut cc = conf_change_v2(&req.changes);
+                cc.context = request.encode_to_vec().into();
+                return Ok(AdminStep::ProposeConfChangeV2(cc));
             }
             // CompactLog is the store's own (log GC); the others come with
             // their issues.

@@ -4,7 +4,7 @@
 //! removed from its region is destroyed by its poller, see
 //! [`Peer::is_removed`]).
 
-use flotilla_proto::eraftpb::ConfChange;
+use flotilla_proto::eraftpb::ConfChangeV2;
 use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
 use flotilla_proto::raft_serverpb::RaftMessage;
 
@@ -32,8 +32,8 @@ impl super::Peer {
     /// A membership change applied: the raft group takes it, the peer's
     /// region and its own role follow; a peer no longer in the region is
     /// marked removed.
-    fn on_change_peer(&mut self, cc: &ConfChange, region: Region) {
-        if let Err(e) = self.raft.apply_conf_change(cc) {
+    fn on_change_peer(&mut self, cc: &ConfChangeV2, region: Region) {
+        if let Err(e) = self.raft.apply_conf_change_v2(cc) {
             // The apply side checked the change against the region, which
             // mirrors the raft configuration: a bug, logged loudly.
             slog::error!(self.logger, "conf change not applied to raft"; "err" => %e);
