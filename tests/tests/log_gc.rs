@@ -265,3 +265,74 @@ fn a_stopped_follower_holds_the_log_back() {
     );
     cluster.shutdown();
 }
+
+/// Entries of the region's log in `engine` (one engine snapshot).
+fn log_len(engine: &Engine) -> usize {
+    log_view(engine).indices.len()
+}
+
+/// #11 "a long-running write test shows the raft log staying bounded":
+/// with one follower down for the whole run, the live stores' logs never
+/// hold more than the count limit plus what one log-GC period writes
+/// (forced GC cuts the down follower off); back, it catches up by a
+/// snapshot and holds every key.
+#[test]
+fn the_log_stays_bounded_with_a_follower_down() {
+    const LIMIT: u64 = 60;
+    const WRITES: u64 = 600;
+    /// Entries written between two log checks at most, with room for a
+    /// slow machine: the bound is the limit plus this.
+    const MARGIN: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        raft_log_gc_count_limit: LIMIT,
+        ..config()
+    };
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, cfg, &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let down = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    cluster.stop_store(down);
+    let up: Vec<u64> = cluster
+        .store_ids()
+        .iter()
+        .copied()
+        .filter(|&id| id != down)
+        .collect();
+    let c = client(&cluster);
+    let mut longest = 0;
+    for chunk in (0..WRITES).collect::<Vec<_>>().chunks(20) {
+        write(&c, chunk[0]..chunk[chunk.len() - 1] + 1);
+        for &id in &up {
+            longest = longest.max(log_len(cluster.store(id).unwrap().engine()));
+        }
+        assert!(
+            longest <= LIMIT as usize + MARGIN,
+            "a log of {longest} entries (limit {LIMIT})"
+        );
+    }
+    assert!(longest > 0);
+    cluster.start_store(down).unwrap();
+    let engine = cluster.store(down).unwrap().engine().clone();
+    assert!(
+        eventually(|| (0..WRITES).all(|i| engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .unwrap()
+            .is_some())),
+        "the returning follower did not catch up"
+    );
+    assert!(
+        cluster
+            .store(down)
+            .unwrap()
+            .metrics()
+            .snapshots_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "caught up without a snapshot: the log was not cut"
+    );
+    cluster.shutdown();
+}
