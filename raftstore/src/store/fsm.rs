@@ -466,7 +466,7 @@ impl<T: Transport> RaftPoller<T> {
         self.router.close(region_id);
         if self
             .apply_router
-            .force_send(region_id, ApplyMsg::Destroy(task))
+            .force_send(region_id, ApplyMsg::Destroy(Box::new(task)))
             .is_err()
         {
             slog::warn!(self.logger, "apply delegate gone: removed peer not cleared"; "region" => region_id);
@@ -895,7 +895,7 @@ impl<T: Transport> RaftPoller<T> {
             if let Some(snap) = fsm.peer.take_snapshot_task()
                 && self
                     .apply_router
-                    .force_send(region_id, ApplyMsg::Snapshot(snap))
+                    .force_send(region_id, ApplyMsg::Snapshot(Box::new(snap)))
                     .is_err()
             {
                 slog::warn!(logger, "apply delegate gone"; "region" => region_id);
@@ -1016,6 +1016,15 @@ mod tests {
     /// crossing it costs 256 bytes a peer (0.25 KiB of the 5 KiB a
     /// hibernated peer may cost in all, issue #10).
     const PEER_FSM_BUDGET: usize = 1536;
+
+    /// Every peer mailbox slot is as large as the largest `PeerMsg`: a
+    /// variant that grows it costs every peer (rare, large ones go boxed).
+    #[test]
+    fn peer_messages_stay_small() {
+        const PEER_MSG_BUDGET: usize = 64;
+        let size = std::mem::size_of::<super::PeerMsg>();
+        assert!(size <= PEER_MSG_BUDGET, "PeerMsg is {size} bytes");
+    }
 
     /// A field added to the peer that pushes the FSM past its allocation
     /// class fails here, not as a drift in `make load`'s RSS figure.

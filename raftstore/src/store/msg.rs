@@ -210,20 +210,22 @@ pub struct DestroyTask {
 pub enum ApplyMsg {
     /// Apply these entries.
     Apply(ApplyTask),
-    /// Write this snapshot (after every entry queued before it).
-    Snapshot(SnapshotTask),
+    /// Write this snapshot (after every entry queued before it). Boxed,
+    /// as `Destroy`: every mailbox slot is as large as the largest
+    /// message, and these are rare.
+    Snapshot(Box<SnapshotTask>),
     /// The peer is destroyed: after every entry queued before, write the
     /// region's tombstone and delete its log, states and data; then stop.
-    Destroy(DestroyTask),
+    Destroy(Box<DestroyTask>),
 }
 
 /// What the apply side reports back to the peer.
 #[derive(Debug, Clone)]
 pub struct ApplyRes {
-    /// The region.
-    pub region_id: u64,
-    /// The peer whose apply delegate sent it (a result of a destroyed
-    /// peer's delegate never reaches a newer peer of the region).
+    /// The peer whose apply delegate sent it, to the region's mailbox (a
+    /// result of a destroyed peer's delegate never reaches a newer peer
+    /// of the region). No region id: every peer mailbox slot is as large
+    /// as the largest message.
     pub peer_id: u64,
     /// The apply state now persisted with the applied data.
     pub apply_state: RaftApplyState,

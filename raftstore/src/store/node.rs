@@ -400,7 +400,7 @@ impl Store {
         for task in applying {
             let id = task.region.id;
             apply_router
-                .force_send(id, ApplyMsg::Snapshot(task))
+                .force_send(id, ApplyMsg::Snapshot(Box::new(task)))
                 .map_err(|_| Error::Config(format!("region {id}: no apply delegate")))?;
         }
 

@@ -607,13 +607,9 @@ impl Peer {
     /// Records what the apply side applied and serves reads that waited
     /// for it.
     pub fn on_apply_res(&mut self, res: super::msg::ApplyRes) {
-        debug_assert_eq!(
-            res.region_id,
-            self.region_id(),
-            "apply result routed to the wrong peer"
-        );
         if res.peer_id != self.meta.id {
-            // From the delegate of a destroyed peer of this region.
+            // From the delegate of a destroyed peer of this region (the
+            // mailbox it went to is the region's).
             return;
         }
         // Never past the commit index raft knows (the delegate applies
