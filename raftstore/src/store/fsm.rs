@@ -1009,6 +1009,9 @@ impl<T: Transport> RaftPoller<T> {
 
 #[cfg(test)]
 mod tests {
+    use flotilla_proto::eraftpb::{Message, MessageType};
+    use flotilla_proto::raft_serverpb::{RaftMessage, RegionLocalState};
+
     use super::PeerFsm;
 
     /// Bytes a boxed [`PeerFsm`] may take: the jemalloc size class it sits
@@ -1016,6 +1019,86 @@ mod tests {
     /// crossing it costs 256 bytes a peer (0.25 KiB of the 5 KiB a
     /// hibernated peer may cost in all, issue #10).
     const PEER_FSM_BUDGET: usize = 1536;
+
+    fn msg(t: MessageType, commit: u64, to: u64, conf_ver: Option<u64>) -> RaftMessage {
+        RaftMessage {
+            region_id: 1,
+            to_peer: Some(flotilla_proto::metapb::Peer {
+                id: to,
+                store_id: 3,
+                ..Default::default()
+            }),
+            region_epoch: conf_ver.map(|c| flotilla_proto::metapb::RegionEpoch {
+                conf_ver: c,
+                version: 1,
+            }),
+            message: Some(Message {
+                msg_type: t as i32,
+                commit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// admin.md scenario 8 (`create_peer_only_from_initial_message`): a
+    /// vote, a pre-vote or a heartbeat committing nothing may create a
+    /// peer; an append or a heartbeat with a commit index (a leader that
+    /// thinks the peer has a log) never does.
+    #[test]
+    fn only_initial_messages_create_peers() {
+        let may =
+            |t, commit| super::may_create_peer(msg(t, commit, 9, None).message.as_ref().unwrap());
+        assert!(may(MessageType::MsgRequestVote, 0));
+        assert!(may(MessageType::MsgRequestPreVote, 0));
+        assert!(may(MessageType::MsgHeartbeat, 0));
+        assert!(!may(MessageType::MsgHeartbeat, 7));
+        assert!(!may(MessageType::MsgAppend, 0));
+        assert!(!may(MessageType::MsgSnapshot, 0));
+    }
+
+    /// admin.md scenario 9's rule: a tombstone (naming the removed peer 9
+    /// on store 3, at conf_ver 5) outdates messages to peer 9 or an older
+    /// id, and messages of a membership no newer than its own; a newer
+    /// peer of a newer membership passes.
+    #[test]
+    fn tombstones_outdate_old_peers_and_memberships() {
+        let state = RegionLocalState {
+            region: Some(flotilla_proto::metapb::Region {
+                id: 1,
+                region_epoch: Some(flotilla_proto::metapb::RegionEpoch {
+                    conf_ver: 5,
+                    version: 1,
+                }),
+                peers: vec![
+                    flotilla_proto::metapb::Peer {
+                        id: 4,
+                        store_id: 1,
+                        ..Default::default()
+                    },
+                    flotilla_proto::metapb::Peer {
+                        id: 9,
+                        store_id: 3,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let vote = MessageType::MsgRequestVote;
+        assert!(super::tombstone_outdates(&state, &msg(vote, 0, 9, Some(6))));
+        assert!(super::tombstone_outdates(&state, &msg(vote, 0, 8, None)));
+        assert!(super::tombstone_outdates(
+            &state,
+            &msg(vote, 0, 12, Some(5))
+        ));
+        assert!(!super::tombstone_outdates(
+            &state,
+            &msg(vote, 0, 12, Some(6))
+        ));
+        assert!(!super::tombstone_outdates(&state, &msg(vote, 0, 12, None)));
+    }
 
     /// Every peer mailbox slot is as large as the largest `PeerMsg`: a
     /// variant that grows it costs every peer (rare, large ones go boxed).
