@@ -612,3 +612,59 @@ fn joint_replace_two_voters_leader_crash() {
     }
     cluster.shutdown();
 }
+
+/// #11 item 7, inspection: every store's peer reports the region (epoch,
+/// members), the same leader, its raft indices (applied within the log,
+/// at most the commit), and whether it hibernates; a stopped store's
+/// directory lists its region states offline.
+#[test]
+fn regions_can_be_inspected_online_and_offline() {
+    use flotilla_raftstore::store::{region_states, store_dir};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..10);
+    let status = |s: u64| {
+        cluster
+            .store(s)
+            .unwrap()
+            .handle()
+            .region_status(REGION, Duration::from_secs(5))
+            .expect("status")
+    };
+    let region = cluster.regions()[0].clone();
+    for &s in cluster.store_ids() {
+        let st = status(s);
+        assert_eq!(st.region.region_epoch, region.region_epoch);
+        assert_eq!(st.peer.store_id, s);
+        assert_eq!(st.leader.map(|l| l.store_id), Some(leader), "store {s}");
+        assert!(st.applied_index <= st.commit_index && st.commit_index <= st.last_index);
+        assert!(st.truncated_index <= st.applied_index);
+        assert!(!st.applying_snapshot);
+    }
+    assert!(
+        eventually(|| cluster.store_ids().iter().all(|&s| status(s).hibernating)),
+        "idle peers do not report hibernating"
+    );
+    assert!(matches!(
+        cluster
+            .store(leader)
+            .unwrap()
+            .handle()
+            .region_status(99, Duration::from_secs(1)),
+        Err(Error::RegionNotFound(99))
+    ));
+    cluster.stop_store(leader);
+    let engine = Engine::open(
+        store_dir(dir.path(), leader),
+        &flotilla_engine::EngineOptions::default(),
+    )
+    .unwrap();
+    let states = region_states(&engine).unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].state(), PeerState::Normal);
+    assert_eq!(states[0].region.as_ref().map(|r| r.id), Some(REGION));
+    drop(engine);
+    cluster.shutdown();
+}

@@ -744,6 +744,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 }
                 PeerMsg::Wake => None,
                 PeerMsg::Sleep(m) => fsm.peer.on_sleep_msg(m, hib),
+                PeerMsg::Inspect(inspector) => {
+                    (inspector.0)(fsm.peer.status());
+                    None
+                }
                 PeerMsg::SnapshotStatus { to_peer, ok } => {
                     fsm.peer.on_snapshot_status(to_peer, ok);
                     None

@@ -38,8 +38,8 @@ pub use self::error::{AdminError, Error, Result};
 pub use self::fatal::FatalHook;
 pub use self::fsm::{StoreMetrics, WakeReason};
 pub use self::id_alloc::{ID_BATCH, ID_COUNTER_BITS, IdAllocator};
-pub use self::msg::{Callback, callback_panics};
-pub use self::node::{Store, StoreHandle};
+pub use self::msg::{Callback, InspectCallback, RegionStatus, callback_panics};
+pub use self::node::{Store, StoreHandle, region_states};
 pub use self::peer_storage::{LoadError, PeerStorage, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM};
 pub use self::snapshot::{SNAP_CHUNK_BYTES, SNAP_DIR, SnapError};
 pub use self::transport::{

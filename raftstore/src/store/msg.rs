@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::eraftpb::{ConfChangeV2, Entry};
-use flotilla_proto::metapb::Region;
+use flotilla_proto::metapb::{self, Region};
 use flotilla_proto::raft_cmdpb::RaftCmdRequest;
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage, RaftTruncatedState};
@@ -123,6 +123,9 @@ pub enum PeerMsg {
     /// A hibernation message (a leader's request to sleep, a follower's
     /// request to wake, a liveness event).
     Sleep(SleepMsg),
+    /// Report the peer's [`RegionStatus`] to the callback (inspection;
+    /// changes nothing, wakes nothing).
+    Inspect(Inspector),
     /// How sending a snapshot to `to_peer` went (the snapshot worker).
     SnapshotStatus {
         /// The follower.
@@ -130,6 +133,44 @@ pub enum PeerMsg {
         /// Whether the follower's store has the whole file.
         ok: bool,
     },
+}
+
+/// Takes a peer's [`RegionStatus`]; runs on a store thread.
+pub type InspectCallback = Box<dyn FnOnce(RegionStatus) + Send>;
+
+/// An [`InspectCallback`] in a peer message.
+pub struct Inspector(pub InspectCallback);
+
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspector")
+    }
+}
+
+/// What a peer reports about its region: the membership and range it
+/// knows, its raft progress, and its state on the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionStatus {
+    /// The region as this peer knows it (range, epoch, peers and roles).
+    pub region: Region,
+    /// This store's peer.
+    pub peer: metapb::Peer,
+    /// The leader this peer knows, if any.
+    pub leader: Option<metapb::Peer>,
+    /// The raft term this peer is at.
+    pub term: u64,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// Its last log index.
+    pub last_index: u64,
+    /// Its truncated (compacted) log index.
+    pub truncated_index: u64,
+    /// Whether it hibernates.
+    pub hibernating: bool,
+    /// Whether a received snapshot is being written into the engine.
+    pub applying_snapshot: bool,
 }
 
 /// A message to the store (control) FSM.

@@ -29,7 +29,10 @@ use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
-use super::msg::{ApplyMsg, Callback, PeerMsg, RaftCommand, Responder, SnapshotTask, StoreMsg};
+use super::msg::{
+    ApplyMsg, Callback, InspectCallback, Inspector, PeerMsg, RaftCommand, RegionStatus, Responder,
+    SnapshotTask, StoreMsg,
+};
 use super::peer::Peer;
 use super::snapshot::{SnapError, SnapManager, SnapWorker};
 use super::transport::{MessageSink, Transport};
@@ -87,6 +90,39 @@ impl StoreHandle {
                 cmd.callback.respond(err_response(err));
             }
         }
+    }
+
+    /// The status of this store's peer of `region_id` (its region as it
+    /// knows it, leader, raft indices, hibernation), as its poller sees it
+    /// now. Waits at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`] if the store has no peer of the region;
+    /// [`Error::StoreStopped`]; [`Error::Timeout`].
+    pub fn region_status(
+        &self,
+        region_id: u64,
+        timeout: std::time::Duration,
+    ) -> Result<RegionStatus> {
+        if self.is_stopped() {
+            return Err(Error::StoreStopped { in_flight: false });
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let callback: InspectCallback = Box::new(move |s| {
+            let _ = tx.send(s);
+        });
+        if let Err(e) = self
+            .router
+            .force_send(region_id, PeerMsg::Inspect(Inspector(callback)))
+        {
+            return Err(self.send_error(region_id, &e.error));
+        }
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            std::sync::mpsc::RecvTimeoutError::Timeout => Error::Timeout,
+            std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                Error::StoreStopped { in_flight: false }
+            }
+        })
     }
 
     fn send_error(&self, region_id: u64, e: &flotilla_router::Error) -> Error {
@@ -618,6 +654,27 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// Every region state on a store's engine, tombstones and regions being
+/// applied included, in region key order: what a stopped store's
+/// directory holds (offline inspection, `flotilla ctl`).
+///
+/// # Errors
+/// Engine read or decode failures.
+pub fn region_states(engine: &Engine) -> Result<Vec<RegionLocalState>> {
+    let snap = engine.snapshot();
+    let (start, end) = keys::REGION_META_RANGE;
+    let mut out = Vec::new();
+    for item in snap.iter(Cf::Raft, start, end) {
+        let (key, value) = item?;
+        keys::decode_region_state_key(&key).map_err(|e| Error::Engine(e.to_string()))?;
+        out.push(
+            <RegionLocalState as prost::Message>::decode(value.as_slice())
+                .map_err(|e| Error::Engine(format!("region state: {e}")))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Every live region's state on this engine (tombstones skipped). A

@@ -8,7 +8,7 @@ use flotilla_proto::eraftpb::ConfChangeV2;
 use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
 use flotilla_proto::raft_serverpb::RaftMessage;
 
-use crate::store::msg::{DestroyTask, ExecResult};
+use crate::store::msg::{DestroyTask, ExecResult, RegionStatus};
 
 impl super::Peer {
     /// Acts on what the applied admin commands did, in log order.
@@ -46,6 +46,28 @@ impl super::Peer {
             None => self.removed = true,
         }
         self.raft.raft.raft_log_mut().store.set_region(region);
+    }
+
+    /// What this peer reports about its region (inspection).
+    pub fn status(&self) -> RegionStatus {
+        let raft = &self.raft.raft;
+        let store = self.raft.store();
+        RegionStatus {
+            region: self.region().clone(),
+            peer: self.meta,
+            leader: self.leader(),
+            term: raft.term(),
+            commit_index: raft.raft_log().committed,
+            applied_index: store.applied_index(),
+            last_index: raft.raft_log().last_index(),
+            truncated_index: store
+                .apply_state()
+                .truncated_state
+                .unwrap_or_default()
+                .index,
+            hibernating: self.is_asleep(),
+            applying_snapshot: store.applying_snapshot().is_some(),
+        }
     }
 
     /// Whether this peer was removed from its region (a conf change it
