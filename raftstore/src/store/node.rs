@@ -156,7 +156,12 @@ impl MessageSink for StoreHandle {
         msg: RaftMessage,
         chunks: &mut dyn Iterator<Item = Result<Vec<u8>, SnapError>>,
     ) -> Result<(), SnapError> {
-        if self.is_stopped() {
+        // Only for a peer this store hosts (its file would be left behind
+        // otherwise: nobody would take it).
+        if self.is_stopped() || self.router.mailbox(msg.region_id).is_none() {
+            self.metrics
+                .snapshot_receive_failures
+                .fetch_add(1, Ordering::Relaxed);
             return Err(SnapError::RegionNotFound(msg.region_id));
         }
         match self.snap_mgr.receive(msg, chunks) {
