@@ -619,14 +619,17 @@ impl Peer {
             .applied_index
             .min(self.raft.raft.raft_log().committed);
         // Entries applied before a snapshot this peer persisted since: the
-        // snapshot's state stands.
-        if applied >= self.raft.store().applied_index() {
-            self.raft
-                .raft
-                .raft_log_mut()
-                .store
-                .set_apply_state(res.apply_state);
+        // snapshot's state stands, its membership included (a conf change
+        // of such an entry is in it already, and applying its result again
+        // would roll the region back: admin.md scenario 13).
+        if applied < self.raft.store().applied_index() {
+            return;
         }
+        self.raft
+            .raft
+            .raft_log_mut()
+            .store
+            .set_apply_state(res.apply_state);
         self.on_exec_results(res.results);
         self.raft
             .raft
@@ -644,11 +647,11 @@ impl Peer {
     /// leader) and how the write must reach the disk.
     ///
     /// # Errors
-    /// A Ready carrying a raft snapshot: installing snapshots is not
-    /// supported yet, and dropping one would leave the log and the data
-    /// disagreeing with what the core believes. An engine failure behind a
-    /// read of the log. The caller must stop the store; nothing of this
-    /// Ready was written or sent.
+    /// A Ready carrying a raft snapshot whose meta does not decode (it
+    /// passed the checks on receipt: a bug; dropping it would leave the log
+    /// and the data disagreeing with what the core believes). An engine
+    /// failure behind a read of the log. The caller must stop the store;
+    /// nothing of this Ready was written or sent.
     pub fn collect_ready(
         &mut self,
         wb: &mut WriteBatch,
