@@ -668,3 +668,62 @@ fn regions_can_be_inspected_online_and_offline() {
     drop(engine);
     cluster.shutdown();
 }
+
+/// A learner removed while its store is partitioned away is never told
+/// by a vote (learners do not campaign). When the region adds a new peer
+/// on that store, the old one learns of it from the first message to the
+/// new peer id, goes, and the new peer is created and initialized.
+#[test]
+fn learner_removed_while_isolated_gives_way_to_a_new_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    cluster.add_store(4).unwrap();
+    let alloc = |c: &Cluster| c.store(leader).unwrap().alloc_id().unwrap();
+    let old = Peer {
+        id: alloc(&cluster),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    change(&client, ConfChangeType::AddLearnerNode, old);
+    let engine = cluster.store(4).unwrap().engine().clone();
+    assert!(eventually(|| holds(&engine, 0..KEYS)));
+    let filter = cluster.transport().isolate(4);
+    change(&client, ConfChangeType::RemoveNode, old);
+    write(&client, KEYS..KEYS + 10);
+    cluster.transport().remove_filter(filter);
+    let new = Peer {
+        id: alloc(&cluster),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    change(&client, ConfChangeType::AddLearnerNode, new);
+    let status = || {
+        cluster
+            .store(4)
+            .unwrap()
+            .handle()
+            .region_status(REGION, Duration::from_secs(5))
+            .ok()
+    };
+    assert!(
+        eventually(
+            || status().is_some_and(|s| s.peer.id == new.id && !s.applying_snapshot)
+                && holds(&engine, 0..KEYS + 10)
+        ),
+        "the new peer did not replace the old one: {:?}",
+        status()
+    );
+    assert_eq!(
+        cluster
+            .store(4)
+            .unwrap()
+            .metrics()
+            .peers_destroyed
+            .load(Ordering::Relaxed),
+        1
+    );
+    cluster.shutdown();
+}

@@ -30,6 +30,11 @@ pub struct CompactInputs {
     /// Log length past which what a follower has not matched is compacted
     /// too (0: never).
     pub count_limit: u64,
+    /// The least index a follower is being sent a snapshot at, if one is:
+    /// forced mode never compacts past it (the follower continues from
+    /// the entry after it; compacting that away sends it another
+    /// snapshot, again and again).
+    pub snapshot_floor: Option<u64>,
 }
 
 /// A leader's decision at a log check.
@@ -57,7 +62,8 @@ pub fn compact_decision(i: &CompactInputs) -> CompactDecision {
     let mut to = i.replicated_index.min(i.applied_index);
     let length = (i.applied_index + 1).saturating_sub(i.first_index);
     if i.count_limit > 0 && length > i.count_limit {
-        to = to.max(i.applied_index - i.count_limit / 2);
+        let forced = i.applied_index - i.count_limit / 2;
+        to = to.max(i.snapshot_floor.map_or(forced, |f| forced.min(f)));
     }
     if to < i.first_index {
         return CompactDecision::Skip;
@@ -97,6 +103,7 @@ mod tests {
             threshold: 50,
             reserve_checks: 6,
             count_limit: 0,
+            snapshot_floor: None,
         }
     }
 
@@ -155,8 +162,13 @@ mod tests {
             compact_decision(&i),
             CompactDecision::Compact { index: 150 }
         );
-        i.count_limit = 0;
+        // A follower being sent a snapshot at 90 continues from 91: not
+        // compacted away under it (no snapshot loop).
         i.replicated_index = 5;
+        i.snapshot_floor = Some(90);
+        assert_eq!(compact_decision(&i), CompactDecision::Compact { index: 90 });
+        i.snapshot_floor = None;
+        i.count_limit = 0;
         assert_eq!(
             compact_decision(&i),
             CompactDecision::Skip,

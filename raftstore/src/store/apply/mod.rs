@@ -139,8 +139,10 @@ impl ApplyPoller {
                 continue; // already applied (e.g. replayed after restart)
             }
             let resp = if fsm.removed {
-                // Removed from the region: nothing more lands here.
-                err_response(Error::RegionNotFound(fsm.region.id))
+                // Removed from the region: nothing more lands here. The
+                // entry is committed and applies on the other peers: its
+                // outcome is unknown to a client of this one.
+                err_response(Error::StaleCommand)
             } else if matches!(
                 entry.entry_type(),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2

@@ -12,6 +12,7 @@ use prost::Message as _;
 
 use super::Peer;
 use crate::raft::Storage as _;
+use crate::raft::tracker::ProgressState;
 use crate::store::admin::{CompactDecision, CompactInputs, compact_decision};
 use crate::store::config::Config;
 
@@ -51,6 +52,12 @@ impl Peer {
             threshold: cfg.raft_log_gc_threshold,
             reserve_checks: cfg.raft_log_gc_reserve_checks,
             count_limit: cfg.raft_log_gc_count_limit,
+            snapshot_floor: raft
+                .prs()
+                .iter()
+                .filter(|(_, pr)| pr.state == ProgressState::Snapshot)
+                .map(|(_, pr)| pr.pending_snapshot)
+                .min(),
         };
         let CompactDecision::Compact { index } = compact_decision(&inputs) else {
             self.log_gc.skipped = self.log_gc.skipped.saturating_add(1);

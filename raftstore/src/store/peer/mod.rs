@@ -353,7 +353,21 @@ impl Peer {
         let Some(m) = msg.message else { return };
         let to = msg.to_peer.map_or(0, |p| p.id);
         if to != self.meta.id {
-            slog::debug!(self.logger, "message for another peer"; "to" => to);
+            if to > self.meta.id
+                && msg
+                    .to_peer
+                    .is_some_and(|p| p.store_id == self.meta.store_id)
+            {
+                // A newer peer of the region on this store: this one was
+                // removed without hearing of it (a learner, or a peer not
+                // yet initialized, is never told otherwise). It goes; the
+                // leader's next message creates the new one.
+                slog::info!(self.logger, "a newer peer of the region is on this store: destroying";
+                    "newer" => to);
+                self.removed = true;
+            } else {
+                slog::debug!(self.logger, "message for another peer"; "to" => to);
+            }
             return;
         }
         if let Some(from) = msg.from_peer {
@@ -820,11 +834,13 @@ impl Peer {
         })
     }
 
-    /// Answers every waiting proposal and read with `e` (the peer is
-    /// going away).
+    /// Answers every waiting read with `e`, and every proposal with
+    /// `StaleCommand` (the peer is going away: an entry it proposed may
+    /// still commit and apply on the region's other peers, so its outcome
+    /// is unknown, never a definite failure).
     pub fn fail_pending(&mut self, e: Error) {
         for p in self.proposals.drain(..) {
-            p.callback.respond(err_response(e.clone()));
+            p.callback.respond(err_response(Error::StaleCommand));
         }
         for r in self.reads.drain(..) {
             if let Some((_, callback)) = r.command {

@@ -13,9 +13,13 @@ use crate::store::snapshot::{recv_path, snap_dir, snapshot_index, snapshot_meta}
 impl Peer {
     /// Whether a received `MsgSnapshot` may reach raft: its file is here,
     /// it is of this region with this region's range (regions do not split
-    /// or merge yet), and no other snapshot is being applied (two in
-    /// flight could not both be redone after a crash). A refused one's
-    /// file is removed; raft's leader sends again.
+    /// or merge yet), no other snapshot is being applied (two in flight
+    /// could not both be redone after a crash), and every entry handed to
+    /// the apply side is applied (TiKV's `ready_to_handle_pending_snap`:
+    /// an entry applied after the snapshot is persisted would write over
+    /// its `Applying` state, or roll its membership back). A refused one's
+    /// file is removed (unless it is the one being applied); raft's leader
+    /// sends again.
     pub(super) fn admit_snapshot(&self, m: &Message) -> bool {
         let Some(snap) = m.snapshot.as_deref() else {
             return false;
@@ -39,6 +43,8 @@ impl Peer {
                     Some("another region or range".to_owned())
                 } else if self.raft.store().applying_snapshot().is_some() {
                     Some("a snapshot is being applied".to_owned())
+                } else if self.raft.raft.raft_log().applying > self.raft.store().applied_index() {
+                    Some("entries before it are being applied".to_owned())
                 } else if !path.exists() {
                     Some("its file is not here".to_owned())
                 } else {
@@ -48,10 +54,21 @@ impl Peer {
         };
         if let Some(why) = why {
             slog::info!(self.logger, "snapshot refused"; "index" => index, "why" => why);
-            let _ = std::fs::remove_file(&path);
+            self.remove_snapshot_file(index, term);
             return false;
         }
         true
+    }
+
+    /// Removes the received file of the snapshot at (`index`, `term`),
+    /// unless it is the one being applied (a duplicate of it has the same
+    /// name).
+    fn remove_snapshot_file(&self, index: u64, term: u64) {
+        if self.raft.store().applying_snapshot() == Some((index, term)) {
+            return;
+        }
+        let path = recv_path(&snap_dir(&self.engine), self.region_id(), term, index);
+        let _ = std::fs::remove_file(path);
     }
 
     /// After raft stepped an admitted snapshot: if raft did not install it
@@ -66,8 +83,7 @@ impl Peer {
             .as_deref()
             .is_some_and(|s| snapshot_index(s) == (index, term));
         if !installed {
-            let path = recv_path(&snap_dir(&self.engine), self.region_id(), term, index);
-            let _ = std::fs::remove_file(path);
+            self.remove_snapshot_file(index, term);
         }
     }
 

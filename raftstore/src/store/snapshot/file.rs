@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::SnapError;
 
@@ -30,11 +31,34 @@ pub struct FileInfo {
 /// One record of a snapshot file: (user key, value).
 pub type Kv = (Vec<u8>, Vec<u8>);
 
-/// The name a file is written under until it is complete.
+/// The name a generated file is written under until it is complete (one
+/// snapshot worker per store writes them, one at a time).
 pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
+}
+
+/// Received files being written, process-wide: each takes its own `.tmp`
+/// name (two streams of one snapshot may arrive at once, after a leader
+/// change).
+static RECEIVING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn unique_tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(
+        ".{}.tmp",
+        RECEIVING_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    PathBuf::from(name)
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Writes key-values into a new snapshot file.
@@ -96,6 +120,7 @@ impl SnapWriter {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(tmp_path(&self.path), &self.path)?;
+        sync_parent(&self.path)?;
         self.info.checksum = self.hasher.finalize();
         Ok(self.info)
     }
@@ -108,6 +133,7 @@ pub struct ChunkWriter {
     /// `None` once finished (renamed into place).
     out: Option<File>,
     path: PathBuf,
+    tmp: PathBuf,
     hasher: crc32fast::Hasher,
     size: u64,
 }
@@ -118,9 +144,11 @@ impl ChunkWriter {
     /// # Errors
     /// The file could not be created.
     pub fn create(path: &Path) -> Result<ChunkWriter, SnapError> {
+        let tmp = unique_tmp_path(path);
         Ok(ChunkWriter {
-            out: Some(File::create(tmp_path(path))?),
+            out: Some(File::create(&tmp)?),
             path: path.to_owned(),
+            tmp,
             hasher: crc32fast::Hasher::new(),
             size: 0,
         })
@@ -168,8 +196,9 @@ impl ChunkWriter {
         if let Some(out) = self.out.as_ref() {
             out.sync_all()?;
         }
-        std::fs::rename(tmp_path(&self.path), &self.path)?;
+        std::fs::rename(&self.tmp, &self.path)?;
         self.out = None;
+        sync_parent(&self.path)?;
         Ok(())
     }
 }
@@ -177,7 +206,7 @@ impl ChunkWriter {
 impl Drop for ChunkWriter {
     fn drop(&mut self) {
         if self.out.take().is_some() {
-            let _ = std::fs::remove_file(tmp_path(&self.path));
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
@@ -264,6 +293,13 @@ impl SnapReader {
 mod tests {
     use super::*;
 
+    /// No `.tmp` file is left in `dir`.
+    fn no_tmp(dir: &Path) -> bool {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .all(|e| !e.unwrap().path().to_string_lossy().ends_with(".tmp"))
+    }
+
     fn write(path: &Path, kvs: &[(&[u8], &[u8])]) -> FileInfo {
         let mut w = SnapWriter::create(path).unwrap();
         for (k, v) in kvs {
@@ -337,7 +373,7 @@ mod tests {
             w.finish(info.size, info.checksum),
             Err(SnapError::ChecksumMismatch { .. })
         ));
-        assert!(!bad.exists() && !tmp_path(&bad).exists());
+        assert!(!bad.exists() && no_tmp(dir.path()));
 
         let mut w = ChunkWriter::create(&bad).unwrap();
         assert!(matches!(
@@ -345,13 +381,13 @@ mod tests {
             Err(SnapError::SizeMismatch { .. })
         ));
         drop(w);
-        assert!(!tmp_path(&bad).exists(), "a refused stream left its file");
+        assert!(no_tmp(dir.path()), "a refused stream left its file");
 
         // A stream that breaks off leaves nothing either.
         let broken = dir.path().join("broken.snap");
         let mut w = ChunkWriter::create(&broken).unwrap();
         w.push(&bytes[..3], info.size).unwrap();
         drop(w);
-        assert!(!broken.exists() && !tmp_path(&broken).exists());
+        assert!(!broken.exists() && no_tmp(dir.path()));
     }
 }

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -47,6 +47,9 @@ pub type SnapScheduler = Sender<SnapTask>;
 pub struct SnapWorker {
     sched: Option<SnapScheduler>,
     thread: Option<JoinHandle<()>>,
+    /// Set by [`SnapWorker::stop`]: the tasks still queued are dropped (a
+    /// stopping store does not wait for large snapshots to go out).
+    stopping: Arc<AtomicBool>,
 }
 
 struct Ctx<T> {
@@ -73,6 +76,8 @@ impl SnapWorker {
         logger: Logger,
     ) -> std::io::Result<SnapWorker> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop_flag = stopping.clone();
         let mut ctx = Ctx {
             engine,
             mgr,
@@ -83,10 +88,11 @@ impl SnapWorker {
         };
         let thread = std::thread::Builder::new()
             .name(format!("store-{store_id}-snap"))
-            .spawn(move || run(&mut ctx, &rx))?;
+            .spawn(move || run(&mut ctx, &rx, &stop_flag))?;
         Ok(SnapWorker {
             sched: Some(tx),
             thread: Some(thread),
+            stopping,
         })
     }
 
@@ -95,8 +101,10 @@ impl SnapWorker {
         self.sched.clone()
     }
 
-    /// Stops the worker once the tasks queued so far are done.
+    /// Stops the worker after the task it is running; queued ones are
+    /// dropped.
     pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         if let Some(s) = self.sched.take() {
             let _ = s.send(SnapTask::Stop);
         }
@@ -112,8 +120,11 @@ impl Drop for SnapWorker {
     }
 }
 
-fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>) {
+fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>, stopping: &AtomicBool) {
     while let Ok(task) = rx.recv() {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
         match task {
             SnapTask::Generate { region_id, slot } => {
                 let started = Instant::now();
