@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use flotilla_engine::{Cf, keys};
 use flotilla_raftstore::store::{ClientConfig, Cluster, Config};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,6 +40,9 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Store clock base tick (ms).
     pub base_tick_ms: u64,
+    /// Whether leaders compact their raft logs (on by default; off shows
+    /// how the log grows without it).
+    pub log_gc: bool,
 }
 
 /// What the demo measured.
@@ -77,6 +81,10 @@ pub struct DemoReport {
     pub poll_round_mean_us: u64,
     /// Resident set size at the end (bytes), if known.
     pub rss_bytes: Option<u64>,
+    /// Raft log entries in the stores' engines at the end, all regions.
+    pub raft_log_entries: u64,
+    /// Their approximate size in the engines (bytes).
+    pub raft_log_bytes: u64,
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
@@ -130,6 +138,11 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let cfg = Config {
         base_tick_ms: opts.base_tick_ms,
+        raft_log_gc_tick_ticks: if opts.log_gc {
+            Config::default().raft_log_gc_tick_ticks
+        } else {
+            0
+        },
         ..Config::default()
     };
     let started = Instant::now();
@@ -250,9 +263,37 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         poll_rounds: rounds,
         poll_round_mean_us: (after.round_us - before.round_us) / rounds.max(1),
         rss_bytes: rss_bytes(),
+        raft_log_entries: 0,
+        raft_log_bytes: 0,
+    };
+    let (raft_log_entries, raft_log_bytes) = raft_logs(&cluster);
+    let report = DemoReport {
+        raft_log_entries,
+        raft_log_bytes,
+        ..report
     };
     cluster.shutdown();
     Ok(report)
+}
+
+/// Raft log entries in every store's engine, and their encoded size.
+fn raft_logs(cluster: &Cluster) -> (u64, u64) {
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for &id in cluster.store_ids() {
+        let Some(store) = cluster.store(id) else {
+            continue;
+        };
+        let snap = store.engine().snapshot();
+        for region in cluster.regions() {
+            let (lo, hi) = keys::raft_log_range(region.id, 0, u64::MAX);
+            let _ = snap.scan(Cf::Raft, &lo, &hi, |k, v| {
+                entries += 1;
+                bytes += (k.len() + v.len()) as u64;
+                std::ops::ControlFlow::Continue(())
+            });
+        }
+    }
+    (entries, bytes)
 }
 
 impl std::fmt::Display for DemoReport {
@@ -308,6 +349,12 @@ impl std::fmt::Display for DemoReport {
             self.poll_rounds,
             self.poll_rounds as f64 / secs,
             self.poll_round_mean_us
+        )?;
+        writeln!(
+            f,
+            "raft logs          {} entries, {:.1} MiB in the engines (all stores)",
+            self.raft_log_entries,
+            self.raft_log_bytes as f64 / (1 << 20) as f64
         )?;
         match self.rss_bytes {
             Some(b) => write!(

@@ -45,6 +45,9 @@ enum Command {
         /// Store clock base tick in milliseconds.
         #[arg(long, default_value_t = 100)]
         base_tick_ms: u64,
+        /// Turn raft log GC off (to see the log grow without it).
+        #[arg(long)]
+        no_log_gc: bool,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             write_ratio,
             seed,
             base_tick_ms,
+            no_log_gc,
         } => {
             if !(0.0..=1.0).contains(&write_ratio) || clients == 0 || regions == 0 {
                 eprintln!("flotilla demo: need regions > 0, clients > 0 and write_ratio in [0, 1]");
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
                 write_ratio,
                 seed,
                 base_tick_ms,
+                log_gc: !no_log_gc,
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",
