@@ -378,6 +378,10 @@ impl Store {
                 Peer::new(&cfg, engine.clone(), region.clone(), peer_id, &logger)
             })
             .collect::<Result<_>>()?;
+        let peers = peers
+            .into_iter()
+            .map(|peer| reset_if_snapshot_lost(peer, &cfg, &engine, &logger))
+            .collect::<Result<Vec<_>>>()?;
 
         let router_cfg = |pool_size| flotilla_router::Config {
             pool_size,
@@ -659,6 +663,65 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// A peer whose snapshot was being written into the engine when the store
+/// stopped, and whose file is gone (deleted by hand, lost with the disk):
+/// it cannot finish, and its data range is half written. It starts again
+/// uninitialized, keeping its term and vote (it must never vote twice in
+/// a term): its region state, apply state and data go, and its leader's
+/// next snapshot initializes it. Any other peer is returned as it is.
+fn reset_if_snapshot_lost(
+    peer: Peer,
+    cfg: &Config,
+    engine: &Engine,
+    logger: &Logger,
+) -> Result<Peer> {
+    let Some((index, term)) = peer.raft.store().applying_snapshot() else {
+        return Ok(peer);
+    };
+    let region = peer.region().clone();
+    let file =
+        super::snapshot::recv_path(&super::snapshot::snap_dir(engine), region.id, term, index);
+    if file.exists() {
+        return Ok(peer);
+    }
+    slog::warn!(logger, "snapshot file lost: the peer starts again uninitialized";
+        "region" => region.id, "index" => index, "file" => %file.display());
+    let hs = peer
+        .raft
+        .store()
+        .raft_state()
+        .hard_state
+        .unwrap_or_default();
+    let mut wb = engine.write_batch();
+    wb.delete(Cf::Raft, &keys::region_state_key(region.id));
+    wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
+    let (lo, hi) = keys::raft_log_range(region.id, 0, index + 1);
+    wb.delete_range(Cf::Raft, &lo, &hi)?;
+    wb.put_msg(
+        Cf::Raft,
+        &keys::raft_state_key(region.id),
+        &RaftLocalState {
+            hard_state: Some(flotilla_proto::eraftpb::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: 0,
+            }),
+            last_index: 0,
+        },
+    );
+    let (start, end) = (
+        keys::data_key(&region.start_key),
+        keys::data_end_key(&region.end_key),
+    );
+    if start < end {
+        wb.delete_range(Cf::Default, &start, &end)?;
+    }
+    engine.write(wb, flotilla_engine::Durability::Sync)?;
+    let meta = peer.meta;
+    drop(peer);
+    Peer::uninitialized(cfg, engine.clone(), region.id, meta, logger)
 }
 
 /// Every region state on a store's engine, tombstones and regions being

@@ -452,4 +452,77 @@ mod restart_tests {
         assert!(store.fatal_error().is_none());
         store.shutdown();
     }
+
+    /// A store that stopped with a region `Applying` whose file is gone
+    /// opens (it used to stop at every start): the peer is uninitialized,
+    /// keeping its term and vote, with its region state, apply state and
+    /// data gone, waiting for its leader's next snapshot.
+    #[test]
+    fn a_lost_snapshot_file_leaves_the_peer_uninitialized() {
+        let dir = tempfile::tempdir().unwrap();
+        let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
+        let (index, term) = (20, 6);
+        {
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            bootstrap_store(&engine, 1, 1, std::slice::from_ref(&region)).unwrap();
+            let mut wb = engine.write_batch();
+            wb.put(Cf::Default, &keys::data_key(b"half"), b"x");
+            let state = RegionLocalState {
+                state: PeerState::Applying as i32,
+                region: Some(region.clone()),
+                merge_state: None,
+                applying_snapshot: Some(RaftTruncatedState { index, term }),
+            };
+            wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+            wb.put_msg(
+                Cf::Raft,
+                &keys::apply_state_key(region.id),
+                &snapshot_apply_state(index, term),
+            );
+            let raft = RaftLocalState {
+                hard_state: Some(HardState {
+                    term,
+                    vote: 3,
+                    commit: index,
+                }),
+                last_index: index,
+            };
+            wb.put_msg(Cf::Raft, &keys::raft_state_key(region.id), &raft);
+            engine.write(wb, Durability::Sync).unwrap();
+        }
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let store = Store::open(
+            dir.path(),
+            Config::default(),
+            ChannelTransport::new(),
+            &logger,
+        )
+        .expect("the store opens");
+        let engine = store.engine().clone();
+        assert!(
+            engine
+                .get(Cf::Raft, &keys::region_state_key(region.id))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            engine
+                .get(Cf::Default, &keys::data_key(b"half"))
+                .unwrap()
+                .is_none()
+        );
+        let raft: RaftLocalState = engine
+            .get_msg(Cf::Raft, &keys::raft_state_key(region.id))
+            .unwrap()
+            .expect("raft state");
+        let hs = raft.hard_state.unwrap();
+        assert_eq!((hs.term, hs.vote, raft.last_index), (term, 3, 0));
+        let status = store
+            .handle()
+            .region_status(region.id, std::time::Duration::from_secs(5))
+            .expect("the peer runs");
+        assert!(status.region.peers.is_empty(), "{status:?}");
+        assert!(!status.applying_snapshot);
+        store.shutdown();
+    }
 }
