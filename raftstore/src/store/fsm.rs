@@ -94,6 +94,10 @@ pub struct TickSlot {
 /// store clock and the pollers read it.
 pub type TickFlags = Arc<parking_lot::RwLock<fxhash::FxHashMap<u64, TickSlot>>>;
 
+/// Store ticks between two collections of unused snapshot files (a
+/// minute at the default tick).
+pub const SNAP_GC_TICKS: u64 = 600;
+
 /// Liveness wakes the store FSM delivers per round at most.
 pub const WAKES_PER_ROUND: usize = 4096;
 
@@ -969,6 +973,11 @@ impl<T: Transport> RaftPoller<T> {
             .ticks_silent
             .fetch_add(silent, Ordering::Relaxed);
         store.ticks += 1;
+        if store.ticks.is_multiple_of(SNAP_GC_TICKS)
+            && let Some(snap) = &self.snap
+        {
+            let _ = snap.send(SnapTask::Gc);
+        }
         let (withdrawn, woken) = self.hib.expire(now);
         if !withdrawn.is_empty() {
             slog::info!(self.logger, "store liveness withdrew support";

@@ -52,6 +52,11 @@ pub const SNAP_CHUNK_BYTES: usize = 1 << 20;
 /// The subdirectory of a store's data directory that holds snapshot files.
 pub const SNAP_DIR: &str = "snap";
 
+/// A snapshot file untouched this long and not being applied is garbage
+/// (a received file is taken within a round; a generated one is sent
+/// soon after it is made, and made again if asked for later).
+pub const SNAP_FILE_MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Why a snapshot could not be generated, sent, received or applied.
 #[derive(Debug, Error)]
 pub enum SnapError {
@@ -224,6 +229,55 @@ impl SnapManager {
         removed
     }
 
+    /// Removes the files unused for `max_idle`: every one but the received
+    /// file of a region being applied (its region state names it). Returns
+    /// how many went. (The files of crashed writes go at the store's next
+    /// open, [`SnapManager::remove_all_but`].)
+    pub fn collect_garbage(&self, engine: &Engine, max_idle: std::time::Duration) -> usize {
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for path in self.files() {
+            let idle = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok());
+            if idle.is_none_or(|i| i < max_idle) || self.being_applied(engine, &path) {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Whether `path` is the received file of a region `Applying` it.
+    fn being_applied(&self, engine: &Engine, path: &Path) -> bool {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        let Some(rest) = name
+            .strip_prefix("rev_")
+            .and_then(|r| r.strip_suffix(".snap"))
+        else {
+            return false;
+        };
+        let Some(region_id) = rest.split('_').next().and_then(|r| r.parse::<u64>().ok()) else {
+            return false;
+        };
+        let state: Option<flotilla_proto::raft_serverpb::RegionLocalState> = engine
+            .get_msg(
+                flotilla_engine::Cf::Raft,
+                &flotilla_engine::keys::region_state_key(region_id),
+            )
+            .ok()
+            .flatten();
+        state
+            .filter(|s| s.state() == flotilla_proto::raft_serverpb::PeerState::Applying)
+            .and_then(|s| s.applying_snapshot)
+            .is_some_and(|t| self.recv_path(region_id, t.term, t.index) == path)
+    }
+
     /// Receives a snapshot stream: `msg` (a `MsgSnapshot`) and its file in
     /// `chunks`. Returns the message to deliver once the file is complete,
     /// checked and in place.
@@ -348,6 +402,43 @@ mod tests {
         assert!(!mgr.recv_path(7, 2, 9).exists());
         assert_eq!(mgr.remove_all_but(&[mgr.recv_path(4, 2, 9)]), 1);
         assert!(mgr.recv_path(4, 2, 9).exists());
+    }
+
+    /// Garbage collection removes idle files but the one a region is being
+    /// applied from; fresh files stay.
+    #[test]
+    fn idle_files_are_collected_but_the_one_being_applied() {
+        use flotilla_engine::{Cf, EngineOptions, keys};
+        use flotilla_proto::raft_serverpb::{PeerState, RaftTruncatedState, RegionLocalState};
+
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path().join("db"), &EngineOptions::default()).unwrap();
+        let mgr = SnapManager::new(dir.path().join(SNAP_DIR), 1).unwrap();
+        let applying = mgr.recv_path(4, 2, 9);
+        let stale = mgr.recv_path(5, 2, 9);
+        let generated = mgr.gen_path(6, 3, 7);
+        for p in [&applying, &stale, &generated] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let state = RegionLocalState {
+            state: PeerState::Applying as i32,
+            region: Some(Region {
+                id: 4,
+                ..Default::default()
+            }),
+            merge_state: None,
+            applying_snapshot: Some(RaftTruncatedState { index: 9, term: 2 }),
+        };
+        engine
+            .put_msg(Cf::Raft, &keys::region_state_key(4), &state)
+            .unwrap();
+        assert_eq!(
+            mgr.collect_garbage(&engine, std::time::Duration::from_secs(3600)),
+            0,
+            "fresh files collected"
+        );
+        assert_eq!(mgr.collect_garbage(&engine, std::time::Duration::ZERO), 2);
+        assert!(applying.exists() && !stale.exists() && !generated.exists());
     }
 }
 

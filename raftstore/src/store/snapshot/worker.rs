@@ -17,7 +17,9 @@ use flotilla_proto::raft_serverpb::RaftMessage;
 use slog::Logger;
 
 use super::generate::SharedGenSlot;
-use super::{SNAP_CHUNK_BYTES, SnapError, SnapManager, generate_snapshot, snapshot_index};
+use super::{
+    SNAP_CHUNK_BYTES, SNAP_FILE_MAX_IDLE, SnapError, SnapManager, generate_snapshot, snapshot_index,
+};
 use crate::store::fsm::{RaftRouter, StoreMetrics};
 use crate::store::msg::PeerMsg;
 use crate::store::transport::Transport;
@@ -34,6 +36,9 @@ pub enum SnapTask {
     },
     /// Send this `MsgSnapshot` with its generated file.
     Send(Box<RaftMessage>),
+    /// Remove the snapshot files no peer will use (see
+    /// [`SnapManager::collect_garbage`]).
+    Gc,
     /// End the worker (the store stops; tasks queued after it are
     /// dropped, and a leader's raft retries after its next start).
     Stop,
@@ -149,6 +154,12 @@ fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>, stopping: &Atomi
                 slot.put(outcome);
             }
             SnapTask::Send(msg) => send(ctx, *msg),
+            SnapTask::Gc => {
+                let removed = ctx.mgr.collect_garbage(&ctx.engine, SNAP_FILE_MAX_IDLE);
+                if removed > 0 {
+                    slog::info!(ctx.logger, "unused snapshot files removed"; "files" => removed);
+                }
+            }
             SnapTask::Stop => return,
         }
     }
