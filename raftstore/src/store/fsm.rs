@@ -316,6 +316,7 @@ impl<T: Transport> RaftPoller<T> {
         Outbox::new(
             &mut self.transport,
             self.snap.as_ref(),
+            &self.router,
             &self.coalescer,
             &self.metrics,
             &self.logger,
@@ -344,6 +345,8 @@ struct Outbox<'a, T> {
     transport: &'a mut T,
     /// Snapshots leave through the snapshot worker.
     snap: Option<&'a SnapScheduler>,
+    /// Where a snapshot that could not leave is reported back to raft.
+    router: &'a RaftRouter,
     coalescer: &'a Coalescer,
     metrics: &'a StoreMetrics,
     logger: &'a Logger,
@@ -355,6 +358,7 @@ impl<'a, T: Transport> Outbox<'a, T> {
     fn new(
         transport: &'a mut T,
         snap: Option<&'a SnapScheduler>,
+        router: &'a RaftRouter,
         coalescer: &'a Coalescer,
         metrics: &'a StoreMetrics,
         logger: &'a Logger,
@@ -363,6 +367,7 @@ impl<'a, T: Transport> Outbox<'a, T> {
         Outbox {
             transport,
             snap,
+            router,
             coalescer,
             metrics,
             logger,
@@ -407,12 +412,18 @@ impl<'a, T: Transport> Outbox<'a, T> {
         {
             // With its file, off the poller. Without a worker (or with it
             // gone) raft hears of the failure at the next round.
+            let to_peer = to_peer.id;
             if let Some(snap) = self.snap
                 && snap.send(SnapTask::Send(Box::new(msg))).is_ok()
             {
                 return;
             }
             slog::warn!(self.logger, "no snapshot worker: snapshot not sent"; "region" => region.id);
+            // Raft hears it failed (its follower would wait in snapshot
+            // state for good otherwise).
+            let _ = self
+                .router
+                .force_send(region.id, PeerMsg::SnapshotStatus { to_peer, ok: false });
             return;
         }
         self.metrics
@@ -886,6 +897,7 @@ impl<T: Transport> RaftPoller<T> {
         let mut outbox = Outbox::new(
             &mut self.transport,
             self.snap.as_ref(),
+            &self.router,
             &self.coalescer,
             &self.metrics,
             &self.logger,
