@@ -11,21 +11,26 @@
 //! 2. **Send** (leader, snapshot worker): the message, then the file in
 //!    chunks of [`SNAP_CHUNK_BYTES`] through [`Transport::send_snapshot`](
 //!    super::transport::Transport::send_snapshot); raft hears how it went.
-//! 3. **Receive** ([`SnapManager::receive`]): at most
-//!    `snap_max_receiving` at once per store; the chunks go to
-//!    `rev_<region>_<term>_<index>.snap.tmp`, checked against the size and
-//!    CRC the message announces, synced and renamed; only then does the
-//!    message reach the peer.
+//! 3. **Receive** ([`SnapManager::receive`]): only for a region the store
+//!    hosts, at most `snap_max_receiving` at once; the chunks go to a
+//!    `.tmp` file of their own, are checked against the size and CRC the
+//!    message announces, synced and renamed to
+//!    `rev_<region>_<term>_<index>.snap`; only then does the message reach
+//!    the peer, which admits it only when no other snapshot is being
+//!    applied and every entry it handed to apply is applied.
 //! 4. **Persist** (follower, raft poller): the peer's Ready writes the
 //!    region as `Applying`, the raft and apply states at the snapshot
 //!    index, and deletes its old log, in the round's one write batch.
 //! 5. **Apply** (follower, apply poller, after every earlier entry): the
 //!    region's data range is cleared and the file written into it, then
 //!    `Normal` is written, synced, and the file deleted. A restart that
-//!    finds a region `Applying` does this step again.
+//!    finds a region `Applying` does this step again (or, if the file is
+//!    gone, starts the peer again uninitialized, keeping its term and
+//!    vote).
 //!
 //! Files left by a crash (`.tmp`, generated files, received files of
-//! regions not `Applying`) are removed when the store opens.
+//! regions not `Applying`) are removed when the store opens; files idle
+//! for [`SNAP_FILE_MAX_IDLE`] are collected every minute.
 
 mod apply;
 mod file;
