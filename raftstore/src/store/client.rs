@@ -423,7 +423,8 @@ impl Client {
     /// # Errors
     /// As [`Client::change_peer`], and `ConfChangeInJoint` while the
     /// region is still in a joint configuration (try again),
-    /// `ConfChangeRemovesVoterInJoint`.
+    /// `ConfChangeRemovesVoterInJoint`; `InvalidRequest` for two or more
+    /// changes that move no voter (learners change one at a time).
     pub fn change_peers(
         &self,
         region_id: u64,

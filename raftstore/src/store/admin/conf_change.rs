@@ -196,6 +196,25 @@ pub fn change_region_v2(changes: &[ChangePeerRequest], region: &Region) -> Resul
     if let [one] = changes {
         return change_region(one, region);
     }
+    // Raft enters a joint configuration for any change of two or more;
+    // the region records one only through incoming or demoting voters, so
+    // a change that moves no voter would leave raft joint and the region
+    // not (and the leave refused for good). Learners change one at a time.
+    let moves_a_voter = changes.iter().any(|c| match c.change_type() {
+        ConfChangeType::AddNode => true,
+        ConfChangeType::AddLearnerNode => region
+            .peers
+            .iter()
+            .any(|p| Some(p.id) == c.peer.map(|q| q.id) && p.role() == PeerRole::Voter),
+        ConfChangeType::RemoveNode => false,
+    });
+    if !moves_a_voter {
+        return Err(Error::InvalidRequest(
+            "a change of two or more peers must add, promote or demote a voter \
+             (learners change one at a time)"
+                .into(),
+        ));
+    }
     let mut next = region.clone();
     let mut seen = Vec::with_capacity(changes.len());
     for req in changes {
@@ -539,6 +558,18 @@ mod tests {
             )),
             AdminError::ConfChangeRemovesVoterInJoint { peer_id: 11 }
         );
+        // Two learners at once would make raft joint with no region role
+        // to show it.
+        assert!(matches!(
+            change_region_v2(
+                &[
+                    req(ConfChangeType::AddLearnerNode, 20, 6),
+                    req(ConfChangeType::RemoveNode, 13, 4)
+                ],
+                &r
+            ),
+            Err(Error::InvalidRequest(_))
+        ));
         assert_eq!(
             admin(check_change_peers(
                 &[
