@@ -111,3 +111,20 @@ pub fn history_client(cluster: &Cluster) -> Arc<Client> {
         },
     ))
 }
+
+/// The values of a workload's keys (`0..keys`) in store `store`'s engine,
+/// read directly (`None` where absent): to compare what the stores hold
+/// once a history is done.
+pub fn stored_values(cluster: &Cluster, store: u64, keys: u64) -> Vec<Option<Vec<u8>>> {
+    let engine = cluster.store(store).expect("running store").engine();
+    (0..keys)
+        .map(|k| {
+            engine
+                .get(
+                    flotilla_engine::Cf::Default,
+                    &flotilla_engine::keys::data_key(&k.to_be_bytes()),
+                )
+                .expect("read data")
+        })
+        .collect()
+}

@@ -355,7 +355,7 @@ fn lead_from(cluster: &Cluster, client: &Client, store: u64) {
 fn history_is_linearizable_across_conf_changes_and_transfers() {
     use flotilla_tests::linearizability::History;
     use flotilla_tests::workload::{
-        Workload, check_history, history_client, history_seed, spawn_history_clients,
+        Workload, check_history, history_client, history_seed, spawn_history_clients, stored_values,
     };
     use std::sync::Arc;
 
@@ -397,16 +397,7 @@ fn history_is_linearizable_across_conf_changes_and_transfers() {
 
     check_history(workers, &history, w.seed, 100);
     // Every member converges on the same data.
-    let data = |s: u64| -> Vec<Option<Vec<u8>>> {
-        let engine = cluster.store(s).unwrap().engine();
-        (0..w.keys)
-            .map(|k| {
-                engine
-                    .get(Cf::Default, &keys::data_key(&k.to_be_bytes()))
-                    .unwrap()
-            })
-            .collect()
-    };
+    let data = |s: u64| stored_values(&cluster, s, w.keys);
     let members: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
     assert_eq!(members.len(), 3, "{region:?}");
     assert!(

@@ -260,7 +260,7 @@ fn history_is_linearizable_through_snapshots_and_restarts() {
 
     use flotilla_tests::linearizability::History;
     use flotilla_tests::workload::{
-        Workload, check_history, history_client, history_seed, spawn_history_clients,
+        Workload, check_history, history_client, history_seed, spawn_history_clients, stored_values,
     };
     use rand::{Rng, SeedableRng};
 
@@ -300,16 +300,7 @@ fn history_is_linearizable_through_snapshots_and_restarts() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     check_history(workers, &history, w.seed, 100);
-    let data = |s: u64| -> Vec<Option<Vec<u8>>> {
-        let engine = cluster.store(s).unwrap().engine();
-        (0..w.keys)
-            .map(|k| {
-                engine
-                    .get(Cf::Default, &keys::data_key(&k.to_be_bytes()))
-                    .unwrap()
-            })
-            .collect()
-    };
+    let data = |s: u64| stored_values(&cluster, s, w.keys);
     let ids = cluster.store_ids().to_vec();
     assert!(
         eventually(|| ids.iter().all(|&s| data(s) == data(ids[0]))),

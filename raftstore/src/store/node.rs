@@ -750,14 +750,9 @@ pub fn region_states(engine: &Engine) -> Result<Vec<RegionLocalState>> {
 /// the conf change that removed it and its destruction) is cleared now.
 fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
     let snap = engine.snapshot();
-    let (start, end) = keys::REGION_META_RANGE;
     let mut regions = Vec::new();
     let mut leftovers = engine.write_batch();
-    for item in snap.iter(Cf::Raft, start, end) {
-        let (key, value) = item?;
-        keys::decode_region_state_key(&key).map_err(|e| Error::Engine(e.to_string()))?;
-        let state = <RegionLocalState as prost::Message>::decode(value.as_slice())
-            .map_err(|e| Error::Engine(format!("region state: {e}")))?;
+    for state in region_states(engine)? {
         if state.state() == PeerState::Tombstone {
             if let Some(region) = &state.region {
                 clear_tombstoned(&snap, region, &mut leftovers)?;

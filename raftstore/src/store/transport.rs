@@ -241,6 +241,28 @@ impl ChannelTransport {
     }
 }
 
+/// The destination store of `msg`, if it and the sending store are both
+/// connected (a stopped store neither gets nor sends anything).
+fn check_endpoints(
+    sinks: &FxHashMap<u64, Arc<dyn MessageSink>>,
+    msg: &RaftMessage,
+) -> Result<u64, TransportError> {
+    let store = msg
+        .to_peer
+        .as_ref()
+        .map(|p| p.store_id)
+        .ok_or(TransportError::NoDestination(msg.region_id))?;
+    if !sinks.contains_key(&store) {
+        return Err(TransportError::StoreNotConnected(store));
+    }
+    if let Some(from) = msg.from_peer.as_ref().map(|p| p.store_id)
+        && !sinks.contains_key(&from)
+    {
+        return Err(TransportError::StoreNotConnected(from));
+    }
+    Ok(store)
+}
+
 fn from_store(m: &RaftMessage) -> u64 {
     m.from_peer.as_ref().map_or(0, |p| p.store_id)
 }
@@ -445,21 +467,7 @@ impl Filter for DelayFilter {
 
 impl Transport for ChannelTransport {
     fn send(&mut self, msg: RaftMessage) -> Result<(), TransportError> {
-        let store = msg
-            .to_peer
-            .as_ref()
-            .map(|p| p.store_id)
-            .ok_or(TransportError::NoDestination(msg.region_id))?;
-        let sinks = self.net.sinks.read();
-        if !sinks.contains_key(&store) {
-            return Err(TransportError::StoreNotConnected(store));
-        }
-        if let Some(from) = msg.from_peer.as_ref().map(|p| p.store_id)
-            && !sinks.contains_key(&from)
-        {
-            return Err(TransportError::StoreNotConnected(from));
-        }
-        drop(sinks);
+        check_endpoints(&self.net.sinks.read(), &msg)?;
         self.buffer.push(msg);
         Ok(())
     }
@@ -484,13 +492,9 @@ impl Transport for ChannelTransport {
         msg: RaftMessage,
         chunks: &mut dyn Iterator<Item = Result<Vec<u8>, SnapError>>,
     ) -> Result<(), SnapError> {
-        let store = to_store(&msg);
-        let from = from_store(&msg);
         let sink = {
             let sinks = self.net.sinks.read();
-            if !sinks.contains_key(&from) {
-                return Err(TransportError::StoreNotConnected(from).into());
-            }
+            let store = check_endpoints(&sinks, &msg)?;
             sinks
                 .get(&store)
                 .cloned()

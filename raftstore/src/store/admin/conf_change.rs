@@ -1,6 +1,6 @@
-//! ChangePeer (v1 conf change) on both sides: the membership a change
+//! ChangePeer and ChangePeerV2 on both sides: the membership a change
 //! leads to, checked alike on every replica at apply ([`change_region`]),
-//! and the leader's checks before it proposes one ([`check_change_peer`]).
+//! and the leader's checks before it proposes one ([`check_change_peers`]).
 
 use flotilla_proto::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
@@ -288,13 +288,16 @@ pub fn change_region_v2(changes: &[ChangePeerRequest], region: &Region) -> Resul
     Ok(next)
 }
 
-/// The leader's checks before it proposes a ChangePeerV2 of `changes`
-/// (as [`check_change_peer`] for each, then [`change_region_v2`]): one
-/// conf change at a time, the leader neither removed nor demoted, a
-/// promoted learner caught up.
+/// The leader's checks before it proposes a ChangePeerV2 of `changes`:
+/// one conf change at a time, then the membership every replica will
+/// check ([`change_region_v2`]), then the leader's own: it is neither
+/// removed nor demoted in place, and a promoted learner has caught up
+/// (`learner_matched` gives what a peer has matched). Returns the region
+/// the change leads to.
 ///
 /// # Errors
-/// As [`check_change_peer`] and [`change_region_v2`].
+/// [`AdminError::ConfChangePending`], those of [`change_region_v2`],
+/// [`AdminError::ConfChangeRemovesLeader`], [`AdminError::LearnerNotCaughtUp`].
 pub fn check_change_peers(
     changes: &[ChangePeerRequest],
     region: &Region,
@@ -306,6 +309,7 @@ pub fn check_change_peers(
             pending_index: view.pending_conf_index,
         }));
     }
+    let next = change_region_v2(changes, region)?;
     for req in changes {
         let peer = change_peer_of(req)?;
         let is_learner = region
@@ -332,53 +336,7 @@ pub fn check_change_peers(
             _ => {}
         }
     }
-    change_region_v2(changes, region)
-}
-
-/// The leader's checks before it proposes `req` (on top of
-/// [`change_region`], which it runs too): one conf change at a time, the
-/// leader not removed in place, a promoted learner caught up
-/// (`learner_matched` gives what a peer has matched).
-///
-/// # Errors
-/// [`AdminError::ConfChangePending`], [`AdminError::ConfChangeRemovesLeader`],
-/// [`AdminError::LearnerNotCaughtUp`], and those of [`change_region`].
-pub fn check_change_peer(
-    req: &ChangePeerRequest,
-    region: &Region,
-    view: &LeaderView,
-    learner_matched: impl Fn(u64) -> u64,
-) -> Result<Region> {
-    if view.pending_conf_index > view.applied_index {
-        return Err(Error::Admin(AdminError::ConfChangePending {
-            pending_index: view.pending_conf_index,
-        }));
-    }
-    let next = change_region(req, region)?;
-    let peer = change_peer_of(req)?;
-    match req.change_type() {
-        ConfChangeType::RemoveNode if peer.id == view.leader_id => {
-            Err(Error::Admin(AdminError::ConfChangeRemovesLeader {
-                peer_id: peer.id,
-            }))
-        }
-        ConfChangeType::AddNode
-            if region
-                .peers
-                .iter()
-                .any(|p| p.id == peer.id && p.role() == PeerRole::Learner) =>
-        {
-            let matched = learner_matched(peer.id);
-            if matched == 0 || matched + PROMOTE_MAX_LAG < view.last_index {
-                return Err(Error::Admin(AdminError::LearnerNotCaughtUp {
-                    peer_id: peer.id,
-                    matched,
-                }));
-            }
-            Ok(next)
-        }
-        _ => Ok(next),
-    }
+    Ok(next)
 }
 
 #[cfg(test)]
@@ -595,8 +553,8 @@ mod tests {
             ..view()
         };
         assert_eq!(
-            admin(check_change_peer(
-                &req(ConfChangeType::AddNode, 13, 4),
+            admin(check_change_peers(
+                &[req(ConfChangeType::AddNode, 13, 4)],
                 &r,
                 &pending,
                 |_| 100
@@ -604,8 +562,8 @@ mod tests {
             AdminError::ConfChangePending { pending_index: 101 }
         );
         assert_eq!(
-            admin(check_change_peer(
-                &req(ConfChangeType::RemoveNode, 10, 1),
+            admin(check_change_peers(
+                &[req(ConfChangeType::RemoveNode, 10, 1)],
                 &r,
                 &view(),
                 |_| 100
@@ -617,8 +575,8 @@ mod tests {
             ..view()
         };
         assert_eq!(
-            admin(check_change_peer(
-                &req(ConfChangeType::AddNode, 12, 3),
+            admin(check_change_peers(
+                &[req(ConfChangeType::AddNode, 12, 3)],
                 &r,
                 &far,
                 |_| 500
@@ -628,9 +586,17 @@ mod tests {
                 matched: 500
             }
         );
-        assert!(check_change_peer(&req(ConfChangeType::AddNode, 12, 3), &r, &far, |_| 990).is_ok());
         assert!(
-            check_change_peer(&req(ConfChangeType::RemoveNode, 11, 2), &r, &view(), |_| 0).is_ok()
+            check_change_peers(&[req(ConfChangeType::AddNode, 12, 3)], &r, &far, |_| 990).is_ok()
+        );
+        assert!(
+            check_change_peers(
+                &[req(ConfChangeType::RemoveNode, 11, 2)],
+                &r,
+                &view(),
+                |_| 0
+            )
+            .is_ok()
         );
     }
 }

@@ -9,8 +9,8 @@ mod transfer;
 
 pub use self::compact::{CompactDecision, CompactInputs, LogGc, compact_decision};
 pub use self::conf_change::{
-    LeaderView, PROMOTE_MAX_LAG, change_region, change_region_v2, check_change_peer,
-    check_change_peers, conf_change_v2,
+    LeaderView, PROMOTE_MAX_LAG, change_region, change_region_v2, check_change_peers,
+    conf_change_v2,
 };
 pub use self::error::AdminError;
 pub use self::transfer::{TRANSFER_LEADER_MAX_LAG, Transferee, check_transfer};

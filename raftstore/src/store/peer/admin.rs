@@ -7,8 +7,8 @@
 
 use flotilla_proto::metapb::PeerRole;
 use flotilla_proto::raft_cmdpb::{
-    AdminResponse, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, TransferLeaderRequest,
-    TransferLeaderResponse, admin_request, admin_response,
+    AdminResponse, ChangePeerRequest, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader,
+    TransferLeaderRequest, TransferLeaderResponse, admin_request, admin_response,
 };
 
 use flotilla_proto::eraftpb::{ConfChange, ConfChangeV2};
@@ -17,8 +17,8 @@ use prost::Message as _;
 use super::Peer;
 use crate::raft::tracker::ProgressState;
 use crate::store::admin::{
-    AdminError, LeaderView, Transferee, admin_cmd, check_change_peer, check_change_peers,
-    check_epoch, check_transfer, cmd_name, conf_change_v2,
+    AdminError, LeaderView, Transferee, admin_cmd, check_change_peers, check_epoch, check_transfer,
+    cmd_name, conf_change_v2,
 };
 use crate::store::error::{Error, Result};
 use crate::store::msg::Responder;
@@ -70,15 +70,7 @@ impl Peer {
                 admin_response::Cmd::TransferLeader(TransferLeaderResponse {})
             }
             admin_request::Cmd::ChangePeer(req) => {
-                let raft = &self.raft.raft;
-                let view = LeaderView {
-                    leader_id: self.meta.id,
-                    applied_index: self.raft.store().applied_index(),
-                    pending_conf_index: raft.pending_conf_index(),
-                    last_index: raft.raft_log().last_index(),
-                };
-                let matched = |id| raft.prs().get(id).map_or(0, |pr| pr.matched);
-                check_change_peer(req, self.region(), &view, matched)?;
+                self.check_membership_change(std::slice::from_ref(req))?;
                 let peer = req.peer.unwrap_or_default();
                 return Ok(AdminStep::ProposeConfChange(ConfChange {
                     change_type: req.change_type,
@@ -88,15 +80,7 @@ impl Peer {
                 }));
             }
             admin_request::Cmd::ChangePeerV2(req) => {
-                let raft = &self.raft.raft;
-                let view = LeaderView {
-                    leader_id: self.meta.id,
-                    applied_index: self.raft.store().applied_index(),
-                    pending_conf_index: raft.pending_conf_index(),
-                    last_index: raft.raft_log().last_index(),
-                };
-                let matched = |id| raft.prs().get(id).map_or(0, |pr| pr.matched);
-                check_change_peers(&req.changes, self.region(), &view, matched)?;
+                self.check_membership_change(&req.changes)?;
                 let mut cc = conf_change_v2(&req.changes);
                 cc.context = request.encode_to_vec().into();
                 return Ok(AdminStep::ProposeConfChangeV2(cc));
@@ -117,6 +101,20 @@ impl Peer {
             responses: Vec::new(),
             admin_response: Some(AdminResponse { cmd: Some(resp) }),
         })))
+    }
+
+    /// The leader's checks of a membership change before it proposes it
+    /// (`admin::check_change_peers`).
+    fn check_membership_change(&self, changes: &[ChangePeerRequest]) -> Result<()> {
+        let raft = &self.raft.raft;
+        let view = LeaderView {
+            leader_id: self.meta.id,
+            applied_index: self.raft.store().applied_index(),
+            pending_conf_index: raft.pending_conf_index(),
+            last_index: raft.raft_log().last_index(),
+        };
+        let matched = |id| raft.prs().get(id).map_or(0, |pr| pr.matched);
+        check_change_peers(changes, self.region(), &view, matched).map(|_| ())
     }
 
     /// Starts a leader transfer to the request's peer after the checks of

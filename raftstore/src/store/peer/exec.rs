@@ -77,8 +77,9 @@ impl super::Peer {
         self.removed
     }
 
-    /// A message from `from`, which the region (as this initialized peer
-    /// knows it) does not list, sent under an older membership: `from` was
+    /// A message from `from`, which the region (as this peer knows it)
+    /// does not list (the caller checked), sent under an older membership
+    /// of an initialized region: `from` was
     /// removed while it could not hear of it (a removed peer that was
     /// partitioned away, or down). It is told so with a tombstone message
     /// (TiKV's stale-peer GC; no placement service needed).
@@ -87,7 +88,6 @@ impl super::Peer {
         let ours = region.region_epoch.unwrap_or_default();
         let stale = self.raft.store().is_initialized()
             && from.id != self.meta.id
-            && !region.peers.iter().any(|p| p.id == from.id)
             && epoch.is_some_and(|e| e.conf_ver < ours.conf_ver);
         if !stale || self.gc_reply.is_some() {
             return;

@@ -309,7 +309,7 @@ impl Peer {
     /// Remembers `from`, a peer this region's list lacks (bounded: the
     /// latest few).
     fn note_peer(&mut self, from: metapb::Peer) {
-        if from.id == 0 || self.region().peers.iter().any(|p| p.id == from.id) {
+        if from.id == 0 {
             return;
         }
         let known = &mut self.known_peers.get_or_insert_with(Box::default).0;
@@ -370,7 +370,12 @@ impl Peer {
             }
             return;
         }
-        if let Some(from) = msg.from_peer {
+        // A sender the region does not list: one removed without hearing
+        // of it, or one this peer does not know yet (one scan per message).
+        if let Some(from) = msg
+            .from_peer
+            .filter(|f| !self.region().peers.iter().any(|p| p.id == f.id))
+        {
             self.check_stale_sender(from, msg.region_epoch);
             self.note_peer(from);
         }

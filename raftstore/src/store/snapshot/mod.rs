@@ -464,6 +464,39 @@ mod restart_tests {
     use crate::store::bootstrap::{bootstrap_store, initial_regions};
     use crate::store::{ChannelTransport, Config, Store};
 
+    /// Puts into `wb` the states a store stopped with while `region` was
+    /// `Applying` its snapshot at (`index`, `term`), having voted for
+    /// `vote` in that term.
+    fn put_applying(
+        wb: &mut flotilla_engine::WriteBatch,
+        region: &flotilla_proto::metapb::Region,
+        index: u64,
+        term: u64,
+        vote: u64,
+    ) {
+        let state = RegionLocalState {
+            state: PeerState::Applying as i32,
+            region: Some(region.clone()),
+            merge_state: None,
+            applying_snapshot: Some(RaftTruncatedState { index, term }),
+        };
+        wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+        wb.put_msg(
+            Cf::Raft,
+            &keys::apply_state_key(region.id),
+            &snapshot_apply_state(index, term),
+        );
+        let raft = RaftLocalState {
+            hard_state: Some(HardState {
+                term,
+                vote,
+                commit: index,
+            }),
+            last_index: index,
+        };
+        wb.put_msg(Cf::Raft, &keys::raft_state_key(region.id), &raft);
+    }
+
     #[test]
     fn a_store_opened_with_a_region_applying_writes_the_snapshot_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -486,27 +519,7 @@ mod restart_tests {
             // of the snapshot's.
             wb.put(Cf::Default, &keys::data_key(b"old"), b"x");
             wb.put(Cf::Default, &keys::data_key(b"a"), b"1");
-            let state = RegionLocalState {
-                state: PeerState::Applying as i32,
-                region: Some(region.clone()),
-                merge_state: None,
-                applying_snapshot: Some(RaftTruncatedState { index, term }),
-            };
-            wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
-            wb.put_msg(
-                Cf::Raft,
-                &keys::apply_state_key(region.id),
-                &snapshot_apply_state(index, term),
-            );
-            let raft = RaftLocalState {
-                hard_state: Some(HardState {
-                    term,
-                    vote: 0,
-                    commit: index,
-                }),
-                last_index: index,
-            };
-            wb.put_msg(Cf::Raft, &keys::raft_state_key(region.id), &raft);
+            put_applying(&mut wb, &region, index, term, 0);
             engine.write(wb, Durability::Sync).unwrap();
         }
         let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -563,27 +576,7 @@ mod restart_tests {
             bootstrap_store(&engine, 1, 1, std::slice::from_ref(&region)).unwrap();
             let mut wb = engine.write_batch();
             wb.put(Cf::Default, &keys::data_key(b"half"), b"x");
-            let state = RegionLocalState {
-                state: PeerState::Applying as i32,
-                region: Some(region.clone()),
-                merge_state: None,
-                applying_snapshot: Some(RaftTruncatedState { index, term }),
-            };
-            wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
-            wb.put_msg(
-                Cf::Raft,
-                &keys::apply_state_key(region.id),
-                &snapshot_apply_state(index, term),
-            );
-            let raft = RaftLocalState {
-                hard_state: Some(HardState {
-                    term,
-                    vote: 3,
-                    commit: index,
-                }),
-                last_index: index,
-            };
-            wb.put_msg(Cf::Raft, &keys::raft_state_key(region.id), &raft);
+            put_applying(&mut wb, &region, index, term, 3);
             engine.write(wb, Durability::Sync).unwrap();
         }
         let logger = slog::Logger::root(slog::Discard, slog::o!());
