@@ -2,7 +2,7 @@
 //! written identically on every store so that 100,000 regions can exist
 //! from the start without a single raft message.
 
-use flotilla_engine::{Cf, Durability, Engine, keys};
+use flotilla_engine::{Cf, Durability, Engine, WriteBatch, keys};
 use flotilla_proto::eraftpb::HardState;
 use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use flotilla_proto::raft_serverpb::{
@@ -81,6 +81,52 @@ pub fn initial_regions(stores: &[u64], regions: u64) -> Result<Vec<Region>> {
         .collect())
 }
 
+/// Puts the states a region starts from into `wb`: `Normal`, an empty log
+/// at (`RAFT_INIT_LOG_INDEX`, `RAFT_INIT_LOG_TERM`), everything before it
+/// applied. `kept` is a hard state a peer of the region had before (an
+/// uninitialized one that voted): its term and vote stay, so no peer
+/// votes twice in a term.
+pub fn write_initial_states(wb: &mut WriteBatch, region: &Region, kept: Option<HardState>) {
+    let id = region.id;
+    wb.put_msg(
+        Cf::Raft,
+        &keys::region_state_key(id),
+        &RegionLocalState {
+            state: PeerState::Normal as i32,
+            region: Some(region.clone()),
+            merge_state: None,
+            applying_snapshot: None,
+        },
+    );
+    let (term, vote) = match kept {
+        Some(hs) if hs.term > RAFT_INIT_LOG_TERM => (hs.term, hs.vote),
+        _ => (RAFT_INIT_LOG_TERM, 0),
+    };
+    wb.put_msg(
+        Cf::Raft,
+        &keys::raft_state_key(id),
+        &RaftLocalState {
+            hard_state: Some(HardState {
+                term,
+                vote,
+                commit: RAFT_INIT_LOG_INDEX,
+            }),
+            last_index: RAFT_INIT_LOG_INDEX,
+        },
+    );
+    wb.put_msg(
+        Cf::Raft,
+        &keys::apply_state_key(id),
+        &RaftApplyState {
+            applied_index: RAFT_INIT_LOG_INDEX,
+            truncated_state: Some(RaftTruncatedState {
+                index: RAFT_INIT_LOG_INDEX,
+                term: RAFT_INIT_LOG_TERM,
+            }),
+        },
+    );
+}
+
 /// Writes store `store_id`'s ident and the initial states of `regions` into
 /// an empty engine, in one synced batch.
 ///
@@ -100,40 +146,7 @@ pub fn bootstrap_store(
     }
     let mut wb = engine.write_batch();
     for region in regions {
-        let id = region.id;
-        wb.put_msg(
-            Cf::Raft,
-            &keys::region_state_key(id),
-            &RegionLocalState {
-                state: PeerState::Normal as i32,
-                region: Some(region.clone()),
-                merge_state: None,
-                applying_snapshot: None,
-            },
-        );
-        wb.put_msg(
-            Cf::Raft,
-            &keys::raft_state_key(id),
-            &RaftLocalState {
-                hard_state: Some(HardState {
-                    term: RAFT_INIT_LOG_TERM,
-                    vote: 0,
-                    commit: RAFT_INIT_LOG_INDEX,
-                }),
-                last_index: RAFT_INIT_LOG_INDEX,
-            },
-        );
-        wb.put_msg(
-            Cf::Raft,
-            &keys::apply_state_key(id),
-            &RaftApplyState {
-                applied_index: RAFT_INIT_LOG_INDEX,
-                truncated_state: Some(RaftTruncatedState {
-                    index: RAFT_INIT_LOG_INDEX,
-                    term: RAFT_INIT_LOG_TERM,
-                }),
-            },
-        );
+        write_initial_states(&mut wb, region, None);
     }
     // The ident goes last in the same batch: a store with an ident is
     // completely bootstrapped.

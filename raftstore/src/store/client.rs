@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_proto::eraftpb::ConfChangeType;
-use flotilla_proto::metapb::{Peer, Region};
+use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, ChangePeerRequest, ChangePeerV2Request, DeleteRequest, GetRequest, PutRequest,
-    RaftCmdRequest, RaftCmdResponse, RaftRequestHeader, Request, Response, ScanRequest,
-    TransferLeaderRequest, admin_request, admin_response, request, response,
+    AdminRequest, BatchSplitRequest, ChangePeerRequest, ChangePeerV2Request, DeleteRequest,
+    GetRequest, PutRequest, RaftCmdRequest, RaftCmdResponse, RaftRequestHeader, Request, Response,
+    ScanRequest, SplitRequest, TransferLeaderRequest, admin_request, admin_response, request,
+    response,
 };
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
@@ -91,6 +92,18 @@ impl Stores {
     pub fn get(&self, store_id: u64) -> Option<StoreHandle> {
         self.0.read().get(&store_id).cloned()
     }
+
+    /// Every store's handle.
+    pub fn all(&self) -> Vec<StoreHandle> {
+        self.0.read().values().cloned().collect()
+    }
+}
+
+/// Whether epoch `a` is older than `b` (a range or membership change
+/// behind it).
+fn older(a: Option<RegionEpoch>, b: Option<RegionEpoch>) -> bool {
+    let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+    (a.version, a.conf_ver) < (b.version, b.conf_ver)
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +132,13 @@ impl RegionCache {
     }
 
     fn insert(&mut self, region: Region) {
+        // Never take an older copy of a region over a newer one.
+        if self
+            .get(region.id)
+            .is_some_and(|c| older(region.region_epoch, c.region.region_epoch))
+        {
+            return;
+        }
         // Drop cached regions the new one overlaps: the one starting
         // before it (if it reaches in) and those starting inside it.
         let mut overlapping: Vec<Bytes> = Vec::new();
@@ -376,6 +396,82 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Splits region `region_id` at `keys` (strictly ascending, inside
+    /// its range, none its start key; at most `Config::split_max_keys`):
+    /// the region keeps `[start, keys[0])` and each key starts a new
+    /// region, with peers on the same stores. The leader allocates the
+    /// new ids. Returns every region of the split in key order once it
+    /// applied on the leader; the client's cache takes them.
+    ///
+    /// # Errors
+    /// [`Error::Admin`] with the refusal: `NoSplitKeys`,
+    /// `TooManySplitKeys`, `SplitKeyInvalid` (with the fault: out of
+    /// range, the region's start, not ascending), `SplitPending` or
+    /// `ConfChangePending` (one range or membership change at a time: try
+    /// again), `ConfChangeInJoint`; `EpochNotMatch` when the region
+    /// changed meanwhile (the cache refreshes); `RegionNotFound` for a
+    /// region the client does not know; an unknown outcome is not retried,
+    /// as for writes.
+    pub fn split(&self, region_id: u64, keys: &[&[u8]]) -> Result<Vec<Region>> {
+        let admin = AdminRequest {
+            cmd: Some(admin_request::Cmd::BatchSplit(BatchSplitRequest {
+                requests: keys
+                    .iter()
+                    .map(|k| SplitRequest {
+                        split_key: Bytes::copy_from_slice(k),
+                        ..Default::default()
+                    })
+                    .collect(),
+                right_derive: false,
+            })),
+        };
+        let resp = self.execute_full(Locate::Region(region_id), &[], Some(&admin), true)?;
+        let regions = match resp.admin_response.and_then(|a| a.cmd) {
+            Some(admin_response::Cmd::BatchSplit(r)) => r.regions,
+            _ => {
+                return Err(Error::InvalidRequest(
+                    "a split answered without its regions".into(),
+                ));
+            }
+        };
+        let mut cache = self.cache.lock();
+        for r in &regions {
+            cache.insert(r.clone());
+        }
+        Ok(regions)
+    }
+
+    /// Splits the region holding `key` at `key` (see [`Client::split`]).
+    ///
+    /// # Errors
+    /// As [`Client::split`]; `SplitKeyInvalid` (`RegionStart`) if `key`
+    /// starts its region already.
+    pub fn split_at(&self, key: &[u8]) -> Result<Vec<Region>> {
+        let region = self.locate(key)?;
+        self.split(region.id, &[key])
+    }
+
+    /// The region holding `key`, from the client's cache or else from the
+    /// stores (the newest any store knows).
+    ///
+    /// # Errors
+    /// [`Error::KeyNotInRegion`] if no store hosts a region holding it.
+    pub fn locate(&self, key: &[u8]) -> Result<Region> {
+        if let Some(c) = self.cache.lock().locate(key) {
+            return Ok(c.region.clone());
+        }
+        let region = self
+            .locate_on_stores(key)
+            .ok_or_else(|| Error::KeyNotInRegion {
+                key: key.to_vec(),
+                region_id: 0,
+                start_key: Vec::new(),
+                end_key: Vec::new(),
+            })?;
+        self.cache.lock().insert(region.clone());
+        Ok(region)
+    }
+
     /// Changes region `region_id`'s membership by one peer (a v1 conf
     /// change): `AddLearnerNode` adds `peer` as a learner, `AddNode` adds
     /// it as a voter or promotes the learner it is, `RemoveNode` removes
@@ -499,7 +595,15 @@ impl Client {
             if now >= deadline {
                 break;
             }
-            let Some((region, peer)) = self.target(at, attempt) else {
+            let mut target = self.target(at, attempt);
+            if target.is_none()
+                && let Locate::Key(key) = at
+                && let Some(region) = self.locate_on_stores(key)
+            {
+                self.cache.lock().insert(region);
+                target = self.target(at, attempt);
+            }
+            let Some((region, peer)) = target else {
                 return Err(match at {
                     Locate::Key(key) => Error::KeyNotInRegion {
                         key: key.to_vec(),
@@ -562,6 +666,23 @@ impl Client {
             }
         }
         Err(last_err)
+    }
+
+    /// The newest region any store knows to hold `key` (by epoch), asked
+    /// of every store (the cache has none for it: a split moved it, or the
+    /// client started without it).
+    fn locate_on_stores(&self, key: &[u8]) -> Option<Region> {
+        self.stores
+            .all()
+            .iter()
+            .filter_map(|h| h.locate(key, self.cfg.request_timeout).ok().flatten())
+            .reduce(|a, b| {
+                if older(a.region_epoch, b.region_epoch) {
+                    b
+                } else {
+                    a
+                }
+            })
     }
 
     /// The region of `key` and the peer to try on attempt `attempt`: the

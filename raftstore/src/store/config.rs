@@ -154,6 +154,9 @@ pub struct Config {
     /// Snapshots this store receives at once; more are refused as busy
     /// (their leaders send again later). At least 1.
     pub snap_max_receiving: usize,
+    /// Split keys one BatchSplit may carry (at least 1; checked by the
+    /// leader that proposes it).
+    pub split_max_keys: u64,
 }
 
 impl Default for Config {
@@ -185,6 +188,7 @@ impl Default for Config {
             raft_log_gc_reserve_checks: DEFAULT_RAFT_LOG_GC_RESERVE_CHECKS,
             raft_log_gc_count_limit: DEFAULT_RAFT_LOG_GC_COUNT_LIMIT,
             snap_max_receiving: DEFAULT_SNAP_MAX_RECEIVING,
+            split_max_keys: super::admin::DEFAULT_SPLIT_MAX_KEYS,
         }
     }
 }
@@ -232,6 +236,9 @@ impl Config {
         }
         if self.snap_max_receiving == 0 {
             return bad("snap_max_receiving must be > 0");
+        }
+        if self.split_max_keys == 0 {
+            return bad("split_max_keys must be > 0");
         }
         if self.lease_read && self.lease_duration().is_none() {
             return bad(

@@ -332,6 +332,13 @@ mod tests {
             Error::Admin(AdminError::ConfChangeInJoint { region_id: 2 }),
             Error::Admin(AdminError::ConfChangeNotInJoint { region_id: 3 }),
             Error::Admin(AdminError::ConfChangeRemovesVoterInJoint { peer_id: 11 }),
+            Error::Admin(AdminError::SplitKeyInvalid {
+                key: b"k".to_vec(),
+                fault: crate::store::admin::SplitKeyFault::NotAscending,
+            }),
+            Error::Admin(AdminError::TooManySplitKeys { count: 12, max: 10 }),
+            Error::Admin(AdminError::NoSplitKeys),
+            Error::Admin(AdminError::SplitPending { pending_index: 14 }),
         ];
         for e in &all {
             match e {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Message, MessageType};
+use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftMessage, RegionLocalState};
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
 use slog::Logger;
@@ -19,6 +20,8 @@ use super::fatal::StoreStatus;
 use super::heartbeat::{self, Coalescer, is_coalesced};
 use super::hibernation::{Hibernation, SleepMsg};
 pub use super::hibernation::{WAKE_REASONS, WakeReason};
+use super::id_alloc::IdAllocator;
+use super::meta::SharedMeta;
 use super::msg::{ApplyMsg, ExecResult, PeerMsg, StoreMsg};
 use super::peer::{Peer, WriteNeed};
 use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
@@ -268,6 +271,10 @@ pub struct RaftPoller<T: Transport> {
     store_id: u64,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
+    /// The store's regions by range.
+    meta: SharedMeta,
+    /// Where new region and peer ids come from (splits).
+    ids: Arc<IdAllocator>,
     logger: Logger,
 }
 
@@ -287,6 +294,8 @@ impl<T: Transport> RaftPoller<T> {
         hib: Arc<Hibernation>,
         ticks_queued: TickFlags,
         snap: Option<SnapScheduler>,
+        meta: SharedMeta,
+        ids: Arc<IdAllocator>,
         logger: Logger,
     ) -> Self {
         RaftPoller {
@@ -307,6 +316,8 @@ impl<T: Transport> RaftPoller<T> {
             store_id,
             metrics,
             status,
+            meta,
+            ids,
             logger,
         }
     }
@@ -488,6 +499,9 @@ impl<T: Transport> RaftPoller<T> {
         }
         self.ticks_queued.write().remove(&region_id);
         self.hib.remove_region(region_id);
+        if let Some(held) = fsm.peer.held_range() {
+            self.meta.lock().remove(&held);
+        }
         self.metrics.peers_destroyed.fetch_add(1, Ordering::Relaxed);
         slog::info!(self.logger, "removed peer destroyed"; "region" => region_id, "peer" => fsm.peer.meta.id);
     }
@@ -502,7 +516,28 @@ impl<T: Transport> RaftPoller<T> {
         else {
             return Ok(false);
         };
-        if !msg.message.as_ref().is_some_and(may_create_peer) {
+        let Some(m) = msg.message.as_ref().filter(|m| may_create_peer(m)) else {
+            return Ok(false);
+        };
+        // Held until the peer is registered: a split applying meanwhile
+        // sees it (and does not create the region's peer itself), or has
+        // claimed the region first (and this message creates nothing).
+        let meta = self.meta.lock();
+        if meta.claimed_by_split(region_id) {
+            return Ok(false);
+        }
+        // A vote carries its region's range: one a live region here
+        // covers is not this store's yet (this store has not applied the
+        // split that made it, or holds a stale region a snapshot will
+        // shrink). Beats carry no range; the peer they create owns none
+        // until a snapshot, whose admission checks it.
+        if m.msg_type() != MessageType::MsgHeartbeat
+            && let Some(&other) = meta
+                .overlapping(&msg.start_key, &msg.end_key, region_id)
+                .first()
+        {
+            slog::debug!(self.logger, "vote for a range a region here covers dropped";
+                "region" => region_id, "covered_by" => other);
             return Ok(false);
         }
         let state: Option<RegionLocalState> = self
@@ -529,8 +564,24 @@ impl<T: Transport> RaftPoller<T> {
                 return Ok(false);
             }
         }
-        let peer =
-            Peer::uninitialized(&self.cfg, self.engine.clone(), region_id, to, &self.logger)?;
+        let peer = Peer::uninitialized(
+            &self.cfg,
+            self.engine.clone(),
+            region_id,
+            to,
+            &self.meta,
+            &self.logger,
+        )?;
+        self.register_peer(peer, RaftApplyState::default())?;
+        drop(meta);
+        slog::info!(self.logger, "peer created from a message"; "region" => region_id, "peer" => to.id);
+        Ok(true)
+    }
+
+    /// Registers a new peer with the store: its tick slot, hibernation
+    /// entry, apply delegate (at `apply_state`) and mailbox.
+    fn register_peer(&self, peer: Peer, apply_state: RaftApplyState) -> Result<(), Error> {
+        let region_id = peer.region_id();
         let region = peer.region().clone();
         self.ticks_queued
             .write()
@@ -544,8 +595,8 @@ impl<T: Transport> RaftPoller<T> {
                 region_id,
                 flotilla_router::Mailbox::new(Box::new(ApplyFsm::new(
                     region,
-                    to,
-                    RaftApplyState::default(),
+                    peer.meta,
+                    apply_state,
                 ))),
             )
             .map_err(register_err)?;
@@ -555,9 +606,73 @@ impl<T: Transport> RaftPoller<T> {
                 flotilla_router::Mailbox::bounded(Box::new(PeerFsm::new(peer)), capacity),
             )
             .map_err(register_err)?;
-        slog::info!(self.logger, "peer created from a message"; "region" => region_id, "peer" => to.id);
-        Ok(true)
+        Ok(())
     }
+
+    /// Creates and registers the peers of the regions a split of
+    /// `parent`'s region made here (their states are written). Where the
+    /// parent leads, they campaign at once: their stores apply the split
+    /// at about the same time, and the parent's leader is the likeliest to
+    /// be ahead.
+    fn register_split_peers(&self, parent: &Peer, born: Vec<Region>) {
+        for region in born {
+            let region_id = region.id;
+            let Some(me) = region
+                .peers
+                .iter()
+                .find(|p| p.store_id == self.store_id)
+                .map(|p| p.id)
+            else {
+                self.meta.lock().release_split_claim(region_id);
+                continue;
+            };
+            let created = Peer::new(
+                &self.cfg,
+                self.engine.clone(),
+                region,
+                me,
+                &self.meta,
+                &self.logger,
+            )
+            .and_then(|mut peer| {
+                peer.born_of_split(parent.is_leader());
+                let apply_state = *peer.raft.store().apply_state();
+                self.register_peer(peer, apply_state)
+            });
+            self.meta.lock().release_split_claim(region_id);
+            match created {
+                Ok(()) => {
+                    self.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.router.force_send(region_id, PeerMsg::Wake);
+                }
+                Err(e) => {
+                    slog::error!(self.logger, "split peer not created"; "region" => region_id, "err" => %e);
+                }
+            }
+        }
+    }
+}
+
+/// Fills in the ids of a BatchSplit a client sent without them: one new
+/// region id and `peers` peer ids per split key, from this store's
+/// allocator (the leader allocates; DESIGN §6). Anything else is left.
+fn fill_split_ids(
+    request: &mut flotilla_proto::raft_cmdpb::RaftCmdRequest,
+    peers: usize,
+    ids: &IdAllocator,
+) -> Result<(), Error> {
+    use flotilla_proto::raft_cmdpb::admin_request::Cmd;
+    let Some(Cmd::BatchSplit(split)) = request.admin_request.as_mut().and_then(|a| a.cmd.as_mut())
+    else {
+        return Ok(());
+    };
+    for r in &mut split.requests {
+        if r.new_region_id == 0 {
+            r.new_region_id = ids.alloc()?;
+            r.new_peer_ids = (0..peers).map(|_| ids.alloc()).collect::<Result<_, _>>()?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a message for a region a store has no peer of may create one:
@@ -727,7 +842,14 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             let woke = match msg {
                 PeerMsg::RaftMessage(m) => fsm.peer.step_raft_message(*m, hib),
                 PeerMsg::RaftCommand(c) => {
-                    let c = *c;
+                    let mut c = *c;
+                    if fsm.peer.is_leader()
+                        && let Err(e) =
+                            fill_split_ids(&mut c.request, fsm.peer.region().peers.len(), &self.ids)
+                    {
+                        c.callback.respond(crate::store::util::err_response(e));
+                        continue;
+                    }
                     // Only a leader serves commands: a sleeping follower
                     // answers NotLeader (naming the leader it sleeps
                     // under) without waking.
@@ -755,6 +877,9 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                         }
                     }
                     fsm.peer.on_apply_res(res);
+                    if let Some(born) = fsm.peer.take_born() {
+                        self.register_split_peers(&fsm.peer, born);
+                    }
                     None
                 }
                 PeerMsg::Wake => None,

@@ -21,6 +21,7 @@ mod heartbeat;
 mod hibernation;
 mod id_alloc;
 mod liveness;
+mod meta;
 mod msg;
 mod node;
 mod peer;
@@ -30,7 +31,9 @@ mod transport;
 mod util;
 mod validate;
 
-pub use self::admin::{EpochRule, PROMOTE_MAX_LAG, TRANSFER_LEADER_MAX_LAG, epoch_rule};
+pub use self::admin::{
+    EpochRule, PROMOTE_MAX_LAG, SplitKeyFault, TRANSFER_LEADER_MAX_LAG, epoch_rule,
+};
 pub use self::client::{Client, ClientConfig, Stores};
 pub use self::cluster::{CLUSTER_ID, Cluster, store_dir};
 pub use self::config::Config;

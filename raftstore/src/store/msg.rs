@@ -292,6 +292,8 @@ pub enum ExecResult {
         /// The region after it.
         region: Region,
     },
+    /// A BatchSplit applied (boxed: rare and large).
+    Split(Box<SplitResult>),
     /// A snapshot was written into the engine: the region is `Normal` at
     /// `index`.
     SnapshotApplied {
@@ -300,4 +302,17 @@ pub enum ExecResult {
         /// How long the write took (microseconds).
         micros: u64,
     },
+}
+
+/// What a split applied: the parent's new region, the new regions in key
+/// order, and for each whether this store writes its states (and so
+/// registers its peer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitResult {
+    /// The parent region after the split.
+    pub derived: Region,
+    /// The new regions.
+    pub new: Vec<Region>,
+    /// `created[i]`: this store creates the peer of `new[i]`.
+    pub created: Vec<bool>,
 }

@@ -29,6 +29,7 @@ use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
+use super::meta::{SharedMeta, StoreMeta};
 use super::msg::{
     ApplyMsg, Callback, InspectCallback, Inspector, PeerMsg, RaftCommand, RegionStatus, Responder,
     SnapshotTask, StoreMsg,
@@ -36,7 +37,7 @@ use super::msg::{
 use super::peer::Peer;
 use super::snapshot::{SnapError, SnapManager, SnapWorker};
 use super::transport::{MessageSink, Transport};
-use super::util::err_response;
+use super::util::{err_response, key_in_region};
 
 /// Log one dropped raft message in this many (each one is counted).
 const DROP_LOG_EVERY: u64 = 1024;
@@ -51,6 +52,7 @@ pub struct StoreHandle {
     metrics: Arc<StoreMetrics>,
     hib: Arc<Hibernation>,
     snap_mgr: Arc<SnapManager>,
+    meta: SharedMeta,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -123,6 +125,24 @@ impl StoreHandle {
                 Error::StoreStopped { in_flight: false }
             }
         })
+    }
+
+    /// The region of this store whose range holds `key`, as the store
+    /// knows it now (its peer may be a stale member: the region's leader
+    /// has the last word), or `None` if no initialized region here holds
+    /// it. Waits at most `timeout` for the peer's answer.
+    ///
+    /// # Errors
+    /// As [`StoreHandle::region_status`].
+    pub fn locate(&self, key: &[u8], timeout: std::time::Duration) -> Result<Option<Region>> {
+        let Some(region_id) = self.meta.lock().locate(key) else {
+            return Ok(None);
+        };
+        let status = match self.region_status(region_id, timeout) {
+            Err(Error::RegionNotFound(_)) => return Ok(None),
+            other => other?,
+        };
+        Ok(key_in_region(key, &status.region).then_some(status.region))
     }
 
     fn send_error(&self, region_id: u64, e: &flotilla_router::Error) -> Error {
@@ -285,11 +305,12 @@ pub struct Store {
     apply_system: BatchSystem<ApplyFsm, ApplyControl>,
     clock: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    regions: Vec<Region>,
+    /// The store's regions by range.
+    meta: SharedMeta,
     metrics: Arc<StoreMetrics>,
     status: Arc<StoreStatus>,
     hib: Arc<Hibernation>,
-    ids: IdAllocator,
+    ids: Arc<IdAllocator>,
     snap_mgr: Arc<SnapManager>,
     snap_worker: SnapWorker,
     raft_message_capacity: usize,
@@ -347,7 +368,7 @@ impl Store {
             .get_msg(Cf::Raft, keys::STORE_IDENT_KEY)?
             .ok_or_else(|| Error::Config("store is not bootstrapped".into()))?;
         let store_id = ident.store_id;
-        let ids = IdAllocator::open(engine.clone(), store_id)?;
+        let ids = Arc::new(IdAllocator::open(engine.clone(), store_id)?);
         let logger = logger.new(slog::o!("store" => store_id));
         let regions = load_regions(&engine)?;
         // Before the store sends anything: its peers must tell this life
@@ -364,8 +385,10 @@ impl Store {
             cfg.support_duration(),
         ));
         let cfg = Arc::new(cfg);
+        let meta = StoreMeta::new().shared();
+        let region_count = regions.len();
         let peers: Vec<Peer> = regions
-            .par_iter()
+            .into_par_iter()
             .map(|region| {
                 let peer_id = region
                     .peers
@@ -375,13 +398,24 @@ impl Store {
                     .ok_or_else(|| {
                         Error::Config(format!("region {} has no peer here", region.id))
                     })?;
-                Peer::new(&cfg, engine.clone(), region.clone(), peer_id, &logger)
+                Peer::new(&cfg, engine.clone(), region, peer_id, &meta, &logger)
             })
             .collect::<Result<_>>()?;
         let peers = peers
             .into_iter()
-            .map(|peer| reset_if_snapshot_lost(peer, &cfg, &engine, &logger))
+            .map(|peer| reset_if_snapshot_lost(peer, &cfg, &engine, &meta, &logger))
             .collect::<Result<Vec<_>>>()?;
+        {
+            let mut index = meta.lock();
+            for peer in peers.iter().filter(|p| p.raft.store().is_initialized()) {
+                index.set(None, peer.region()).map_err(|other| {
+                    Error::Engine(format!(
+                        "regions {} and {other} overlap on disk",
+                        peer.region_id()
+                    ))
+                })?;
+            }
+        }
 
         let router_cfg = |pool_size| flotilla_router::Config {
             pool_size,
@@ -402,6 +436,12 @@ impl Store {
         let mut apply_boxes = Vec::with_capacity(peers.len());
         let mut peer_boxes = Vec::with_capacity(peers.len());
         let mut applying = Vec::new();
+        let ticks_queued: TickFlags = Arc::new(parking_lot::RwLock::new(
+            peers
+                .iter()
+                .map(|p| (p.region_id(), TickSlot::default()))
+                .collect(),
+        ));
         for peer in peers {
             let id = peer.region_id();
             if let Some(snap) = peer.raft.store().applying_snapshot() {
@@ -465,9 +505,10 @@ impl Store {
         let status = Arc::new(StoreStatus::new(on_fatal));
         status.set_routers(router.clone(), apply_router.clone());
         {
-            let (engine, router, status, logger) = (
+            let (engine, router, meta, status, logger) = (
                 engine.clone(),
                 router.clone(),
+                meta.clone(),
                 status.clone(),
                 logger.clone(),
             );
@@ -476,6 +517,7 @@ impl Store {
                     ApplyPoller::new(
                         engine.clone(),
                         router.clone(),
+                        meta.clone(),
                         status.clone(),
                         logger.clone(),
                     )
@@ -493,13 +535,9 @@ impl Store {
                 logger.clone(),
             );
             let coalescer = Arc::new(Coalescer::new(store_id, epoch));
-            let ticks_queued: TickFlags = Arc::new(parking_lot::RwLock::new(
-                regions
-                    .iter()
-                    .map(|r| (r.id, TickSlot::default()))
-                    .collect(),
-            ));
             let cfg = cfg.clone();
+            let meta = meta.clone();
+            let ids = ids.clone();
             raft_system
                 .spawn("raft", move |_| {
                     RaftPoller::new(
@@ -515,6 +553,8 @@ impl Store {
                         hib.clone(),
                         ticks_queued.clone(),
                         snap_sched.clone(),
+                        meta.clone(),
+                        ids.clone(),
                         logger.clone(),
                     )
                 })
@@ -552,7 +592,7 @@ impl Store {
                 })
                 .map_err(|e| Error::Config(format!("spawn clock: {e}")))?
         };
-        slog::info!(logger, "store started"; "regions" => regions.len());
+        slog::info!(logger, "store started"; "regions" => region_count);
         Ok(Store {
             store_id,
             engine,
@@ -561,7 +601,7 @@ impl Store {
             apply_system,
             clock: Some(clock),
             stop,
-            regions,
+            meta,
             metrics,
             status,
             hib,
@@ -600,6 +640,7 @@ impl Store {
             metrics: self.metrics.clone(),
             hib: self.hib.clone(),
             snap_mgr: self.snap_mgr.clone(),
+            meta: self.meta.clone(),
             raft_message_capacity: self.raft_message_capacity,
             logger: self.logger.clone(),
         }
@@ -612,9 +653,17 @@ impl Store {
         self.status.fatal_error().cloned()
     }
 
-    /// The regions the store had when it started.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
+    /// How many initialized regions the store hosts now.
+    pub fn region_count(&self) -> usize {
+        self.meta.lock().len()
+    }
+
+    /// The region whose range holds `key` (see [`StoreHandle::locate`]).
+    ///
+    /// # Errors
+    /// As [`StoreHandle::locate`].
+    pub fn locate(&self, key: &[u8], timeout: std::time::Duration) -> Result<Option<Region>> {
+        self.handle().locate(key, timeout)
     }
 
     /// The store's counters.
@@ -675,6 +724,7 @@ fn reset_if_snapshot_lost(
     peer: Peer,
     cfg: &Config,
     engine: &Engine,
+    store_meta: &SharedMeta,
     logger: &Logger,
 ) -> Result<Peer> {
     let Some((index, term)) = peer.raft.store().applying_snapshot() else {
@@ -719,9 +769,16 @@ fn reset_if_snapshot_lost(
         wb.delete_range(Cf::Default, &start, &end)?;
     }
     engine.write(wb, flotilla_engine::Durability::Sync)?;
-    let meta = peer.meta;
+    let peer_meta = peer.meta;
     drop(peer);
-    Peer::uninitialized(cfg, engine.clone(), region.id, meta, logger)
+    Peer::uninitialized(
+        cfg,
+        engine.clone(),
+        region.id,
+        peer_meta,
+        store_meta,
+        logger,
+    )
 }
 
 /// Every region state on a store's engine, tombstones and regions being
@@ -841,7 +898,7 @@ mod tests {
             &logger,
         )
         .unwrap();
-        assert!(store.regions().is_empty(), "a tombstoned region was loaded");
+        assert_eq!(store.region_count(), 0, "a tombstoned region was loaded");
         let engine = store.engine();
         for key in [
             keys::raft_state_key(region.id).to_vec(),

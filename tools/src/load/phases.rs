@@ -821,7 +821,10 @@ impl<'a> Run<'a> {
             })?;
         let start_took = t1.elapsed();
         self.findings.restart = Some(engine_took + start_took);
-        let loaded = self.cluster.store(victim).map_or(0, |s| s.regions().len());
+        let loaded = self
+            .cluster
+            .store(victim)
+            .map_or(0, flotilla_raftstore::Store::region_count);
         bar.finish_and_clear();
         self.tick();
 

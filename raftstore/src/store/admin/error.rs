@@ -1,6 +1,7 @@
 //! Typed refusals of admin commands (DESIGN §7: one enum inside
 //! `store::Error`, never a string), convertible to and from the wire.
 
+pub use flotilla_proto::raft_cmdpb::SplitKeyFault;
 use flotilla_proto::raft_cmdpb::{self, admin_error::Kind};
 use thiserror::Error;
 
@@ -124,6 +125,33 @@ pub enum AdminError {
         /// What it has matched.
         matched: u64,
     },
+    /// A BatchSplit key that cannot split the region (see
+    /// [`SplitKeyFault`]). Nothing was proposed or applied.
+    #[error("split key {key:?} refused: {fault:?}")]
+    SplitKeyInvalid {
+        /// The key.
+        key: Vec<u8>,
+        /// What is wrong with it.
+        fault: SplitKeyFault,
+    },
+    /// A BatchSplit with more keys than `Config::split_max_keys`.
+    #[error("{count} split keys (at most {max} at once)")]
+    TooManySplitKeys {
+        /// Keys asked for.
+        count: u64,
+        /// The most a split takes.
+        max: u64,
+    },
+    /// A BatchSplit without a key.
+    #[error("a split needs at least one key")]
+    NoSplitKeys,
+    /// A split or membership change while a split proposed up to
+    /// `pending_index` is not applied yet (one such command at a time).
+    #[error("a split up to index {pending_index} is not applied yet")]
+    SplitPending {
+        /// The split's index.
+        pending_index: u64,
+    },
 }
 
 impl AdminError {
@@ -189,6 +217,19 @@ impl AdminError {
                     peer_id,
                 })
             }
+            AdminError::SplitKeyInvalid { key, fault } => {
+                Kind::SplitKeyInvalid(raft_cmdpb::SplitKeyInvalid {
+                    key: key.into(),
+                    fault: fault as i32,
+                })
+            }
+            AdminError::TooManySplitKeys { count, max } => {
+                Kind::TooManySplitKeys(raft_cmdpb::TooManySplitKeys { count, max })
+            }
+            AdminError::NoSplitKeys => Kind::NoSplitKeys(raft_cmdpb::NoSplitKeys {}),
+            AdminError::SplitPending { pending_index } => {
+                Kind::SplitPending(raft_cmdpb::SplitPending { pending_index })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -247,6 +288,18 @@ impl AdminError {
             Kind::ConfChangeRemovesVoterInJoint(d) => {
                 AdminError::ConfChangeRemovesVoterInJoint { peer_id: d.peer_id }
             }
+            Kind::SplitKeyInvalid(d) => AdminError::SplitKeyInvalid {
+                fault: d.fault(),
+                key: d.key.to_vec(),
+            },
+            Kind::TooManySplitKeys(d) => AdminError::TooManySplitKeys {
+                count: d.count,
+                max: d.max,
+            },
+            Kind::NoSplitKeys(_) => AdminError::NoSplitKeys,
+            Kind::SplitPending(d) => AdminError::SplitPending {
+                pending_index: d.pending_index,
+            },
         })
     }
 }

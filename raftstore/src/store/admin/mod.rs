@@ -5,14 +5,16 @@
 mod compact;
 mod conf_change;
 mod error;
+mod split;
 mod transfer;
 
 pub use self::compact::{CompactDecision, CompactInputs, LogGc, compact_decision};
 pub use self::conf_change::{
     LeaderView, PROMOTE_MAX_LAG, change_region, change_region_v2, check_change_peers,
-    conf_change_v2,
+    conf_change_v2, is_joint,
 };
-pub use self::error::AdminError;
+pub use self::error::{AdminError, SplitKeyFault};
+pub use self::split::{DEFAULT_SPLIT_MAX_KEYS, check_split_keys, split_regions};
 pub use self::transfer::{TRANSFER_LEADER_MAX_LAG, Transferee, check_transfer};
 
 use flotilla_proto::metapb::{Region, RegionEpoch};

@@ -3,6 +3,7 @@
 //! nothing and is answered with its typed error; the entry still counts
 //! as applied (every replica refuses it alike).
 
+use flotilla_engine::WriteBatch;
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
     AdminResponse, CompactLogRequest, CompactLogResponse, RaftCmdRequest, admin_request,
@@ -14,18 +15,26 @@ use crate::store::admin::{AdminError, check_epoch, cmd_name};
 use crate::store::error::{Error, Result};
 use crate::store::msg::ExecResult;
 
+use super::split::{SplitCtx, exec_batch_split};
+
 /// Applies `cmd`, the admin command of `request` (see
 /// [`admin_cmd`](crate::store::admin::admin_cmd)), at the apply state
 /// before the entry. Returns the response and what the command changed.
 pub(super) fn exec_admin(
+    ctx: &SplitCtx<'_>,
+    wb: &mut WriteBatch,
     request: &RaftCmdRequest,
     cmd: &admin_request::Cmd,
-    region: &Region,
+    region: &mut Region,
     apply_state: &mut RaftApplyState,
 ) -> Result<(AdminResponse, Option<ExecResult>)> {
     let asked = request.header.as_ref().and_then(|h| h.region_epoch);
     check_epoch(cmd, asked, region)?;
     match cmd {
+        admin_request::Cmd::BatchSplit(req) => {
+            let (resp, result) = exec_batch_split(ctx, wb, req, region)?;
+            Ok((resp, Some(result)))
+        }
         admin_request::Cmd::CompactLog(req) => {
             let result = exec_compact_log(req, apply_state)?;
             let resp = AdminResponse {
@@ -70,10 +79,16 @@ fn exec_compact_log(
 
 #[cfg(test)]
 mod tests {
-    use flotilla_proto::metapb::RegionEpoch;
-    use flotilla_proto::raft_cmdpb::{AdminRequest, BatchSplitRequest, RaftRequestHeader};
+    use flotilla_engine::{Durability, Engine, EngineOptions};
+    use flotilla_proto::metapb::{Peer, RegionEpoch};
+    use flotilla_proto::raft_cmdpb::{
+        AdminRequest, BatchSplitRequest, RaftRequestHeader, SplitRequest,
+    };
+    use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
 
     use super::*;
+    use crate::store::fsm::{RaftRouter, StoreFsm};
+    use crate::store::meta::{SharedMeta, StoreMeta};
 
     fn region() -> Region {
         Region {
@@ -111,6 +126,63 @@ mod tests {
         })
     }
 
+    /// `exec_admin` on a throwaway engine and router.
+    fn exec(
+        req: &RaftCmdRequest,
+        cmd: &admin_request::Cmd,
+        region: &mut Region,
+        st: &mut RaftApplyState,
+    ) -> Result<(AdminResponse, Option<ExecResult>)> {
+        Store::new().exec(req, cmd, region, st).0
+    }
+
+    /// An engine, a router and a range index for the apply side.
+    struct Store {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        router: RaftRouter,
+        _system: flotilla_router::BatchSystem<crate::store::fsm::PeerFsm, StoreFsm>,
+        meta: SharedMeta,
+    }
+
+    impl Store {
+        fn new() -> Store {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            let (router, system) = flotilla_router::BatchSystem::new(
+                &flotilla_router::Config::default(),
+                flotilla_router::Mailbox::new(Box::<StoreFsm>::default()),
+            )
+            .unwrap();
+            Store {
+                _dir: dir,
+                engine,
+                router,
+                _system: system,
+                meta: StoreMeta::new().shared(),
+            }
+        }
+
+        /// Runs `exec_admin` and writes its batch.
+        fn exec(
+            &self,
+            req: &RaftCmdRequest,
+            cmd: &admin_request::Cmd,
+            region: &mut Region,
+            st: &mut RaftApplyState,
+        ) -> (Result<(AdminResponse, Option<ExecResult>)>, ()) {
+            let ctx = SplitCtx {
+                engine: &self.engine,
+                meta: &self.meta,
+                router: &self.router,
+            };
+            let mut wb = self.engine.write_batch();
+            let res = exec_admin(&ctx, &mut wb, req, cmd, region, st);
+            self.engine.write(wb, Durability::Sync).unwrap();
+            (res, ())
+        }
+    }
+
     fn state(applied: u64, truncated: u64) -> RaftApplyState {
         RaftApplyState {
             applied_index: applied,
@@ -128,18 +200,18 @@ mod tests {
         let stale_epoch = RegionEpoch::default();
         let mut st = state(100, 5);
         let (req, cmd) = request(compact(60, 7), stale_epoch);
-        let (_, res) = exec_admin(&req, &cmd, &region(), &mut st).unwrap();
+        let (_, res) = exec(&req, &cmd, &mut region(), &mut st).unwrap();
         let want = RaftTruncatedState { index: 60, term: 7 };
         assert_eq!(res, Some(ExecResult::CompactLog { truncated: want }));
         assert_eq!(st.truncated_state, Some(want));
 
         let (req, cmd) = request(compact(40, 6), stale_epoch);
-        let (_, res) = exec_admin(&req, &cmd, &region(), &mut st).unwrap();
+        let (_, res) = exec(&req, &cmd, &mut region(), &mut st).unwrap();
         assert_eq!(res, None, "below the truncated index");
         assert_eq!(st.truncated_state, Some(want));
 
         let (req, cmd) = request(compact(101, 7), stale_epoch);
-        let err = exec_admin(&req, &cmd, &region(), &mut st).unwrap_err();
+        let err = exec(&req, &cmd, &mut region(), &mut st).unwrap_err();
         assert_eq!(
             err,
             Error::Admin(AdminError::CompactIndexAhead {
@@ -150,22 +222,130 @@ mod tests {
         assert_eq!(st.truncated_state, Some(want), "a refusal changes nothing");
     }
 
+    fn split_region() -> Region {
+        Region {
+            id: 3,
+            start_key: b"b".to_vec().into(),
+            end_key: b"m".to_vec().into(),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 2,
+                version: 4,
+            }),
+            peers: vec![Peer {
+                id: 30,
+                store_id: 1,
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn split_at(key: &[u8], new_id: u64) -> admin_request::Cmd {
+        admin_request::Cmd::BatchSplit(BatchSplitRequest {
+            requests: vec![SplitRequest {
+                split_key: key.to_vec().into(),
+                new_region_id: new_id,
+                new_peer_ids: vec![new_id * 10],
+            }],
+            right_derive: false,
+        })
+    }
+
+    fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
+        engine
+            .get_msg(
+                flotilla_engine::Cf::Raft,
+                &flotilla_engine::keys::region_state_key(id),
+            )
+            .unwrap()
+    }
+
+    /// admin.md §1.1: a split is epoch-checked; applied, it writes the
+    /// parent's new range and the new region's starting states in the
+    /// apply batch, claims the new region against peers born of messages
+    /// meanwhile, and reports both regions. A new region removed from
+    /// this store since (a tombstone) is not created again, and the keys
+    /// it would inherit are cleared.
+    #[test]
+    fn batch_split_writes_both_regions_and_respects_tombstones() {
+        let store = Store::new();
+        let mut st = state(100, 5);
+        let (req, cmd) = request(split_at(b"f", 7), RegionEpoch::default());
+        let mut r = split_region();
+        assert!(matches!(
+            store.exec(&req, &cmd, &mut r, &mut st).0,
+            Err(Error::EpochNotMatch { .. })
+        ));
+        assert_eq!(r, split_region(), "a refused split changed the region");
+
+        let (req, cmd) = request(split_at(b"f", 7), split_region().region_epoch.unwrap());
+        let (_, res) = store.exec(&req, &cmd, &mut r, &mut st).0.unwrap();
+        let Some(ExecResult::Split(split)) = res else {
+            panic!("no split result: {res:?}");
+        };
+        assert_eq!(&r.end_key[..], b"f");
+        assert_eq!(r.region_epoch.unwrap().version, 5);
+        assert_eq!(split.derived, r);
+        assert_eq!(split.created, vec![true]);
+        assert!(store.meta.lock().claimed_by_split(7));
+        let new = region_state(&store.engine, 7).expect("new region state");
+        assert_eq!(new.state(), PeerState::Normal);
+        let new_region = new.region.unwrap();
+        assert_eq!(
+            (&new_region.start_key[..], &new_region.end_key[..]),
+            (&b"f"[..], &b"m"[..])
+        );
+        assert_eq!(region_state(&store.engine, 3).unwrap().region.unwrap(), r);
+
+        // Region 8 was split off and then removed from this store.
+        let store = Store::new();
+        let mut tomb = RegionLocalState::default();
+        tomb.set_state(PeerState::Tombstone);
+        let data = flotilla_engine::keys::data_key(b"g");
+        let mut wb = store.engine.write_batch();
+        wb.put_msg(
+            flotilla_engine::Cf::Raft,
+            &flotilla_engine::keys::region_state_key(8),
+            &tomb,
+        );
+        wb.put(flotilla_engine::Cf::Default, &data, b"v");
+        store.engine.write(wb, Durability::Sync).unwrap();
+        let mut r = split_region();
+        let (req, cmd) = request(split_at(b"f", 8), split_region().region_epoch.unwrap());
+        let (_, res) = store.exec(&req, &cmd, &mut r, &mut st).0.unwrap();
+        let Some(ExecResult::Split(split)) = res else {
+            panic!("no split result: {res:?}");
+        };
+        assert_eq!(split.created, vec![false]);
+        assert!(!store.meta.lock().claimed_by_split(8));
+        assert_eq!(
+            region_state(&store.engine, 8).unwrap().state(),
+            PeerState::Tombstone
+        );
+        assert_eq!(
+            store
+                .engine
+                .get(flotilla_engine::Cf::Default, &data)
+                .unwrap(),
+            None
+        );
+    }
+
     /// A command the store does not run is refused typed, after the epoch
     /// check its row of the table asks for.
     #[test]
     fn unsupported_commands_are_refused_after_their_epoch_check() {
         let mut st = state(100, 5);
-        let split = admin_request::Cmd::BatchSplit(BatchSplitRequest::default());
-        let (req, cmd) = request(split.clone(), RegionEpoch::default());
+        let merge = admin_request::Cmd::PrepareMerge(Default::default());
+        let (req, cmd) = request(merge.clone(), RegionEpoch::default());
         assert!(matches!(
-            exec_admin(&req, &cmd, &region(), &mut st),
+            exec(&req, &cmd, &mut region(), &mut st),
             Err(Error::EpochNotMatch { .. })
         ));
-        let (req, cmd) = request(split, region().region_epoch.unwrap());
+        let (req, cmd) = request(merge, region().region_epoch.unwrap());
         assert_eq!(
-            exec_admin(&req, &cmd, &region(), &mut st).unwrap_err(),
+            exec(&req, &cmd, &mut region(), &mut st).unwrap_err(),
             Error::Admin(AdminError::NotSupported {
-                command: "batch_split".into()
+                command: "prepare_merge".into()
             })
         );
         assert_eq!(st, state(100, 5));

@@ -22,6 +22,7 @@ use super::admin::admin_cmd;
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
+use super::meta::SharedMeta;
 use super::msg::{
     ApplyMsg, ApplyRes, ApplyTask, DestroyTask, ExecResult, PeerMsg, Proposal, SnapshotTask,
 };
@@ -31,6 +32,9 @@ use super::validate::{data_range, validate_for_apply};
 
 mod admin;
 mod conf_change;
+mod split;
+
+pub(crate) use self::split::SplitCtx;
 
 /// A region's apply delegate.
 pub struct ApplyFsm {
@@ -99,6 +103,8 @@ impl Fsm for ApplyControl {
 pub struct ApplyPoller {
     engine: Engine,
     raft_router: RaftRouter,
+    /// The store's regions by range (splits claim their new regions).
+    meta: SharedMeta,
     wb: Option<WriteBatch>,
     status: Arc<StoreStatus>,
     logger: Logger,
@@ -110,12 +116,14 @@ impl ApplyPoller {
     pub fn new(
         engine: Engine,
         raft_router: RaftRouter,
+        meta: SharedMeta,
         status: Arc<StoreStatus>,
         logger: Logger,
     ) -> ApplyPoller {
         ApplyPoller {
             engine,
             raft_router,
+            meta,
             wb: None,
             status,
             logger,
@@ -149,9 +157,15 @@ impl ApplyPoller {
             ) {
                 conf_change::apply_conf_change(wb, fsm, &entry)
             } else {
+                let ctx = SplitCtx {
+                    engine: &self.engine,
+                    meta: &self.meta,
+                    router: &self.raft_router,
+                };
                 apply_entry(
+                    &ctx,
                     wb,
-                    &fsm.region,
+                    &mut fsm.region,
                     &mut fsm.apply_state,
                     &mut fsm.results,
                     &entry,
@@ -236,9 +250,13 @@ impl ApplyPoller {
     /// `Applying` on disk and the write is redone at the next start.
     fn apply_snapshot(&mut self, fsm: &mut ApplyFsm, task: SnapshotTask) {
         let started = std::time::Instant::now();
+        // The range this delegate had (none if uninitialized): a split or
+        // merge the peer missed may have moved the region's bounds.
+        let old = (!fsm.region.peers.is_empty()).then_some(&fsm.region);
         match apply_snapshot_file(
             &self.engine,
             &task.region,
+            old,
             &task.path,
             task.index,
             task.term,
@@ -281,8 +299,9 @@ impl ApplyPoller {
 /// are unaffected. An admin command changes `apply_state` (at the state
 /// before the entry) and records what it did in `results`.
 fn apply_entry(
+    ctx: &SplitCtx<'_>,
     wb: &mut WriteBatch,
-    region: &Region,
+    region: &mut Region,
     apply_state: &mut RaftApplyState,
     results: &mut Vec<ExecResult>,
     entry: &Entry,
@@ -300,7 +319,7 @@ fn apply_entry(
         Err(e) => return err_response(e),
     };
     if let Some(cmd) = cmd {
-        return match admin::exec_admin(&request, cmd, region, apply_state) {
+        return match admin::exec_admin(ctx, wb, &request, cmd, region, apply_state) {
             Ok((resp, result)) => {
                 results.extend(result);
                 RaftCmdResponse {
@@ -316,6 +335,17 @@ fn apply_entry(
         };
     }
     if let Err(e) = validate_for_apply(&request, region) {
+        // Proposed before a split moved the key away: the client hears
+        // the region's new bounds and locates the key again.
+        let asked = request.header.as_ref().and_then(|h| h.region_epoch);
+        let version = |e: Option<flotilla_proto::metapb::RegionEpoch>| e.map_or(0, |e| e.version);
+        if matches!(e, Error::KeyNotInRegion { .. })
+            && version(asked) != version(region.region_epoch)
+        {
+            return err_response(Error::EpochNotMatch {
+                current_regions: vec![region.clone()],
+            });
+        }
         return err_response(e);
     }
     let mut responses = Vec::with_capacity(request.requests.len());
@@ -550,7 +580,8 @@ mod tests {
         .unwrap();
         let logger = Logger::root(slog::Discard, slog::o!());
         let status = Arc::new(StoreStatus::new(None));
-        let mut poller = ApplyPoller::new(engine, router, status, logger);
+        let meta = crate::store::meta::StoreMeta::new().shared();
+        let mut poller = ApplyPoller::new(engine, router, meta, status, logger);
         let mut fsm = ApplyFsm::new(region(), Peer::default(), RaftApplyState::default());
         let poison = request::Cmd::DeleteRange(DeleteRangeRequest {
             start_key: Bytes::from_static(b"b"),

@@ -20,6 +20,7 @@ use crate::store::admin::{
     AdminError, LeaderView, Transferee, admin_cmd, check_change_peers, check_epoch, check_transfer,
     cmd_name, conf_change_v2,
 };
+use crate::store::config::Config;
 use crate::store::error::{Error, Result};
 use crate::store::msg::Responder;
 use crate::store::util::err_response;
@@ -32,13 +33,20 @@ enum AdminStep {
     ProposeConfChange(ConfChange),
     /// Propose this (possibly joint) conf change; answer when it applies.
     ProposeConfChangeV2(ConfChangeV2),
+    /// Propose this encoded command (a split); answer when it applies.
+    ProposeSplit(Vec<u8>),
 }
 
 impl Peer {
     /// Handles a client's admin command: answered at once (TransferLeader,
     /// refusals) or once its entry applies (ChangePeer).
-    pub(super) fn on_admin_command(&mut self, request: RaftCmdRequest, callback: Responder) {
-        match self.admin_command(&request) {
+    pub(super) fn on_admin_command(
+        &mut self,
+        cfg: &Config,
+        request: RaftCmdRequest,
+        callback: Responder,
+    ) {
+        match self.admin_command(cfg, &request) {
             Ok(AdminStep::Answer(resp)) => {
                 callback.respond(*resp);
             }
@@ -50,13 +58,20 @@ impl Peer {
                     raft.propose_conf_change_v2(Vec::new(), &cc)
                 });
             }
+            Ok(AdminStep::ProposeSplit(data)) => {
+                let index = self.raft.raft.raft_log().last_index() + 1;
+                self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
+                if self.raft.raft.raft_log().last_index() == index {
+                    self.note_split_proposed(index);
+                }
+            }
             Err(e) => {
                 callback.respond(err_response(e));
             }
         }
     }
 
-    fn admin_command(&mut self, request: &RaftCmdRequest) -> Result<AdminStep> {
+    fn admin_command(&mut self, cfg: &Config, request: &RaftCmdRequest) -> Result<AdminStep> {
         let header = self.check_header(request)?;
         let cmd = admin_cmd(request)?
             .ok_or_else(|| Error::InvalidRequest("not an admin request".into()))?;
@@ -78,6 +93,10 @@ impl Peer {
                     context: request.encode_to_vec().into(),
                     id: 0,
                 }));
+            }
+            admin_request::Cmd::BatchSplit(req) => {
+                self.check_split(req, cfg.split_max_keys)?;
+                return Ok(AdminStep::ProposeSplit(request.encode_to_vec()));
             }
             admin_request::Cmd::ChangePeerV2(req) => {
                 self.check_membership_change(&req.changes)?;
@@ -106,6 +125,7 @@ impl Peer {
     /// The leader's checks of a membership change before it proposes it
     /// (`admin::check_change_peers`).
     fn check_membership_change(&self, changes: &[ChangePeerRequest]) -> Result<()> {
+        self.check_no_pending_split()?;
         let raft = &self.raft.raft;
         let view = LeaderView {
             leader_id: self.meta.id,

@@ -22,9 +22,11 @@ impl super::Peer {
                     let store = &mut self.raft.raft.raft_log_mut().store;
                     if store.applying_snapshot().is_some_and(|(i, _)| i == index) {
                         store.snapshot_applied();
+                        self.on_snapshot_applied();
                     }
                 }
                 ExecResult::ChangePeer { cc, region } => self.on_change_peer(&cc, region),
+                ExecResult::Split(split) => self.on_split(*split),
             }
         }
     }

@@ -20,6 +20,7 @@ use super::admin::LogGc;
 use super::config::Config;
 use super::error::{Error, Result};
 use super::hibernation::{Hibernation, PeerSleep};
+use super::meta::SharedMeta;
 use super::msg::{ApplyTask, Proposal, Responder, SnapshotTask};
 use super::peer_storage::{PeerStorage, RAFT_INIT_LOG_TERM};
 use super::util::err_response;
@@ -32,6 +33,7 @@ mod exec;
 mod hibernate;
 mod log_gc;
 mod snapshot;
+mod split;
 
 use self::hibernate::FRESH_HOLD_TIMEOUTS;
 
@@ -165,16 +167,33 @@ pub struct Peer {
     /// A snapshot persisted in this round's batch, for the apply side once
     /// the batch is written (boxed: rare).
     pending_snapshot: Option<Box<SnapshotTask>>,
+    /// The keys an admitted snapshot reserved in the store's range index
+    /// (its range and this peer's old one), held until it is applied.
+    reserved_range: Option<Box<Region>>,
     /// Peers heard from that the region (as this peer knows it) does not
     /// list: an uninitialized peer answers its leader through them.
     known_peers: Option<Box<KnownPeers>>,
     /// A conf change removed this peer (see `exec`).
     removed: bool,
+    /// The index of a split this peer proposed as leader, until it
+    /// applies: no lease read meanwhile (the new regions may elect
+    /// leaders elsewhere as soon as their stores apply it), no other
+    /// split or membership change. 0: none.
+    pending_split: u64,
+    /// Regions a split applied here created, for the poller to register
+    /// (taken at once).
+    born: Option<Box<[Region]>>,
+    /// Every region of the last split this peer applied: an
+    /// `EpochNotMatch` lists them, so a client's cache learns all of
+    /// them at once.
+    last_split: Option<Box<[Region]>>,
     /// A tombstone message for a peer removed from the region while it
     /// could not hear it (see `exec`), to send.
     gc_reply: Option<Box<RaftMessage>>,
     limits: RequestLimits,
     engine: Engine,
+    /// The store's regions by range (see `store::meta`).
+    store_meta: SharedMeta,
     logger: Logger,
 }
 
@@ -188,6 +207,7 @@ impl Peer {
         engine: Engine,
         region: Region,
         peer_id: u64,
+        store_meta: &SharedMeta,
         logger: &Logger,
     ) -> Result<Peer> {
         let meta = region
@@ -196,7 +216,7 @@ impl Peer {
             .find(|p| p.id == peer_id)
             .copied()
             .ok_or_else(|| Error::Config(format!("peer {peer_id} not in region {}", region.id)))?;
-        Peer::with_meta(cfg, engine, region, meta, logger)
+        Peer::with_meta(cfg, engine, region, meta, store_meta, logger)
     }
 
     /// An uninitialized peer `meta` of region `region_id`, created by a
@@ -211,13 +231,14 @@ impl Peer {
         engine: Engine,
         region_id: u64,
         meta: metapb::Peer,
+        store_meta: &SharedMeta,
         logger: &Logger,
     ) -> Result<Peer> {
         let region = Region {
             id: region_id,
             ..Default::default()
         };
-        Peer::with_meta(cfg, engine, region, meta, logger)
+        Peer::with_meta(cfg, engine, region, meta, store_meta, logger)
     }
 
     fn with_meta(
@@ -225,6 +246,7 @@ impl Peer {
         engine: Engine,
         region: Region,
         meta: metapb::Peer,
+        store_meta: &SharedMeta,
         logger: &Logger,
     ) -> Result<Peer> {
         let peer_id = meta.id;
@@ -276,11 +298,16 @@ impl Peer {
             last_full_tick: 0,
             log_gc: LogGc::default(),
             pending_snapshot: None,
+            reserved_range: None,
             known_peers: None,
             removed: false,
+            pending_split: 0,
+            born: None,
+            last_split: None,
             gc_reply: None,
             limits: cfg.request_limits(),
             engine,
+            store_meta: store_meta.clone(),
             logger,
         };
         // The first election after bootstrap waits until the store hears
@@ -401,7 +428,7 @@ impl Peer {
     pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
         self.sleep.idle_ticks = 0;
         if request.admin_request.is_some() {
-            self.on_admin_command(request, callback);
+            self.on_admin_command(cfg, request, callback);
             return;
         }
         let kind = match self.check_command(&request) {
@@ -465,9 +492,7 @@ impl Peer {
         let epoch = header.region_epoch.unwrap_or_default();
         // Data commands depend on the key range: only `version` matters.
         if epoch.version != current.version {
-            return Err(Error::EpochNotMatch {
-                current_regions: vec![region.clone()],
-            });
+            return Err(self.epoch_not_match());
         }
         validate_requests(request, region, &self.limits)
     }
@@ -543,6 +568,7 @@ impl Peer {
             && self.lease.expires_at.is_some_and(|e| now < e)
             && raft.lead_transferee().is_none()
             && self.raft.store().applying_snapshot().is_none()
+            && self.pending_split <= self.raft.store().applied_index()
             && raft
                 .raft_log()
                 .term(self.raft.store().applied_index())
@@ -891,8 +917,16 @@ impl Peer {
     }
 
     fn execute_read(&self, request: &RaftCmdRequest) -> RaftCmdResponse {
-        let snap = self.engine.snapshot();
         let region = self.region();
+        // Checked when the read came; a split may have applied while it
+        // waited for its read index.
+        let version = |e: Option<metapb::RegionEpoch>| e.map_or(0, |e| e.version);
+        if version(request.header.as_ref().and_then(|h| h.region_epoch))
+            != version(region.region_epoch)
+        {
+            return err_response(self.epoch_not_match());
+        }
+        let snap = self.engine.snapshot();
         let mut responses = Vec::with_capacity(request.requests.len());
         for r in &request.requests {
             let cmd = match &r.cmd {
@@ -998,6 +1032,7 @@ mod tests {
             engine.clone(),
             region.clone(),
             me,
+            &crate::store::meta::StoreMeta::new().shared(),
             &logger,
         )
         .unwrap();

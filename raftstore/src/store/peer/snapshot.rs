@@ -4,6 +4,7 @@
 
 use flotilla_engine::WriteBatch;
 use flotilla_proto::eraftpb::{Message, MessageType, Snapshot};
+use flotilla_proto::metapb::Region;
 
 use super::Peer;
 use crate::store::error::{Error, Result};
@@ -12,15 +13,19 @@ use crate::store::snapshot::{recv_path, snap_dir, snapshot_index, snapshot_meta}
 
 impl Peer {
     /// Whether a received `MsgSnapshot` may reach raft: its file is here,
-    /// it is of this region with this region's range (regions do not split
-    /// or merge yet), no other snapshot is being applied (two in flight
-    /// could not both be redone after a crash), and every entry handed to
-    /// the apply side is applied (TiKV's `ready_to_handle_pending_snap`:
-    /// an entry applied after the snapshot is persisted would write over
-    /// its `Applying` state, or roll its membership back). A refused one's
-    /// file is removed (unless it is the one being applied); raft's leader
-    /// sends again.
-    pub(super) fn admit_snapshot(&self, m: &Message) -> bool {
+    /// it is of this region with this region's range or a newer one (a
+    /// split or merge this peer missed), no other snapshot is being applied
+    /// (two in flight could not both be redone after a crash), every entry
+    /// handed to the apply side is applied (TiKV's
+    /// `ready_to_handle_pending_snap`: an entry applied after the snapshot
+    /// is persisted would write over its `Applying` state, or roll its
+    /// membership back), and no other region of the store owns any of the
+    /// keys between this peer's range and the snapshot's. Those keys are
+    /// then reserved for this region in the store's range index until the
+    /// snapshot is applied (see [`Peer::on_snapshot_applied`]). A refused
+    /// one's file is removed (unless it is the one being applied); raft's
+    /// leader sends again.
+    pub(super) fn admit_snapshot(&mut self, m: &Message) -> bool {
         let Some(snap) = m.snapshot.as_deref() else {
             return false;
         };
@@ -32,23 +37,27 @@ impl Peer {
                 let region = meta.region.unwrap_or_default();
                 let ours = self.region();
                 // An uninitialized peer takes its range from the snapshot.
-                // (Ranges do not change until regions split and merge,
-                // which will check overlaps with the store's other
-                // regions here.)
                 let initialized = self.raft.store().is_initialized();
-                if region.id != ours.id
-                    || (initialized
-                        && (region.start_key != ours.start_key || region.end_key != ours.end_key))
+                let version = |r: &Region| r.region_epoch.map_or(0, |e| e.version);
+                if region.id != ours.id {
+                    Some("another region".to_owned())
+                } else if initialized
+                    && (region.start_key != ours.start_key || region.end_key != ours.end_key)
+                    && version(&region) <= version(ours)
                 {
-                    Some("another region or range".to_owned())
-                } else if self.raft.store().applying_snapshot().is_some() {
+                    Some("another range, not newer".to_owned())
+                } else if self.raft.store().applying_snapshot().is_some()
+                    || self.raft.raft.raft_log().unstable.snapshot.is_some()
+                {
                     Some("a snapshot is being applied".to_owned())
                 } else if self.raft.raft.raft_log().applying > self.raft.store().applied_index() {
                     Some("entries before it are being applied".to_owned())
                 } else if !path.exists() {
                     Some("its file is not here".to_owned())
                 } else {
-                    None
+                    self.reserve_range(&region)
+                        .err()
+                        .map(|other| format!("region {other} here owns part of its range"))
                 }
             }
         };
@@ -58,6 +67,54 @@ impl Peer {
             return false;
         }
         true
+    }
+
+    /// Reserves the keys of `region` (a snapshot's) and of this peer's
+    /// range in the store's index, so no other region takes them before
+    /// the snapshot is applied and whatever of this peer's old range it
+    /// does not cover is cleared. At most one snapshot is reserved for at
+    /// a time (admission refuses a second until the first is applied).
+    ///
+    /// # Errors
+    /// The region in the way.
+    fn reserve_range(&mut self, region: &Region) -> std::result::Result<(), u64> {
+        let mut hull = region.clone();
+        if let Some(held) = self.held_range() {
+            hull.start_key = hull.start_key.min(held.start_key.clone());
+            if !hull.end_key.is_empty() && (held.end_key.is_empty() || held.end_key > hull.end_key)
+            {
+                hull.end_key = held.end_key.clone();
+            }
+        }
+        let held = self.held_range();
+        self.store_meta.lock().set(held.as_ref(), &hull)?;
+        self.reserved_range = Some(Box::new(hull));
+        Ok(())
+    }
+
+    /// The range this peer holds in the store's index: one reserved for a
+    /// snapshot, else its region's if it is initialized.
+    pub fn held_range(&self) -> Option<Region> {
+        match &self.reserved_range {
+            Some(r) => Some((**r).clone()),
+            None => self
+                .raft
+                .store()
+                .is_initialized()
+                .then(|| self.region().clone()),
+        }
+    }
+
+    /// After a snapshot is applied: the region holds exactly its range in
+    /// the store's index (the keys reserved beyond it are cleared now).
+    pub(super) fn on_snapshot_applied(&mut self) {
+        let held = self.held_range();
+        self.reserved_range = None;
+        let ours = self.region().clone();
+        if let Err(other) = self.store_meta.lock().set(held.as_ref(), &ours) {
+            slog::error!(self.logger, "applied snapshot's range is held by another region";
+                "other" => other);
+        }
     }
 
     /// Removes the received file of the snapshot at (`index`, `term`),
@@ -73,7 +130,7 @@ impl Peer {
 
     /// After raft stepped an admitted snapshot: if raft did not install it
     /// (older than the commit index, already matched), its file goes.
-    pub(super) fn drop_unused_snapshot(&self, index: u64, term: u64) {
+    pub(super) fn drop_unused_snapshot(&mut self, index: u64, term: u64) {
         let installed = self
             .raft
             .raft
@@ -84,6 +141,17 @@ impl Peer {
             .is_some_and(|s| snapshot_index(s) == (index, term));
         if !installed {
             self.remove_snapshot_file(index, term);
+            // Give back what admission reserved: the peer holds its own
+            // range again (none if it is not initialized).
+            if let Some(reserved) = self.reserved_range.take() {
+                let mut index = self.store_meta.lock();
+                index.remove(&reserved);
+                if self.raft.store().is_initialized()
+                    && let Err(other) = index.set(None, self.region())
+                {
+                    slog::error!(self.logger, "range not given back"; "other" => other);
+                }
+            }
         }
     }
 

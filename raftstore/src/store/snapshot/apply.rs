@@ -22,7 +22,9 @@ pub fn snapshot_apply_state(index: u64, term: u64) -> RaftApplyState {
     }
 }
 
-/// Clears `region`'s data range and writes the file at `path` into it,
+/// Clears `region`'s data range (and `old`, the range the peer had before
+/// the snapshot, when a split or merge it missed moved its bounds) and
+/// writes the file at `path` into it,
 /// in batches; then writes the region `Normal` with the apply state at
 /// (`index`, `term`), synced, and removes the file. Safe to run again
 /// after a crash at any point (the region stays `Applying` until the last
@@ -34,6 +36,7 @@ pub fn snapshot_apply_state(index: u64, term: u64) -> RaftApplyState {
 pub fn apply_snapshot_file(
     engine: &Engine,
     region: &Region,
+    old: Option<&Region>,
     path: &Path,
     index: u64,
     term: u64,
@@ -49,6 +52,17 @@ pub fn apply_snapshot_file(
     let mut wb = new_batch();
     if start < end {
         wb.delete_range(Cf::Default, &start, &end)?;
+    }
+    if let Some(old) =
+        old.filter(|o| o.start_key != region.start_key || o.end_key != region.end_key)
+    {
+        let (old_start, old_end) = (
+            keys::data_key(&old.start_key),
+            keys::data_end_key(&old.end_key),
+        );
+        if old_start < old_end {
+            wb.delete_range(Cf::Default, &old_start, &old_end)?;
+        }
     }
     let mut kvs = 0u64;
     while let Some((key, value)) = reader.next_kv()? {

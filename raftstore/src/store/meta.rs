@@ -1,0 +1,256 @@
+//! [`StoreMeta`]: the store-wide index of which hosted region owns which
+//! key range (admin.md §1.7), behind one lock ([`SharedMeta`]).
+//!
+//! Lifecycle of an entry: a region's range enters when the store opens
+//! with it initialized, when a snapshot is admitted for it (reserved at
+//! admission, so two pollers cannot admit overlapping snapshots at once,
+//! and given back if raft does not install it), or when a split creates
+//! it; it changes when a split shrinks its region; it leaves when the peer
+//! is destroyed. Uninitialized peers own no range.
+//!
+//! What reads it: peer creation from a message (a vote for a range some
+//! live region here covers is not for this store yet), snapshot admission
+//! (a snapshot whose range overlaps another region here is refused), and
+//! key lookup for clients whose cache misses.
+//!
+//! Invariant: the ranges in the index never overlap. Every insertion checks
+//! it and refuses (returning the region in the way) rather than break it.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_proto::metapb::Region;
+use fxhash::FxHashSet;
+use parking_lot::Mutex;
+
+/// The index shared by a store's pollers.
+pub type SharedMeta = Arc<Mutex<StoreMeta>>;
+
+/// A range's end key, ordered with the empty (unbounded) end after every
+/// other. It shares its bytes with the region's (`Bytes` clones do not
+/// copy), so the index costs no key memory of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EndKey(Bytes);
+
+impl Ord for EndKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self.0.is_empty(), other.0.is_empty()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            (false, false) => self.0.cmp(&other.0),
+        }
+    }
+}
+
+impl PartialOrd for EndKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A region's range in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RangeEntry {
+    region_id: u64,
+    start_key: Bytes,
+}
+
+/// Initialized regions of one store by key range.
+#[derive(Debug, Default)]
+pub struct StoreMeta {
+    /// Keyed by each range's end, so the first entry ending after a key is
+    /// the only range that may hold it. `ranges[k].start_key < k` for
+    /// every entry.
+    ranges: BTreeMap<EndKey, RangeEntry>,
+    /// Regions a split applied here is creating a peer for: no message
+    /// may create another peer of them meanwhile (the split's states are
+    /// written and its peer registered after the claim).
+    split_claims: FxHashSet<u64>,
+}
+
+/// The bound "ranges ending after `key`" (every range, for the empty key).
+fn ending_after(key: &[u8]) -> Bound<EndKey> {
+    if key.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(EndKey(Bytes::copy_from_slice(key)))
+    }
+}
+
+/// Whether a range starting at `start` begins before `end` (empty = none).
+fn starts_before(start: &[u8], end: &[u8]) -> bool {
+    end.is_empty() || start < end
+}
+
+impl StoreMeta {
+    /// An empty index.
+    pub fn new() -> StoreMeta {
+        StoreMeta::default()
+    }
+
+    /// The index as shared by pollers.
+    pub fn shared(self) -> SharedMeta {
+        Arc::new(Mutex::new(self))
+    }
+
+    /// How many ranges the index holds.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The regions whose ranges overlap `[start, end)` (an empty `end` is
+    /// unbounded), other than `except`, in key order.
+    pub fn overlapping(&self, start: &[u8], end: &[u8], except: u64) -> Vec<u64> {
+        // Ranges ending after `start` (an end equal to it is exclusive).
+        self.ranges
+            .range((ending_after(start), Bound::Unbounded))
+            .take_while(|(_, e)| starts_before(&e.start_key, end))
+            .map(|(_, e)| e.region_id)
+            .filter(|&id| id != except)
+            .collect()
+    }
+
+    /// The region whose range holds `key`, if one here does.
+    pub fn locate(&self, key: &[u8]) -> Option<u64> {
+        self.ranges
+            .range((ending_after(key), Bound::Unbounded))
+            .next()
+            .filter(|(_, e)| &e.start_key[..] <= key)
+            .map(|(_, e)| e.region_id)
+    }
+
+    /// Records that `region` owns its range, replacing the range `old` of
+    /// the same region (if given and still recorded).
+    ///
+    /// # Errors
+    /// The first other region in the way; the index is then unchanged.
+    pub fn set(&mut self, old: Option<&Region>, region: &Region) -> Result<(), u64> {
+        if let Some(&other) = self
+            .overlapping(&region.start_key, &region.end_key, region.id)
+            .first()
+        {
+            return Err(other);
+        }
+        if let Some(old) = old {
+            self.remove(old);
+        }
+        self.ranges.insert(
+            EndKey(region.end_key.clone()),
+            RangeEntry {
+                region_id: region.id,
+                start_key: region.start_key.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Claims region `region_id` for a split that creates its peer here.
+    pub fn claim_for_split(&mut self, region_id: u64) {
+        self.split_claims.insert(region_id);
+    }
+
+    /// The split's peer of `region_id` is registered (or will not be).
+    pub fn release_split_claim(&mut self, region_id: u64) {
+        self.split_claims.remove(&region_id);
+    }
+
+    /// Whether a split is creating the peer of `region_id` here.
+    pub fn claimed_by_split(&self, region_id: u64) -> bool {
+        self.split_claims.contains(&region_id)
+    }
+
+    /// Removes `region`'s range if the index records it for that region.
+    /// Returns whether it did.
+    pub fn remove(&mut self, region: &Region) -> bool {
+        let k = EndKey(region.end_key.clone());
+        let ours = self
+            .ranges
+            .get(&k)
+            .is_some_and(|e| e.region_id == region.id && e.start_key[..] == region.start_key[..]);
+        if ours {
+            self.ranges.remove(&k);
+        }
+        ours
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, start: &[u8], end: &[u8]) -> Region {
+        Region {
+            id,
+            start_key: Bytes::copy_from_slice(start),
+            end_key: Bytes::copy_from_slice(end),
+            ..Default::default()
+        }
+    }
+
+    fn meta(regions: &[Region]) -> StoreMeta {
+        let mut m = StoreMeta::new();
+        for r in regions {
+            m.set(None, r).unwrap();
+        }
+        m
+    }
+
+    /// Overlap is half-open on both sides; an empty end is unbounded.
+    #[test]
+    fn overlapping_ranges_are_found_and_ends_are_exclusive() {
+        let m = meta(&[
+            region(1, b"", b"b"),
+            region(2, b"d", b"f"),
+            region(3, b"k", b""),
+        ]);
+        assert_eq!(m.overlapping(b"a", b"b", 0), vec![1]);
+        assert_eq!(m.overlapping(b"b", b"d", 0), Vec::<u64>::new());
+        assert_eq!(m.overlapping(b"b", b"e", 0), vec![2]);
+        assert_eq!(m.overlapping(b"e", b"", 0), vec![2, 3]);
+        assert_eq!(m.overlapping(b"", b"", 0), vec![1, 2, 3]);
+        assert_eq!(m.overlapping(b"", b"", 2), vec![1, 3]);
+        assert_eq!(m.overlapping(b"f", b"k", 0), Vec::<u64>::new());
+        assert_eq!(m.overlapping(b"z", b"", 0), vec![3]);
+    }
+
+    /// A key is located in the one range holding it, or nowhere.
+    #[test]
+    fn keys_are_located_in_their_range() {
+        let m = meta(&[
+            region(1, b"", b"b"),
+            region(2, b"d", b"f"),
+            region(3, b"k", b""),
+        ]);
+        assert_eq!(m.locate(b""), Some(1));
+        assert_eq!(m.locate(b"a"), Some(1));
+        assert_eq!(m.locate(b"b"), None);
+        assert_eq!(m.locate(b"d"), Some(2));
+        assert_eq!(m.locate(b"f"), None);
+        assert_eq!(m.locate(b"k"), Some(3));
+        assert_eq!(m.locate(b"zzz"), Some(3));
+    }
+
+    /// An overlapping insertion is refused and changes nothing; a region
+    /// replaces its own old range (a split shrinking it).
+    #[test]
+    fn overlaps_are_refused_and_regions_replace_their_own_range() {
+        let mut m = meta(&[region(1, b"a", b"m")]);
+        assert_eq!(m.set(None, &region(2, b"c", b"d")), Err(1));
+        assert_eq!(m.len(), 1);
+        // Region 1 shrinks to [a, c) and region 2 takes [c, m).
+        m.set(Some(&region(1, b"a", b"m")), &region(1, b"a", b"c"))
+            .unwrap();
+        m.set(None, &region(2, b"c", b"m")).unwrap();
+        assert_eq!(m.locate(b"b"), Some(1));
+        assert_eq!(m.locate(b"c"), Some(2));
+        // Removing a range recorded for another region does nothing.
+        assert!(!m.remove(&region(3, b"c", b"m")));
+        assert!(m.remove(&region(2, b"c", b"m")));
+        assert_eq!(m.locate(b"c"), None);
+        assert_eq!(m.len(), 1);
+    }
+}

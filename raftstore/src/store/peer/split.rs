@@ -1,0 +1,147 @@
+//! The peer's side of BatchSplit (admin.md §1.1): the leader's checks
+//! before it proposes, what a peer does when a split applied (its region
+//! shrinks, the store's range index follows, the new regions' peers are
+//! handed to the poller to register), and the `EpochNotMatch` that tells
+//! a client every region the split made.
+
+use flotilla_proto::metapb::Region;
+use flotilla_proto::raft_cmdpb::BatchSplitRequest;
+
+use super::Peer;
+use crate::store::admin::{AdminError, check_split_keys, is_joint};
+use crate::store::error::{Error, Result};
+use crate::store::msg::SplitResult;
+
+impl Peer {
+    /// The leader's checks of a split before it proposes: the keys
+    /// (`admin::check_split_keys`), the ids the poller filled in, no split
+    /// or membership change pending, not joint.
+    pub(super) fn check_split(&self, req: &BatchSplitRequest, max_keys: u64) -> Result<()> {
+        let region = self.region();
+        check_split_keys(
+            req.requests.iter().map(|r| &r.split_key[..]),
+            region,
+            max_keys,
+        )?;
+        let applied = self.raft.store().applied_index();
+        if self.pending_split > applied {
+            return Err(Error::Admin(AdminError::SplitPending {
+                pending_index: self.pending_split,
+            }));
+        }
+        let pending_conf = self.raft.raft.pending_conf_index();
+        if pending_conf > applied {
+            return Err(Error::Admin(AdminError::ConfChangePending {
+                pending_index: pending_conf,
+            }));
+        }
+        if is_joint(region) {
+            return Err(Error::Admin(AdminError::ConfChangeInJoint {
+                region_id: region.id,
+            }));
+        }
+        if req
+            .requests
+            .iter()
+            .any(|r| r.new_region_id == 0 || r.new_peer_ids.len() != region.peers.len())
+        {
+            return Err(Error::InvalidRequest(
+                "split without new ids (the store allocates them)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A split of this peer's region is pending (proposed here, not yet
+    /// applied): membership changes wait for it.
+    pub(super) fn check_no_pending_split(&self) -> Result<()> {
+        if self.pending_split > self.raft.store().applied_index() {
+            return Err(Error::Admin(AdminError::SplitPending {
+                pending_index: self.pending_split,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Records the index of the split just proposed.
+    pub(super) fn note_split_proposed(&mut self, index: u64) {
+        self.pending_split = index;
+    }
+
+    /// A split applied: the region shrinks to the derived one, the range
+    /// index follows, and the new regions whose peers this store creates
+    /// are kept for the poller ([`Peer::take_born`]).
+    pub(super) fn on_split(&mut self, split: SplitResult) {
+        let SplitResult {
+            derived,
+            new,
+            created,
+        } = split;
+        slog::info!(self.logger, "region split";
+            "version" => derived.region_epoch.map_or(0, |e| e.version),
+            "new" => ?new.iter().map(|r| r.id).collect::<Vec<_>>());
+        let held = self.held_range();
+        self.raft
+            .raft
+            .raft_log_mut()
+            .store
+            .set_region(derived.clone());
+        let born: Vec<Region> = new
+            .iter()
+            .zip(&created)
+            .filter(|(_, c)| **c)
+            .map(|(r, _)| r.clone())
+            .collect();
+        {
+            let mut index = self.store_meta.lock();
+            // A range reserved for a snapshot stays reserved (the snapshot
+            // settles it); else the region holds its new range.
+            if self.reserved_range.is_none()
+                && let Err(other) = index.set(held.as_ref(), &derived)
+            {
+                slog::error!(self.logger, "split region's range held by another"; "other" => other);
+            }
+            for r in &born {
+                if let Err(other) = index.set(None, r) {
+                    slog::error!(self.logger, "new region's range held by another";
+                        "region" => r.id, "other" => other);
+                }
+            }
+        }
+        let mut all = new;
+        all.push(derived);
+        all.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        self.last_split = Some(all.into_boxed_slice());
+        if !born.is_empty() {
+            self.born = Some(born.into_boxed_slice());
+        }
+    }
+
+    /// A peer a split just created: it does not hold for a first election
+    /// like a bootstrapped one. Where the parent leads it campaigns now;
+    /// elsewhere it waits on its usual clock for that campaign.
+    pub fn born_of_split(&mut self, parent_leads: bool) {
+        self.sleep.fresh_hold = None;
+        self.sleep.campaigns_first = false;
+        if parent_leads && let Err(e) = self.raft.campaign() {
+            slog::debug!(self.logger, "campaign after split failed"; "err" => %e);
+        }
+    }
+
+    /// The regions a split applied here created peers of, to register.
+    pub fn take_born(&mut self) -> Option<Vec<Region>> {
+        self.born.take().map(Vec::from)
+    }
+
+    /// The `EpochNotMatch` for a request made under an older range: this
+    /// peer's region and, if it split, the other regions of its last
+    /// split (as they were then; each answers for itself later).
+    pub(super) fn epoch_not_match(&self) -> Error {
+        let region = self.region();
+        let mut current_regions = vec![region.clone()];
+        if let Some(split) = &self.last_split {
+            current_regions.extend(split.iter().filter(|r| r.id != region.id).cloned());
+        }
+        Error::EpochNotMatch { current_regions }
+    }
+}
