@@ -332,3 +332,57 @@ fn history_is_linearizable_across_splits() {
     }
     cluster.shutdown();
 }
+
+/// Issue #12 item 2: with a small split size, the split checker of a
+/// region that keeps taking writes splits it (at middle keys, more than
+/// once), every store follows, and every key stays readable.
+#[test]
+fn split_checker_splits_a_growing_region() {
+    const VALUE: usize = 1024;
+    const WRITES: u64 = 400;
+    let cfg = Config {
+        split_check_ticks: 5,
+        region_split_size: 64 << 10,
+        ..config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, cfg, &logger()).unwrap();
+    wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    for i in 0..WRITES {
+        client.put(&key(i), &[i as u8; VALUE]).expect("put");
+    }
+    // ~400 KiB past a 64 KiB split size: the checker splits until every
+    // region is under it (at least 4 regions).
+    let count = |s: u64| cluster.store(s).map_or(0, |st| st.region_count());
+    assert!(
+        eventually(|| cluster.store_ids().iter().all(|&s| count(s) >= 4)),
+        "regions: {:?}",
+        cluster
+            .store_ids()
+            .iter()
+            .map(|&s| count(s))
+            .collect::<Vec<_>>()
+    );
+    let proposed: u64 = cluster
+        .store_ids()
+        .iter()
+        .map(|&s| {
+            cluster
+                .store(s)
+                .unwrap()
+                .metrics()
+                .splits_proposed
+                .load(Ordering::Relaxed)
+        })
+        .sum();
+    assert!(proposed >= 3, "the checker proposed {proposed} splits");
+    for i in 0..WRITES {
+        assert_eq!(
+            client.get(&key(i)).expect("get").as_deref(),
+            Some(&[i as u8; VALUE][..]),
+            "key {i}"
+        );
+    }
+    cluster.shutdown();
+}

@@ -22,6 +22,9 @@ pub const VALUE_BYTES: usize = 128;
 const MAX_LATENCY_US: u64 = 60_000_000;
 /// Significant digits the histograms keep.
 const HISTOGRAM_DIGITS: u8 = 3;
+/// Leader ticks between split checks when the demo splits regions (1 s at
+/// the default tick).
+const SPLIT_CHECK_TICKS_DEMO: usize = 10;
 /// Keys per region the workload draws from (suffix range).
 const KEYS_PER_REGION: u64 = 64;
 
@@ -43,6 +46,10 @@ pub struct DemoOptions {
     /// Whether leaders compact their raft logs (on by default; off shows
     /// how the log grows without it).
     pub log_gc: bool,
+    /// Split regions past this many bytes (the split checker runs every
+    /// second); `None`: the store's default (96 MiB, which the demo's
+    /// regions never reach).
+    pub split_size: Option<u64>,
 }
 
 /// What the demo measured.
@@ -85,6 +92,10 @@ pub struct DemoReport {
     pub raft_log_entries: u64,
     /// Their approximate size in the engines (bytes).
     pub raft_log_bytes: u64,
+    /// Regions bootstrapped.
+    pub regions_start: u64,
+    /// Regions at the end (the most any store hosts: splits add some).
+    pub regions_end: u64,
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
@@ -144,6 +155,14 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             0
         },
         ..Config::default()
+    };
+    let cfg = match opts.split_size {
+        Some(bytes) => Config {
+            region_split_size: bytes,
+            split_check_ticks: SPLIT_CHECK_TICKS_DEMO,
+            ..cfg
+        },
+        None => cfg,
     };
     let started = Instant::now();
     let cluster = Cluster::bootstrap(dir.path(), DEMO_STORES, opts.regions, cfg, logger)
@@ -265,6 +284,14 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         rss_bytes: rss_bytes(),
         raft_log_entries: 0,
         raft_log_bytes: 0,
+        regions_start: opts.regions,
+        regions_end: cluster
+            .store_ids()
+            .iter()
+            .filter_map(|&s| cluster.store(s))
+            .map(|s| s.region_count() as u64)
+            .max()
+            .unwrap_or(0),
     };
     let (raft_log_entries, raft_log_bytes) = raft_logs(&cluster);
     let report = DemoReport {
@@ -284,8 +311,14 @@ fn raft_logs(cluster: &Cluster) -> (u64, u64) {
             continue;
         };
         let snap = store.engine().snapshot();
-        for region in cluster.regions() {
-            let (lo, hi) = keys::raft_log_range(region.id, 0, u64::MAX);
+        // Every region the store has: splits add regions.
+        let ids: Vec<u64> = flotilla_raftstore::store::region_states(store.engine())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s.region.as_ref().map(|r| r.id))
+            .collect();
+        for id in ids {
+            let (lo, hi) = keys::raft_log_range(id, 0, u64::MAX);
             let _ = snap.scan(Cf::Raft, &lo, &hi, |k, v| {
                 entries += 1;
                 bytes += (k.len() + v.len()) as u64;
@@ -324,6 +357,13 @@ impl std::fmt::Display for DemoReport {
             self.read_us[0], self.read_us[1], self.read_us[2]
         )?;
         writeln!(f, "regions with leader {}", self.leaders)?;
+        if self.regions_end != self.regions_start {
+            writeln!(
+                f,
+                "regions            {} at the start, {} at the end (split under load)",
+                self.regions_start, self.regions_end
+            )?;
+        }
         writeln!(
             f,
             "raft messages      {} ({:.0}/s)",

@@ -604,15 +604,24 @@ impl Client {
                 target = self.target(at, attempt);
             }
             let Some((region, peer)) = target else {
-                return Err(match at {
-                    Locate::Key(key) => Error::KeyNotInRegion {
-                        key: key.to_vec(),
-                        region_id: 0,
-                        start_key: Vec::new(),
-                        end_key: Vec::new(),
-                    },
-                    Locate::Region(id) => Error::RegionNotFound(id),
-                });
+                match at {
+                    // No store knows the key's region yet: a split that
+                    // moved it is applied but its new region not yet
+                    // registered. Ask again after a backoff.
+                    Locate::Key(key) => {
+                        last_err = Error::KeyNotInRegion {
+                            key: key.to_vec(),
+                            region_id: 0,
+                            start_key: Vec::new(),
+                            end_key: Vec::new(),
+                        };
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        std::thread::sleep(backoff.min(left));
+                        backoff = (backoff * 2).min(self.cfg.max_backoff);
+                        continue;
+                    }
+                    Locate::Region(id) => return Err(Error::RegionNotFound(id)),
+                }
             };
             let request = RaftCmdRequest {
                 header: Some(RaftRequestHeader {

@@ -50,6 +50,9 @@ pub const MAX_POOL_SIZE: usize = 256;
 /// 1.3x the writes/s of waiting a whole election timeout, with 2.3x fewer
 /// heartbeats). A leader holding a lease sleeps only once it expired.
 pub const DEFAULT_HIBERNATE_IDLE_TICKS: usize = 3;
+/// Default ticks between a leader's split checks: 10 s at the default
+/// tick (TiKV's `split_region_check_tick_interval`).
+pub const DEFAULT_SPLIT_CHECK_TICKS: usize = 100;
 /// Default ticks between a leader's raft log checks: 3 s at the default
 /// tick (TiKV's `raft_log_gc_tick_interval`).
 pub const DEFAULT_RAFT_LOG_GC_TICK_TICKS: usize = 30;
@@ -157,6 +160,15 @@ pub struct Config {
     /// Split keys one BatchSplit may carry (at least 1; checked by the
     /// leader that proposes it).
     pub split_max_keys: u64,
+    /// Leader ticks between split checks (0: no split checker). A check
+    /// runs only after writes of 1/16 of `region_split_size` since the
+    /// last one.
+    pub split_check_ticks: usize,
+    /// Bytes (keys and values) past which the split checker splits a
+    /// region at its middle key (TiKV's 96 MiB by default).
+    pub region_split_size: u64,
+    /// Keys past which the split checker splits a region.
+    pub region_split_keys: u64,
 }
 
 impl Default for Config {
@@ -189,6 +201,9 @@ impl Default for Config {
             raft_log_gc_count_limit: DEFAULT_RAFT_LOG_GC_COUNT_LIMIT,
             snap_max_receiving: DEFAULT_SNAP_MAX_RECEIVING,
             split_max_keys: super::admin::DEFAULT_SPLIT_MAX_KEYS,
+            split_check_ticks: DEFAULT_SPLIT_CHECK_TICKS,
+            region_split_size: super::split_check::DEFAULT_REGION_SPLIT_SIZE,
+            region_split_keys: super::split_check::DEFAULT_REGION_SPLIT_KEYS,
         }
     }
 }
@@ -239,6 +254,9 @@ impl Config {
         }
         if self.split_max_keys == 0 {
             return bad("split_max_keys must be > 0");
+        }
+        if self.region_split_size == 0 || self.region_split_keys == 0 {
+            return bad("region_split_size and region_split_keys must be > 0");
         }
         if self.lease_read && self.lease_duration().is_none() {
             return bad(

@@ -208,8 +208,15 @@ pub struct StoreMetrics {
     pub snapshot_receive_failures: AtomicU64,
     /// Snapshots written into the engine (the region is `Normal` again).
     pub snapshots_applied: AtomicU64,
-    /// Peers created from messages (uninitialized until a snapshot).
+    /// Peers created from messages (uninitialized until a snapshot) and
+    /// by splits.
     pub peers_created: AtomicU64,
+    /// Regions measured by the split checker.
+    pub split_checks: AtomicU64,
+    /// Splits the split checker proposed.
+    pub splits_proposed: AtomicU64,
+    /// Splits applied by this store's peers (one per split entry).
+    pub splits_applied: AtomicU64,
     /// Peers destroyed (removed from their region).
     pub peers_destroyed: AtomicU64,
     /// Time spent generating snapshots (microseconds, all of them).
@@ -522,8 +529,13 @@ impl<T: Transport> RaftPoller<T> {
         // Held until the peer is registered: a split applying meanwhile
         // sees it (and does not create the region's peer itself), or has
         // claimed the region first (and this message creates nothing).
-        let meta = self.meta.lock();
+        let mut meta = self.meta.lock();
         if meta.claimed_by_split(region_id) {
+            // The split's peer is about to be registered: it takes the
+            // vote then.
+            if m.msg_type() != MessageType::MsgHeartbeat {
+                meta.keep_early_vote(region_id, msg.clone());
+            }
             return Ok(false);
         }
         // A vote carries its region's range: one a live region here
@@ -536,8 +548,9 @@ impl<T: Transport> RaftPoller<T> {
                 .overlapping(&msg.start_key, &msg.end_key, region_id)
                 .first()
         {
-            slog::debug!(self.logger, "vote for a range a region here covers dropped";
+            slog::debug!(self.logger, "vote for a range a region here covers kept for later";
                 "region" => region_id, "covered_by" => other);
+            meta.keep_early_vote(region_id, msg.clone());
             return Ok(false);
         }
         let state: Option<RegionLocalState> = self
@@ -573,6 +586,8 @@ impl<T: Transport> RaftPoller<T> {
             &self.logger,
         )?;
         self.register_peer(peer, RaftApplyState::default())?;
+        // A vote kept for it earlier is older than this message.
+        meta.take_early_vote(region_id);
         drop(meta);
         slog::info!(self.logger, "peer created from a message"; "region" => region_id, "peer" => to.id);
         Ok(true)
@@ -580,7 +595,8 @@ impl<T: Transport> RaftPoller<T> {
 
     /// Registers a new peer with the store: its tick slot, hibernation
     /// entry, apply delegate (at `apply_state`) and mailbox.
-    fn register_peer(&self, peer: Peer, apply_state: RaftApplyState) -> Result<(), Error> {
+    fn register_peer(&self, mut peer: Peer, apply_state: RaftApplyState) -> Result<(), Error> {
+        peer.start_clock(self.hib.store_ticks());
         let region_id = peer.region_id();
         let region = peer.region().clone();
         self.ticks_queued
@@ -639,11 +655,19 @@ impl<T: Transport> RaftPoller<T> {
                 let apply_state = *peer.raft.store().apply_state();
                 self.register_peer(peer, apply_state)
             });
-            self.meta.lock().release_split_claim(region_id);
+            let early_vote = {
+                let mut meta = self.meta.lock();
+                meta.release_split_claim(region_id);
+                meta.take_early_vote(region_id)
+            };
             match created {
                 Ok(()) => {
                     self.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.router.force_send(region_id, PeerMsg::Wake);
+                    let msg = match early_vote {
+                        Some(vote) => PeerMsg::RaftMessage(Box::new(vote)),
+                        None => PeerMsg::Wake,
+                    };
+                    let _ = self.router.force_send(region_id, msg);
                 }
                 Err(e) => {
                     slog::error!(self.logger, "split peer not created"; "region" => region_id, "err" => %e);
@@ -878,6 +902,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     }
                     fsm.peer.on_apply_res(res);
                     if let Some(born) = fsm.peer.take_born() {
+                        self.metrics.splits_applied.fetch_add(1, Ordering::Relaxed);
                         self.register_split_peers(&fsm.peer, born);
                     }
                     None
@@ -924,6 +949,15 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             .collect_ready(&mut wb, &mut |p, m| outbox.send(p, m));
         self.wb = Some(wb);
         self.schedule_snapshot(&fsm.peer);
+        if let Some(task) = fsm.peer.take_split_check(&self.cfg) {
+            let queued = self
+                .snap
+                .as_ref()
+                .is_some_and(|s| s.send(SnapTask::SplitCheck(Box::new(task))).is_ok());
+            if !queued {
+                slog::debug!(self.logger, "no worker: split check dropped"; "region" => fsm.peer.region_id());
+            }
+        }
         // After the raft messages of the round: a follower must see the
         // leader's last heartbeat before the request to sleep, or the
         // heartbeat would wake it again.

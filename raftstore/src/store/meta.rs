@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flotilla_proto::metapb::Region;
-use fxhash::FxHashSet;
+use flotilla_proto::raft_serverpb::RaftMessage;
+use fxhash::{FxHashMap, FxHashSet};
 use parking_lot::Mutex;
 
 /// The index shared by a store's pollers.
@@ -70,7 +71,18 @@ pub struct StoreMeta {
     /// may create another peer of them meanwhile (the split's states are
     /// written and its peer registered after the claim).
     split_claims: FxHashSet<u64>,
+    /// The last vote (or pre-vote) per region that arrived for a range a
+    /// live region here still covers: most likely from a region split off
+    /// it whose split this store has not applied yet. The split hands it
+    /// to the new peer, which answers at once instead of an election
+    /// timeout later (TiKV's `pending_msgs`). At most
+    /// [`PENDING_VOTES_MAX`] regions.
+    pending_votes: FxHashMap<u64, RaftMessage>,
 }
+
+/// Regions whose early votes a store keeps (bounded: garbage votes cannot
+/// grow it).
+pub const PENDING_VOTES_MAX: usize = 4096;
 
 /// The bound "ranges ending after `key`" (every range, for the empty key).
 fn ending_after(key: &[u8]) -> Bound<EndKey> {
@@ -161,6 +173,24 @@ impl StoreMeta {
     /// Whether a split is creating the peer of `region_id` here.
     pub fn claimed_by_split(&self, region_id: u64) -> bool {
         self.split_claims.contains(&region_id)
+    }
+
+    /// Keeps `msg`, a vote for region `region_id` that came before this
+    /// store's peer of it (see `pending_votes`). Returns whether it was
+    /// kept (not when the table is full of other regions' votes).
+    pub fn keep_early_vote(&mut self, region_id: u64, msg: RaftMessage) -> bool {
+        if self.pending_votes.len() >= PENDING_VOTES_MAX
+            && !self.pending_votes.contains_key(&region_id)
+        {
+            return false;
+        }
+        self.pending_votes.insert(region_id, msg);
+        true
+    }
+
+    /// The early vote kept for region `region_id`, if any (taken).
+    pub fn take_early_vote(&mut self, region_id: u64) -> Option<RaftMessage> {
+        self.pending_votes.remove(&region_id)
     }
 
     /// Removes `region`'s range if the index records it for that region.

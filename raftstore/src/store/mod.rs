@@ -27,6 +27,7 @@ mod node;
 mod peer;
 mod peer_storage;
 mod snapshot;
+mod split_check;
 mod transport;
 mod util;
 mod validate;

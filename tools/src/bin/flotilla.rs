@@ -48,6 +48,10 @@ enum Command {
         /// Turn raft log GC off (to see the log grow without it).
         #[arg(long)]
         no_log_gc: bool,
+        /// Split regions past this many KiB under load (the split checker
+        /// runs every second); default: the store's 96 MiB.
+        #[arg(long)]
+        split_size_kib: Option<u64>,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             seed,
             base_tick_ms,
             no_log_gc,
+            split_size_kib,
         } => {
             if !(0.0..=1.0).contains(&write_ratio) || clients == 0 || regions == 0 {
                 eprintln!("flotilla demo: need regions > 0, clients > 0 and write_ratio in [0, 1]");
@@ -80,13 +85,14 @@ fn main() -> ExitCode {
                 seed,
                 base_tick_ms,
                 log_gc: !no_log_gc,
+                split_size: split_size_kib.map(|k| k.max(1) << 10),
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",
                 demo::DEMO_STORES,
                 duration
             );
-            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let logger = logger();
             match demo::run(&opts, &logger) {
                 Ok(report) => {
                     println!("{report}");
@@ -117,7 +123,7 @@ fn run_load(args: LoadArgs) -> ExitCode {
         opts.sync_log,
         opts.seed
     );
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let logger = logger();
     let result = load::run(&opts, &logger, &mut |table| println!("{table}"));
     match result {
         Ok(out) => {
@@ -140,4 +146,16 @@ fn run_load(args: LoadArgs) -> ExitCode {
 fn load_failed(e: &LoadError) -> ExitCode {
     eprintln!("flotilla load: {e}");
     ExitCode::from(e.exit_code())
+}
+
+/// The stores' logger: stderr when `FLOTILLA_LOG` is set, else nothing.
+fn logger() -> slog::Logger {
+    if std::env::var_os("FLOTILLA_LOG").is_some() {
+        use slog::Drain;
+        let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+        let drain = slog_term::FullFormat::new(decorator).build().fuse();
+        slog::Logger::root(drain, slog::o!())
+    } else {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
 }

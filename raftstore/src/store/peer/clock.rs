@@ -33,6 +33,15 @@ impl Peer {
         }
     }
 
+    /// Starts the clock of a peer created while the store runs (by a split
+    /// or a message) at the store's tick `now`: the ticks before it was
+    /// born are not its own (caught up, they would run out its election
+    /// timeout at its first message and make it campaign at once).
+    pub fn start_clock(&mut self, now: u64) {
+        self.clock = now;
+        self.last_full_tick = now;
+    }
+
     /// The store's tick `now` reached this peer: runs the silent ticks,
     /// then the due tick if it has come (with everything a tick does:
     /// elections, heartbeats, hibernation checks), and drops the ticks

@@ -23,6 +23,7 @@ use super::hibernation::{Hibernation, PeerSleep};
 use super::meta::SharedMeta;
 use super::msg::{ApplyTask, Proposal, Responder, SnapshotTask};
 use super::peer_storage::{PeerStorage, RAFT_INIT_LOG_TERM};
+use super::split_check::SplitCheckState;
 use super::util::err_response;
 use super::validate::{RequestKind, RequestLimits, data_range, validate_requests};
 use crate::raft::{self, RawNode, Ready, StateRole};
@@ -187,6 +188,8 @@ pub struct Peer {
     /// `EpochNotMatch` lists them, so a client's cache learns all of
     /// them at once.
     last_split: Option<Box<[Region]>>,
+    /// The split checker's clock (see `store::split_check`).
+    split_check: SplitCheckState,
     /// A tombstone message for a peer removed from the region while it
     /// could not hear it (see `exec`), to send.
     gc_reply: Option<Box<RaftMessage>>,
@@ -304,6 +307,7 @@ impl Peer {
             pending_split: 0,
             born: None,
             last_split: None,
+            split_check: SplitCheckState::default(),
             gc_reply: None,
             limits: cfg.request_limits(),
             engine,
@@ -498,6 +502,7 @@ impl Peer {
     }
 
     fn propose_write(&mut self, data: Vec<u8>, callback: Responder) {
+        self.split_check.written = self.split_check.written.saturating_add(data.len() as u64);
         self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
     }
 
@@ -637,6 +642,7 @@ impl Peer {
         self.raft.tick();
         self.maybe_renew_lease();
         self.tick_log_gc(cfg, elapsed);
+        self.tick_split_check(cfg, elapsed);
         if cfg.hibernate_regions && self.is_leader() {
             self.sleep.idle_ticks = self
                 .sleep

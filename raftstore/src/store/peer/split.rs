@@ -9,8 +9,10 @@ use flotilla_proto::raft_cmdpb::BatchSplitRequest;
 
 use super::Peer;
 use crate::store::admin::{AdminError, check_split_keys, is_joint};
+use crate::store::config::Config;
 use crate::store::error::{Error, Result};
 use crate::store::msg::SplitResult;
+use crate::store::split_check::{SPLIT_CHECK_DIFF_DIVISOR, SplitCheckTask};
 
 impl Peer {
     /// The leader's checks of a split before it proposes: the keys
@@ -112,6 +114,7 @@ impl Peer {
         all.push(derived);
         all.sort_by(|a, b| a.start_key.cmp(&b.start_key));
         self.last_split = Some(all.into_boxed_slice());
+        self.split_check.written = 0;
         if !born.is_empty() {
             self.born = Some(born.into_boxed_slice());
         }
@@ -126,6 +129,39 @@ impl Peer {
         if parent_leads && let Err(e) = self.raft.campaign() {
             slog::debug!(self.logger, "campaign after split failed"; "err" => %e);
         }
+    }
+
+    /// `elapsed` ticks of the split checker's clock: a leader that took
+    /// writes of 1/16 of the split size since its last check asks for one
+    /// when the clock is due.
+    pub(super) fn tick_split_check(&mut self, cfg: &Config, elapsed: u64) {
+        if cfg.split_check_ticks == 0 || !self.is_leader() {
+            return;
+        }
+        let sc = &mut self.split_check;
+        sc.ticks = sc
+            .ticks
+            .saturating_add(u32::try_from(elapsed).unwrap_or(u32::MAX));
+        if (sc.ticks as usize) < cfg.split_check_ticks {
+            return;
+        }
+        sc.ticks = 0;
+        if sc.written >= cfg.region_split_size / SPLIT_CHECK_DIFF_DIVISOR {
+            sc.written = 0;
+            sc.wanted = true;
+        }
+    }
+
+    /// The split check this peer wants run, if any (taken).
+    pub fn take_split_check(&mut self, cfg: &Config) -> Option<SplitCheckTask> {
+        if !std::mem::take(&mut self.split_check.wanted) {
+            return None;
+        }
+        Some(SplitCheckTask {
+            region: self.region().clone(),
+            max_size: cfg.region_split_size,
+            max_keys: cfg.region_split_keys,
+        })
     }
 
     /// The regions a split applied here created peers of, to register.

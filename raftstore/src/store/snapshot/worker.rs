@@ -21,8 +21,13 @@ use super::{
     SNAP_CHUNK_BYTES, SNAP_FILE_MAX_IDLE, SnapError, SnapManager, generate_snapshot, snapshot_index,
 };
 use crate::store::fsm::{RaftRouter, StoreMetrics};
-use crate::store::msg::PeerMsg;
+use crate::store::msg::{PeerMsg, RaftCommand, Responder};
+use crate::store::split_check::{SplitCheckTask, check_region};
 use crate::store::transport::Transport;
+use crate::store::util::response_error;
+use flotilla_proto::raft_cmdpb::{
+    AdminRequest, BatchSplitRequest, RaftCmdRequest, RaftRequestHeader, SplitRequest, admin_request,
+};
 
 /// Work for the snapshot worker.
 #[derive(Debug)]
@@ -36,6 +41,9 @@ pub enum SnapTask {
     },
     /// Send this `MsgSnapshot` with its generated file.
     Send(Box<RaftMessage>),
+    /// Measure a region and propose its split if it is too large (see
+    /// `store::split_check`; boxed: rare).
+    SplitCheck(Box<SplitCheckTask>),
     /// Remove the snapshot files no peer will use (see
     /// [`SnapManager::collect_garbage`]).
     Gc,
@@ -154,6 +162,7 @@ fn run<T: Transport>(ctx: &mut Ctx<T>, rx: &Receiver<SnapTask>, stopping: &Atomi
                 slot.put(outcome);
             }
             SnapTask::Send(msg) => send(ctx, *msg),
+            SnapTask::SplitCheck(task) => split_check(ctx, &task),
             SnapTask::Gc => {
                 let removed = ctx.mgr.collect_garbage(&ctx.engine, SNAP_FILE_MAX_IDLE);
                 if removed > 0 {
@@ -216,6 +225,56 @@ fn send_file<T: Transport>(ctx: &mut Ctx<T>, msg: RaftMessage) -> Result<(), Sna
         Some(Ok(buf))
     });
     ctx.transport.send_snapshot(msg, &mut chunks)
+}
+
+/// Measures the task's region and, past a limit, sends its leader a
+/// split at the middle key (answered into the log only).
+fn split_check<T: Transport>(ctx: &Ctx<T>, task: &SplitCheckTask) {
+    let region_id = task.region.id;
+    ctx.metrics.split_checks.fetch_add(1, Ordering::Relaxed);
+    let size = match check_region(&ctx.engine, task) {
+        Ok(s) => s,
+        Err(e) => {
+            slog::warn!(ctx.logger, "split check failed"; "region" => region_id, "err" => %e);
+            return;
+        }
+    };
+    let Some(key) = size.split_key else {
+        return;
+    };
+    slog::info!(ctx.logger, "region past its split size: splitting"; "region" => region_id,
+        "bytes" => size.bytes, "keys" => size.keys);
+    let request = RaftCmdRequest {
+        header: Some(RaftRequestHeader {
+            region_id,
+            region_epoch: task.region.region_epoch,
+            ..Default::default()
+        }),
+        requests: Vec::new(),
+        admin_request: Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::BatchSplit(BatchSplitRequest {
+                requests: vec![SplitRequest {
+                    split_key: key.into(),
+                    ..Default::default()
+                }],
+                right_derive: false,
+            })),
+        }),
+    };
+    let logger = ctx.logger.clone();
+    let callback = Responder::new(Box::new(move |resp| {
+        if let Some(e) = response_error(&resp) {
+            slog::debug!(logger, "checker's split not done"; "region" => region_id, "err" => %e);
+        }
+    }));
+    let cmd = Box::new(RaftCommand { request, callback });
+    if ctx
+        .router
+        .send(region_id, PeerMsg::RaftCommand(cmd))
+        .is_ok()
+    {
+        ctx.metrics.splits_proposed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn micros_since(t: Instant) -> u64 {
