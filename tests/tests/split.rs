@@ -386,3 +386,67 @@ fn split_checker_splits_a_growing_region() {
     }
     cluster.shutdown();
 }
+
+/// Bad input through `StoreHandle::propose`: a raw BatchSplit naming its
+/// own ids (the parent's id for the new region, one peer id for every
+/// peer) and one with far more keys than allowed. The leader replaces the
+/// ids with ones it allocates (a one-voter group per store, or a region
+/// id clash, would split-brain or orphan the range), and refuses the
+/// oversized one typed without allocating ids for it.
+#[test]
+fn client_chosen_split_ids_are_replaced() {
+    use flotilla_proto::raft_cmdpb::{
+        AdminRequest, BatchSplitRequest, SplitRequest, admin_request, admin_response,
+    };
+    use flotilla_tests::requests::{command, propose_to};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let region = cluster.regions()[0].clone();
+    let split = |keys: Vec<Vec<u8>>| {
+        let mut req = command(&region, leader, Vec::new());
+        req.admin_request = Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::BatchSplit(BatchSplitRequest {
+                requests: keys
+                    .into_iter()
+                    .map(|k| SplitRequest {
+                        split_key: k.into(),
+                        new_region_id: REGION,
+                        new_peer_ids: vec![7, 7, 7],
+                    })
+                    .collect(),
+                right_derive: false,
+            })),
+        });
+        propose_to(&cluster, leader, req, ANSWER)
+    };
+    let too_many = (0..100_000u32)
+        .map(|i| format!("k{i:06}").into_bytes())
+        .collect();
+    assert!(matches!(
+        split(too_many),
+        Err(Error::Admin(AdminError::TooManySplitKeys { .. }))
+    ));
+    let resp = split(vec![key(30)]).expect("split");
+    let Some(admin_response::Cmd::BatchSplit(r)) = resp.admin_response.and_then(|a| a.cmd) else {
+        panic!("no split response");
+    };
+    assert_eq!(r.regions.len(), 2);
+    let new = r
+        .regions
+        .iter()
+        .find(|x| x.id != REGION)
+        .expect("a new region");
+    let mut ids: Vec<u64> = new.peers.iter().map(|p| p.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "peer ids not distinct: {new:?}");
+    assert!(!ids.contains(&7));
+    assert!(eventually(|| stores_hold(&cluster, &r.regions)));
+    assert!(
+        eventually(|| leader_of(&cluster, new.id).is_some()),
+        "the new region elected no leader"
+    );
+    cluster.shutdown();
+}

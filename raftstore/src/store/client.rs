@@ -37,6 +37,10 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(20);
 /// Default longest backoff between attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
+/// `EpochNotMatch` answers an operation retries at once; later ones back
+/// off (the answering store may be behind the client's cache).
+const MAX_EPOCH_RETRIES_NOW: usize = 2;
+
 /// How a [`Client`] retries.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -461,7 +465,7 @@ impl Client {
             return Ok(c.region.clone());
         }
         let region = self
-            .locate_on_stores(key)
+            .locate_on_stores(key, Instant::now() + self.cfg.operation_timeout)
             .ok_or_else(|| Error::KeyNotInRegion {
                 key: key.to_vec(),
                 region_id: 0,
@@ -590,6 +594,7 @@ impl Client {
         let deadline = Instant::now() + self.cfg.operation_timeout;
         let mut backoff = self.cfg.backoff;
         let mut last_err = Error::Timeout;
+        let mut epoch_retries = 0;
         for attempt in 0..self.cfg.max_attempts {
             let now = Instant::now();
             if now >= deadline {
@@ -598,7 +603,7 @@ impl Client {
             let mut target = self.target(at, attempt);
             if target.is_none()
                 && let Locate::Key(key) = at
-                && let Some(region) = self.locate_on_stores(key)
+                && let Some(region) = self.locate_on_stores(key, deadline)
             {
                 self.cache.lock().insert(region);
                 target = self.target(at, attempt);
@@ -653,7 +658,10 @@ impl Client {
                     for r in current_regions {
                         cache.insert(r.clone());
                     }
-                    true
+                    // A store behind the cache teaches it nothing: after
+                    // two in a row, back off rather than spin.
+                    epoch_retries += 1;
+                    epoch_retries <= MAX_EPOCH_RETRIES_NOW
                 }
                 Error::ServerIsBusy(_) | Error::ProposalDropped(_) => false,
                 e if e.is_retryable() || e.is_outcome_unknown() => {
@@ -680,11 +688,16 @@ impl Client {
     /// The newest region any store knows to hold `key` (by epoch), asked
     /// of every store (the cache has none for it: a split moved it, or the
     /// client started without it).
-    fn locate_on_stores(&self, key: &[u8]) -> Option<Region> {
+    fn locate_on_stores(&self, key: &[u8], deadline: Instant) -> Option<Region> {
         self.stores
             .all()
             .iter()
-            .filter_map(|h| h.locate(key, self.cfg.request_timeout).ok().flatten())
+            .filter_map(|h| {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                h.locate(key, self.cfg.request_timeout.min(left))
+                    .ok()
+                    .flatten()
+            })
             .reduce(|a, b| {
                 if older(a.region_epoch, b.region_epoch) {
                     b

@@ -506,9 +506,8 @@ impl<T: Transport> RaftPoller<T> {
         }
         self.ticks_queued.write().remove(&region_id);
         self.hib.remove_region(region_id);
-        if let Some(held) = fsm.peer.held_range() {
-            self.meta.lock().remove(&held);
-        }
+        // Its range stays held until the apply side cleared it.
+        self.meta.lock().start_destroy(region_id);
         self.metrics.peers_destroyed.fetch_add(1, Ordering::Relaxed);
         slog::info!(self.logger, "removed peer destroyed"; "region" => region_id, "peer" => fsm.peer.meta.id);
     }
@@ -530,6 +529,11 @@ impl<T: Transport> RaftPoller<T> {
         // sees it (and does not create the region's peer itself), or has
         // claimed the region first (and this message creates nothing).
         let mut meta = self.meta.lock();
+        if meta.is_destroying(region_id) {
+            // The old peer is being cleared: the leader's next message
+            // comes after.
+            return Ok(false);
+        }
         if meta.claimed_by_split(region_id) {
             // The split's peer is about to be registered: it takes the
             // vote then.
@@ -642,6 +646,7 @@ impl<T: Transport> RaftPoller<T> {
                 self.meta.lock().release_split_claim(region_id);
                 continue;
             };
+            let range = region.clone();
             let created = Peer::new(
                 &self.cfg,
                 self.engine.clone(),
@@ -670,6 +675,9 @@ impl<T: Transport> RaftPoller<T> {
                     let _ = self.router.force_send(region_id, msg);
                 }
                 Err(e) => {
+                    // Its range is held by no peer: let a snapshot of the
+                    // region take it.
+                    self.meta.lock().remove(&range);
                     slog::error!(self.logger, "split peer not created"; "region" => region_id, "err" => %e);
                 }
             }
@@ -677,12 +685,16 @@ impl<T: Transport> RaftPoller<T> {
     }
 }
 
-/// Fills in the ids of a BatchSplit a client sent without them: one new
-/// region id and `peers` peer ids per split key, from this store's
-/// allocator (the leader allocates; DESIGN §6). Anything else is left.
+/// Sets the ids of a BatchSplit: one new region id and `peers` peer ids
+/// per split key, from this store's allocator. The leader allocates
+/// (DESIGN §6): ids a client sent are replaced, never trusted (an id of a
+/// live region, or one peer id twice, would break the cluster). A split
+/// with more keys than `max_keys` gets none (the peer refuses it typed)
+/// so it cannot drain the id space.
 fn fill_split_ids(
     request: &mut flotilla_proto::raft_cmdpb::RaftCmdRequest,
     peers: usize,
+    max_keys: u64,
     ids: &IdAllocator,
 ) -> Result<(), Error> {
     use flotilla_proto::raft_cmdpb::admin_request::Cmd;
@@ -690,11 +702,12 @@ fn fill_split_ids(
     else {
         return Ok(());
     };
+    if split.requests.len() as u64 > max_keys {
+        return Ok(());
+    }
     for r in &mut split.requests {
-        if r.new_region_id == 0 {
-            r.new_region_id = ids.alloc()?;
-            r.new_peer_ids = (0..peers).map(|_| ids.alloc()).collect::<Result<_, _>>()?;
-        }
+        r.new_region_id = ids.alloc()?;
+        r.new_peer_ids = (0..peers).map(|_| ids.alloc()).collect::<Result<_, _>>()?;
     }
     Ok(())
 }
@@ -868,8 +881,12 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 PeerMsg::RaftCommand(c) => {
                     let mut c = *c;
                     if fsm.peer.is_leader()
-                        && let Err(e) =
-                            fill_split_ids(&mut c.request, fsm.peer.region().peers.len(), &self.ids)
+                        && let Err(e) = fill_split_ids(
+                            &mut c.request,
+                            fsm.peer.region().peers.len(),
+                            self.cfg.split_max_keys,
+                            &self.ids,
+                        )
                     {
                         c.callback.respond(crate::store::util::err_response(e));
                         continue;

@@ -78,6 +78,10 @@ pub struct StoreMeta {
     /// timeout later (TiKV's `pending_msgs`). At most
     /// [`PENDING_VOTES_MAX`] regions.
     pending_votes: FxHashMap<u64, RaftMessage>,
+    /// Regions whose peer here is being destroyed: until its apply side
+    /// has written the tombstone and deleted its data, its range stays
+    /// held and no new peer of it is created (by a message or a split).
+    destroying: FxHashSet<u64>,
 }
 
 /// Regions whose early votes a store keeps (bounded: garbage votes cannot
@@ -173,6 +177,21 @@ impl StoreMeta {
     /// Whether a split is creating the peer of `region_id` here.
     pub fn claimed_by_split(&self, region_id: u64) -> bool {
         self.split_claims.contains(&region_id)
+    }
+
+    /// The peer of `region_id` here is being destroyed (see `destroying`).
+    pub fn start_destroy(&mut self, region_id: u64) {
+        self.destroying.insert(region_id);
+    }
+
+    /// The destroyed peer of `region_id` is cleared from the engine.
+    pub fn finish_destroy(&mut self, region_id: u64) {
+        self.destroying.remove(&region_id);
+    }
+
+    /// Whether the peer of `region_id` here is being destroyed.
+    pub fn is_destroying(&self, region_id: u64) -> bool {
+        self.destroying.contains(&region_id)
     }
 
     /// Keeps `msg`, a vote for region `region_id` that came before this

@@ -242,8 +242,10 @@ pub struct DestroyTask {
     pub tombstone: Region,
     /// The peer's last log index (its log is deleted up to it).
     pub last_index: u64,
-    /// Whether the region's data range goes too (an initialized peer).
-    pub clear_data: bool,
+    /// The keys the peer held in the store's range index (its region's,
+    /// or a snapshot's reservation): their data goes, and the index lets
+    /// them go only once that is written. `None`: it held none.
+    pub held: Option<Region>,
 }
 
 /// A message to an apply delegate.

@@ -53,6 +53,26 @@ pub fn check_split_keys<'a>(
     Ok(())
 }
 
+/// Checks the ids a split names (every replica alike): one non-zero new
+/// region id per key and one non-zero peer id per peer, all distinct, none
+/// the region's own id or one of its peers'.
+fn check_split_ids(req: &BatchSplitRequest, region: &Region) -> Result<()> {
+    let bad = |why: &str| Err(Error::InvalidRequest(format!("split ids: {why}")));
+    let mut seen: std::collections::HashSet<u64> = region.peers.iter().map(|p| p.id).collect();
+    seen.insert(region.id);
+    for r in &req.requests {
+        if r.new_peer_ids.len() != region.peers.len() {
+            return bad("not one new peer id per peer");
+        }
+        for &id in std::iter::once(&r.new_region_id).chain(&r.new_peer_ids) {
+            if id == 0 || !seen.insert(id) {
+                return bad("an id is 0, repeated, or the region's or a peer's own");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The regions a checked split of `region` makes: the derived region
 /// (the original id, keeping the leftmost range, or the rightmost one if
 /// `right_derive`) and the new ones, every one at `version` + the number
@@ -77,13 +97,7 @@ pub fn split_regions(
             region_id: region.id,
         }));
     }
-    for r in &req.requests {
-        if r.new_region_id == 0 || r.new_peer_ids.len() != region.peers.len() {
-            return Err(Error::InvalidRequest(
-                "split without one new region id and one peer id per peer".into(),
-            ));
-        }
-    }
+    check_split_ids(req, region)?;
     let epoch = region.region_epoch.unwrap_or_default();
     let new_count = req.requests.len() as u64;
     let epoch = RegionEpoch {
@@ -251,20 +265,36 @@ mod tests {
         );
     }
 
-    /// A replica refuses a split entry without the ids the leader fills.
+    /// A replica refuses a split entry whose ids are missing, zero,
+    /// repeated, or the region's own or one of its peers'.
     #[test]
-    fn split_without_ids_is_refused() {
+    fn split_with_bad_ids_is_refused() {
         let r = region(b"b", b"m");
-        let mut req = request(&[b"d"], false);
+        let refused = |req: &BatchSplitRequest| {
+            matches!(split_regions(req, &r, 10), Err(Error::InvalidRequest(_)))
+        };
+        let good = request(&[b"d", b"f"], false);
+        assert!(!refused(&good));
+        let mut req = good.clone();
         req.requests[0].new_peer_ids.pop();
-        assert!(matches!(
-            split_regions(&req, &r, 10),
-            Err(Error::InvalidRequest(_))
-        ));
+        assert!(refused(&req), "too few peer ids");
+        let mut req = good.clone();
         req.requests[0].new_region_id = 0;
-        assert!(matches!(
-            split_regions(&req, &r, 10),
-            Err(Error::InvalidRequest(_))
-        ));
+        assert!(refused(&req), "region id 0");
+        let mut req = good.clone();
+        req.requests[1].new_peer_ids[0] = 0;
+        assert!(refused(&req), "peer id 0");
+        let mut req = good.clone();
+        req.requests[0].new_peer_ids[1] = req.requests[0].new_peer_ids[0];
+        assert!(refused(&req), "one peer id twice");
+        let mut req = good.clone();
+        req.requests[1].new_region_id = req.requests[0].new_region_id;
+        assert!(refused(&req), "one region id twice");
+        let mut req = good.clone();
+        req.requests[0].new_region_id = r.id;
+        assert!(refused(&req), "the parent's id");
+        let mut req = good;
+        req.requests[1].new_peer_ids[0] = r.peers[0].id;
+        assert!(refused(&req), "an existing peer's id");
     }
 }

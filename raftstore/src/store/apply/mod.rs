@@ -221,16 +221,28 @@ impl ApplyPoller {
         let _ = wb.delete_range(Cf::Raft, &lo, &hi);
         wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
         wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
-        let (start, end) = (
-            keys::data_key(&region.start_key),
-            keys::data_end_key(&region.end_key),
-        );
-        if task.clear_data && start < end {
-            let _ = wb.delete_range(Cf::Default, &start, &end);
+        if let Some(held) = &task.held {
+            let (start, end) = (
+                keys::data_key(&held.start_key),
+                keys::data_end_key(&held.end_key),
+            );
+            if start < end {
+                let _ = wb.delete_range(Cf::Default, &start, &end);
+            }
         }
         fsm.stopped = true;
         fsm.dirty = false;
-        if let Err(e) = self.engine.write(wb, Durability::Sync) {
+        let written = self.engine.write(wb, Durability::Sync);
+        if written.is_ok() {
+            // Only now may another region take the keys, or a new peer
+            // of this region be created.
+            let mut meta = self.meta.lock();
+            if let Some(held) = &task.held {
+                meta.remove(held);
+            }
+            meta.finish_destroy(region.id);
+        }
+        if let Err(e) = written {
             let first = self.status.stop(
                 Error::Engine(format!(
                     "region {}: destroying the peer failed: {e}",

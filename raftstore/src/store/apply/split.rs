@@ -66,7 +66,13 @@ pub(super) fn exec_batch_split(
                     false
                 }
                 Some(_) => false,
-                None => ctx.router.mailbox(r.id).is_none() && !meta.claimed_by_split(r.id),
+                // No peer, none being destroyed (its apply side has not
+                // cleared it yet), none being created by another split.
+                None => {
+                    ctx.router.mailbox(r.id).is_none()
+                        && !meta.is_destroying(r.id)
+                        && !meta.claimed_by_split(r.id)
+                }
             };
             if create {
                 let kept: Option<RaftLocalState> =

@@ -73,10 +73,13 @@ impl super::Peer {
     }
 
     /// Whether this peer was removed from its region (a conf change it
-    /// applied, or a tombstone message from a newer member): its poller
-    /// destroys it.
+    /// applied, or a tombstone message from a newer member) and every
+    /// entry it handed to its apply side is applied: its poller destroys
+    /// it. (Destroyed with a split still being applied, it would clear the
+    /// range it had before the split, the new regions' keys among them,
+    /// and never register their peers.)
     pub fn is_removed(&self) -> bool {
-        self.removed
+        self.removed && self.raft.raft.raft_log().applying <= self.raft.store().applied_index()
     }
 
     /// A message from `from`, which the region (as this peer knows it)
@@ -137,7 +140,7 @@ impl super::Peer {
         DestroyTask {
             tombstone,
             last_index: self.raft.store().raft_state().last_index,
-            clear_data: self.raft.store().is_initialized(),
+            held: self.held_range(),
         }
     }
 }
