@@ -25,6 +25,8 @@ const HISTOGRAM_DIGITS: u8 = 3;
 /// Leader ticks between split checks when the demo splits regions (1 s at
 /// the default tick).
 const SPLIT_CHECK_TICKS_DEMO: usize = 10;
+/// Mixed into the seed of the split storm's key choice.
+const SPLIT_STORM_SEED: u64 = 0x5b17;
 /// Keys per region the workload draws from (suffix range).
 const KEYS_PER_REGION: u64 = 64;
 
@@ -50,6 +52,10 @@ pub struct DemoOptions {
     /// second); `None`: the store's default (96 MiB, which the demo's
     /// regions never reach).
     pub split_size: Option<u64>,
+    /// Run a split storm beside the workload: this many threads each
+    /// split the region of a random key at that key, one split after
+    /// another (0: none).
+    pub split_storm: usize,
 }
 
 /// What the demo measured.
@@ -96,6 +102,11 @@ pub struct DemoReport {
     pub regions_start: u64,
     /// Regions at the end (the most any store hosts: splits add some).
     pub regions_end: u64,
+    /// Splits the split storm completed (0 without one).
+    pub storm_splits: u64,
+    /// Splits the split storm had refused or failed (a key at a region's
+    /// start, a split pending, a leader moving).
+    pub storm_refusals: u64,
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
@@ -185,6 +196,26 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
     let done_ops = Arc::new(AtomicU64::new(0));
     let before = totals(&cluster);
     let t0 = Instant::now();
+    let storm: Vec<_> = (0..opts.split_storm)
+        .map(|t| {
+            let (client, stop) = (client.clone(), stop.clone());
+            let (regions, seed) = (opts.regions, opts.seed);
+            thread::spawn(move || {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SPLIT_STORM_SEED ^ t as u64);
+                let (mut done, mut refused) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let region = rng.random_range(0..regions);
+                    let mut key = flotilla_raftstore::store::bootstrap::split_key(region, regions);
+                    key.extend_from_slice(&rng.random_range(1..KEYS_PER_REGION).to_be_bytes());
+                    match client.split_at(&key) {
+                        Ok(_) => done += 1,
+                        Err(_) => refused += 1,
+                    }
+                }
+                (done, refused)
+            })
+        })
+        .collect();
     let workers: Vec<_> = (0..opts.clients)
         .map(|c| {
             let (client, stop, done_ops) = (client.clone(), stop.clone(), done_ops.clone());
@@ -243,6 +274,14 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         ));
     }
     stop.store(true, Ordering::Relaxed);
+    let (mut storm_splits, mut storm_refusals) = (0, 0);
+    for h in storm {
+        let (done, refused) = h
+            .join()
+            .map_err(|_| "a split storm thread panicked".to_string())?;
+        storm_splits += done;
+        storm_refusals += refused;
+    }
     let mut wh = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_DIGITS)
         .map_err(|e| e.to_string())?;
     let mut rh = wh.clone();
@@ -292,6 +331,8 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             .map(|s| s.region_count() as u64)
             .max()
             .unwrap_or(0),
+        storm_splits,
+        storm_refusals,
     };
     let (raft_log_entries, raft_log_bytes) = raft_logs(&cluster);
     let report = DemoReport {
@@ -357,6 +398,15 @@ impl std::fmt::Display for DemoReport {
             self.read_us[0], self.read_us[1], self.read_us[2]
         )?;
         writeln!(f, "regions with leader {}", self.leaders)?;
+        if self.storm_splits + self.storm_refusals > 0 {
+            writeln!(
+                f,
+                "split storm        {} splits ({:.0}/s), {} refused",
+                self.storm_splits,
+                self.storm_splits as f64 / secs,
+                self.storm_refusals
+            )?;
+        }
         if self.regions_end != self.regions_start {
             writeln!(
                 f,

@@ -52,6 +52,10 @@ enum Command {
         /// runs every second); default: the store's 96 MiB.
         #[arg(long)]
         split_size_kib: Option<u64>,
+        /// Split regions as fast as this many admin threads can beside
+        /// the workload (at random keys) and report splits per second.
+        #[arg(long, default_value_t = 0)]
+        split_storm: usize,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
             base_tick_ms,
             no_log_gc,
             split_size_kib,
+            split_storm,
         } => {
             if !(0.0..=1.0).contains(&write_ratio) || clients == 0 || regions == 0 {
                 eprintln!("flotilla demo: need regions > 0, clients > 0 and write_ratio in [0, 1]");
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
                 base_tick_ms,
                 log_gc: !no_log_gc,
                 split_size: split_size_kib.map(|k| k.max(1) << 10),
+                split_storm,
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",
