@@ -105,6 +105,7 @@ fn beat() -> Beat {
         context: Bytes::from_static(b"c"),
         quiesce: true,
         wake: true,
+        conf_ver: 3,
     }
 }
 

@@ -397,6 +397,8 @@ fn arb_beat() -> BoxedStrategy<Beat> {
                 context,
                 quiesce,
                 wake,
+                // Derived so the tuple stays within proptest's arity.
+                conf_ver: term ^ commit,
             },
         )
         .boxed()

@@ -25,7 +25,7 @@
 //! same batches (`hibernation`).
 
 use flotilla_proto::eraftpb::{Message, MessageType};
-use flotilla_proto::metapb::Peer;
+use flotilla_proto::metapb::{Peer, RegionEpoch};
 use flotilla_proto::raft_serverpb::{Beat, RaftMessage, StoreHeartbeat, StoreHeartbeatResponse};
 use fxhash::FxHashMap;
 use parking_lot::Mutex;
@@ -78,11 +78,14 @@ impl Coalescer {
         }
     }
 
-    /// Files heartbeat (or response) `m` of region `region_id` for store
-    /// `to_store`. Returns whether it carries a ReadIndex context: then the
-    /// caller should flush at the end of its round.
-    pub fn push(&self, region_id: u64, to_store: u64, m: &Message) -> bool {
+    /// Files heartbeat (or response) `m` of region `region_id` (at
+    /// `conf_ver`) for store `to_store`. Returns whether it carries a
+    /// ReadIndex context: then the caller should flush at the end of its
+    /// round.
+    pub fn push(&self, region_id: u64, conf_ver: u64, to_store: u64, m: &Message) -> bool {
+        let first_contact = m.msg_type() == MessageType::MsgHeartbeat && m.commit == 0;
         let beat = Beat {
+            conf_ver: if first_contact { conf_ver } else { 0 },
             region_id,
             from_peer: m.from,
             to_peer: m.to,
@@ -297,6 +300,10 @@ fn raft_beat(from_store: u64, to_store: u64, b: Beat, t: MessageType) -> RaftMes
             store_id: to_store,
             ..Default::default()
         }),
+        region_epoch: (b.conf_ver > 0).then_some(RegionEpoch {
+            conf_ver: b.conf_ver,
+            version: 0,
+        }),
         message: Some(Message {
             msg_type: t as i32,
             from: b.from_peer,
@@ -343,13 +350,13 @@ mod tests {
                     region * 10,
                     if region == 7 { b"read" } else { b"" },
                 );
-                let urgent = c.push(region, to_store, &m);
+                let urgent = c.push(region, 0, to_store, &m);
                 assert_eq!(urgent, region == 7);
                 sent.push((region, to_store, m));
             }
         }
         let r = hb(MessageType::MsgHeartbeatResponse, 65, 66, 1, 0, b"");
-        c.push(1, 2, &r);
+        c.push(1, 9, 2, &r);
         assert_eq!(c.pending_beats(), 101);
         let batches = c.drain(|_| (0, 0));
         assert_eq!(c.pending_beats(), 0);
@@ -384,6 +391,35 @@ mod tests {
             );
         }
         assert!(got.contains(&(1, 2, r)));
+    }
+
+    /// A beat that commits nothing (to a peer just added) carries its
+    /// region's conf_ver, fanned out as the message's epoch: a stale peer
+    /// on the receiving store learns it was replaced, and a tombstone tells
+    /// the new peer from the removed one. Other beats and responses carry
+    /// none (a steady beat stays as small as it was).
+    #[test]
+    fn first_contact_beats_carry_the_conf_ver() {
+        let c = Coalescer::new(1, 5);
+        c.push(1, 7, 2, &hb(MessageType::MsgHeartbeat, 11, 12, 6, 0, b""));
+        c.push(2, 7, 2, &hb(MessageType::MsgHeartbeat, 21, 22, 6, 30, b""));
+        c.push(
+            3,
+            7,
+            2,
+            &hb(MessageType::MsgHeartbeatResponse, 31, 32, 6, 0, b""),
+        );
+        let mut epochs: Vec<(u64, Option<u64>)> = c
+            .drain(|_| (0, 0))
+            .into_iter()
+            .flat_map(fan_out)
+            .map(|f| match f {
+                Fanned::Raft(m) => (m.region_id, m.region_epoch.map(|e| e.conf_ver)),
+                other => panic!("not a raft beat: {other:?}"),
+            })
+            .collect();
+        epochs.sort_unstable();
+        assert_eq!(epochs, vec![(1, Some(7)), (2, None), (3, None)]);
     }
 
     /// A batch that claims to be both kinds is refused whole; a plain raft

@@ -341,6 +341,20 @@ impl Hibernation {
         v
     }
 
+    /// Heartbeats every one of `stores` from now on (a region gained peers
+    /// there). A store that hosts no region yet heartbeats no one; until
+    /// this store beats it first, neither hears the other, and a region
+    /// asleep with a new peer on it lagging would never wake to create
+    /// that peer (found by the chaos suite, seed 3).
+    pub fn add_remotes(&self, stores: impl IntoIterator<Item = u64>) {
+        let mut inner = self.inner.lock();
+        for store in stores {
+            if store != self.store_id {
+                inner.support.add_remote(store);
+            }
+        }
+    }
+
     /// The support epoch under which this store supports `store` now.
     pub fn supports(&self, store: u64, now: Instant) -> Option<u64> {
         if store == self.store_id {

@@ -102,6 +102,12 @@ impl SupportTable {
         }
     }
 
+    /// Starts heartbeating `store` (a region gained a peer there) if this
+    /// store does not yet; support starts only when it is heard.
+    pub fn add_remote(&mut self, store: u64) {
+        self.remotes.entry(store).or_default();
+    }
+
     /// The remote stores this store heartbeats, in no particular order.
     pub fn remotes(&self) -> impl Iterator<Item = u64> + '_ {
         self.remotes.keys().copied()

@@ -384,7 +384,11 @@ impl Peer {
         let Some(m) = msg.message else { return };
         let to = msg.to_peer.map_or(0, |p| p.id);
         if to != self.meta.id {
-            if to > self.meta.id
+            // Ids do not order peers (each store allocates its own): a
+            // newer membership does.
+            let conf_ver = |e: Option<metapb::RegionEpoch>| e.map_or(0, |e| e.conf_ver);
+            if msg.region_epoch.is_some()
+                && conf_ver(msg.region_epoch) > conf_ver(self.region().region_epoch)
                 && msg
                     .to_peer
                     .is_some_and(|p| p.store_id == self.meta.store_id)

@@ -116,7 +116,12 @@ impl Peer {
         self.last_split = Some(all.into_boxed_slice());
         self.split_check.written = 0;
         if !born.is_empty() {
-            self.born = Some(born.into_boxed_slice());
+            // Several splits may apply in one round: keep every one's
+            // (found by the chaos suite, seed 10: the first split's new
+            // region was written on disk but never got its peer).
+            let mut all_born = self.born.take().map(Vec::from).unwrap_or_default();
+            all_born.extend(born);
+            self.born = Some(all_born.into_boxed_slice());
         }
     }
 

@@ -1,0 +1,343 @@
+//! The chaos suite (issue #12, admin.md scenario 28, merge not yet in
+//! it): clients read and write keys over the whole key space while a
+//! seeded driver splits regions at random keys, moves peers between four
+//! stores (add a learner, promote it, remove another voter), transfers
+//! leaders, partitions a store and restarts stores. Afterwards:
+//! - the history is linearizable;
+//! - admin.md §5.4: on every store the live regions do not overlap; the
+//!   cluster's live regions tile the key space; every replica of a key
+//!   holds the same value; no store keeps a data key outside its live
+//!   regions.
+//!
+//! One seed drives the driver and the clients; it is printed with every
+//! action, and `SIM_SEED=N` replays it. CI runs a few short seeds
+//! (`CI_SEEDS`); `SPLIT_MERGE_SEEDS=N` runs seeds 1..=N.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_engine::{Cf, Engine, keys};
+use flotilla_proto::eraftpb::ConfChangeType;
+use flotilla_proto::metapb::{Peer, PeerRole, Region};
+use flotilla_proto::raft_serverpb::PeerState;
+use flotilla_raftstore::store::{
+    AdminError, Client, ClientConfig, Cluster, Config, Error, region_states,
+};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::linearizability::History;
+use flotilla_tests::workload::{Workload, check_history, history_client, spawn_history_clients};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Stores in the cluster (regions keep three replicas on them).
+const STORES: u64 = 4;
+/// Driver actions per seed.
+const STEPS: usize = 24;
+/// Pause between actions.
+const STEP_PAUSE: Duration = Duration::from_millis(40);
+/// Seeds CI runs (each found a bug once).
+const CI_SEEDS: [u64; 4] = [1, 3, 8, 10];
+/// The workload's keys (`0..KEYS`, 8-byte big-endian).
+const KEYS: u64 = 16;
+
+fn config() -> Config {
+    fast_config(FAST_TICK_MS)
+}
+
+fn admin_client(cluster: &Cluster) -> Client {
+    cluster.client(ClientConfig {
+        request_timeout: Duration::from_millis(500),
+        operation_timeout: Duration::from_secs(3),
+        ..Default::default()
+    })
+}
+
+/// Moves one replica of `region` to a store it has none on: adds a
+/// learner there, promotes it once caught up, then removes a voter that
+/// does not lead. Stops at the first refusal.
+fn move_peer(
+    cluster: &Cluster,
+    client: &Client,
+    region: &Region,
+    rng: &mut ChaCha8Rng,
+) -> Result<String, Error> {
+    let free: Vec<u64> = cluster
+        .store_ids()
+        .iter()
+        .copied()
+        .filter(|s| !region.peers.iter().any(|p| p.store_id == *s))
+        .collect();
+    let Some(&to) = free.get(rng.random_range(0..free.len().max(1))) else {
+        return Ok("no free store".into());
+    };
+    let alloc = cluster
+        .store_ids()
+        .iter()
+        .find_map(|&s| cluster.store(s))
+        .ok_or(Error::StoreStopped { in_flight: false })?;
+    let learner = Peer {
+        id: alloc.alloc_id()?,
+        store_id: to,
+        role: PeerRole::Learner as i32,
+    };
+    client.change_peer(region.id, ConfChangeType::AddLearnerNode, learner)?;
+    let mut promoted = None;
+    for _ in 0..40 {
+        match client.change_peer(region.id, ConfChangeType::AddNode, learner) {
+            Ok(r) => {
+                promoted = Some(r);
+                break;
+            }
+            Err(Error::Admin(AdminError::LearnerNotCaughtUp { .. })) => {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(region) = promoted else {
+        return Ok(format!("learner on store {to} never caught up"));
+    };
+    let voters: Vec<Peer> = region
+        .peers
+        .iter()
+        .filter(|p| p.store_id != to && p.role == PeerRole::Voter as i32)
+        .copied()
+        .collect();
+    for v in voters {
+        match client.change_peer(region.id, ConfChangeType::RemoveNode, v) {
+            Ok(_) => return Ok(format!("to store {to}, removed from {}", v.store_id)),
+            Err(Error::Admin(AdminError::ConfChangeRemovesLeader { .. })) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(format!("added on store {to}, removed none"))
+}
+
+/// The live (`Normal`) regions in `engine`, by id.
+fn live_regions(engine: &Engine) -> Vec<Region> {
+    region_states(engine)
+        .expect("region states")
+        .into_iter()
+        .filter(|s| s.state() == PeerState::Normal)
+        .filter_map(|s| s.region)
+        .collect()
+}
+
+fn covers(r: &Region, key: &[u8]) -> bool {
+    r.start_key[..] <= *key && (r.end_key.is_empty() || key < &r.end_key[..])
+}
+
+/// The invariants of admin.md §5.4 that hold once the cluster settled,
+/// or the first one broken.
+fn check_invariants(cluster: &Cluster) -> Result<(), String> {
+    // Newest copy of every live region any store hosts.
+    let mut newest: BTreeMap<u64, Region> = BTreeMap::new();
+    let mut per_store: Vec<(u64, Vec<Region>)> = Vec::new();
+    for &s in cluster.store_ids() {
+        let store = cluster.store(s).ok_or(format!("store {s} is down"))?;
+        let mut live = live_regions(store.engine());
+        live.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        for w in live.windows(2) {
+            if w[0].end_key.is_empty() || w[0].end_key > w[1].start_key {
+                return Err(format!(
+                    "store {s}: regions {} and {} overlap",
+                    w[0].id, w[1].id
+                ));
+            }
+        }
+        for r in &live {
+            let e = r.region_epoch.unwrap_or_default();
+            let newer = newest.get(&r.id).is_none_or(|n| {
+                let ne = n.region_epoch.unwrap_or_default();
+                (e.version, e.conf_ver) > (ne.version, ne.conf_ver)
+            });
+            if newer {
+                newest.insert(r.id, r.clone());
+            }
+        }
+        per_store.push((s, live));
+    }
+    // Each store hosts exactly the newest copy of the regions listing it.
+    for (s, live) in &per_store {
+        for r in newest.values() {
+            let member = r.peers.iter().any(|p| p.store_id == *s);
+            let hosted = live.iter().find(|x| x.id == r.id);
+            match (member, hosted) {
+                (true, Some(h)) if h == r => {}
+                (false, None) => {}
+                _ => {
+                    return Err(format!(
+                        "store {s} does not host region {} as it is: {hosted:?} vs {r:?}",
+                        r.id
+                    ));
+                }
+            }
+        }
+    }
+    // The regions tile the key space.
+    let mut tiles: Vec<&Region> = newest.values().collect();
+    tiles.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+    let mut at: &[u8] = b"";
+    for (i, r) in tiles.iter().enumerate() {
+        if r.start_key[..] != *at {
+            return Err(format!("gap or overlap at {at:?} (region {})", r.id));
+        }
+        if r.end_key.is_empty() && i + 1 != tiles.len() {
+            return Err(format!("region {} is unbounded but not last", r.id));
+        }
+        at = &r.end_key;
+    }
+    if !at.is_empty() {
+        return Err(format!("the key space ends at {at:?}"));
+    }
+    // Every data key of a store lies in one of its live regions, and the
+    // replicas of a key agree.
+    let mut values: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = BTreeMap::new();
+    for (s, live) in &per_store {
+        let store = cluster.store(*s).ok_or("store down")?;
+        let snap = store.engine().snapshot();
+        let mut outside = None;
+        snap.scan(
+            Cf::Default,
+            &keys::data_key(b""),
+            &keys::data_end_key(b""),
+            |k, _| {
+                let key = keys::origin_key(k).unwrap_or_default();
+                if !live.iter().any(|r| covers(r, key)) {
+                    outside = Some(key.to_vec());
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(k) = outside {
+            return Err(format!(
+                "store {s} keeps key {k:?} outside its live regions"
+            ));
+        }
+        for k in 0..KEYS {
+            let key = k.to_be_bytes();
+            if !live.iter().any(|r| covers(r, &key)) {
+                continue;
+            }
+            let v = store
+                .engine()
+                .get(Cf::Default, &keys::data_key(&key))
+                .map_err(|e| e.to_string())?;
+            match values.get(key.as_slice()) {
+                Some((other, ov)) if *ov != v => {
+                    return Err(format!(
+                        "key {k}: store {s} has {v:?}, store {other} {ov:?}"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    values.insert(key.to_vec(), (*s, v));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One seeded chaos run.
+fn chaos_run(seed: u64) {
+    println!("chaos seed {seed} (replay with SIM_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    wait_leader(&cluster, 1).expect("leader");
+    cluster.add_store(STORES).unwrap();
+    let w = Workload {
+        clients: 4,
+        keys: KEYS,
+        ops_per_client: 150,
+        pause: Duration::from_millis(4),
+        seed,
+    };
+    let history = Arc::new(History::new());
+    let workers = spawn_history_clients(&history_client(&cluster), &history, w);
+    let admin = admin_client(&cluster);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut isolated = None;
+    for step in 0..STEPS {
+        let key = rng.random_range(1..KEYS).to_be_bytes();
+        let action = rng.random_range(0..6u8);
+        let outcome = match action {
+            0 => admin
+                .split_at(&key)
+                .map(|r| format!("split into {} regions", r.len())),
+            1 => admin.locate(&key).and_then(|r| {
+                let to = r.peers[rng.random_range(0..r.peers.len())].store_id;
+                admin
+                    .transfer_leader(r.id, to)
+                    .map(|()| format!("leader of {} to store {to}", r.id))
+            }),
+            2 => admin
+                .locate(&key)
+                .and_then(|r| move_peer(&cluster, &admin, &r, &mut rng)),
+            3 => Ok(match isolated.take() {
+                Some((s, f)) => {
+                    cluster.transport().remove_filter(f);
+                    format!("healed store {s}")
+                }
+                None => {
+                    let s = rng.random_range(1..=STORES);
+                    isolated = Some((s, cluster.transport().isolate(s)));
+                    format!("isolated store {s}")
+                }
+            }),
+            4 => {
+                let s = rng.random_range(1..=STORES);
+                cluster.stop_store(s);
+                std::thread::sleep(STEP_PAUSE);
+                cluster
+                    .start_store(s)
+                    .map(|()| format!("restarted store {s}"))
+            }
+            _ => Ok("pause".into()),
+        };
+        println!("seed {seed} step {step}: action {action} at key {key:?}: {outcome:?}");
+        std::thread::sleep(STEP_PAUSE);
+    }
+    if let Some((_, f)) = isolated.take() {
+        cluster.transport().remove_filter(f);
+    }
+    check_history(workers, &history, seed, 100);
+    let mut last = Ok(());
+    let settled = eventually(|| {
+        last = check_invariants(&cluster);
+        last.is_ok()
+    });
+    assert!(settled, "invariants broken (seed {seed}): {last:?}");
+    for &s in cluster.store_ids() {
+        assert!(
+            cluster.store(s).unwrap().fatal_error().is_none(),
+            "store {s} stopped (seed {seed})"
+        );
+    }
+    cluster.shutdown();
+}
+
+/// admin.md scenario 28 without merge: see the module docs.
+#[test]
+fn chaos_history_is_linearizable_and_invariants_hold() {
+    let seeds: u64 = std::env::var("SPLIT_MERGE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if seeds == 0 {
+        // `SIM_SEED` replays one; else the seeds that found bugs (3: a
+        // region asleep with a new peer on a store nobody beat; 8: peer
+        // ids taken as ages; 10: two splits applied in one round).
+        match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+            Some(seed) => chaos_run(seed),
+            None => CI_SEEDS.iter().for_each(|&s| chaos_run(s)),
+        }
+    } else {
+        for seed in 1..=seeds {
+            chaos_run(seed);
+        }
+    }
+}
