@@ -716,6 +716,13 @@ fn fill_split_ids(
     Ok(())
 }
 
+/// The `split_before_register` failpoint (always false without the
+/// `failpoints` feature).
+fn crash_point_split_before_register() -> bool {
+    fail::fail_point!("split_before_register", |_| true);
+    false
+}
+
 /// Whether a message for a region a store has no peer of may create one:
 /// a vote or pre-vote (the region may be electing with this peer in it),
 /// or a heartbeat that commits nothing here (a leader that added this
@@ -926,6 +933,12 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     }
                     if let Some(born) = fsm.peer.take_born() {
                         self.metrics.splits_applied.fetch_add(1, Ordering::Relaxed);
+                        // Crash point: the split is written, its peers not
+                        // registered (a restart loads them from disk).
+                        if crash_point_split_before_register() {
+                            self.fail(Error::Engine("failpoint split_before_register".into()));
+                            return HandleResult::stop_at(0, false);
+                        }
                         self.register_split_peers(&fsm.peer, born);
                     }
                     None

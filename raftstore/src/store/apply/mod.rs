@@ -232,7 +232,15 @@ impl ApplyPoller {
         }
         fsm.stopped = true;
         fsm.dirty = false;
-        let written = self.engine.write(wb, Durability::Sync);
+        // Crash point: the removal applied, the peer not cleared yet (a
+        // restart clears what its tombstone names).
+        let written = if crash_point_destroy_before_write() {
+            Err(flotilla_engine::Error::InjectedFault {
+                origin: WriteOrigin::Apply,
+            })
+        } else {
+            self.engine.write(wb, Durability::Sync)
+        };
         if written.is_ok() {
             // Only now may another region take the keys, or a new peer
             // of this region be created.
@@ -394,6 +402,13 @@ fn apply_entry(
         responses,
         admin_response: None,
     }
+}
+
+/// The `destroy_before_write` failpoint (always false without the
+/// `failpoints` feature).
+fn crash_point_destroy_before_write() -> bool {
+    fail::fail_point!("destroy_before_write", |_| true);
+    false
 }
 
 /// Messages an apply delegate handles per round at most.

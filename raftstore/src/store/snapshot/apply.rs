@@ -82,6 +82,13 @@ pub fn apply_snapshot_file(
             )?;
         }
     }
+    // Crash point: every key written, the region still `Applying`.
+    fail::fail_point!("snapshot_apply_before_normal", |_| {
+        engine.write(std::mem::replace(&mut wb, new_batch()), Durability::Sync)?;
+        Err(SnapError::Io(std::io::Error::other(
+            "failpoint snapshot_apply_before_normal",
+        )))
+    });
     wb.put_msg(
         Cf::Raft,
         &keys::apply_state_key(region.id),

@@ -1,0 +1,251 @@
+//! Crash points (issue #11, admin.md §5.2) hit through failpoints
+//! (fail-rs, the `failpoints` feature of flotilla-raftstore): the store
+//! stops at the point as a crash would (a fatal stop: nothing after it is
+//! written), then restarts from its directory, and the invariants of
+//! admin.md §5.4 hold.
+//!
+//! Failpoints are process-wide: the tests here run one at a time.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use flotilla_engine::{Cf, Engine, keys};
+use flotilla_proto::eraftpb::ConfChangeType;
+use flotilla_proto::metapb::{Peer, PeerRole};
+use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
+use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+
+/// One test at a time: failpoints are global to the process.
+static SERIAL: Mutex<()> = Mutex::new(());
+/// The bootstrapped region.
+const REGION: u64 = 1;
+/// Keys written before the crash.
+const KEYS: u64 = 40;
+
+fn config() -> Config {
+    fast_config(FAST_TICK_MS)
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("fp{i:05}").into_bytes()
+}
+
+fn write(client: &Client, range: std::ops::Range<u64>) {
+    for i in range {
+        client.put(&key(i), &i.to_be_bytes()).expect("put");
+    }
+}
+
+fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
+    range.into_iter().all(|i| {
+        engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .expect("read data")
+            .is_some_and(|v| v == i.to_be_bytes())
+    })
+}
+
+fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
+    engine
+        .get_msg(Cf::Raft, &keys::region_state_key(id))
+        .expect("read region state")
+}
+
+/// The stores that stopped on a fatal error (a failpoint's crash).
+fn crashed(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .store_ids()
+        .iter()
+        .copied()
+        .filter(|&s| {
+            cluster
+                .store(s)
+                .is_some_and(|st| st.fatal_error().is_some())
+        })
+        .collect()
+}
+
+/// Restarts every store a failpoint stopped (with the failpoint off).
+fn restart_crashed(cluster: &mut Cluster, crashed: &[u64]) {
+    for &s in crashed {
+        cluster.stop_store(s);
+        cluster.start_store(s).expect("restart");
+    }
+}
+
+/// Crash point: a snapshot's keys are all written but its region is still
+/// `Applying` (admin.md §5.2, snapshot step 3). At restart the store
+/// writes the snapshot again from its file and the region is `Normal`
+/// with every key.
+#[test]
+fn snapshot_apply_crash_before_normal_is_redone_at_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    cluster.add_store(4).unwrap();
+    fail::cfg("snapshot_apply_before_normal", "1*return").unwrap();
+    let learner = Peer {
+        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    client
+        .change_peer(REGION, ConfChangeType::AddLearnerNode, learner)
+        .expect("add learner");
+    assert!(
+        eventually(|| crashed(&cluster) == vec![4]),
+        "store 4 did not stop at the crash point"
+    );
+    let engine = cluster.store(4).unwrap().engine().clone();
+    assert_eq!(
+        region_state(&engine, REGION).map(|s| s.state()),
+        Some(PeerState::Applying),
+        "the crash point is after the keys, before Normal"
+    );
+    assert!(holds(&engine, 0..KEYS), "the keys were written before it");
+    drop(engine);
+    fail::remove("snapshot_apply_before_normal");
+    restart_crashed(&mut cluster, &[4]);
+    let engine = cluster.store(4).unwrap().engine().clone();
+    assert!(
+        eventually(|| region_state(&engine, REGION)
+            .is_some_and(|s| s.state() == PeerState::Normal)
+            && holds(&engine, 0..KEYS)),
+        "the snapshot was not redone: {:?}",
+        region_state(&engine, REGION)
+    );
+    write(&client, KEYS..KEYS + 10);
+    assert!(eventually(|| holds(&engine, 0..KEYS + 10)));
+    drop(engine);
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// Crash point: a split is applied (the parent's new range and the new
+/// region's states written) but the new peer is not registered yet
+/// (admin.md §5.2, split). At restart the store loads both regions from
+/// disk; every key stays readable and the store serves both regions.
+#[test]
+fn split_crash_before_register_recovers_at_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    fail::cfg("split_before_register", "1*return").unwrap();
+    // The store that crashes may be the leader, so the answer may be lost.
+    let _ = client.split_at(&key(KEYS / 2));
+    assert!(
+        eventually(|| crashed(&cluster).len() == 1),
+        "no store stopped at the crash point"
+    );
+    let down = crashed(&cluster);
+    fail::remove("split_before_register");
+    restart_crashed(&mut cluster, &down);
+    for &s in cluster.store_ids() {
+        let store = cluster.store(s).unwrap();
+        assert!(
+            eventually(|| store.region_count() == 2),
+            "store {s} has {} regions",
+            store.region_count()
+        );
+        assert!(
+            eventually(|| holds(store.engine(), 0..KEYS)),
+            "store {s} lost keys"
+        );
+    }
+    let fresh = cluster.client(ClientConfig::default());
+    write(&fresh, 0..KEYS);
+    for i in 0..KEYS {
+        assert_eq!(
+            fresh.get(&key(i)).expect("get").as_deref(),
+            Some(&i.to_be_bytes()[..])
+        );
+    }
+    assert!(crashed(&cluster).is_empty());
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// Crash point: a peer's removal is applied (its region state is a
+/// tombstone) but its destruction is not written (admin.md §5.2, conf
+/// change). At restart the store clears what the tombstone names: no raft
+/// log, raft or apply state, no data; the region serves on without it.
+#[test]
+fn destroy_crash_before_write_is_cleared_at_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let gone = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader)
+        .expect("a follower");
+    let removed = cluster.regions()[0]
+        .peers
+        .iter()
+        .find(|p| p.store_id == gone)
+        .copied()
+        .unwrap();
+    fail::cfg("destroy_before_write", "1*return").unwrap();
+    client
+        .change_peer(REGION, ConfChangeType::RemoveNode, removed)
+        .expect("remove");
+    assert!(
+        eventually(|| crashed(&cluster) == vec![gone]),
+        "store {gone} did not stop at the crash point"
+    );
+    assert_eq!(
+        cluster
+            .store(gone)
+            .unwrap()
+            .metrics()
+            .peers_destroyed
+            .load(Ordering::Relaxed),
+        1
+    );
+    fail::remove("destroy_before_write");
+    restart_crashed(&mut cluster, &[gone]);
+    let engine = cluster.store(gone).unwrap().engine().clone();
+    let cleared = || {
+        region_state(&engine, REGION).is_some_and(|s| s.state() == PeerState::Tombstone)
+            && engine
+                .get(Cf::Raft, &keys::raft_state_key(REGION))
+                .unwrap()
+                .is_none()
+            && engine
+                .get(Cf::Raft, &keys::apply_state_key(REGION))
+                .unwrap()
+                .is_none()
+            && (0..KEYS).all(|i| {
+                engine
+                    .get(Cf::Default, &keys::data_key(&key(i)))
+                    .unwrap()
+                    .is_none()
+            })
+    };
+    assert!(
+        eventually(cleared),
+        "not cleared at restart: {:?}",
+        region_state(&engine, REGION)
+    );
+    assert_eq!(cluster.store(gone).unwrap().region_count(), 0);
+    drop(engine);
+    write(&client, KEYS..KEYS + 10);
+    std::thread::sleep(Duration::from_millis(FAST_TICK_MS * 20));
+    assert!(crashed(&cluster).is_empty());
+    cluster.shutdown();
+    scenario.teardown();
+}
