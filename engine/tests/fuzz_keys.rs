@@ -378,6 +378,7 @@ fn valid_value() -> BoxedStrategy<Vec<u8>> {
                         commit,
                     }),
                     applying_snapshot: None,
+                    applying_old_range: None,
                 }
                 .encode_to_vec()
             }),

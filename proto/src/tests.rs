@@ -466,6 +466,7 @@ fn raft_serverpb_round_trip() {
             commit: 9,
         }),
         applying_snapshot: Some(RaftTruncatedState { index: 12, term: 3 }),
+        applying_old_range: Some(region()),
     });
     assert_round_trip(RegionSnapshotData {
         region: Some(region()),

@@ -468,8 +468,9 @@ fn arb_region_local_state() -> BoxedStrategy<RegionLocalState> {
         enum_val(4),
         option::of(arb_region()),
         option::of((num(), option::of(arb_region()), num())),
+        option::of(arb_region()),
     )
-        .prop_map(|(state, region, merge)| RegionLocalState {
+        .prop_map(|(state, region, merge, old)| RegionLocalState {
             state,
             region,
             merge_state: merge.map(|(min_index, target, commit)| MergeState {
@@ -478,6 +479,7 @@ fn arb_region_local_state() -> BoxedStrategy<RegionLocalState> {
                 commit,
             }),
             applying_snapshot: None,
+            applying_old_range: old,
         })
         .boxed()
 }

@@ -96,6 +96,7 @@ pub fn write_initial_states(wb: &mut WriteBatch, region: &Region, kept: Option<H
             region: Some(region.clone()),
             merge_state: None,
             applying_snapshot: None,
+            applying_old_range: None,
         },
     );
     let (term, vote) = match kept {

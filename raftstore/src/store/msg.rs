@@ -233,6 +233,9 @@ pub struct SnapshotTask {
     pub term: u64,
     /// The received file.
     pub path: PathBuf,
+    /// The range the peer held before, when the snapshot moves its bounds
+    /// (cleared too); `None`: the delegate's region is the old range.
+    pub old: Option<Region>,
 }
 
 /// A removed peer's last task for its apply delegate.

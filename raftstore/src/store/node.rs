@@ -401,14 +401,35 @@ impl Store {
                 Peer::new(&cfg, engine.clone(), region, peer_id, &meta, &logger)
             })
             .collect::<Result<_>>()?;
-        let peers = peers
+        let mut peers = peers
             .into_iter()
             .map(|peer| reset_if_snapshot_lost(peer, &cfg, &engine, &meta, &logger))
             .collect::<Result<Vec<_>>>()?;
+        // The ranges the peers hold; a snapshot being applied that moves
+        // its region's bounds holds the old range too until it is redone.
+        let mut old_ranges: fxhash::FxHashMap<u64, Region> = fxhash::FxHashMap::default();
         {
             let mut index = meta.lock();
-            for peer in peers.iter().filter(|p| p.raft.store().is_initialized()) {
-                index.set(None, peer.region()).map_err(|other| {
+            for peer in peers.iter_mut().filter(|p| p.raft.store().is_initialized()) {
+                let mut held = peer.region().clone();
+                if peer.raft.store().applying_snapshot().is_some()
+                    && let Some(old) = engine
+                        .get_msg::<RegionLocalState>(
+                            Cf::Raft,
+                            &keys::region_state_key(peer.region_id()),
+                        )?
+                        .and_then(|s| s.applying_old_range)
+                {
+                    held.start_key = held.start_key.min(old.start_key.clone());
+                    if !held.end_key.is_empty()
+                        && (old.end_key.is_empty() || old.end_key > held.end_key)
+                    {
+                        held.end_key = old.end_key.clone();
+                    }
+                    peer.restore_reservation(held.clone());
+                    old_ranges.insert(peer.region_id(), old);
+                }
+                index.set(None, &held).map_err(|other| {
                     Error::Engine(format!(
                         "regions {} and {other} overlap on disk",
                         peer.region_id()
@@ -472,6 +493,7 @@ impl Store {
             .into_iter()
             .map(|(region, (index, term))| SnapshotTask {
                 path: snap_mgr.recv_path(region.id, term, index),
+                old: old_ranges.remove(&region.id),
                 region,
                 index,
                 term,
@@ -886,6 +908,7 @@ mod tests {
                 region: Some(region.clone()),
                 merge_state: None,
                 applying_snapshot: None,
+                applying_old_range: None,
             };
             wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
             engine.write(wb, Durability::Sync).unwrap();

@@ -278,9 +278,20 @@ impl PeerStorage {
             let res = wb.delete_range(Cf::Raft, &lo, &hi);
             debug_assert!(res.is_ok(), "{res:?}");
         }
+        // An initialized peer whose bounds the snapshot moves: its old
+        // range is cleared with the snapshot (recorded for a restart).
+        let old = &self.region;
+        let moved = !old.peers.is_empty()
+            && (old.start_key != region.start_key || old.end_key != region.end_key);
         let mut state = RegionLocalState {
             region: Some(region.clone()),
             applying_snapshot: Some(RaftTruncatedState { index, term }),
+            applying_old_range: moved.then(|| Region {
+                id: old.id,
+                start_key: old.start_key.clone(),
+                end_key: old.end_key.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         state.set_state(PeerState::Applying);
@@ -846,6 +857,35 @@ mod tests {
         assert_eq!(reloaded.applied_index(), 30);
         assert_eq!(reloaded.last_index().unwrap(), 30);
         assert_eq!(reloaded.term(30).unwrap(), 8);
+    }
+
+    /// A snapshot that moves an initialized region's bounds (a split it
+    /// missed) records the old range with `Applying`, so a restart in the
+    /// middle clears the old keys too; one that keeps them records none.
+    #[test]
+    fn a_snapshot_moving_the_bounds_records_the_old_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        let old_range = |s: &PeerStorage| {
+            s.engine
+                .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(9))
+                .unwrap()
+                .and_then(|st| st.applying_old_range)
+        };
+        let mut wb = s.engine.write_batch();
+        s.persist_snapshot(30, 8, region(), &mut wb);
+        s.engine.write(wb, Durability::Sync).unwrap();
+        assert_eq!(old_range(&s), None, "same bounds");
+        let mut shrunk = region();
+        shrunk.end_key = b"k".to_vec().into();
+        let mut wb = s.engine.write_batch();
+        s.persist_snapshot(40, 8, shrunk, &mut wb);
+        s.engine.write(wb, Durability::Sync).unwrap();
+        let old = old_range(&s).expect("the old range");
+        assert_eq!(
+            (old.start_key, old.end_key),
+            (region().start_key, region().end_key)
+        );
     }
 
     /// F4: a persisted commit behind the persisted applied index (a commit

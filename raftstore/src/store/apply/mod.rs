@@ -272,7 +272,10 @@ impl ApplyPoller {
         let started = std::time::Instant::now();
         // The range this delegate had (none if uninitialized): a split or
         // merge the peer missed may have moved the region's bounds.
-        let old = (!fsm.region.peers.is_empty()).then_some(&fsm.region);
+        let old = task
+            .old
+            .as_ref()
+            .or((!fsm.region.peers.is_empty()).then_some(&fsm.region));
         match apply_snapshot_file(
             &self.engine,
             &task.region,

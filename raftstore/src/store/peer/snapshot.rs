@@ -92,6 +92,13 @@ impl Peer {
         Ok(())
     }
 
+    /// Holds `hull` (a snapshot's range and the old one) again after a
+    /// restart in the middle of applying it: the old keys are cleared
+    /// when it is redone.
+    pub fn restore_reservation(&mut self, hull: Region) {
+        self.reserved_range = Some(Box::new(hull));
+    }
+
     /// The range this peer holds in the store's index: one reserved for a
     /// snapshot, else its region's if it is initialized.
     pub fn held_range(&self) -> Option<Region> {
@@ -179,6 +186,7 @@ impl Peer {
         let path = recv_path(&snap_dir(&self.engine), region.id, term, index);
         slog::info!(self.logger, "snapshot persisted"; "index" => index, "term" => term);
         self.pending_snapshot = Some(Box::new(SnapshotTask {
+            old: None,
             region,
             index,
             term,

@@ -104,3 +104,58 @@ pub fn apply_snapshot_file(
     let _ = std::fs::remove_file(path);
     Ok(kvs)
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_engine::EngineOptions;
+
+    use super::super::SnapWriter;
+    use super::*;
+
+    fn region(start: &[u8], end: &[u8]) -> Region {
+        Region {
+            id: 5,
+            start_key: start.to_vec().into(),
+            end_key: end.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    /// A snapshot that shrinks its region (a split the peer missed) clears
+    /// the keys of the old range outside the new one, where they would
+    /// belong to no region of the store; the new range holds exactly the
+    /// snapshot's keys.
+    #[test]
+    fn a_shrinking_snapshot_clears_the_old_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path().join("db"), &EngineOptions::default()).unwrap();
+        let mut wb = engine.write_batch();
+        for k in [&b"b"[..], b"m", b"x"] {
+            wb.put(Cf::Default, &keys::data_key(k), b"stale");
+        }
+        engine.write(wb, Durability::Sync).unwrap();
+        let path = dir.path().join("snap");
+        let mut w = SnapWriter::create(&path).unwrap();
+        w.put(b"c", b"new").unwrap();
+        w.finish().unwrap();
+
+        let new = region(b"a", b"k");
+        let kvs =
+            apply_snapshot_file(&engine, &new, Some(&region(b"a", b"")), &path, 9, 2).unwrap();
+        assert_eq!(kvs, 1);
+        let get = |k: &[u8]| engine.get(Cf::Default, &keys::data_key(k)).unwrap();
+        assert_eq!(get(b"b"), None);
+        assert_eq!(get(b"c").as_deref(), Some(&b"new"[..]));
+        assert_eq!(
+            get(b"m"),
+            None,
+            "a key of the old range outside the new one"
+        );
+        assert_eq!(get(b"x"), None);
+        let state: RegionLocalState = engine
+            .get_msg(Cf::Raft, &keys::region_state_key(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.state(), PeerState::Normal);
+    }
+}

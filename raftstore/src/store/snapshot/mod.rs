@@ -433,6 +433,7 @@ mod tests {
             }),
             merge_state: None,
             applying_snapshot: Some(RaftTruncatedState { index: 9, term: 2 }),
+            applying_old_range: None,
         };
         engine
             .put_msg(Cf::Raft, &keys::region_state_key(4), &state)
@@ -479,6 +480,7 @@ mod restart_tests {
             region: Some(region.clone()),
             merge_state: None,
             applying_snapshot: Some(RaftTruncatedState { index, term }),
+            applying_old_range: None,
         };
         wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
         wb.put_msg(
