@@ -11,7 +11,8 @@
 //!
 //! One seed drives the driver and the clients; it is printed with every
 //! action, and `SIM_SEED=N` replays it. CI runs a few short seeds
-//! (`CI_SEEDS`); `SPLIT_MERGE_SEEDS=N` runs seeds 1..=N.
+//! (`CI_SEEDS`); `SPLIT_MERGE_SEEDS=N` runs seeds 1..=N, `CHAOS_STEPS=N`
+//! lengthens each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,10 +33,12 @@ use rand_chacha::ChaCha8Rng;
 
 /// Stores in the cluster (regions keep three replicas on them).
 const STORES: u64 = 4;
-/// Driver actions per seed.
+/// Driver actions per seed (`CHAOS_STEPS` overrides).
 const STEPS: usize = 24;
 /// Pause between actions.
 const STEP_PAUSE: Duration = Duration::from_millis(40);
+/// Operations each client runs per driver step.
+const OPS_PER_STEP: usize = 6;
 /// Seeds CI runs (each found a bug once).
 const CI_SEEDS: [u64; 4] = [1, 3, 8, 10];
 /// The workload's keys (`0..KEYS`, 8-byte big-endian).
@@ -249,10 +252,15 @@ fn chaos_run(seed: u64) {
     let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     wait_leader(&cluster, 1).expect("leader");
     cluster.add_store(STORES).unwrap();
+    let steps = std::env::var("CHAOS_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(STEPS);
     let w = Workload {
         clients: 4,
         keys: KEYS,
-        ops_per_client: 150,
+        // The clients run as long as the driver.
+        ops_per_client: OPS_PER_STEP * steps.max(1),
         pause: Duration::from_millis(4),
         seed,
     };
@@ -261,7 +269,7 @@ fn chaos_run(seed: u64) {
     let admin = admin_client(&cluster);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut isolated = None;
-    for step in 0..STEPS {
+    for step in 0..steps {
         let key = rng.random_range(1..KEYS).to_be_bytes();
         let action = rng.random_range(0..6u8);
         let outcome = match action {

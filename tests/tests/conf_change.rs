@@ -718,3 +718,52 @@ fn learner_removed_while_isolated_gives_way_to_a_new_peer() {
     );
     cluster.shutdown();
 }
+
+/// #11's stale-peer rule "a peer that has no leader for long asks its
+/// peers": a learner added on a new store is created there (uninitialized)
+/// but never gets its snapshot, and is removed again. Nobody sends it
+/// anything any more; after ten election timeouts it asks a peer it heard
+/// from, is told it was removed, and is destroyed.
+#[test]
+fn uninitialized_peer_whose_addition_was_reverted_is_destroyed() {
+    use flotilla_raftstore::store::DropFilter;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    cluster.add_store(4).unwrap();
+    cluster.transport().add_filter(Arc::new(DropFilter {
+        to_store: Some(4),
+        msg_type: Some(MessageType::MsgSnapshot),
+        ..Default::default()
+    }));
+    let learner = Peer {
+        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    change(&client, ConfChangeType::AddLearnerNode, learner);
+    let store = cluster.store(4).unwrap();
+    assert!(
+        eventually(|| store.metrics().peers_created.load(Ordering::Relaxed) == 1),
+        "the learner was not created on store 4"
+    );
+    change(&client, ConfChangeType::RemoveNode, learner);
+    assert!(
+        eventually(|| store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1),
+        "the uninitialized peer lingers: {:?}",
+        store.handle().region_status(REGION, Duration::from_secs(5))
+    );
+    assert!(matches!(
+        store.handle().region_status(REGION, Duration::from_secs(5)),
+        Err(Error::RegionNotFound(_))
+    ));
+    assert!(eventually(|| state_is(
+        store.engine(),
+        PeerState::Tombstone
+    )));
+    cluster.shutdown();
+}

@@ -106,7 +106,10 @@ impl Peer {
         } else {
             usize::MAX
         };
-        let ticks = raft.ticks_to_event().min(watch).max(1);
+        let probe = self
+            .ticks_to_probe()
+            .map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
+        let ticks = raft.ticks_to_event().min(watch).min(probe).max(1);
         u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 }

@@ -10,6 +10,10 @@ use flotilla_proto::raft_serverpb::RaftMessage;
 
 use crate::store::msg::{DestroyTask, ExecResult, RegionStatus};
 
+/// Election timeouts an uninitialized peer waits without hearing a leader
+/// before it asks a peer whether it is still a member.
+pub const PROBE_ELECTION_TIMEOUTS: u64 = 10;
+
 impl super::Peer {
     /// Acts on what the applied admin commands did, in log order.
     pub(super) fn on_exec_results(&mut self, results: Vec<ExecResult>) {
@@ -126,6 +130,71 @@ impl super::Peer {
         slog::info!(self.logger, "removed from the region while away: destroying";
             "conf_ver" => ours.conf_ver);
         self.removed = true;
+    }
+
+    /// An uninitialized peer that has heard nothing from a leader for
+    /// [`PROBE_ELECTION_TIMEOUTS`] election timeouts asks a peer it heard
+    /// from whether it is still a member (a message without a raft
+    /// message; admin.md's "a peer that has no leader for long asks its
+    /// peers"). A member whose region does not list it answers with a
+    /// tombstone message and it is destroyed: a peer whose addition was
+    /// reverted before any snapshot reached it does not linger. Its
+    /// leader's messages keep a member from asking.
+    pub(super) fn probe_membership(&mut self, elapsed: u64) {
+        if self.raft.store().is_initialized() || self.gc_reply.is_some() {
+            return;
+        }
+        let due = self.probe_interval();
+        let Some(known) = self.known_peers.as_mut() else {
+            return;
+        };
+        known.silent_ticks = known.silent_ticks.saturating_add(elapsed);
+        if known.silent_ticks < due || known.peers.is_empty() {
+            return;
+        }
+        known.silent_ticks = 0;
+        let to = known.peers[known.probes % known.peers.len()];
+        known.probes = known.probes.wrapping_add(1);
+        slog::info!(self.logger, "no leader heard for long: asking a peer about membership";
+            "to" => to.id, "store" => to.store_id);
+        self.gc_reply = Some(Box::new(RaftMessage {
+            region_id: self.region_id(),
+            from_peer: Some(self.meta),
+            to_peer: Some(to),
+            ..Default::default()
+        }));
+    }
+
+    /// Ticks between membership probes.
+    fn probe_interval(&self) -> u64 {
+        PROBE_ELECTION_TIMEOUTS.saturating_mul(self.raft.raft.election_timeout() as u64)
+    }
+
+    /// Ticks until an uninitialized peer's next membership probe, if it
+    /// will send one (its lazy clock must deliver that tick).
+    pub(super) fn ticks_to_probe(&self) -> Option<u64> {
+        if self.raft.store().is_initialized() {
+            return None;
+        }
+        let known = self.known_peers.as_ref()?;
+        Some(
+            self.probe_interval()
+                .saturating_sub(known.silent_ticks)
+                .max(1),
+        )
+    }
+
+    /// A membership probe from `msg.from_peer` (see
+    /// [`Peer::probe_membership`]): a sender this region does not list is
+    /// told it was removed.
+    pub(super) fn on_membership_probe(&mut self, msg: &RaftMessage) {
+        let Some(from) = msg.from_peer else {
+            return;
+        };
+        if self.region().peers.iter().any(|p| p.id == from.id) {
+            return;
+        }
+        self.check_stale_sender(from, Some(RegionEpoch::default()));
     }
 
     /// The apply delegate's last task for this removed peer: its

@@ -75,7 +75,11 @@ impl Peer {
             self.on_tombstone_message(&msg);
             return None;
         }
-        let m = msg.message.as_ref()?;
+        let Some(m) = msg.message.as_ref() else {
+            // A membership probe: answered without waking.
+            self.on_membership_probe(&msg);
+            return None;
+        };
         if msg.to_peer.is_none_or(|p| p.id != self.meta.id) {
             // Not for this peer: dropped without waking it.
             self.on_raft_message(msg);

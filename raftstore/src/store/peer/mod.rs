@@ -126,9 +126,16 @@ pub enum WriteNeed {
 const MAX_KNOWN_PEERS: usize = 4;
 
 /// Peers outside the region's list, oldest first (boxed in `Peer`: most
-/// peers never have any).
+/// peers never have any), and how long an uninitialized peer has heard
+/// nothing from its leader (see `exec::probe_membership`).
 #[derive(Debug, Default)]
-struct KnownPeers(Vec<metapb::Peer>);
+struct KnownPeers {
+    peers: Vec<metapb::Peer>,
+    /// Ticks since the leader was last heard (uninitialized peers only).
+    silent_ticks: u64,
+    /// Probes sent so far (the next goes to `peers[probes % len]`).
+    probes: usize,
+}
 
 /// One region's peer.
 pub struct Peer {
@@ -332,7 +339,7 @@ impl Peer {
         self.region()
             .peers
             .iter()
-            .chain(self.known_peers.iter().flat_map(|v| v.0.iter()))
+            .chain(self.known_peers.iter().flat_map(|v| v.peers.iter()))
             .find(|p| p.id == id)
             .copied()
     }
@@ -343,7 +350,7 @@ impl Peer {
         if from.id == 0 {
             return;
         }
-        let known = &mut self.known_peers.get_or_insert_with(Box::default).0;
+        let known = &mut self.known_peers.get_or_insert_with(Box::default).peers;
         known.retain(|p| p.id != from.id);
         if known.len() >= MAX_KNOWN_PEERS {
             known.remove(0);
@@ -428,6 +435,9 @@ impl Peer {
         if from == self.raft.raft.leader_id() {
             self.sleep.nudged = false;
             self.sleep.quiet_under = None;
+            if let Some(k) = self.known_peers.as_mut() {
+                k.silent_ticks = 0;
+            }
         }
     }
 
@@ -647,6 +657,7 @@ impl Peer {
         self.maybe_renew_lease();
         self.tick_log_gc(cfg, elapsed);
         self.tick_split_check(cfg, elapsed);
+        self.probe_membership(elapsed);
         if cfg.hibernate_regions && self.is_leader() {
             self.sleep.idle_ticks = self
                 .sleep
