@@ -767,3 +767,76 @@ fn uninitialized_peer_whose_addition_was_reverted_is_destroyed() {
     )));
     cluster.shutdown();
 }
+
+/// Review finding (helper, session 7): an uninitialized peer takes the
+/// membership it was created under as its epoch. A late message of an
+/// older membership to another peer id on its store (a removed
+/// predecessor) must not destroy it; one of a newer membership (it was
+/// replaced) does.
+#[test]
+fn uninitialized_peer_ignores_older_memberships_messages_to_other_ids() {
+    use flotilla_raftstore::store::DropFilter;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    cluster.add_store(4).unwrap();
+    cluster.transport().add_filter(Arc::new(DropFilter {
+        to_store: Some(4),
+        msg_type: Some(MessageType::MsgSnapshot),
+        ..Default::default()
+    }));
+    let learner = Peer {
+        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    let region = change(&client, ConfChangeType::AddLearnerNode, learner);
+    let conf_ver = region.region_epoch.unwrap().conf_ver;
+    let store = cluster.store(4).unwrap();
+    assert!(eventually(|| store
+        .metrics()
+        .peers_created
+        .load(Ordering::Relaxed)
+        == 1));
+    let late = |conf_ver: u64| {
+        let mut m = pre_vote(
+            &region,
+            4,
+            Peer {
+                id: 424_242,
+                store_id: 4,
+                role: PeerRole::Voter as i32,
+            },
+        );
+        m.region_epoch = Some(flotilla_proto::metapb::RegionEpoch {
+            conf_ver,
+            version: 1,
+        });
+        m
+    };
+    store.handle().deliver(late(conf_ver - 1));
+    std::thread::sleep(Duration::from_millis(FAST_TICK_MS * 20));
+    assert_eq!(
+        store.metrics().peers_destroyed.load(Ordering::Relaxed),
+        0,
+        "a message of an older membership destroyed the new peer"
+    );
+    assert_eq!(
+        store
+            .handle()
+            .region_status(REGION, Duration::from_secs(5))
+            .unwrap()
+            .peer
+            .id,
+        learner.id
+    );
+    store.handle().deliver(late(conf_ver + 5));
+    assert!(
+        eventually(|| store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1),
+        "a message of a newer membership to another peer here did not replace it"
+    );
+    cluster.shutdown();
+}

@@ -500,6 +500,10 @@ impl<T: Transport> RaftPoller<T> {
         let task = fsm.peer.destroy_task();
         fsm.stopped = true;
         fsm.peer.fail_pending(Error::RegionNotFound(region_id));
+        // Marked before the apply side can finish (it clears the mark) and
+        // before the mailbox closes (no peer of the region may be created
+        // in between). Its range stays held until the apply side cleared it.
+        self.meta.lock().start_destroy(region_id);
         self.router.close(region_id);
         if self
             .apply_router
@@ -507,11 +511,15 @@ impl<T: Transport> RaftPoller<T> {
             .is_err()
         {
             slog::warn!(self.logger, "apply delegate gone: removed peer not cleared"; "region" => region_id);
+            // Nothing will clear it: the store is stopping.
+            let mut meta = self.meta.lock();
+            if let Some(held) = fsm.peer.held_range() {
+                meta.remove(&held);
+            }
+            meta.finish_destroy(region_id);
         }
         self.ticks_queued.write().remove(&region_id);
         self.hib.remove_region(region_id);
-        // Its range stays held until the apply side cleared it.
-        self.meta.lock().start_destroy(region_id);
         self.metrics.peers_destroyed.fetch_add(1, Ordering::Relaxed);
         slog::info!(self.logger, "removed peer destroyed"; "region" => region_id, "peer" => fsm.peer.meta.id);
     }
@@ -590,6 +598,7 @@ impl<T: Transport> RaftPoller<T> {
             self.engine.clone(),
             region_id,
             to,
+            msg.region_epoch.map_or(0, |e| e.conf_ver),
             &self.meta,
             &self.logger,
         )?;

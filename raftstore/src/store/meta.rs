@@ -196,12 +196,15 @@ impl StoreMeta {
 
     /// Keeps `msg`, a vote for region `region_id` that came before this
     /// store's peer of it (see `pending_votes`). Returns whether it was
-    /// kept (not when the table is full of other regions' votes).
+    /// kept (always: a full table is emptied first).
     pub fn keep_early_vote(&mut self, region_id: u64, msg: RaftMessage) -> bool {
         if self.pending_votes.len() >= PENDING_VOTES_MAX
             && !self.pending_votes.contains_key(&region_id)
         {
-            return false;
+            // Full of votes for regions that never came (this store was
+            // removed from them, or garbage): start over. A vote lost
+            // here costs its region an election timeout, nothing more.
+            self.pending_votes.clear();
         }
         self.pending_votes.insert(region_id, msg);
         true

@@ -783,12 +783,16 @@ fn reset_if_snapshot_lost(
             last_index: 0,
         },
     );
-    let (start, end) = (
-        keys::data_key(&region.start_key),
-        keys::data_end_key(&region.end_key),
-    );
-    if start < end {
-        wb.delete_range(Cf::Default, &start, &end)?;
+    // The snapshot's range, and the one the peer held before if the
+    // snapshot moved its bounds: nobody else holds either.
+    let old = engine
+        .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))?
+        .and_then(|s| s.applying_old_range);
+    for r in std::iter::once(&region).chain(old.as_ref()) {
+        let (start, end) = (keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
+        if start < end {
+            wb.delete_range(Cf::Default, &start, &end)?;
+        }
     }
     engine.write(wb, flotilla_engine::Durability::Sync)?;
     let peer_meta = peer.meta;
@@ -798,6 +802,7 @@ fn reset_if_snapshot_lost(
         engine.clone(),
         region.id,
         peer_meta,
+        region.region_epoch.map_or(0, |e| e.conf_ver),
         store_meta,
         logger,
     )
@@ -867,9 +872,9 @@ fn clear_tombstoned(
         keys::data_key(&region.start_key),
         keys::data_end_key(&region.end_key),
     );
-    // An uninitialized peer's tombstone has no epoch and no range: it
-    // owned no data.
-    if region.region_epoch.is_some() && start < end {
+    // An uninitialized peer's tombstone has no range and a `version` of 0
+    // (at most the conf_ver it was created under): it owned no data.
+    if region.region_epoch.is_some_and(|e| e.version > 0) && start < end {
         wb.delete_range(Cf::Default, &start, &end)?;
     }
     Ok(())

@@ -211,8 +211,15 @@ impl ApplyPoller {
         let region = &task.tombstone;
         let mut wb = self.engine.write_batch();
         wb.set_origin(WriteOrigin::Apply);
+        let tombstone = match self
+            .engine
+            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))
+        {
+            Ok(prev) => merge_tombstone(region, prev.as_ref(), fsm.peer.store_id),
+            Err(_) => region.clone(),
+        };
         let mut state = RegionLocalState {
-            region: Some(region.clone()),
+            region: Some(tombstone),
             ..Default::default()
         };
         state.set_state(PeerState::Tombstone);
@@ -407,6 +414,37 @@ fn apply_entry(
     }
 }
 
+/// The tombstone to write for a peer of this store destroyed with region
+/// `region` (the peer listed in it), given the region's state on disk:
+/// an earlier tombstone's newer membership and removed peers of this store
+/// are kept, so a later, staler tombstone (an uninitialized peer's) never
+/// lets a late message recreate a peer removed before. The range and
+/// `version` stay `region`'s own (a `version` of 0 marks a peer that owned
+/// no data).
+fn merge_tombstone(region: &Region, prev: Option<&RegionLocalState>, store_id: u64) -> Region {
+    let mut tomb = region.clone();
+    let Some(prev) = prev
+        .filter(|s| s.state() == PeerState::Tombstone)
+        .and_then(|s| s.region.as_ref())
+    else {
+        return tomb;
+    };
+    let conf_ver = |r: &Region| r.region_epoch.map_or(0, |e| e.conf_ver);
+    if conf_ver(prev) > conf_ver(&tomb) {
+        let version = tomb.region_epoch.map_or(0, |e| e.version);
+        tomb.region_epoch = Some(flotilla_proto::metapb::RegionEpoch {
+            conf_ver: conf_ver(prev),
+            version,
+        });
+    }
+    for p in prev.peers.iter().filter(|p| p.store_id == store_id) {
+        if !tomb.peers.iter().any(|t| t.id == p.id) {
+            tomb.peers.push(*p);
+        }
+    }
+    tomb
+}
+
 /// The `destroy_before_write` failpoint (always false without the
 /// `failpoints` feature).
 fn crash_point_destroy_before_write() -> bool {
@@ -524,6 +562,53 @@ mod tests {
     use crate::store::fsm::StoreFsm;
     use crate::store::msg::Responder;
     use crate::store::util::response_error;
+
+    /// Review finding (helper, session 7): a staler tombstone (an
+    /// uninitialized peer's, at the conf_ver it was created under) written
+    /// over an earlier one keeps the earlier one's newer conf_ver and the
+    /// peers of this store it removed, so no late message recreates them;
+    /// its own range and `version` (0: it owned no data) stay.
+    #[test]
+    fn a_later_tombstone_keeps_what_an_earlier_one_outdated() {
+        let peer = |id, store_id| Peer {
+            id,
+            store_id,
+            ..Default::default()
+        };
+        let epoch =
+            |conf_ver, version| Some(flotilla_proto::metapb::RegionEpoch { conf_ver, version });
+        let earlier = Region {
+            id: 3,
+            start_key: Bytes::from_static(b"a"),
+            end_key: Bytes::from_static(b"m"),
+            region_epoch: epoch(7, 2),
+            peers: vec![peer(10, 1), peer(11, 2), peer(12, 3)],
+        };
+        let mut prev = RegionLocalState {
+            region: Some(earlier),
+            ..Default::default()
+        };
+        prev.set_state(PeerState::Tombstone);
+        let uninit = Region {
+            id: 3,
+            region_epoch: epoch(5, 0),
+            peers: vec![peer(20, 2)],
+            ..Default::default()
+        };
+        let tomb = merge_tombstone(&uninit, Some(&prev), 2);
+        assert_eq!(tomb.region_epoch, epoch(7, 0));
+        let ids: Vec<u64> = tomb.peers.iter().map(|p| p.id).collect();
+        assert_eq!(
+            ids,
+            vec![20, 11],
+            "only this store's removed peers are kept"
+        );
+        assert!(tomb.start_key.is_empty() && tomb.end_key.is_empty());
+        // A live (non-tombstone) state is not merged.
+        prev.set_state(PeerState::Normal);
+        assert_eq!(merge_tombstone(&uninit, Some(&prev), 2), uninit);
+        assert_eq!(merge_tombstone(&uninit, None, 2), uninit);
+    }
 
     fn region() -> Region {
         Region {

@@ -232,7 +232,11 @@ impl Peer {
     /// An uninitialized peer `meta` of region `region_id`, created by a
     /// message from a region this store has no peer of (a peer added by a
     /// conf change): no range, no members, an empty log; a snapshot from
-    /// its leader initializes it.
+    /// its leader initializes it. `conf_ver` is the membership the message
+    /// came from (0 if it carried none): the peer's region epoch, so a
+    /// late message of an older membership to another peer id of this
+    /// store is not taken for a newer peer, and its tombstone, should it
+    /// be destroyed, outdates what it should.
     ///
     /// # Errors
     /// As [`Peer::new`].
@@ -241,11 +245,16 @@ impl Peer {
         engine: Engine,
         region_id: u64,
         meta: metapb::Peer,
+        conf_ver: u64,
         store_meta: &SharedMeta,
         logger: &Logger,
     ) -> Result<Peer> {
         let region = Region {
             id: region_id,
+            region_epoch: (conf_ver > 0).then_some(metapb::RegionEpoch {
+                conf_ver,
+                version: 0,
+            }),
             ..Default::default()
         };
         Peer::with_meta(cfg, engine, region, meta, store_meta, logger)
