@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use flotilla_proto::ProstMessage;
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, CompactLogRequest, RaftCmdRequest, RaftCmdResponse, Request, admin_request,
-    request, response,
+    AdminRequest, CompactLogRequest, PrepareMergeRequest, RaftCmdRequest, RaftCmdResponse, Request,
+    admin_request, request, response,
 };
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, Error, StoreHandle,
@@ -295,16 +295,35 @@ fn malformed_commands_are_refused() {
     let mut admin = well_formed();
     admin.requests.clear();
     admin.admin_request = Some(AdminRequest {
-        cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest::default())),
+        cmd: Some(admin_request::Cmd::PrepareMerge(
+            PrepareMergeRequest::default(),
+        )),
     });
-    // Refused typed: the store compacts its logs itself and takes no
-    // admin command from clients yet.
+    // Refused typed: merge is not there yet.
     match send(&cluster, leader, admin) {
         Err(Error::Admin(AdminError::NotSupported { command })) => {
-            assert_eq!(command, "compact_log");
+            assert_eq!(command, "prepare_merge");
         }
         other => panic!("admin command: expected Admin(NotSupported), got {other:?}"),
     }
+    // A CompactLog past the applied index is refused typed; one at 0
+    // (below the log) does nothing and succeeds.
+    let mut compact = well_formed();
+    compact.requests.clear();
+    compact.admin_request = Some(AdminRequest {
+        cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest {
+            compact_index: u64::MAX,
+            compact_term: 0,
+        })),
+    });
+    assert!(matches!(
+        send(&cluster, leader, compact.clone()),
+        Err(Error::Admin(AdminError::CompactIndexAhead { .. }))
+    ));
+    compact.admin_request = Some(AdminRequest {
+        cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest::default())),
+    });
+    assert!(send(&cluster, leader, compact).is_ok());
     let mut no_admin_cmd = well_formed();
     no_admin_cmd.requests.clear();
     no_admin_cmd.admin_request = Some(AdminRequest { cmd: None });

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, BatchSplitRequest, ChangePeerRequest, ChangePeerV2Request, DeleteRequest,
-    GetRequest, PutRequest, RaftCmdRequest, RaftCmdResponse, RaftRequestHeader, Request, Response,
-    ScanRequest, SplitRequest, TransferLeaderRequest, admin_request, admin_response, request,
-    response,
+    AdminRequest, BatchSplitRequest, ChangePeerRequest, ChangePeerV2Request, CompactLogRequest,
+    DeleteRequest, GetRequest, PutRequest, RaftCmdRequest, RaftCmdResponse, RaftRequestHeader,
+    Request, Response, ScanRequest, SplitRequest, TransferLeaderRequest, admin_request,
+    admin_response, request, response,
 };
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
@@ -443,6 +443,28 @@ impl Client {
             cache.insert(r.clone());
         }
         Ok(regions)
+    }
+
+    /// Compacts region `region_id`'s raft log up to `index` (its entries
+    /// up to it are deleted on every replica once applied; the store does
+    /// this on its own too, see `Config::raft_log_gc_*`). A follower that
+    /// had not matched `index` catches up by a snapshot. Answered once the
+    /// compaction applied on the leader; an index at or below the log's
+    /// start does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Admin`] with `CompactIndexAhead` past the leader's applied
+    /// index; routing errors when attempts run out.
+    pub fn compact_log(&self, region_id: u64, index: u64) -> Result<()> {
+        let admin = AdminRequest {
+            cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest {
+                compact_index: index,
+                compact_term: 0,
+            })),
+        };
+        // Compacting twice is harmless: an unknown outcome is retried.
+        self.execute_at(Locate::Region(region_id), &[], Some(&admin), false)
+            .map(|_| ())
     }
 
     /// Splits the region holding `key` at `key` (see [`Client::split`]).

@@ -7,8 +7,9 @@
 
 use flotilla_proto::metapb::PeerRole;
 use flotilla_proto::raft_cmdpb::{
-    AdminResponse, ChangePeerRequest, RaftCmdRequest, RaftCmdResponse, RaftResponseHeader,
-    TransferLeaderRequest, TransferLeaderResponse, admin_request, admin_response,
+    AdminResponse, ChangePeerRequest, CompactLogRequest, CompactLogResponse, RaftCmdRequest,
+    RaftCmdResponse, RaftResponseHeader, TransferLeaderRequest, TransferLeaderResponse,
+    admin_request, admin_response,
 };
 
 use flotilla_proto::eraftpb::{ConfChange, ConfChangeV2};
@@ -35,6 +36,9 @@ enum AdminStep {
     ProposeConfChangeV2(ConfChangeV2),
     /// Propose this encoded command (a split); answer when it applies.
     ProposeSplit(Vec<u8>),
+    /// Propose this encoded command (a client's CompactLog); answer when
+    /// it applies.
+    Propose(Vec<u8>),
 }
 
 impl Peer {
@@ -57,6 +61,9 @@ impl Peer {
                 self.propose_with(callback, |raft| {
                     raft.propose_conf_change_v2(Vec::new(), &cc)
                 });
+            }
+            Ok(AdminStep::Propose(data)) => {
+                self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
             }
             Ok(AdminStep::ProposeSplit(data)) => {
                 let index = self.raft.raft.raft_log().last_index() + 1;
@@ -104,8 +111,19 @@ impl Peer {
                 cc.context = request.encode_to_vec().into();
                 return Ok(AdminStep::ProposeConfChangeV2(cc));
             }
-            // CompactLog is the store's own (log GC); the others come with
-            // their issues.
+            admin_request::Cmd::CompactLog(req) => match self.client_compaction(req)? {
+                Some(term) => {
+                    let mut request = request.clone();
+                    if let Some(admin_request::Cmd::CompactLog(r)) =
+                        request.admin_request.as_mut().and_then(|a| a.cmd.as_mut())
+                    {
+                        r.compact_term = term;
+                    }
+                    return Ok(AdminStep::Propose(request.encode_to_vec()));
+                }
+                None => admin_response::Cmd::CompactLog(CompactLogResponse {}),
+            },
+            // Merge comes with its issue.
             other => {
                 return Err(Error::Admin(AdminError::NotSupported {
                     command: cmd_name(other).into(),
@@ -120,6 +138,29 @@ impl Peer {
             responses: Vec::new(),
             admin_response: Some(AdminResponse { cmd: Some(resp) }),
         })))
+    }
+
+    /// A client's CompactLog up to `req.compact_index`: refused past the
+    /// applied index; nothing to do (`None`) at or below the truncated
+    /// one; else the term of the entry at that index, which the leader
+    /// fills in (a client does not know it). A compaction past what a
+    /// follower matched makes it catch up by a snapshot: the caller's
+    /// choice.
+    fn client_compaction(&self, req: &CompactLogRequest) -> Result<Option<u64>> {
+        let applied = self.raft.store().applied_index();
+        if req.compact_index > applied {
+            return Err(Error::Admin(AdminError::CompactIndexAhead {
+                compact_index: req.compact_index,
+                applied_index: applied,
+            }));
+        }
+        let log = self.raft.raft.raft_log();
+        if req.compact_index < log.first_index() {
+            return Ok(None);
+        }
+        log.term(req.compact_index)
+            .map(Some)
+            .map_err(|e| Error::InvalidRequest(format!("compact log: {e}")))
     }
 
     /// The leader's checks of a membership change before it proposes it
