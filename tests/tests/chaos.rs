@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_engine::{Cf, Engine, keys};
@@ -37,6 +38,9 @@ const STORES: u64 = 4;
 const STEPS: usize = 24;
 /// Pause between actions.
 const STEP_PAUSE: Duration = Duration::from_millis(40);
+/// Bytes past which the stores split a region on their own: a few of the
+/// workload's keys.
+const CHAOS_SPLIT_SIZE: u64 = 160;
 /// Operations each client runs per driver step.
 const OPS_PER_STEP: usize = 6;
 /// Seeds CI runs (each found a bug once).
@@ -44,8 +48,19 @@ const CI_SEEDS: [u64; 4] = [1, 3, 8, 10];
 /// The workload's keys (`0..KEYS`, 8-byte big-endian).
 const KEYS: u64 = 16;
 
+/// Stores that compact their logs early (so a store that was away
+/// catches up by snapshots, bounds moved by splits it missed included)
+/// and split on their own past a small size (the split checker in the
+/// mix with the driver's splits).
 fn config() -> Config {
-    fast_config(FAST_TICK_MS)
+    Config {
+        raft_log_gc_tick_ticks: 5,
+        raft_log_gc_threshold: 8,
+        raft_log_gc_count_limit: 48,
+        split_check_ticks: 20,
+        region_split_size: CHAOS_SPLIT_SIZE,
+        ..fast_config(FAST_TICK_MS)
+    }
 }
 
 fn admin_client(cluster: &Cluster) -> Client {
@@ -319,6 +334,20 @@ fn chaos_run(seed: u64) {
         last.is_ok()
     });
     assert!(settled, "invariants broken (seed {seed}): {last:?}");
+    let sum = |f: &dyn Fn(&flotilla_raftstore::store::StoreMetrics) -> u64| -> u64 {
+        cluster
+            .store_ids()
+            .iter()
+            .filter_map(|&s| cluster.store(s))
+            .map(|st| f(st.metrics()))
+            .sum()
+    };
+    println!(
+        "seed {seed}: {} snapshots applied, {} checker splits, {} peers destroyed (since the last restarts)",
+        sum(&|m| m.snapshots_applied.load(Ordering::Relaxed)),
+        sum(&|m| m.splits_proposed.load(Ordering::Relaxed)),
+        sum(&|m| m.peers_destroyed.load(Ordering::Relaxed)),
+    );
     for &s in cluster.store_ids() {
         assert!(
             cluster.store(s).unwrap().fatal_error().is_none(),
