@@ -262,6 +262,8 @@ pub struct RaftPoller<T: Transport> {
     transport: T,
     /// The store's snapshot worker (generation and sending).
     snap: Option<SnapScheduler>,
+    /// The store's split-check worker.
+    split_check: Option<SnapScheduler>,
     wb: Option<WriteBatch>,
     coalescer: Arc<Coalescer>,
     hib: Arc<Hibernation>,
@@ -301,6 +303,7 @@ impl<T: Transport> RaftPoller<T> {
         hib: Arc<Hibernation>,
         ticks_queued: TickFlags,
         snap: Option<SnapScheduler>,
+        split_check: Option<SnapScheduler>,
         meta: SharedMeta,
         ids: Arc<IdAllocator>,
         logger: Logger,
@@ -312,6 +315,7 @@ impl<T: Transport> RaftPoller<T> {
             apply_router,
             transport,
             snap,
+            split_check,
             wb: None,
             coalescer,
             hib,
@@ -996,7 +1000,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
         self.schedule_snapshot(&fsm.peer);
         if let Some(task) = fsm.peer.take_split_check(&self.cfg) {
             let queued = self
-                .snap
+                .split_check
                 .as_ref()
                 .is_some_and(|s| s.send(SnapTask::SplitCheck(Box::new(task))).is_ok());
             if !queued {

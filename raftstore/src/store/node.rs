@@ -313,6 +313,8 @@ pub struct Store {
     ids: Arc<IdAllocator>,
     snap_mgr: Arc<SnapManager>,
     snap_worker: SnapWorker,
+    /// Measures regions for the split checker.
+    split_worker: SnapWorker,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -513,17 +515,23 @@ impl Store {
 
         let metrics = Arc::new(StoreMetrics::default());
         let clock_transport = transport.clone();
-        let snap_worker = SnapWorker::start(
-            store_id,
-            engine.clone(),
-            snap_mgr.clone(),
-            transport.clone(),
-            router.clone(),
-            metrics.clone(),
-            logger.clone(),
-        )
-        .map_err(|e| Error::Config(format!("spawn snapshot worker: {e}")))?;
+        let worker = |role: &str| {
+            SnapWorker::start(
+                store_id,
+                role,
+                engine.clone(),
+                snap_mgr.clone(),
+                transport.clone(),
+                router.clone(),
+                metrics.clone(),
+                logger.clone(),
+            )
+            .map_err(|e| Error::Config(format!("spawn {role} worker: {e}")))
+        };
+        let snap_worker = worker("snap")?;
+        let split_worker = worker("split-check")?;
         let snap_sched = snap_worker.scheduler();
+        let split_sched = split_worker.scheduler();
         let status = Arc::new(StoreStatus::new(on_fatal));
         status.set_routers(router.clone(), apply_router.clone());
         {
@@ -575,6 +583,7 @@ impl Store {
                         hib.clone(),
                         ticks_queued.clone(),
                         snap_sched.clone(),
+                        split_sched.clone(),
                         meta.clone(),
                         ids.clone(),
                         logger.clone(),
@@ -630,6 +639,7 @@ impl Store {
             ids,
             snap_mgr,
             snap_worker,
+            split_worker,
             raft_message_capacity: cfg.raft_message_capacity,
             logger,
         })
@@ -725,6 +735,7 @@ impl Store {
         let _ = self.raft_system.shutdown();
         let _ = self.apply_system.shutdown();
         self.snap_worker.stop();
+        self.split_worker.stop();
         // Every peer is dropped: none leads here any more.
         self.metrics.leaders.store(0, Ordering::Relaxed);
     }

@@ -37,6 +37,7 @@ mod snapshot;
 mod split;
 
 use self::hibernate::FRESH_HOLD_TIMEOUTS;
+use self::split::SplitState;
 
 /// A read waiting for its ReadIndex to be confirmed and applied, or a
 /// lease renewal round (no command).
@@ -188,13 +189,9 @@ pub struct Peer {
     /// leaders elsewhere as soon as their stores apply it), no other
     /// split or membership change. 0: none.
     pending_split: u64,
-    /// Regions a split applied here created, for the poller to register
-    /// (taken at once).
-    born: Option<Box<[Region]>>,
-    /// Every region of the last split this peer applied: an
-    /// `EpochNotMatch` lists them, so a client's cache learns all of
-    /// them at once.
-    last_split: Option<Box<[Region]>>,
+    /// What this peer's splits left to do and to tell (boxed: most peers
+    /// never split; see `split`).
+    split: Option<Box<SplitState>>,
     /// The split checker's clock (see `store::split_check`).
     split_check: SplitCheckState,
     /// A tombstone message for a peer removed from the region while it
@@ -321,8 +318,7 @@ impl Peer {
             known_peers: None,
             removed: false,
             pending_split: 0,
-            born: None,
-            last_split: None,
+            split: None,
             split_check: SplitCheckState::default(),
             gc_reply: None,
             limits: cfg.request_limits(),

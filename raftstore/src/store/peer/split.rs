@@ -14,6 +14,18 @@ use crate::store::error::{Error, Result};
 use crate::store::msg::SplitResult;
 use crate::store::split_check::{SPLIT_CHECK_DIFF_DIVISOR, SplitCheckTask};
 
+/// A peer's split bookkeeping.
+#[derive(Debug, Default)]
+pub(super) struct SplitState {
+    /// Regions a split applied here created, for the poller to register
+    /// (taken at once).
+    born: Vec<Region>,
+    /// Every region of the last split this peer applied: an
+    /// `EpochNotMatch` lists them, so a client's cache learns all of them
+    /// at once.
+    last: Vec<Region>,
+}
+
 impl Peer {
     /// The leader's checks of a split before it proposes: the keys
     /// (`admin::check_split_keys`), the ids the poller filled in, no split
@@ -113,15 +125,14 @@ impl Peer {
         let mut all = new;
         all.push(derived);
         all.sort_by(|a, b| a.start_key.cmp(&b.start_key));
-        self.last_split = Some(all.into_boxed_slice());
         self.split_check.written = 0;
+        let state = self.split.get_or_insert_with(Box::default);
+        state.last = all;
         if !born.is_empty() {
             // Several splits may apply in one round: keep every one's
             // (found by the chaos suite, seed 10: the first split's new
             // region was written on disk but never got its peer).
-            let mut all_born = self.born.take().map(Vec::from).unwrap_or_default();
-            all_born.extend(born);
-            self.born = Some(all_born.into_boxed_slice());
+            state.born.extend(born);
         }
     }
 
@@ -171,7 +182,8 @@ impl Peer {
 
     /// The regions a split applied here created peers of, to register.
     pub fn take_born(&mut self) -> Option<Vec<Region>> {
-        self.born.take().map(Vec::from)
+        let born = std::mem::take(&mut self.split.as_mut()?.born);
+        (!born.is_empty()).then_some(born)
     }
 
     /// The `EpochNotMatch` for a request made under an older range: this
@@ -180,8 +192,8 @@ impl Peer {
     pub(super) fn epoch_not_match(&self) -> Error {
         let region = self.region();
         let mut current_regions = vec![region.clone()];
-        if let Some(split) = &self.last_split {
-            current_regions.extend(split.iter().filter(|r| r.id != region.id).cloned());
+        if let Some(split) = &self.split {
+            current_regions.extend(split.last.iter().filter(|r| r.id != region.id).cloned());
         }
         Error::EpochNotMatch { current_regions }
     }

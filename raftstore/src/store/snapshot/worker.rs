@@ -75,12 +75,17 @@ struct Ctx<T> {
 }
 
 impl SnapWorker {
-    /// Starts the worker of store `store_id`.
+    /// Starts a worker of store `store_id` (its thread named after
+    /// `role`: one worker generates and sends snapshots, another measures
+    /// regions for the split checker, so a long scan never holds up a
+    /// snapshot).
     ///
     /// # Errors
     /// The thread could not be spawned.
+    #[allow(clippy::too_many_arguments)]
     pub fn start<T: Transport>(
         store_id: u64,
+        role: &str,
         engine: Engine,
         mgr: Arc<SnapManager>,
         transport: T,
@@ -100,7 +105,7 @@ impl SnapWorker {
             logger,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("store-{store_id}-snap"))
+            .name(format!("store-{store_id}-{role}"))
             .spawn(move || run(&mut ctx, &rx, &stop_flag))?;
         Ok(SnapWorker {
             sched: Some(tx),
