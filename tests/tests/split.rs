@@ -267,6 +267,11 @@ fn bad_splits_are_refused_typed() {
         client.split(9_999, &[b"a"]),
         Err(Error::RegionNotFound(9_999))
     ));
+    let huge = vec![b'k'; Config::default().max_key_size + 1];
+    assert!(matches!(
+        client.split(first.id, &[&huge[..]]),
+        Err(Error::InvalidRequest(_))
+    ));
     for &s in cluster.store_ids() {
         assert_eq!(cluster.store(s).unwrap().region_count(), 2, "store {s}");
     }

@@ -112,7 +112,8 @@ pub fn validate_request(
     }
 }
 
-fn check_key_size(key: &[u8], limits: &RequestLimits) -> Result<()> {
+/// A key longer than `limits` allow is refused ([`Error::InvalidRequest`]).
+pub(crate) fn check_key_size(key: &[u8], limits: &RequestLimits) -> Result<()> {
     if key.len() > limits.max_key_size {
         return Err(Error::InvalidRequest(format!(
             "key of {} bytes is over the maximum {}",

@@ -13,6 +13,7 @@ use crate::store::config::Config;
 use crate::store::error::{Error, Result};
 use crate::store::msg::SplitResult;
 use crate::store::split_check::{SPLIT_CHECK_DIFF_DIVISOR, SplitCheckTask};
+use crate::store::validate::check_key_size;
 
 /// A peer's split bookkeeping.
 #[derive(Debug, Default)]
@@ -37,6 +38,11 @@ impl Peer {
             region,
             max_keys,
         )?;
+        // A split key becomes a region bound, carried by every message and
+        // cache entry of two regions: no longer than any key may be.
+        for r in &req.requests {
+            check_key_size(&r.split_key, &self.limits)?;
+        }
         let applied = self.raft.store().applied_index();
         if self.pending_split > applied {
             return Err(Error::Admin(AdminError::SplitPending {
