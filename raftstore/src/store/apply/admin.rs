@@ -328,6 +328,29 @@ mod tests {
                 .unwrap(),
             None
         );
+
+        // Region 9's peer here is uninitialized (here: being destroyed):
+        // not created by the split, and the keys it would inherit go (its
+        // snapshot rewrites the range; destroyed first, they would stay in
+        // no region). The parent's own keys stay.
+        let store = Store::new();
+        store.meta.lock().start_destroy(9);
+        let kept = flotilla_engine::keys::data_key(b"c");
+        let mut wb = store.engine.write_batch();
+        wb.put(flotilla_engine::Cf::Default, &data, b"v");
+        wb.put(flotilla_engine::Cf::Default, &kept, b"v");
+        store.engine.write(wb, Durability::Sync).unwrap();
+        let mut r = split_region();
+        let (req, cmd) = request(split_at(b"f", 9), split_region().region_epoch.unwrap());
+        let (_, res) = store.exec(&req, &cmd, &mut r, &mut st).0.unwrap();
+        let Some(ExecResult::Split(split)) = res else {
+            panic!("no split result: {res:?}");
+        };
+        assert_eq!(split.created, vec![false]);
+        assert_eq!(region_state(&store.engine, 9), None);
+        let get = |k: &[u8]| store.engine.get(flotilla_engine::Cf::Default, k).unwrap();
+        assert_eq!(get(&data), None);
+        assert!(get(&kept).is_some());
     }
 
     /// A command the store does not run is refused typed, after the epoch

@@ -11,9 +11,11 @@
 //!   would inherit is cleared;
 //! - its region state is live (a snapshot initialized it already): it
 //!   keeps its own data;
-//! - a peer of it exists, created by a message before this split applied:
-//!   that peer is initialized by its leader's snapshot instead (the keys
-//!   stay until the snapshot clears them).
+//! - a peer of it exists, created by a message before this split applied
+//!   (or one is being destroyed): that peer is initialized by its leader's
+//!   snapshot instead, and the inherited keys are cleared now (the
+//!   snapshot rewrites the range; should the peer be destroyed first, they
+//!   would stay in no region).
 
 use flotilla_engine::{Cf, Engine, WriteBatch, keys};
 use flotilla_proto::metapb::Region;
@@ -56,24 +58,31 @@ pub(super) fn exec_batch_split(
             let state: Option<RegionLocalState> = ctx
                 .engine
                 .get_msg(Cf::Raft, &keys::region_state_key(r.id))?;
-            let create = match state.as_ref().map(RegionLocalState::state) {
-                Some(PeerState::Tombstone) => {
-                    let (start, end) =
-                        (keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
-                    if start < end {
-                        wb.delete_range(flotilla_engine::Cf::Default, &start, &end)?;
-                    }
-                    false
-                }
-                Some(_) => false,
+            // Whether this store creates the peer, and whether the keys the
+            // new region inherits here go (no peer here will own them).
+            let (create, clear) = match state.as_ref().map(RegionLocalState::state) {
+                Some(PeerState::Tombstone) => (false, true),
+                // Initialized already (by a snapshot): its keys are its own.
+                Some(_) => (false, false),
                 // No peer, none being destroyed (its apply side has not
-                // cleared it yet), none being created by another split.
+                // cleared it yet), none being created by another split: it
+                // is created. Else the peer there is uninitialized and only
+                // a snapshot (which rewrites the range) will initialize it:
+                // the inherited keys go now, or they would stay in no
+                // region should it be destroyed first.
                 None => {
-                    ctx.router.mailbox(r.id).is_none()
+                    let create = ctx.router.mailbox(r.id).is_none()
                         && !meta.is_destroying(r.id)
-                        && !meta.claimed_by_split(r.id)
+                        && !meta.claimed_by_split(r.id);
+                    (create, !create)
                 }
             };
+            if clear {
+                let (start, end) = (keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
+                if start < end {
+                    wb.delete_range(flotilla_engine::Cf::Default, &start, &end)?;
+                }
+            }
             if create {
                 let kept: Option<RaftLocalState> =
                     ctx.engine.get_msg(Cf::Raft, &keys::raft_state_key(r.id))?;
