@@ -719,17 +719,14 @@ fn learner_removed_while_isolated_gives_way_to_a_new_peer() {
     cluster.shutdown();
 }
 
-/// #11's stale-peer rule "a peer that has no leader for long asks its
-/// peers": a learner added on a new store is created there (uninitialized)
-/// but never gets its snapshot, and is removed again. Nobody sends it
-/// anything any more; after ten election timeouts it asks a peer it heard
-/// from, is told it was removed, and is destroyed.
-#[test]
-fn uninitialized_peer_whose_addition_was_reverted_is_destroyed() {
+/// Three stores with one region and `KEYS` keys, and a learner added on
+/// a new store 4 that is created there (by its leader's first message)
+/// but never gets its snapshot: the cluster, a client, the learner and
+/// the region as the addition left it.
+fn uninitialized_learner_on_store_4(dir: &tempfile::TempDir) -> (Cluster, Client, Peer, Region) {
     use flotilla_raftstore::store::DropFilter;
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     let leader = wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
@@ -745,12 +742,25 @@ fn uninitialized_peer_whose_addition_was_reverted_is_destroyed() {
         store_id: 4,
         role: PeerRole::Learner as i32,
     };
-    change(&client, ConfChangeType::AddLearnerNode, learner);
+    let region = change(&client, ConfChangeType::AddLearnerNode, learner);
     let store = cluster.store(4).unwrap();
     assert!(
         eventually(|| store.metrics().peers_created.load(Ordering::Relaxed) == 1),
         "the learner was not created on store 4"
     );
+    (cluster, client, learner, region)
+}
+
+/// #11's stale-peer rule "a peer that has no leader for long asks its
+/// peers": a learner added on a new store is created there (uninitialized)
+/// but never gets its snapshot, and is removed again. Nobody sends it
+/// anything any more; after ten election timeouts it asks a peer it heard
+/// from, is told it was removed, and is destroyed.
+#[test]
+fn uninitialized_peer_whose_addition_was_reverted_is_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, learner, _) = uninitialized_learner_on_store_4(&dir);
+    let store = cluster.store(4).unwrap();
     change(&client, ConfChangeType::RemoveNode, learner);
     assert!(
         eventually(|| store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1),
@@ -775,32 +785,10 @@ fn uninitialized_peer_whose_addition_was_reverted_is_destroyed() {
 /// replaced) does.
 #[test]
 fn uninitialized_peer_ignores_older_memberships_messages_to_other_ids() {
-    use flotilla_raftstore::store::DropFilter;
-    use std::sync::Arc;
-
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    cluster.add_store(4).unwrap();
-    cluster.transport().add_filter(Arc::new(DropFilter {
-        to_store: Some(4),
-        msg_type: Some(MessageType::MsgSnapshot),
-        ..Default::default()
-    }));
-    let learner = Peer {
-        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
-        store_id: 4,
-        role: PeerRole::Learner as i32,
-    };
-    let region = change(&client, ConfChangeType::AddLearnerNode, learner);
+    let (cluster, _, learner, region) = uninitialized_learner_on_store_4(&dir);
     let conf_ver = region.region_epoch.unwrap().conf_ver;
     let store = cluster.store(4).unwrap();
-    assert!(eventually(|| store
-        .metrics()
-        .peers_created
-        .load(Ordering::Relaxed)
-        == 1));
     let late = |conf_ver: u64| {
         let mut m = pre_vote(
             &region,

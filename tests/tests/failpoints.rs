@@ -53,6 +53,16 @@ fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
         .expect("read region state")
 }
 
+/// Three stores with one region and `KEYS` keys written: the cluster,
+/// the region's leader store, a client.
+fn started(dir: &tempfile::TempDir) -> (Cluster, u64, Client) {
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    (cluster, leader, client)
+}
+
 /// The stores that stopped on a fatal error (a failpoint's crash).
 fn crashed(cluster: &Cluster) -> Vec<u64> {
     cluster
@@ -84,10 +94,7 @@ fn snapshot_apply_crash_before_normal_is_redone_at_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     cluster.add_store(4).unwrap();
     fail::cfg("snapshot_apply_before_normal", "1*return").unwrap();
     let learner = Peer {
@@ -136,10 +143,7 @@ fn split_crash_before_register_recovers_at_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, _, client) = started(&dir);
     fail::cfg("split_before_register", "1*return").unwrap();
     // The store that crashes may be the leader, so the answer may be lost.
     let _ = client.split_at(&key(KEYS / 2));
@@ -184,10 +188,7 @@ fn destroy_crash_before_write_is_cleared_at_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     let gone = *cluster
         .store_ids()
         .iter()

@@ -50,6 +50,16 @@ fn assert_reads(client: &Client, range: std::ops::Range<u64>, tag: u64) {
     }
 }
 
+/// Whether `engine` holds the values `write` wrote with `tag` for `range`.
+fn holds(engine: &Engine, range: std::ops::Range<u64>, tag: u64) -> bool {
+    range.into_iter().all(|i| {
+        engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .unwrap()
+            .is_some_and(|v| v == (i * 1000 + tag).to_be_bytes())
+    })
+}
+
 fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
     engine
         .get_msg(Cf::Raft, &keys::region_state_key(id))
@@ -127,11 +137,7 @@ fn split_divides_the_region_on_every_store() {
     for &s in cluster.store_ids() {
         let store = cluster.store(s).unwrap();
         assert!(
-            eventually(|| (0..KEYS).all(|i| store
-                .engine()
-                .get(Cf::Default, &keys::data_key(&key(i)))
-                .unwrap()
-                .is_some_and(|v| v == (i * 1000 + 2).to_be_bytes()))),
+            eventually(|| holds(store.engine(), 0..KEYS, 2)),
             "store {s} lacks data"
         );
         assert!(store.fatal_error().is_none());
@@ -210,11 +216,7 @@ fn split_reaches_a_store_partitioned_during_it() {
             .collect::<Vec<_>>()
     );
     assert!(
-        eventually(|| (0..KEYS).all(|i| store
-            .engine()
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .unwrap()
-            .is_some_and(|v| v == (i * 1000 + 2).to_be_bytes()))),
+        eventually(|| holds(store.engine(), 0..KEYS, 2)),
         "the partitioned store lacks data"
     );
     assert!(store.fatal_error().is_none());

@@ -103,6 +103,16 @@ impl Stores {
     }
 }
 
+/// The error for a key no store locates in a region.
+fn unlocated(key: &[u8]) -> Error {
+    Error::KeyNotInRegion {
+        key: key.to_vec(),
+        region_id: 0,
+        start_key: Vec::new(),
+        end_key: Vec::new(),
+    }
+}
+
 /// Whether epoch `a` is older than `b` (a range or membership change
 /// behind it).
 fn older(a: Option<RegionEpoch>, b: Option<RegionEpoch>) -> bool {
@@ -486,16 +496,8 @@ impl Client {
         if let Some(c) = self.cache.lock().locate(key) {
             return Ok(c.region.clone());
         }
-        let region = self
-            .locate_on_stores(key, Instant::now() + self.cfg.operation_timeout)
-            .ok_or_else(|| Error::KeyNotInRegion {
-                key: key.to_vec(),
-                region_id: 0,
-                start_key: Vec::new(),
-                end_key: Vec::new(),
-            })?;
-        self.cache.lock().insert(region.clone());
-        Ok(region)
+        self.locate_on_stores(key, Instant::now() + self.cfg.operation_timeout)
+            .ok_or_else(|| unlocated(key))
     }
 
     /// Changes region `region_id`'s membership by one peer (a v1 conf
@@ -625,9 +627,8 @@ impl Client {
             let mut target = self.target(at, attempt);
             if target.is_none()
                 && let Locate::Key(key) = at
-                && let Some(region) = self.locate_on_stores(key, deadline)
+                && self.locate_on_stores(key, deadline).is_some()
             {
-                self.cache.lock().insert(region);
                 target = self.target(at, attempt);
             }
             let Some((region, peer)) = target else {
@@ -636,12 +637,7 @@ impl Client {
                     // moved it is applied but its new region not yet
                     // registered. Ask again after a backoff.
                     Locate::Key(key) => {
-                        last_err = Error::KeyNotInRegion {
-                            key: key.to_vec(),
-                            region_id: 0,
-                            start_key: Vec::new(),
-                            end_key: Vec::new(),
-                        };
+                        last_err = unlocated(key);
                         let left = deadline.saturating_duration_since(Instant::now());
                         std::thread::sleep(backoff.min(left));
                         backoff = (backoff * 2).min(self.cfg.max_backoff);
@@ -709,9 +705,10 @@ impl Client {
 
     /// The newest region any store knows to hold `key` (by epoch), asked
     /// of every store (the cache has none for it: a split moved it, or the
-    /// client started without it).
+    /// client started without it); the cache takes it.
     fn locate_on_stores(&self, key: &[u8], deadline: Instant) -> Option<Region> {
-        self.stores
+        let region = self
+            .stores
             .all()
             .iter()
             .filter_map(|h| {
@@ -726,7 +723,9 @@ impl Client {
                 } else {
                     a
                 }
-            })
+            })?;
+        self.cache.lock().insert(region.clone());
+        Some(region)
     }
 
     /// The region of `key` and the peer to try on attempt `attempt`: the

@@ -88,6 +88,17 @@ pub struct StoreMeta {
 /// grow it).
 pub const PENDING_VOTES_MAX: usize = 4096;
 
+/// `region` widened to cover `other`'s range too (the smallest range
+/// holding both; the id and epoch stay `region`'s).
+pub fn range_hull(region: &Region, other: &Region) -> Region {
+    let mut hull = region.clone();
+    hull.start_key = hull.start_key.min(other.start_key.clone());
+    if !hull.end_key.is_empty() && (other.end_key.is_empty() || other.end_key > hull.end_key) {
+        hull.end_key = other.end_key.clone();
+    }
+    hull
+}
+
 /// The bound "ranges ending after `key`" (every range, for the empty key).
 fn ending_after(key: &[u8]) -> Bound<EndKey> {
     if key.is_empty() {

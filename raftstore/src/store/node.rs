@@ -29,7 +29,7 @@ use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
-use super::meta::{SharedMeta, StoreMeta};
+use super::meta::{SharedMeta, StoreMeta, range_hull};
 use super::msg::{
     ApplyMsg, Callback, InspectCallback, Inspector, PeerMsg, RaftCommand, RegionStatus, Responder,
     SnapshotTask, StoreMsg,
@@ -37,7 +37,7 @@ use super::msg::{
 use super::peer::Peer;
 use super::snapshot::{SnapError, SnapManager, SnapWorker};
 use super::transport::{MessageSink, Transport};
-use super::util::{err_response, key_in_region};
+use super::util::{clear_data_range, err_response, key_in_region};
 
 /// Log one dropped raft message in this many (each one is counted).
 const DROP_LOG_EVERY: u64 = 1024;
@@ -422,12 +422,7 @@ impl Store {
                         )?
                         .and_then(|s| s.applying_old_range)
                 {
-                    held.start_key = held.start_key.min(old.start_key.clone());
-                    if !held.end_key.is_empty()
-                        && (old.end_key.is_empty() || old.end_key > held.end_key)
-                    {
-                        held.end_key = old.end_key.clone();
-                    }
+                    held = range_hull(&held, &old);
                     peer.restore_reservation(held.clone());
                     old_ranges.insert(peer.region_id(), old);
                 }
@@ -800,10 +795,7 @@ fn reset_if_snapshot_lost(
         .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))?
         .and_then(|s| s.applying_old_range);
     for r in std::iter::once(&region).chain(old.as_ref()) {
-        let (start, end) = (keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
-        if start < end {
-            wb.delete_range(Cf::Default, &start, &end)?;
-        }
+        clear_data_range(&mut wb, r)?;
     }
     engine.write(wb, flotilla_engine::Durability::Sync)?;
     let peer_meta = peer.meta;
@@ -879,14 +871,10 @@ fn clear_tombstoned(
     wb.delete_range(Cf::Raft, &lo, &hi)?;
     wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
     wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
-    let (start, end) = (
-        keys::data_key(&region.start_key),
-        keys::data_end_key(&region.end_key),
-    );
     // An uninitialized peer's tombstone has no range and a `version` of 0
     // (at most the conf_ver it was created under): it owned no data.
-    if region.region_epoch.is_some_and(|e| e.version > 0) && start < end {
-        wb.delete_range(Cf::Default, &start, &end)?;
+    if region.region_epoch.is_some_and(|e| e.version > 0) {
+        clear_data_range(wb, region)?;
     }
     Ok(())
 }

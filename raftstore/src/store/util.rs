@@ -1,5 +1,6 @@
 //! Small helpers shared by the store's modules.
 
+use flotilla_engine::{Cf, WriteBatch, keys};
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{RaftCmdResponse, RaftResponseHeader};
 
@@ -46,4 +47,20 @@ pub fn response_error(resp: &RaftCmdResponse) -> Option<Error> {
         .as_ref()
         .and_then(|h| h.error.clone())
         .map(Error::from_proto)
+}
+
+/// Puts the deletion of every data key in `region`'s range into `wb`
+/// (nothing for an empty range).
+///
+/// # Errors
+/// The engine's refusal of the range.
+pub fn clear_data_range(wb: &mut WriteBatch, region: &Region) -> flotilla_engine::Result<()> {
+    let (start, end) = (
+        keys::data_key(&region.start_key),
+        keys::data_end_key(&region.end_key),
+    );
+    if start < end {
+        wb.delete_range(Cf::Default, &start, &end)?;
+    }
+    Ok(())
 }

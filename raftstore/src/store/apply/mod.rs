@@ -27,7 +27,7 @@ use super::msg::{
     ApplyMsg, ApplyRes, ApplyTask, DestroyTask, ExecResult, PeerMsg, Proposal, SnapshotTask,
 };
 use super::snapshot::{apply_snapshot_file, snapshot_apply_state};
-use super::util::err_response;
+use super::util::{clear_data_range, err_response};
 use super::validate::{data_range, validate_for_apply};
 
 mod admin;
@@ -229,13 +229,7 @@ impl ApplyPoller {
         wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
         wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
         if let Some(held) = &task.held {
-            let (start, end) = (
-                keys::data_key(&held.start_key),
-                keys::data_end_key(&held.end_key),
-            );
-            if start < end {
-                let _ = wb.delete_range(Cf::Default, &start, &end);
-            }
+            let _ = clear_data_range(&mut wb, held);
         }
         fsm.stopped = true;
         fsm.dirty = false;

@@ -30,6 +30,7 @@ use crate::store::error::Result;
 use crate::store::fsm::RaftRouter;
 use crate::store::meta::SharedMeta;
 use crate::store::msg::{ExecResult, SplitResult};
+use crate::store::util::clear_data_range;
 
 /// What the apply side needs of its store to split.
 pub(crate) struct SplitCtx<'a> {
@@ -78,10 +79,7 @@ pub(super) fn exec_batch_split(
                 }
             };
             if clear {
-                let (start, end) = (keys::data_key(&r.start_key), keys::data_end_key(&r.end_key));
-                if start < end {
-                    wb.delete_range(flotilla_engine::Cf::Default, &start, &end)?;
-                }
+                clear_data_range(wb, r)?;
             }
             if create {
                 let kept: Option<RaftLocalState> =

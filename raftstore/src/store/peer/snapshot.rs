@@ -8,6 +8,7 @@ use flotilla_proto::metapb::Region;
 
 use super::Peer;
 use crate::store::error::{Error, Result};
+use crate::store::meta::range_hull;
 use crate::store::msg::SnapshotTask;
 use crate::store::snapshot::{recv_path, snap_dir, snapshot_index, snapshot_meta};
 
@@ -78,15 +79,10 @@ impl Peer {
     /// # Errors
     /// The region in the way.
     fn reserve_range(&mut self, region: &Region) -> std::result::Result<(), u64> {
-        let mut hull = region.clone();
-        if let Some(held) = self.held_range() {
-            hull.start_key = hull.start_key.min(held.start_key.clone());
-            if !hull.end_key.is_empty() && (held.end_key.is_empty() || held.end_key > hull.end_key)
-            {
-                hull.end_key = held.end_key.clone();
-            }
-        }
         let held = self.held_range();
+        let hull = held
+            .as_ref()
+            .map_or_else(|| region.clone(), |h| range_hull(region, h));
         self.store_meta.lock().set(held.as_ref(), &hull)?;
         self.reserved_range = Some(Box::new(hull));
         Ok(())

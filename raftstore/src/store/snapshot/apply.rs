@@ -10,6 +10,7 @@ use flotilla_proto::raft_serverpb::{
 };
 
 use super::{SnapError, SnapReader};
+use crate::store::util::clear_data_range;
 
 /// Bytes of key-values written per engine write while applying.
 const APPLY_BATCH_BYTES: usize = 4 << 20;
@@ -50,19 +51,11 @@ pub fn apply_snapshot_file(
         wb
     };
     let mut wb = new_batch();
-    if start < end {
-        wb.delete_range(Cf::Default, &start, &end)?;
-    }
+    clear_data_range(&mut wb, region)?;
     if let Some(old) =
         old.filter(|o| o.start_key != region.start_key || o.end_key != region.end_key)
     {
-        let (old_start, old_end) = (
-            keys::data_key(&old.start_key),
-            keys::data_end_key(&old.end_key),
-        );
-        if old_start < old_end {
-            wb.delete_range(Cf::Default, &old_start, &old_end)?;
-        }
+        clear_data_range(&mut wb, old)?;
     }
     let mut kvs = 0u64;
     while let Some((key, value)) = reader.next_kv()? {
