@@ -409,6 +409,7 @@ fn raft_serverpb_round_trip() {
         end_key: Bytes::from_static(b"m"),
         heartbeats: None,
         heartbeat_responses: None,
+        merged_into: Some(region()),
     });
     // A coalesced batch in its envelope.
     assert_round_trip(RaftMessage {

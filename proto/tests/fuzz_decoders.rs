@@ -346,6 +346,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
         blob(8),
         blob(8),
         option::of(arb_store_heartbeat()),
+        option::of(arb_region()),
     )
         .prop_map(
             |(
@@ -358,6 +359,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                 start_key,
                 end_key,
                 heartbeats,
+                merged_into,
             )| {
                 RaftMessage {
                     region_id,
@@ -370,6 +372,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                     end_key,
                     heartbeats,
                     heartbeat_responses: None,
+                    merged_into,
                 }
             },
         )

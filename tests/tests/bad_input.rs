@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use flotilla_proto::ProstMessage;
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
-    AdminRequest, CompactLogRequest, PrepareMergeRequest, RaftCmdRequest, RaftCmdResponse, Request,
-    admin_request, request, response,
+    AdminRequest, CommitMergeRequest, CompactLogRequest, PrepareMergeRequest, RaftCmdRequest,
+    RaftCmdResponse, Request, admin_request, request, response,
 };
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, Error, StoreHandle,
@@ -299,13 +299,30 @@ fn malformed_commands_are_refused() {
             PrepareMergeRequest::default(),
         )),
     });
-    // Refused typed: merge is not there yet.
-    match send(&cluster, leader, admin) {
-        Err(Error::Admin(AdminError::NotSupported { command })) => {
-            assert_eq!(command, "prepare_merge");
-        }
-        other => panic!("admin command: expected Admin(NotSupported), got {other:?}"),
-    }
+    // A merge without a target, into itself, and the store's own merge
+    // steps sent by a client: refused, nothing proposed.
+    assert_invalid(
+        send(&cluster, leader, admin.clone()),
+        "merge without a target",
+    );
+    admin.admin_request = Some(AdminRequest {
+        cmd: Some(admin_request::Cmd::PrepareMerge(PrepareMergeRequest {
+            min_index: 0,
+            target: Some(r1.clone()),
+        })),
+    });
+    assert!(matches!(
+        send(&cluster, leader, admin.clone()),
+        Err(Error::Admin(AdminError::MergeIntoSelf { region_id: 1 }))
+    ));
+    admin.admin_request = Some(AdminRequest {
+        cmd: Some(admin_request::Cmd::CommitMerge(CommitMergeRequest {
+            source: Some(r1.clone()),
+            commit: 5,
+            entries: Vec::new(),
+        })),
+    });
+    assert_invalid(send(&cluster, leader, admin), "a client's commit_merge");
     // A CompactLog past the applied index is refused typed; one at 0
     // (below the log) does nothing and succeeds.
     let mut compact = well_formed();

@@ -14,7 +14,7 @@ use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole};
 use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
-use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config};
+use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Config, Error};
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
 
 /// One test at a time: failpoints are global to the process.
@@ -247,6 +247,168 @@ fn destroy_crash_before_write_is_cleared_at_restart() {
     write(&client, KEYS..KEYS + 10);
     std::thread::sleep(Duration::from_millis(FAST_TICK_MS * 20));
     assert!(crashed(&cluster).is_empty());
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// Splits the region in the middle and writes every key again (both new
+/// regions have heard from all their peers: a merge's log check passes).
+fn split_in_two(
+    client: &Client,
+) -> (
+    flotilla_proto::metapb::Region,
+    flotilla_proto::metapb::Region,
+) {
+    let regions = client.split_at(&key(KEYS / 2)).expect("split");
+    write(client, 0..KEYS);
+    (regions[0].clone(), regions[1].clone())
+}
+
+/// A client whose operations give up after `ms` milliseconds.
+fn quick_client(cluster: &Cluster, ms: u64) -> Client {
+    cluster.client(ClientConfig {
+        operation_timeout: Duration::from_millis(ms),
+        ..ClientConfig::default()
+    })
+}
+
+/// Whether every running store has region `id` in `state`.
+fn everywhere_in(cluster: &Cluster, id: u64, state: PeerState) -> bool {
+    cluster.store_ids().iter().all(|&s| {
+        cluster
+            .store(s)
+            .is_none_or(|st| region_state(st.engine(), id).is_some_and(|r| r.state() == state))
+    })
+}
+
+fn merging_refusal(e: &Result<impl std::fmt::Debug, Error>) -> bool {
+    matches!(e, Err(Error::Admin(AdminError::RegionMerging { .. })))
+}
+
+/// admin.md scenario 22: the target's leader holds back the CommitMerge,
+/// so the source stays `Merging` (on every store) after its PrepareMerge
+/// applied; it takes no write and no log compaction, also after every
+/// store restarted (the state is on disk and the gate comes back with
+/// it). Released, the merge completes and no key is lost.
+#[test]
+fn merge_survives_a_restart_between_prepare_and_commit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, _, client) = started(&dir);
+    let (left, right) = split_in_two(&client);
+    fail::cfg("merge_commit_hold", "return").unwrap();
+    let quick = quick_client(&cluster, 1500);
+    let held = quick.merge(right.id, left.id);
+    assert!(
+        matches!(held, Err(Error::Timeout)),
+        "the merge ended with its commit held back: {held:?}"
+    );
+    assert!(eventually(|| everywhere_in(
+        &cluster,
+        right.id,
+        PeerState::Merging
+    )));
+    let source_key = key(KEYS - 1);
+    assert!(merging_refusal(&quick.put(&source_key, b"x")));
+    assert!(merging_refusal(&quick.compact_log(right.id, 1)));
+
+    cluster.restart_all().expect("restart");
+    assert!(everywhere_in(&cluster, right.id, PeerState::Merging));
+    let quick = quick_client(&cluster, 1500);
+    assert!(
+        eventually(|| merging_refusal(&quick.put(&source_key, b"x"))),
+        "a restarted merging source took a write"
+    );
+
+    fail::remove("merge_commit_hold");
+    assert!(
+        eventually(|| everywhere_in(&cluster, right.id, PeerState::Tombstone)),
+        "the merge did not complete after the restart"
+    );
+    let fresh = cluster.client(ClientConfig::default());
+    for i in 0..KEYS {
+        assert_eq!(
+            fresh.get(&key(i)).expect("get").as_deref(),
+            Some(&i.to_be_bytes()[..]),
+            "key {i}"
+        );
+    }
+    fresh.put(&source_key, b"after").expect("put");
+    for &s in cluster.store_ids() {
+        assert!(eventually(|| cluster.store(s).unwrap().region_count() == 1));
+    }
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// admin.md scenario 24 (TiKV's `test_node_failed_merge_before_succeed_merge`,
+/// tikv#6584): the target splits while the CommitMerge is held back, so
+/// the CommitMerge, proposed under the epoch the source recorded, is
+/// refused by every target replica; that refusal (final: the target moved
+/// past the epoch) rolls the source back, which serves again with its
+/// `version` bumped twice. A second merge, into the region now adjacent,
+/// succeeds, and no key is lost on the way.
+#[test]
+fn merge_rolls_back_when_the_target_splits_then_merges_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _, client) = started(&dir);
+    let (left, right) = split_in_two(&client);
+    fail::cfg("merge_commit_hold", "return").unwrap();
+    let quick = quick_client(&cluster, 1500);
+    let held = quick.merge(right.id, left.id);
+    assert!(matches!(held, Err(Error::Timeout)), "{held:?}");
+    assert!(eventually(|| everywhere_in(
+        &cluster,
+        right.id,
+        PeerState::Merging
+    )));
+    // The target changes under the merge.
+    let pieces = client.split_at(&key(KEYS / 4)).expect("split the target");
+    let adjacent = pieces
+        .iter()
+        .find(|r| r.end_key == right.start_key)
+        .expect("the piece next to the source")
+        .clone();
+    fail::remove("merge_commit_hold");
+    assert!(
+        eventually(|| everywhere_in(&cluster, right.id, PeerState::Normal)),
+        "the merge was not rolled back"
+    );
+    let rolled = client.locate(&key(KEYS - 1)).expect("locate");
+    let fresh = cluster.client(ClientConfig::default());
+    let version = fresh
+        .locate(&key(KEYS - 1))
+        .map(|r| (r.id, r.region_epoch.unwrap().version));
+    assert!(
+        eventually(|| fresh.put(&key(KEYS - 1), &(KEYS - 1).to_be_bytes()).is_ok()),
+        "the rolled-back source does not serve: {rolled:?} {version:?}"
+    );
+    let store = cluster.store(cluster.store_ids()[0]).unwrap();
+    let state = region_state(store.engine(), right.id).unwrap();
+    assert_eq!(
+        state.region.and_then(|r| r.region_epoch).map(|e| e.version),
+        right.region_epoch.map(|e| e.version + 2),
+        "prepare and rollback each bump the version"
+    );
+
+    let merged = fresh.merge(right.id, adjacent.id).expect("second merge");
+    assert_eq!(merged.id, adjacent.id);
+    assert_eq!(merged.end_key, right.end_key);
+    assert!(eventually(|| everywhere_in(
+        &cluster,
+        right.id,
+        PeerState::Tombstone
+    )));
+    for i in 0..KEYS {
+        assert_eq!(
+            fresh.get(&key(i)).expect("get").as_deref(),
+            Some(&i.to_be_bytes()[..]),
+            "key {i}"
+        );
+    }
     cluster.shutdown();
     scenario.teardown();
 }

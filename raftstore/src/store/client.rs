@@ -13,9 +13,9 @@ use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::{
     AdminRequest, BatchSplitRequest, ChangePeerRequest, ChangePeerV2Request, CompactLogRequest,
-    DeleteRequest, GetRequest, PutRequest, RaftCmdRequest, RaftCmdResponse, RaftRequestHeader,
-    Request, Response, ScanRequest, SplitRequest, TransferLeaderRequest, admin_request,
-    admin_response, request, response,
+    DeleteRequest, GetRequest, PrepareMergeRequest, PutRequest, RaftCmdRequest, RaftCmdResponse,
+    RaftRequestHeader, Request, Response, ScanRequest, SplitRequest, TransferLeaderRequest,
+    admin_request, admin_response, request, response,
 };
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
@@ -189,6 +189,14 @@ impl RegionCache {
 
     fn get(&self, region_id: u64) -> Option<&CachedRegion> {
         self.by_start.get(self.start_of.get(&region_id)?)
+    }
+
+    /// Forgets region `region_id` (a store said it is not there: it may
+    /// have been merged away).
+    fn remove(&mut self, region_id: u64) {
+        if let Some(start) = self.start_of.remove(&region_id) {
+            self.by_start.remove(&start);
+        }
     }
 
     fn set_leader(&mut self, region_id: u64, leader: Option<Peer>) {
@@ -455,6 +463,65 @@ impl Client {
         Ok(regions)
     }
 
+    /// Merges region `source_id` into the adjacent region `target_id` and
+    /// returns the region `target_id` became (holding both ranges). The
+    /// regions must have their peers on the same stores in the same roles
+    /// (move them first with [`Client::change_peer`]).
+    ///
+    /// The source's leader prepares the merge (from then on the source
+    /// takes no command: `RegionMerging`, retried by this client's
+    /// reads and writes), then the target commits it; this waits for
+    /// that, asking the stores. Should the target change meanwhile (a
+    /// split, a membership change), the merge is rolled back and the
+    /// source serves again.
+    ///
+    /// # Errors
+    /// [`Error::Admin`] with the refusal: `MergeIntoSelf`,
+    /// `MergeNotAdjacent`, `MergeNotColocated`, `MergeInJoint`,
+    /// `MergeLogGapTooLarge` or `MergeGapHasAdmin` (a peer is behind, or
+    /// an admin command is not on every peer yet: try again),
+    /// `MergeEntriesTooLarge`, `RegionMerging` (a merge of it is under
+    /// way), `SplitPending`, `ConfChangePending`; `MergeRolledBack` when
+    /// the target changed first; `RegionNotFound` for a region no store
+    /// knows; `Timeout` if the merge neither committed nor rolled back
+    /// within the operation timeout (it may still).
+    pub fn merge(&self, source_id: u64, target_id: u64) -> Result<Region> {
+        let deadline = Instant::now() + self.cfg.operation_timeout;
+        let source = self
+            .region_on_stores(source_id, deadline)
+            .ok_or(Error::RegionNotFound(source_id))?;
+        // The target as the stores know it now: the merge commits only
+        // under the epoch the source records.
+        let target = self
+            .region_on_stores(target_id, deadline)
+            .ok_or(Error::RegionNotFound(target_id))?;
+        let admin = AdminRequest {
+            cmd: Some(admin_request::Cmd::PrepareMerge(PrepareMergeRequest {
+                min_index: 0,
+                target: Some(target),
+            })),
+        };
+        self.execute_full(Locate::Region(source_id), &[], Some(&admin), true)?;
+        let prepared = source.region_epoch.unwrap_or_default().version + 1;
+        let mut backoff = self.cfg.backoff;
+        while Instant::now() < deadline {
+            if let Some(now) = self.locate_on_stores(&source.start_key, deadline) {
+                if now.id == target_id {
+                    return Ok(now);
+                }
+                if now.id == source_id && now.region_epoch.unwrap_or_default().version > prepared {
+                    return Err(Error::Admin(AdminError::MergeRolledBack {
+                        region_id: source_id,
+                    }));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            std::thread::sleep(backoff.min(left));
+            backoff = (backoff * 2).min(self.cfg.max_backoff);
+        }
+        Err(Error::Timeout)
+    }
+
     /// Compacts region `region_id`'s raft log up to `index` (its entries
     /// up to it are deleted on every replica once applied; the store does
     /// this on its own too, see `Config::raft_log_gc_*`). A follower that
@@ -682,6 +749,12 @@ impl Client {
                     epoch_retries <= MAX_EPOCH_RETRIES_NOW
                 }
                 Error::ServerIsBusy(_) | Error::ProposalDropped(_) => false,
+                Error::RegionNotFound(_) if matches!(at, Locate::Key(_)) => {
+                    // Merged away, or this store's peer removed: the
+                    // stores say which region holds the key now.
+                    self.cache.lock().remove(region.id);
+                    false
+                }
                 e if e.is_retryable() || e.is_outcome_unknown() => {
                     // The leader may have moved, or its store stopped: ask
                     // the region's peers in turn from now on.
@@ -716,6 +789,31 @@ impl Client {
                 h.locate(key, self.cfg.request_timeout.min(left))
                     .ok()
                     .flatten()
+            })
+            .reduce(|a, b| {
+                if older(a.region_epoch, b.region_epoch) {
+                    b
+                } else {
+                    a
+                }
+            })?;
+        self.cache.lock().insert(region.clone());
+        Some(region)
+    }
+
+    /// The newest copy of region `region_id` any store has (by epoch); the
+    /// cache takes it.
+    fn region_on_stores(&self, region_id: u64, deadline: Instant) -> Option<Region> {
+        let region = self
+            .stores
+            .all()
+            .iter()
+            .filter_map(|h| {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                h.region_status(region_id, self.cfg.request_timeout.min(left))
+                    .ok()
+                    .map(|s| s.region)
+                    .filter(|r| !r.peers.is_empty())
             })
             .reduce(|a, b| {
                 if older(a.region_epoch, b.region_epoch) {

@@ -53,6 +53,14 @@ pub const DEFAULT_HIBERNATE_IDLE_TICKS: usize = 3;
 /// Default ticks between a leader's split checks: 10 s at the default
 /// tick (TiKV's `split_region_check_tick_interval`).
 pub const DEFAULT_SPLIT_CHECK_TICKS: usize = 100;
+
+/// Default `Config::merge_max_log_gap` (TiKV's is 10; ours allows a
+/// busier region to merge, at a longer tail carried).
+pub const DEFAULT_MERGE_MAX_LOG_GAP: u64 = 64;
+
+/// Default `Config::merge_check_ticks` (2 s at the default 100 ms tick,
+/// TiKV's `merge_check_tick_interval`).
+pub const DEFAULT_MERGE_CHECK_TICKS: usize = 20;
 /// Default ticks between a leader's raft log checks: 3 s at the default
 /// tick (TiKV's `raft_log_gc_tick_interval`).
 pub const DEFAULT_RAFT_LOG_GC_TICK_TICKS: usize = 30;
@@ -169,6 +177,13 @@ pub struct Config {
     pub region_split_size: u64,
     /// Keys past which the split checker splits a region.
     pub region_split_keys: u64,
+    /// Entries a peer of a merge's source may lag its leader's log by
+    /// when PrepareMerge is proposed (the target carries them; TiKV's
+    /// `merge_max_log_gap`).
+    pub merge_max_log_gap: u64,
+    /// Ticks between a merging region's peers' tries to have the target
+    /// commit the merge (or to roll it back).
+    pub merge_check_ticks: usize,
 }
 
 impl Default for Config {
@@ -204,6 +219,8 @@ impl Default for Config {
             split_check_ticks: DEFAULT_SPLIT_CHECK_TICKS,
             region_split_size: super::split_check::DEFAULT_REGION_SPLIT_SIZE,
             region_split_keys: super::split_check::DEFAULT_REGION_SPLIT_KEYS,
+            merge_max_log_gap: DEFAULT_MERGE_MAX_LOG_GAP,
+            merge_check_ticks: DEFAULT_MERGE_CHECK_TICKS,
         }
     }
 }
@@ -254,6 +271,9 @@ impl Config {
         }
         if self.split_max_keys == 0 {
             return bad("split_max_keys must be > 0");
+        }
+        if self.merge_max_log_gap == 0 || self.merge_check_ticks == 0 {
+            return bad("merge_max_log_gap and merge_check_ticks must be > 0");
         }
         if self.region_split_size == 0 || self.region_split_keys == 0 {
             return bad("region_split_size and region_split_keys must be > 0");

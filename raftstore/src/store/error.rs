@@ -116,6 +116,7 @@ impl Error {
                 | Error::ProposalDropped(_)
                 | Error::StoreNotMatch { .. }
                 | Error::StoreStopped { in_flight: false }
+                | Error::Admin(AdminError::RegionMerging { .. })
         )
     }
 
@@ -339,6 +340,28 @@ mod tests {
             Error::Admin(AdminError::TooManySplitKeys { count: 12, max: 10 }),
             Error::Admin(AdminError::NoSplitKeys),
             Error::Admin(AdminError::SplitPending { pending_index: 14 }),
+            Error::Admin(AdminError::MergeIntoSelf { region_id: 4 }),
+            Error::Admin(AdminError::MergeNotAdjacent {
+                source_id: 4,
+                target: 5,
+            }),
+            Error::Admin(AdminError::MergeNotColocated {
+                source_id: 4,
+                target: 6,
+            }),
+            Error::Admin(AdminError::MergeInJoint { region_id: 7 }),
+            Error::Admin(AdminError::MergeLogGapTooLarge {
+                min_matched: 3,
+                last_index: 90,
+                max_gap: 64,
+            }),
+            Error::Admin(AdminError::MergeGapHasAdmin { index: 17 }),
+            Error::Admin(AdminError::MergeEntriesTooLarge {
+                size: 9 << 20,
+                limit: 8 << 20,
+            }),
+            Error::Admin(AdminError::RegionMerging { region_id: 8 }),
+            Error::Admin(AdminError::MergeRolledBack { region_id: 9 }),
         ];
         for e in &all {
             match e {

@@ -23,7 +23,7 @@ pub use super::hibernation::{WAKE_REASONS, WakeReason};
 use super::id_alloc::IdAllocator;
 use super::meta::SharedMeta;
 use super::msg::{ApplyMsg, ExecResult, PeerMsg, StoreMsg};
-use super::peer::{Peer, WriteNeed};
+use super::peer::{MergeOut, Peer, WriteNeed};
 use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
 use super::transport::Transport;
 
@@ -217,6 +217,11 @@ pub struct StoreMetrics {
     pub splits_proposed: AtomicU64,
     /// Splits applied by this store's peers (one per split entry).
     pub splits_applied: AtomicU64,
+    /// Merges this store's target peers applied (each store of a merged
+    /// region counts it).
+    pub merges_applied: AtomicU64,
+    /// Merges this store's source peers rolled back.
+    pub merges_rolled_back: AtomicU64,
     /// Peers destroyed (removed from their region).
     pub peers_destroyed: AtomicU64,
     /// Time spent generating snapshots (microseconds, all of them).
@@ -488,10 +493,44 @@ impl<T: Transport> RaftPoller<T> {
                 .raft_messages_unknown_region
                 .fetch_add(1, Ordering::Relaxed);
             slog::debug!(self.logger, "message for unknown region dropped"; "region" => region_id);
+            self.tell_merged_away(&msg);
             return;
         }
         self.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
         let _ = self.router.force_send(region_id, PeerMsg::RaftMessage(msg));
+    }
+
+    /// A message from a peer of a region that was merged away here: the
+    /// sender missed the merge's end (admin.md §1.2, "how a source peer
+    /// left behind learns the outcome"), and is told with a tombstone
+    /// message naming the region it went into.
+    fn tell_merged_away(&mut self, msg: &RaftMessage) {
+        let (Some(from), Some(to)) = (msg.from_peer, msg.to_peer) else {
+            return;
+        };
+        let state: Option<RegionLocalState> = self
+            .engine
+            .get_msg(Cf::Raft, &keys::region_state_key(msg.region_id))
+            .ok()
+            .flatten();
+        let Some(state) = state.filter(|s| s.state() == PeerState::Tombstone) else {
+            return;
+        };
+        let Some(target) = state.merge_state.and_then(|m| m.target) else {
+            return;
+        };
+        let reply = RaftMessage {
+            region_id: msg.region_id,
+            from_peer: Some(to),
+            to_peer: Some(from),
+            region_epoch: state.region.and_then(|r| r.region_epoch),
+            is_tombstone: true,
+            merged_into: Some(target),
+            ..Default::default()
+        };
+        if let Err(e) = self.transport.send(reply) {
+            slog::debug!(self.logger, "merge notice not sent"; "err" => %e);
+        }
     }
 
     /// Destroys a removed peer: it stops here (its mailbox closes, its
@@ -526,6 +565,26 @@ impl<T: Transport> RaftPoller<T> {
         self.hib.remove_region(region_id);
         self.metrics.peers_destroyed.fetch_add(1, Ordering::Relaxed);
         slog::info!(self.logger, "removed peer destroyed"; "region" => region_id, "peer" => fsm.peer.meta.id);
+    }
+
+    /// Sends what `peer`'s merges have for other regions' peers and apply
+    /// delegates on this store.
+    fn route_merge_msgs(&self, peer: &mut Peer) {
+        for out in peer.take_merge_out() {
+            let (region_id, sent) = match out {
+                MergeOut::Peer(id, msg) => (
+                    id,
+                    self.router
+                        .force_send(id, PeerMsg::Merge(Box::new(msg)))
+                        .is_ok(),
+                ),
+                MergeOut::Apply(id, msg) => (id, self.apply_router.force_send(id, msg).is_ok()),
+            };
+            if !sent {
+                slog::debug!(self.logger, "merge step for a region not here";
+                    "region" => region_id, "from" => peer.region_id());
+            }
+        }
     }
 
     /// Creates and registers an uninitialized peer for `msg` if it may
@@ -630,11 +689,10 @@ impl<T: Transport> RaftPoller<T> {
         self.apply_router
             .register(
                 region_id,
-                flotilla_router::Mailbox::new(Box::new(ApplyFsm::new(
-                    region,
-                    peer.meta,
-                    apply_state,
-                ))),
+                flotilla_router::Mailbox::new(Box::new(
+                    ApplyFsm::new(region, peer.meta, apply_state)
+                        .with_merge_state(peer.raft.store().merge_state().cloned()),
+                )),
             )
             .map_err(register_err)?;
         self.router
@@ -936,6 +994,14 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                                 .fetch_add(*micros, Ordering::Relaxed);
                         }
                     }
+                    for r in &res.results {
+                        let counter = match r {
+                            ExecResult::CommitMerge(_) => &self.metrics.merges_applied,
+                            ExecResult::RollbackMerge(_) => &self.metrics.merges_rolled_back,
+                            _ => continue,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
                     let membership = res
                         .results
                         .iter()
@@ -966,6 +1032,13 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     fsm.peer.on_snapshot_status(to_peer, ok);
                     None
                 }
+                PeerMsg::Merge(m) => {
+                    // A target's leader proposes: awake.
+                    let woke = (fsm.peer.is_leader() && fsm.peer.wake(WakeReason::Command, hib))
+                        .then_some(WakeReason::Command);
+                    fsm.peer.on_merge_msg(*m);
+                    woke
+                }
             };
             if let Some(reason) = woke {
                 // A woken leader's first heartbeats and a follower's wake
@@ -978,6 +1051,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 }
             }
         }
+        self.route_merge_msgs(&mut fsm.peer);
         if fsm.peer.is_removed() {
             self.destroy_peer(fsm);
             return HandleResult::stop_at(0, false);

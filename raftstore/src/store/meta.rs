@@ -82,6 +82,12 @@ pub struct StoreMeta {
     /// has written the tombstone and deleted its data, its range stays
     /// held and no new peer of it is created (by a message or a split).
     destroying: FxHashSet<u64>,
+    /// Regions here that a store where they were merged away said so:
+    /// region → (the region it went into, that region's `version` after
+    /// the merge). Its peer waits for this store's peer of the target,
+    /// which catches up from its log (asking the source) or from a
+    /// snapshot at or past that version (which destroys the source).
+    merged: FxHashMap<u64, (u64, u64)>,
 }
 
 /// Regions whose early votes a store keeps (bounded: garbage votes cannot
@@ -190,6 +196,17 @@ impl StoreMeta {
         self.split_claims.contains(&region_id)
     }
 
+    /// Region `source` was merged into `target`, whose version was then
+    /// `version` (see `merged`).
+    pub fn note_merged(&mut self, source: u64, target: u64, version: u64) {
+        self.merged.insert(source, (target, version));
+    }
+
+    /// What region `source` was merged into, if this store heard.
+    pub fn merged_into(&self, source: u64) -> Option<(u64, u64)> {
+        self.merged.get(&source).copied()
+    }
+
     /// The peer of `region_id` here is being destroyed (see `destroying`).
     pub fn start_destroy(&mut self, region_id: u64) {
         self.destroying.insert(region_id);
@@ -198,6 +215,7 @@ impl StoreMeta {
     /// The destroyed peer of `region_id` is cleared from the engine.
     pub fn finish_destroy(&mut self, region_id: u64) {
         self.destroying.remove(&region_id);
+        self.merged.remove(&region_id);
     }
 
     /// Whether the peer of `region_id` here is being destroyed.

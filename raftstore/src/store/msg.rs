@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::eraftpb::{ConfChangeV2, Entry};
-use flotilla_proto::metapb::{self, Region};
-use flotilla_proto::raft_cmdpb::RaftCmdRequest;
+use flotilla_proto::metapb::{self, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::RaftCmdResponse;
-use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage, RaftTruncatedState};
+use flotilla_proto::raft_cmdpb::{CommitMergeRequest, RaftCmdRequest};
+use flotilla_proto::raft_serverpb::{MergeState, RaftApplyState, RaftMessage, RaftTruncatedState};
 
 use super::error::Error;
 use super::hibernation::SleepMsg;
@@ -126,12 +126,59 @@ pub enum PeerMsg {
     /// Report the peer's [`RegionStatus`] to the callback (inspection;
     /// changes nothing, wakes nothing).
     Inspect(Inspector),
+    /// A step of a merge between this store's peers of two regions
+    /// (boxed: rare and large).
+    Merge(Box<MergeMsg>),
     /// How sending a snapshot to `to_peer` went (the snapshot worker).
     SnapshotStatus {
         /// The follower.
         to_peer: u64,
         /// Whether the follower's store has the whole file.
         ok: bool,
+    },
+}
+
+/// A merge step one region's peer tells another's on the same store
+/// (admin.md §1.2).
+#[derive(Debug)]
+pub enum MergeMsg {
+    /// To the target: a source peer whose PrepareMerge applied asks the
+    /// target to commit the merge. Its leader proposes `req` (CommitMerge)
+    /// under the target epoch the source recorded, `target_epoch`.
+    AskCommit {
+        /// The CommitMerge to propose.
+        req: CommitMergeRequest,
+        /// The target's epoch when the merge was prepared.
+        target_epoch: RegionEpoch,
+    },
+    /// To the source: the target's apply side waits for this store's
+    /// source peer to apply through `req.commit`; the peer appends the
+    /// carried entries it lacks to its log.
+    CatchUpLogs {
+        /// The waiting target.
+        target_id: u64,
+        /// The CommitMerge, with the source's log tail.
+        req: CommitMergeRequest,
+    },
+    /// To the source: the target refused the merge prepared at `commit`
+    /// for good (it applied a CommitMerge under another epoch, and never
+    /// one that succeeded): the source's leader may roll it back.
+    Refused {
+        /// The PrepareMerge's index.
+        commit: u64,
+    },
+    /// To a source that was merged away elsewhere and missed it: this
+    /// store's target peer has a snapshot past the merge to apply; the
+    /// source is destroyed (its data cleared) first.
+    Superseded {
+        /// The target region.
+        target_id: u64,
+    },
+    /// To the source: the target absorbed it here (its tombstone is
+    /// written); the peer is destroyed, its data now the target's.
+    Merged {
+        /// The region the target became.
+        target: Region,
     },
 }
 
@@ -249,6 +296,10 @@ pub struct DestroyTask {
     /// or a snapshot's reservation): their data goes, and the index lets
     /// them go only once that is written. `None`: it held none.
     pub held: Option<Region>,
+    /// The region was merged into another here: its tombstone is written
+    /// (with the merge) and its data is the target's; only its log and
+    /// states go.
+    pub merged: bool,
 }
 
 /// A message to an apply delegate.
@@ -263,6 +314,12 @@ pub enum ApplyMsg {
     /// The peer is destroyed: after every entry queued before, write the
     /// region's tombstone and delete its log, states and data; then stop.
     Destroy(Box<DestroyTask>),
+    /// To a target waiting in a CommitMerge: this store's peer of the
+    /// source region `source_id` has applied the PrepareMerge.
+    MergeSourceReady {
+        /// The source region.
+        source_id: u64,
+    },
 }
 
 /// What the apply side reports back to the peer.
@@ -299,6 +356,22 @@ pub enum ExecResult {
     },
     /// A BatchSplit applied (boxed: rare and large).
     Split(Box<SplitResult>),
+    /// A PrepareMerge applied: the region is `Merging` (boxed: rare).
+    PrepareMerge(Box<(Region, MergeState)>),
+    /// A CommitMerge applied: the region absorbed `source` and is
+    /// `region` now (boxed: rare).
+    CommitMerge(Box<CommitMergeResult>),
+    /// A CommitMerge of the source region `source_id`, prepared at
+    /// `commit`, was refused for good here (see `MergeMsg::Refused`).
+    MergeRefused {
+        /// The source region.
+        source_id: u64,
+        /// The source's PrepareMerge index.
+        commit: u64,
+    },
+    /// A RollbackMerge applied: the region is `Normal` again at this
+    /// region (boxed: rare).
+    RollbackMerge(Box<Region>),
     /// A snapshot was written into the engine: the region is `Normal` at
     /// `index`.
     SnapshotApplied {
@@ -307,6 +380,15 @@ pub enum ExecResult {
         /// How long the write took (microseconds).
         micros: u64,
     },
+}
+
+/// What a CommitMerge applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitMergeResult {
+    /// The target after it.
+    pub region: Region,
+    /// The source it absorbed, as it was when merging.
+    pub source: Region,
 }
 
 /// What a split applied: the parent's new region, the new regions in key

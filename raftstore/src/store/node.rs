@@ -468,11 +468,10 @@ impl Store {
             let apply_state = *peer.raft.store().apply_state();
             apply_boxes.push((
                 id,
-                Mailbox::new(Box::new(ApplyFsm::new(
-                    peer.region().clone(),
-                    peer.meta,
-                    apply_state,
-                ))),
+                Mailbox::new(Box::new(
+                    ApplyFsm::new(peer.region().clone(), peer.meta, apply_state)
+                        .with_merge_state(peer.raft.store().merge_state().cloned()),
+                )),
             ));
             peer_boxes.push((id, Mailbox::bounded(Box::new(PeerFsm::new(peer)), capacity)));
         }
@@ -842,7 +841,9 @@ fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
     for state in region_states(engine)? {
         if state.state() == PeerState::Tombstone {
             if let Some(region) = &state.region {
-                clear_tombstoned(&snap, region, &mut leftovers)?;
+                // A merged region's keys are its target's.
+                let owns_data = state.merge_state.is_none();
+                clear_tombstoned(&snap, region, owns_data, &mut leftovers)?;
             }
             continue;
         }
@@ -861,6 +862,7 @@ fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
 fn clear_tombstoned(
     snap: &flotilla_engine::Snapshot,
     region: &Region,
+    owns_data: bool,
     wb: &mut flotilla_engine::WriteBatch,
 ) -> Result<()> {
     let Some(raft) = snap.get_msg::<RaftLocalState>(Cf::Raft, &keys::raft_state_key(region.id))?
@@ -873,7 +875,7 @@ fn clear_tombstoned(
     wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
     // An uninitialized peer's tombstone has no range and a `version` of 0
     // (at most the conf_ver it was created under): it owned no data.
-    if region.region_epoch.is_some_and(|e| e.version > 0) {
+    if owns_data && region.region_epoch.is_some_and(|e| e.version > 0) {
         clear_data_range(wb, region)?;
     }
     Ok(())

@@ -9,7 +9,7 @@ use flotilla_engine::{Cf, Engine, WriteBatch, keys};
 use flotilla_proto::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use flotilla_proto::metapb::{PeerRole, Region};
 use flotilla_proto::raft_serverpb::{
-    PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
+    MergeState, PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
 };
 use prost::Message as _;
 
@@ -115,6 +115,10 @@ pub struct PeerStorage {
     /// yet written into the engine: the data range is not the applied
     /// index's, so no read may be served.
     applying_snapshot: bool,
+    /// The region is `Merging` (a PrepareMerge applied): no snapshot of it
+    /// is generated, its log is not compacted, and it takes no command but
+    /// the merge's end (boxed: rare).
+    merge_state: Option<Box<MergeState>>,
 }
 
 /// Where a leader's snapshot generation stands.
@@ -194,6 +198,11 @@ impl PeerStorage {
             read_error: RefCell::new(None),
             snap_gen: RefCell::new(None),
             applying_snapshot: applying.is_some(),
+            merge_state: region_state
+                .as_ref()
+                .filter(|s| s.state() == PeerState::Merging)
+                .and_then(|s| s.merge_state.clone())
+                .map(Box::new),
         };
         storage.deleted_below = storage.find_compacted_leftover()?;
         storage.last_term = storage.load_last_term()?;
@@ -260,6 +269,16 @@ impl PeerStorage {
             .then(|| (self.truncated().index, self.truncated().term))
     }
 
+    /// The merge state while the region is `Merging`.
+    pub fn merge_state(&self) -> Option<&MergeState> {
+        self.merge_state.as_deref()
+    }
+
+    /// The region became `Merging` (`Some`) or `Normal` again (a rollback).
+    pub fn set_merge_state(&mut self, state: Option<MergeState>) {
+        self.merge_state = state.map(Box::new);
+    }
+
     /// The apply side wrote the snapshot: the region is `Normal` again.
     pub fn snapshot_applied(&mut self) {
         self.applying_snapshot = false;
@@ -308,6 +327,9 @@ impl PeerStorage {
         self.deleted_below = index + 1;
         self.region = region;
         self.applying_snapshot = true;
+        // Only a leader that is not merging sends snapshots: one that
+        // reaches a merging peer says the merge was rolled back.
+        self.merge_state = None;
         *self.snap_gen.borrow_mut() = None;
     }
 
@@ -491,6 +513,11 @@ impl Storage for PeerStorage {
     /// `SnapshotTemporarilyUnavailable` until it is done (it asks again at
     /// the follower's next heartbeat response).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.merge_state.is_some() {
+            // A merging region's followers catch up from the log (it is
+            // not compacted meanwhile) or from the target's carried tail.
+            return Err(StorageError::SnapshotTemporarilyUnavailable.into());
+        }
         let mut state = self.snap_gen.borrow_mut();
         let wanted = request_index.max(self.truncated().index);
         match state.as_deref() {

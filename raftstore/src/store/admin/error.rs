@@ -152,6 +152,79 @@ pub enum AdminError {
         /// The split's index.
         pending_index: u64,
     },
+    /// A merge of a region into itself.
+    #[error("region {region_id} cannot merge into itself")]
+    MergeIntoSelf {
+        /// The region.
+        region_id: u64,
+    },
+    /// A merge of regions whose ranges do not touch.
+    #[error("regions {source_id} and {target} are not adjacent")]
+    MergeNotAdjacent {
+        /// The source region.
+        source_id: u64,
+        /// The target region.
+        target: u64,
+    },
+    /// A merge of regions whose peers are not on the same stores in the
+    /// same roles (move the peers first).
+    #[error("regions {source_id} and {target} do not have their peers on the same stores")]
+    MergeNotColocated {
+        /// The source region.
+        source_id: u64,
+        /// The target region.
+        target: u64,
+    },
+    /// A merge of (or into) a region in a joint configuration.
+    #[error("region {region_id} is in a joint configuration")]
+    MergeInJoint {
+        /// The region.
+        region_id: u64,
+    },
+    /// A merge while a peer of the source is too far behind its leader
+    /// (or has matched nothing): the target would carry too long a log
+    /// tail to catch it up. Try again.
+    #[error("a peer matched only up to {min_matched} of {last_index} (at most {max_gap} behind)")]
+    MergeLogGapTooLarge {
+        /// The least any peer matched.
+        min_matched: u64,
+        /// The leader's last index.
+        last_index: u64,
+        /// `Config::merge_max_log_gap`.
+        max_gap: u64,
+    },
+    /// A merge while an admin command (a split, a membership change, a
+    /// compaction) is in the log tail some peer has not matched. Try
+    /// again.
+    #[error("admin command at index {index} is not on every peer yet")]
+    MergeGapHasAdmin {
+        /// Its index.
+        index: u64,
+    },
+    /// A merge whose log tail, which the target carries, is larger than
+    /// an entry may be.
+    #[error("the merge would carry {size} bytes of log (at most {limit})")]
+    MergeEntriesTooLarge {
+        /// Bytes of the tail.
+        size: u64,
+        /// The most it may carry.
+        limit: u64,
+    },
+    /// The region is being merged (or a merge of it is proposed): it
+    /// takes no command until the merge commits (the region is gone: look
+    /// the key up again) or rolls back. Nothing was proposed or applied.
+    #[error("region {region_id} is being merged")]
+    RegionMerging {
+        /// The region.
+        region_id: u64,
+    },
+    /// The merge was rolled back (the target changed before it could
+    /// commit): the source serves again.
+    #[error("the merge of region {region_id} was rolled back")]
+    MergeRolledBack {
+        /// The source region.
+        region_id: u64,
+    },
 }
 
 impl AdminError {
@@ -230,6 +303,45 @@ impl AdminError {
             AdminError::SplitPending { pending_index } => {
                 Kind::SplitPending(raft_cmdpb::SplitPending { pending_index })
             }
+            AdminError::MergeIntoSelf { region_id } => {
+                Kind::MergeIntoSelf(raft_cmdpb::MergeIntoSelf { region_id })
+            }
+            AdminError::MergeNotAdjacent { source_id, target } => {
+                Kind::MergeNotAdjacent(raft_cmdpb::MergeNotAdjacent {
+                    source: source_id,
+                    target,
+                })
+            }
+            AdminError::MergeNotColocated { source_id, target } => {
+                Kind::MergeNotColocated(raft_cmdpb::MergeNotColocated {
+                    source: source_id,
+                    target,
+                })
+            }
+            AdminError::MergeInJoint { region_id } => {
+                Kind::MergeInJoint(raft_cmdpb::MergeInJoint { region_id })
+            }
+            AdminError::MergeLogGapTooLarge {
+                min_matched,
+                last_index,
+                max_gap,
+            } => Kind::MergeLogGapTooLarge(raft_cmdpb::MergeLogGapTooLarge {
+                min_matched,
+                last_index,
+                max_gap,
+            }),
+            AdminError::MergeGapHasAdmin { index } => {
+                Kind::MergeGapHasAdmin(raft_cmdpb::MergeGapHasAdmin { index })
+            }
+            AdminError::MergeEntriesTooLarge { size, limit } => {
+                Kind::MergeEntriesTooLarge(raft_cmdpb::MergeEntriesTooLarge { size, limit })
+            }
+            AdminError::RegionMerging { region_id } => {
+                Kind::RegionMerging(raft_cmdpb::RegionMerging { region_id })
+            }
+            AdminError::MergeRolledBack { region_id } => {
+                Kind::MergeRolledBack(raft_cmdpb::MergeRolledBack { region_id })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -299,6 +411,36 @@ impl AdminError {
             Kind::NoSplitKeys(_) => AdminError::NoSplitKeys,
             Kind::SplitPending(d) => AdminError::SplitPending {
                 pending_index: d.pending_index,
+            },
+            Kind::MergeIntoSelf(d) => AdminError::MergeIntoSelf {
+                region_id: d.region_id,
+            },
+            Kind::MergeNotAdjacent(d) => AdminError::MergeNotAdjacent {
+                source_id: d.source,
+                target: d.target,
+            },
+            Kind::MergeNotColocated(d) => AdminError::MergeNotColocated {
+                source_id: d.source,
+                target: d.target,
+            },
+            Kind::MergeInJoint(d) => AdminError::MergeInJoint {
+                region_id: d.region_id,
+            },
+            Kind::MergeLogGapTooLarge(d) => AdminError::MergeLogGapTooLarge {
+                min_matched: d.min_matched,
+                last_index: d.last_index,
+                max_gap: d.max_gap,
+            },
+            Kind::MergeGapHasAdmin(d) => AdminError::MergeGapHasAdmin { index: d.index },
+            Kind::MergeEntriesTooLarge(d) => AdminError::MergeEntriesTooLarge {
+                size: d.size,
+                limit: d.limit,
+            },
+            Kind::RegionMerging(d) => AdminError::RegionMerging {
+                region_id: d.region_id,
+            },
+            Kind::MergeRolledBack(d) => AdminError::MergeRolledBack {
+                region_id: d.region_id,
             },
         })
     }

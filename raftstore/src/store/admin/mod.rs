@@ -5,6 +5,7 @@
 mod compact;
 mod conf_change;
 mod error;
+mod merge;
 mod split;
 mod transfer;
 
@@ -14,6 +15,7 @@ pub use self::conf_change::{
     conf_change_v2, is_joint,
 };
 pub use self::error::{AdminError, SplitKeyFault};
+pub use self::merge::{check_merge_regions, check_merge_tail, epoch_at_or_before, merged_region};
 pub use self::split::{DEFAULT_SPLIT_MAX_KEYS, check_split_keys, split_regions};
 pub use self::transfer::{TRANSFER_LEADER_MAX_LAG, Transferee, check_transfer};
 

@@ -353,8 +353,9 @@ mod tests {
         assert!(get(&kept).is_some());
     }
 
-    /// A command the store does not run is refused typed, after the epoch
-    /// check its row of the table asks for.
+    /// A command `exec_admin` does not run (the merge steps are run by
+    /// `apply::merge`, never here) is refused typed, after the epoch check
+    /// its row of the table asks for.
     #[test]
     fn unsupported_commands_are_refused_after_their_epoch_check() {
         let mut st = state(100, 5);

@@ -7,24 +7,25 @@ use std::sync::Arc;
 
 use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Entry, EntryType};
-use flotilla_proto::metapb::Peer;
-use flotilla_proto::metapb::Region;
+use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::{
-    DeleteRangeResponse, DeleteResponse, PutResponse, RaftCmdRequest, RaftCmdResponse,
-    RaftResponseHeader, Response, request, response,
+    AdminResponse, CommitMergeRequest, DeleteRangeResponse, DeleteResponse, PutResponse,
+    RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response, admin_request, request,
+    response,
 };
-use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState};
+use flotilla_proto::raft_serverpb::{MergeState, PeerState, RaftApplyState, RegionLocalState};
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler};
 use prost::Message as _;
 use slog::Logger;
 
-use super::admin::admin_cmd;
+use super::admin::{AdminError, admin_cmd, check_epoch};
 use super::error::Error;
 use super::fatal::StoreStatus;
 use super::fsm::RaftRouter;
 use super::meta::SharedMeta;
 use super::msg::{
-    ApplyMsg, ApplyRes, ApplyTask, DestroyTask, ExecResult, PeerMsg, Proposal, SnapshotTask,
+    ApplyMsg, ApplyRes, ApplyTask, DestroyTask, ExecResult, MergeMsg, PeerMsg, Proposal,
+    SnapshotTask,
 };
 use super::snapshot::{apply_snapshot_file, snapshot_apply_state};
 use super::util::{clear_data_range, err_response};
@@ -32,8 +33,10 @@ use super::validate::{data_range, validate_for_apply};
 
 mod admin;
 mod conf_change;
+mod merge;
 mod split;
 
+use self::merge::{ApplyMerge, CommitOutcome, WaitMerge};
 pub(crate) use self::split::SplitCtx;
 
 /// A region's apply delegate.
@@ -58,6 +61,9 @@ pub struct ApplyFsm {
     /// The peer's destruction, done at the end of this round after the
     /// round's batch; nothing after it is handled.
     destroy: Option<Box<DestroyTask>>,
+    /// Merge bookkeeping (boxed: most delegates never need it; see
+    /// [`ApplyMerge`]).
+    merge: Option<Box<ApplyMerge>>,
     stopped: bool,
 }
 
@@ -66,6 +72,7 @@ impl ApplyFsm {
     /// `apply_state`.
     pub fn new(region: Region, peer: Peer, apply_state: RaftApplyState) -> ApplyFsm {
         ApplyFsm {
+            merge: None,
             region,
             peer,
             removed: false,
@@ -77,6 +84,51 @@ impl ApplyFsm {
             destroy: None,
             stopped: false,
         }
+    }
+
+    /// The merge state while the region is `Merging`.
+    fn merging(&self) -> Option<&MergeState> {
+        self.merge.as_ref().and_then(|m| m.state.as_ref())
+    }
+
+    fn merge_ext(&mut self) -> &mut ApplyMerge {
+        self.merge.get_or_insert_default()
+    }
+
+    fn set_merging(&mut self, state: Option<MergeState>) {
+        if state.is_some() || self.merge.is_some() {
+            self.merge_ext().state = state;
+        }
+    }
+
+    /// The source region a waiting CommitMerge waits for.
+    fn waiting_for(&self) -> Option<u64> {
+        self.merge.as_ref()?.wait.as_ref().map(|w| w.source_id)
+    }
+
+    /// The region's epoch when this delegate last started applying from
+    /// the log (at start, or after a snapshot).
+    fn log_since(&self) -> RegionEpoch {
+        self.merge
+            .as_ref()
+            .and_then(|m| m.log_since)
+            .or(self.region.region_epoch)
+            .unwrap_or_default()
+    }
+
+    /// The region's epoch changed from `before` by an entry applied here.
+    fn note_epoch_change(&mut self, before: Option<RegionEpoch>) {
+        if self.region.region_epoch != before
+            && self.merge.as_ref().is_none_or(|m| m.log_since.is_none())
+        {
+            self.merge_ext().log_since = Some(before.unwrap_or_default());
+        }
+    }
+
+    /// The delegate of a region that is `Merging` with `state`.
+    pub fn with_merge_state(mut self, state: Option<MergeState>) -> ApplyFsm {
+        self.set_merging(state);
+        self
     }
 }
 
@@ -135,17 +187,30 @@ impl ApplyPoller {
             task.region_id, fsm.region.id,
             "task routed to the wrong delegate"
         );
+        self.apply_entries(fsm, task.entries, task.proposals.into());
+    }
+
+    /// Applies `entries` in order, answering `proposals` (in (term,
+    /// index) order) as their entries apply. A CommitMerge whose source
+    /// has not caught up here stops it: the rest waits in
+    /// `fsm.wait_merge`.
+    fn apply_entries(
+        &mut self,
+        fsm: &mut ApplyFsm,
+        entries: Vec<Entry>,
+        mut proposals: VecDeque<Proposal>,
+    ) {
         let wb = self.wb.get_or_insert_with(|| {
             let mut wb = self.engine.write_batch();
             wb.set_origin(WriteOrigin::Apply);
             wb
         });
-        // In (term, index) order, as the entries are.
-        let mut proposals: VecDeque<Proposal> = task.proposals.into();
-        for entry in task.entries {
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
             if entry.index <= fsm.apply_state.applied_index {
                 continue; // already applied (e.g. replayed after restart)
             }
+            let before = fsm.region.region_epoch;
             let resp = if fsm.removed {
                 // Removed from the region: nothing more lands here. The
                 // entry is committed and applies on the other peers: its
@@ -155,22 +220,49 @@ impl ApplyPoller {
                 entry.entry_type(),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2
             ) {
-                conf_change::apply_conf_change(wb, fsm, &entry)
+                if fsm.merging().is_some() {
+                    err_response(Error::Admin(AdminError::RegionMerging {
+                        region_id: fsm.region.id,
+                    }))
+                } else {
+                    conf_change::apply_conf_change(wb, fsm, &entry)
+                }
             } else {
                 let ctx = SplitCtx {
                     engine: &self.engine,
                     meta: &self.meta,
                     router: &self.raft_router,
                 };
-                apply_entry(
-                    &ctx,
-                    wb,
-                    &mut fsm.region,
-                    &mut fsm.apply_state,
-                    &mut fsm.results,
-                    &entry,
-                )
+                match apply_entry(&ctx, wb, fsm, &entry) {
+                    Applied::Done(resp) => resp,
+                    Applied::WaitMergeSource { source_id, req } => {
+                        // Nothing of this entry is written: it is applied
+                        // again, whole, once the source caught up.
+                        let target_id = fsm.region.id;
+                        let mut rest = vec![entry];
+                        rest.extend(entries);
+                        fsm.merge_ext().wait = Some(Box::new(WaitMerge {
+                            source_id,
+                            entries: rest,
+                            proposals,
+                        }));
+                        slog::info!(self.logger, "merge waits for its source to catch up";
+                            "region" => target_id, "source" => source_id);
+                        let ask = MergeMsg::CatchUpLogs { target_id, req };
+                        if self
+                            .raft_router
+                            .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
+                            .is_err()
+                        {
+                            slog::warn!(self.logger, "merge source has no peer here";
+                                "region" => target_id, "source" => source_id);
+                        }
+                        self.write_apply_state(fsm);
+                        return;
+                    }
+                }
             };
+            fsm.note_epoch_change(before);
             let at = (entry.term, entry.index);
             // A proposal ordered before this entry was never applied (its
             // index was taken by another leader's entry, or by an entry of
@@ -191,12 +283,45 @@ impl ApplyPoller {
         for p in proposals {
             fsm.done.push((p, err_response(Error::StaleCommand)));
         }
-        if fsm.dirty && !fsm.removed {
+        self.write_apply_state(fsm);
+    }
+
+    /// Puts the delegate's apply state into the round's batch if this
+    /// round changed it.
+    fn write_apply_state(&mut self, fsm: &ApplyFsm) {
+        if fsm.dirty
+            && !fsm.removed
+            && let Some(wb) = self.wb.as_mut()
+        {
             wb.put_msg(
                 Cf::Raft,
                 &keys::apply_state_key(fsm.region.id),
                 &fsm.apply_state,
             );
+        }
+    }
+
+    /// Handles one message of the delegate's queue (not while it waits
+    /// at a CommitMerge).
+    fn dispatch(&mut self, fsm: &mut ApplyFsm, msg: ApplyMsg) {
+        match msg {
+            ApplyMsg::Apply(task) => self.apply_task(fsm, task),
+            ApplyMsg::Snapshot(task) => fsm.snapshot = Some(task),
+            ApplyMsg::Destroy(task) => fsm.destroy = Some(task),
+            // Late: the merge it was for went on already.
+            ApplyMsg::MergeSourceReady { .. } => {}
+        }
+    }
+
+    /// The source of the CommitMerge this delegate waits at says it caught
+    /// up: the entries from the CommitMerge on apply again (they wait
+    /// again if the source is not there after all).
+    fn resume_merge(&mut self, fsm: &mut ApplyFsm) {
+        if let Some(wait) = fsm.merge.as_mut().and_then(|m| m.wait.take()) {
+            let WaitMerge {
+                entries, proposals, ..
+            } = *wait;
+            self.apply_entries(fsm, entries, proposals);
         }
     }
 }
@@ -211,19 +336,21 @@ impl ApplyPoller {
         let region = &task.tombstone;
         let mut wb = self.engine.write_batch();
         wb.set_origin(WriteOrigin::Apply);
-        let tombstone = match self
-            .engine
-            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))
-        {
-            Ok(prev) => merge_tombstone(region, prev.as_ref(), fsm.peer.store_id),
-            Err(_) => region.clone(),
-        };
-        let mut state = RegionLocalState {
-            region: Some(tombstone),
-            ..Default::default()
-        };
-        state.set_state(PeerState::Tombstone);
-        wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+        if !task.merged {
+            let tombstone = match self
+                .engine
+                .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))
+            {
+                Ok(prev) => merge_tombstone(region, prev.as_ref(), fsm.peer.store_id),
+                Err(_) => region.clone(),
+            };
+            let mut state = RegionLocalState {
+                region: Some(tombstone),
+                ..Default::default()
+            };
+            state.set_state(PeerState::Tombstone);
+            wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+        }
         let (lo, hi) = keys::raft_log_range(region.id, 0, task.last_index + 1);
         let _ = wb.delete_range(Cf::Raft, &lo, &hi);
         wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
@@ -288,6 +415,11 @@ impl ApplyPoller {
             Ok(kvs) => {
                 slog::info!(self.logger, "snapshot applied"; "region" => task.region.id,
                     "index" => task.index, "kvs" => kvs, "took" => ?started.elapsed());
+                // Applied from the log again from the snapshot's epoch on.
+                if let Some(m) = fsm.merge.as_mut() {
+                    m.log_since = None;
+                    m.state = None;
+                }
                 fsm.region = task.region;
                 fsm.apply_state = snapshot_apply_state(task.index, task.term);
                 fsm.results.push(ExecResult::SnapshotApplied {
@@ -313,52 +445,115 @@ impl ApplyPoller {
     }
 }
 
-/// Applies one entry to `wb`, returning the response for its proposer.
+/// What applying one entry came to.
+enum Applied {
+    /// The response for its proposer.
+    Done(RaftCmdResponse),
+    /// A CommitMerge whose source peer here has not applied the
+    /// PrepareMerge: nothing was written; the entry waits.
+    WaitMergeSource {
+        /// The source region.
+        source_id: u64,
+        /// The command, for the source peer to catch up from.
+        req: CommitMergeRequest,
+    },
+}
+
+/// Applies one entry to `wb`.
 ///
 /// The entry's command is decoded and checked against the region as a
 /// whole before anything goes into `wb` ([`validate_for_apply`]: only what
 /// every replica decides alike): an entry that fails (it may come from an
 /// old log, or have been proposed under another range) is answered with
 /// its typed error and writes nothing, and the other entries of the round
-/// are unaffected. An admin command changes `apply_state` (at the state
-/// before the entry) and records what it did in `results`.
+/// are unaffected. An admin command changes `fsm.apply_state` (at the
+/// state before the entry) and records what it did in `fsm.results`.
+/// While the region is merging, nothing but a RollbackMerge applies.
 fn apply_entry(
     ctx: &SplitCtx<'_>,
     wb: &mut WriteBatch,
-    region: &mut Region,
-    apply_state: &mut RaftApplyState,
-    results: &mut Vec<ExecResult>,
+    fsm: &mut ApplyFsm,
     entry: &Entry,
-) -> RaftCmdResponse {
+) -> Applied {
     if entry.data.is_empty() || entry.entry_type() != EntryType::EntryNormal {
-        // A new leader's empty entry (or a conf change, not yet supported).
-        return RaftCmdResponse::default();
+        // A new leader's empty entry (conf changes are applied apart).
+        return Applied::Done(RaftCmdResponse::default());
     }
     let request = match RaftCmdRequest::decode(entry.data.clone()) {
         Ok(r) => r,
-        Err(e) => return err_response(Error::InvalidRequest(format!("undecodable entry: {e}"))),
+        Err(e) => {
+            return Applied::Done(err_response(Error::InvalidRequest(format!(
+                "undecodable entry: {e}"
+            ))));
+        }
     };
     let cmd = match admin_cmd(&request) {
         Ok(cmd) => cmd,
-        Err(e) => return err_response(e),
+        Err(e) => return Applied::Done(err_response(e)),
     };
-    if let Some(cmd) = cmd {
-        return match admin::exec_admin(ctx, wb, &request, cmd, region, apply_state) {
-            Ok((resp, result)) => {
-                results.extend(result);
-                RaftCmdResponse {
-                    header: Some(RaftResponseHeader {
-                        current_term: entry.term,
-                        ..Default::default()
-                    }),
-                    responses: Vec::new(),
-                    admin_response: Some(resp),
+    let merging = Error::Admin(AdminError::RegionMerging {
+        region_id: fsm.region.id,
+    });
+    let Some(cmd) = cmd else {
+        if fsm.merging().is_some() {
+            return Applied::Done(err_response(merging));
+        }
+        return Applied::Done(apply_write(wb, &fsm.region, &request, entry.term));
+    };
+    let asked = request.header.as_ref().and_then(|h| h.region_epoch);
+    let some = |(resp, result): (AdminResponse, ExecResult)| (resp, Some(result));
+    let done = match cmd {
+        admin_request::Cmd::CommitMerge(req) => {
+            match merge::exec_commit_merge(ctx, wb, &request, req, fsm) {
+                CommitOutcome::Wait => {
+                    return Applied::WaitMergeSource {
+                        source_id: req.source.as_ref().map_or(0, |r| r.id),
+                        req: req.clone(),
+                    };
                 }
+                CommitOutcome::Done(done) => (*done).map(some),
             }
-            Err(e) => err_response(e),
-        };
-    }
-    if let Err(e) = validate_for_apply(&request, region) {
+        }
+        admin_request::Cmd::RollbackMerge(req) => check_epoch(cmd, asked, &fsm.region)
+            .and_then(|()| merge::exec_rollback_merge(wb, req, fsm))
+            .map(some),
+        _ if fsm.merging().is_some() => Err(merging),
+        admin_request::Cmd::PrepareMerge(req) => check_epoch(cmd, asked, &fsm.region)
+            .and_then(|()| merge::exec_prepare_merge(wb, req, fsm, entry.index))
+            .map(some),
+        _ => admin::exec_admin(
+            ctx,
+            wb,
+            &request,
+            cmd,
+            &mut fsm.region,
+            &mut fsm.apply_state,
+        ),
+    };
+    Applied::Done(match done {
+        Ok((resp, result)) => {
+            fsm.results.extend(result);
+            RaftCmdResponse {
+                header: Some(RaftResponseHeader {
+                    current_term: entry.term,
+                    ..Default::default()
+                }),
+                responses: Vec::new(),
+                admin_response: Some(resp),
+            }
+        }
+        Err(e) => err_response(e),
+    })
+}
+
+/// Applies a write (no admin command) of `request` to `wb`.
+fn apply_write(
+    wb: &mut WriteBatch,
+    region: &Region,
+    request: &RaftCmdRequest,
+    term: u64,
+) -> RaftCmdResponse {
+    if let Err(e) = validate_for_apply(request, region) {
         // Proposed before a split moved the key away: the client hears
         // the region's new bounds and locates the key again.
         let asked = request.header.as_ref().and_then(|h| h.region_epoch);
@@ -400,7 +595,7 @@ fn apply_entry(
     }
     RaftCmdResponse {
         header: Some(RaftResponseHeader {
-            current_term: entry.term,
+            current_term: term,
             ..Default::default()
         }),
         responses,
@@ -468,10 +663,22 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 // done in `end`.
                 return HandleResult::KeepProcessing;
             }
-            match inbox.try_recv() {
-                Some(ApplyMsg::Apply(task)) => self.apply_task(fsm, task),
-                Some(ApplyMsg::Snapshot(task)) => fsm.snapshot = Some(task),
-                Some(ApplyMsg::Destroy(task)) => fsm.destroy = Some(task),
+            if let Some(source) = fsm.waiting_for() {
+                // Only the source's word moves a waiting delegate; the
+                // rest keeps its order in the backlog.
+                match inbox.try_recv() {
+                    Some(ApplyMsg::MergeSourceReady { source_id }) if source_id == source => {
+                        self.resume_merge(fsm);
+                    }
+                    Some(ApplyMsg::MergeSourceReady { .. }) => {}
+                    Some(other) => fsm.merge_ext().backlog.push_back(other),
+                    None => return HandleResult::stop_at(0, false),
+                }
+                continue;
+            }
+            let queued = fsm.merge.as_mut().and_then(|m| m.backlog.pop_front());
+            match queued.or_else(|| inbox.try_recv()) {
+                Some(msg) => self.dispatch(fsm, msg),
                 // Drained: nothing was left behind on purpose, so progress
                 // is 0 and anything that arrives from now on reschedules
                 // the delegate (reading `inbox.len()` here would count a

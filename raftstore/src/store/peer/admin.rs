@@ -39,6 +39,8 @@ enum AdminStep {
     /// Propose this encoded command (a client's CompactLog); answer when
     /// it applies.
     Propose(Vec<u8>),
+    /// Propose this encoded PrepareMerge; answer when it applies.
+    ProposePrepareMerge(Vec<u8>),
 }
 
 impl Peer {
@@ -65,6 +67,13 @@ impl Peer {
             Ok(AdminStep::Propose(data)) => {
                 self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
             }
+            Ok(AdminStep::ProposePrepareMerge(data)) => {
+                let index = self.raft.raft.raft_log().last_index() + 1;
+                self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
+                if self.raft.raft.raft_log().last_index() == index {
+                    self.note_prepare_merge_proposed(index);
+                }
+            }
             Ok(AdminStep::ProposeSplit(data)) => {
                 let index = self.raft.raft.raft_log().last_index() + 1;
                 self.propose_with(callback, |raft| raft.propose(Vec::new(), data));
@@ -85,6 +94,9 @@ impl Peer {
         check_epoch(cmd, header.region_epoch, self.region())?;
         if !self.is_leader() {
             return Err(self.not_leader());
+        }
+        if !matches!(cmd, admin_request::Cmd::TransferLeader(_)) {
+            self.check_not_merging()?;
         }
         let resp = match cmd {
             admin_request::Cmd::TransferLeader(req) => {
@@ -123,11 +135,16 @@ impl Peer {
                 }
                 None => admin_response::Cmd::CompactLog(CompactLogResponse {}),
             },
-            // Merge comes with its issue.
-            other => {
-                return Err(Error::Admin(AdminError::NotSupported {
-                    command: cmd_name(other).into(),
-                }));
+            admin_request::Cmd::PrepareMerge(req) => {
+                let data = self.check_prepare_merge(cfg, request, req)?;
+                return Ok(AdminStep::ProposePrepareMerge(data));
+            }
+            // The stores' own steps of a merge, never a client's.
+            other @ (admin_request::Cmd::CommitMerge(_) | admin_request::Cmd::RollbackMerge(_)) => {
+                return Err(Error::InvalidRequest(format!(
+                    "{} is proposed by the store itself",
+                    cmd_name(other)
+                )));
             }
         };
         Ok(AdminStep::Answer(Box::new(RaftCmdResponse {
@@ -167,6 +184,7 @@ impl Peer {
     /// (`admin::check_change_peers`).
     fn check_membership_change(&self, changes: &[ChangePeerRequest]) -> Result<()> {
         self.check_no_pending_split()?;
+        self.check_not_merging()?;
         let raft = &self.raft.raft;
         let view = LeaderView {
             leader_id: self.meta.id,

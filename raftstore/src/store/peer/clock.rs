@@ -109,7 +109,15 @@ impl Peer {
         let probe = self
             .ticks_to_probe()
             .map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
-        let ticks = raft.ticks_to_event().min(watch).min(probe).max(1);
+        let merge = self
+            .ticks_to_merge_check()
+            .map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
+        let ticks = raft
+            .ticks_to_event()
+            .min(watch)
+            .min(probe)
+            .min(merge)
+            .max(1);
         u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 }

@@ -31,6 +31,15 @@ impl super::Peer {
                 }
                 ExecResult::ChangePeer { cc, region } => self.on_change_peer(&cc, region),
                 ExecResult::Split(split) => self.on_split(*split),
+                ExecResult::PrepareMerge(prepared) => {
+                    let (region, state) = *prepared;
+                    self.on_prepare_merge(region, state);
+                }
+                ExecResult::CommitMerge(res) => self.on_commit_merge(*res),
+                ExecResult::MergeRefused { source_id, commit } => {
+                    self.on_merge_refused(source_id, commit);
+                }
+                ExecResult::RollbackMerge(region) => self.on_rollback_merge(*region),
             }
         }
     }
@@ -122,6 +131,15 @@ impl super::Peer {
     /// peer is no longer in the region. It is destroyed (its poller writes
     /// its tombstone).
     pub(super) fn on_tombstone_message(&mut self, msg: &RaftMessage) {
+        if let Some(target) = msg.merged_into.as_ref() {
+            let ours = self.region();
+            let overlaps = (target.end_key.is_empty() || ours.start_key < target.end_key)
+                && (ours.end_key.is_empty() || target.start_key < ours.end_key);
+            if msg.to_peer.map(|p| p.id) == Some(self.meta.id) && overlaps {
+                self.on_merged_elsewhere(target);
+            }
+            return;
+        }
         let ours = self.region().region_epoch.unwrap_or_default();
         let newer = msg.region_epoch.is_some_and(|e| e.conf_ver > ours.conf_ver);
         if !newer || msg.to_peer.map(|p| p.id) != Some(self.meta.id) {
@@ -206,10 +224,13 @@ impl super::Peer {
         if !tombstone.peers.iter().any(|p| p.id == self.meta.id) {
             tombstone.peers.push(self.meta);
         }
+        let merged = self.merged_away();
         DestroyTask {
             tombstone,
             last_index: self.raft.store().raft_state().last_index,
-            held: self.held_range(),
+            // A merged region's keys are the target's now.
+            held: if merged { None } else { self.held_range() },
+            merged,
         }
     }
 }

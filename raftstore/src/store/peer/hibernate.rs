@@ -386,7 +386,10 @@ impl Peer {
             && self.raft.store().applied_index() == last
             && log.term(last).is_ok_and(|t| t == raft.term())
             && raft.pending_conf_index() <= last
-            && raft.uncommitted_size() == 0;
+            && raft.uncommitted_size() == 0
+            // A merging region's peers keep checking on the merge.
+            && !self.is_merging()
+            && self.merge.as_ref().is_none_or(|m| m.is_idle());
         if !idle {
             return None;
         }

@@ -33,10 +33,13 @@ mod clock;
 mod exec;
 mod hibernate;
 mod log_gc;
+mod merge;
 mod snapshot;
 mod split;
 
 use self::hibernate::FRESH_HOLD_TIMEOUTS;
+use self::merge::MergeCtx;
+pub use self::merge::MergeOut;
 use self::split::SplitState;
 
 /// A read waiting for its ReadIndex to be confirmed and applied, or a
@@ -194,6 +197,9 @@ pub struct Peer {
     split: Option<Box<SplitState>>,
     /// The split checker's clock (see `store::split_check`).
     split_check: SplitCheckState,
+    /// What this peer's merges left to do and to tell (boxed: most peers
+    /// never merge; see `merge`).
+    merge: Option<Box<MergeCtx>>,
     /// A tombstone message for a peer removed from the region while it
     /// could not hear it (see `exec`), to send.
     gc_reply: Option<Box<RaftMessage>>,
@@ -320,6 +326,7 @@ impl Peer {
             pending_split: 0,
             split: None,
             split_check: SplitCheckState::default(),
+            merge: None,
             gc_reply: None,
             limits: cfg.request_limits(),
             engine,
@@ -336,6 +343,7 @@ impl Peer {
             peer.sleep.fresh_hold = Some(FRESH_HOLD_TIMEOUTS.saturating_mul(cfg.election_ticks));
             peer.sleep.campaigns_first = peer.campaigns_first_without(0);
         }
+        peer.resume_merge_at_start(cfg);
         Ok(peer)
     }
 
@@ -481,6 +489,13 @@ impl Peer {
             callback.respond(err_response(self.not_leader()));
             return;
         }
+        // A merging region's data is about to be the target's: no write
+        // may land and no read may be served (a read after the target took
+        // a write to these keys would be stale).
+        if let Err(e) = self.check_not_merging() {
+            callback.respond(err_response(e));
+            return;
+        }
         match data {
             None => self.read(request, callback),
             Some(data) => self.propose_write(data, callback),
@@ -593,6 +608,7 @@ impl Peer {
             && raft.lead_transferee().is_none()
             && self.raft.store().applying_snapshot().is_none()
             && self.pending_split <= self.raft.store().applied_index()
+            && !self.is_merging()
             && raft
                 .raft_log()
                 .term(self.raft.store().applied_index())
@@ -660,8 +676,11 @@ impl Peer {
         self.maybe_nudge_leader(hib);
         self.raft.tick();
         self.maybe_renew_lease();
-        self.tick_log_gc(cfg, elapsed);
-        self.tick_split_check(cfg, elapsed);
+        self.tick_merge(cfg, elapsed);
+        if !self.is_merging() {
+            self.tick_log_gc(cfg, elapsed);
+            self.tick_split_check(cfg, elapsed);
+        }
         self.probe_membership(elapsed);
         if cfg.hibernate_regions && self.is_leader() {
             self.sleep.idle_ticks = self

@@ -55,6 +55,8 @@ impl Peer {
                     Some("entries before it are being applied".to_owned())
                 } else if !path.exists() {
                     Some("its file is not here".to_owned())
+                } else if self.supersede_merged(&region) {
+                    Some("regions merged into it go first".to_owned())
                 } else {
                     self.reserve_range(&region)
                         .err()

@@ -1,0 +1,604 @@
+//! The peer's side of a merge (admin.md §1.2; the apply side's steps are
+//! in `apply::merge`).
+//!
+//! Lifecycle, from the source's point of view:
+//! 1. its leader checks a client's PrepareMerge ([`Peer::check_prepare_merge`])
+//!    and proposes it; from then on it serves no lease read and takes no
+//!    command;
+//! 2. when the PrepareMerge applies, every source peer (leader or not)
+//!    asks this store's target peer to commit (`MergeMsg::AskCommit`, with
+//!    the log tail a lagging replica may lack), again every
+//!    `merge_check_ticks` until the merge ends; the target's leader
+//!    proposes the CommitMerge;
+//! 3. where a target replica applies it before this store's source did,
+//!    the source appends the carried tail to its log
+//!    (`MergeMsg::CatchUpLogs`) and tells the waiting target once its
+//!    PrepareMerge applied;
+//! 4. the target's apply writes both regions' states; this store's source
+//!    peer is destroyed keeping its data (`MergeMsg::Merged`);
+//! 5. or the target refuses the merge for good (`MergeMsg::Refused`, a
+//!    proof; see `apply::merge`) and the source's leader proposes a
+//!    RollbackMerge: the region serves again, `version` bumped.
+//!
+//! A restarted peer finds its region `Merging` on disk and goes on at
+//! step 2. Log GC, splits, membership changes, snapshots and hibernation
+//! are off while a region merges.
+
+use flotilla_proto::eraftpb::Entry;
+use flotilla_proto::metapb::Region;
+use flotilla_proto::raft_cmdpb::{
+    AdminRequest, CommitMergeRequest, PrepareMergeRequest, RaftCmdRequest, RaftRequestHeader,
+    RollbackMergeRequest, admin_request,
+};
+use flotilla_proto::raft_serverpb::MergeState;
+use prost::Message as _;
+
+use super::Peer;
+use crate::store::admin::{AdminError, check_merge_regions, check_merge_tail};
+use crate::store::config::Config;
+use crate::store::error::{Error, Result};
+use crate::store::msg::{ApplyMsg, CommitMergeResult, MergeMsg, Responder};
+
+/// Share of `entry_max_size` the log tail a merge carries may take (the
+/// CommitMerge carrying it is one entry; TiKV's 90 %).
+const MERGE_TAIL_SHARE_PERCENT: u64 = 90;
+
+/// A message of a merge to another region's peer or apply delegate on
+/// this store, for the poller to route.
+#[derive(Debug)]
+pub enum MergeOut {
+    /// To region `.0`'s peer.
+    Peer(u64, MergeMsg),
+    /// To region `.0`'s apply delegate.
+    Apply(u64, ApplyMsg),
+}
+
+/// A peer's merge bookkeeping (boxed in `Peer`: most peers never merge).
+#[derive(Debug, Default)]
+pub(super) struct MergeCtx {
+    /// The index of a PrepareMerge this peer proposed as leader, until it
+    /// applies (or another entry takes its index): no lease read and no
+    /// command meanwhile. 0: none.
+    prepare_index: u64,
+    /// The target refused this region's merge for good: its leader rolls
+    /// the merge back.
+    refused: bool,
+    /// The index of a RollbackMerge this peer proposed, until it applies.
+    rollback_index: u64,
+    /// The target region whose apply side waits for this peer to apply
+    /// the PrepareMerge.
+    waiting_target: Option<u64>,
+    /// Ticks since the last merge check, and the ticks between two.
+    ticks: u64,
+    interval: u64,
+    /// CommitMerges this peer proposed as the target's leader, not yet
+    /// applied: (source region, its PrepareMerge index, entry index).
+    committing: Vec<(u64, u64, u64)>,
+    /// The region was merged into another here: the peer is destroyed and
+    /// its data kept.
+    merged: bool,
+    /// Messages for the poller to route (taken each round).
+    out: Vec<MergeOut>,
+}
+
+impl MergeCtx {
+    /// Nothing of a merge is under way at this peer.
+    pub(super) fn is_idle(&self) -> bool {
+        self.committing.is_empty() && self.out.is_empty() && self.waiting_target.is_none()
+    }
+}
+
+impl Peer {
+    fn merge_ctx(&mut self) -> &mut MergeCtx {
+        self.merge.get_or_insert_default()
+    }
+
+    /// Whether the region merges: `Merging` here, or a PrepareMerge this
+    /// peer proposed is not applied yet.
+    pub fn is_merging(&self) -> bool {
+        self.raft.store().merge_state().is_some()
+            || self
+                .merge
+                .as_ref()
+                .is_some_and(|m| m.prepare_index > self.raft.store().applied_index())
+    }
+
+    /// Refuses a command while the region merges.
+    ///
+    /// # Errors
+    /// `RegionMerging`.
+    pub(super) fn check_not_merging(&self) -> Result<()> {
+        if self.is_merging() {
+            return Err(Error::Admin(AdminError::RegionMerging {
+                region_id: self.region_id(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Whether this peer was destroyed by a merge (its data kept).
+    pub(super) fn merged_away(&self) -> bool {
+        self.merge.as_ref().is_some_and(|m| m.merged)
+    }
+
+    /// The leader's checks of a PrepareMerge before it proposes it: not
+    /// merging already, no split or membership change pending, regions
+    /// fit to merge ([`check_merge_regions`]), every peer within
+    /// `merge_max_log_gap` of the leader's log with no admin command in
+    /// the tail some peer lacks ([`check_merge_tail`]). Returns the
+    /// request to propose, with the index from which the target carries
+    /// the log (`min_index`) filled in.
+    pub(super) fn check_prepare_merge(
+        &self,
+        cfg: &Config,
+        request: &RaftCmdRequest,
+        req: &PrepareMergeRequest,
+    ) -> Result<Vec<u8>> {
+        self.check_not_merging()?;
+        self.check_no_pending_split()?;
+        let raft = &self.raft.raft;
+        let applied = self.raft.store().applied_index();
+        if raft.pending_conf_index() > applied {
+            return Err(Error::Admin(AdminError::ConfChangePending {
+                pending_index: raft.pending_conf_index(),
+            }));
+        }
+        let target = req
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::InvalidRequest("prepare_merge without a target".into()))?;
+        check_merge_regions(self.region(), target).map_err(Error::Admin)?;
+        let log = raft.raft_log();
+        let last = log.last_index();
+        let min_matched = raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| if id == self.meta.id { last } else { pr.matched })
+            .min()
+            .unwrap_or(0);
+        let gap_error = || {
+            Error::Admin(AdminError::MergeLogGapTooLarge {
+                min_matched,
+                last_index: last,
+                max_gap: cfg.merge_max_log_gap,
+            })
+        };
+        if min_matched == 0
+            || last - min_matched > cfg.merge_max_log_gap
+            || min_matched + 1 < log.first_index()
+        {
+            return Err(gap_error());
+        }
+        let tail: Vec<Entry> = log
+            .slice(min_matched + 1, last + 1, None)
+            .map_err(|_| gap_error())?;
+        let limit = cfg.entry_max_size / 100 * MERGE_TAIL_SHARE_PERCENT;
+        check_merge_tail(&tail, limit).map_err(Error::Admin)?;
+        let mut request = request.clone();
+        if let Some(admin_request::Cmd::PrepareMerge(r)) =
+            request.admin_request.as_mut().and_then(|a| a.cmd.as_mut())
+        {
+            r.min_index = min_matched + 1;
+        }
+        Ok(request.encode_to_vec())
+    }
+
+    /// Records the index of the PrepareMerge just proposed.
+    pub(super) fn note_prepare_merge_proposed(&mut self, index: u64) {
+        self.merge_ctx().prepare_index = index;
+        self.lease.expire();
+    }
+
+    /// A PrepareMerge applied: the region is `Merging`; the target is
+    /// asked to commit, and a target waiting here hears this peer is
+    /// ready.
+    pub(super) fn on_prepare_merge(&mut self, region: Region, state: MergeState) {
+        slog::info!(self.logger, "region merging";
+            "target" => state.target.as_ref().map_or(0, |t| t.id), "commit" => state.commit);
+        let store = &mut self.raft.raft.raft_log_mut().store;
+        store.set_region(region);
+        store.set_merge_state(Some(state));
+        self.lease.expire();
+        let region_id = self.region_id();
+        let ctx = self.merge_ctx();
+        ctx.prepare_index = 0;
+        ctx.refused = false;
+        ctx.ticks = 0;
+        if let Some(target) = ctx.waiting_target.take() {
+            ctx.out.push(MergeOut::Apply(
+                target,
+                ApplyMsg::MergeSourceReady {
+                    source_id: region_id,
+                },
+            ));
+        }
+        self.ask_commit_merge();
+    }
+
+    /// Asks this store's target peer to commit the merge (its leader
+    /// proposes; the others ignore it): every source peer asks, so the
+    /// target's leader hears it wherever it is.
+    fn ask_commit_merge(&mut self) {
+        let Some(state) = self.raft.store().merge_state() else {
+            return;
+        };
+        let Some(target) = state.target.as_ref() else {
+            return;
+        };
+        let log = self.raft.raft.raft_log();
+        let entries = match log.slice(
+            state.min_index.max(log.first_index()),
+            state.commit + 1,
+            None,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                slog::warn!(self.logger, "merge tail unreadable"; "err" => %e);
+                return;
+            }
+        };
+        let ask = MergeMsg::AskCommit {
+            req: CommitMergeRequest {
+                source: Some(self.region().clone()),
+                commit: state.commit,
+                entries,
+            },
+            target_epoch: target.region_epoch.unwrap_or_default(),
+        };
+        let target_id = target.id;
+        self.merge_ctx().out.push(MergeOut::Peer(target_id, ask));
+    }
+
+    /// A merge step from another region's peer or apply delegate here.
+    pub fn on_merge_msg(&mut self, msg: MergeMsg) {
+        match msg {
+            MergeMsg::AskCommit { req, target_epoch } => {
+                self.propose_commit_merge(req, target_epoch)
+            }
+            MergeMsg::CatchUpLogs { target_id, req } => self.on_catch_up_logs(target_id, &req),
+            MergeMsg::Refused { commit } => {
+                if self
+                    .raft
+                    .store()
+                    .merge_state()
+                    .is_some_and(|m| m.commit == commit)
+                {
+                    slog::info!(self.logger, "merge refused by its target: rolling back";
+                        "commit" => commit);
+                    self.merge_ctx().refused = true;
+                    self.propose_rollback_merge();
+                }
+            }
+            MergeMsg::Superseded { target_id } => {
+                let known = self
+                    .store_meta
+                    .lock()
+                    .merged_into(self.region_id())
+                    .is_some_and(|(t, _)| t == target_id);
+                if known {
+                    slog::info!(self.logger, "superseded by the target's snapshot: destroying";
+                        "target" => target_id);
+                    self.removed = true;
+                }
+            }
+            MergeMsg::Merged { target } => {
+                let ours = self
+                    .raft
+                    .store()
+                    .merge_state()
+                    .and_then(|m| m.target.as_ref())
+                    .is_some_and(|t| t.id == target.id);
+                if ours {
+                    slog::info!(self.logger, "merged into its target: destroying";
+                        "target" => target.id);
+                    self.merge_ctx().merged = true;
+                    self.removed = true;
+                }
+            }
+        }
+    }
+
+    /// The target's leader proposes a source's CommitMerge under the
+    /// epoch the source recorded (a stale one too: the refusal then comes
+    /// from the log, where every replica decides alike, and proves the
+    /// source may roll back). One at a time per source.
+    fn propose_commit_merge(
+        &mut self,
+        req: CommitMergeRequest,
+        target_epoch: flotilla_proto::metapb::RegionEpoch,
+    ) {
+        if !self.is_leader() || crash_point_merge_commit_hold() {
+            return;
+        }
+        let applied = self.raft.store().applied_index();
+        let source_id = req.source.as_ref().map_or(0, |r| r.id);
+        let ctx = self.merge_ctx();
+        ctx.committing.retain(|&(_, _, index)| index > applied);
+        if ctx
+            .committing
+            .iter()
+            .any(|&(s, c, _)| s == source_id && c == req.commit)
+        {
+            return;
+        }
+        let commit = req.commit;
+        let request = RaftCmdRequest {
+            header: Some(RaftRequestHeader {
+                region_id: self.region_id(),
+                peer: Some(self.meta),
+                region_epoch: Some(target_epoch),
+                ..Default::default()
+            }),
+            requests: Vec::new(),
+            admin_request: Some(AdminRequest {
+                cmd: Some(admin_request::Cmd::CommitMerge(req)),
+            }),
+        };
+        let index = self.raft.raft.raft_log().last_index() + 1;
+        let data = request.encode_to_vec();
+        self.propose_with(Responder::new(Box::new(|_| {})), |raft| {
+            raft.propose(Vec::new(), data)
+        });
+        if self.raft.raft.raft_log().last_index() == index {
+            slog::info!(self.logger, "proposed merge commit"; "source" => source_id, "index" => index);
+            self.merge_ctx().committing.push((source_id, commit, index));
+        }
+    }
+
+    /// A target's apply side waits for this peer to apply the merge's
+    /// PrepareMerge: it is told at once if it has, else the carried log
+    /// tail goes into this peer's log (entries it lacks, and the commit
+    /// index: they are committed in the source's group) and it is told
+    /// when the PrepareMerge applies.
+    fn on_catch_up_logs(&mut self, target_id: u64, req: &CommitMergeRequest) {
+        let region_id = self.region_id();
+        if self
+            .raft
+            .store()
+            .merge_state()
+            .is_some_and(|m| m.commit == req.commit)
+        {
+            self.merge_ctx().out.push(MergeOut::Apply(
+                target_id,
+                ApplyMsg::MergeSourceReady {
+                    source_id: region_id,
+                },
+            ));
+            return;
+        }
+        self.merge_ctx().waiting_target = Some(target_id);
+        let log = self.raft.raft.raft_log_mut();
+        let committed = log.committed;
+        let entries: Vec<Entry> = req
+            .entries
+            .iter()
+            .filter(|e| e.index > committed)
+            .cloned()
+            .collect();
+        let Some(first) = entries.first().map(|e| e.index) else {
+            // Everything carried is committed here already: applying it
+            // is only a matter of time.
+            if req.commit > committed && req.commit <= log.last_index() {
+                log.commit_to(req.commit);
+            }
+            return;
+        };
+        let prev = first - 1;
+        let Ok(prev_term) = log.term(prev) else {
+            slog::warn!(self.logger, "merge tail does not meet this peer's log";
+                "first" => first, "last" => log.last_index());
+            return;
+        };
+        let appended = log.maybe_append(prev, prev_term, req.commit, entries);
+        slog::info!(self.logger, "caught up from the merge's tail";
+            "target" => target_id, "commit" => req.commit, "appended" => ?appended);
+    }
+
+    /// Proposes the RollbackMerge once the target refused the merge (the
+    /// leader only, one at a time).
+    fn propose_rollback_merge(&mut self) {
+        let Some(commit) = self.raft.store().merge_state().map(|m| m.commit) else {
+            return;
+        };
+        let applied = self.raft.store().applied_index();
+        if !self.is_leader()
+            || !self
+                .merge
+                .as_ref()
+                .is_some_and(|m| m.refused && m.rollback_index <= applied)
+        {
+            return;
+        }
+        let request = RaftCmdRequest {
+            header: Some(RaftRequestHeader {
+                region_id: self.region_id(),
+                peer: Some(self.meta),
+                region_epoch: self.region().region_epoch,
+                ..Default::default()
+            }),
+            requests: Vec::new(),
+            admin_request: Some(AdminRequest {
+                cmd: Some(admin_request::Cmd::RollbackMerge(RollbackMergeRequest {
+                    commit,
+                })),
+            }),
+        };
+        let index = self.raft.raft.raft_log().last_index() + 1;
+        let data = request.encode_to_vec();
+        self.propose_with(Responder::new(Box::new(|_| {})), |raft| {
+            raft.propose(Vec::new(), data)
+        });
+        if self.raft.raft.raft_log().last_index() == index {
+            self.merge_ctx().rollback_index = index;
+        }
+    }
+
+    /// A RollbackMerge applied: the region serves again.
+    pub(super) fn on_rollback_merge(&mut self, region: Region) {
+        slog::info!(self.logger, "merge rolled back";
+            "version" => region.region_epoch.map_or(0, |e| e.version));
+        let store = &mut self.raft.raft.raft_log_mut().store;
+        store.set_region(region);
+        store.set_merge_state(None);
+        self.merge = None;
+    }
+
+    /// A CommitMerge applied here (the target): the region grows, the
+    /// store's range index follows, and this store's source peer is told
+    /// to go.
+    pub(super) fn on_commit_merge(&mut self, res: CommitMergeResult) {
+        let CommitMergeResult { region, source } = res;
+        slog::info!(self.logger, "region merged"; "source" => source.id,
+            "version" => region.region_epoch.map_or(0, |e| e.version));
+        let held = self.held_range();
+        self.raft
+            .raft
+            .raft_log_mut()
+            .store
+            .set_region(region.clone());
+        {
+            let mut meta = self.store_meta.lock();
+            meta.remove(&source);
+            if self.reserved_range.is_none()
+                && let Err(other) = meta.set(held.as_ref(), &region)
+            {
+                slog::error!(self.logger, "merged range overlaps another region";
+                    "other" => other);
+            }
+        }
+        let ctx = self.merge_ctx();
+        ctx.committing.retain(|&(s, _, _)| s != source.id);
+        ctx.out.push(MergeOut::Peer(
+            source.id,
+            MergeMsg::Merged { target: region },
+        ));
+    }
+
+    /// A CommitMerge was refused for good here (the target): the source
+    /// peer here hears it.
+    pub(super) fn on_merge_refused(&mut self, source_id: u64, commit: u64) {
+        let ctx = self.merge_ctx();
+        ctx.committing
+            .retain(|&(s, c, _)| !(s == source_id && c == commit));
+        ctx.out
+            .push(MergeOut::Peer(source_id, MergeMsg::Refused { commit }));
+    }
+
+    /// The merge check of a merging region, every `merge_check_ticks`:
+    /// ask the target again, or (refused) roll back.
+    pub(super) fn tick_merge(&mut self, cfg: &Config, elapsed: u64) {
+        if self.raft.store().merge_state().is_none() {
+            return;
+        }
+        let ctx = self.merge_ctx();
+        ctx.interval = cfg.merge_check_ticks as u64;
+        ctx.ticks = ctx.ticks.saturating_add(elapsed);
+        if ctx.ticks < ctx.interval {
+            return;
+        }
+        ctx.ticks = 0;
+        if ctx.refused {
+            self.propose_rollback_merge();
+        } else {
+            self.ask_commit_merge();
+        }
+    }
+
+    /// Ticks until the next merge check, if the region merges.
+    pub(super) fn ticks_to_merge_check(&self) -> Option<u64> {
+        self.raft.store().merge_state()?;
+        let ctx = self.merge.as_ref()?;
+        Some(ctx.interval.saturating_sub(ctx.ticks).max(1))
+    }
+
+    /// The merge bookkeeping of a peer whose region is `Merging` at
+    /// start (a restart between PrepareMerge and the merge's end: it
+    /// goes on asking the target).
+    pub(super) fn resume_merge_at_start(&mut self, cfg: &Config) {
+        if self.raft.store().merge_state().is_some() {
+            let ctx = self.merge_ctx();
+            ctx.interval = cfg.merge_check_ticks as u64;
+            // The first check comes at once.
+            ctx.ticks = ctx.interval;
+        }
+    }
+
+    /// A store where this region was merged away says so (a tombstone
+    /// message naming `target` as the merge made it): this peer missed
+    /// the merge's end. If this store has no initialized peer of the
+    /// target, nothing here needs this peer's data (the target's peer
+    /// will be initialized by a snapshot): it is destroyed. Else it waits
+    /// for that peer, which either applies the CommitMerge from its log
+    /// (and has this peer catch up first) or takes a snapshot past the
+    /// merge, which has this peer destroyed first
+    /// ([`Peer::supersede_merged`]).
+    pub(super) fn on_merged_elsewhere(&mut self, target: &Region) {
+        if target.id == self.region_id() || self.removed {
+            return;
+        }
+        let mut meta = self.store_meta.lock();
+        let target_here = meta
+            .overlapping(&target.start_key, &target.end_key, self.region_id())
+            .contains(&target.id);
+        if target_here {
+            let version = target.region_epoch.map_or(0, |e| e.version);
+            if meta.merged_into(self.region_id()).is_none() {
+                slog::info!(self.logger, "merged away elsewhere: waiting for the target here";
+                    "target" => target.id, "version" => version);
+            }
+            meta.note_merged(self.region_id(), target.id, version);
+            return;
+        }
+        drop(meta);
+        slog::info!(self.logger, "merged away elsewhere, no target here: destroying";
+            "target" => target.id);
+        self.removed = true;
+    }
+
+    /// A snapshot of this peer's region (the target) overlaps regions
+    /// here that were merged into it, and is at or past those merges:
+    /// they are told to go (their data cleared: the snapshot rewrites the
+    /// range) and `true` is returned; this snapshot is refused, and the
+    /// leader's next one is admitted once they are gone. `false` when any
+    /// region in the way is not such a source.
+    pub(super) fn supersede_merged(&mut self, snapshot: &Region) -> bool {
+        let version = snapshot.region_epoch.map_or(0, |e| e.version);
+        let id = self.region_id();
+        let sources: Vec<u64> = {
+            let meta = self.store_meta.lock();
+            let in_way = meta.overlapping(&snapshot.start_key, &snapshot.end_key, id);
+            let all_merged = !in_way.is_empty()
+                && in_way.iter().all(|&r| {
+                    meta.merged_into(r)
+                        .is_some_and(|(t, v)| t == id && version >= v)
+                });
+            if !all_merged {
+                return false;
+            }
+            in_way
+        };
+        for source in sources {
+            slog::info!(self.logger, "snapshot past a merge: its source goes first"; "source" => source);
+            self.merge_ctx().out.push(MergeOut::Peer(
+                source,
+                MergeMsg::Superseded { target_id: id },
+            ));
+        }
+        true
+    }
+
+    /// The merge messages to route, if any (taken).
+    pub fn take_merge_out(&mut self) -> Vec<MergeOut> {
+        match self.merge.as_mut() {
+            Some(m) if !m.out.is_empty() => std::mem::take(&mut m.out),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The `merge_commit_hold` failpoint: a target's leader ignores the asks
+/// to commit (always false without the `failpoints` feature).
+fn crash_point_merge_commit_hold() -> bool {
+    fail::fail_point!("merge_commit_hold", |_| true);
+    false
+}

@@ -1,0 +1,412 @@
+//! Region merge (issue #12 item 3, admin.md §1.2 and scenarios 21, 23,
+//! 26, 27): a merge joins two adjacent regions on every store, the data
+//! of both is the merged region's, a store whose source fell behind is
+//! caught up from the tail the target carries, a merging source serves
+//! nothing, and the refusals are typed. Crash and rollback scenarios (22,
+//! 24) are in `failpoints.rs`.
+
+use std::time::Duration;
+
+use flotilla_engine::{Cf, Engine, keys};
+use flotilla_proto::eraftpb::ConfChangeType;
+use flotilla_proto::metapb::{Peer, PeerRole, Region};
+use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
+use flotilla_raftstore::store::{
+    AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error,
+};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+
+/// The bootstrapped region.
+const REGION: u64 = 1;
+/// Keys written before a merge.
+const KEYS: u64 = 60;
+/// Failure guard for one inspection.
+const ANSWER: Duration = Duration::from_secs(10);
+
+fn config() -> Config {
+    fast_config(FAST_TICK_MS)
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("mg{i:05}").into_bytes()
+}
+
+fn write(client: &Client, range: std::ops::Range<u64>, tag: u64) {
+    for i in range {
+        client
+            .put(&key(i), &(i * 1000 + tag).to_be_bytes())
+            .expect("put");
+    }
+}
+
+fn assert_reads(client: &Client, range: std::ops::Range<u64>, tag: u64) {
+    for i in range {
+        let v = client.get(&key(i)).expect("get");
+        assert_eq!(
+            v.as_deref(),
+            Some(&(i * 1000 + tag).to_be_bytes()[..]),
+            "key {i}"
+        );
+    }
+}
+
+/// Whether `engine` holds the values `write` wrote with `tag` for `range`.
+fn holds(engine: &Engine, range: std::ops::Range<u64>, tag: u64) -> bool {
+    range.into_iter().all(|i| {
+        engine
+            .get(Cf::Default, &keys::data_key(&key(i)))
+            .unwrap()
+            .is_some_and(|v| v == (i * 1000 + tag).to_be_bytes())
+    })
+}
+
+fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
+    engine
+        .get_msg(Cf::Raft, &keys::region_state_key(id))
+        .expect("read region state")
+}
+
+/// Three stores, one region split at `key(KEYS / 2)` with `KEYS` keys
+/// written: the cluster, a client and the two regions (left, right).
+fn split_cluster(dir: &tempfile::TempDir) -> (Cluster, Client, Region, Region) {
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS, 1);
+    let regions = client.split_at(&key(KEYS / 2)).expect("split");
+    let (left, right) = (regions[0].clone(), regions[1].clone());
+    // Both halves serve before the merge starts.
+    write(&client, 0..KEYS, 1);
+    (cluster, client, left, right)
+}
+
+/// The store whose peer of `region_id` leads it (by inspection), once
+/// one does.
+fn leader_of(cluster: &Cluster, region_id: u64) -> Option<u64> {
+    let mut found = None;
+    eventually(|| {
+        found = cluster.store_ids().iter().copied().find(|&s| {
+            cluster
+                .store(s)
+                .and_then(|st| st.handle().region_status(region_id, ANSWER).ok())
+                .is_some_and(|st| st.leader == Some(st.peer))
+        });
+        found.is_some()
+    });
+    found
+}
+
+/// Every running store's state of the merged pair: the target `Normal`
+/// over `merged`'s range, the source a tombstone naming the target.
+fn merged_everywhere(cluster: &Cluster, source: u64, merged: &Region) -> bool {
+    cluster.store_ids().iter().all(|&s| {
+        let Some(store) = cluster.store(s) else {
+            return true;
+        };
+        let engine = store.engine();
+        let target_ok = region_state(engine, merged.id).is_some_and(|st| {
+            st.state() == PeerState::Normal
+                && st.region.as_ref().is_some_and(|r| {
+                    r.start_key == merged.start_key
+                        && r.end_key == merged.end_key
+                        && r.region_epoch == merged.region_epoch
+                })
+        });
+        let source_ok = region_state(engine, source).is_some_and(|st| {
+            st.state() == PeerState::Tombstone
+                && st
+                    .merge_state
+                    .as_ref()
+                    .and_then(|m| m.target.as_ref())
+                    .is_some_and(|t| t.id == merged.id)
+        });
+        target_ok && source_ok && store.region_count() == 1
+    })
+}
+
+/// admin.md scenario 21: merging the right region into the left one
+/// leaves one region over the whole key space on every store, with a
+/// `version` past both (every cached epoch of either is stale); the
+/// source is a tombstone naming the target; every key of both is
+/// readable through a client whose cache predates the merge, and writable
+/// again; all of it survives a restart of every store.
+#[test]
+fn merge_joins_two_regions_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, client, left, right) = split_cluster(&dir);
+    let stale = cluster.client(ClientConfig::default());
+    assert_reads(&stale, 0..KEYS, 1);
+
+    let merged = client.merge(right.id, left.id).expect("merge");
+    assert_eq!(merged.id, left.id);
+    assert!(merged.start_key.is_empty() && merged.end_key.is_empty());
+    let version = |r: &Region| r.region_epoch.unwrap().version;
+    // The source's PrepareMerge bumped its version once.
+    assert_eq!(
+        version(&merged),
+        version(&left).max(version(&right) + 1) + 1
+    );
+    assert!(
+        eventually(|| merged_everywhere(&cluster, right.id, &merged)),
+        "not merged on every store"
+    );
+    for &s in cluster.store_ids() {
+        assert!(
+            holds(cluster.store(s).unwrap().engine(), 0..KEYS, 1),
+            "store {s} lost data of the merge"
+        );
+    }
+    assert_reads(&stale, 0..KEYS, 1);
+    write(&stale, 0..KEYS, 2);
+    assert_reads(&client, 0..KEYS, 2);
+
+    cluster.restart_all().expect("restart");
+    assert!(merged_everywhere(&cluster, right.id, &merged));
+    let fresh = cluster.client(ClientConfig::default());
+    assert_reads(&fresh, 0..KEYS, 2);
+    write(&fresh, 0..KEYS, 3);
+    assert_reads(&fresh, 0..KEYS, 3);
+    cluster.shutdown();
+}
+
+/// admin.md scenario 21, the other way round: the left region merges
+/// into the right one, whose range grows to the left.
+#[test]
+fn merge_into_the_right_neighbour_grows_it_leftwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    let merged = client.merge(left.id, right.id).expect("merge");
+    assert_eq!(merged.id, right.id);
+    assert!(merged.start_key.is_empty() && merged.end_key.is_empty());
+    assert!(eventually(|| merged_everywhere(&cluster, left.id, &merged)));
+    assert_reads(&client, 0..KEYS, 1);
+    write(&client, 0..KEYS, 4);
+    assert_reads(&client, 0..KEYS, 4);
+    cluster.shutdown();
+}
+
+/// admin.md scenario 23: one store's source peer hears nothing of its
+/// region from before the PrepareMerge on (its other peers commit it), so
+/// when that store's target applies the CommitMerge its source is behind:
+/// it appends the tail the CommitMerge carries, applies it, and the merge
+/// completes there with every key of the source (none of the writes it
+/// missed is lost).
+#[test]
+fn lagging_source_catches_up_from_the_carried_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    let lagging = 3;
+    // Writes the lagging store's source misses, then the merge.
+    let cut = cluster
+        .transport()
+        .add_filter(std::sync::Arc::new(DropFilter {
+            region_id: Some(right.id),
+            to_store: Some(lagging),
+            ..Default::default()
+        }));
+    let right_keys = KEYS / 2..KEYS;
+    // A few writes only: within the merge's log gap for the lagging peer.
+    write(&client, right_keys.start..right_keys.start + 5, 5);
+    let engine = cluster.store(lagging).unwrap().engine().clone();
+    assert!(!holds(&engine, right_keys.start..right_keys.start + 5, 5));
+    let merged = client.merge(right.id, left.id).expect("merge");
+    assert!(
+        eventually(|| merged_everywhere(&cluster, right.id, &merged)),
+        "the lagging store did not finish the merge"
+    );
+    assert!(
+        holds(&engine, right_keys.start..right_keys.start + 5, 5),
+        "the lagging store lost writes of the source"
+    );
+    cluster.transport().remove_filter(cut);
+    assert_reads(&client, right_keys.start..right_keys.start + 5, 5);
+    drop(engine);
+    cluster.shutdown();
+}
+
+/// admin.md scenario 27: each refusal of a merge is typed and proposes
+/// nothing: into itself, regions that do not touch, peers on other
+/// stores, a peer too far behind (its store stopped while the log grew),
+/// a command the client may not send (CommitMerge is the store's own).
+/// Afterwards the regions serve as before.
+#[test]
+fn merge_refusals_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, client, left, _right) = split_cluster(&dir);
+    cluster.add_store(4).unwrap();
+    // A third region, not touching the left one.
+    let regions = client.split_at(&key(KEYS * 3 / 4)).expect("split");
+    let far = regions
+        .iter()
+        .find(|r| r.end_key.is_empty())
+        .unwrap()
+        .clone();
+    let admin = |e: Result<Region, Error>| match e {
+        Err(Error::Admin(a)) => a,
+        other => panic!("not an admin refusal: {other:?}"),
+    };
+    assert_eq!(
+        admin(client.merge(left.id, left.id)),
+        AdminError::MergeIntoSelf { region_id: left.id }
+    );
+    assert_eq!(
+        admin(client.merge(left.id, far.id)),
+        AdminError::MergeNotAdjacent {
+            source_id: left.id,
+            target: far.id
+        }
+    );
+    // A learner of the far region on store 4: not on the same stores.
+    let leader = leader_of(&cluster, far.id).expect("leader");
+    let learner = Peer {
+        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    client
+        .change_peer(far.id, ConfChangeType::AddLearnerNode, learner)
+        .expect("add learner");
+    let middle = client.locate(&key(KEYS * 5 / 8)).expect("locate");
+    assert_eq!(
+        admin(client.merge(middle.id, far.id)),
+        AdminError::MergeNotColocated {
+            source_id: middle.id,
+            target: far.id
+        }
+    );
+    // A follower of the left region stopped while its log grows past the
+    // gap.
+    let left_leader = leader_of(&cluster, left.id).expect("leader");
+    let down = *left
+        .peers
+        .iter()
+        .map(|p| &p.store_id)
+        .find(|&&s| s != left_leader)
+        .unwrap();
+    cluster.stop_store(down);
+    let gap = Config::default().merge_max_log_gap;
+    for i in 0..gap + 5 {
+        client.put(&key(i % (KEYS / 2)), b"gap").expect("put");
+    }
+    assert!(matches!(
+        admin(client.merge(left.id, middle.id)),
+        AdminError::MergeLogGapTooLarge { .. }
+    ));
+    cluster.start_store(down).expect("restart");
+    write(&client, 0..KEYS, 6);
+    assert_reads(&client, 0..KEYS, 6);
+    cluster.shutdown();
+}
+
+/// admin.md scenario 26 (and the merging gate): once the source's
+/// PrepareMerge applied and before the merge ends, the source's leader
+/// serves no read or write (`RegionMerging`, retried by the client until
+/// the region is gone); here the target is held back by dropping its
+/// messages, so the source stays merging. Once they flow again the merge
+/// commits and the client's retried operations land in the target.
+#[test]
+fn merging_source_serves_nothing_until_the_merge_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    // The target's leader cannot commit: its entries reach no follower.
+    let hold = cluster
+        .transport()
+        .add_filter(std::sync::Arc::new(DropFilter {
+            region_id: Some(left.id),
+            ..Default::default()
+        }));
+    let quick = cluster.client(ClientConfig {
+        operation_timeout: Duration::from_millis(600),
+        ..ClientConfig::default()
+    });
+    // The merge's answer is the commit, which cannot come yet.
+    let merging = std::thread::spawn({
+        let client = cluster.client(ClientConfig::default());
+        let (s, t) = (right.id, left.id);
+        move || client.merge(s, t)
+    });
+    let source_key = key(KEYS - 1);
+    let mut last = None;
+    assert!(
+        eventually(|| {
+            let got = quick.get(&source_key);
+            let refused = matches!(got, Err(Error::Admin(AdminError::RegionMerging { .. })));
+            last = Some(got);
+            refused
+        }),
+        "a read of the merging source was served: {last:?}"
+    );
+    assert!(matches!(
+        quick.put(&source_key, b"x"),
+        Err(Error::Admin(AdminError::RegionMerging { .. }))
+    ));
+    assert!(matches!(
+        quick.split_at(&key(KEYS - 3)),
+        Err(Error::Admin(AdminError::RegionMerging { .. }))
+    ));
+    cluster.transport().remove_filter(hold);
+    let merged = merging.join().unwrap().expect("merge");
+    assert!(eventually(|| merged_everywhere(
+        &cluster, right.id, &merged
+    )));
+    assert_reads(&client, 0..KEYS, 1);
+    client
+        .put(&source_key, b"after")
+        .expect("put after the merge");
+    assert_eq!(
+        client.get(&source_key).expect("get").as_deref(),
+        Some(&b"after"[..])
+    );
+    cluster.shutdown();
+}
+
+/// admin.md scenario 25: a store isolated through a whole merge (its
+/// source peer never hears the PrepareMerge) finds, once healed, that the
+/// target's log it lacks is compacted: its target peer needs a snapshot,
+/// which its stale source's range is in the way of. The source hears from
+/// the other stores that it was merged away, and the target's snapshot
+/// (past the merge) has it destroyed first; the store ends with the
+/// merged region only, holding every key.
+#[test]
+fn isolated_store_takes_the_merged_target_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    let isolated = 3;
+    let cut = cluster.transport().isolate(isolated);
+    let merged = client.merge(right.id, left.id).expect("merge");
+    write(&client, 0..KEYS, 7);
+    let leader = leader_of(&cluster, merged.id).expect("leader");
+    let applied = cluster
+        .store(leader)
+        .unwrap()
+        .handle()
+        .region_status(merged.id, ANSWER)
+        .expect("status")
+        .applied_index;
+    client.compact_log(merged.id, applied).expect("compact");
+    let engine = cluster.store(isolated).unwrap().engine().clone();
+    assert_eq!(
+        region_state(&engine, right.id).map(|s| s.state()),
+        Some(PeerState::Normal),
+        "the isolated store's source heard of the merge"
+    );
+    cluster.transport().remove_filter(cut);
+    assert!(
+        eventually(|| merged_everywhere(&cluster, right.id, &merged)
+            || cluster.store(isolated).unwrap().region_count() == 1 && holds(&engine, 0..KEYS, 7)),
+        "the isolated store did not catch up: {:?} / {:?}",
+        region_state(&engine, right.id),
+        region_state(&engine, left.id)
+    );
+    assert!(eventually(|| holds(&engine, 0..KEYS, 7)), "keys missing");
+    let target = region_state(&engine, left.id).expect("target state");
+    assert_eq!(target.state(), PeerState::Normal);
+    let range = target.region.expect("region");
+    assert!(range.start_key.is_empty() && range.end_key.is_empty());
+    assert_eq!(
+        region_state(&engine, right.id).map(|s| s.state()),
+        Some(PeerState::Tombstone)
+    );
+    drop(engine);
+    cluster.shutdown();
+}
