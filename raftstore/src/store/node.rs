@@ -37,7 +37,7 @@ use super::msg::{
 use super::peer::Peer;
 use super::snapshot::{SnapError, SnapManager, SnapWorker};
 use super::transport::{MessageSink, Transport};
-use super::util::{clear_data_range, err_response, key_in_region};
+use super::util::{clear_data_range, err_response, key_in_region, uncovered_parts};
 
 /// Log one dropped raft message in this many (each one is counted).
 const DROP_LOG_EVERY: u64 = 1024;
@@ -836,19 +836,16 @@ pub fn region_states(engine: &Engine) -> Result<Vec<RegionLocalState>> {
 /// the conf change that removed it and its destruction) is cleared now.
 fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
     let snap = engine.snapshot();
-    let mut regions = Vec::new();
+    let (tombstones, live): (Vec<RegionLocalState>, Vec<RegionLocalState>) = region_states(engine)?
+        .into_iter()
+        .partition(|s| s.state() == PeerState::Tombstone);
+    let regions: Vec<Region> = live.into_iter().filter_map(|s| s.region).collect();
     let mut leftovers = engine.write_batch();
-    for state in region_states(engine)? {
-        if state.state() == PeerState::Tombstone {
-            if let Some(region) = &state.region {
-                // A merged region's keys are its target's.
-                let owns_data = state.merge_state.is_none();
-                clear_tombstoned(&snap, region, owns_data, &mut leftovers)?;
-            }
-            continue;
-        }
-        if let Some(region) = state.region {
-            regions.push(region);
+    for state in tombstones {
+        if let Some(region) = &state.region {
+            // A merged region's keys are its target's.
+            let owns_data = state.merge_state.is_none();
+            clear_tombstoned(&snap, region, owns_data, &regions, &mut leftovers)?;
         }
     }
     if !leftovers.is_empty() {
@@ -858,11 +855,16 @@ fn load_regions(engine: &Engine) -> Result<Vec<Region>> {
 }
 
 /// Puts the deletion of what a tombstoned region's peer left (its log,
-/// raft and apply states, its data) into `wb`, if it left anything.
+/// raft and apply states, its data) into `wb`, if it left anything. Of its
+/// data, only keys no `live` region holds go: since the peer was
+/// destroyed, its range may have been split, and a part given to another
+/// region here (whose new peer of the tombstoned region, uninitialized,
+/// wrote the raft state found here).
 fn clear_tombstoned(
     snap: &flotilla_engine::Snapshot,
     region: &Region,
     owns_data: bool,
+    live: &[Region],
     wb: &mut flotilla_engine::WriteBatch,
 ) -> Result<()> {
     let Some(raft) = snap.get_msg::<RaftLocalState>(Cf::Raft, &keys::raft_state_key(region.id))?
@@ -876,7 +878,9 @@ fn clear_tombstoned(
     // An uninitialized peer's tombstone has no range and a `version` of 0
     // (at most the conf_ver it was created under): it owned no data.
     if owns_data && region.region_epoch.is_some_and(|e| e.version > 0) {
-        clear_data_range(wb, region)?;
+        for part in uncovered_parts(region, live) {
+            clear_data_range(wb, &part)?;
+        }
     }
     Ok(())
 }
@@ -953,6 +957,56 @@ mod tests {
                 .is_some_and(|s| s.state() == PeerState::Tombstone),
             "the tombstone itself must stay"
         );
+        store.shutdown();
+    }
+
+    /// Found by the chaos suite with merges (seed 7): a store's peer of a
+    /// region is removed and destroyed; the region splits elsewhere and
+    /// this store gets a peer of the new region (with its keys); then a
+    /// new, uninitialized peer of the old region writes its raft state
+    /// beside the old tombstone. At open that raft state looks like the
+    /// removed peer's leftover: the keys the new region holds must stay,
+    /// the rest of the tombstone's range goes.
+    #[test]
+    fn clearing_a_tombstone_at_open_spares_live_regions_in_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut regions = initial_regions(&[1, 2, 3], 2).unwrap();
+        let split_off = regions.pop().unwrap();
+        let old = regions.pop().unwrap();
+        let mut wide = old.clone();
+        wide.end_key = split_off.end_key.clone();
+        let (in_old, in_split) = (b"\x00a".to_vec(), split_off.start_key.to_vec());
+        {
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            bootstrap_store(&engine, 1, 1, std::slice::from_ref(&split_off)).unwrap();
+            let mut wb = engine.write_batch();
+            wb.put(Cf::Default, &keys::data_key(&in_old), b"old");
+            wb.put(Cf::Default, &keys::data_key(&in_split), b"kept");
+            let raft = RaftLocalState {
+                hard_state: None,
+                last_index: 0,
+            };
+            wb.put_msg(Cf::Raft, &keys::raft_state_key(wide.id), &raft);
+            let state = RegionLocalState {
+                state: PeerState::Tombstone as i32,
+                region: Some(wide.clone()),
+                ..Default::default()
+            };
+            wb.put_msg(Cf::Raft, &keys::region_state_key(wide.id), &state);
+            engine.write(wb, Durability::Sync).unwrap();
+        }
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let store = Store::open(
+            dir.path(),
+            Config::default(),
+            ChannelTransport::new(),
+            &logger,
+        )
+        .unwrap();
+        assert_eq!(store.region_count(), 1);
+        let get = |k: &[u8]| store.engine().get(Cf::Default, &keys::data_key(k)).unwrap();
+        assert_eq!(get(&in_split).as_deref(), Some(&b"kept"[..]));
+        assert_eq!(get(&in_old), None, "the tombstone's own keys go");
         store.shutdown();
     }
 }

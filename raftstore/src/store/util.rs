@@ -49,6 +49,42 @@ pub fn response_error(resp: &RaftCmdResponse) -> Option<Error> {
         .map(Error::from_proto)
 }
 
+/// The parts of `range`'s keys that none of `owned` covers, in key order,
+/// each as a region with only its keys set (`owned` may be in any order;
+/// an empty end key is +inf).
+pub fn uncovered_parts(range: &Region, owned: &[Region]) -> Vec<Region> {
+    let part = |start: &bytes::Bytes, end: &bytes::Bytes| Region {
+        id: range.id,
+        start_key: start.clone(),
+        end_key: end.clone(),
+        ..Default::default()
+    };
+    // A range starting at `start` begins before `end` (empty = +inf).
+    let before = |start: &[u8], end: &[u8]| end.is_empty() || start < end;
+    let mut sorted: Vec<&Region> = owned
+        .iter()
+        .filter(|r| before(&r.start_key, &range.end_key) && before(&range.start_key, &r.end_key))
+        .collect();
+    sorted.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+    let mut parts = Vec::new();
+    let mut cursor = range.start_key.clone();
+    for r in sorted {
+        if r.start_key > cursor {
+            parts.push(part(&cursor, &r.start_key));
+        }
+        if r.end_key.is_empty() {
+            return parts;
+        }
+        if r.end_key > cursor {
+            cursor = r.end_key.clone();
+        }
+    }
+    if before(&cursor, &range.end_key) {
+        parts.push(part(&cursor, &range.end_key));
+    }
+    parts
+}
+
 /// Puts the deletion of every data key in `region`'s range into `wb`
 /// (nothing for an empty range).
 ///
@@ -63,4 +99,61 @@ pub fn clear_data_range(wb: &mut WriteBatch, region: &Region) -> flotilla_engine
         wb.delete_range(Cf::Default, &start, &end)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod range_tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn r(start: &'static [u8], end: &'static [u8]) -> Region {
+        Region {
+            start_key: Bytes::from_static(start),
+            end_key: Bytes::from_static(end),
+            ..Default::default()
+        }
+    }
+
+    fn keys(parts: &[Region]) -> Vec<(&[u8], &[u8])> {
+        parts
+            .iter()
+            .map(|p| (&p.start_key[..], &p.end_key[..]))
+            .collect()
+    }
+
+    /// The keys a tombstone's range still holds that no live region owns:
+    /// gaps between owned ranges, bounded and unbounded ends alike.
+    #[test]
+    fn uncovered_parts_are_the_gaps() {
+        let whole = r(b"", b"");
+        assert_eq!(
+            keys(&uncovered_parts(&whole, &[])),
+            vec![(&b""[..], &b""[..])]
+        );
+        assert_eq!(
+            keys(&uncovered_parts(&whole, &[r(b"m", b"t"), r(b"c", b"f")])),
+            vec![
+                (&b""[..], &b"c"[..]),
+                (&b"f"[..], &b"m"[..]),
+                (&b"t"[..], &b""[..])
+            ]
+        );
+        assert!(uncovered_parts(&r(b"c", b"m"), &[r(b"a", b"")]).is_empty());
+        assert_eq!(
+            keys(&uncovered_parts(
+                &r(b"c", b"m"),
+                &[r(b"a", b"e"), r(b"k", b"z")]
+            )),
+            vec![(&b"e"[..], &b"k"[..])]
+        );
+        assert_eq!(
+            keys(&uncovered_parts(
+                &r(b"c", b"m"),
+                &[r(b"m", b"z"), r(b"a", b"c")]
+            )),
+            vec![(&b"c"[..], &b"m"[..])],
+            "touching ranges own nothing of it"
+        );
+    }
 }
