@@ -53,6 +53,8 @@ pub const RAFT_LOG_SUFFIX: u8 = 0x01;
 pub const RAFT_STATE_SUFFIX: u8 = 0x02;
 /// Suffix byte of the apply state key (`RaftApplyState`).
 pub const APPLY_STATE_SUFFIX: u8 = 0x03;
+/// Suffix of a region's apply origin (see [`apply_origin_key`]).
+pub const APPLY_ORIGIN_SUFFIX: u8 = 0x04;
 /// Suffix byte of the region state key (`RegionLocalState`).
 pub const REGION_STATE_SUFFIX: u8 = 0x01;
 
@@ -128,6 +130,11 @@ pub enum Key<'a> {
         /// The region.
         region_id: u64,
     },
+    /// A region's apply origin (see [`apply_origin_key`]).
+    ApplyOrigin {
+        /// The region.
+        region_id: u64,
+    },
     /// A region's `RegionLocalState`.
     RegionState {
         /// The region.
@@ -181,6 +188,15 @@ pub fn raft_state_key(region_id: u64) -> [u8; REGION_KEY_LEN] {
 /// The key of region `region_id`'s `RaftApplyState`.
 pub fn apply_state_key(region_id: u64) -> [u8; REGION_KEY_LEN] {
     region_key(REGION_RAFT_PREFIX, region_id, APPLY_STATE_SUFFIX)
+}
+
+/// The key of region `region_id`'s apply origin on this store: the
+/// region's epoch (a `RegionEpoch`) when this store's peer last started
+/// applying the log from a snapshot. Absent: it applied the log since the
+/// region's start here (bootstrap or split). Every entry since was applied
+/// here from the log.
+pub fn apply_origin_key(region_id: u64) -> [u8; REGION_KEY_LEN] {
+    region_key(REGION_RAFT_PREFIX, region_id, APPLY_ORIGIN_SUFFIX)
 }
 
 /// The key of region `region_id`'s `RegionLocalState`.
@@ -320,6 +336,10 @@ fn decode_region_raft(key: &[u8]) -> Result<Key<'_>, KeyError> {
         APPLY_STATE_SUFFIX => {
             expect_len(key, "apply state", REGION_KEY_LEN)?;
             Ok(Key::ApplyState { region_id })
+        }
+        APPLY_ORIGIN_SUFFIX => {
+            expect_len(key, "apply origin", REGION_KEY_LEN)?;
+            Ok(Key::ApplyOrigin { region_id })
         }
         suffix => Err(KeyError::UnknownSuffix {
             suffix,

@@ -144,6 +144,7 @@ fn valid_key() -> BoxedStrategy<Vec<u8>> {
         (id(), id()).prop_map(|(r, i)| keys::raft_log_key(r, i).to_vec()),
         id().prop_map(|r| keys::raft_state_key(r).to_vec()),
         id().prop_map(|r| keys::apply_state_key(r).to_vec()),
+        id().prop_map(|r| keys::apply_origin_key(r).to_vec()),
         id().prop_map(|r| keys::region_state_key(r).to_vec()),
         vec(any::<u8>(), 0..12).prop_map(|k| keys::data_key(&k)),
     ]
@@ -188,6 +189,7 @@ fn encode(key: Key<'_>) -> Vec<u8> {
         Key::RaftLog { region_id, index } => keys::raft_log_key(region_id, index).to_vec(),
         Key::RaftState { region_id } => keys::raft_state_key(region_id).to_vec(),
         Key::ApplyState { region_id } => keys::apply_state_key(region_id).to_vec(),
+        Key::ApplyOrigin { region_id } => keys::apply_origin_key(region_id).to_vec(),
         Key::RegionState { region_id } => keys::region_state_key(region_id).to_vec(),
         Key::Data(user) => keys::data_key(user),
     }

@@ -410,6 +410,7 @@ fn raft_serverpb_round_trip() {
         heartbeats: None,
         heartbeat_responses: None,
         merged_into: Some(region()),
+        merge_refused: 9,
     });
     // A coalesced batch in its envelope.
     assert_round_trip(RaftMessage {

@@ -373,6 +373,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                     heartbeats,
                     heartbeat_responses: None,
                     merged_into,
+                    merge_refused: region_id.rotate_left(7),
                 }
             },
         )

@@ -344,9 +344,10 @@ fn merge_survives_a_restart_between_prepare_and_commit() {
 
 /// admin.md scenario 24 (TiKV's `test_node_failed_merge_before_succeed_merge`,
 /// tikv#6584): the target splits while the CommitMerge is held back, so
-/// the CommitMerge, proposed under the epoch the source recorded, is
-/// refused by every target replica; that refusal (final: the target moved
-/// past the epoch) rolls the source back, which serves again with its
+/// the CommitMerge, proposed under the epoch the source recorded (after
+/// every store restarted), is refused by every target replica; that
+/// refusal (final: the target moved past the epoch) rolls the source
+/// back, which serves again with its
 /// `version` bumped twice. A second merge, into the region now adjacent,
 /// succeeds, and no key is lost on the way.
 #[test]
@@ -354,7 +355,7 @@ fn merge_rolls_back_when_the_target_splits_then_merges_again() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _, client) = started(&dir);
+    let (mut cluster, _, client) = started(&dir);
     let (left, right) = split_in_two(&client);
     fail::cfg("merge_commit_hold", "return").unwrap();
     let quick = quick_client(&cluster, 1500);
@@ -372,6 +373,10 @@ fn merge_rolls_back_when_the_target_splits_then_merges_again() {
         .find(|r| r.end_key == right.start_key)
         .expect("the piece next to the source")
         .clone();
+    // Restarted, every store still proves the refusal: its target peer
+    // applied everything since the recorded epoch from the log, as its
+    // apply origin on disk says.
+    cluster.restart_all().expect("restart");
     fail::remove("merge_commit_hold");
     assert!(
         eventually(|| everywhere_in(&cluster, right.id, PeerState::Normal)),

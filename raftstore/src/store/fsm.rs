@@ -13,7 +13,7 @@ use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftMessage, Regi
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
 use slog::Logger;
 
-use super::apply::{ApplyControl, ApplyFsm};
+use super::apply::{ApplyControl, ApplyFsm, apply_origin};
 use super::config::Config;
 use super::error::Error;
 use super::fatal::StoreStatus;
@@ -22,7 +22,7 @@ use super::hibernation::{Hibernation, SleepMsg};
 pub use super::hibernation::{WAKE_REASONS, WakeReason};
 use super::id_alloc::IdAllocator;
 use super::meta::SharedMeta;
-use super::msg::{ApplyMsg, ExecResult, PeerMsg, StoreMsg};
+use super::msg::{ApplyMsg, ExecResult, MergeMsg, PeerMsg, StoreMsg};
 use super::peer::{MergeOut, Peer, WriteNeed};
 use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
 use super::transport::Transport;
@@ -572,18 +572,65 @@ impl<T: Transport> RaftPoller<T> {
     fn route_merge_msgs(&self, peer: &mut Peer) {
         for out in peer.take_merge_out() {
             let (region_id, sent) = match out {
-                MergeOut::Peer(id, msg) => (
-                    id,
-                    self.router
-                        .force_send(id, PeerMsg::Merge(Box::new(msg)))
-                        .is_ok(),
-                ),
+                MergeOut::Peer(id, msg) => {
+                    match self.router.force_send(id, PeerMsg::Merge(Box::new(msg))) {
+                        Ok(()) => (id, true),
+                        Err(e) => {
+                            if let PeerMsg::Merge(m) = e.into_msg() {
+                                self.on_target_not_here(id, *m);
+                            }
+                            (id, false)
+                        }
+                    }
+                }
                 MergeOut::Apply(id, msg) => (id, self.apply_router.force_send(id, msg).is_ok()),
+                MergeOut::GoneUnlessTargetHere { source, target } => {
+                    if self.router.mailbox(target).is_none() {
+                        let gone = MergeMsg::Superseded { target_id: target };
+                        let _ = self
+                            .router
+                            .force_send(source, PeerMsg::Merge(Box::new(gone)));
+                    }
+                    (target, true)
+                }
             };
             if !sent {
                 slog::debug!(self.logger, "merge step for a region not here";
                     "region" => region_id, "from" => peer.region_id());
             }
+        }
+    }
+
+    /// A source's ask to commit found no peer of its target `target` here.
+    /// If the target was merged away here itself, after its peer applied
+    /// everything since the epoch the source recorded from the log, it
+    /// never applied this merge (its source here would be gone) and never
+    /// will: that is the source's proof to roll back.
+    fn on_target_not_here(&self, target: u64, msg: MergeMsg) {
+        let MergeMsg::AskCommit { req, target_epoch } = msg else {
+            return;
+        };
+        let Some(source) = req.source.as_ref().map(|r| r.id) else {
+            return;
+        };
+        let state: Option<RegionLocalState> = self
+            .engine
+            .get_msg(Cf::Raft, &keys::region_state_key(target))
+            .ok()
+            .flatten();
+        let merged_away = state
+            .filter(|s| s.state() == PeerState::Tombstone)
+            .is_some_and(|s| s.merge_state.is_some());
+        let continuous = apply_origin(&self.engine, target).is_ok_and(|origin| {
+            crate::store::admin::epoch_at_or_before(Some(origin), Some(target_epoch))
+        });
+        if merged_away && continuous {
+            slog::info!(self.logger, "merge target merged away here: the source rolls back";
+                "target" => target, "source" => source);
+            let refused = MergeMsg::Refused { commit: req.commit };
+            let _ = self
+                .router
+                .force_send(source, PeerMsg::Merge(Box::new(refused)));
         }
     }
 

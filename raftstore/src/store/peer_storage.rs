@@ -315,6 +315,13 @@ impl PeerStorage {
         };
         state.set_state(PeerState::Applying);
         wb.put_msg(Cf::Raft, &keys::region_state_key(region_id), &state);
+        // From here on this peer applies the log from the snapshot's
+        // epoch (see `keys::apply_origin_key`).
+        wb.put_msg(
+            Cf::Raft,
+            &keys::apply_origin_key(region_id),
+            &region.region_epoch.unwrap_or_default(),
+        );
         self.apply_state = snapshot_apply_state(index, term);
         wb.put_msg(
             Cf::Raft,

@@ -17,11 +17,13 @@
 //!
 //! A CommitMerge refused here is reported (`ExecResult::MergeRefused`)
 //! when the refusal is final: the target's epoch moved past the recorded
-//! one (epochs only grow, so no later CommitMerge under it can apply) and
-//! this delegate applied every entry since the recorded epoch from the
-//! log (so no earlier one succeeded here unseen, as one skipped by a
-//! snapshot could have). That is the source's proof that it may roll
-//! back.
+//! one (epochs only grow, so no later CommitMerge under it can apply),
+//! this store's peer applied every entry since the recorded epoch from
+//! the log (its apply origin, `keys::apply_origin_key`, is at or before
+//! it: no earlier CommitMerge succeeded here unseen, as one skipped by a
+//! snapshot could have), and none of this merge succeeded here (a
+//! duplicate proposed by a new leader after the first applied). That is
+//! the source's proof that it may roll back.
 
 use std::collections::VecDeque;
 
@@ -49,11 +51,10 @@ pub(crate) struct ApplyMerge {
     /// The region is `Merging` (a PrepareMerge applied): nothing but a
     /// RollbackMerge applies.
     pub state: Option<MergeState>,
-    /// The region's epoch when this delegate last started applying from
-    /// the log (at start, or after a snapshot), kept once an entry changed
-    /// the epoch since (`None`: the region's epoch now). Every entry since
-    /// was applied here: see what a refused CommitMerge proves.
-    pub log_since: Option<RegionEpoch>,
+    /// Merges this delegate applied in the current round, (source,
+    /// commit): their writes are not in the engine yet (cleared when the
+    /// round's batch is written).
+    pub absorbed: Vec<(u64, u64)>,
     /// Stopped at a CommitMerge until this store's source peer caught up.
     pub wait: Option<Box<WaitMerge>>,
     /// Messages taken from the queue while waiting, handled before it.
@@ -178,13 +179,13 @@ pub(super) fn exec_commit_merge(
     };
     if let Err(e) = check_commit(request, source, fsm) {
         let asked = request.header.as_ref().and_then(|h| h.region_epoch);
-        if epoch_at_or_before(asked, fsm.region.region_epoch)
-            && epoch_at_or_before(Some(fsm.log_since()), asked)
-        {
-            fsm.results.push(ExecResult::MergeRefused {
+        match refusal_is_final(ctx, asked, source.id, req.commit, fsm) {
+            Ok(true) => fsm.results.push(ExecResult::MergeRefused {
                 source_id: source.id,
                 commit: req.commit,
-            });
+            }),
+            Ok(false) => {}
+            Err(read) => return CommitOutcome::Done(Box::new(Err(read))),
         }
         return CommitOutcome::Done(Box::new(Err(e)));
     }
@@ -223,6 +224,7 @@ pub(super) fn exec_commit_merge(
     source_state.set_state(PeerState::Tombstone);
     wb.put_msg(Cf::Raft, &keys::region_state_key(source.id), &source_state);
     fsm.region = merged.clone();
+    fsm.merge_ext().absorbed.push((source.id, req.commit));
     CommitOutcome::Done(Box::new(Ok((
         response(admin_response::Cmd::CommitMerge(CommitMergeResponse {})),
         ExecResult::CommitMerge(Box::new(CommitMergeResult {
@@ -230,6 +232,56 @@ pub(super) fn exec_commit_merge(
             source,
         })),
     ))))
+}
+
+/// Whether a CommitMerge under `asked`, of the merge of `source_id`
+/// prepared at `commit`, refused here proves that none ever applies (see
+/// the module doc).
+fn refusal_is_final(
+    ctx: &SplitCtx<'_>,
+    asked: Option<RegionEpoch>,
+    source_id: u64,
+    commit: u64,
+    fsm: &ApplyFsm,
+) -> Result<bool> {
+    // Under an epoch the target has not reached, a later CommitMerge may
+    // apply; under this one or an older one, none does (the checks are
+    // alike for one epoch, and epochs only grow).
+    if !epoch_at_or_before(asked, fsm.region.region_epoch) {
+        return Ok(false);
+    }
+    if !epoch_at_or_before(Some(apply_origin(ctx.engine, fsm.region.id)?), asked) {
+        return Ok(false);
+    }
+    if fsm
+        .merge
+        .as_ref()
+        .is_some_and(|m| m.absorbed.contains(&(source_id, commit)))
+    {
+        return Ok(false);
+    }
+    let merged_here = ctx
+        .engine
+        .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(source_id))?
+        .filter(|s| s.state() == PeerState::Tombstone)
+        .and_then(|s| s.merge_state)
+        .is_some_and(|m| m.commit == commit);
+    Ok(!merged_here)
+}
+
+/// This store's apply origin of region `region_id` (see
+/// `keys::apply_origin_key`): the epoch from which its peer applied
+/// every entry from the log.
+///
+/// # Errors
+/// Engine reads.
+pub(crate) fn apply_origin(
+    engine: &flotilla_engine::Engine,
+    region_id: u64,
+) -> Result<RegionEpoch> {
+    Ok(engine
+        .get_msg::<RegionEpoch>(Cf::Raft, &keys::apply_origin_key(region_id))?
+        .unwrap_or_default())
 }
 
 /// The checks every target replica makes of a CommitMerge alike: the
@@ -442,11 +494,34 @@ mod tests {
             RaftApplyState::default(),
         );
         tgt.region = region(2, b"m", b"", 4);
-        tgt.note_epoch_change(Some(epoch(3)));
         assert!(refused(&mut tgt, epoch(3)), "moved past the recorded epoch");
         assert!(!refused(&mut tgt, epoch(5)), "not reached yet");
         // A snapshot brought it to 4 (3 was never applied here).
-        tgt.merge_ext().log_since = None;
+        let mut wb = engine.write_batch();
+        wb.put_msg(Cf::Raft, &keys::apply_origin_key(2), &epoch(4));
+        engine.write(wb, Durability::Sync).unwrap();
         assert!(!refused(&mut tgt, epoch(3)), "skipped by a snapshot");
+        // Merged here already (a duplicate CommitMerge after the first):
+        // no proof, in the round that merged or after.
+        let mut wb = engine.write_batch();
+        wb.delete(Cf::Raft, &keys::apply_origin_key(2));
+        engine.write(wb, Durability::Sync).unwrap();
+        assert!(refused(&mut tgt, epoch(3)));
+        tgt.merge_ext().absorbed.push((1, 7));
+        assert!(!refused(&mut tgt, epoch(3)), "merged in this round");
+        tgt.merge_ext().absorbed.clear();
+        let mut tomb = RegionLocalState {
+            region: Some(source.clone()),
+            merge_state: Some(MergeState {
+                commit: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tomb.set_state(PeerState::Tombstone);
+        let mut wb = engine.write_batch();
+        wb.put_msg(Cf::Raft, &keys::region_state_key(1), &tomb);
+        engine.write(wb, Durability::Sync).unwrap();
+        assert!(!refused(&mut tgt, epoch(3)), "merged in an earlier round");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Entry, EntryType};
-use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
+use flotilla_proto::metapb::{Peer, Region};
 use flotilla_proto::raft_cmdpb::{
     AdminResponse, CommitMergeRequest, DeleteRangeResponse, DeleteResponse, PutResponse,
     RaftCmdRequest, RaftCmdResponse, RaftResponseHeader, Response, admin_request, request,
@@ -36,6 +36,7 @@ mod conf_change;
 mod merge;
 mod split;
 
+pub(crate) use self::merge::apply_origin;
 use self::merge::{ApplyMerge, CommitOutcome, WaitMerge};
 pub(crate) use self::split::SplitCtx;
 
@@ -104,25 +105,6 @@ impl ApplyFsm {
     /// The source region a waiting CommitMerge waits for.
     fn waiting_for(&self) -> Option<u64> {
         self.merge.as_ref()?.wait.as_ref().map(|w| w.source_id)
-    }
-
-    /// The region's epoch when this delegate last started applying from
-    /// the log (at start, or after a snapshot).
-    fn log_since(&self) -> RegionEpoch {
-        self.merge
-            .as_ref()
-            .and_then(|m| m.log_since)
-            .or(self.region.region_epoch)
-            .unwrap_or_default()
-    }
-
-    /// The region's epoch changed from `before` by an entry applied here.
-    fn note_epoch_change(&mut self, before: Option<RegionEpoch>) {
-        if self.region.region_epoch != before
-            && self.merge.as_ref().is_none_or(|m| m.log_since.is_none())
-        {
-            self.merge_ext().log_since = Some(before.unwrap_or_default());
-        }
     }
 
     /// The delegate of a region that is `Merging` with `state`.
@@ -210,7 +192,6 @@ impl ApplyPoller {
             if entry.index <= fsm.apply_state.applied_index {
                 continue; // already applied (e.g. replayed after restart)
             }
-            let before = fsm.region.region_epoch;
             let resp = if fsm.removed {
                 // Removed from the region: nothing more lands here. The
                 // entry is committed and applies on the other peers: its
@@ -262,7 +243,6 @@ impl ApplyPoller {
                     }
                 }
             };
-            fsm.note_epoch_change(before);
             let at = (entry.term, entry.index);
             // A proposal ordered before this entry was never applied (its
             // index was taken by another leader's entry, or by an entry of
@@ -336,11 +316,20 @@ impl ApplyPoller {
         let region = &task.tombstone;
         let mut wb = self.engine.write_batch();
         wb.set_origin(WriteOrigin::Apply);
-        if !task.merged {
-            let tombstone = match self
-                .engine
-                .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id))
-            {
+        let prev = self
+            .engine
+            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region.id));
+        // Merged here (also when the peer was destroyed on another path
+        // before it heard): the tombstone with the merge stays, and so do
+        // the keys, which are the target's.
+        let merged = task.merged
+            || prev
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.state() == PeerState::Tombstone && s.merge_state.is_some());
+        if !merged {
+            let tombstone = match &prev {
                 Ok(prev) => merge_tombstone(region, prev.as_ref(), fsm.peer.store_id),
                 Err(_) => region.clone(),
             };
@@ -350,14 +339,17 @@ impl ApplyPoller {
             };
             state.set_state(PeerState::Tombstone);
             wb.put_msg(Cf::Raft, &keys::region_state_key(region.id), &state);
+            // A merged region's origin stays: it proves what its peer here
+            // applied (see `merge::apply_origin`).
+            wb.delete(Cf::Raft, &keys::apply_origin_key(region.id));
+            if let Some(held) = &task.held {
+                let _ = clear_data_range(&mut wb, held);
+            }
         }
         let (lo, hi) = keys::raft_log_range(region.id, 0, task.last_index + 1);
         let _ = wb.delete_range(Cf::Raft, &lo, &hi);
         wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
         wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
-        if let Some(held) = &task.held {
-            let _ = clear_data_range(&mut wb, held);
-        }
         fsm.stopped = true;
         fsm.dirty = false;
         // Crash point: the removal applied, the peer not cleared yet (a
@@ -415,9 +407,7 @@ impl ApplyPoller {
             Ok(kvs) => {
                 slog::info!(self.logger, "snapshot applied"; "region" => task.region.id,
                     "index" => task.index, "kvs" => kvs, "took" => ?started.elapsed());
-                // Applied from the log again from the snapshot's epoch on.
                 if let Some(m) = fsm.merge.as_mut() {
-                    m.log_since = None;
                     m.state = None;
                 }
                 fsm.region = task.region;
@@ -723,6 +713,10 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
             }
         }
         for fsm in batch.iter_mut() {
+            // Written: the engine says what merged now.
+            if let Some(m) = fsm.merge.as_mut() {
+                m.absorbed.clear();
+            }
             if let Some(task) = fsm.snapshot.take() {
                 self.apply_snapshot(fsm, *task);
             }

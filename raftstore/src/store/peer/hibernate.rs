@@ -75,6 +75,10 @@ impl Peer {
             self.on_tombstone_message(&msg);
             return None;
         }
+        if msg.merge_refused > 0 {
+            self.on_refusal_note(&msg);
+            return None;
+        }
         let Some(m) = msg.message.as_ref() else {
             // A membership probe: answered without waking.
             self.on_membership_probe(&msg);
@@ -389,7 +393,10 @@ impl Peer {
             && raft.uncommitted_size() == 0
             // A merging region's peers keep checking on the merge.
             && !self.is_merging()
-            && self.merge.as_ref().is_none_or(|m| m.is_idle());
+            && self
+                .merge
+                .as_ref()
+                .is_none_or(|m| m.is_idle(self.raft.store().applied_index()));
         if !idle {
             return None;
         }

@@ -24,13 +24,14 @@
 //! step 2. Log GC, splits, membership changes, snapshots and hibernation
 //! are off while a region merges.
 
+use flotilla_engine::{Cf, keys};
 use flotilla_proto::eraftpb::Entry;
 use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_cmdpb::{
     AdminRequest, CommitMergeRequest, PrepareMergeRequest, RaftCmdRequest, RaftRequestHeader,
     RollbackMergeRequest, admin_request,
 };
-use flotilla_proto::raft_serverpb::MergeState;
+use flotilla_proto::raft_serverpb::{MergeState, PeerState, RaftMessage, RegionLocalState};
 use prost::Message as _;
 
 use super::Peer;
@@ -51,6 +52,14 @@ pub enum MergeOut {
     Peer(u64, MergeMsg),
     /// To region `.0`'s apply delegate.
     Apply(u64, ApplyMsg),
+    /// `source`, merged away elsewhere into `target`, is destroyed if this
+    /// store has no peer of `target` (nothing here needs its data).
+    GoneUnlessTargetHere {
+        /// The merged-away region.
+        source: u64,
+        /// The region it went into.
+        target: u64,
+    },
 }
 
 /// A peer's merge bookkeeping (boxed in `Peer`: most peers never merge).
@@ -82,9 +91,14 @@ pub(super) struct MergeCtx {
 }
 
 impl MergeCtx {
-    /// Nothing of a merge is under way at this peer.
-    pub(super) fn is_idle(&self) -> bool {
-        self.committing.is_empty() && self.out.is_empty() && self.waiting_target.is_none()
+    /// Nothing of a merge is under way at this peer (`applied`: its
+    /// applied index).
+    pub(super) fn is_idle(&self, applied: u64) -> bool {
+        self.committing
+            .iter()
+            .all(|&(_, _, index)| index <= applied)
+            && self.out.is_empty()
+            && self.waiting_target.is_none()
     }
 }
 
@@ -257,6 +271,9 @@ impl Peer {
             }
             MergeMsg::CatchUpLogs { target_id, req } => self.on_catch_up_logs(target_id, &req),
             MergeMsg::Refused { commit } => {
+                if self.removed || self.merged_away() {
+                    return;
+                }
                 if self
                     .raft
                     .store()
@@ -282,12 +299,16 @@ impl Peer {
                 }
             }
             MergeMsg::Merged { target } => {
+                // The disk says so even before this peer heard its own
+                // PrepareMerge applied (with several apply threads the
+                // target may be first).
                 let ours = self
                     .raft
                     .store()
                     .merge_state()
                     .and_then(|m| m.target.as_ref())
-                    .is_some_and(|t| t.id == target.id);
+                    .is_some_and(|t| t.id == target.id)
+                    || self.merged_on_disk_into(target.id);
                 if ours {
                     slog::info!(self.logger, "merged into its target: destroying";
                         "target" => target.id);
@@ -440,7 +461,26 @@ impl Peer {
         let store = &mut self.raft.raft.raft_log_mut().store;
         store.set_region(region);
         store.set_merge_state(None);
-        self.merge = None;
+        // A target waiting for a later merge of this region, and this
+        // peer's own duties as a target, stay.
+        if let Some(m) = self.merge.as_mut() {
+            m.prepare_index = 0;
+            m.refused = false;
+            m.rollback_index = 0;
+        }
+    }
+
+    /// Whether this region's state on disk is a tombstone of its merge
+    /// into region `target`.
+    fn merged_on_disk_into(&self, target: u64) -> bool {
+        self.engine
+            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(self.region_id()))
+            .ok()
+            .flatten()
+            .filter(|s| s.state() == PeerState::Tombstone)
+            .and_then(|s| s.merge_state)
+            .and_then(|m| m.target)
+            .is_some_and(|t| t.id == target)
     }
 
     /// A CommitMerge applied here (the target): the region grows, the
@@ -497,10 +537,48 @@ impl Peer {
             return;
         }
         ctx.ticks = 0;
-        if ctx.refused {
+        if !ctx.refused {
+            self.ask_commit_merge();
+        } else if self.is_leader() {
             self.propose_rollback_merge();
         } else {
-            self.ask_commit_merge();
+            self.forward_refusal();
+        }
+    }
+
+    /// A follower that holds the target's refusal passes it to its leader
+    /// (whose own store's target may not be able to prove it: one that
+    /// took a snapshot past the recorded epoch cannot).
+    fn forward_refusal(&mut self) {
+        let Some(commit) = self.raft.store().merge_state().map(|m| m.commit) else {
+            return;
+        };
+        let Some(leader) = self.leader().filter(|l| l.id != self.meta.id) else {
+            return;
+        };
+        if self.gc_reply.is_some() {
+            return;
+        }
+        self.gc_reply = Some(Box::new(RaftMessage {
+            region_id: self.region_id(),
+            from_peer: Some(self.meta),
+            to_peer: Some(leader),
+            region_epoch: self.region().region_epoch,
+            merge_refused: commit,
+            ..Default::default()
+        }));
+    }
+
+    /// A member's note that the target refused this region's merge
+    /// prepared at `msg.merge_refused` (see [`Peer::forward_refusal`]).
+    pub(super) fn on_refusal_note(&mut self, msg: &RaftMessage) {
+        let member = msg
+            .from_peer
+            .is_some_and(|f| self.region().peers.iter().any(|p| p.id == f.id));
+        if member {
+            self.on_merge_msg(MergeMsg::Refused {
+                commit: msg.merge_refused,
+            });
         }
     }
 
@@ -536,23 +614,28 @@ impl Peer {
         if target.id == self.region_id() || self.removed {
             return;
         }
+        let version = target.region_epoch.map_or(0, |e| e.version);
         let mut meta = self.store_meta.lock();
-        let target_here = meta
+        if meta.merged_into(self.region_id()).is_none() {
+            slog::info!(self.logger, "merged away elsewhere: waiting for the target here";
+                "target" => target.id, "version" => version);
+        }
+        meta.note_merged(self.region_id(), target.id, version);
+        let initialized_here = meta
             .overlapping(&target.start_key, &target.end_key, self.region_id())
             .contains(&target.id);
-        if target_here {
-            let version = target.region_epoch.map_or(0, |e| e.version);
-            if meta.merged_into(self.region_id()).is_none() {
-                slog::info!(self.logger, "merged away elsewhere: waiting for the target here";
-                    "target" => target.id, "version" => version);
-            }
-            meta.note_merged(self.region_id(), target.id, version);
-            return;
-        }
         drop(meta);
-        slog::info!(self.logger, "merged away elsewhere, no target here: destroying";
-            "target" => target.id);
-        self.removed = true;
+        if !initialized_here {
+            // Goes if no peer of the target is here at all (the poller
+            // knows); an uninitialized one takes a snapshot, which either
+            // predates the merge (and the CommitMerge it then applies
+            // needs this peer) or has this peer go first.
+            let source = self.region_id();
+            self.merge_ctx().out.push(MergeOut::GoneUnlessTargetHere {
+                source,
+                target: target.id,
+            });
+        }
     }
 
     /// A snapshot of this peer's region (the target) overlaps regions
