@@ -27,6 +27,10 @@ const HISTOGRAM_DIGITS: u8 = 3;
 const SPLIT_CHECK_TICKS_DEMO: usize = 10;
 /// Mixed into the seed of the split storm's key choice.
 const SPLIT_STORM_SEED: u64 = 0x5b17;
+/// Mixed into the seed of a merge storm's threads.
+const MERGE_STORM_SEED: u64 = 0x3e26;
+/// Pause of a merge storm thread after a refused merge.
+const MERGE_STORM_BACKOFF: Duration = Duration::from_millis(10);
 /// Keys per region the workload draws from (suffix range).
 const KEYS_PER_REGION: u64 = 64;
 
@@ -56,6 +60,10 @@ pub struct DemoOptions {
     /// split the region of a random key at that key, one split after
     /// another (0: none).
     pub split_storm: usize,
+    /// Run a merge storm beside the workload: this many threads each
+    /// merge the region of a random key with its right neighbour, one
+    /// merge after another (0: none).
+    pub merge_storm: usize,
 }
 
 /// What the demo measured.
@@ -107,6 +115,11 @@ pub struct DemoReport {
     /// Splits the split storm had refused or failed (a key at a region's
     /// start, a split pending, a leader moving).
     pub storm_refusals: u64,
+    /// Merges the merge storm completed (0 without one).
+    pub storm_merges: u64,
+    /// Merges the merge storm had refused, rolled back or failed (a
+    /// neighbour merging already, a peer behind, the last region).
+    pub storm_merge_refusals: u64,
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
@@ -216,6 +229,37 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             })
         })
         .collect();
+    let merge_storm: Vec<_> = (0..opts.merge_storm)
+        .map(|t| {
+            let (client, stop) = (client.clone(), stop.clone());
+            let (regions, seed) = (opts.regions, opts.seed);
+            thread::spawn(move || {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ MERGE_STORM_SEED ^ t as u64);
+                let (mut done, mut refused) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let region = rng.random_range(0..regions);
+                    let key = flotilla_raftstore::store::bootstrap::split_key(region, regions);
+                    let merged = client.locate(&key).and_then(|r| {
+                        if r.end_key.is_empty() {
+                            return Err(flotilla_raftstore::store::Error::RegionNotFound(0));
+                        }
+                        let right = client.locate(&r.end_key)?;
+                        client.merge(right.id, r.id)
+                    });
+                    match merged {
+                        Ok(_) => done += 1,
+                        Err(_) => {
+                            // A neighbour merging already, a peer behind,
+                            // the last region: not at once again.
+                            refused += 1;
+                            thread::sleep(MERGE_STORM_BACKOFF);
+                        }
+                    }
+                }
+                (done, refused)
+            })
+        })
+        .collect();
     let workers: Vec<_> = (0..opts.clients)
         .map(|c| {
             let (client, stop, done_ops) = (client.clone(), stop.clone(), done_ops.clone());
@@ -282,6 +326,14 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         storm_splits += done;
         storm_refusals += refused;
     }
+    let (mut storm_merges, mut storm_merge_refusals) = (0, 0);
+    for h in merge_storm {
+        let (done, refused) = h
+            .join()
+            .map_err(|_| "a merge storm thread panicked".to_string())?;
+        storm_merges += done;
+        storm_merge_refusals += refused;
+    }
     let mut wh = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_DIGITS)
         .map_err(|e| e.to_string())?;
     let mut rh = wh.clone();
@@ -333,6 +385,8 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             .unwrap_or(0),
         storm_splits,
         storm_refusals,
+        storm_merges,
+        storm_merge_refusals,
     };
     let (raft_log_entries, raft_log_bytes) = raft_logs(&cluster);
     let report = DemoReport {
@@ -407,10 +461,19 @@ impl std::fmt::Display for DemoReport {
                 self.storm_refusals
             )?;
         }
+        if self.storm_merges + self.storm_merge_refusals > 0 {
+            writeln!(
+                f,
+                "merge storm        {} merges ({:.0}/s), {} refused",
+                self.storm_merges,
+                self.storm_merges as f64 / secs,
+                self.storm_merge_refusals
+            )?;
+        }
         if self.regions_end != self.regions_start {
             writeln!(
                 f,
-                "regions            {} at the start, {} at the end (split under load)",
+                "regions            {} at the start, {} at the end (splits and merges under load)",
                 self.regions_start, self.regions_end
             )?;
         }

@@ -46,6 +46,9 @@ pub const CSV_NAME: &str = "load.csv";
 pub const PNG_NAME: &str = "load.png";
 /// Prefix of the output directory made when `--out` is not given.
 const OUT_DIR_PREFIX: &str = "flotilla-load-";
+/// Leader ticks between split checks when `--split-size-kib` is given (1 s
+/// at the default tick).
+const SPLIT_CHECK_TICKS_LOAD: usize = 10;
 /// Prefix of the temporary directory holding the stores' data.
 const DATA_DIR_PREFIX: &str = "flotilla-load-data-";
 /// Exit code for bad usage (as clap's).
@@ -126,11 +129,15 @@ pub struct LoadOutput {
 /// # Errors
 /// [`LoadError::Usage`] if the raftstore refuses it.
 pub fn store_config(opts: &LoadOptions) -> Result<Config, LoadError> {
-    let cfg = Config {
+    let mut cfg = Config {
         base_tick_ms: opts.base_tick_ms,
         sync_log: opts.sync_log,
         ..Config::default()
     };
+    if let Some(kib) = opts.split_size_kib {
+        cfg.region_split_size = kib << 10;
+        cfg.split_check_ticks = SPLIT_CHECK_TICKS_LOAD;
+    }
     cfg.validate()
         .map_err(|e| LoadError::Usage(format!("store config: {e}")))?;
     Ok(cfg)

@@ -37,6 +37,10 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(20);
 /// Default longest backoff between attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
+/// The first wait of [`Client::merge`] before it asks whether the merge
+/// committed (doubling up to `ClientConfig::max_backoff`).
+const MERGE_POLL_FIRST: Duration = Duration::from_millis(5);
+
 /// `EpochNotMatch` answers an operation retries at once; later ones back
 /// off (the answering store may be behind the client's cache).
 const MAX_EPOCH_RETRIES_NOW: usize = 2;
@@ -464,7 +468,9 @@ impl Client {
     }
 
     /// Merges region `source_id` into the adjacent region `target_id` and
-    /// returns the region `target_id` became (holding both ranges). The
+    /// returns the region `target_id` became (holding both ranges; or,
+    /// should it have changed again since, the region holding the
+    /// source's first key now). The
     /// regions must have their peers on the same stores in the same roles
     /// (move them first with [`Client::change_peer`]).
     ///
@@ -503,10 +509,14 @@ impl Client {
         };
         self.execute_full(Locate::Region(source_id), &[], Some(&admin), true)?;
         let prepared = source.region_epoch.unwrap_or_default().version + 1;
-        let mut backoff = self.cfg.backoff;
+        // The commit takes a round of the target's group: look soon.
+        let mut backoff = MERGE_POLL_FIRST.min(self.cfg.backoff);
         while Instant::now() < deadline {
             if let Some(now) = self.locate_on_stores(&source.start_key, deadline) {
-                if now.id == target_id {
+                // Only its merge ends a region, and only into the target
+                // it prepared for: another region holding its keys is the
+                // target (or what the target became since).
+                if now.id != source_id {
                     return Ok(now);
                 }
                 if now.id == source_id && now.region_epoch.unwrap_or_default().version > prepared {

@@ -56,6 +56,11 @@ enum Command {
         /// the workload (at random keys) and report splits per second.
         #[arg(long, default_value_t = 0)]
         split_storm: usize,
+        /// Merge regions with their right neighbours as fast as this many
+        /// admin threads can beside the workload and report merges per
+        /// second.
+        #[arg(long, default_value_t = 0)]
+        merge_storm: usize,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
             no_log_gc,
             split_size_kib,
             split_storm,
+            merge_storm,
         } => {
             if !(0.0..=1.0).contains(&write_ratio) || clients == 0 || regions == 0 {
                 eprintln!("flotilla demo: need regions > 0, clients > 0 and write_ratio in [0, 1]");
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
                 log_gc: !no_log_gc,
                 split_size: split_size_kib.map(|k| k.max(1) << 10),
                 split_storm,
+                merge_storm,
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",

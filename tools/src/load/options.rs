@@ -79,6 +79,11 @@ pub struct LoadArgs {
     /// Seed of every random choice of the workload.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    /// Split regions past this many KiB under the write phases (the split
+    /// checker runs every second); default: the store's 96 MiB, which the
+    /// run's regions never reach.
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub split_size_kib: Option<u64>,
 }
 
 /// What a load run does, checked.
@@ -102,6 +107,8 @@ pub struct LoadOptions {
     pub out: Option<PathBuf>,
     /// Workload seed.
     pub seed: u64,
+    /// Split regions past this many KiB (`None`: the store's default).
+    pub split_size_kib: Option<u64>,
 }
 
 impl TryFrom<LoadArgs> for LoadOptions {
@@ -134,6 +141,7 @@ impl TryFrom<LoadArgs> for LoadOptions {
             sync_log: a.sync_log,
             out: a.out,
             seed: a.seed,
+            split_size_kib: a.split_size_kib,
         })
     }
 }
@@ -162,6 +170,10 @@ impl LoadOptions {
             "--seed".into(),
             self.seed.to_string(),
         ];
+        if let Some(kib) = self.split_size_kib {
+            args.push("--split-size-kib".into());
+            args.push(kib.to_string());
+        }
         if let Some(out) = &self.out {
             args.push("--out".into());
             args.push(out.to_string_lossy().into_owned());

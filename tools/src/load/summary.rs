@@ -433,6 +433,7 @@ mod tests {
             sync_log: true,
             out: None,
             seed: 42,
+            split_size_kib: None,
         };
         let t = command_table(&argv, &opts);
         assert_eq!(t.rows()[0].1, "target/release/flotilla load --regions 1000");
