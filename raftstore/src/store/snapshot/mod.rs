@@ -537,8 +537,10 @@ mod restart_tests {
                 .unwrap()
                 .is_some_and(|s| s.state() == PeerState::Normal)
         };
+        // The file goes right after `Normal` is written: wait for both.
+        let files_left = || std::fs::read_dir(&mgr_path).map(|d| d.count()).unwrap_or(0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !normal() && std::time::Instant::now() < deadline {
+        while !(normal() && files_left() == 0) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(normal(), "the region did not become Normal");
