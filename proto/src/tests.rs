@@ -328,7 +328,9 @@ fn admin_round_trip() {
         admin_response::Cmd::BatchSplit(BatchSplitResponse {
             regions: vec![region(), region()],
         }),
-        admin_response::Cmd::PrepareMerge(PrepareMergeResponse {}),
+        admin_response::Cmd::PrepareMerge(PrepareMergeResponse {
+            region: Some(region()),
+        }),
         admin_response::Cmd::CommitMerge(CommitMergeResponse {}),
         admin_response::Cmd::RollbackMerge(RollbackMergeResponse {}),
         admin_response::Cmd::TransferLeader(TransferLeaderResponse {}),
@@ -411,6 +413,7 @@ fn raft_serverpb_round_trip() {
         heartbeat_responses: None,
         merged_into: Some(region()),
         merge_refused: 9,
+        merge_check: true,
     });
     // A coalesced batch in its envelope.
     assert_round_trip(RaftMessage {

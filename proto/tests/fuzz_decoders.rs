@@ -374,6 +374,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                     heartbeat_responses: None,
                     merged_into,
                     merge_refused: region_id.rotate_left(7),
+                    merge_check: is_tombstone,
                 }
             },
         )
@@ -682,7 +683,9 @@ fn arb_admin_response() -> BoxedStrategy<AdminResponse> {
             .prop_map(|region| admin_response::Cmd::ChangePeerV2(ChangePeerV2Response { region })),
         vec(arb_region(), 0..3)
             .prop_map(|regions| admin_response::Cmd::BatchSplit(BatchSplitResponse { regions })),
-        Just(admin_response::Cmd::PrepareMerge(PrepareMergeResponse {})),
+        Just(admin_response::Cmd::PrepareMerge(
+            PrepareMergeResponse::default()
+        )),
         Just(admin_response::Cmd::CommitMerge(CommitMergeResponse {})),
         Just(admin_response::Cmd::RollbackMerge(RollbackMergeResponse {})),
         Just(admin_response::Cmd::TransferLeader(

@@ -45,6 +45,8 @@ const CHAOS_SPLIT_SIZE: u64 = 160;
 const OPS_PER_STEP: usize = 6;
 /// Seeds CI runs (each found a bug once).
 const CI_SEEDS: [u64; 4] = [1, 3, 8, 10];
+/// Seeds CI runs with splits and merges most.
+const MERGE_CI_SEEDS: [u64; 3] = [1, 2, 3];
 /// The workload's keys (`0..KEYS`, 8-byte big-endian).
 const KEYS: u64 = 16;
 
@@ -261,9 +263,35 @@ fn check_invariants(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// How often the driver takes each action (weights of actions 0..=6:
+/// split, transfer leader, move a peer, isolate/heal, restart, pause,
+/// merge).
+#[derive(Debug, Clone, Copy)]
+struct Mix([u32; 7]);
+
+/// Every action alike.
+const EVEN: Mix = Mix([1; 7]);
+/// Splits and merges most, no peer moves (regions stay colocated, so most
+/// merges are allowed), faults between them.
+const SPLIT_MERGE: Mix = Mix([8, 2, 0, 2, 2, 1, 6]);
+
+impl Mix {
+    fn pick(&self, rng: &mut ChaCha8Rng) -> u8 {
+        let total: u32 = self.0.iter().sum();
+        let mut at = rng.random_range(0..total);
+        for (action, &w) in self.0.iter().enumerate() {
+            if at < w {
+                return action as u8;
+            }
+            at -= w;
+        }
+        0
+    }
+}
+
 /// One seeded chaos run.
-fn chaos_run(seed: u64) {
-    println!("chaos seed {seed} (replay with SIM_SEED={seed})");
+fn chaos_run(seed: u64, mix: Mix) {
+    println!("chaos seed {seed} (replay with SIM_SEED={seed}), mix {mix:?}");
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     wait_leader(&cluster, 1).expect("leader");
@@ -287,7 +315,7 @@ fn chaos_run(seed: u64) {
     let mut isolated = None;
     for step in 0..steps {
         let key = rng.random_range(1..KEYS).to_be_bytes();
-        let action = rng.random_range(0..7u8);
+        let action = mix.pick(&mut rng);
         let outcome = match action {
             0 => admin
                 .split_at(&key)
@@ -322,10 +350,16 @@ fn chaos_run(seed: u64) {
             }
             5 => Ok("pause".into()),
             _ => admin.locate(&key).and_then(|r| {
-                if r.end_key.is_empty() {
-                    return Ok("no right neighbour".into());
-                }
-                let n = admin.locate(&r.end_key)?;
+                // The right neighbour, or the left one for the last region
+                // (the workload's keys are 8-byte big-endian numbers, and
+                // so are the bounds splits put between them).
+                let n = if !r.end_key.is_empty() {
+                    admin.locate(&r.end_key)?
+                } else if let Ok(start) = <[u8; 8]>::try_from(&r.start_key[..]) {
+                    admin.locate(&(u64::from_be_bytes(start) - 1).to_be_bytes())?
+                } else {
+                    return Ok("no neighbour".into());
+                };
                 let (s, t) = if rng.random_bool(0.5) {
                     (r.id, n.id)
                 } else {
@@ -386,12 +420,36 @@ fn chaos_history_is_linearizable_and_invariants_hold() {
         // region asleep with a new peer on a store nobody beat; 8: peer
         // ids taken as ages; 10: two splits applied in one round).
         match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-            Some(seed) => chaos_run(seed),
-            None => CI_SEEDS.iter().for_each(|&s| chaos_run(s)),
+            Some(seed) => chaos_run(seed, EVEN),
+            None => CI_SEEDS.iter().for_each(|&s| chaos_run(s, EVEN)),
         }
     } else {
         for seed in 1..=seeds {
-            chaos_run(seed);
+            chaos_run(seed, EVEN);
+        }
+    }
+}
+
+/// admin.md scenario 28 with splits and merges most of the time (and
+/// leader transfers, partitions, restarts between them): see the module
+/// docs. Seeds as for the even mix (`SIM_SEED` replays one with this
+/// mix).
+#[test]
+fn split_merge_chaos_history_is_linearizable_and_invariants_hold() {
+    let seeds: u64 = std::env::var("SPLIT_MERGE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if seeds == 0 {
+        match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+            Some(seed) => chaos_run(seed, SPLIT_MERGE),
+            None => MERGE_CI_SEEDS
+                .iter()
+                .for_each(|&s| chaos_run(s, SPLIT_MERGE)),
+        }
+    } else {
+        for seed in 1..=seeds {
+            chaos_run(seed, SPLIT_MERGE);
         }
     }
 }

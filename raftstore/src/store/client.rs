@@ -507,8 +507,16 @@ impl Client {
                 target: Some(target),
             })),
         };
-        self.execute_full(Locate::Region(source_id), &[], Some(&admin), true)?;
-        let prepared = source.region_epoch.unwrap_or_default().version + 1;
+        let resp = self.execute_full(Locate::Region(source_id), &[], Some(&admin), true)?;
+        // The source as its PrepareMerge made it (the request may have
+        // been retried under a newer epoch than `source`'s).
+        let prepared = match resp.admin_response.and_then(|a| a.cmd) {
+            Some(admin_response::Cmd::PrepareMerge(p)) => p.region,
+            _ => None,
+        }
+        .map_or(source.region_epoch, |r| r.region_epoch)
+        .unwrap_or_default()
+        .version;
         // The commit takes a round of the target's group: look soon.
         let mut backoff = MERGE_POLL_FIRST.min(self.cfg.backoff);
         while Instant::now() < deadline {

@@ -569,7 +569,7 @@ impl<T: Transport> RaftPoller<T> {
 
     /// Sends what `peer`'s merges have for other regions' peers and apply
     /// delegates on this store.
-    fn route_merge_msgs(&self, peer: &mut Peer) {
+    fn route_merge_msgs(&mut self, peer: &mut Peer) {
         for out in peer.take_merge_out() {
             let (region_id, sent) = match out {
                 MergeOut::Peer(id, msg) => {
@@ -584,8 +584,23 @@ impl<T: Transport> RaftPoller<T> {
                     }
                 }
                 MergeOut::Apply(id, msg) => (id, self.apply_router.force_send(id, msg).is_ok()),
-                MergeOut::GoneUnlessTargetHere { source, target } => {
-                    if self.router.mailbox(target).is_none() {
+                MergeOut::Remote(msg) => {
+                    let to = msg.to_peer.map_or(0, |p| p.store_id);
+                    (to, self.transport.send(*msg).is_ok())
+                }
+                MergeOut::AskTarget {
+                    source,
+                    target,
+                    version,
+                } => {
+                    let ask = MergeMsg::SourceWaits { source, version };
+                    if self
+                        .router
+                        .force_send(target, PeerMsg::Merge(Box::new(ask)))
+                        .is_err()
+                    {
+                        // No peer of the target here: nothing here needs
+                        // the source's data.
                         let gone = MergeMsg::Superseded { target_id: target };
                         let _ = self
                             .router

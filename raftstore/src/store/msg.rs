@@ -167,9 +167,18 @@ pub enum MergeMsg {
         /// The PrepareMerge's index.
         commit: u64,
     },
+    /// To a target: this store's peer of `source`, merged into it
+    /// elsewhere at `version`, missed it and waits (see `Superseded`).
+    SourceWaits {
+        /// The merged-away region.
+        source: u64,
+        /// The target's version after the merge.
+        version: u64,
+    },
     /// To a source that was merged away elsewhere and missed it: this
-    /// store's target peer has a snapshot past the merge to apply; the
-    /// source is destroyed (its data cleared) first.
+    /// store's target peer has a snapshot past the merge to apply, or is
+    /// past it already, or there is none; the source is destroyed (its
+    /// data cleared: nothing here needs it).
     Superseded {
         /// The target region.
         target_id: u64,

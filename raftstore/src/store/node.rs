@@ -774,6 +774,7 @@ fn reset_if_snapshot_lost(
     let mut wb = engine.write_batch();
     wb.delete(Cf::Raft, &keys::region_state_key(region.id));
     wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
+    wb.delete(Cf::Raft, &keys::apply_origin_key(region.id));
     let (lo, hi) = keys::raft_log_range(region.id, 0, index + 1);
     wb.delete_range(Cf::Raft, &lo, &hi)?;
     wb.put_msg(
@@ -871,10 +872,23 @@ fn clear_tombstoned(
     else {
         return Ok(());
     };
+    // The removed peer had applied something (it was initialized): its
+    // apply state is there until its destruction. A raft state without
+    // one is a newer, uninitialized peer's of the region, which keeps its
+    // term and vote (losing them, it could vote twice in a term).
+    if snap
+        .get(Cf::Raft, &keys::apply_state_key(region.id))?
+        .is_none()
+    {
+        return Ok(());
+    }
     let (lo, hi) = keys::raft_log_range(region.id, 0, raft.last_index + 1);
     wb.delete_range(Cf::Raft, &lo, &hi)?;
     wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
     wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
+    if owns_data {
+        wb.delete(Cf::Raft, &keys::apply_origin_key(region.id));
+    }
     // An uninitialized peer's tombstone has no range and a `version` of 0
     // (at most the conf_ver it was created under): it owned no data.
     if owns_data && region.region_epoch.is_some_and(|e| e.version > 0) {
@@ -961,52 +975,78 @@ mod tests {
     }
 
     /// Found by the chaos suite with merges (seed 7): a store's peer of a
-    /// region is removed and destroyed; the region splits elsewhere and
-    /// this store gets a peer of the new region (with its keys); then a
-    /// new, uninitialized peer of the old region writes its raft state
-    /// beside the old tombstone. At open that raft state looks like the
-    /// removed peer's leftover: the keys the new region holds must stay,
-    /// the rest of the tombstone's range goes.
+    /// region is removed; the region splits elsewhere and this store gets
+    /// a peer of the new region (with its keys); a raft state of the old
+    /// region is found beside its tombstone at open. Either it is the
+    /// removed peer's leftover (a crash before its destruction: it has an
+    /// apply state), and the tombstone's keys go except those a live
+    /// region holds; or it is a newer, uninitialized peer's (no apply
+    /// state), which keeps its term and vote, and nothing is cleared.
     #[test]
-    fn clearing_a_tombstone_at_open_spares_live_regions_in_its_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut regions = initial_regions(&[1, 2, 3], 2).unwrap();
-        let split_off = regions.pop().unwrap();
-        let old = regions.pop().unwrap();
-        let mut wide = old.clone();
-        wide.end_key = split_off.end_key.clone();
-        let (in_old, in_split) = (b"\x00a".to_vec(), split_off.start_key.to_vec());
-        {
-            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-            bootstrap_store(&engine, 1, 1, std::slice::from_ref(&split_off)).unwrap();
-            let mut wb = engine.write_batch();
-            wb.put(Cf::Default, &keys::data_key(&in_old), b"old");
-            wb.put(Cf::Default, &keys::data_key(&in_split), b"kept");
-            let raft = RaftLocalState {
-                hard_state: None,
-                last_index: 0,
+    fn clearing_a_tombstone_at_open_spares_live_regions_and_newer_peers() {
+        for leftover_of_removed_peer in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut regions = initial_regions(&[1, 2, 3], 2).unwrap();
+            let split_off = regions.pop().unwrap();
+            let old = regions.pop().unwrap();
+            let mut wide = old.clone();
+            wide.end_key = split_off.end_key.clone();
+            let (in_old, in_split) = (b"\x00a".to_vec(), split_off.start_key.to_vec());
+            let hs = flotilla_proto::eraftpb::HardState {
+                term: 9,
+                vote: 4,
+                commit: 0,
             };
-            wb.put_msg(Cf::Raft, &keys::raft_state_key(wide.id), &raft);
-            let state = RegionLocalState {
-                state: PeerState::Tombstone as i32,
-                region: Some(wide.clone()),
-                ..Default::default()
-            };
-            wb.put_msg(Cf::Raft, &keys::region_state_key(wide.id), &state);
-            engine.write(wb, Durability::Sync).unwrap();
+            {
+                let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+                bootstrap_store(&engine, 1, 1, std::slice::from_ref(&split_off)).unwrap();
+                let mut wb = engine.write_batch();
+                wb.put(Cf::Default, &keys::data_key(&in_old), b"old");
+                wb.put(Cf::Default, &keys::data_key(&in_split), b"kept");
+                let raft = RaftLocalState {
+                    hard_state: Some(hs),
+                    last_index: 0,
+                };
+                wb.put_msg(Cf::Raft, &keys::raft_state_key(wide.id), &raft);
+                if leftover_of_removed_peer {
+                    let apply = flotilla_proto::raft_serverpb::RaftApplyState::default();
+                    wb.put_msg(Cf::Raft, &keys::apply_state_key(wide.id), &apply);
+                }
+                let state = RegionLocalState {
+                    state: PeerState::Tombstone as i32,
+                    region: Some(wide.clone()),
+                    ..Default::default()
+                };
+                wb.put_msg(Cf::Raft, &keys::region_state_key(wide.id), &state);
+                engine.write(wb, Durability::Sync).unwrap();
+            }
+            let logger = Logger::root(slog::Discard, slog::o!());
+            let store = Store::open(
+                dir.path(),
+                Config::default(),
+                ChannelTransport::new(),
+                &logger,
+            )
+            .unwrap();
+            assert_eq!(store.region_count(), 1);
+            let engine = store.engine();
+            let get = |k: &[u8]| engine.get(Cf::Default, &keys::data_key(k)).unwrap();
+            assert_eq!(get(&in_split).as_deref(), Some(&b"kept"[..]));
+            let raft: Option<RaftLocalState> = engine
+                .get_msg(Cf::Raft, &keys::raft_state_key(wide.id))
+                .unwrap();
+            if leftover_of_removed_peer {
+                assert_eq!(get(&in_old), None, "the tombstone's own keys go");
+                assert_eq!(raft, None);
+            } else {
+                assert_eq!(get(&in_old).as_deref(), Some(&b"old"[..]));
+                assert_eq!(
+                    raft.and_then(|r| r.hard_state),
+                    Some(hs),
+                    "a newer peer's term and vote"
+                );
+            }
+            store.shutdown();
         }
-        let logger = Logger::root(slog::Discard, slog::o!());
-        let store = Store::open(
-            dir.path(),
-            Config::default(),
-            ChannelTransport::new(),
-            &logger,
-        )
-        .unwrap();
-        assert_eq!(store.region_count(), 1);
-        let get = |k: &[u8]| store.engine().get(Cf::Default, &keys::data_key(k)).unwrap();
-        assert_eq!(get(&in_split).as_deref(), Some(&b"kept"[..]));
-        assert_eq!(get(&in_old), None, "the tombstone's own keys go");
-        store.shutdown();
     }
 }

@@ -127,7 +127,9 @@ pub(super) fn exec_prepare_merge(
     fsm.region = region.clone();
     fsm.set_merging(Some(merge_state.clone()));
     Ok((
-        response(admin_response::Cmd::PrepareMerge(PrepareMergeResponse {})),
+        response(admin_response::Cmd::PrepareMerge(PrepareMergeResponse {
+            region: Some(region.clone()),
+        })),
         ExecResult::PrepareMerge(Box::new((region, merge_state))),
     ))
 }

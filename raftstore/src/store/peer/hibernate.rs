@@ -79,6 +79,10 @@ impl Peer {
             self.on_refusal_note(&msg);
             return None;
         }
+        if msg.merge_check {
+            self.on_merge_check_note(&msg);
+            return None;
+        }
         let Some(m) = msg.message.as_ref() else {
             // A membership probe: answered without waking.
             self.on_membership_probe(&msg);

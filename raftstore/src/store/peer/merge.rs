@@ -52,13 +52,18 @@ pub enum MergeOut {
     Peer(u64, MergeMsg),
     /// To region `.0`'s apply delegate.
     Apply(u64, ApplyMsg),
-    /// `source`, merged away elsewhere into `target`, is destroyed if this
-    /// store has no peer of `target` (nothing here needs its data).
-    GoneUnlessTargetHere {
+    /// A message to another store.
+    Remote(Box<RaftMessage>),
+    /// `source`, merged away elsewhere into `target` (at `version`), is
+    /// destroyed if this store has no peer of `target`; else that peer is
+    /// asked whether it is past the merge.
+    AskTarget {
         /// The merged-away region.
         source: u64,
         /// The region it went into.
         target: u64,
+        /// The target's version after the merge.
+        version: u64,
     },
 }
 
@@ -260,6 +265,7 @@ impl Peer {
             target_epoch: target.region_epoch.unwrap_or_default(),
         };
         let target_id = target.id;
+        slog::debug!(self.logger, "asking the target to commit the merge"; "target" => target_id);
         self.merge_ctx().out.push(MergeOut::Peer(target_id, ask));
     }
 
@@ -271,7 +277,9 @@ impl Peer {
             }
             MergeMsg::CatchUpLogs { target_id, req } => self.on_catch_up_logs(target_id, &req),
             MergeMsg::Refused { commit } => {
-                if self.removed || self.merged_away() {
+                // Merged here already (the disk says so before this peer
+                // heard): a refusal can only be a late, stale one.
+                if self.removed || self.merged_away() || self.tombstoned_on_disk() {
                     return;
                 }
                 if self
@@ -286,6 +294,7 @@ impl Peer {
                     self.propose_rollback_merge();
                 }
             }
+            MergeMsg::SourceWaits { source, version } => self.on_source_waits(source, version),
             MergeMsg::Superseded { target_id } => {
                 let known = self
                     .store_meta
@@ -331,6 +340,8 @@ impl Peer {
         if !self.is_leader() || crash_point_merge_commit_hold() {
             return;
         }
+        slog::debug!(self.logger, "asked to commit a merge";
+            "source" => req.source.as_ref().map_or(0, |r| r.id), "commit" => req.commit);
         let applied = self.raft.store().applied_index();
         let source_id = req.source.as_ref().map_or(0, |r| r.id);
         let ctx = self.merge_ctx();
@@ -470,6 +481,15 @@ impl Peer {
         }
     }
 
+    /// Whether this region's state on disk is a tombstone.
+    fn tombstoned_on_disk(&self) -> bool {
+        self.engine
+            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(self.region_id()))
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.state() == PeerState::Tombstone)
+    }
+
     /// Whether this region's state on disk is a tombstone of its merge
     /// into region `target`.
     fn merged_on_disk_into(&self, target: u64) -> bool {
@@ -537,13 +557,58 @@ impl Peer {
             return;
         }
         ctx.ticks = 0;
-        if !ctx.refused {
+        let refused = ctx.refused;
+        if self.is_leader() {
+            // A follower's clock may not run while it hears its leader:
+            // the leader has its peers check too (the target's leader may
+            // be on their stores, or the proof of a refusal).
+            self.send_merge_checks();
+        }
+        self.merge_check(refused);
+    }
+
+    /// One merge check at this peer: ask the target to commit, or (it
+    /// refused) roll back as leader, or pass the refusal to the leader.
+    fn merge_check(&mut self, refused: bool) {
+        if !refused {
             self.ask_commit_merge();
         } else if self.is_leader() {
             self.propose_rollback_merge();
         } else {
             self.forward_refusal();
         }
+    }
+
+    /// The leader's note to each of its peers to make a merge check.
+    fn send_merge_checks(&mut self) {
+        let region = self.region().clone();
+        let notes: Vec<MergeOut> = region
+            .peers
+            .iter()
+            .filter(|p| p.id != self.meta.id)
+            .map(|&to| {
+                MergeOut::Remote(Box::new(RaftMessage {
+                    region_id: region.id,
+                    from_peer: Some(self.meta),
+                    to_peer: Some(to),
+                    region_epoch: region.region_epoch,
+                    merge_check: true,
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        self.merge_ctx().out.extend(notes);
+    }
+
+    /// The leader's note to make a merge check (see
+    /// [`Peer::send_merge_checks`]).
+    pub(super) fn on_merge_check_note(&mut self, msg: &RaftMessage) {
+        let from_leader = msg.from_peer.map(|p| p.id) == Some(self.raft.raft.leader_id());
+        if !from_leader || self.raft.store().merge_state().is_none() {
+            return;
+        }
+        let refused = self.merge.as_ref().is_some_and(|m| m.refused);
+        self.merge_check(refused);
     }
 
     /// A follower that holds the target's refusal passes it to its leader
@@ -621,20 +686,36 @@ impl Peer {
                 "target" => target.id, "version" => version);
         }
         meta.note_merged(self.region_id(), target.id, version);
-        let initialized_here = meta
-            .overlapping(&target.start_key, &target.end_key, self.region_id())
-            .contains(&target.id);
         drop(meta);
-        if !initialized_here {
-            // Goes if no peer of the target is here at all (the poller
-            // knows); an uninitialized one takes a snapshot, which either
-            // predates the merge (and the CommitMerge it then applies
-            // needs this peer) or has this peer go first.
-            let source = self.region_id();
-            self.merge_ctx().out.push(MergeOut::GoneUnlessTargetHere {
-                source,
-                target: target.id,
-            });
+        // Goes if no peer of the target is here at all (the poller knows),
+        // or the target's peer here is past the merge (it asks it): then
+        // nothing here needs this peer's data. An uninitialized target peer
+        // takes a snapshot first, which either predates the merge (and the
+        // CommitMerge it then applies needs this peer) or has this peer
+        // go first.
+        let source = self.region_id();
+        self.merge_ctx().out.push(MergeOut::AskTarget {
+            source,
+            target: target.id,
+            version,
+        });
+    }
+
+    /// A source merged away elsewhere, into this region at `version`,
+    /// waits here (see [`Peer::on_merged_elsewhere`]): once this peer is
+    /// past that version (it applied the merge, or a snapshot after it),
+    /// it never needs the source's data, and the source goes.
+    fn on_source_waits(&mut self, source: u64, version: u64) {
+        let past = self.raft.store().is_initialized()
+            && self
+                .region()
+                .region_epoch
+                .is_some_and(|e| e.version >= version);
+        if past {
+            let target_id = self.region_id();
+            self.merge_ctx()
+                .out
+                .push(MergeOut::Peer(source, MergeMsg::Superseded { target_id }));
         }
     }
 
