@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use flotilla_engine::{Cf, Durability, Engine, WriteBatch, WriteOrigin, keys};
 use flotilla_proto::eraftpb::{Message, MessageType};
 use flotilla_proto::metapb::Region;
-use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftMessage, RegionLocalState};
+use flotilla_proto::raft_serverpb::{
+    PeerState, RaftApplyState, RaftLocalState, RaftMessage, RegionLocalState,
+};
 use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
 use slog::Logger;
 
@@ -556,7 +558,7 @@ impl<T: Transport> RaftPoller<T> {
             slog::warn!(self.logger, "apply delegate gone: removed peer not cleared"; "region" => region_id);
             // Nothing will clear it: the store is stopping.
             let mut meta = self.meta.lock();
-            if let Some(held) = fsm.peer.held_range() {
+            for held in fsm.peer.held_ranges() {
                 meta.remove(&held);
             }
             meta.finish_destroy(region_id);
@@ -707,14 +709,16 @@ impl<T: Transport> RaftPoller<T> {
                     "region" => region_id, "to" => to.id);
                 return Ok(false);
             }
-            // The removed peer's apply delegate has not cleared its log and
-            // states yet: a new peer must not start from them (the
-            // leader's next message comes after the clearing).
-            if self
+            // A removed peer's log and states not cleared yet: a new peer
+            // must not start from them (the leader's next message comes
+            // after the clearing). An uninitialized peer's raft state (no
+            // log: a term and a vote, left by a restart, which does not
+            // load such peers) is the new peer's own: it starts from it,
+            // so it never votes twice in a term.
+            let left: Option<RaftLocalState> = self
                 .engine
-                .get(Cf::Raft, &keys::raft_state_key(region_id))?
-                .is_some()
-            {
+                .get_msg(Cf::Raft, &keys::raft_state_key(region_id))?;
+            if left.is_some_and(|r| r.last_index > 0) {
                 return Ok(false);
             }
         }

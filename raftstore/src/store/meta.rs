@@ -105,6 +105,14 @@ pub fn range_hull(region: &Region, other: &Region) -> Region {
     hull
 }
 
+/// Whether the ranges of `a` and `b` overlap or touch (their hull holds
+/// no key of neither).
+pub fn touches(a: &Region, b: &Region) -> bool {
+    let gap_after =
+        |left: &Region, right: &Region| !left.end_key.is_empty() && left.end_key < right.start_key;
+    !gap_after(a, b) && !gap_after(b, a)
+}
+
 /// The bound "ranges ending after `key`" (every range, for the empty key).
 fn ending_after(key: &[u8]) -> Bound<EndKey> {
     if key.is_empty() {
@@ -270,6 +278,18 @@ mod tests {
             end_key: Bytes::copy_from_slice(end),
             ..Default::default()
         }
+    }
+
+    /// Ranges touch when they overlap or meet; a key between them (or an
+    /// unbounded end) decides.
+    #[test]
+    fn ranges_touch_when_no_key_lies_between() {
+        assert!(touches(&region(1, b"a", b"m"), &region(2, b"m", b"t")));
+        assert!(touches(&region(1, b"a", b"m"), &region(2, b"c", b"d")));
+        assert!(!touches(&region(1, b"m", b""), &region(2, b"", b"a")));
+        assert!(!touches(&region(1, b"a", b"c"), &region(2, b"d", b"")));
+        assert!(!touches(&region(1, b"x", b""), &region(2, b"a", b"c")));
+        assert!(touches(&region(1, b"", b""), &region(2, b"q", b"r")));
     }
 
     fn meta(regions: &[Region]) -> StoreMeta {

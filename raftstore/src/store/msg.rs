@@ -301,10 +301,10 @@ pub struct DestroyTask {
     pub tombstone: Region,
     /// The peer's last log index (its log is deleted up to it).
     pub last_index: u64,
-    /// The keys the peer held in the store's range index (its region's,
+    /// The ranges the peer held in the store's range index (its region's,
     /// or a snapshot's reservation): their data goes, and the index lets
-    /// them go only once that is written. `None`: it held none.
-    pub held: Option<Region>,
+    /// them go only once that is written. Empty: it held none.
+    pub held: Vec<Region>,
     /// The region was merged into another here: its tombstone is written
     /// (with the merge) and its data is the target's; only its log and
     /// states go.

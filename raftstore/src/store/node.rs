@@ -29,7 +29,7 @@ use super::heartbeat::{self, Coalescer, Fanned};
 use super::hibernation::Hibernation;
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
-use super::meta::{SharedMeta, StoreMeta, range_hull};
+use super::meta::{SharedMeta, StoreMeta};
 use super::msg::{
     ApplyMsg, Callback, InspectCallback, Inspector, PeerMsg, RaftCommand, RegionStatus, Responder,
     SnapshotTask, StoreMsg,
@@ -413,7 +413,7 @@ impl Store {
         {
             let mut index = meta.lock();
             for peer in peers.iter_mut().filter(|p| p.raft.store().is_initialized()) {
-                let mut held = peer.region().clone();
+                let mut held = vec![peer.region().clone()];
                 if peer.raft.store().applying_snapshot().is_some()
                     && let Some(old) = engine
                         .get_msg::<RegionLocalState>(
@@ -422,16 +422,18 @@ impl Store {
                         )?
                         .and_then(|s| s.applying_old_range)
                 {
-                    held = range_hull(&held, &old);
-                    peer.restore_reservation(held.clone());
+                    let region = peer.region().clone();
+                    held = peer.restore_reservation(&region, &old);
                     old_ranges.insert(peer.region_id(), old);
                 }
-                index.set(None, &held).map_err(|other| {
-                    Error::Engine(format!(
-                        "regions {} and {other} overlap on disk",
-                        peer.region_id()
-                    ))
-                })?;
+                for range in &held {
+                    index.set(None, range).map_err(|other| {
+                        Error::Engine(format!(
+                            "regions {} and {other} overlap on disk",
+                            peer.region_id()
+                        ))
+                    })?;
+                }
             }
         }
 

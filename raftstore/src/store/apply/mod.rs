@@ -342,7 +342,7 @@ impl ApplyPoller {
             // A merged region's origin stays: it proves what its peer here
             // applied (see `merge::apply_origin`).
             wb.delete(Cf::Raft, &keys::apply_origin_key(region.id));
-            if let Some(held) = &task.held {
+            for held in &task.held {
                 let _ = clear_data_range(&mut wb, held);
             }
         }
@@ -365,7 +365,7 @@ impl ApplyPoller {
             // Only now may another region take the keys, or a new peer
             // of this region be created.
             let mut meta = self.meta.lock();
-            if let Some(held) = &task.held {
+            for held in &task.held {
                 meta.remove(held);
             }
             meta.finish_destroy(region.id);

@@ -229,7 +229,11 @@ impl super::Peer {
             tombstone,
             last_index: self.raft.store().raft_state().last_index,
             // A merged region's keys are the target's now.
-            held: if merged { None } else { self.held_range() },
+            held: if merged {
+                Vec::new()
+            } else {
+                self.held_ranges()
+            },
             merged,
         }
     }

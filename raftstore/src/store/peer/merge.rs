@@ -519,7 +519,7 @@ impl Peer {
         {
             let mut meta = self.store_meta.lock();
             meta.remove(&source);
-            if self.reserved_range.is_none()
+            if self.reservation.is_none()
                 && let Err(other) = meta.set(held.as_ref(), &region)
             {
                 slog::error!(self.logger, "merged range overlaps another region";

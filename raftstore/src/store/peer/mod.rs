@@ -181,7 +181,7 @@ pub struct Peer {
     pending_snapshot: Option<Box<SnapshotTask>>,
     /// The keys an admitted snapshot reserved in the store's range index
     /// (its range and this peer's old one), held until it is applied.
-    reserved_range: Option<Box<Region>>,
+    reservation: Option<Box<snapshot::Reservation>>,
     /// Peers heard from that the region (as this peer knows it) does not
     /// list: an uninitialized peer answers its leader through them.
     known_peers: Option<Box<KnownPeers>>,
@@ -320,7 +320,7 @@ impl Peer {
             last_full_tick: 0,
             log_gc: LogGc::default(),
             pending_snapshot: None,
-            reserved_range: None,
+            reservation: None,
             known_peers: None,
             removed: false,
             pending_split: 0,

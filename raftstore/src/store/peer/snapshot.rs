@@ -8,9 +8,49 @@ use flotilla_proto::metapb::Region;
 
 use super::Peer;
 use crate::store::error::{Error, Result};
-use crate::store::meta::range_hull;
+use crate::store::meta::{range_hull, touches};
 use crate::store::msg::SnapshotTask;
 use crate::store::snapshot::{recv_path, snap_dir, snapshot_index, snapshot_meta};
+
+/// What an admitted snapshot holds in the store's range index until it is
+/// applied.
+#[derive(Debug)]
+pub struct Reservation {
+    /// The snapshot's range, widened to the peer's old range when the two
+    /// touch (the hull then holds no other region's keys).
+    range: Region,
+    /// The peer's old range when it does not touch the snapshot's (a
+    /// merge and a split the peer missed moved the region away): held
+    /// apart, as it was, so the keys between stay their regions'.
+    old: Option<Region>,
+}
+
+impl Reservation {
+    /// The reservation of a snapshot of `region` by a peer holding `held`.
+    fn of(region: &Region, held: Option<&Region>) -> Reservation {
+        match held {
+            Some(h) if !touches(region, h) => Reservation {
+                range: region.clone(),
+                old: Some(h.clone()),
+            },
+            Some(h) => Reservation {
+                range: range_hull(region, h),
+                old: None,
+            },
+            None => Reservation {
+                range: region.clone(),
+                old: None,
+            },
+        }
+    }
+
+    /// The ranges it holds.
+    fn ranges(&self) -> Vec<Region> {
+        std::iter::once(self.range.clone())
+            .chain(self.old.clone())
+            .collect()
+    }
+}
 
 impl Peer {
     /// Whether a received `MsgSnapshot` may reach raft: its file is here,
@@ -82,26 +122,37 @@ impl Peer {
     /// The region in the way.
     fn reserve_range(&mut self, region: &Region) -> std::result::Result<(), u64> {
         let held = self.held_range();
-        let hull = held
-            .as_ref()
-            .map_or_else(|| region.clone(), |h| range_hull(region, h));
-        self.store_meta.lock().set(held.as_ref(), &hull)?;
-        self.reserved_range = Some(Box::new(hull));
+        let reservation = Reservation::of(region, held.as_ref());
+        {
+            let mut index = self.store_meta.lock();
+            if reservation.old.is_some() {
+                // Its old range stays held as it is, apart.
+                index.set(None, &reservation.range)?;
+            } else {
+                index.set(held.as_ref(), &reservation.range)?;
+            }
+        }
+        self.reservation = Some(Box::new(reservation));
         Ok(())
     }
 
-    /// Holds `hull` (a snapshot's range and the old one) again after a
-    /// restart in the middle of applying it: the old keys are cleared
-    /// when it is redone.
-    pub fn restore_reservation(&mut self, hull: Region) {
-        self.reserved_range = Some(Box::new(hull));
+    /// Holds what a snapshot of `region` reserved again after a restart in
+    /// the middle of applying it, this peer's range before it being `old`
+    /// (its keys are cleared when the snapshot is redone). Returns the
+    /// ranges to hold in the store's index.
+    pub fn restore_reservation(&mut self, region: &Region, old: &Region) -> Vec<Region> {
+        let reservation = Reservation::of(region, Some(old));
+        let held = reservation.ranges();
+        self.reservation = Some(Box::new(reservation));
+        held
     }
 
     /// The range this peer holds in the store's index: one reserved for a
-    /// snapshot, else its region's if it is initialized.
+    /// snapshot (with the old range when it touches the snapshot's), else
+    /// its region's if it is initialized.
     pub fn held_range(&self) -> Option<Region> {
-        match &self.reserved_range {
-            Some(r) => Some((**r).clone()),
+        match &self.reservation {
+            Some(r) => Some(r.range.clone()),
             None => self
                 .raft
                 .store()
@@ -110,13 +161,31 @@ impl Peer {
         }
     }
 
+    /// Every range this peer holds in the store's index (an old range the
+    /// snapshot being applied does not touch is held apart).
+    pub fn held_ranges(&self) -> Vec<Region> {
+        match &self.reservation {
+            Some(r) => r.ranges(),
+            None => self.held_range().into_iter().collect(),
+        }
+    }
+
     /// After a snapshot is applied: the region holds exactly its range in
     /// the store's index (the keys reserved beyond it are cleared now).
     pub(super) fn on_snapshot_applied(&mut self) {
-        let held = self.held_range();
-        self.reserved_range = None;
+        let reservation = self.reservation.take();
         let ours = self.region().clone();
-        if let Err(other) = self.store_meta.lock().set(held.as_ref(), &ours) {
+        let mut index = self.store_meta.lock();
+        let held = match reservation {
+            Some(r) => {
+                if let Some(old) = &r.old {
+                    index.remove(old);
+                }
+                Some(r.range)
+            }
+            None => self.raft.store().is_initialized().then(|| ours.clone()),
+        };
+        if let Err(other) = index.set(held.as_ref(), &ours) {
             slog::error!(self.logger, "applied snapshot's range is held by another region";
                 "other" => other);
         }
@@ -148,10 +217,12 @@ impl Peer {
             self.remove_snapshot_file(index, term);
             // Give back what admission reserved: the peer holds its own
             // range again (none if it is not initialized).
-            if let Some(reserved) = self.reserved_range.take() {
+            if let Some(reserved) = self.reservation.take() {
                 let mut index = self.store_meta.lock();
-                index.remove(&reserved);
-                if self.raft.store().is_initialized()
+                index.remove(&reserved.range);
+                // An old range held apart was never given up.
+                if reserved.old.is_none()
+                    && self.raft.store().is_initialized()
                     && let Err(other) = index.set(None, self.region())
                 {
                     slog::error!(self.logger, "range not given back"; "other" => other);

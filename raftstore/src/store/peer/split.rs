@@ -116,7 +116,7 @@ impl Peer {
             let mut index = self.store_meta.lock();
             // A range reserved for a snapshot stays reserved (the snapshot
             // settles it); else the region holds its new range.
-            if self.reserved_range.is_none()
+            if self.reservation.is_none()
                 && let Err(other) = index.set(held.as_ref(), &derived)
             {
                 slog::error!(self.logger, "split region's range held by another"; "other" => other);
