@@ -330,6 +330,7 @@ fn admin_round_trip() {
         }),
         admin_response::Cmd::PrepareMerge(PrepareMergeResponse {
             region: Some(region()),
+            commit: 31,
         }),
         admin_response::Cmd::CommitMerge(CommitMergeResponse {}),
         admin_response::Cmd::RollbackMerge(RollbackMergeResponse {}),

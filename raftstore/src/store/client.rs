@@ -17,6 +17,7 @@ use flotilla_proto::raft_cmdpb::{
     RaftRequestHeader, Request, Response, ScanRequest, SplitRequest, TransferLeaderRequest,
     admin_request, admin_response, request, response,
 };
+use flotilla_proto::raft_serverpb::PeerState;
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
 
@@ -468,16 +469,15 @@ impl Client {
     }
 
     /// Merges region `source_id` into the adjacent region `target_id` and
-    /// returns the region `target_id` became (holding both ranges; or,
-    /// should it have changed again since, the region holding the
-    /// source's first key now). The
+    /// returns the region `target_id` became (holding both ranges, as the
+    /// merge made it). The
     /// regions must have their peers on the same stores in the same roles
     /// (move them first with [`Client::change_peer`]).
     ///
     /// The source's leader prepares the merge (from then on the source
     /// takes no command: `RegionMerging`, retried by this client's
     /// reads and writes), then the target commits it; this waits for
-    /// that, asking the stores. Should the target change meanwhile (a
+    /// that, reading the source's state on the stores. Should the target change meanwhile (a
     /// split, a membership change), the merge is rolled back and the
     /// source serves again.
     ///
@@ -509,35 +509,64 @@ impl Client {
         };
         let resp = self.execute_full(Locate::Region(source_id), &[], Some(&admin), true)?;
         // The source as its PrepareMerge made it (the request may have
-        // been retried under a newer epoch than `source`'s).
-        let prepared = match resp.admin_response.and_then(|a| a.cmd) {
-            Some(admin_response::Cmd::PrepareMerge(p)) => p.region,
-            _ => None,
-        }
-        .map_or(source.region_epoch, |r| r.region_epoch)
-        .unwrap_or_default()
-        .version;
+        // been retried under a newer epoch than `source`'s), and the
+        // PrepareMerge's index, which names this merge.
+        let (prepared, commit) = match resp.admin_response.and_then(|a| a.cmd) {
+            Some(admin_response::Cmd::PrepareMerge(p)) => (p.region, p.commit),
+            _ => (None, 0),
+        };
+        let prepared = prepared
+            .map_or(source.region_epoch, |r| r.region_epoch)
+            .unwrap_or_default()
+            .version;
         // The commit takes a round of the target's group: look soon.
         let mut backoff = MERGE_POLL_FIRST.min(self.cfg.backoff);
         while Instant::now() < deadline {
-            if let Some(now) = self.locate_on_stores(&source.start_key, deadline) {
-                // Only its merge ends a region, and only into the target
-                // it prepared for: another region holding its keys is the
-                // target (or what the target became since).
-                if now.id != source_id {
-                    return Ok(now);
+            if let Some(outcome) = self.merge_outcome(source_id, commit, prepared) {
+                if let Ok(merged) = &outcome {
+                    self.cache.lock().insert(merged.clone());
                 }
-                if now.id == source_id && now.region_epoch.unwrap_or_default().version > prepared {
-                    return Err(Error::Admin(AdminError::MergeRolledBack {
-                        region_id: source_id,
-                    }));
-                }
+                return outcome;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             std::thread::sleep(backoff.min(left));
             backoff = (backoff * 2).min(self.cfg.max_backoff);
         }
         Err(Error::Timeout)
+    }
+
+    /// How the merge of `source_id` prepared at `commit` (the source then
+    /// at `version`) ended, as any store's state of the source says: its
+    /// tombstone names the region this merge made; a later merge's
+    /// tombstone, or the source serving past `version`, says it was rolled
+    /// back. `None`: no store knows yet.
+    fn merge_outcome(&self, source_id: u64, commit: u64, version: u64) -> Option<Result<Region>> {
+        let rolled_back = || {
+            Err(Error::Admin(AdminError::MergeRolledBack {
+                region_id: source_id,
+            }))
+        };
+        for h in self.stores.all() {
+            let Ok(Some(state)) = h.region_state(source_id) else {
+                continue;
+            };
+            match (state.state(), state.merge_state) {
+                (PeerState::Tombstone, Some(m)) if m.commit == commit || commit == 0 => {
+                    return m.target.map(Ok);
+                }
+                (PeerState::Tombstone, Some(m)) if m.commit > commit => return Some(rolled_back()),
+                (PeerState::Normal, _)
+                    if state
+                        .region
+                        .and_then(|r| r.region_epoch)
+                        .is_some_and(|e| e.version > version) =>
+                {
+                    return Some(rolled_back());
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Compacts region `region_id`'s raft log up to `index` (its entries

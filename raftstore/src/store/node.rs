@@ -53,11 +53,27 @@ pub struct StoreHandle {
     hib: Arc<Hibernation>,
     snap_mgr: Arc<SnapManager>,
     meta: SharedMeta,
+    engine: Engine,
     raft_message_capacity: usize,
     logger: Logger,
 }
 
 impl StoreHandle {
+    /// Region `region_id`'s state on this store as its engine has it
+    /// (`None`: none here): e.g. a tombstone saying which region it was
+    /// merged into. Reads the engine; touches no peer.
+    ///
+    /// # Errors
+    /// [`Error::StoreStopped`] for a stopped store; engine reads.
+    pub fn region_state(&self, region_id: u64) -> Result<Option<RegionLocalState>> {
+        if self.is_stopped() {
+            return Err(Error::StoreStopped { in_flight: false });
+        }
+        Ok(self
+            .engine
+            .get_msg(Cf::Raft, &keys::region_state_key(region_id))?)
+    }
+
     /// The store's id.
     pub fn store_id(&self) -> u64 {
         self.store_id
@@ -669,6 +685,7 @@ impl Store {
             hib: self.hib.clone(),
             snap_mgr: self.snap_mgr.clone(),
             meta: self.meta.clone(),
+            engine: self.engine.clone(),
             raft_message_capacity: self.raft_message_capacity,
             logger: self.logger.clone(),
         }

@@ -129,6 +129,7 @@ pub(super) fn exec_prepare_merge(
     Ok((
         response(admin_response::Cmd::PrepareMerge(PrepareMergeResponse {
             region: Some(region.clone()),
+            commit: index,
         })),
         ExecResult::PrepareMerge(Box::new((region, merge_state))),
     ))
