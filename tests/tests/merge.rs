@@ -10,11 +10,13 @@ use std::time::Duration;
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole, Region};
+use flotilla_proto::raft_cmdpb::{AdminRequest, PrepareMergeRequest, admin_request};
 use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error,
 };
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::requests::{command, propose_to};
 
 /// The bootstrapped region.
 const REGION: u64 = 1;
@@ -408,5 +410,53 @@ fn isolated_store_takes_the_merged_target_by_snapshot() {
         Some(PeerState::Tombstone)
     );
     drop(engine);
+    cluster.shutdown();
+}
+
+/// Bad input through the public API (admin.md §1.2, TiKV's
+/// `check_merge_proposal`): a PrepareMerge whose target is not exactly the
+/// region the source leader's store has (a version from the future, a
+/// region id no store has) is refused typed before anything is proposed,
+/// so the source is never left merging towards a target that could never
+/// commit nor prove a refusal; it keeps serving.
+#[test]
+fn merge_into_a_target_the_store_does_not_have_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    let leader = leader_of(&cluster, right.id).expect("leader");
+    let source = client.locate(&key(KEYS - 1)).expect("locate");
+    let left_now = client.locate(&key(0)).expect("locate");
+    let prepare = |target: Region| {
+        let mut req = command(&source, leader, Vec::new());
+        req.admin_request = Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::PrepareMerge(PrepareMergeRequest {
+                min_index: 0,
+                target: Some(target),
+            })),
+        });
+        propose_to(&cluster, leader, req, ANSWER)
+    };
+    let mut future = left_now.clone();
+    future.region_epoch = future.region_epoch.map(|mut e| {
+        e.version += 5;
+        e
+    });
+    let mut ghost = left_now.clone();
+    ghost.id = 999_999;
+    for (target, id) in [(future, left.id), (ghost, 999_999)] {
+        match prepare(target) {
+            Err(Error::Admin(AdminError::MergeTargetMismatch { target })) => {
+                assert_eq!(target, id);
+            }
+            other => panic!("expected MergeTargetMismatch, got {other:?}"),
+        }
+    }
+    write(&client, KEYS / 2..KEYS, 8);
+    assert_reads(&client, KEYS / 2..KEYS, 8);
+    // The real target still merges.
+    let merged = client.merge(right.id, left.id).expect("merge");
+    assert!(eventually(|| merged_everywhere(
+        &cluster, right.id, &merged
+    )));
     cluster.shutdown();
 }

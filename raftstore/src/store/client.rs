@@ -484,6 +484,8 @@ impl Client {
     /// # Errors
     /// [`Error::Admin`] with the refusal: `MergeIntoSelf`,
     /// `MergeNotAdjacent`, `MergeNotColocated`, `MergeInJoint`,
+    /// `MergeTargetMismatch` (the source leader's store has no such target
+    /// region, or another copy of it, until the deadline),
     /// `MergeLogGapTooLarge` or `MergeGapHasAdmin` (a peer is behind, or
     /// an admin command is not on every peer yet: try again),
     /// `MergeEntriesTooLarge`, `RegionMerging` (a merge of it is under
@@ -496,18 +498,29 @@ impl Client {
         let source = self
             .region_on_stores(source_id, deadline)
             .ok_or(Error::RegionNotFound(source_id))?;
-        // The target as the stores know it now: the merge commits only
-        // under the epoch the source records.
-        let target = self
-            .region_on_stores(target_id, deadline)
-            .ok_or(Error::RegionNotFound(target_id))?;
-        let admin = AdminRequest {
-            cmd: Some(admin_request::Cmd::PrepareMerge(PrepareMergeRequest {
-                min_index: 0,
-                target: Some(target),
-            })),
+        // The target as the stores know it now: the source's leader checks
+        // it against its own store's copy (which may lag: then ask again).
+        let mut backoff = self.cfg.backoff;
+        let resp = loop {
+            let target = self
+                .region_on_stores(target_id, deadline)
+                .ok_or(Error::RegionNotFound(target_id))?;
+            let admin = AdminRequest {
+                cmd: Some(admin_request::Cmd::PrepareMerge(PrepareMergeRequest {
+                    min_index: 0,
+                    target: Some(target),
+                })),
+            };
+            match self.execute_full(Locate::Region(source_id), &[], Some(&admin), true) {
+                Err(Error::Admin(AdminError::MergeTargetMismatch { .. }))
+                    if Instant::now() + backoff < deadline =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(self.cfg.max_backoff);
+                }
+                other => break other?,
+            }
         };
-        let resp = self.execute_full(Locate::Region(source_id), &[], Some(&admin), true)?;
         // The source as its PrepareMerge made it (the request may have
         // been retried under a newer epoch than `source`'s), and the
         // PrepareMerge's index, which names this merge.

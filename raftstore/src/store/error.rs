@@ -362,6 +362,7 @@ mod tests {
             }),
             Error::Admin(AdminError::RegionMerging { region_id: 8 }),
             Error::Admin(AdminError::MergeRolledBack { region_id: 9 }),
+            Error::Admin(AdminError::MergeTargetMismatch { target: 10 }),
         ];
         for e in &all {
             match e {

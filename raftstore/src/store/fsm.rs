@@ -624,8 +624,23 @@ impl<T: Transport> RaftPoller<T> {
     /// never applied this merge (its source here would be gone) and never
     /// will: that is the source's proof to roll back.
     fn on_target_not_here(&self, target: u64, msg: MergeMsg) {
-        let MergeMsg::AskCommit { req, target_epoch } = msg else {
-            return;
+        let (req, target_epoch) = match msg {
+            MergeMsg::AskCommit { req, target_epoch } => (req, target_epoch),
+            MergeMsg::CheckTarget { callback, .. } => {
+                // No peer of the target here: it is not colocated, or the
+                // request names a region that does not exist.
+                callback.respond(crate::store::util::err_response(Error::Admin(
+                    crate::store::admin::AdminError::MergeTargetMismatch { target },
+                )));
+                return;
+            }
+            MergeMsg::TargetChecked { callback, .. } => {
+                callback.respond(crate::store::util::err_response(Error::ProposalDropped(
+                    "the source's peer is gone".into(),
+                )));
+                return;
+            }
+            _ => return,
         };
         let Some(source) = req.source.as_ref().map(|r| r.id) else {
             return;
@@ -1102,7 +1117,13 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     // A target's leader proposes: awake.
                     let woke = (fsm.peer.is_leader() && fsm.peer.wake(WakeReason::Command, hib))
                         .then_some(WakeReason::Command);
-                    fsm.peer.on_merge_msg(*m);
+                    match *m {
+                        MergeMsg::TargetChecked { request, callback } => {
+                            fsm.peer
+                                .on_merge_target_checked(&self.cfg, *request, callback);
+                        }
+                        other => fsm.peer.on_merge_msg(other),
+                    }
                     woke
                 }
             };

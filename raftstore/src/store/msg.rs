@@ -167,6 +167,24 @@ pub enum MergeMsg {
         /// The PrepareMerge's index.
         commit: u64,
     },
+    /// To a target: a source's leader on this store checks that the
+    /// target of a client's PrepareMerge is exactly this peer's region
+    /// before it proposes (admin.md §1.2, `check_merge_proposal`).
+    CheckTarget {
+        /// The source region.
+        source_id: u64,
+        /// The PrepareMerge.
+        request: Box<RaftCmdRequest>,
+        /// The client's answer.
+        callback: Responder,
+    },
+    /// To the source: the target checked out; propose the PrepareMerge.
+    TargetChecked {
+        /// The PrepareMerge.
+        request: Box<RaftCmdRequest>,
+        /// The client's answer.
+        callback: Responder,
+    },
     /// To a target: this store's peer of `source`, merged into it
     /// elsewhere at `version`, missed it and waits (see `Superseded`).
     SourceWaits {

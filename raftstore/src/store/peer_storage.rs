@@ -540,15 +540,20 @@ impl Storage for PeerStorage {
             Some(SnapGen::Ready(_)) | None => {}
         }
         // Reused while it is not older than the log's start and carries
-        // the current membership (a peer added since is not in an older
-        // one, and would refuse it for good: a snapshot loop).
-        let conf_ver = |r: &Region| r.region_epoch.map_or(0, |e| e.conf_ver);
+        // the current membership and range (a peer added since is not in
+        // an older one, and would refuse it for good: a snapshot loop; an
+        // older range may overlap a region split off since, which the
+        // receiver has already: refused for good too).
+        let epoch = |r: &Region| r.region_epoch.map_or((0, 0), |e| (e.conf_ver, e.version));
         if let Some(SnapGen::Ready(snap)) = state.as_deref()
             && snapshot_index(snap).0 >= wanted
             && snapshot_meta(snap)
                 .ok()
                 .and_then(|m| m.region)
-                .is_some_and(|r| conf_ver(&r) >= conf_ver(&self.region))
+                .is_some_and(|r| {
+                    let (ours, theirs) = (epoch(&self.region), epoch(&r));
+                    theirs.0 >= ours.0 && theirs.1 >= ours.1
+                })
         {
             return Ok(snap.clone());
         }
@@ -842,6 +847,21 @@ mod tests {
         // (The engine's region state still says conf_ver 1: the storage
         // asks again rather than hand it out.)
         assert!(unavailable(&s));
+        s.set_region(region());
+        // A split or merge since (the range moved): a new one is wanted
+        // too (found by the chaos suite: an older, wider range overlapped
+        // a region split off since, which the receiver had already, and
+        // was refused for good).
+        let slot = s.take_snapshot_wanted().expect("a generation is wanted");
+        slot.put(generate_snapshot(&s.engine, &mgr, 9));
+        assert!(!unavailable(&s), "a fresh one for the current epoch");
+        let mut moved = region();
+        moved.region_epoch = Some(RegionEpoch {
+            conf_ver: 1,
+            version: 2,
+        });
+        s.set_region(moved);
+        assert!(unavailable(&s), "a snapshot of an older range reused");
         s.set_region(region());
         // A compaction past it: a new one is wanted.
         append(&mut s, &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>());

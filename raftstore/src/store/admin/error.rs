@@ -218,6 +218,15 @@ pub enum AdminError {
         /// The region.
         region_id: u64,
     },
+    /// A merge whose target, as the request gives it, is not the region
+    /// the source leader's store has (another epoch, range or membership,
+    /// or no peer of it there): look the target up again. Nothing was
+    /// proposed.
+    #[error("merge target {target} differs from the region the store has")]
+    MergeTargetMismatch {
+        /// The target region.
+        target: u64,
+    },
     /// The merge was rolled back (the target changed before it could
     /// commit): the source serves again.
     #[error("the merge of region {region_id} was rolled back")]
@@ -342,6 +351,9 @@ impl AdminError {
             AdminError::MergeRolledBack { region_id } => {
                 Kind::MergeRolledBack(raft_cmdpb::MergeRolledBack { region_id })
             }
+            AdminError::MergeTargetMismatch { target } => {
+                Kind::MergeTargetMismatch(raft_cmdpb::MergeTargetMismatch { target })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -442,6 +454,7 @@ impl AdminError {
             Kind::MergeRolledBack(d) => AdminError::MergeRolledBack {
                 region_id: d.region_id,
             },
+            Kind::MergeTargetMismatch(d) => AdminError::MergeTargetMismatch { target: d.target },
         })
     }
 }

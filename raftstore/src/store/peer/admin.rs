@@ -41,6 +41,9 @@ enum AdminStep {
     Propose(Vec<u8>),
     /// Propose this encoded PrepareMerge; answer when it applies.
     ProposePrepareMerge(Vec<u8>),
+    /// Have this store's target peer check the PrepareMerge's target
+    /// first (it comes back as `MergeMsg::TargetChecked`).
+    CheckMergeTarget,
 }
 
 impl Peer {
@@ -52,7 +55,29 @@ impl Peer {
         request: RaftCmdRequest,
         callback: Responder,
     ) {
-        match self.admin_command(cfg, &request) {
+        self.admin_step(cfg, request, callback, false);
+    }
+
+    /// A PrepareMerge whose target this store's target peer checked (see
+    /// `MergeMsg::CheckTarget`): checked again here, then proposed.
+    pub fn on_merge_target_checked(
+        &mut self,
+        cfg: &Config,
+        request: RaftCmdRequest,
+        callback: Responder,
+    ) {
+        self.admin_step(cfg, request, callback, true);
+    }
+
+    fn admin_step(
+        &mut self,
+        cfg: &Config,
+        request: RaftCmdRequest,
+        callback: Responder,
+        target_checked: bool,
+    ) {
+        match self.admin_command(cfg, &request, target_checked) {
+            Ok(AdminStep::CheckMergeTarget) => self.check_merge_target(request, callback),
             Ok(AdminStep::Answer(resp)) => {
                 callback.respond(*resp);
             }
@@ -87,7 +112,12 @@ impl Peer {
         }
     }
 
-    fn admin_command(&mut self, cfg: &Config, request: &RaftCmdRequest) -> Result<AdminStep> {
+    fn admin_command(
+        &mut self,
+        cfg: &Config,
+        request: &RaftCmdRequest,
+        target_checked: bool,
+    ) -> Result<AdminStep> {
         let header = self.check_header(request)?;
         let cmd = admin_cmd(request)?
             .ok_or_else(|| Error::InvalidRequest("not an admin request".into()))?;
@@ -137,6 +167,9 @@ impl Peer {
             },
             admin_request::Cmd::PrepareMerge(req) => {
                 let data = self.check_prepare_merge(cfg, request, req)?;
+                if !target_checked {
+                    return Ok(AdminStep::CheckMergeTarget);
+                }
                 return Ok(AdminStep::ProposePrepareMerge(data));
             }
             // The stores' own steps of a merge, never a client's.

@@ -202,6 +202,55 @@ impl Peer {
         Ok(request.encode_to_vec())
     }
 
+    /// Sends a client's PrepareMerge to this store's peer of its target,
+    /// which checks the target is exactly its region (a target the store
+    /// does not have, or under another epoch, could never commit: the
+    /// source would stay merging until the target proved it refused).
+    pub(super) fn check_merge_target(&mut self, request: RaftCmdRequest, callback: Responder) {
+        let target = match request.admin_request.as_ref().and_then(|a| a.cmd.as_ref()) {
+            Some(admin_request::Cmd::PrepareMerge(req)) => req.target.as_ref().map_or(0, |t| t.id),
+            _ => 0,
+        };
+        let source_id = self.region_id();
+        self.merge_ctx().out.push(MergeOut::Peer(
+            target,
+            MergeMsg::CheckTarget {
+                source_id,
+                request: Box::new(request),
+                callback,
+            },
+        ));
+    }
+
+    /// A source's leader here asks whether a PrepareMerge's target is this
+    /// peer's region, exactly.
+    fn on_check_target(
+        &mut self,
+        source_id: u64,
+        request: Box<RaftCmdRequest>,
+        callback: Responder,
+    ) {
+        let asked = match request.admin_request.as_ref().and_then(|a| a.cmd.as_ref()) {
+            Some(admin_request::Cmd::PrepareMerge(req)) => req.target.as_ref(),
+            _ => None,
+        };
+        let same = self.raft.store().is_initialized()
+            && !self.removed
+            && asked.is_some_and(|t| t == self.region());
+        if !same {
+            callback.respond(crate::store::util::err_response(Error::Admin(
+                AdminError::MergeTargetMismatch {
+                    target: self.region_id(),
+                },
+            )));
+            return;
+        }
+        self.merge_ctx().out.push(MergeOut::Peer(
+            source_id,
+            MergeMsg::TargetChecked { request, callback },
+        ));
+    }
+
     /// Records the index of the PrepareMerge just proposed.
     pub(super) fn note_prepare_merge_proposed(&mut self, index: u64) {
         self.merge_ctx().prepare_index = index;
@@ -295,6 +344,17 @@ impl Peer {
                 }
             }
             MergeMsg::SourceWaits { source, version } => self.on_source_waits(source, version),
+            MergeMsg::CheckTarget {
+                source_id,
+                request,
+                callback,
+            } => self.on_check_target(source_id, request, callback),
+            // Handled by the poller (it has the config).
+            MergeMsg::TargetChecked { callback, .. } => {
+                callback.respond(crate::store::util::err_response(Error::ProposalDropped(
+                    "merge target check lost its way".into(),
+                )));
+            }
             MergeMsg::Superseded { target_id } => {
                 let known = self
                     .store_meta
