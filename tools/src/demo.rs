@@ -14,6 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::storm::{KeyFn, Storm};
+
 /// Stores in the demo cluster.
 pub const DEMO_STORES: usize = 3;
 /// Bytes of each written value.
@@ -25,12 +27,6 @@ const HISTOGRAM_DIGITS: u8 = 3;
 /// Leader ticks between split checks when the demo splits regions (1 s at
 /// the default tick).
 const SPLIT_CHECK_TICKS_DEMO: usize = 10;
-/// Mixed into the seed of the split storm's key choice.
-const SPLIT_STORM_SEED: u64 = 0x5b17;
-/// Mixed into the seed of a merge storm's threads.
-const MERGE_STORM_SEED: u64 = 0x3e26;
-/// Pause of a merge storm thread after a refused merge.
-const MERGE_STORM_BACKOFF: Duration = Duration::from_millis(10);
 /// Keys per region the workload draws from (suffix range).
 const KEYS_PER_REGION: u64 = 64;
 
@@ -209,57 +205,24 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
     let done_ops = Arc::new(AtomicU64::new(0));
     let before = totals(&cluster);
     let t0 = Instant::now();
-    let storm: Vec<_> = (0..opts.split_storm)
-        .map(|t| {
-            let (client, stop) = (client.clone(), stop.clone());
-            let (regions, seed) = (opts.regions, opts.seed);
-            thread::spawn(move || {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SPLIT_STORM_SEED ^ t as u64);
-                let (mut done, mut refused) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let region = rng.random_range(0..regions);
-                    let mut key = flotilla_raftstore::store::bootstrap::split_key(region, regions);
-                    key.extend_from_slice(&rng.random_range(1..KEYS_PER_REGION).to_be_bytes());
-                    match client.split_at(&key) {
-                        Ok(_) => done += 1,
-                        Err(_) => refused += 1,
-                    }
-                }
-                (done, refused)
-            })
+    let key: KeyFn = {
+        let regions = opts.regions;
+        Arc::new(move |region, suffix| {
+            let mut key = flotilla_raftstore::store::bootstrap::split_key(region, regions);
+            if suffix > 0 {
+                key.extend_from_slice(&suffix.to_be_bytes());
+            }
+            key
         })
-        .collect();
-    let merge_storm: Vec<_> = (0..opts.merge_storm)
-        .map(|t| {
-            let (client, stop) = (client.clone(), stop.clone());
-            let (regions, seed) = (opts.regions, opts.seed);
-            thread::spawn(move || {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ MERGE_STORM_SEED ^ t as u64);
-                let (mut done, mut refused) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let region = rng.random_range(0..regions);
-                    let key = flotilla_raftstore::store::bootstrap::split_key(region, regions);
-                    let merged = client.locate(&key).and_then(|r| {
-                        if r.end_key.is_empty() {
-                            return Err(flotilla_raftstore::store::Error::RegionNotFound(0));
-                        }
-                        let right = client.locate(&r.end_key)?;
-                        client.merge(right.id, r.id)
-                    });
-                    match merged {
-                        Ok(_) => done += 1,
-                        Err(_) => {
-                            // A neighbour merging already, a peer behind,
-                            // the last region: not at once again.
-                            refused += 1;
-                            thread::sleep(MERGE_STORM_BACKOFF);
-                        }
-                    }
-                }
-                (done, refused)
-            })
-        })
-        .collect();
+    };
+    let storm = Storm::start(
+        &client,
+        opts.split_storm,
+        opts.merge_storm,
+        (opts.regions, KEYS_PER_REGION),
+        opts.seed,
+        &key,
+    );
     let workers: Vec<_> = (0..opts.clients)
         .map(|c| {
             let (client, stop, done_ops) = (client.clone(), stop.clone(), done_ops.clone());
@@ -318,22 +281,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         ));
     }
     stop.store(true, Ordering::Relaxed);
-    let (mut storm_splits, mut storm_refusals) = (0, 0);
-    for h in storm {
-        let (done, refused) = h
-            .join()
-            .map_err(|_| "a split storm thread panicked".to_string())?;
-        storm_splits += done;
-        storm_refusals += refused;
-    }
-    let (mut storm_merges, mut storm_merge_refusals) = (0, 0);
-    for h in merge_storm {
-        let (done, refused) = h
-            .join()
-            .map_err(|_| "a merge storm thread panicked".to_string())?;
-        storm_merges += done;
-        storm_merge_refusals += refused;
-    }
+    let storm = storm.stop()?;
     let mut wh = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_DIGITS)
         .map_err(|e| e.to_string())?;
     let mut rh = wh.clone();
@@ -383,10 +331,10 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             .map(|s| s.region_count() as u64)
             .max()
             .unwrap_or(0),
-        storm_splits,
-        storm_refusals,
-        storm_merges,
-        storm_merge_refusals,
+        storm_splits: storm.splits,
+        storm_refusals: storm.split_refusals,
+        storm_merges: storm.merges,
+        storm_merge_refusals: storm.merge_refusals,
     };
     let (raft_log_entries, raft_log_bytes) = raft_logs(&cluster);
     let report = DemoReport {

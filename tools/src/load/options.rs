@@ -84,6 +84,16 @@ pub struct LoadArgs {
     /// run's regions never reach.
     #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..))]
     pub split_size_kib: Option<u64>,
+    /// Threads that split regions at random keys, one split after
+    /// another, beside the uniform write phase (its table reports splits
+    /// per second).
+    #[arg(long, value_name = "THREADS", default_value_t = 0)]
+    pub split_storm: u32,
+    /// Threads that merge random regions with their right neighbours
+    /// beside the uniform write phase (its table reports merges per
+    /// second).
+    #[arg(long, value_name = "THREADS", default_value_t = 0)]
+    pub merge_storm: u32,
 }
 
 /// What a load run does, checked.
@@ -109,6 +119,10 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Split regions past this many KiB (`None`: the store's default).
     pub split_size_kib: Option<u64>,
+    /// Split-storm threads beside the uniform write phase.
+    pub split_storm: usize,
+    /// Merge-storm threads beside the uniform write phase.
+    pub merge_storm: usize,
 }
 
 impl TryFrom<LoadArgs> for LoadOptions {
@@ -142,6 +156,8 @@ impl TryFrom<LoadArgs> for LoadOptions {
             out: a.out,
             seed: a.seed,
             split_size_kib: a.split_size_kib,
+            split_storm: a.split_storm as usize,
+            merge_storm: a.merge_storm as usize,
         })
     }
 }
@@ -173,6 +189,15 @@ impl LoadOptions {
         if let Some(kib) = self.split_size_kib {
             args.push("--split-size-kib".into());
             args.push(kib.to_string());
+        }
+        for (flag, threads) in [
+            ("--split-storm", self.split_storm),
+            ("--merge-storm", self.merge_storm),
+        ] {
+            if threads > 0 {
+                args.push(flag.into());
+                args.push(threads.to_string());
+            }
         }
         if let Some(out) = &self.out {
             args.push("--out".into());

@@ -11,6 +11,8 @@ use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config, store_dir
 use indicatif::{ProgressBar, ProgressStyle};
 use slog::Logger;
 
+use crate::storm::{KeyFn, Storm};
+
 use super::arrivals::Arrivals;
 use super::chart::draw_chart;
 use super::series::{Reading, Sampler, write_csv_file};
@@ -20,7 +22,9 @@ use super::stats::{
 };
 use super::summary::{Failover, Findings, fmt_core_share, goal_table, goals};
 use super::table::{Table, fmt_bytes, fmt_duration, fmt_micros, fmt_rate};
-use super::workload::{ClientPool, KeyPattern, Live, PhaseLoad, Workload};
+use super::workload::{
+    ClientPool, KEYS_PER_REGION, KeyPattern, Live, PhaseLoad, Workload, key_for,
+};
 use super::{CSV_NAME, LOAD_STORES, LoadError, LoadOptions, LoadOutput, PNG_NAME, STORE_PAIRS};
 
 /// How often waits look at the cluster (leader counts, the series).
@@ -590,6 +594,20 @@ impl<'a> Run<'a> {
         let cpu = CpuMeter::start();
         let started = Instant::now();
         let writes_before = self.live.writes();
+        // Admin storms run beside the uniform writes only.
+        let storm = (phase == Phase::Uniform && self.opts.split_storm + self.opts.merge_storm > 0)
+            .then(|| {
+                let regions = self.opts.regions;
+                let key: KeyFn = Arc::new(move |region, suffix| key_for(region, regions, suffix));
+                Storm::start(
+                    &self.client,
+                    self.opts.split_storm,
+                    self.opts.merge_storm,
+                    (regions, KEYS_PER_REGION),
+                    self.opts.seed,
+                    &key,
+                )
+            });
         let pool = ClientPool::start(
             &self.client,
             &self.live,
@@ -602,10 +620,41 @@ impl<'a> Run<'a> {
             format!("{:.0} writes/s", Counters::rate(done, started.elapsed()))
         });
         let load = self.drain(pool)?;
+        let storm = storm
+            .map(Storm::stop)
+            .transpose()
+            .map_err(LoadError::Internal)?;
         let span = started.elapsed();
         let d = self.meter.observe(&self.cluster).since(&before);
         let g = Gauges::of(&self.cluster);
         let mut t = Table::new(phase.title());
+        if let Some(s) = storm {
+            let rows = [
+                (
+                    "split storm",
+                    self.opts.split_storm,
+                    s.splits,
+                    s.split_refusals,
+                    "splits",
+                ),
+                (
+                    "merge storm",
+                    self.opts.merge_storm,
+                    s.merges,
+                    s.merge_refusals,
+                    "merges",
+                ),
+            ];
+            for (name, threads, done, refused, what) in rows.into_iter().filter(|r| r.1 > 0) {
+                t.row(
+                    name,
+                    format!(
+                        "{threads} threads: {done} {what} ({}), {refused} refused",
+                        fmt_rate(Counters::rate(done, span))
+                    ),
+                );
+            }
+        }
         t.row(
             "clients",
             format!(

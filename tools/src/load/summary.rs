@@ -434,6 +434,8 @@ mod tests {
             out: None,
             seed: 42,
             split_size_kib: None,
+            split_storm: 0,
+            merge_storm: 0,
         };
         let t = command_table(&argv, &opts);
         assert_eq!(t.rows()[0].1, "target/release/flotilla load --regions 1000");

@@ -21,7 +21,7 @@ pub const HOT_OPS_SHARE: f64 = 0.9;
 /// Share of the regions that are hot in the hot-spot phase.
 pub const HOT_REGIONS_SHARE: f64 = 0.01;
 /// Keys per region the workload draws from (an 8-byte suffix).
-const KEYS_PER_REGION: u64 = 64;
+pub(super) const KEYS_PER_REGION: u64 = 64;
 /// Highest latency the histograms record (µs); slower ops are clamped.
 pub const MAX_LATENCY_US: u64 = 60_000_000;
 /// Significant digits the histograms keep.
