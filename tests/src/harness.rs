@@ -133,3 +133,19 @@ pub fn busiest_leader(leaders: &[(flotilla_proto::metapb::Region, u64)]) -> Opti
         )
     })
 }
+
+/// Region `id`'s state in `engine`, if it has one.
+///
+/// # Panics
+/// On an engine read error.
+pub fn region_state(
+    engine: &flotilla_engine::Engine,
+    id: u64,
+) -> Option<flotilla_proto::raft_serverpb::RegionLocalState> {
+    engine
+        .get_msg(
+            flotilla_engine::Cf::Raft,
+            &flotilla_engine::keys::region_state_key(id),
+        )
+        .expect("read region state")
+}

@@ -4,8 +4,10 @@
 //! - [`linearizability`]: a per-key register history recorder and a
 //!   Wing–Gong / Lowe linearizability checker.
 //! - [`requests`]: raw client commands sent straight to one store.
+//! - [`tagged`]: keys whose values say which write put them there.
 
 pub mod harness;
 pub mod linearizability;
 pub mod requests;
+pub mod tagged;
 pub mod workload;

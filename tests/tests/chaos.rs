@@ -408,26 +408,29 @@ fn chaos_run(seed: u64, mix: Mix) {
     cluster.shutdown();
 }
 
-/// admin.md scenario 28: see the module docs.
-#[test]
-fn chaos_history_is_linearizable_and_invariants_hold() {
+/// Runs `mix` over the seeds asked for: `SPLIT_MERGE_SEEDS=N` runs
+/// 1..=N, `SIM_SEED=N` replays one, else `ci_seeds`.
+fn run_seeds(mix: Mix, ci_seeds: &[u64]) {
     let seeds: u64 = std::env::var("SPLIT_MERGE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    if seeds == 0 {
-        // `SIM_SEED` replays one; else the seeds that found bugs (3: a
-        // region asleep with a new peer on a store nobody beat; 8: peer
-        // ids taken as ages; 10: two splits applied in one round).
-        match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-            Some(seed) => chaos_run(seed, EVEN),
-            None => CI_SEEDS.iter().for_each(|&s| chaos_run(s, EVEN)),
-        }
-    } else {
-        for seed in 1..=seeds {
-            chaos_run(seed, EVEN);
-        }
+    if seeds > 0 {
+        (1..=seeds).for_each(|seed| chaos_run(seed, mix));
+        return;
     }
+    match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(seed) => chaos_run(seed, mix),
+        None => ci_seeds.iter().for_each(|&s| chaos_run(s, mix)),
+    }
+}
+
+/// admin.md scenario 28: see the module docs. CI runs the seeds that
+/// found bugs (3: a region asleep with a new peer on a store nobody beat;
+/// 8: peer ids taken as ages; 10: two splits applied in one round).
+#[test]
+fn chaos_history_is_linearizable_and_invariants_hold() {
+    run_seeds(EVEN, &CI_SEEDS);
 }
 
 /// admin.md scenario 28 with splits and merges most of the time (and
@@ -436,20 +439,5 @@ fn chaos_history_is_linearizable_and_invariants_hold() {
 /// mix).
 #[test]
 fn split_merge_chaos_history_is_linearizable_and_invariants_hold() {
-    let seeds: u64 = std::env::var("SPLIT_MERGE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    if seeds == 0 {
-        match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-            Some(seed) => chaos_run(seed, SPLIT_MERGE),
-            None => MERGE_CI_SEEDS
-                .iter()
-                .for_each(|&s| chaos_run(s, SPLIT_MERGE)),
-        }
-    } else {
-        for seed in 1..=seeds {
-            chaos_run(seed, SPLIT_MERGE);
-        }
-    }
+    run_seeds(SPLIT_MERGE, &MERGE_CI_SEEDS);
 }

@@ -13,9 +13,11 @@ use std::time::Duration;
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole};
-use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
+use flotilla_proto::raft_serverpb::PeerState;
 use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Config, Error};
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
+};
 
 /// One test at a time: failpoints are global to the process.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -45,12 +47,6 @@ fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
             .expect("read data")
             .is_some_and(|v| v == i.to_be_bytes())
     })
-}
-
-fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
-    engine
-        .get_msg(Cf::Raft, &keys::region_state_key(id))
-        .expect("read region state")
 }
 
 /// Three stores with one region and `KEYS` keys written: the cluster,

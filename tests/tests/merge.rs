@@ -7,16 +7,18 @@
 
 use std::time::Duration;
 
-use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole, Region};
 use flotilla_proto::raft_cmdpb::{AdminRequest, PrepareMergeRequest, admin_request};
-use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
+use flotilla_proto::raft_serverpb::PeerState;
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
+};
 use flotilla_tests::requests::{command, propose_to};
+use flotilla_tests::tagged::Tagged;
 
 /// The bootstrapped region.
 const REGION: u64 = 1;
@@ -29,56 +31,20 @@ fn config() -> Config {
     fast_config(FAST_TICK_MS)
 }
 
-fn key(i: u64) -> Vec<u8> {
-    format!("mg{i:05}").into_bytes()
-}
+/// This file's keys.
+const DATA: Tagged = Tagged("mg");
 
-fn write(client: &Client, range: std::ops::Range<u64>, tag: u64) {
-    for i in range {
-        client
-            .put(&key(i), &(i * 1000 + tag).to_be_bytes())
-            .expect("put");
-    }
-}
-
-fn assert_reads(client: &Client, range: std::ops::Range<u64>, tag: u64) {
-    for i in range {
-        let v = client.get(&key(i)).expect("get");
-        assert_eq!(
-            v.as_deref(),
-            Some(&(i * 1000 + tag).to_be_bytes()[..]),
-            "key {i}"
-        );
-    }
-}
-
-/// Whether `engine` holds the values `write` wrote with `tag` for `range`.
-fn holds(engine: &Engine, range: std::ops::Range<u64>, tag: u64) -> bool {
-    range.into_iter().all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .unwrap()
-            .is_some_and(|v| v == (i * 1000 + tag).to_be_bytes())
-    })
-}
-
-fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
-    engine
-        .get_msg(Cf::Raft, &keys::region_state_key(id))
-        .expect("read region state")
-}
-
-/// Three stores, one region split at `key(KEYS / 2)` with `KEYS` keys
+/// Three stores, one region split at `DATA.key(KEYS / 2)` with `KEYS` keys
 /// written: the cluster, a client and the two regions (left, right).
 fn split_cluster(dir: &tempfile::TempDir) -> (Cluster, Client, Region, Region) {
     let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS, 1);
-    let regions = client.split_at(&key(KEYS / 2)).expect("split");
+    DATA.write(&client, 0..KEYS, 1);
+    let regions = client.split_at(&DATA.key(KEYS / 2)).expect("split");
     let (left, right) = (regions[0].clone(), regions[1].clone());
     // Both halves serve before the merge starts.
-    write(&client, 0..KEYS, 1);
+    DATA.write(&client, 0..KEYS, 1);
     (cluster, client, left, right)
 }
 
@@ -137,7 +103,7 @@ fn merge_joins_two_regions_on_every_store() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, client, left, right) = split_cluster(&dir);
     let stale = cluster.client(ClientConfig::default());
-    assert_reads(&stale, 0..KEYS, 1);
+    DATA.assert_reads(&stale, 0..KEYS, 1);
 
     let merged = client.merge(right.id, left.id).expect("merge");
     assert_eq!(merged.id, left.id);
@@ -154,20 +120,20 @@ fn merge_joins_two_regions_on_every_store() {
     );
     for &s in cluster.store_ids() {
         assert!(
-            holds(cluster.store(s).unwrap().engine(), 0..KEYS, 1),
+            DATA.holds(cluster.store(s).unwrap().engine(), 0..KEYS, 1),
             "store {s} lost data of the merge"
         );
     }
-    assert_reads(&stale, 0..KEYS, 1);
-    write(&stale, 0..KEYS, 2);
-    assert_reads(&client, 0..KEYS, 2);
+    DATA.assert_reads(&stale, 0..KEYS, 1);
+    DATA.write(&stale, 0..KEYS, 2);
+    DATA.assert_reads(&client, 0..KEYS, 2);
 
     cluster.restart_all().expect("restart");
     assert!(merged_everywhere(&cluster, right.id, &merged));
     let fresh = cluster.client(ClientConfig::default());
-    assert_reads(&fresh, 0..KEYS, 2);
-    write(&fresh, 0..KEYS, 3);
-    assert_reads(&fresh, 0..KEYS, 3);
+    DATA.assert_reads(&fresh, 0..KEYS, 2);
+    DATA.write(&fresh, 0..KEYS, 3);
+    DATA.assert_reads(&fresh, 0..KEYS, 3);
     cluster.shutdown();
 }
 
@@ -181,9 +147,9 @@ fn merge_into_the_right_neighbour_grows_it_leftwards() {
     assert_eq!(merged.id, right.id);
     assert!(merged.start_key.is_empty() && merged.end_key.is_empty());
     assert!(eventually(|| merged_everywhere(&cluster, left.id, &merged)));
-    assert_reads(&client, 0..KEYS, 1);
-    write(&client, 0..KEYS, 4);
-    assert_reads(&client, 0..KEYS, 4);
+    DATA.assert_reads(&client, 0..KEYS, 1);
+    DATA.write(&client, 0..KEYS, 4);
+    DATA.assert_reads(&client, 0..KEYS, 4);
     cluster.shutdown();
 }
 
@@ -208,20 +174,20 @@ fn lagging_source_catches_up_from_the_carried_tail() {
         }));
     let right_keys = KEYS / 2..KEYS;
     // A few writes only: within the merge's log gap for the lagging peer.
-    write(&client, right_keys.start..right_keys.start + 5, 5);
+    DATA.write(&client, right_keys.start..right_keys.start + 5, 5);
     let engine = cluster.store(lagging).unwrap().engine().clone();
-    assert!(!holds(&engine, right_keys.start..right_keys.start + 5, 5));
+    assert!(!DATA.holds(&engine, right_keys.start..right_keys.start + 5, 5));
     let merged = client.merge(right.id, left.id).expect("merge");
     assert!(
         eventually(|| merged_everywhere(&cluster, right.id, &merged)),
         "the lagging store did not finish the merge"
     );
     assert!(
-        holds(&engine, right_keys.start..right_keys.start + 5, 5),
+        DATA.holds(&engine, right_keys.start..right_keys.start + 5, 5),
         "the lagging store lost writes of the source"
     );
     cluster.transport().remove_filter(cut);
-    assert_reads(&client, right_keys.start..right_keys.start + 5, 5);
+    DATA.assert_reads(&client, right_keys.start..right_keys.start + 5, 5);
     drop(engine);
     cluster.shutdown();
 }
@@ -237,7 +203,7 @@ fn merge_refusals_are_typed() {
     let (mut cluster, client, left, _right) = split_cluster(&dir);
     cluster.add_store(4).unwrap();
     // A third region, not touching the left one.
-    let regions = client.split_at(&key(KEYS * 3 / 4)).expect("split");
+    let regions = client.split_at(&DATA.key(KEYS * 3 / 4)).expect("split");
     let far = regions
         .iter()
         .find(|r| r.end_key.is_empty())
@@ -268,7 +234,7 @@ fn merge_refusals_are_typed() {
     client
         .change_peer(far.id, ConfChangeType::AddLearnerNode, learner)
         .expect("add learner");
-    let middle = client.locate(&key(KEYS * 5 / 8)).expect("locate");
+    let middle = client.locate(&DATA.key(KEYS * 5 / 8)).expect("locate");
     assert_eq!(
         admin(client.merge(middle.id, far.id)),
         AdminError::MergeNotColocated {
@@ -288,15 +254,15 @@ fn merge_refusals_are_typed() {
     cluster.stop_store(down);
     let gap = Config::default().merge_max_log_gap;
     for i in 0..gap + 5 {
-        client.put(&key(i % (KEYS / 2)), b"gap").expect("put");
+        client.put(&DATA.key(i % (KEYS / 2)), b"gap").expect("put");
     }
     assert!(matches!(
         admin(client.merge(left.id, middle.id)),
         AdminError::MergeLogGapTooLarge { .. }
     ));
     cluster.start_store(down).expect("restart");
-    write(&client, 0..KEYS, 6);
-    assert_reads(&client, 0..KEYS, 6);
+    DATA.write(&client, 0..KEYS, 6);
+    DATA.assert_reads(&client, 0..KEYS, 6);
     cluster.shutdown();
 }
 
@@ -327,7 +293,7 @@ fn merging_source_serves_nothing_until_the_merge_ends() {
         let (s, t) = (right.id, left.id);
         move || client.merge(s, t)
     });
-    let source_key = key(KEYS - 1);
+    let source_key = DATA.key(KEYS - 1);
     let mut last = None;
     assert!(
         eventually(|| {
@@ -343,7 +309,7 @@ fn merging_source_serves_nothing_until_the_merge_ends() {
         Err(Error::Admin(AdminError::RegionMerging { .. }))
     ));
     assert!(matches!(
-        quick.split_at(&key(KEYS - 3)),
+        quick.split_at(&DATA.key(KEYS - 3)),
         Err(Error::Admin(AdminError::RegionMerging { .. }))
     ));
     cluster.transport().remove_filter(hold);
@@ -351,7 +317,7 @@ fn merging_source_serves_nothing_until_the_merge_ends() {
     assert!(eventually(|| merged_everywhere(
         &cluster, right.id, &merged
     )));
-    assert_reads(&client, 0..KEYS, 1);
+    DATA.assert_reads(&client, 0..KEYS, 1);
     client
         .put(&source_key, b"after")
         .expect("put after the merge");
@@ -376,7 +342,7 @@ fn isolated_store_takes_the_merged_target_by_snapshot() {
     let isolated = 3;
     let cut = cluster.transport().isolate(isolated);
     let merged = client.merge(right.id, left.id).expect("merge");
-    write(&client, 0..KEYS, 7);
+    DATA.write(&client, 0..KEYS, 7);
     let leader = leader_of(&cluster, merged.id).expect("leader");
     let applied = cluster
         .store(leader)
@@ -395,12 +361,16 @@ fn isolated_store_takes_the_merged_target_by_snapshot() {
     cluster.transport().remove_filter(cut);
     assert!(
         eventually(|| merged_everywhere(&cluster, right.id, &merged)
-            || cluster.store(isolated).unwrap().region_count() == 1 && holds(&engine, 0..KEYS, 7)),
+            || cluster.store(isolated).unwrap().region_count() == 1
+                && DATA.holds(&engine, 0..KEYS, 7)),
         "the isolated store did not catch up: {:?} / {:?}",
         region_state(&engine, right.id),
         region_state(&engine, left.id)
     );
-    assert!(eventually(|| holds(&engine, 0..KEYS, 7)), "keys missing");
+    assert!(
+        eventually(|| DATA.holds(&engine, 0..KEYS, 7)),
+        "keys missing"
+    );
     let target = region_state(&engine, left.id).expect("target state");
     assert_eq!(target.state(), PeerState::Normal);
     let range = target.region.expect("region");
@@ -424,8 +394,8 @@ fn merge_into_a_target_the_store_does_not_have_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, client, left, right) = split_cluster(&dir);
     let leader = leader_of(&cluster, right.id).expect("leader");
-    let source = client.locate(&key(KEYS - 1)).expect("locate");
-    let left_now = client.locate(&key(0)).expect("locate");
+    let source = client.locate(&DATA.key(KEYS - 1)).expect("locate");
+    let left_now = client.locate(&DATA.key(0)).expect("locate");
     let prepare = |target: Region| {
         let mut req = command(&source, leader, Vec::new());
         req.admin_request = Some(AdminRequest {
@@ -451,8 +421,8 @@ fn merge_into_a_target_the_store_does_not_have_is_refused() {
             other => panic!("expected MergeTargetMismatch, got {other:?}"),
         }
     }
-    write(&client, KEYS / 2..KEYS, 8);
-    assert_reads(&client, KEYS / 2..KEYS, 8);
+    DATA.write(&client, KEYS / 2..KEYS, 8);
+    DATA.assert_reads(&client, KEYS / 2..KEYS, 8);
     // The real target still merges.
     let merged = client.merge(right.id, left.id).expect("merge");
     assert!(eventually(|| merged_everywhere(

@@ -8,13 +8,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::metapb::Region;
-use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
-use flotilla_raftstore::store::{
-    AdminError, Client, ClientConfig, Cluster, Config, Error, SplitKeyFault,
+use flotilla_proto::raft_serverpb::PeerState;
+use flotilla_raftstore::store::{AdminError, ClientConfig, Cluster, Config, Error, SplitKeyFault};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::tagged::Tagged;
 
 /// The bootstrapped region.
 const REGION: u64 = 1;
@@ -27,44 +27,8 @@ fn config() -> Config {
     fast_config(FAST_TICK_MS)
 }
 
-fn key(i: u64) -> Vec<u8> {
-    format!("sp{i:05}").into_bytes()
-}
-
-fn write(client: &Client, range: std::ops::Range<u64>, tag: u64) {
-    for i in range {
-        client
-            .put(&key(i), &(i * 1000 + tag).to_be_bytes())
-            .expect("put");
-    }
-}
-
-fn assert_reads(client: &Client, range: std::ops::Range<u64>, tag: u64) {
-    for i in range {
-        let v = client.get(&key(i)).expect("get");
-        assert_eq!(
-            v.as_deref(),
-            Some(&(i * 1000 + tag).to_be_bytes()[..]),
-            "key {i}"
-        );
-    }
-}
-
-/// Whether `engine` holds the values `write` wrote with `tag` for `range`.
-fn holds(engine: &Engine, range: std::ops::Range<u64>, tag: u64) -> bool {
-    range.into_iter().all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .unwrap()
-            .is_some_and(|v| v == (i * 1000 + tag).to_be_bytes())
-    })
-}
-
-fn region_state(engine: &Engine, id: u64) -> Option<RegionLocalState> {
-    engine
-        .get_msg(Cf::Raft, &keys::region_state_key(id))
-        .expect("read region state")
-}
+/// This file's keys.
+const DATA: Tagged = Tagged("sp");
 
 /// The store whose peer of `region_id` says it leads (by inspection).
 fn leader_of(cluster: &Cluster, region_id: u64) -> Option<u64> {
@@ -108,13 +72,13 @@ fn split_divides_the_region_on_every_store() {
     wait_leader(&cluster, REGION).expect("leader");
     let admin = cluster.client(ClientConfig::default());
     let stale = cluster.client(ClientConfig::default());
-    write(&admin, 0..KEYS, 1);
+    DATA.write(&admin, 0..KEYS, 1);
 
-    let regions = admin.split_at(&key(KEYS / 2)).expect("split");
+    let regions = admin.split_at(&DATA.key(KEYS / 2)).expect("split");
     assert_eq!(regions.len(), 2, "{regions:?}");
     let (left, right) = (&regions[0], &regions[1]);
     assert_eq!(left.id, REGION);
-    assert_eq!(&left.end_key[..], &key(KEYS / 2)[..]);
+    assert_eq!(&left.end_key[..], &DATA.key(KEYS / 2)[..]);
     assert_eq!(right.start_key, left.end_key);
     assert!(right.end_key.is_empty());
     assert_eq!(left.region_epoch.unwrap().version, 2);
@@ -130,14 +94,14 @@ fn split_divides_the_region_on_every_store() {
     );
 
     // A client that knew only the old region follows the split.
-    assert_reads(&stale, 0..KEYS, 1);
-    write(&stale, 0..KEYS, 2);
-    assert_reads(&admin, 0..KEYS, 2);
-    assert_eq!(stale.locate(&key(KEYS - 1)).unwrap().id, right.id);
+    DATA.assert_reads(&stale, 0..KEYS, 1);
+    DATA.write(&stale, 0..KEYS, 2);
+    DATA.assert_reads(&admin, 0..KEYS, 2);
+    assert_eq!(stale.locate(&DATA.key(KEYS - 1)).unwrap().id, right.id);
     for &s in cluster.store_ids() {
         let store = cluster.store(s).unwrap();
         assert!(
-            eventually(|| holds(store.engine(), 0..KEYS, 2)),
+            eventually(|| DATA.holds(store.engine(), 0..KEYS, 2)),
             "store {s} lacks data"
         );
         assert!(store.fatal_error().is_none());
@@ -154,8 +118,8 @@ fn batch_split_survives_a_restart() {
     let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     wait_leader(&cluster, REGION).expect("leader");
     let admin = cluster.client(ClientConfig::default());
-    write(&admin, 0..KEYS, 1);
-    let (k1, k2, k3) = (key(10), key(20), key(40));
+    DATA.write(&admin, 0..KEYS, 1);
+    let (k1, k2, k3) = (DATA.key(10), DATA.key(20), DATA.key(40));
     let regions = admin
         .split(REGION, &[&k1[..], &k2[..], &k3[..]])
         .expect("split");
@@ -165,7 +129,7 @@ fn batch_split_survives_a_restart() {
     }
     assert!(regions.iter().all(|r| r.region_epoch.unwrap().version == 4));
     assert!(eventually(|| stores_hold(&cluster, &regions)));
-    write(&admin, 0..KEYS, 2);
+    DATA.write(&admin, 0..KEYS, 2);
 
     for s in cluster.store_ids().to_vec() {
         cluster.stop_store(s);
@@ -182,7 +146,7 @@ fn batch_split_survives_a_restart() {
             r.id
         );
     }
-    assert_reads(&fresh, 0..KEYS, 2);
+    DATA.assert_reads(&fresh, 0..KEYS, 2);
     cluster.shutdown();
 }
 
@@ -195,15 +159,15 @@ fn split_reaches_a_store_partitioned_during_it() {
     let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     let leader = wait_leader(&cluster, REGION).expect("leader");
     let admin = cluster.client(ClientConfig::default());
-    write(&admin, 0..KEYS, 1);
+    DATA.write(&admin, 0..KEYS, 1);
     let away = *cluster
         .store_ids()
         .iter()
         .find(|&&s| s != leader)
         .expect("a follower");
     let filter = cluster.transport().isolate(away);
-    let regions = admin.split_at(&key(KEYS / 3)).expect("split");
-    write(&admin, 0..KEYS, 2);
+    let regions = admin.split_at(&DATA.key(KEYS / 3)).expect("split");
+    DATA.write(&admin, 0..KEYS, 2);
     let store = cluster.store(away).unwrap();
     assert_eq!(store.region_count(), 1, "split without hearing of it");
     cluster.transport().remove_filter(filter);
@@ -216,7 +180,7 @@ fn split_reaches_a_store_partitioned_during_it() {
             .collect::<Vec<_>>()
     );
     assert!(
-        eventually(|| holds(store.engine(), 0..KEYS, 2)),
+        eventually(|| DATA.holds(store.engine(), 0..KEYS, 2)),
         "the partitioned store lacks data"
     );
     assert!(store.fatal_error().is_none());
@@ -357,7 +321,7 @@ fn split_checker_splits_a_growing_region() {
     wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
     for i in 0..WRITES {
-        client.put(&key(i), &[i as u8; VALUE]).expect("put");
+        client.put(&DATA.key(i), &[i as u8; VALUE]).expect("put");
     }
     // ~400 KiB past a 64 KiB split size: the checker splits until every
     // region is under it (at least 4 regions).
@@ -386,7 +350,7 @@ fn split_checker_splits_a_growing_region() {
     assert!(proposed >= 3, "the checker proposed {proposed} splits");
     for i in 0..WRITES {
         assert_eq!(
-            client.get(&key(i)).expect("get").as_deref(),
+            client.get(&DATA.key(i)).expect("get").as_deref(),
             Some(&[i as u8; VALUE][..]),
             "key {i}"
         );
@@ -435,7 +399,7 @@ fn client_chosen_split_ids_are_replaced() {
         split(too_many),
         Err(Error::Admin(AdminError::TooManySplitKeys { .. }))
     ));
-    let resp = split(vec![key(30)]).expect("split");
+    let resp = split(vec![DATA.key(30)]).expect("split");
     let Some(admin_response::Cmd::BatchSplit(r)) = resp.admin_response.and_then(|a| a.cmd) else {
         panic!("no split response");
     };

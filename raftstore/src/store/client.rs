@@ -840,40 +840,34 @@ impl Client {
     /// of every store (the cache has none for it: a split moved it, or the
     /// client started without it); the cache takes it.
     fn locate_on_stores(&self, key: &[u8], deadline: Instant) -> Option<Region> {
-        let region = self
-            .stores
-            .all()
-            .iter()
-            .filter_map(|h| {
-                let left = deadline.checked_duration_since(Instant::now())?;
-                h.locate(key, self.cfg.request_timeout.min(left))
-                    .ok()
-                    .flatten()
-            })
-            .reduce(|a, b| {
-                if older(a.region_epoch, b.region_epoch) {
-                    b
-                } else {
-                    a
-                }
-            })?;
-        self.cache.lock().insert(region.clone());
-        Some(region)
+        self.newest_on_stores(deadline, |h, wait| h.locate(key, wait).ok().flatten())
     }
 
     /// The newest copy of region `region_id` any store has (by epoch); the
     /// cache takes it.
     fn region_on_stores(&self, region_id: u64, deadline: Instant) -> Option<Region> {
+        self.newest_on_stores(deadline, |h, wait| {
+            h.region_status(region_id, wait)
+                .ok()
+                .map(|s| s.region)
+                .filter(|r| !r.peers.is_empty())
+        })
+    }
+
+    /// The newest (by epoch) of the regions `ask` gets from each store,
+    /// each asked within what is left of `deadline`; the cache takes it.
+    fn newest_on_stores(
+        &self,
+        deadline: Instant,
+        ask: impl Fn(&StoreHandle, Duration) -> Option<Region>,
+    ) -> Option<Region> {
         let region = self
             .stores
             .all()
             .iter()
             .filter_map(|h| {
                 let left = deadline.checked_duration_since(Instant::now())?;
-                h.region_status(region_id, self.cfg.request_timeout.min(left))
-                    .ok()
-                    .map(|s| s.region)
-                    .filter(|r| !r.peers.is_empty())
+                ask(h, self.cfg.request_timeout.min(left))
             })
             .reduce(|a, b| {
                 if older(a.region_epoch, b.region_epoch) {

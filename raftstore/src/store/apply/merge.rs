@@ -292,8 +292,9 @@ pub(crate) fn apply_origin(
 /// to merge.
 fn check_commit(request: &RaftCmdRequest, source: &Region, fsm: &ApplyFsm) -> Result<()> {
     let asked = request.header.as_ref().and_then(|h| h.region_epoch);
-    let cmd = flotilla_proto::raft_cmdpb::admin_request::Cmd::CommitMerge(Default::default());
-    check_epoch(&cmd, asked, &fsm.region)?;
+    if let Some(cmd) = request.admin_request.as_ref().and_then(|a| a.cmd.as_ref()) {
+        check_epoch(cmd, asked, &fsm.region)?;
+    }
     if fsm.merging().is_some() {
         return Err(Error::Admin(AdminError::RegionMerging {
             region_id: fsm.region.id,
@@ -357,6 +358,42 @@ mod tests {
         }
     }
 
+    /// An engine, a router and a range index for the apply side.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        router: crate::store::fsm::RaftRouter,
+        _system: flotilla_router::BatchSystem<crate::store::fsm::PeerFsm, StoreFsm>,
+        meta: crate::store::meta::SharedMeta,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            let (router, system) = flotilla_router::BatchSystem::new(
+                &flotilla_router::Config::default(),
+                flotilla_router::Mailbox::new(Box::<StoreFsm>::default()),
+            )
+            .unwrap();
+            Fixture {
+                _dir: dir,
+                engine,
+                router,
+                _system: system,
+                meta: StoreMeta::new().shared(),
+            }
+        }
+
+        fn ctx(&self) -> SplitCtx<'_> {
+            SplitCtx {
+                engine: &self.engine,
+                meta: &self.meta,
+                router: &self.router,
+            }
+        }
+    }
+
     /// admin.md scenario 21 (apply part): PrepareMerge makes the source
     /// `Merging` with both epoch parts bumped; a CommitMerge waits until
     /// the source's state says so, then writes the target's grown region
@@ -364,20 +401,8 @@ mod tests {
     /// one batch.
     #[test]
     fn commit_merge_waits_for_the_source_then_writes_both_states() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-        let (router, _system) =
-            flotilla_router::BatchSystem::<super::super::super::fsm::PeerFsm, StoreFsm>::new(
-                &flotilla_router::Config::default(),
-                flotilla_router::Mailbox::new(Box::<StoreFsm>::default()),
-            )
-            .unwrap();
-        let meta = StoreMeta::new().shared();
-        let ctx = SplitCtx {
-            engine: &engine,
-            meta: &meta,
-            router: &router,
-        };
+        let store = Fixture::new();
+        let (engine, ctx) = (&store.engine, store.ctx());
         let target = region(2, b"m", b"", 3);
         let mut src = ApplyFsm::new(
             region(1, b"", b"m", 5),
@@ -451,20 +476,8 @@ mod tests {
     /// refused without that proof.
     #[test]
     fn a_stale_commit_merge_proves_a_refusal_only_when_final() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-        let (router, _system) =
-            flotilla_router::BatchSystem::<super::super::super::fsm::PeerFsm, StoreFsm>::new(
-                &flotilla_router::Config::default(),
-                flotilla_router::Mailbox::new(Box::<StoreFsm>::default()),
-            )
-            .unwrap();
-        let meta = StoreMeta::new().shared();
-        let ctx = SplitCtx {
-            engine: &engine,
-            meta: &meta,
-            router: &router,
-        };
+        let store = Fixture::new();
+        let (engine, ctx) = (&store.engine, store.ctx());
         let source = region(1, b"", b"m", 5);
         let epoch = |version| RegionEpoch {
             conf_ver: 1,

@@ -400,10 +400,10 @@ impl Peer {
         if !self.is_leader() || crash_point_merge_commit_hold() {
             return;
         }
-        slog::debug!(self.logger, "asked to commit a merge";
-            "source" => req.source.as_ref().map_or(0, |r| r.id), "commit" => req.commit);
-        let applied = self.raft.store().applied_index();
         let source_id = req.source.as_ref().map_or(0, |r| r.id);
+        slog::debug!(self.logger, "asked to commit a merge";
+            "source" => source_id, "commit" => req.commit);
+        let applied = self.raft.store().applied_index();
         let ctx = self.merge_ctx();
         ctx.committing.retain(|&(_, _, index)| index > applied);
         if ctx
@@ -414,27 +414,36 @@ impl Peer {
             return;
         }
         let commit = req.commit;
+        let cmd = admin_request::Cmd::CommitMerge(req);
+        if let Some(index) = self.propose_own_admin(target_epoch, cmd) {
+            slog::info!(self.logger, "proposed merge commit"; "source" => source_id, "index" => index);
+            self.merge_ctx().committing.push((source_id, commit, index));
+        }
+    }
+
+    /// Proposes `cmd`, a merge step of the store's own (no client waits
+    /// for it), under `epoch`. Returns its index if it entered the log.
+    fn propose_own_admin(
+        &mut self,
+        epoch: flotilla_proto::metapb::RegionEpoch,
+        cmd: admin_request::Cmd,
+    ) -> Option<u64> {
         let request = RaftCmdRequest {
             header: Some(RaftRequestHeader {
                 region_id: self.region_id(),
                 peer: Some(self.meta),
-                region_epoch: Some(target_epoch),
+                region_epoch: Some(epoch),
                 ..Default::default()
             }),
             requests: Vec::new(),
-            admin_request: Some(AdminRequest {
-                cmd: Some(admin_request::Cmd::CommitMerge(req)),
-            }),
+            admin_request: Some(AdminRequest { cmd: Some(cmd) }),
         };
         let index = self.raft.raft.raft_log().last_index() + 1;
         let data = request.encode_to_vec();
         self.propose_with(Responder::new(Box::new(|_| {})), |raft| {
             raft.propose(Vec::new(), data)
         });
-        if self.raft.raft.raft_log().last_index() == index {
-            slog::info!(self.logger, "proposed merge commit"; "source" => source_id, "index" => index);
-            self.merge_ctx().committing.push((source_id, commit, index));
-        }
+        (self.raft.raft.raft_log().last_index() == index).then_some(index)
     }
 
     /// A target's apply side waits for this peer to apply the merge's
@@ -501,26 +510,9 @@ impl Peer {
         {
             return;
         }
-        let request = RaftCmdRequest {
-            header: Some(RaftRequestHeader {
-                region_id: self.region_id(),
-                peer: Some(self.meta),
-                region_epoch: self.region().region_epoch,
-                ..Default::default()
-            }),
-            requests: Vec::new(),
-            admin_request: Some(AdminRequest {
-                cmd: Some(admin_request::Cmd::RollbackMerge(RollbackMergeRequest {
-                    commit,
-                })),
-            }),
-        };
-        let index = self.raft.raft.raft_log().last_index() + 1;
-        let data = request.encode_to_vec();
-        self.propose_with(Responder::new(Box::new(|_| {})), |raft| {
-            raft.propose(Vec::new(), data)
-        });
-        if self.raft.raft.raft_log().last_index() == index {
+        let epoch = self.region().region_epoch.unwrap_or_default();
+        let cmd = admin_request::Cmd::RollbackMerge(RollbackMergeRequest { commit });
+        if let Some(index) = self.propose_own_admin(epoch, cmd) {
             self.merge_ctx().rollback_index = index;
         }
     }
@@ -541,23 +533,24 @@ impl Peer {
         }
     }
 
-    /// Whether this region's state on disk is a tombstone.
-    fn tombstoned_on_disk(&self) -> bool {
-        self.engine
-            .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(self.region_id()))
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.state() == PeerState::Tombstone)
-    }
-
-    /// Whether this region's state on disk is a tombstone of its merge
-    /// into region `target`.
-    fn merged_on_disk_into(&self, target: u64) -> bool {
+    /// This region's state on disk, if it is a tombstone.
+    fn tombstone_on_disk(&self) -> Option<RegionLocalState> {
         self.engine
             .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(self.region_id()))
             .ok()
             .flatten()
             .filter(|s| s.state() == PeerState::Tombstone)
+    }
+
+    /// Whether this region's state on disk is a tombstone.
+    fn tombstoned_on_disk(&self) -> bool {
+        self.tombstone_on_disk().is_some()
+    }
+
+    /// Whether this region's state on disk is a tombstone of its merge
+    /// into region `target`.
+    fn merged_on_disk_into(&self, target: u64) -> bool {
+        self.tombstone_on_disk()
             .and_then(|s| s.merge_state)
             .and_then(|m| m.target)
             .is_some_and(|t| t.id == target)
