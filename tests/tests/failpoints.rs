@@ -268,6 +268,28 @@ fn quick_client(cluster: &Cluster, ms: u64) -> Client {
     })
 }
 
+/// Merges `right` into `left` with the target's commit held back (the
+/// `merge_commit_hold` failpoint, left on): the merge times out and the
+/// source is `Merging` on every store.
+fn prepare_merge_held(
+    cluster: &Cluster,
+    client: &Client,
+    left: &flotilla_proto::metapb::Region,
+    right: &flotilla_proto::metapb::Region,
+) {
+    fail::cfg("merge_commit_hold", "return").unwrap();
+    let held = client.merge(right.id, left.id);
+    assert!(
+        matches!(held, Err(Error::Timeout)),
+        "the merge ended with its commit held back: {held:?}"
+    );
+    assert!(eventually(|| everywhere_in(
+        cluster,
+        right.id,
+        PeerState::Merging
+    )));
+}
+
 /// Whether every running store has region `id` in `state`.
 fn everywhere_in(cluster: &Cluster, id: u64, state: PeerState) -> bool {
     cluster.store_ids().iter().all(|&s| {
@@ -293,18 +315,8 @@ fn merge_survives_a_restart_between_prepare_and_commit() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, _, client) = started(&dir);
     let (left, right) = split_in_two(&client);
-    fail::cfg("merge_commit_hold", "return").unwrap();
     let quick = quick_client(&cluster, 1500);
-    let held = quick.merge(right.id, left.id);
-    assert!(
-        matches!(held, Err(Error::Timeout)),
-        "the merge ended with its commit held back: {held:?}"
-    );
-    assert!(eventually(|| everywhere_in(
-        &cluster,
-        right.id,
-        PeerState::Merging
-    )));
+    prepare_merge_held(&cluster, &quick, &left, &right);
     let source_key = key(KEYS - 1);
     assert!(merging_refusal(&quick.put(&source_key, b"x")));
     assert!(merging_refusal(&quick.compact_log(right.id, 1)));
@@ -353,15 +365,8 @@ fn merge_rolls_back_when_the_target_splits_then_merges_again() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, _, client) = started(&dir);
     let (left, right) = split_in_two(&client);
-    fail::cfg("merge_commit_hold", "return").unwrap();
     let quick = quick_client(&cluster, 1500);
-    let held = quick.merge(right.id, left.id);
-    assert!(matches!(held, Err(Error::Timeout)), "{held:?}");
-    assert!(eventually(|| everywhere_in(
-        &cluster,
-        right.id,
-        PeerState::Merging
-    )));
+    prepare_merge_held(&cluster, &quick, &left, &right);
     // The target changes under the merge.
     let pieces = client.split_at(&key(KEYS / 4)).expect("split the target");
     let adjacent = pieces
