@@ -473,6 +473,103 @@ fn pre_vote_refused_with_live_leader_or_stale_log() {
     assert_eq!(r[0].term, 2, "grant carries the requested term");
 }
 
+/// checklist: prevote-1, prevote-3 (two pre-candidates at once: the one
+/// with the lower id goes on, the other grants it; with two live voters of
+/// three, granting each other would split the real vote every time)
+#[test]
+fn simultaneous_pre_candidates_do_not_split_the_vote() {
+    let mut net = Network::new_with(&[1, 2, 3], |c| {
+        c.pre_vote = true;
+        c.check_quorum = true;
+    });
+    net.elect(1);
+    net.isolate(1);
+    // 2 and 3 both find the leader gone and pre-campaign in the same
+    // instant: neither has seen the other's request yet.
+    net.node(2).raft.campaign_now();
+    net.node(3).raft.campaign_now();
+    let from2 = net.process(2);
+    let from3 = net.process(3);
+    assert_eq!(net.raft(2).state(), StateRole::PreCandidate);
+    assert_eq!(net.raft(3).state(), StateRole::PreCandidate);
+    let mut msgs = from2;
+    msgs.extend(from3);
+    net.send(msgs);
+    assert_eq!(net.raft(2).state(), StateRole::Leader, "the lower id won");
+    assert_eq!(net.raft(2).term(), 2, "one election, no split vote");
+    assert_eq!(net.raft(3).state(), StateRole::Follower);
+    assert_eq!(net.raft(3).term(), 2);
+    // A pre-candidate still grants a newer log, whatever its id.
+    let mut n = new_node_with(
+        {
+            let mut c = config(1);
+            c.pre_vote = true;
+            c
+        },
+        storage_with(&[1, 2, 3], &ents(&[(1, 1)]), 1),
+    );
+    n.campaign().unwrap();
+    assert_eq!(n.raft.state(), StateRole::PreCandidate);
+    n.raft.take_all_msgs();
+    let mut newer = msg(MessageType::MsgRequestPreVote, 3, 1, 2);
+    newer.index = 2;
+    newer.log_term = 1;
+    n.step(newer).unwrap();
+    let r = n.raft.take_all_msgs();
+    assert!(!r[0].reject, "a newer log is granted");
+    let mut same = msg(MessageType::MsgRequestPreVote, 3, 1, 2);
+    same.index = 1;
+    same.log_term = 1;
+    n.step(same).unwrap();
+    let r = n.raft.take_all_msgs();
+    assert!(r[0].reject, "an equal log with a higher id is refused");
+}
+
+/// checklist: quorum-2 (a store that knows the leader gone campaigns at
+/// once, and its clock starts afresh: the next tick does not pre-campaign
+/// again; a voter that knew the leader is no longer within its lease)
+#[test]
+fn campaign_now_campaigns_once_and_ends_the_lease() {
+    let mut net = Network::new_with(&[1, 2, 3], |c| {
+        c.pre_vote = true;
+        c.check_quorum = true;
+    });
+    net.elect(1);
+    net.isolate(1);
+    assert!(net.raft(2).ignores_votes_in_lease());
+    net.node(2).raft.campaign_now();
+    assert_eq!(net.raft(2).state(), StateRole::PreCandidate);
+    let first = net.process(2);
+    assert_eq!(
+        first
+            .iter()
+            .filter(|m| m.msg_type() == MessageType::MsgRequestPreVote)
+            .count(),
+        2
+    );
+    net.node(2).tick();
+    assert!(
+        net.process(2).is_empty(),
+        "no second pre-campaign at the next tick"
+    );
+    // 3 still hears nothing of 1 but is within the lease: it ignores 2.
+    assert!(net.raft(3).ignores_votes_in_lease());
+    // A learner cannot campaign; its lease ends all the same.
+    let mut l = new_node_with(
+        {
+            let mut c = config(4);
+            c.check_quorum = true;
+            c
+        },
+        MemStorage::with_voters(&[1, 2, 3], &[4]),
+    );
+    l.step(append_msg(1, 4, 1, (0, 0), vec![], 0)).unwrap();
+    assert!(l.raft.ignores_votes_in_lease());
+    l.raft.campaign_now();
+    assert_eq!(l.raft.state(), StateRole::Follower);
+    assert!(!l.raft.ignores_votes_in_lease());
+}
+
 /// checklist: prevote-4
 #[test]
 fn pre_vote_with_node_ahead_in_term_converges() {

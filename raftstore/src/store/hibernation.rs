@@ -128,9 +128,10 @@ pub struct PeerSleep {
     /// Follower: [`Hibernation::withdrawal_count`] when it last looked at
     /// its silent leader's store.
     pub seen_withdrawals: u64,
-    /// Follower, quiet: a peer of the region asked for its vote, which it
-    /// refused as its store still supported the leader's; when the
-    /// withdrawal comes it campaigns first.
+    /// Follower: a peer of the region asked for its vote, which it refused
+    /// as its store still supported the leader's; when this store loses
+    /// the leader's store it campaigns first. Cleared when the leader is
+    /// heard.
     pub vote_asked: bool,
     /// Follower: half its election timeout passed without a word from its
     /// leader while the leader's store is supported, and it asked the

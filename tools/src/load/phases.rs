@@ -837,6 +837,10 @@ impl<'a> Run<'a> {
             format!("{} / {}", d.leader_store_down_wakes, d.support_withdrawals),
         );
         t.row(
+            "pre-vote / vote requests sent (each asks one voter)",
+            format!("{} / {}", d.pre_vote_requests, d.vote_requests),
+        );
+        t.row(
             "measured by",
             format!(
                 "the others' leader counts and support withdrawals, every {} ms, from the stop",

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use flotilla_proto::eraftpb::MessageType;
 use flotilla_raftstore::store::{Cluster, StoreMetrics, WakeReason};
 
 /// Linux reports process times in `USER_HZ` ticks, fixed at 100 per second
@@ -110,6 +111,10 @@ pub struct Counters {
     pub leader_store_down_wakes: u64,
     /// Times a store withdrew support from another.
     pub support_withdrawals: u64,
+    /// Pre-vote requests the peers sent (one per voter asked).
+    pub pre_vote_requests: u64,
+    /// Vote requests the peers sent (one per voter asked).
+    pub vote_requests: u64,
 }
 
 impl Counters {
@@ -127,6 +132,8 @@ impl Counters {
             wakes: m.wakes_by_reason.iter().map(get).sum(),
             leader_store_down_wakes: m.wakes(WakeReason::LeaderStoreDown),
             support_withdrawals: get(&m.support_withdrawals),
+            pre_vote_requests: m.sent_of_type(MessageType::MsgRequestPreVote),
+            vote_requests: m.sent_of_type(MessageType::MsgRequestVote),
         }
     }
 
@@ -153,6 +160,8 @@ impl Counters {
                 earlier.leader_store_down_wakes,
             ),
             support_withdrawals: d(self.support_withdrawals, earlier.support_withdrawals),
+            pre_vote_requests: d(self.pre_vote_requests, earlier.pre_vote_requests),
+            vote_requests: d(self.vote_requests, earlier.vote_requests),
         }
     }
 
@@ -167,6 +176,8 @@ impl Counters {
         self.wakes += o.wakes;
         self.leader_store_down_wakes += o.leader_store_down_wakes;
         self.support_withdrawals += o.support_withdrawals;
+        self.pre_vote_requests += o.pre_vote_requests;
+        self.vote_requests += o.vote_requests;
     }
 
     /// Per second over `span` of one counter.

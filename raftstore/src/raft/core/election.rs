@@ -119,8 +119,16 @@ impl<S: Storage> Raft<S> {
         let strictly_newer = m.log_term > self.raft_log.last_term()
             || (m.log_term == self.raft_log.last_term() && m.index > self.raft_log.last_index());
         let priority_ok = strictly_newer || m.priority >= self.priority;
+        // Two pre-candidates campaigning at once would each grant the
+        // other's pre-vote and then split the real vote (with two live
+        // voters, every time), costing both a randomized election timeout.
+        // A pre-candidate grants a pre-vote only when it could not win this
+        // round anyway: the asker's log is newer, or as new and its id is
+        // lower. Between simultaneous pre-candidates exactly one goes on.
+        let no_duel =
+            !(pre && self.state == StateRole::PreCandidate) || strictly_newer || m.from < self.id;
         let mut resp = Self::new_message(m.from, resp_type);
-        if can_vote && up_to_date && priority_ok {
+        if can_vote && up_to_date && priority_ok && no_duel {
             // The response carries the request's term: a pre-vote grant must
             // not look stale to the pre-candidate.
             resp.term = m.term;

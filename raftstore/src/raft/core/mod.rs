@@ -276,6 +276,15 @@ impl<S: Storage> Raft<S> {
         self.election_elapsed
     }
 
+    /// Whether a vote or pre-vote request of a higher term would be
+    /// ignored now as within the leader lease (check-quorum: a leader is
+    /// known, or was known, less than an election timeout ago).
+    pub fn ignores_votes_in_lease(&self) -> bool {
+        self.check_quorum
+            && (self.leader_id != INVALID_ID || self.start_lease)
+            && self.election_elapsed < self.election_timeout
+    }
+
     /// Payload bytes of uncommitted entries (leader).
     pub fn uncommitted_size(&self) -> u64 {
         self.uncommitted_size
@@ -399,6 +408,26 @@ impl<S: Storage> Raft<S> {
         };
         self.election_elapsed = self.election_elapsed.max(at).max(self.election_timeout);
         self.start_lease = false;
+    }
+
+    /// The store found the leader's store gone and this node is its
+    /// group's first campaigner: it campaigns now, as if its election clock
+    /// ran out at this tick (the clock starts afresh for the next round,
+    /// so a pre-campaign is not started twice). No vote is refused as
+    /// within a lease afterwards, even if it could not campaign.
+    pub fn campaign_now(&mut self) {
+        self.start_lease = false;
+        if self.promotable && self.state != StateRole::Leader {
+            self.election_elapsed = 0;
+            let _ = self.step(Message {
+                msg_type: MessageType::MsgHup as i32,
+                from: self.id,
+                ..Default::default()
+            });
+        }
+        if self.state == StateRole::Follower {
+            self.election_elapsed = self.election_elapsed.max(self.election_timeout);
+        }
     }
 
     /// Hibernation: a leader wakes. Its check-quorum window starts afresh

@@ -30,10 +30,7 @@ impl<S: Storage> Raft<S> {
                 MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
             ) {
                 let force = m.context.as_ref() == CAMPAIGN_TRANSFER;
-                let in_lease = self.check_quorum
-                    && (self.leader_id != INVALID_ID || self.start_lease)
-                    && self.election_elapsed < self.election_timeout;
-                if !force && in_lease {
+                if !force && self.ignores_votes_in_lease() {
                     slog::debug!(self.logger, "ignored vote request within the leader lease";
                         "id" => self.id, "from" => m.from, "term" => m.term);
                     return Ok(());

@@ -97,7 +97,7 @@ impl Peer {
             m.msg_type(),
             MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
         ) {
-            self.on_vote_while_quiet(hib);
+            self.on_vote_request(hib);
         }
         if !self.sleep.asleep {
             self.on_raft_message(msg);
@@ -203,18 +203,26 @@ impl Peer {
         if store == self.meta.store_id || self.sleep.woken_by == Some((store, lost)) {
             return;
         }
-        let first = self.campaigns_first_without(store);
+        let first =
+            self.campaigns_first_without(store) || std::mem::take(&mut self.sleep.vote_asked);
         self.leader_store_lost(store, lost, first);
     }
 
     /// This follower's leader's store lost this store's support under
     /// `epoch`: it stops refusing votes as within a lease and runs its
-    /// election clock out, campaigning at its next tick if `first` (see
+    /// election clock out, campaigning at once if `first` (see
     /// `check_leader_store` for why this is lease-safe).
     fn leader_store_lost(&mut self, store: u64, epoch: u64, first: bool) {
         self.sleep.quiet_under = None;
         self.sleep.woken_by = Some((store, epoch));
-        self.raft.raft.expire_election_clock(first);
+        if first {
+            // Not at the next tick: at a store's death the first
+            // campaigners of tens of thousands of regions start in the
+            // rounds their wakes arrive in, instead of all at one tick.
+            self.raft.raft.campaign_now();
+        } else {
+            self.raft.raft.expire_election_clock(false);
+        }
     }
 
     /// Whether a quiet follower whose leader's store was lost campaigns
@@ -232,10 +240,7 @@ impl Peer {
     /// make it, so the vote is not refused as within a lease. Otherwise
     /// the refusal stands, but when the withdrawal comes this follower
     /// campaigns first (a peer already found the leader gone).
-    pub(super) fn on_vote_while_quiet(&mut self, hib: &Hibernation) {
-        if self.is_leader() {
-            return;
-        }
+    fn on_vote_while_quiet(&mut self, hib: &Hibernation) {
         let Some((store, epoch)) = self.sleep.quiet_under else {
             return;
         };
@@ -244,6 +249,42 @@ impl Peer {
             SupportStatus::Lost(e) if e == epoch => self.leader_store_lost(store, epoch, false),
             // Supported again under a newer epoch: the store lived after
             // the withdrawal; its leader may be alive.
+            _ => {}
+        }
+    }
+
+    /// A peer of the region asks this follower for a vote. A quiet one
+    /// goes by [`Peer::on_vote_while_quiet`]. An awake one that still hears
+    /// its leader (or its store) refuses the vote as within the lease, and
+    /// the asker, hearing nothing, would wait a whole randomized election
+    /// timeout; so when this store later loses the leader's store, this
+    /// follower campaigns first. Should this store have lost the leader's
+    /// store already, the clock runs out now, as
+    /// [`Peer::check_silent_leader_store`] would make it at the next tick.
+    fn on_vote_request(&mut self, hib: &Hibernation) {
+        if self.is_leader() {
+            return;
+        }
+        if self.sleep.quiet_under.is_some() {
+            self.on_vote_while_quiet(hib);
+            return;
+        }
+        let Some(store) = self
+            .leader()
+            .filter(|l| l.id != self.meta.id)
+            .map(|l| l.store_id)
+        else {
+            return;
+        };
+        if store == self.meta.store_id {
+            return;
+        }
+        match hib.support_status(store, Instant::now()) {
+            SupportStatus::Lost(lost) if self.sleep.woken_by != Some((store, lost)) => {
+                self.leader_store_lost(store, lost, false);
+            }
+            SupportStatus::Lost(_) => {}
+            _ if self.raft.raft.ignores_votes_in_lease() => self.sleep.vote_asked = true,
             _ => {}
         }
     }

@@ -448,6 +448,7 @@ impl Peer {
         if from == self.raft.raft.leader_id() {
             self.sleep.nudged = false;
             self.sleep.quiet_under = None;
+            self.sleep.vote_asked = false;
             if let Some(k) = self.known_peers.as_mut() {
                 k.silent_ticks = 0;
             }
