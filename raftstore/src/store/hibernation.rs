@@ -30,6 +30,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use flotilla_proto::eraftpb::Message;
 use flotilla_proto::raft_serverpb::Beat;
 use fxhash::{FxHashMap, FxHashSet};
 use parking_lot::Mutex;
@@ -128,11 +129,11 @@ pub struct PeerSleep {
     /// Follower: [`Hibernation::withdrawal_count`] when it last looked at
     /// its silent leader's store.
     pub seen_withdrawals: u64,
-    /// Follower: a peer of the region asked for its vote, which it refused
-    /// as its store still supported the leader's; when this store loses
-    /// the leader's store it campaigns first. Cleared when the leader is
-    /// heard.
-    pub vote_asked: bool,
+    /// Follower: the latest vote request of a peer of the region that it
+    /// ignored as within the lease while its store still supported the
+    /// leader's; answered when this store loses the leader's store.
+    /// Dropped when the leader is heard.
+    pub asked: Option<Box<Message>>,
     /// Follower: half its election timeout passed without a word from its
     /// leader while the leader's store is supported, and it asked the
     /// leader to wake (it may hibernate, having missed this follower's

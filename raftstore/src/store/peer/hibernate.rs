@@ -97,7 +97,7 @@ impl Peer {
             m.msg_type(),
             MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
         ) {
-            self.on_vote_request(hib);
+            self.on_vote_request(m, hib);
         }
         if !self.sleep.asleep {
             self.on_raft_message(msg);
@@ -173,7 +173,7 @@ impl Peer {
         match hib.support_status(store, Instant::now()) {
             SupportStatus::Supported(e) if e == epoch => {}
             SupportStatus::Lost(e) if e == epoch => {
-                let first = self.first_after_quiet_loss(store);
+                let first = self.campaigns_first_without(store);
                 self.leader_store_lost(store, epoch, first);
             }
             // Supported again under a newer epoch (the store lived after
@@ -203,19 +203,21 @@ impl Peer {
         if store == self.meta.store_id || self.sleep.woken_by == Some((store, lost)) {
             return;
         }
-        let first =
-            self.campaigns_first_without(store) || std::mem::take(&mut self.sleep.vote_asked);
+        let first = self.campaigns_first_without(store);
         self.leader_store_lost(store, lost, first);
     }
 
     /// This follower's leader's store lost this store's support under
     /// `epoch`: it stops refusing votes as within a lease and runs its
     /// election clock out, campaigning at once if `first` (see
-    /// `check_leader_store` for why this is lease-safe).
+    /// `check_leader_store` for why this is lease-safe). A vote request it
+    /// refused as within the lease meanwhile is answered now, as if it
+    /// arrived late: the asker, still campaigning, needs only that answer,
+    /// so this follower does not campaign itself then.
     fn leader_store_lost(&mut self, store: u64, epoch: u64, first: bool) {
         self.sleep.quiet_under = None;
         self.sleep.woken_by = Some((store, epoch));
-        if first {
+        if first && self.sleep.asked.is_none() {
             // Not at the next tick: at a store's death the first
             // campaigners of tens of thousands of regions start in the
             // rounds their wakes arrive in, instead of all at one tick.
@@ -223,13 +225,24 @@ impl Peer {
         } else {
             self.raft.raft.expire_election_clock(false);
         }
+        self.answer_refused_ask();
     }
 
-    /// Whether a quiet follower whose leader's store was lost campaigns
-    /// first: its region's turn says so, or a peer already asked it for a
-    /// vote (that peer found the leader gone before this store did).
-    fn first_after_quiet_loss(&mut self, store: u64) -> bool {
-        self.campaigns_first_without(store) || std::mem::take(&mut self.sleep.vote_asked)
+    /// Answers the vote request kept by [`Peer::keep_refused_ask`] once
+    /// this follower's lease is over (its store lost the leader's, or its
+    /// election clock ran past the timeout), as if it arrived only now.
+    /// Unanswered, the asker would wait out a whole randomized election
+    /// timeout, and as a pre-candidate it refuses a pre-vote of a peer
+    /// with a higher id meanwhile.
+    pub(super) fn answer_refused_ask(&mut self) {
+        if self.sleep.asked.is_none() || self.raft.raft.ignores_votes_in_lease() {
+            return;
+        }
+        if let Some(m) = self.sleep.asked.take()
+            && let Err(e) = self.raft.step(*m)
+        {
+            slog::debug!(self.logger, "answering a refused vote request failed"; "err" => %e);
+        }
     }
 
     /// A peer of the region asks for a vote while this follower is quiet
@@ -238,14 +251,14 @@ impl Peer {
     /// support lapsed, whether or not a tick withdrew it yet), the leader
     /// is gone here too: the clock runs out now, as a withdrawal would
     /// make it, so the vote is not refused as within a lease. Otherwise
-    /// the refusal stands, but when the withdrawal comes this follower
-    /// campaigns first (a peer already found the leader gone).
-    fn on_vote_while_quiet(&mut self, hib: &Hibernation) {
+    /// the refusal stands, and the request is kept to be answered when the
+    /// withdrawal comes (a peer already found the leader gone).
+    fn on_vote_while_quiet(&mut self, m: &Message, hib: &Hibernation) {
         let Some((store, epoch)) = self.sleep.quiet_under else {
             return;
         };
         match hib.support_status(store, Instant::now()) {
-            SupportStatus::Supported(e) if e == epoch => self.sleep.vote_asked = true,
+            SupportStatus::Supported(e) if e == epoch => self.keep_refused_ask(m),
             SupportStatus::Lost(e) if e == epoch => self.leader_store_lost(store, epoch, false),
             // Supported again under a newer epoch: the store lived after
             // the withdrawal; its leader may be alive.
@@ -257,16 +270,17 @@ impl Peer {
     /// goes by [`Peer::on_vote_while_quiet`]. An awake one that still hears
     /// its leader (or its store) refuses the vote as within the lease, and
     /// the asker, hearing nothing, would wait a whole randomized election
-    /// timeout; so when this store later loses the leader's store, this
-    /// follower campaigns first. Should this store have lost the leader's
-    /// store already, the clock runs out now, as
-    /// [`Peer::check_silent_leader_store`] would make it at the next tick.
-    fn on_vote_request(&mut self, hib: &Hibernation) {
+    /// timeout; so the request is kept and answered when this store later
+    /// loses the leader's store ([`Peer::leader_store_lost`]). Should this
+    /// store have lost the leader's store already, the clock runs out now,
+    /// as [`Peer::check_silent_leader_store`] would make it at the next
+    /// tick.
+    fn on_vote_request(&mut self, m: &Message, hib: &Hibernation) {
         if self.is_leader() {
             return;
         }
         if self.sleep.quiet_under.is_some() {
-            self.on_vote_while_quiet(hib);
+            self.on_vote_while_quiet(m, hib);
             return;
         }
         let Some(store) = self
@@ -284,8 +298,16 @@ impl Peer {
                 self.leader_store_lost(store, lost, false);
             }
             SupportStatus::Lost(_) => {}
-            _ if self.raft.raft.ignores_votes_in_lease() => self.sleep.vote_asked = true,
-            _ => {}
+            _ => self.keep_refused_ask(m),
+        }
+    }
+
+    /// Keeps `m`, a vote request raft is about to ignore as within the
+    /// lease (the latest such request wins).
+    fn keep_refused_ask(&mut self, m: &Message) {
+        let raft = &self.raft.raft;
+        if m.term > raft.term() && raft.ignores_votes_in_lease() {
+            self.sleep.asked = Some(Box::new(m.clone()));
         }
     }
 
@@ -325,7 +347,7 @@ impl Peer {
                 // Its leader is gone: campaign now, not a whole election
                 // timeout after the withdrawal; one follower per region
                 // first, the others a little later.
-                let first = self.first_after_quiet_loss(store);
+                let first = self.campaigns_first_without(store);
                 self.leader_store_lost(store, epoch, first);
                 woke.then_some(WakeReason::LeaderStoreDown)
             }
@@ -543,7 +565,7 @@ impl Peer {
         if let Some(epoch) = slept {
             self.sleep.asleep = true;
             self.sleep.quiet_under = Some((from_store, epoch));
-            self.sleep.vote_asked = false;
+            self.sleep.asked = None;
             self.sleep.woken_by = None;
             self.sleep.nudged = false;
             self.raft.raft.reset_election_clock();
@@ -578,5 +600,209 @@ impl Peer {
         self.proposals.shrink_to_fit();
         self.reads.shrink_to_fit();
         self.sleep.outbox.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flotilla_engine::{Durability, Engine, EngineOptions};
+    use slog::Logger;
+
+    use super::*;
+    use crate::raft::StateRole;
+    use crate::store::bootstrap::{bootstrap_store, initial_regions};
+    use crate::store::config::Config;
+    use crate::store::meta::StoreMeta;
+
+    /// The store under test: 3 of a region on stores 1 (leader), 2 (the
+    /// asker) and 3 (this follower, the region's designated first
+    /// campaigner when store 1 is gone).
+    const ME: u64 = 3;
+    const LEADER: u64 = 1;
+    const ASKER: u64 = 2;
+
+    struct Follower {
+        peer: Peer,
+        region: metapb::Region,
+        hib: Hibernation,
+        cfg: Config,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Follower {
+        fn new(support: Duration) -> Follower {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            let region = initial_regions(&[LEADER, ASKER, ME], 1).unwrap().remove(0);
+            bootstrap_store(&engine, 1, ME, std::slice::from_ref(&region)).unwrap();
+            let cfg = Config::default();
+            let logger = Logger::root(slog::Discard, slog::o!());
+            let me = region.peers.iter().find(|p| p.store_id == ME).unwrap().id;
+            let peer = Peer::new(
+                &cfg,
+                engine,
+                region.clone(),
+                me,
+                &StoreMeta::new().shared(),
+                &logger,
+            )
+            .unwrap();
+            let hib = Hibernation::new(ME, 1, [region.id], [LEADER, ASKER], support);
+            let now = Instant::now();
+            hib.heard(LEADER, 1, (0, 0), now);
+            hib.heard(ASKER, 1, (0, 0), now);
+            Follower {
+                peer,
+                region,
+                hib,
+                cfg,
+                _dir: dir,
+            }
+        }
+
+        fn peer_on(&self, store: u64) -> metapb::Peer {
+            *self
+                .region
+                .peers
+                .iter()
+                .find(|p| p.store_id == store)
+                .unwrap()
+        }
+
+        fn deliver(&mut self, from_store: u64, m: Message) {
+            let msg = RaftMessage {
+                region_id: self.region.id,
+                from_peer: Some(self.peer_on(from_store)),
+                to_peer: Some(self.peer_on(ME)),
+                message: Some(m),
+                region_epoch: self.region.region_epoch,
+                ..Default::default()
+            };
+            self.peer.step_raft_message(msg, &self.hib);
+        }
+
+        /// The messages of the peer's Ready, the round's write made
+        /// durable in between (as a poller does).
+        fn sent(&mut self) -> Vec<Message> {
+            let mut out = Vec::new();
+            let mut wb = self.peer.engine.write_batch();
+            self.peer
+                .collect_ready(&mut wb, &mut |_, m| out.push(m))
+                .unwrap();
+            self.peer.engine.write(wb, Durability::Sync).unwrap();
+            self.peer.finish_ready(&mut |_, m| out.push(m));
+            out
+        }
+
+        /// The leader on store 1 heartbeats (in a new term), then the peer
+        /// on store 2 asks for a pre-vote, which this follower ignores as
+        /// within the lease. Returns the term of the pre-vote.
+        fn ignore_a_pre_vote(&mut self) -> u64 {
+            let term = self.peer.raft.raft.term() + 1;
+            let leader = self.peer_on(LEADER).id;
+            let me = self.peer_on(ME).id;
+            self.deliver(
+                LEADER,
+                Message {
+                    msg_type: MessageType::MsgHeartbeat as i32,
+                    from: leader,
+                    to: me,
+                    term,
+                    ..Default::default()
+                },
+            );
+            self.sent();
+            assert_eq!(self.peer.leader().map(|l| l.store_id), Some(LEADER));
+            let log = self.peer.raft.raft.raft_log();
+            let (index, log_term) = (log.last_index(), log.last_term());
+            self.deliver(
+                ASKER,
+                Message {
+                    msg_type: MessageType::MsgRequestPreVote as i32,
+                    from: self.peer_on(ASKER).id,
+                    to: me,
+                    term: term + 1,
+                    index,
+                    log_term,
+                    ..Default::default()
+                },
+            );
+            assert!(
+                self.pre_vote_answers().is_empty(),
+                "answered within the lease"
+            );
+            assert!(self.peer.sleep.asked.is_some(), "the ask was not kept");
+            term + 1
+        }
+
+        fn pre_vote_answers(&mut self) -> Vec<Message> {
+            self.sent()
+                .into_iter()
+                .filter(|m| m.msg_type() == MessageType::MsgRequestPreVoteResponse)
+                .collect()
+        }
+    }
+
+    /// A pre-vote this follower ignored as within the lease is answered
+    /// (granted) when its store loses the leader's store, and the
+    /// follower, though its region's designated campaigner, does not
+    /// campaign itself: the asker is campaigning already. Unanswered, the
+    /// asker waited a whole randomized election timeout (`flotilla load`'s
+    /// failover tail).
+    #[test]
+    fn a_refused_pre_vote_is_answered_when_the_leader_store_is_lost() {
+        let support = Duration::from_millis(50);
+        let mut f = Follower::new(support);
+        let term = f.ignore_a_pre_vote();
+        assert!(f.peer.campaigns_first_without(LEADER));
+        std::thread::sleep(support * 2);
+        let now = Instant::now();
+        f.hib.heard(ASKER, 1, (0, 0), now);
+        let (withdrawn, _) = f.hib.expire(now);
+        assert_eq!(withdrawn, vec![LEADER]);
+        let mut answers = Vec::new();
+        for tick in 1..=f.cfg.election_ticks as u64 {
+            f.peer.on_tick(tick, &f.cfg, &f.hib);
+            answers.extend(f.pre_vote_answers());
+            if !answers.is_empty() {
+                assert!(
+                    tick < f.cfg.election_ticks as u64,
+                    "answered only when the lease ran out by itself"
+                );
+                break;
+            }
+        }
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(!answers[0].reject);
+        assert_eq!(answers[0].term, term);
+        assert_eq!(answers[0].to, f.peer_on(ASKER).id);
+        assert_eq!(f.peer.raft.raft.state(), StateRole::Follower);
+        assert!(f.peer.sleep.asked.is_none());
+    }
+
+    /// With the leader's store still supported, the kept pre-vote is
+    /// answered at the tick the lease runs out, not later, though the
+    /// store clock sends the peer only its due ticks (a follower whose
+    /// leader is silent for half an election timeout is due every tick).
+    #[test]
+    fn a_refused_pre_vote_is_answered_when_the_lease_runs_out() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let term = f.ignore_a_pre_vote();
+        let timeout = f.peer.raft.raft.election_timeout() as u64;
+        let mut answered_at = None;
+        while answered_at.is_none() && f.peer.clock < timeout {
+            let tick = f.peer.tick_due();
+            f.peer.on_tick(tick, &f.cfg, &f.hib);
+            let answers = f.pre_vote_answers();
+            if let Some(a) = answers.first() {
+                assert!(!a.reject);
+                assert_eq!(a.term, term);
+                answered_at = Some(tick);
+                break;
+            }
+        }
+        assert_eq!(answered_at, Some(timeout));
     }
 }

@@ -448,7 +448,7 @@ impl Peer {
         if from == self.raft.raft.leader_id() {
             self.sleep.nudged = false;
             self.sleep.quiet_under = None;
-            self.sleep.vote_asked = false;
+            self.sleep.asked = None;
             if let Some(k) = self.known_peers.as_mut() {
                 k.silent_ticks = 0;
             }
@@ -676,6 +676,7 @@ impl Peer {
         self.check_leader_store(hib);
         self.maybe_nudge_leader(hib);
         self.raft.tick();
+        self.answer_refused_ask();
         self.maybe_renew_lease();
         self.tick_merge(cfg, elapsed);
         if !self.is_merging() {
@@ -820,7 +821,7 @@ impl Peer {
                 // nothing to a leader.
                 self.sleep.quiet_under = None;
                 self.sleep.woken_by = None;
-                self.sleep.vote_asked = false;
+                self.sleep.asked = None;
             } else {
                 self.on_lost_leadership();
             }
