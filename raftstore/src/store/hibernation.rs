@@ -85,6 +85,11 @@ pub enum SleepMsg {
         /// The support epoch it lost.
         epoch: u64,
     },
+    /// Support for some store was withdrawn while this peer was awake: if
+    /// it follows a leader there, it looks now (see
+    /// `Peer::check_silent_leader_store`) instead of at its next due tick,
+    /// which a poller busy with the withdrawal's wakes delays.
+    SupportWithdrawn,
     /// `store`, a follower store this leader slept without, is back.
     LaggingStoreBack {
         /// The store.
@@ -161,6 +166,9 @@ struct Sleeper {
     leader_store: u64,
     /// Leader only: follower stores it slept without.
     lagging: Vec<u64>,
+    /// Follower only: its region's first campaigner should the leader's
+    /// store die (its wake is delivered before the others').
+    first: bool,
 }
 
 #[derive(Debug)]
@@ -177,20 +185,21 @@ struct Inner {
 }
 
 impl Inner {
-    fn take_asleep(&mut self, region: u64) -> bool {
-        let Some(s) = self.asleep.remove(&region) else {
-            return false;
-        };
+    /// Moves `region` to the awake set. Returns its filing, if it slept.
+    fn take_asleep(&mut self, region: u64) -> Option<Sleeper> {
+        let s = self.asleep.remove(&region)?;
         unfile(&mut self.asleep_by_leader_store, s.leader_store, region);
-        for store in s.lagging {
+        for &store in &s.lagging {
             unfile(&mut self.lagging_by_store, store, region);
         }
         self.awake.insert(region);
-        true
+        Some(s)
     }
 
     /// Wakes every region filed under `store` in `index`, adding a message
-    /// made by `msg` for each to `out`.
+    /// made by `msg` for each to `out`: the regions' first campaigners
+    /// first, so at a store's death every region's election starts before
+    /// the wakes of the peers that only vote are delivered.
     fn wake_filed(
         &mut self,
         store: u64,
@@ -206,10 +215,14 @@ impl Inner {
         let Some(regions) = index.remove(&store) else {
             return;
         };
+        let mut later = Vec::with_capacity(regions.len());
         for region in regions {
-            self.take_asleep(region);
-            out.push((region, msg.clone()));
+            match self.take_asleep(region) {
+                Some(s) if s.first => out.push((region, msg.clone())),
+                _ => later.push(region),
+            }
         }
+        out.extend(later.into_iter().map(|r| (r, msg.clone())));
     }
 }
 
@@ -378,12 +391,15 @@ impl Hibernation {
     /// `leader_store`, if this store supports that store now under a
     /// support epoch greater than `not_before` (a region woken by a
     /// withdrawal may sleep under that store again only once support is
-    /// given anew). Returns the support epoch it sleeps under, if it did.
+    /// given anew). `first`: the follower is its region's first
+    /// campaigner should that store die. Returns the support epoch it
+    /// sleeps under, if it did.
     pub fn sleep_follower(
         &self,
         region: u64,
         leader_store: u64,
         not_before: Option<u64>,
+        first: bool,
         now: Instant,
     ) -> Option<u64> {
         let mut inner = self.inner.lock();
@@ -396,6 +412,7 @@ impl Hibernation {
             Sleeper {
                 leader_store,
                 lagging: Vec::new(),
+                first,
             },
         );
         inner
@@ -430,6 +447,7 @@ impl Hibernation {
             Sleeper {
                 leader_store: self.store_id,
                 lagging: lagging.to_vec(),
+                first: false,
             },
         );
         let own = self.store_id;
@@ -458,7 +476,7 @@ impl Hibernation {
 
     /// Moves `region` back to the awake set. Returns whether it was asleep.
     pub fn wake(&self, region: u64) -> bool {
-        self.inner.lock().take_asleep(region)
+        self.inner.lock().take_asleep(region).is_some()
     }
 
     /// The (withdrawals, echo) stamp for a batch to `store` (see
@@ -568,14 +586,14 @@ mod tests {
         let t0 = Instant::now();
         let h = Hibernation::new(1, 1, 1..=4, [2, 3], D);
         assert!(
-            h.sleep_follower(1, 2, None, t0).is_none(),
+            h.sleep_follower(1, 2, None, false, t0).is_none(),
             "store 2 never heard"
         );
         assert_eq!(h.heard(2, 1, FRESH, t0).heard, Heard::Started);
         assert_eq!(h.heard(3, 1, FRESH, t0).heard, Heard::Started);
-        let e2 = h.sleep_follower(1, 2, None, t0).unwrap();
-        assert!(h.sleep_follower(2, 2, None, t0).is_some());
-        assert!(h.sleep_follower(3, 3, None, t0).is_some());
+        let e2 = h.sleep_follower(1, 2, None, false, t0).unwrap();
+        assert!(h.sleep_follower(2, 2, None, false, t0).is_some());
+        assert!(h.sleep_follower(3, 3, None, false, t0).is_some());
         assert!(h.sleep_leader(4, &[], t0));
         assert_eq!(h.counts(), (0, 4));
         // Store 3 keeps beating, store 2 goes silent.
@@ -598,11 +616,28 @@ mod tests {
         // A late batch of store 2 (sent before it heard of the withdrawal)
         // revives nothing.
         assert_eq!(h.heard(2, 1, FRESH, later).heard, Heard::Unproven);
-        assert!(h.sleep_follower(1, 2, Some(e2), later).is_none());
+        assert!(h.sleep_follower(1, 2, Some(e2), false, later).is_none());
         // Store 2 echoes the withdrawal: support under a newer epoch.
         let (withdrawals, _) = h.stamp(2);
         assert_eq!(h.heard(2, 1, (0, withdrawals), later).heard, Heard::Started);
-        assert!(h.sleep_follower(1, 2, Some(e2), later).unwrap() > e2);
+        assert!(h.sleep_follower(1, 2, Some(e2), false, later).unwrap() > e2);
+    }
+
+    /// At a withdrawal the wakes of the regions' first campaigners come
+    /// before the others', whatever order the regions slept in.
+    #[test]
+    fn first_campaigners_wake_first() {
+        let t0 = Instant::now();
+        let h = Hibernation::new(1, 1, 1..=64, [2], D);
+        h.heard(2, 1, FRESH, t0);
+        for region in 1..=64 {
+            let first = region % 3 == 0;
+            assert!(h.sleep_follower(region, 2, None, first, t0).is_some());
+        }
+        let (_, woken) = h.expire(t0 + 2 * D);
+        assert_eq!(woken.len(), 64);
+        let firsts = woken.iter().take_while(|(r, _)| r % 3 == 0).count();
+        assert_eq!(firsts, 21, "{woken:?}");
     }
 
     /// A leader sleeps without a follower store only while that store is
@@ -616,7 +651,7 @@ mod tests {
         h.heard(2, 7, FRESH, t0);
         assert!(!h.sleep_leader(1, &[2], t0), "store 2 is supported");
         assert!(h.sleep_leader(1, &[3], t0));
-        let e2 = h.sleep_follower(2, 2, None, t0).unwrap();
+        let e2 = h.sleep_follower(2, 2, None, false, t0).unwrap();
         let heard = h.heard(3, 1, FRESH, t0);
         assert_eq!(heard.heard, Heard::Started);
         assert_eq!(
@@ -640,7 +675,7 @@ mod tests {
         assert!(!h.wake(2), "already awake");
         // Store 2 lapses with no tick in between: the next batch withdraws
         // first (waking the region asleep under it), and does not count.
-        let e = h.sleep_follower(2, 2, None, t0).unwrap();
+        let e = h.sleep_follower(2, 2, None, false, t0).unwrap();
         let heard = h.heard(2, 8, FRESH, t0 + 2 * D);
         assert!(heard.withdrew);
         assert_eq!(heard.heard, Heard::Unproven);

@@ -351,6 +351,12 @@ impl Peer {
                 self.leader_store_lost(store, epoch, first);
                 woke.then_some(WakeReason::LeaderStoreDown)
             }
+            SleepMsg::SupportWithdrawn => {
+                if !self.sleep.asleep && self.sleep.quiet_under.is_none() {
+                    self.check_silent_leader_store(hib);
+                }
+                None
+            }
             SleepMsg::LaggingStoreBack { .. } => self
                 .wake(WakeReason::LaggingStoreBack, hib)
                 .then_some(WakeReason::LaggingStoreBack),
@@ -558,7 +564,14 @@ impl Peer {
             .woken_by
             .and_then(|(s, e)| (s == from_store).then_some(e));
         let slept = if agrees {
-            hib.sleep_follower(self.region_id(), from_store, not_before, Instant::now())
+            let first = self.campaigns_first_without(from_store);
+            hib.sleep_follower(
+                self.region_id(),
+                from_store,
+                not_before,
+                first,
+                Instant::now(),
+            )
         } else {
             None
         };
@@ -780,6 +793,46 @@ mod tests {
         assert_eq!(answers[0].to, f.peer_on(ASKER).id);
         assert_eq!(f.peer.raft.raft.state(), StateRole::Follower);
         assert!(f.peer.sleep.asked.is_none());
+    }
+
+    /// An awake follower (it heard its leader until the leader's store
+    /// died) is told of the withdrawal by a message and, as its region's
+    /// first campaigner, campaigns at once, not at its next due tick.
+    #[test]
+    fn an_awake_follower_campaigns_when_told_of_a_withdrawal() {
+        let support = Duration::from_millis(50);
+        let mut f = Follower::new(support);
+        let term = f.peer.raft.raft.term() + 1;
+        let (leader, me) = (f.peer_on(LEADER).id, f.peer_on(ME).id);
+        f.deliver(
+            LEADER,
+            Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                from: leader,
+                to: me,
+                term,
+                ..Default::default()
+            },
+        );
+        f.sent();
+        let half = f.cfg.election_ticks as u64 / 2;
+        for tick in 1..=half {
+            f.peer.on_tick(tick, &f.cfg, &f.hib);
+            f.sent();
+        }
+        std::thread::sleep(support * 2);
+        let now = Instant::now();
+        f.hib.heard(ASKER, 1, (0, 0), now);
+        assert_eq!(f.hib.expire(now).0, vec![LEADER]);
+        assert_eq!(f.peer.raft.raft.state(), StateRole::Follower);
+        f.peer.on_sleep_msg(SleepMsg::SupportWithdrawn, &f.hib);
+        assert_eq!(f.peer.raft.raft.state(), StateRole::PreCandidate);
+        let pre_votes = f
+            .sent()
+            .into_iter()
+            .filter(|m| m.msg_type() == MessageType::MsgRequestPreVote)
+            .count();
+        assert_eq!(pre_votes, 2);
     }
 
     /// With the leader's store still supported, the kept pre-vote is
