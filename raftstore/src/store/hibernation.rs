@@ -164,8 +164,10 @@ pub struct HeardBatch {
 struct Sleeper {
     /// The store of the leader it sleeps under (this store for a leader).
     leader_store: u64,
-    /// Leader only: follower stores it slept without.
-    lagging: Vec<u64>,
+    /// Leader only: follower stores it slept without (a boxed slice: one
+    /// is filed for every sleeping peer, and a `Vec` would make each entry
+    /// 8 bytes larger).
+    lagging: Box<[u64]>,
     /// Follower only: its region's first campaigner should the leader's
     /// store die (its wake is delivered before the others').
     first: bool,
@@ -411,7 +413,7 @@ impl Hibernation {
             region,
             Sleeper {
                 leader_store,
-                lagging: Vec::new(),
+                lagging: Box::default(),
                 first,
             },
         );
@@ -446,7 +448,7 @@ impl Hibernation {
             region,
             Sleeper {
                 leader_store: self.store_id,
-                lagging: lagging.to_vec(),
+                lagging: Box::from(lagging),
                 first: false,
             },
         );
@@ -572,6 +574,12 @@ impl Hibernation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One `Sleeper` is filed for every sleeping peer of the store.
+    #[test]
+    fn a_sleeper_stays_small() {
+        assert!(std::mem::size_of::<Sleeper>() <= 32);
+    }
 
     const D: Duration = Duration::from_secs(1);
     /// The stamp of a batch from a store that never saw a withdrawal.
