@@ -2,7 +2,9 @@
 //!
 //! Each test sweeps seeds over one group shape; every seed is a full run:
 //! faults for `SIM_STEPS` steps (safety checked after every step), then a
-//! fault-free liveness phase. Environment:
+//! fault-free liveness phase; half the runs model the store's hibernation
+//! and store liveness and end with a timed failover of their leader's node
+//! (see `raft_sim/sleep.rs`). Environment:
 //!
 //! - `SIM_SEEDS=N`: run seeds `0..N` in every sweep (default: the CI count).
 //! - `SIM_SEED=S`: replay seed `S` only.
@@ -100,6 +102,11 @@ fn sweep(shape: Shape) {
             ("restarts", t.restarts),
             ("compactions", t.compactions),
             ("snapshots", t.snapshots),
+            ("hibernating runs", t.hibernating_runs),
+            ("nodes asleep", t.sleeps),
+            ("wakes", t.wakes),
+            ("support withdrawals", t.withdrawals),
+            ("timed failovers", t.failovers),
         ] {
             assert!(n > 0, "the sweep over {shape:?} had no {what}: {t:?}");
         }
@@ -203,6 +210,36 @@ fn sim_same_seed_same_trace() {
         .ok()
         .and_then(|(_, t)| t);
     assert_ne!(Some(a), other, "another seed gives another trace");
+}
+
+/// The failover check is not vacuous: a store that, on withdrawing support
+/// from a dead leader's node, leaves the followers asleep under it (no
+/// wake, no campaign) is caught within a few seeds.
+///
+/// checklist: quorum-2 (the store's hooks on the core: `campaign_now`,
+/// `expire_election_clock`, `resume_after_sleep`)
+#[test]
+fn sim_failover_check_catches_followers_left_asleep() {
+    let shape = Shape {
+        voters: 3,
+        learners: 0,
+    };
+    let caught = (0..MUTATION_MAX_SEEDS).find_map(|seed| {
+        match run_seed(
+            seed,
+            shape,
+            CI_STEPS,
+            false,
+            Mutation::SleepThroughWithdrawal,
+        ) {
+            Err((v, _)) if v.property == "failover" => Some((seed, v)),
+            _ => None,
+        }
+    });
+    let Some((seed, v)) = caught else {
+        panic!("{MUTATION_MAX_SEEDS} seeds of followers left asleep passed the failover check");
+    };
+    eprintln!("followers left asleep failed at seed {seed}: {v}");
 }
 
 /// The checker is not vacuous: an application whose disk loses entries it

@@ -86,6 +86,13 @@ const LIVENESS_MAX_TICKS: usize = 30 * ELECTION_TICK;
 const LIVENESS_RETRY_TICKS: usize = 2 * ELECTION_TICK;
 /// Deliveries after one liveness tick before the network must be quiet.
 const LIVENESS_MAX_DELIVERIES: usize = 10_000;
+/// Ticks the failover check waits for the group to hibernate before its
+/// leader dies (it dies anyway after them, asleep or not).
+const FAILOVER_SLEEP_TICKS: usize = 6 * ELECTION_TICK;
+/// Election timeouts within which a group whose leader died must have a
+/// new leader (with the hibernation model): issue #10's goal, one to
+/// notice (the support duration), one for the election.
+const FAILOVER_MAX_TIMEOUTS: usize = 2;
 
 /// A membership change the client may propose.
 #[derive(Debug, Clone, Copy)]
@@ -204,9 +211,15 @@ impl World {
     pub(super) fn tick_all(&mut self) {
         self.stats.ticks += 1;
         for n in self.nodes.values_mut() {
+            if n.sleep.asleep {
+                continue;
+            }
             if let Some(raw) = n.raw.as_mut() {
                 raw.tick();
             }
+        }
+        if self.opts.hibernate {
+            self.sleep_tick();
         }
     }
 
@@ -360,6 +373,7 @@ impl World {
         };
         let data = self.new_payload();
         self.stats.proposals += 1;
+        self.wake(id);
         let res = self.raw(id).map(|r| r.propose(vec![], data.to_vec()));
         tr!(
             self,
@@ -373,6 +387,7 @@ impl World {
         let Some(id) = self.client_target() else {
             return;
         };
+        self.wake(id);
         let Some(raw) = self.raw(id) else { return };
         if raw.raft.state() != StateRole::Leader {
             self.client_learn(id);
@@ -391,6 +406,7 @@ impl World {
         let Some(id) = self.client_target() else {
             return;
         };
+        self.wake(id);
         let Some(raw) = self.raw(id) else { return };
         if raw.raft.state() != StateRole::Leader {
             self.client_learn(id);
@@ -513,30 +529,18 @@ impl World {
         self.final_payload = Some((payload.clone(), None));
         let mut proposed_at: Option<usize> = None;
         for round in 0..LIVENESS_MAX_TICKS {
-            self.step += 1;
             self.reconcile_members()?;
-            self.tick_all();
-            self.settle()?;
-            let mut delivered = 0;
-            while let Some(p) = self.net.take(0) {
-                let to = p.msg.to;
-                self.deliver(p)?;
-                self.process(to)?;
-                delivered += 1;
-                if delivered > LIVENESS_MAX_DELIVERIES {
-                    violation!("liveness", "the network never quiesces");
-                }
-            }
-            self.settle()?;
+            self.fault_free_round()?;
             let applied_at = self.final_payload.as_ref().and_then(|(_, at)| *at);
             if let Some(index) = applied_at {
                 if self.voters_applied(index) {
                     tr!(self, "liveness ok after {round} ticks (final at {index})");
-                    return Ok(());
+                    return self.failover();
                 }
             } else if proposed_at.is_none_or(|r| round >= r + LIVENESS_RETRY_TICKS)
                 && let Some(leader) = self.current_leader()
             {
+                self.wake(leader);
                 let res = self
                     .raw(leader)
                     .map(|r| r.propose(vec![], payload.to_vec()));
@@ -550,6 +554,64 @@ impl World {
             "no leader committed the final proposal on every voter of {conf:?} within {LIVENESS_MAX_TICKS} fault-free ticks (leader: {:?}, final applied at {:?})",
             self.current_leader(),
             self.final_payload.as_ref().and_then(|(_, at)| *at)
+        );
+    }
+
+    /// One fault-free tick: every node ticks, then every message in flight
+    /// (and every message that causes) is delivered.
+    fn fault_free_round(&mut self) -> Check {
+        self.step += 1;
+        self.tick_all();
+        self.settle()?;
+        let mut delivered = 0;
+        while let Some(p) = self.net.take(0) {
+            let to = p.msg.to;
+            self.deliver(p)?;
+            self.process(to)?;
+            delivered += 1;
+            if delivered > LIVENESS_MAX_DELIVERIES {
+                violation!("liveness", "the network never quiesces");
+            }
+        }
+        self.settle()
+    }
+
+    /// With the hibernation model on, the end of a run that passed the
+    /// liveness phase: the group goes to sleep (if it can within
+    /// [`FAILOVER_SLEEP_TICKS`]), then its leader's node dies. Store
+    /// liveness must wake the sleeping followers and one of them must lead
+    /// within [`FAILOVER_MAX_TIMEOUTS`] election timeouts.
+    fn failover(&mut self) -> Check {
+        let cs = self.latest_conf.1.clone();
+        let Some(old) = self.current_leader() else {
+            return Ok(());
+        };
+        if !self.opts.hibernate || cs.voters.len() < MIN_VOTERS || !cs.voters_outgoing.is_empty() {
+            return Ok(());
+        }
+        for _ in 0..FAILOVER_SLEEP_TICKS {
+            if self.is_asleep(old) {
+                break;
+            }
+            self.fault_free_round()?;
+        }
+        let slept = self.is_asleep(old);
+        tr!(self, "failover: leader n{old} dies (asleep: {slept})");
+        self.crash(old);
+        let max = FAILOVER_MAX_TIMEOUTS * ELECTION_TICK;
+        for tick in 0..max {
+            self.fault_free_round()?;
+            if let Some(new) = self.current_leader().filter(|&l| l != old) {
+                tr!(self, "failover: n{new} leads after {tick} ticks");
+                self.stats.failovers += 1;
+                self.stats.failover_ticks_max = self.stats.failover_ticks_max.max(tick as u64 + 1);
+                return Ok(());
+            }
+        }
+        violation!(
+            "failover",
+            "no leader within {max} ticks after leader n{old} died (it slept: {slept}; voters {:?})",
+            cs.voters
         );
     }
 

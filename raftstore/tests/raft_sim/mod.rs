@@ -8,6 +8,14 @@
 //! `MemStorage`); a crash drops the `RawNode` and everything it had not yet
 //! persisted or sent. After every step the checker asserts the safety
 //! properties; each run ends with a fault-free liveness phase.
+//!
+//! Half the runs (picked by a second RNG seeded from the same seed, so the
+//! other half replay as they did before it existed) add the store's
+//! hibernation and store-liveness protocol (`sleep`) with the store's raft
+//! settings (pre-vote, check-quorum): hibernate requests, wakes, nudges and
+//! liveness beats travel through the faulty network with raft's messages.
+//! Their liveness phase ends with the death of the leader's node, which
+//! must have a successor within two election timeouts.
 
 /// Fails the enclosing function with a [`checker::Violation`].
 macro_rules! violation {
@@ -32,6 +40,7 @@ macro_rules! tr {
 mod actions;
 pub mod checker;
 pub mod net;
+pub mod sleep;
 pub mod storage;
 pub mod world;
 

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::checker::{Check, Checker, NodeView, Violation, conf_state_hash, entry_hash, mix};
 use super::net::{Network, Packet, describe};
+use super::sleep::{Sleep, is_sleep_packet};
 use super::storage::{AppState, SimStorage, data_to_digest, digest_to_data};
 
 /// Election timeout of every node, in ticks.
@@ -37,6 +38,9 @@ const MAX_INFLIGHT_CHOICES: [usize; 3] = [1, 4, 256];
 const MAX_SIZE_PER_MSG_CHOICES: [u64; 2] = [64, 1024 * 1024];
 /// Every this many steps, the checker re-reads every live log in full.
 const FULL_CHECK_INTERVAL: usize = 64;
+/// Mixed into the seed for the RNG that decides whether a run hibernates
+/// (a separate RNG: runs without hibernation replay as before it existed).
+const HIBERNATE_SEED_MIX: u64 = 0x5EE9_0000_0000_0001;
 
 /// The initial membership of a simulated group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,18 @@ pub struct Stats {
     pub max_applied: u64,
     /// Sum over steps of the messages in flight (mean = this / steps).
     pub in_flight_sum: u64,
+    /// Runs with the hibernation model on.
+    pub hibernating_runs: u64,
+    /// Nodes that went to sleep (hibernation model).
+    pub sleeps: u64,
+    /// Sleeping nodes woken.
+    pub wakes: u64,
+    /// Support withdrawals (store liveness).
+    pub withdrawals: u64,
+    /// Leader deaths whose failover the liveness phase timed.
+    pub failovers: u64,
+    /// The slowest of those failovers, in ticks from the death.
+    pub failover_ticks_max: u64,
 }
 
 impl AddAssign for Stats {
@@ -108,6 +124,12 @@ impl AddAssign for Stats {
         self.leader_terms += o.leader_terms;
         self.max_applied = self.max_applied.max(o.max_applied);
         self.in_flight_sum += o.in_flight_sum;
+        self.hibernating_runs += o.hibernating_runs;
+        self.sleeps += o.sleeps;
+        self.wakes += o.wakes;
+        self.withdrawals += o.withdrawals;
+        self.failovers += o.failovers;
+        self.failover_ticks_max = self.failover_ticks_max.max(o.failover_ticks_max);
     }
 }
 
@@ -121,6 +143,9 @@ pub enum Mutation {
     /// A crash loses the durable log's uncommitted tail, though the node
     /// acknowledged those entries (a disk that lies about fsync).
     LoseAckedTail,
+    /// The hibernation model withdraws support from a dead node but wakes
+    /// none of the followers asleep under it (they never campaign).
+    SleepThroughWithdrawal,
 }
 
 /// Raft settings chosen once per run.
@@ -134,6 +159,8 @@ pub(super) struct RunOpts {
     pub max_inflight: usize,
     /// `Config::max_size_per_msg` of every node.
     pub max_size_per_msg: u64,
+    /// The hibernation and store-liveness model is on (`sleep`).
+    pub hibernate: bool,
 }
 
 /// One simulated node.
@@ -148,6 +175,8 @@ pub(super) struct Node {
     pub destroyed: bool,
     /// Entries this node applied, in order: (index, term, data).
     pub applied_log: Vec<(u64, u64, Bytes)>,
+    /// Its side of hibernation (a fresh one at every start).
+    pub sleep: Sleep,
 }
 
 /// The whole simulation state.
@@ -173,7 +202,7 @@ pub struct World {
     pub(super) step: usize,
     pub(super) trace: Option<String>,
     pub(super) stats: Stats,
-    mutation: Mutation,
+    pub(super) mutation: Mutation,
     logger: slog::Logger,
 }
 
@@ -218,13 +247,19 @@ pub fn run_seed(
 impl World {
     fn new(seed: u64, shape: Shape, trace: bool) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let opts = RunOpts {
+        let mut opts = RunOpts {
             pre_vote: rng.random(),
             check_quorum: rng.random(),
             max_inflight: MAX_INFLIGHT_CHOICES[rng.random_range(0..MAX_INFLIGHT_CHOICES.len())],
             max_size_per_msg: MAX_SIZE_PER_MSG_CHOICES
                 [rng.random_range(0..MAX_SIZE_PER_MSG_CHOICES.len())],
+            hibernate: ChaCha8Rng::seed_from_u64(seed ^ HIBERNATE_SEED_MIX).random(),
         };
+        if opts.hibernate {
+            // The store's settings, whose protocol the model follows.
+            opts.pre_vote = true;
+            opts.check_quorum = true;
+        }
         let total = shape.voters + shape.learners;
         let conf = ConfState {
             voters: (1..=shape.voters).collect(),
@@ -252,6 +287,7 @@ impl World {
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         tr!(w, "seed {seed} shape {shape:?} opts {opts:?}");
+        w.stats.hibernating_runs = u64::from(opts.hibernate);
         w.checker.bootstrap(INIT_INDEX, INIT_TERM, INIT_DIGEST);
         for id in 1..=total {
             let store = SimStorage::default();
@@ -287,6 +323,7 @@ impl World {
                 incarnation: 0,
                 destroyed: false,
                 applied_log: Vec::new(),
+                sleep: Sleep::default(),
             },
         );
         // A bootstrap or empty storage always yields a valid node.
@@ -342,6 +379,7 @@ impl World {
         }
         node.raw = Some(raw);
         node.incarnation += 1;
+        node.sleep = Sleep::default();
         self.checker.on_restart(id, commit);
         tr!(
             self,
@@ -634,12 +672,22 @@ impl World {
                 if cut { "partition" } else { "target down" }
             );
             self.stats.dropped += 1;
-            self.report(&p, false, cut);
+            if !is_sleep_packet(&p.msg) {
+                self.report(&p, false, cut);
+            }
+            return Ok(());
+        }
+        if self.opts.hibernate && !self.sleep_deliver(&p) {
+            tr!(self, "  deliver #{} {}", p.seq, describe(&p.msg));
             return Ok(());
         }
         tr!(self, "  deliver #{} {}", p.seq, describe(&p.msg));
         self.stats.delivered += 1;
         let msg = p.msg.clone();
+        if is_sleep_packet(&msg) {
+            // A sleep packet of a run that no longer models sleep (never).
+            return Ok(());
+        }
         if let Some(raw) = self.raw(to)
             && let Err(e) = raw.step(msg)
         {
