@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_engine::{Cf, keys};
+use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::eraftpb::MessageType;
-use flotilla_proto::metapb::Region;
+use flotilla_proto::metapb::{Peer, PeerRole, Region};
 use flotilla_proto::raft_serverpb::RaftMessage;
 use flotilla_raftstore::store::{
     ClientConfig, Cluster, Config, Filter, MessageSink, StoreMetrics, WakeReason,
@@ -706,5 +707,125 @@ fn support_comes_back_after_a_healed_partition() {
         "regions without a leader or awake after the partition healed: {}",
         state(&cluster)
     );
+    cluster.shutdown();
+}
+
+/// scale.md T8 (a conf change while hibernating): a learner added to a
+/// sleeping region on a store that joined later wakes the region, is
+/// initialized and catches up, and only then does the region sleep again:
+/// once all four peers sleep, the learner holds the write made before it
+/// existed and has applied as far as the leader.
+#[test]
+fn a_learner_added_to_a_sleeping_region_catches_up_before_it_sleeps_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = bootstrap(&dir, 1, config(TICK_MS));
+    let region = cluster.regions()[0].clone();
+    let leader = flotilla_tests::harness::wait_leader(&cluster, region.id).expect("a leader");
+    let client = cluster.client(ClientConfig::default());
+    client.put(&key_in(&region), b"before").unwrap();
+    assert!(
+        eventually(|| all_asleep(&cluster, 1)),
+        "the region never slept: {}",
+        state(&cluster)
+    );
+    let woken = sum(&cluster, |m| {
+        m.wakes_by_reason
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    });
+    cluster.add_store(4).unwrap();
+    let id = cluster.store(leader).unwrap().alloc_id().unwrap();
+    let learner = Peer {
+        id,
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    let added = (0..200).find_map(|_| {
+        match client.change_peer(region.id, ConfChangeType::AddLearnerNode, learner) {
+            Ok(r) => Some(r),
+            Err(e) if e.is_retryable() => {
+                std::thread::sleep(Duration::from_millis(TICK_MS));
+                None
+            }
+            Err(e) => panic!("adding the learner: {e}"),
+        }
+    });
+    assert!(added.is_some(), "the learner was never added");
+    assert!(
+        sum(&cluster, |m| m
+            .wakes_by_reason
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum())
+            > woken,
+        "the conf change woke nothing"
+    );
+    assert!(
+        eventually(|| all_asleep(&cluster, 1)),
+        "the region did not sleep again with its learner: {}",
+        state(&cluster)
+    );
+    let status = |store: u64| {
+        cluster
+            .store(store)
+            .unwrap()
+            .handle()
+            .region_status(region.id, Duration::from_secs(5))
+            .unwrap()
+    };
+    let (l, n) = (status(leader), status(4));
+    assert_eq!(n.peer.role(), PeerRole::Learner);
+    assert_eq!(
+        n.applied_index, l.applied_index,
+        "asleep before the learner caught up"
+    );
+    assert_eq!(n.last_index, l.last_index);
+    let engine = cluster.store(4).unwrap().engine().clone();
+    let held = engine
+        .get(Cf::Default, &keys::data_key(&key_in(&region)))
+        .unwrap();
+    assert_eq!(held.as_deref(), Some(&b"before"[..]));
+    cluster.shutdown();
+}
+
+/// scale.md T10, leader side: a ReadIndex read (no lease) of a sleeping
+/// region wakes its leader, whose ReadIndex heartbeat goes out at once
+/// (not at the next coalescing flush), and returns the last write; the
+/// region sleeps again after.
+#[test]
+fn a_read_index_read_of_a_sleeping_region_sees_the_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        lease_read: false,
+        ..config(TICK_MS)
+    };
+    let cluster = bootstrap(&dir, REGIONS, cfg);
+    let client = cluster.client(ClientConfig::default());
+    let regions = cluster.regions().to_vec();
+    for (i, r) in regions.iter().enumerate() {
+        client.put(&key_in(r), format!("v{i}").as_bytes()).unwrap();
+    }
+    for round in 0..2 {
+        assert!(
+            eventually(|| all_asleep(&cluster, REGIONS)),
+            "round {round}: not every region slept: {}",
+            state(&cluster)
+        );
+        let urgent = sum(&cluster, |m| {
+            m.heartbeat_urgent_flushes.load(Ordering::Relaxed)
+        });
+        for (i, r) in regions.iter().enumerate() {
+            let got = client.get(&key_in(r)).unwrap();
+            assert_eq!(got, Some(format!("v{i}").into_bytes()), "region {}", r.id);
+        }
+        assert!(
+            sum(&cluster, |m| m
+                .heartbeat_urgent_flushes
+                .load(Ordering::Relaxed))
+                > urgent,
+            "no ReadIndex round flushed its beats at once"
+        );
+    }
     cluster.shutdown();
 }

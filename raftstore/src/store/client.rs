@@ -487,7 +487,9 @@ impl Client {
     /// `MergeTargetMismatch` (the source leader's store has no such target
     /// region, or another copy of it, until the deadline),
     /// `MergeLogGapTooLarge` or `MergeGapHasAdmin` (a peer is behind, or
-    /// an admin command is not on every peer yet: try again),
+    /// an admin command is not on every peer yet, until the deadline: a
+    /// merge asked for right after a split usually meets one of these for
+    /// a moment, and is retried),
     /// `MergeEntriesTooLarge`, `RegionMerging` (a merge of it is under
     /// way), `SplitPending`, `ConfChangePending`; `MergeRolledBack` when
     /// the target changed first; `RegionNotFound` for a region no store
@@ -512,8 +514,8 @@ impl Client {
                 })),
             };
             match self.execute_full(Locate::Region(source_id), &[], Some(&admin), true) {
-                Err(Error::Admin(AdminError::MergeTargetMismatch { .. }))
-                    if Instant::now() + backoff < deadline =>
+                Err(Error::Admin(e))
+                    if merge_not_yet(&e) && Instant::now() + backoff < deadline =>
                 {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(self.cfg.max_backoff);
@@ -927,6 +929,19 @@ impl Client {
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout),
         }
     }
+}
+
+/// A merge refusal that may pass by itself: the source's leader does not
+/// see the target as the client does yet, a peer is behind, or an admin
+/// command has not reached every peer. `Client::merge` asks again until
+/// its deadline.
+fn merge_not_yet(e: &AdminError) -> bool {
+    matches!(
+        e,
+        AdminError::MergeTargetMismatch { .. }
+            | AdminError::MergeLogGapTooLarge { .. }
+            | AdminError::MergeGapHasAdmin { .. }
+    )
 }
 
 #[cfg(test)]

@@ -247,6 +247,11 @@ impl Peer {
             ))
         })?;
         let region = meta.region.unwrap_or_default();
+        // A peer created by a message may not know its role (a coalesced
+        // beat names only stores): the snapshot's region says it.
+        if let Some(me) = region.peers.iter().find(|p| p.id == self.meta.id) {
+            self.meta = *me;
+        }
         self.raft
             .raft
             .raft_log_mut()
