@@ -523,6 +523,32 @@ fn simultaneous_pre_candidates_do_not_split_the_vote() {
     n.step(same).unwrap();
     let r = n.raft.take_all_msgs();
     assert!(r[0].reject, "an equal log with a higher id is refused");
+    // Priority comes before the id: a higher priority is granted even
+    // with a higher id, a lower one refused even with a lower id (as the
+    // priority check does for everyone: no two pre-candidates refuse each
+    // other).
+    let mut p = {
+        let mut c = config(2);
+        c.pre_vote = true;
+        c.priority = 5;
+        new_node_with(c, storage_with(&[1, 2, 3], &ents(&[(1, 1)]), 1))
+    };
+    p.campaign().unwrap();
+    p.raft.take_all_msgs();
+    let mut higher = msg(MessageType::MsgRequestPreVote, 3, 2, 2);
+    (higher.index, higher.log_term, higher.priority) = (1, 1, 9);
+    p.step(higher).unwrap();
+    assert!(
+        !p.raft.take_all_msgs()[0].reject,
+        "a higher priority is granted"
+    );
+    let mut lower = msg(MessageType::MsgRequestPreVote, 1, 2, 2);
+    (lower.index, lower.log_term, lower.priority) = (1, 1, 1);
+    p.step(lower).unwrap();
+    assert!(
+        p.raft.take_all_msgs()[0].reject,
+        "a lower priority is refused"
+    );
 }
 
 /// checklist: quorum-2 (a store that knows the leader gone campaigns at
@@ -554,6 +580,10 @@ fn campaign_now_campaigns_once_and_ends_the_lease() {
     );
     // 3 still hears nothing of 1 but is within the lease: it ignores 2.
     assert!(net.raft(3).ignores_votes_in_lease());
+    // Asked again while it campaigns, 2 keeps its round: no new requests.
+    net.node(2).raft.campaign_now();
+    assert_eq!(net.raft(2).state(), StateRole::PreCandidate);
+    assert!(net.process(2).is_empty(), "a second pre-campaign started");
     // A learner cannot campaign; its lease ends all the same.
     let mut l = new_node_with(
         {

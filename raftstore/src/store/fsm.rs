@@ -1370,16 +1370,17 @@ impl<T: Transport> RaftPoller<T> {
                 .support_withdrawals
                 .fetch_add(withdrawn.len() as u64, Ordering::Relaxed);
         }
+        store.pending_wakes.extend(woken);
         if !withdrawn.is_empty() {
-            // The followers awake now (`tick_buf`, taken before the
-            // withdrawal woke anyone) look at their leaders' stores first.
+            // Then the peers awake before the withdrawal (`tick_buf`): a
+            // follower of a leader there looks at once, not at its next
+            // due tick. After the wakes, whose first campaigners go first.
             let awake = store
                 .tick_buf
                 .iter()
                 .map(|&r| (r, SleepMsg::SupportWithdrawn));
             store.pending_wakes.extend(awake);
         }
-        store.pending_wakes.extend(woken);
         let (awake, asleep) = self.hib.counts();
         self.metrics
             .awake_peers

@@ -123,10 +123,13 @@ impl<S: Storage> Raft<S> {
         // other's pre-vote and then split the real vote (with two live
         // voters, every time), costing both a randomized election timeout.
         // A pre-candidate grants a pre-vote only when it could not win this
-        // round anyway: the asker's log is newer, or as new and its id is
-        // lower. Between simultaneous pre-candidates exactly one goes on.
+        // round anyway: the asker's log is newer, or as new and the asker
+        // comes first by (priority, higher first; id, lower first). Between
+        // simultaneous pre-candidates exactly one goes on.
+        let asker_first =
+            m.priority > self.priority || (m.priority == self.priority && m.from < self.id);
         let no_duel =
-            !(pre && self.state == StateRole::PreCandidate) || strictly_newer || m.from < self.id;
+            !(pre && self.state == StateRole::PreCandidate) || strictly_newer || asker_first;
         let mut resp = Self::new_message(m.from, resp_type);
         if can_vote && up_to_date && priority_ok && no_duel {
             // The response carries the request's term: a pre-vote grant must

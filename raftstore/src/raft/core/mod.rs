@@ -285,6 +285,25 @@ impl<S: Storage> Raft<S> {
             && self.election_elapsed < self.election_timeout
     }
 
+    /// Whether stepping `m` now would ignore it as a vote or pre-vote
+    /// request within the leader lease (a leader transfer's campaign is
+    /// never ignored).
+    pub fn ignores_vote(&self, m: &Message) -> bool {
+        matches!(
+            m.msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && m.term > self.term
+            && m.context.as_ref() != CAMPAIGN_TRANSFER
+            && self.ignores_votes_in_lease()
+    }
+
+    /// Whether the vote or pre-vote request `m` would be granted were it
+    /// not ignored within a lease (its term is ahead and its log up to
+    /// date).
+    pub fn could_grant_vote(&self, m: &Message) -> bool {
+        m.term > self.term && self.raft_log.is_up_to_date(m.index, m.log_term)
+    }
+
     /// Payload bytes of uncommitted entries (leader).
     pub fn uncommitted_size(&self) -> u64 {
         self.uncommitted_size
@@ -411,13 +430,16 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The store found the leader's store gone and this node is its
-    /// group's first campaigner: it campaigns now, as if its election clock
-    /// ran out at this tick (the clock starts afresh for the next round,
-    /// so a pre-campaign is not started twice). No vote is refused as
-    /// within a lease afterwards, even if it could not campaign.
+    /// group's first campaigner: a follower campaigns now, as if its
+    /// election clock ran out at this tick (the clock starts afresh for
+    /// the next round, so a pre-campaign is not started twice). No vote is
+    /// refused as within a lease afterwards, even if it could not
+    /// campaign.
     pub fn campaign_now(&mut self) {
         self.start_lease = false;
-        if self.promotable && self.state != StateRole::Leader {
+        // A node campaigning already keeps its round (and the votes it
+        // counted).
+        if self.promotable && self.state == StateRole::Follower {
             self.election_elapsed = 0;
             let _ = self.step(Message {
                 msg_type: MessageType::MsgHup as i32,

@@ -86,8 +86,12 @@ impl Peer {
             return u64::try_from(raft.ticks_to_event()).unwrap_or(1);
         }
         // A fresh peer waits for its stores; a quiet follower watches its
-        // leader's store: each tick.
-        if self.sleep.fresh_hold.is_some() || self.sleep.quiet_under.is_some() {
+        // leader's store; a follower holding a vote request it refused
+        // answers it at the tick its lease ends: each tick.
+        if self.sleep.fresh_hold.is_some()
+            || self.sleep.quiet_under.is_some()
+            || self.sleep.asked.is_some()
+        {
             return 1;
         }
         // From half an election timeout without its leader, a follower

@@ -217,7 +217,15 @@ impl Peer {
     fn leader_store_lost(&mut self, store: u64, epoch: u64, first: bool) {
         self.sleep.quiet_under = None;
         self.sleep.woken_by = Some((store, epoch));
-        if first && self.sleep.asked.is_none() {
+        // The asker of a kept request that would be granted is
+        // campaigning already; one that would be refused (its log is
+        // behind, its term stale) is no reason to hold back.
+        let answer_grants = self
+            .sleep
+            .asked
+            .as_deref()
+            .is_some_and(|m| self.raft.raft.could_grant_vote(m));
+        if first && !answer_grants {
             // Not at the next tick: at a store's death the first
             // campaigners of tens of thousands of regions start in the
             // rounds their wakes arrive in, instead of all at one tick.
@@ -304,9 +312,15 @@ impl Peer {
 
     /// Keeps `m`, a vote request raft is about to ignore as within the
     /// lease (the latest such request wins).
+    /// Only a current voter's request is kept (a removed peer that keeps
+    /// campaigning must not hold the slot).
     fn keep_refused_ask(&mut self, m: &Message) {
-        let raft = &self.raft.raft;
-        if m.term > raft.term() && raft.ignores_votes_in_lease() {
+        let voter = self
+            .region()
+            .peers
+            .iter()
+            .any(|p| p.id == m.from && p.role() != metapb::PeerRole::Learner);
+        if voter && self.raft.raft.ignores_vote(m) {
             self.sleep.asked = Some(Box::new(m.clone()));
         }
     }
@@ -713,6 +727,12 @@ mod tests {
         /// on store 2 asks for a pre-vote, which this follower ignores as
         /// within the lease. Returns the term of the pre-vote.
         fn ignore_a_pre_vote(&mut self) -> u64 {
+            self.ignore_a_pre_vote_behind(0)
+        }
+
+        /// As [`Follower::ignore_a_pre_vote`], the asker's log `behind`
+        /// entries behind this follower's.
+        fn ignore_a_pre_vote_behind(&mut self, behind: u64) -> u64 {
             let term = self.peer.raft.raft.term() + 1;
             let leader = self.peer_on(LEADER).id;
             let me = self.peer_on(ME).id;
@@ -729,7 +749,7 @@ mod tests {
             self.sent();
             assert_eq!(self.peer.leader().map(|l| l.store_id), Some(LEADER));
             let log = self.peer.raft.raft.raft_log();
-            let (index, log_term) = (log.last_index(), log.last_term());
+            let (index, log_term) = (log.last_index() - behind, log.last_term());
             self.deliver(
                 ASKER,
                 Message {
@@ -833,6 +853,32 @@ mod tests {
             .filter(|m| m.msg_type() == MessageType::MsgRequestPreVote)
             .count();
         assert_eq!(pre_votes, 2);
+    }
+
+    /// A kept request that would be refused (the asker's log is behind)
+    /// does not hold the region's first campaigner back: when the
+    /// leader's store is lost it refuses the asker and campaigns itself.
+    #[test]
+    fn a_kept_ask_from_a_lagging_asker_does_not_stop_the_first_campaigner() {
+        let support = Duration::from_millis(50);
+        let mut f = Follower::new(support);
+        f.ignore_a_pre_vote_behind(1);
+        std::thread::sleep(support * 2);
+        let now = Instant::now();
+        f.hib.heard(ASKER, 1, (0, 0), now);
+        assert_eq!(f.hib.expire(now).0, vec![LEADER]);
+        let half = f.cfg.election_ticks as u64 / 2;
+        let mut answers = Vec::new();
+        for tick in 1..=half + 1 {
+            f.peer.on_tick(tick, &f.cfg, &f.hib);
+            answers.extend(f.pre_vote_answers());
+            if f.peer.raft.raft.state() == StateRole::PreCandidate {
+                break;
+            }
+        }
+        assert_eq!(f.peer.raft.raft.state(), StateRole::PreCandidate);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(answers[0].reject, "a lagging log was granted");
     }
 
     /// With the leader's store still supported, the kept pre-vote is
