@@ -160,6 +160,15 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// RocksDB's memory of one engine ([`Engine::memory_usage`]), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Memtables of every column family (written, not yet flushed).
+    pub memtables: u64,
+    /// Blocks in the block cache.
+    pub block_cache: u64,
+}
+
 impl Engine {
     /// Opens the flotilla database at `path`, creating it when the path does
     /// not exist or is an empty directory (and `opts.create_if_missing`).
@@ -211,6 +220,31 @@ impl Engine {
     /// Write counters since open.
     pub fn stats(&self) -> &EngineStats {
         &self.inner.stats
+    }
+
+    /// What RocksDB holds in memory for this engine now: its memtables
+    /// (every column family) and its block cache. Both are bounded by the
+    /// engine's options, whatever the number of regions.
+    ///
+    /// # Errors
+    /// [`Error::RocksDb`] if RocksDB cannot report a property.
+    pub fn memory_usage(&self) -> Result<EngineMemory> {
+        let db = &self.inner.db;
+        let mut memtables = 0;
+        for cf in Cf::ALL {
+            memtables += db
+                .property_int_value_cf(self.inner.cf(cf), "rocksdb.cur-size-all-mem-tables")
+                .map_err(rocks("memtable size"))?
+                .unwrap_or(0);
+        }
+        let block_cache = db
+            .property_int_value("rocksdb.block-cache-usage")
+            .map_err(rocks("block cache usage"))?
+            .unwrap_or(0);
+        Ok(EngineMemory {
+            memtables,
+            block_cache,
+        })
     }
 
     /// Reads `key` from `cf`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{Engine, EngineOptions};
+use flotilla_engine::{Engine, EngineMemory, EngineOptions};
 use flotilla_raftstore::store::{Client, ClientConfig, Cluster, Config, store_dir};
 use indicatif::{ProgressBar, ProgressStyle};
 use slog::Logger;
@@ -488,6 +488,7 @@ impl<'a> Run<'a> {
         let cores = cpu.cores_used();
         let span = started.elapsed();
         let rss = rss_bytes();
+        let rocks = rocksdb_memory(&self.cluster);
         let d = self.meter.observe(&self.cluster).since(&before);
         let g = Gauges::of(&self.cluster);
         let hb = self.heartbeat_interval();
@@ -520,6 +521,25 @@ impl<'a> Run<'a> {
             },
         );
         t.row("then measured for", fmt_duration(span));
+        t.row(
+            "of the RSS: RocksDB memtables / block cache, all stores",
+            format!(
+                "{} / {} (bounded by the engine options, not by the regions)",
+                fmt_bytes(rocks.memtables),
+                fmt_bytes(rocks.block_cache)
+            ),
+        );
+        if let Some(rss) = rss {
+            let rest = rss.saturating_sub(rocks.memtables + rocks.block_cache);
+            t.row(
+                "RSS without them, all and per peer",
+                format!(
+                    "{} ({} per peer)",
+                    fmt_bytes(rest),
+                    fmt_bytes(rest / peers.max(1))
+                ),
+            );
+        }
         t.row(
             "RSS, all and per peer",
             rss.map_or_else(
@@ -1057,6 +1077,22 @@ fn in_units_of(d: Duration, unit: Duration) -> f64 {
 /// `interval`.
 fn per_pair_per_interval(count: u64, span: Duration, interval: Duration) -> f64 {
     count as f64 / STORE_PAIRS as f64 / in_units_of(span, interval).max(f64::MIN_POSITIVE)
+}
+
+/// RocksDB's memtables and block caches, summed over the running stores.
+fn rocksdb_memory(cluster: &Cluster) -> EngineMemory {
+    let mut sum = EngineMemory::default();
+    for s in cluster
+        .store_ids()
+        .iter()
+        .filter_map(|&id| cluster.store(id))
+    {
+        if let Ok(m) = s.engine().memory_usage() {
+            sum.memtables += m.memtables;
+            sum.block_cache += m.block_cache;
+        }
+    }
+    sum
 }
 
 #[cfg(test)]
