@@ -26,7 +26,7 @@ use super::fsm::{
     send_liveness_beats,
 };
 use super::heartbeat::{self, Coalescer, Fanned};
-use super::hibernation::Hibernation;
+use super::hibernation::{Hibernation, SleepMsg};
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
 use super::meta::{SharedMeta, StoreMeta};
@@ -277,10 +277,22 @@ impl StoreHandle {
                 .support_withdrawals
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if !heard.woken.is_empty() {
-            let _ = self
-                .router
-                .force_send_control(StoreMsg::WakeRegions(heard.woken));
+        let mut wakes = heard.woken;
+        if heard.withdrew {
+            // As at a withdrawal by the store clock: then every peer that
+            // was awake looks at its leader's store at once.
+            let woken: fxhash::FxHashSet<u64> = wakes.iter().map(|(r, _)| *r).collect();
+            let mut awake = Vec::new();
+            self.hib.awake_regions(&mut awake);
+            wakes.extend(
+                awake
+                    .into_iter()
+                    .filter(|r| !woken.contains(r))
+                    .map(|r| (r, SleepMsg::SupportWithdrawn)),
+            );
+        }
+        if !wakes.is_empty() {
+            let _ = self.router.force_send_control(StoreMsg::WakeRegions(wakes));
         }
         match heard.heard {
             Heard::Stale | Heard::Unproven => {
