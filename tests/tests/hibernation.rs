@@ -127,6 +127,16 @@ fn wakes(cluster: &Cluster, reason: WakeReason) -> u64 {
     sum(cluster, |m| m.wakes(reason))
 }
 
+/// Wakes for any reason, every running store.
+fn all_wakes(cluster: &Cluster) -> u64 {
+    sum(cluster, |m| {
+        m.wakes_by_reason
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    })
+}
+
 /// Idle regions hibernate: then no peer gets a tick, no heartbeat is made
 /// and the only wire messages are the bare store-liveness beats. A write
 /// to one region wakes exactly that region (its leader for the command,
@@ -728,12 +738,7 @@ fn a_learner_added_to_a_sleeping_region_catches_up_before_it_sleeps_again() {
         "the region never slept: {}",
         state(&cluster)
     );
-    let woken = sum(&cluster, |m| {
-        m.wakes_by_reason
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    });
+    let woken = all_wakes(&cluster);
     cluster.add_store(4).unwrap();
     let id = cluster.store(leader).unwrap().alloc_id().unwrap();
     let learner = Peer {
@@ -752,15 +757,7 @@ fn a_learner_added_to_a_sleeping_region_catches_up_before_it_sleeps_again() {
         }
     });
     assert!(added.is_some(), "the learner was never added");
-    assert!(
-        sum(&cluster, |m| m
-            .wakes_by_reason
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum())
-            > woken,
-        "the conf change woke nothing"
-    );
+    assert!(all_wakes(&cluster) > woken, "the conf change woke nothing");
     assert!(
         eventually(|| all_asleep(&cluster, 1)),
         "the region did not sleep again with its learner: {}",

@@ -1362,25 +1362,17 @@ impl<T: Transport> RaftPoller<T> {
         {
             let _ = snap.send(SnapTask::Gc);
         }
-        let (withdrawn, woken) = self.hib.expire(now);
+        let (withdrawn, mut woken) = self.hib.expire(now);
         if !withdrawn.is_empty() {
             slog::info!(self.logger, "store liveness withdrew support";
                 "stores" => ?withdrawn, "regions_woken" => woken.len());
             self.metrics
                 .support_withdrawals
                 .fetch_add(withdrawn.len() as u64, Ordering::Relaxed);
+            let notes = self.hib.withdrawal_notes(&woken);
+            woken.extend(notes);
         }
         store.pending_wakes.extend(woken);
-        if !withdrawn.is_empty() {
-            // Then the peers awake before the withdrawal (`tick_buf`): a
-            // follower of a leader there looks at once, not at its next
-            // due tick. After the wakes, whose first campaigners go first.
-            let awake = store
-                .tick_buf
-                .iter()
-                .map(|&r| (r, SleepMsg::SupportWithdrawn));
-            store.pending_wakes.extend(awake);
-        }
         let (awake, asleep) = self.hib.counts();
         self.metrics
             .awake_peers

@@ -553,6 +553,21 @@ impl Hibernation {
         }
     }
 
+    /// After a withdrawal woke `woken`: a [`SleepMsg::SupportWithdrawn`]
+    /// note for every other awake peer (awake before it), to follow the
+    /// wakes, so a follower of a leader on the withdrawn store looks at
+    /// once rather than at its next due tick.
+    pub fn withdrawal_notes(&self, woken: &[(u64, SleepMsg)]) -> Vec<(u64, SleepMsg)> {
+        let woken: FxHashSet<u64> = woken.iter().map(|(r, _)| *r).collect();
+        let inner = self.inner.lock();
+        inner
+            .awake
+            .iter()
+            .filter(|r| !woken.contains(r))
+            .map(|&r| (r, SleepMsg::SupportWithdrawn))
+            .collect()
+    }
+
     /// Withdraws support from the stores silent for the support duration,
     /// and wakes exactly the regions asleep under a leader on one of them.
     /// Returns the withdrawn stores and the woken regions (already moved to

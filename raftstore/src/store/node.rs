@@ -26,7 +26,7 @@ use super::fsm::{
     send_liveness_beats,
 };
 use super::heartbeat::{self, Coalescer, Fanned};
-use super::hibernation::{Hibernation, SleepMsg};
+use super::hibernation::Hibernation;
 use super::id_alloc::IdAllocator;
 use super::liveness::{self, Heard};
 use super::meta::{SharedMeta, StoreMeta};
@@ -279,17 +279,8 @@ impl StoreHandle {
         }
         let mut wakes = heard.woken;
         if heard.withdrew {
-            // As at a withdrawal by the store clock: then every peer that
-            // was awake looks at its leader's store at once.
-            let woken: fxhash::FxHashSet<u64> = wakes.iter().map(|(r, _)| *r).collect();
-            let mut awake = Vec::new();
-            self.hib.awake_regions(&mut awake);
-            wakes.extend(
-                awake
-                    .into_iter()
-                    .filter(|r| !woken.contains(r))
-                    .map(|r| (r, SleepMsg::SupportWithdrawn)),
-            );
+            let notes = self.hib.withdrawal_notes(&wakes);
+            wakes.extend(notes);
         }
         if !wakes.is_empty() {
             let _ = self.router.force_send_control(StoreMsg::WakeRegions(wakes));

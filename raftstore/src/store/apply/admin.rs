@@ -79,16 +79,15 @@ fn exec_compact_log(
 
 #[cfg(test)]
 mod tests {
-    use flotilla_engine::{Durability, Engine, EngineOptions};
+    use flotilla_engine::{Durability, Engine};
     use flotilla_proto::metapb::{Peer, RegionEpoch};
     use flotilla_proto::raft_cmdpb::{
         AdminRequest, BatchSplitRequest, RaftRequestHeader, SplitRequest,
     };
     use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
 
+    use super::super::TestStore;
     use super::*;
-    use crate::store::fsm::{RaftRouter, StoreFsm};
-    use crate::store::meta::{SharedMeta, StoreMeta};
 
     fn region() -> Region {
         Region {
@@ -133,54 +132,21 @@ mod tests {
         region: &mut Region,
         st: &mut RaftApplyState,
     ) -> Result<(AdminResponse, Option<ExecResult>)> {
-        Store::new().exec(req, cmd, region, st).0
+        exec_in(&TestStore::new(), req, cmd, region, st)
     }
 
-    /// An engine, a router and a range index for the apply side.
-    struct Store {
-        _dir: tempfile::TempDir,
-        engine: Engine,
-        router: RaftRouter,
-        _system: flotilla_router::BatchSystem<crate::store::fsm::PeerFsm, StoreFsm>,
-        meta: SharedMeta,
-    }
-
-    impl Store {
-        fn new() -> Store {
-            let dir = tempfile::tempdir().unwrap();
-            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-            let (router, system) = flotilla_router::BatchSystem::new(
-                &flotilla_router::Config::default(),
-                flotilla_router::Mailbox::new(Box::<StoreFsm>::default()),
-            )
-            .unwrap();
-            Store {
-                _dir: dir,
-                engine,
-                router,
-                _system: system,
-                meta: StoreMeta::new().shared(),
-            }
-        }
-
-        /// Runs `exec_admin` and writes its batch.
-        fn exec(
-            &self,
-            req: &RaftCmdRequest,
-            cmd: &admin_request::Cmd,
-            region: &mut Region,
-            st: &mut RaftApplyState,
-        ) -> (Result<(AdminResponse, Option<ExecResult>)>, ()) {
-            let ctx = SplitCtx {
-                engine: &self.engine,
-                meta: &self.meta,
-                router: &self.router,
-            };
-            let mut wb = self.engine.write_batch();
-            let res = exec_admin(&ctx, &mut wb, req, cmd, region, st);
-            self.engine.write(wb, Durability::Sync).unwrap();
-            (res, ())
-        }
+    /// Runs `exec_admin` in `store` and writes its batch.
+    fn exec_in(
+        store: &TestStore,
+        req: &RaftCmdRequest,
+        cmd: &admin_request::Cmd,
+        region: &mut Region,
+        st: &mut RaftApplyState,
+    ) -> Result<(AdminResponse, Option<ExecResult>)> {
+        let mut wb = store.engine.write_batch();
+        let res = exec_admin(&store.ctx(), &mut wb, req, cmd, region, st);
+        store.engine.write(wb, Durability::Sync).unwrap();
+        res
     }
 
     fn state(applied: u64, truncated: u64) -> RaftApplyState {
@@ -267,18 +233,18 @@ mod tests {
     /// it would inherit are cleared.
     #[test]
     fn batch_split_writes_both_regions_and_respects_tombstones() {
-        let store = Store::new();
+        let store = TestStore::new();
         let mut st = state(100, 5);
         let (req, cmd) = request(split_at(b"f", 7), RegionEpoch::default());
         let mut r = split_region();
         assert!(matches!(
-            store.exec(&req, &cmd, &mut r, &mut st).0,
+            exec_in(&store, &req, &cmd, &mut r, &mut st),
             Err(Error::EpochNotMatch { .. })
         ));
         assert_eq!(r, split_region(), "a refused split changed the region");
 
         let (req, cmd) = request(split_at(b"f", 7), split_region().region_epoch.unwrap());
-        let (_, res) = store.exec(&req, &cmd, &mut r, &mut st).0.unwrap();
+        let (_, res) = exec_in(&store, &req, &cmd, &mut r, &mut st).unwrap();
         let Some(ExecResult::Split(split)) = res else {
             panic!("no split result: {res:?}");
         };
@@ -297,7 +263,7 @@ mod tests {
         assert_eq!(region_state(&store.engine, 3).unwrap().region.unwrap(), r);
 
         // Region 8 was split off and then removed from this store.
-        let store = Store::new();
+        let store = TestStore::new();
         let mut tomb = RegionLocalState::default();
         tomb.set_state(PeerState::Tombstone);
         let data = flotilla_engine::keys::data_key(b"g");
@@ -311,7 +277,7 @@ mod tests {
         store.engine.write(wb, Durability::Sync).unwrap();
         let mut r = split_region();
         let (req, cmd) = request(split_at(b"f", 8), split_region().region_epoch.unwrap());
-        let (_, res) = store.exec(&req, &cmd, &mut r, &mut st).0.unwrap();
+        let (_, res) = exec_in(&store, &req, &cmd, &mut r, &mut st).unwrap();
         let Some(ExecResult::Split(split)) = res else {
             panic!("no split result: {res:?}");
         };
@@ -333,7 +299,7 @@ mod tests {
         // not created by the split, and the keys it would inherit go (its
         // snapshot rewrites the range; destroyed first, they would stay in
         // no region). The parent's own keys stay.
-        let store = Store::new();
+        let store = TestStore::new();
         store.meta.lock().start_destroy(9);
         let kept = flotilla_engine::keys::data_key(b"c");
         let mut wb = store.engine.write_batch();
@@ -342,7 +308,7 @@ mod tests {
         store.engine.write(wb, Durability::Sync).unwrap();
         let mut r = split_region();
         let (req, cmd) = request(split_at(b"f", 9), split_region().region_epoch.unwrap());
-        let (_, res) = store.exec(&req, &cmd, &mut r, &mut st).0.unwrap();
+        let (_, res) = exec_in(&store, &req, &cmd, &mut r, &mut st).unwrap();
         let Some(ExecResult::Split(split)) = res else {
             panic!("no split result: {res:?}");
         };

@@ -305,14 +305,13 @@ fn check_commit(request: &RaftCmdRequest, source: &Region, fsm: &ApplyFsm) -> Re
 
 #[cfg(test)]
 mod tests {
-    use flotilla_engine::{Durability, Engine, EngineOptions};
+    use flotilla_engine::Durability;
     use flotilla_proto::metapb::Peer;
     use flotilla_proto::raft_cmdpb::RaftRequestHeader;
     use flotilla_proto::raft_serverpb::RaftApplyState;
 
+    use super::super::TestStore;
     use super::*;
-    use crate::store::fsm::StoreFsm;
-    use crate::store::meta::StoreMeta;
 
     fn region(id: u64, start: &'static [u8], end: &'static [u8], version: u64) -> Region {
         Region {
@@ -358,42 +357,6 @@ mod tests {
         }
     }
 
-    /// An engine, a router and a range index for the apply side.
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        engine: Engine,
-        router: crate::store::fsm::RaftRouter,
-        _system: flotilla_router::BatchSystem<crate::store::fsm::PeerFsm, StoreFsm>,
-        meta: crate::store::meta::SharedMeta,
-    }
-
-    impl Fixture {
-        fn new() -> Fixture {
-            let dir = tempfile::tempdir().unwrap();
-            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-            let (router, system) = flotilla_router::BatchSystem::new(
-                &flotilla_router::Config::default(),
-                flotilla_router::Mailbox::new(Box::<StoreFsm>::default()),
-            )
-            .unwrap();
-            Fixture {
-                _dir: dir,
-                engine,
-                router,
-                _system: system,
-                meta: StoreMeta::new().shared(),
-            }
-        }
-
-        fn ctx(&self) -> SplitCtx<'_> {
-            SplitCtx {
-                engine: &self.engine,
-                meta: &self.meta,
-                router: &self.router,
-            }
-        }
-    }
-
     /// admin.md scenario 21 (apply part): PrepareMerge makes the source
     /// `Merging` with both epoch parts bumped; a CommitMerge waits until
     /// the source's state says so, then writes the target's grown region
@@ -401,7 +364,7 @@ mod tests {
     /// one batch.
     #[test]
     fn commit_merge_waits_for_the_source_then_writes_both_states() {
-        let store = Fixture::new();
+        let store = TestStore::new();
         let (engine, ctx) = (&store.engine, store.ctx());
         let target = region(2, b"m", b"", 3);
         let mut src = ApplyFsm::new(
@@ -476,7 +439,7 @@ mod tests {
     /// refused without that proof.
     #[test]
     fn a_stale_commit_merge_proves_a_refusal_only_when_final() {
-        let store = Fixture::new();
+        let store = TestStore::new();
         let (engine, ctx) = (&store.engine, store.ctx());
         let source = region(1, b"", b"m", 5);
         let epoch = |version| RegionEpoch {

@@ -743,6 +743,47 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
     }
 }
 
+/// What the apply side's admin tests run against: an engine in a temp
+/// dir, a router (its batch system kept alive, never started) and a range
+/// index.
+#[cfg(test)]
+pub(super) struct TestStore {
+    _dir: tempfile::TempDir,
+    pub engine: Engine,
+    pub router: crate::store::fsm::RaftRouter,
+    _system: flotilla_router::BatchSystem<crate::store::fsm::PeerFsm, crate::store::fsm::StoreFsm>,
+    pub meta: crate::store::meta::SharedMeta,
+}
+
+#[cfg(test)]
+impl TestStore {
+    pub fn new() -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &flotilla_engine::EngineOptions::default()).unwrap();
+        let (router, system) = flotilla_router::BatchSystem::new(
+            &flotilla_router::Config::default(),
+            flotilla_router::Mailbox::new(Box::<crate::store::fsm::StoreFsm>::default()),
+        )
+        .unwrap();
+        TestStore {
+            _dir: dir,
+            engine,
+            router,
+            _system: system,
+            meta: crate::store::meta::StoreMeta::new().shared(),
+        }
+    }
+
+    /// The context the admin commands execute in.
+    pub fn ctx(&self) -> SplitCtx<'_> {
+        SplitCtx {
+            engine: &self.engine,
+            meta: &self.meta,
+            router: &self.router,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

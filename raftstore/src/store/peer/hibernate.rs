@@ -710,6 +710,26 @@ mod tests {
             self.peer.step_raft_message(msg, &self.hib);
         }
 
+        /// The leader on store 1 heartbeats in a new term, which this
+        /// follower takes (its lease starts). Returns the term.
+        fn hear_the_leader(&mut self) -> u64 {
+            let term = self.peer.raft.raft.term() + 1;
+            let (leader, me) = (self.peer_on(LEADER).id, self.peer_on(ME).id);
+            self.deliver(
+                LEADER,
+                Message {
+                    msg_type: MessageType::MsgHeartbeat as i32,
+                    from: leader,
+                    to: me,
+                    term,
+                    ..Default::default()
+                },
+            );
+            self.sent();
+            assert_eq!(self.peer.leader().map(|l| l.store_id), Some(LEADER));
+            term
+        }
+
         /// The messages of the peer's Ready, the round's write made
         /// durable in between (as a poller does).
         fn sent(&mut self) -> Vec<Message> {
@@ -733,21 +753,8 @@ mod tests {
         /// As [`Follower::ignore_a_pre_vote`], the asker's log `behind`
         /// entries behind this follower's.
         fn ignore_a_pre_vote_behind(&mut self, behind: u64) -> u64 {
-            let term = self.peer.raft.raft.term() + 1;
-            let leader = self.peer_on(LEADER).id;
+            let term = self.hear_the_leader();
             let me = self.peer_on(ME).id;
-            self.deliver(
-                LEADER,
-                Message {
-                    msg_type: MessageType::MsgHeartbeat as i32,
-                    from: leader,
-                    to: me,
-                    term,
-                    ..Default::default()
-                },
-            );
-            self.sent();
-            assert_eq!(self.peer.leader().map(|l| l.store_id), Some(LEADER));
             let log = self.peer.raft.raft.raft_log();
             let (index, log_term) = (log.last_index() - behind, log.last_term());
             self.deliver(
@@ -822,19 +829,7 @@ mod tests {
     fn an_awake_follower_campaigns_when_told_of_a_withdrawal() {
         let support = Duration::from_millis(50);
         let mut f = Follower::new(support);
-        let term = f.peer.raft.raft.term() + 1;
-        let (leader, me) = (f.peer_on(LEADER).id, f.peer_on(ME).id);
-        f.deliver(
-            LEADER,
-            Message {
-                msg_type: MessageType::MsgHeartbeat as i32,
-                from: leader,
-                to: me,
-                term,
-                ..Default::default()
-            },
-        );
-        f.sent();
+        f.hear_the_leader();
         let half = f.cfg.election_ticks as u64 / 2;
         for tick in 1..=half {
             f.peer.on_tick(tick, &f.cfg, &f.hib);
