@@ -17,12 +17,13 @@ use flotilla_proto::raft_cmdpb::{
     RaftRequestHeader, Request, Response, ScanRequest, SplitRequest, TransferLeaderRequest,
     admin_request, admin_response, request, response,
 };
-use flotilla_proto::raft_serverpb::PeerState;
+use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
 use fxhash::FxHashMap;
 use parking_lot::{Mutex, RwLock};
 
 use super::config::DEFAULT_MAX_SCAN_LIMIT;
 use super::error::{AdminError, Error, Result};
+use super::msg::RegionStatus;
 use super::node::StoreHandle;
 use super::util::{key_in_region, response_error};
 
@@ -81,15 +82,111 @@ impl Default for ClientConfig {
     }
 }
 
+/// What a [`Client`] asks of one store. [`StoreHandle`] is the in-process
+/// implementation; a network client (flotilla-server's) is another: the
+/// client's routing, retries and region cache are the same over both.
+///
+/// Every method answers within its wait (or the store's own bound) and
+/// never panics on what a store answers.
+pub trait StoreApi: Send + Sync {
+    /// The store's id.
+    fn store_id(&self) -> u64;
+
+    /// Sends a command to the region its header names and waits at most
+    /// `wait` for the response. The response may carry a typed error in
+    /// its header (see [`response_error`]).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when `wait` passes (the outcome is unknown);
+    /// [`Error::StoreStopped`] when the store cannot be reached.
+    fn call(&self, request: RaftCmdRequest, wait: Duration) -> Result<RaftCmdResponse>;
+
+    /// The status of the store's peer of `region_id` (see
+    /// [`StoreHandle::region_status`]).
+    ///
+    /// # Errors
+    /// As [`StoreHandle::region_status`].
+    fn region_status(&self, region_id: u64, wait: Duration) -> Result<RegionStatus>;
+
+    /// The store's persisted state of `region_id` (see
+    /// [`StoreHandle::region_state`]).
+    ///
+    /// # Errors
+    /// As [`StoreHandle::region_state`].
+    fn region_state(&self, region_id: u64) -> Result<Option<RegionLocalState>>;
+
+    /// The store's region holding `key` (see [`StoreHandle::locate`]).
+    ///
+    /// # Errors
+    /// As [`StoreHandle::locate`].
+    fn locate(&self, key: &[u8], wait: Duration) -> Result<Option<Region>>;
+}
+
+impl StoreApi for StoreHandle {
+    fn store_id(&self) -> u64 {
+        StoreHandle::store_id(self)
+    }
+
+    fn call(&self, request: RaftCmdRequest, wait: Duration) -> Result<RaftCmdResponse> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.propose(
+            request,
+            Box::new(move |resp| {
+                let _ = tx.send(resp);
+            }),
+        );
+        match rx.recv_timeout(wait) {
+            Ok(resp) => Ok(resp),
+            // Unreachable (the store answers every callback, a dropped one
+            // with `StoreStopped`), but if it were: the outcome is unknown.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::StoreStopped { in_flight: true })
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+        }
+    }
+
+    fn region_status(&self, region_id: u64, wait: Duration) -> Result<RegionStatus> {
+        StoreHandle::region_status(self, region_id, wait)
+    }
+
+    fn region_state(&self, region_id: u64) -> Result<Option<RegionLocalState>> {
+        StoreHandle::region_state(self, region_id)
+    }
+
+    fn locate(&self, key: &[u8], wait: Duration) -> Result<Option<Region>> {
+        StoreHandle::locate(self, key, wait)
+    }
+}
+
+/// One store a client can reach: in process (its handle is kept for
+/// callers that need it) or through a [`StoreApi`] of another kind.
+#[derive(Clone)]
+struct Endpoint {
+    local: Option<StoreHandle>,
+    api: Arc<dyn StoreApi>,
+}
+
 /// The stores a client can reach, by id. Shared: a cluster updates it as
 /// stores stop and restart.
 #[derive(Clone, Default)]
-pub struct Stores(Arc<RwLock<FxHashMap<u64, StoreHandle>>>);
+pub struct Stores(Arc<RwLock<FxHashMap<u64, Endpoint>>>);
 
 impl Stores {
-    /// Adds or replaces a store's handle.
+    /// Adds or replaces an in-process store's handle.
     pub fn insert(&self, handle: StoreHandle) {
-        self.0.write().insert(handle.store_id(), handle);
+        let endpoint = Endpoint {
+            api: Arc::new(handle.clone()),
+            local: Some(handle),
+        };
+        self.0.write().insert(endpoint.api.store_id(), endpoint);
+    }
+
+    /// Adds or replaces a store reached through `api` (e.g. over the
+    /// network).
+    pub fn insert_remote(&self, api: Arc<dyn StoreApi>) {
+        let endpoint = Endpoint { local: None, api };
+        self.0.write().insert(endpoint.api.store_id(), endpoint);
     }
 
     /// Removes a store.
@@ -97,14 +194,19 @@ impl Stores {
         self.0.write().remove(&store_id);
     }
 
-    /// A store's handle.
+    /// An in-process store's handle (`None` for a remote store).
     pub fn get(&self, store_id: u64) -> Option<StoreHandle> {
-        self.0.read().get(&store_id).cloned()
+        self.0.read().get(&store_id).and_then(|e| e.local.clone())
     }
 
-    /// Every store's handle.
-    pub fn all(&self) -> Vec<StoreHandle> {
-        self.0.read().values().cloned().collect()
+    /// A store, in process or not.
+    pub fn api(&self, store_id: u64) -> Option<Arc<dyn StoreApi>> {
+        self.0.read().get(&store_id).map(|e| e.api.clone())
+    }
+
+    /// Every store.
+    pub fn all(&self) -> Vec<Arc<dyn StoreApi>> {
+        self.0.read().values().map(|e| e.api.clone()).collect()
     }
 }
 
@@ -861,7 +963,7 @@ impl Client {
     fn newest_on_stores(
         &self,
         deadline: Instant,
-        ask: impl Fn(&StoreHandle, Duration) -> Option<Region>,
+        ask: impl Fn(&dyn StoreApi, Duration) -> Option<Region>,
     ) -> Option<Region> {
         let region = self
             .stores
@@ -869,7 +971,7 @@ impl Client {
             .iter()
             .filter_map(|h| {
                 let left = deadline.checked_duration_since(Instant::now())?;
-                ask(h, self.cfg.request_timeout.min(left))
+                ask(h.as_ref(), self.cfg.request_timeout.min(left))
             })
             .reduce(|a, b| {
                 if older(a.region_epoch, b.region_epoch) {
@@ -905,28 +1007,14 @@ impl Client {
         request: RaftCmdRequest,
         wait: Duration,
     ) -> Result<RaftCmdResponse> {
-        let handle = self
+        let store = self
             .stores
-            .get(store_id)
+            .api(store_id)
             .ok_or(Error::StoreStopped { in_flight: false })?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        handle.propose(
-            request,
-            Box::new(move |resp| {
-                let _ = tx.send(resp);
-            }),
-        );
-        match rx.recv_timeout(wait) {
-            Ok(resp) => match response_error(&resp) {
-                Some(e) => Err(e),
-                None => Ok(resp),
-            },
-            // Unreachable (the store answers every callback, a dropped one
-            // with `StoreStopped`), but if it were: the outcome is unknown.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(Error::StoreStopped { in_flight: true })
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+        let resp = store.call(request, wait)?;
+        match response_error(&resp) {
+            Some(e) => Err(e),
+            None => Ok(resp),
         }
     }
 }

@@ -84,7 +84,7 @@ pub const DEFAULT_LEASE_DRIFT_MARGIN_MS: u64 = 100;
 /// How a store runs. Every field has a default (`Config::default()` or an
 /// empty TOML table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Base tick of the store clock (ms). Elections and heartbeats count it.
     pub base_tick_ms: u64,

@@ -115,6 +115,10 @@ pub enum SnapError {
     /// connection).
     #[error("snapshot stream dropped")]
     Dropped,
+    /// The receiving store refused the stream for a reason of its own (a
+    /// network transport's report of the receiver's error).
+    #[error("refused by the receiving store: {0}")]
+    Refused(String),
 }
 
 /// The [`SnapshotMeta`] a raft snapshot carries in `data`.
