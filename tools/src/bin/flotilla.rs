@@ -1,6 +1,7 @@
-//! The `flotilla` binary: the embedded demo and the load tool (more to
-//! come: server, ctl).
+//! The `flotilla` binary: the embedded demo, the load tool, and a store
+//! server of a networked cluster (`server`, `bootstrap`; ctl to come).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 use flotilla_tools::demo::{self, DemoOptions};
 use flotilla_tools::load::options::parse_duration;
 use flotilla_tools::load::{self, LoadArgs, LoadError, LoadOptions};
+use flotilla_tools::server::{self, ServerConfig};
 
 /// jemalloc: glibc's per-thread arenas fragment under many small
 /// per-peer allocations made and freed on several threads.
@@ -66,12 +68,81 @@ enum Command {
     /// and measure election, idle cost, uniform and hot-spot writes, and
     /// the loss and restart of a store; writes a CSV and a PNG.
     Load(LoadArgs),
+    /// Run one store of a networked cluster (gRPC raft transport and
+    /// client service on one port) until SIGTERM or SIGINT.
+    Server {
+        /// The store's TOML config (see `--print-default-config`).
+        #[arg(long, required_unless_present = "print_default_config")]
+        config: Option<PathBuf>,
+        /// Print the default config, every field written out, and exit.
+        #[arg(long)]
+        print_default_config: bool,
+    },
+    /// Write a new cluster's store to the data dir of its config (run once
+    /// per store, with configs that agree on the cluster's stores and
+    /// initial regions), before its first `flotilla server`.
+    Bootstrap {
+        /// The store's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Load(args) => run_load(args),
+        Command::Server {
+            print_default_config: true,
+            ..
+        } => {
+            print!("{}", ServerConfig::default_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Server { config, .. } => {
+            let Some(path) = config else {
+                eprintln!("flotilla server: --config is required");
+                return ExitCode::from(2);
+            };
+            let cfg = match ServerConfig::load(&path) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("flotilla server: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match server::serve(&cfg, &logger()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flotilla server: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bootstrap { config } => {
+            let cfg = match ServerConfig::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("flotilla bootstrap: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match server::bootstrap(&cfg) {
+                Ok(()) => {
+                    println!(
+                        "flotilla bootstrap: store {} of cluster {} written to {}",
+                        cfg.store_id,
+                        cfg.cluster_id,
+                        cfg.data_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flotilla bootstrap: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo {
             regions,
             clients,

@@ -1,0 +1,329 @@
+//! The client service: [`KvService`] serves a store's commands and
+//! lookups; [`RemoteStore`] is the client side, a
+//! [`StoreApi`](flotilla_raftstore::store::StoreApi) over the network, so
+//! a [`Client`](flotilla_raftstore::Client) routes, retries and caches
+//! regions the same way over the network as in process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::metapb::Region;
+use flotilla_proto::raft_cmdpb::{RaftCmdRequest, RaftCmdResponse};
+use flotilla_proto::raft_serverpb::RegionLocalState;
+use flotilla_raftstore::store::{
+    Error as StoreError, RegionStatus, Result as StoreResult, StoreApi, StoreHandle, err_response,
+};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::NetConfig;
+use crate::kvpb;
+use crate::kvpb::kv_client::KvClient;
+use crate::kvpb::kv_server::Kv;
+
+/// Longest a command waits for its answer on the server, whatever the
+/// client's deadline (a client's own deadline cuts it shorter).
+pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(60);
+
+/// Serves one store's client requests.
+pub(crate) struct KvService {
+    pub(crate) cluster_id: u64,
+    pub(crate) store: StoreHandle,
+}
+
+fn wire_error(e: StoreError) -> flotilla_proto::raft_cmdpb::Error {
+    e.to_proto()
+}
+
+/// Runs a blocking store call off the runtime's workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::internal("the store call failed"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn command(
+        &self,
+        request: Request<RaftCmdRequest>,
+    ) -> Result<Response<RaftCmdResponse>, Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.propose(
+            request.into_inner(),
+            Box::new(move |resp| {
+                let _ = tx.send(resp);
+            }),
+        );
+        let resp = match tokio::time::timeout(MAX_COMMAND_WAIT, rx).await {
+            Ok(Ok(resp)) => resp,
+            // The store answers every callback; a dropped one means it
+            // stopped after taking the command.
+            Ok(Err(_)) => err_response(StoreError::StoreStopped { in_flight: true }),
+            Err(_) => err_response(StoreError::Timeout),
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn region_status(
+        &self,
+        request: Request<kvpb::RegionStatusRequest>,
+    ) -> Result<Response<kvpb::RegionStatusResponse>, Status> {
+        let region_id = request.into_inner().region_id;
+        let store = self.store.clone();
+        let status = blocking(move || store.region_status(region_id, MAX_COMMAND_WAIT)).await?;
+        Ok(Response::new(match status {
+            Ok(s) => kvpb::RegionStatusResponse {
+                error: None,
+                status: Some(status_to_wire(s)),
+            },
+            Err(e) => kvpb::RegionStatusResponse {
+                error: Some(wire_error(e)),
+                status: None,
+            },
+        }))
+    }
+
+    async fn region_state(
+        &self,
+        request: Request<kvpb::RegionStateRequest>,
+    ) -> Result<Response<kvpb::RegionStateResponse>, Status> {
+        let region_id = request.into_inner().region_id;
+        let store = self.store.clone();
+        let state = blocking(move || store.region_state(region_id)).await?;
+        Ok(Response::new(match state {
+            Ok(state) => kvpb::RegionStateResponse { error: None, state },
+            Err(e) => kvpb::RegionStateResponse {
+                error: Some(wire_error(e)),
+                state: None,
+            },
+        }))
+    }
+
+    async fn locate(
+        &self,
+        request: Request<kvpb::LocateRequest>,
+    ) -> Result<Response<kvpb::LocateResponse>, Status> {
+        let key = request.into_inner().key;
+        let store = self.store.clone();
+        let region = blocking(move || store.locate(&key, MAX_COMMAND_WAIT)).await?;
+        Ok(Response::new(match region {
+            Ok(region) => kvpb::LocateResponse {
+                error: None,
+                region,
+            },
+            Err(e) => kvpb::LocateResponse {
+                error: Some(wire_error(e)),
+                region: None,
+            },
+        }))
+    }
+
+    async fn store_info(
+        &self,
+        _request: Request<kvpb::StoreInfoRequest>,
+    ) -> Result<Response<kvpb::StoreInfoResponse>, Status> {
+        Ok(Response::new(kvpb::StoreInfoResponse {
+            cluster_id: self.cluster_id,
+            store_id: self.store.store_id(),
+        }))
+    }
+}
+
+fn status_to_wire(s: RegionStatus) -> kvpb::RegionStatus {
+    kvpb::RegionStatus {
+        region: Some(s.region),
+        peer: Some(s.peer),
+        leader: s.leader,
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_index: s.last_index,
+        truncated_index: s.truncated_index,
+        hibernating: s.hibernating,
+        applying_snapshot: s.applying_snapshot,
+    }
+}
+
+fn status_from_wire(s: kvpb::RegionStatus) -> RegionStatus {
+    RegionStatus {
+        region: s.region.unwrap_or_default(),
+        peer: s.peer.unwrap_or_default(),
+        leader: s.leader,
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_index: s.last_index,
+        truncated_index: s.truncated_index,
+        hibernating: s.hibernating,
+        applying_snapshot: s.applying_snapshot,
+    }
+}
+
+/// One store's client service, reached over gRPC: a
+/// [`StoreApi`](flotilla_raftstore::store::StoreApi) for a
+/// [`Client`](flotilla_raftstore::Client) (`Stores::insert_remote`).
+///
+/// It keeps one connection and opens it again after a failure. Calls
+/// block the calling thread (never call from a runtime worker). A command
+/// that could not be sent (no connection) fails with `StoreStopped`
+/// without `in_flight`; one whose connection broke after sending, or
+/// whose deadline passed, has an unknown outcome (`StoreStopped` with
+/// `in_flight`, or `Timeout`).
+pub struct RemoteStore {
+    store_id: u64,
+    addr: String,
+    cfg: NetConfig,
+    handle: Handle,
+    client: Mutex<Option<KvClient<Channel>>>,
+}
+
+impl RemoteStore {
+    /// Store `store_id`, listening at `addr` (`host:port`), reached on
+    /// `handle`'s runtime. Connects on first use.
+    pub fn new(
+        store_id: u64,
+        addr: impl Into<String>,
+        cfg: NetConfig,
+        handle: Handle,
+    ) -> Arc<Self> {
+        Arc::new(RemoteStore {
+            store_id,
+            addr: addr.into(),
+            cfg,
+            handle,
+            client: Mutex::new(None),
+        })
+    }
+
+    /// The connected client, connecting if there is none (within `wait`).
+    fn client(&self, wait: Duration) -> StoreResult<KvClient<Channel>> {
+        if let Some(c) = self.client.lock().as_ref() {
+            return Ok(c.clone());
+        }
+        let cfg = &self.cfg;
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| StoreError::Config(format!("store address {}: {e}", self.addr)))?
+            .connect_timeout(cfg.connect_timeout.min(wait))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(cfg.keepalive_interval)
+            .keep_alive_timeout(cfg.keepalive_timeout)
+            .initial_stream_window_size(cfg.stream_window_bytes)
+            .initial_connection_window_size(cfg.connection_window_bytes);
+        let channel = self
+            .handle
+            .block_on(endpoint.connect())
+            .map_err(|_| StoreError::StoreStopped { in_flight: false })?;
+        let client = KvClient::new(channel)
+            .max_decoding_message_size(cfg.max_message_bytes)
+            .max_encoding_message_size(cfg.max_message_bytes);
+        *self.client.lock() = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs one call with deadline `wait`; a transport failure drops the
+    /// connection (the next call reconnects) and reads as `failed`.
+    fn run<T, F>(
+        &self,
+        wait: Duration,
+        failed: StoreError,
+        call: impl FnOnce(KvClient<Channel>) -> F,
+    ) -> StoreResult<T>
+    where
+        F: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let client = self.client(wait)?;
+        let out = self
+            .handle
+            .block_on(async { tokio::time::timeout(wait, call(client)).await });
+        match out {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => {
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+                ) {
+                    *self.client.lock() = None;
+                }
+                Err(match status.code() {
+                    Code::DeadlineExceeded => StoreError::Timeout,
+                    _ => failed,
+                })
+            }
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    fn deadline<T>(message: T, wait: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(wait);
+        request
+    }
+}
+
+fn error_or<T>(error: Option<flotilla_proto::raft_cmdpb::Error>, value: T) -> StoreResult<T> {
+    match error {
+        Some(e) => Err(StoreError::from_proto(e)),
+        None => Ok(value),
+    }
+}
+
+impl StoreApi for RemoteStore {
+    fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    fn call(&self, request: RaftCmdRequest, wait: Duration) -> StoreResult<RaftCmdResponse> {
+        self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: true },
+            |mut c| async move { c.command(Self::deadline(request, wait)).await },
+        )
+    }
+
+    fn region_status(&self, region_id: u64, wait: Duration) -> StoreResult<RegionStatus> {
+        let resp = self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: false },
+            |mut c| async move {
+                c.region_status(Self::deadline(
+                    kvpb::RegionStatusRequest { region_id },
+                    wait,
+                ))
+                .await
+            },
+        )?;
+        let status = error_or(resp.error, resp.status)?;
+        status
+            .map(status_from_wire)
+            .ok_or(StoreError::RegionNotFound(region_id))
+    }
+
+    fn region_state(&self, region_id: u64) -> StoreResult<Option<RegionLocalState>> {
+        let wait = MAX_COMMAND_WAIT;
+        let resp = self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: false },
+            |mut c| async move {
+                c.region_state(Self::deadline(kvpb::RegionStateRequest { region_id }, wait))
+                    .await
+            },
+        )?;
+        error_or(resp.error, resp.state)
+    }
+
+    fn locate(&self, key: &[u8], wait: Duration) -> StoreResult<Option<Region>> {
+        let key = bytes::Bytes::copy_from_slice(key);
+        let resp = self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: false },
+            |mut c| async move {
+                c.locate(Self::deadline(kvpb::LocateRequest { key }, wait))
+                    .await
+            },
+        )?;
+        error_or(resp.error, resp.region)
+    }
+}
