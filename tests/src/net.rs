@@ -13,7 +13,7 @@ use flotilla_raftstore::store::{
     CLUSTER_ID, Client, ClientConfig, Config, Result, Store, Stores, store_dir,
 };
 use flotilla_server::{
-    AddressBook, GrpcTransport, NetConfig, RemoteStore, ServerIdentity, StoreServer,
+    AddressBook, ClientService, GrpcTransport, NetConfig, RemoteStore, ServerIdentity, StoreServer,
 };
 use fxhash::FxHashMap;
 
@@ -117,7 +117,10 @@ impl NetCluster {
             "127.0.0.1:0",
             who,
             Arc::new(store.handle()),
-            Some(store.handle()),
+            Some(ClientService {
+                store: store.handle(),
+                addrs: self.addrs.clone(),
+            }),
             &self.net,
             &self.logger,
         )

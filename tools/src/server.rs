@@ -14,7 +14,9 @@ use std::time::Duration;
 use flotilla_engine::{Engine, EngineOptions};
 use flotilla_raftstore::store::bootstrap::{bootstrap_store, initial_regions};
 use flotilla_raftstore::{Config, Store};
-use flotilla_server::{AddressBook, GrpcTransport, NetConfig, ServerIdentity, StoreServer};
+use flotilla_server::{
+    AddressBook, ClientService, GrpcTransport, NetConfig, ServerIdentity, StoreServer,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -334,7 +336,7 @@ pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerErro
     let transport = GrpcTransport::new(
         cfg.cluster_id,
         cfg.store_id,
-        addrs,
+        addrs.clone(),
         net.clone(),
         runtime.handle().clone(),
         logger,
@@ -350,7 +352,10 @@ pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerErro
         &cfg.listen,
         who,
         Arc::new(store.handle()),
-        Some(store.handle()),
+        Some(ClientService {
+            store: store.handle(),
+            addrs: addrs.clone(),
+        }),
         &net,
         logger,
     ) {

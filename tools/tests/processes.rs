@@ -285,3 +285,105 @@ fn kill_9_under_load_loses_no_acknowledged_write() {
     }
     check_history(workers, &history, w.seed, MIN_OPS);
 }
+
+fn ctl(args: &[&str]) -> (bool, String, String) {
+    let out = flotilla()
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run flotilla ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `flotilla ctl` with `args` until it succeeds (admin commands may
+/// be refused for a while: a leader being elected, a change pending).
+fn ctl_ok(args: &[&str]) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (ok, out, err) = ctl(args);
+        if ok {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "flotilla ctl {args:?}: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `flotilla ctl` against a running cluster (store, region list and
+/// show, split, transfer leader, remove and add a peer, compact log) and,
+/// once stopped, against a store's data directory (region list, raft
+/// state, scan); a bad command is refused with exit code 2.
+#[test]
+fn ctl_drives_a_running_cluster_and_reads_a_stopped_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Processes::start(dir.path());
+    let client = p.client(ClientConfig::default());
+    p.wait_serving(&client);
+    for i in 0..20 {
+        retry("put", || client.put(&key(i), &i.to_be_bytes()));
+    }
+    let host = p.addrs[0].clone();
+    let on = |rest: &[&str]| -> String {
+        let mut args = vec!["--host", host.as_str()];
+        args.extend_from_slice(rest);
+        ctl_ok(&args)
+    };
+    let store = on(&["store"]);
+    assert!(store.starts_with("store 1 of cluster 1"), "{store}");
+    assert_eq!(
+        store.matches("  store ").count(),
+        STORES as usize,
+        "{store}"
+    );
+    let before = on(&["region", "list"]);
+    assert_eq!(before.lines().count(), REGIONS as usize, "{before}");
+    let split = on(&["split", "--key", "proc00010"]);
+    assert_eq!(split.lines().count(), 2, "{split}");
+    let after = on(&["region", "list"]);
+    assert_eq!(after.lines().count(), REGIONS as usize + 1, "{after}");
+    let region = client.locate(&key(10)).unwrap().id.to_string();
+    let show = on(&["region", "show", &region]);
+    assert!(show.contains("\"proc00010\""), "{show}");
+    let moved = on(&["transfer-leader", "--region", &region, "--store", "2"]);
+    assert!(moved.contains("store 2"), "{moved}");
+    let removed = on(&["remove-peer", "--region", &region, "--store", "3"]);
+    assert!(!removed.contains("@store3"), "{removed}");
+    let added = on(&["add-peer", "--region", &region, "--store", "3"]);
+    assert!(
+        added.contains("@store3") && !added.contains("learner"),
+        "{added}"
+    );
+    on(&["compact-log", "--region", &region, "--index", "1"]);
+    let (ok, _, err) = ctl(&["--host", &host, "scan"]);
+    assert!(!ok && err.contains("--data-dir"), "{err}");
+    for id in 1..=STORES {
+        assert!(p.terminate(id), "store {id}:\n{}", p.log(id));
+    }
+    let data = dir.path().join("store-1");
+    let data = data.to_str().unwrap();
+    let offline = ctl_ok(&["--data-dir", data, "region", "list"]);
+    assert_eq!(offline.lines().count(), REGIONS as usize + 1, "{offline}");
+    assert!(offline.contains("Normal"), "{offline}");
+    let state = ctl_ok(&["--data-dir", data, "raft-state", "--region", &region]);
+    assert!(
+        state.contains("raft state: term") && state.contains("apply state"),
+        "{state}"
+    );
+    let scan = ctl_ok(&[
+        "--data-dir",
+        data,
+        "scan",
+        "--start",
+        "proc",
+        "--limit",
+        "5",
+    ]);
+    assert_eq!(scan.lines().count(), 5, "{scan}");
+    assert!(scan.starts_with("\"proc00000\" = "), "{scan}");
+    let (ok, _, err) = ctl(&["region", "list"]);
+    assert!(!ok && err.contains("--host"), "{err}");
+}

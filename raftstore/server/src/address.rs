@@ -32,6 +32,18 @@ impl AddressBook {
         self.0.read().contains_key(&store)
     }
 
+    /// Every store and where it listens, by id.
+    pub fn all(&self) -> Vec<(u64, String)> {
+        let mut all: Vec<(u64, String)> = self
+            .0
+            .read()
+            .iter()
+            .map(|(&id, a)| (id, a.clone()))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Where `store` listens, if known.
     pub fn get(&self, store: u64) -> Option<String> {
         self.0.read().get(&store).cloned()

@@ -5,6 +5,7 @@
 //! regions the same way over the network as in process.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_proto::metapb::Region;
@@ -18,6 +19,7 @@ use tokio::runtime::Handle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::address::AddressBook;
 use crate::config::NetConfig;
 use crate::kvpb;
 use crate::kvpb::kv_client::KvClient;
@@ -27,10 +29,20 @@ use crate::kvpb::kv_server::Kv;
 /// client's deadline (a client's own deadline cuts it shorter).
 pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(60);
 
+/// What a [`crate::StoreServer`] needs to serve a store's clients.
+#[derive(Clone)]
+pub struct ClientService {
+    /// The store.
+    pub store: StoreHandle,
+    /// Where the cluster's stores listen (told to clients that ask).
+    pub addrs: AddressBook,
+}
+
 /// Serves one store's client requests.
 pub(crate) struct KvService {
     pub(crate) cluster_id: u64,
     pub(crate) store: StoreHandle,
+    pub(crate) addrs: AddressBook,
 }
 
 fn wire_error(e: StoreError) -> flotilla_proto::raft_cmdpb::Error {
@@ -125,9 +137,53 @@ impl Kv for KvService {
         &self,
         _request: Request<kvpb::StoreInfoRequest>,
     ) -> Result<Response<kvpb::StoreInfoResponse>, Status> {
+        let m = self.store.metrics();
         Ok(Response::new(kvpb::StoreInfoResponse {
             cluster_id: self.cluster_id,
             store_id: self.store.store_id(),
+            stores: self
+                .addrs
+                .all()
+                .into_iter()
+                .map(|(id, addr)| kvpb::StoreAddress { id, addr })
+                .collect(),
+            leaders: m.leaders.load(Ordering::Relaxed),
+            awake_peers: m.awake_peers.load(Ordering::Relaxed),
+            hibernated_peers: m.hibernated_peers.load(Ordering::Relaxed),
+            stopped: self.store.is_stopped(),
+        }))
+    }
+
+    async fn alloc_id(
+        &self,
+        _request: Request<kvpb::AllocIdRequest>,
+    ) -> Result<Response<kvpb::AllocIdResponse>, Status> {
+        let store = self.store.clone();
+        let id = blocking(move || store.alloc_id()).await?;
+        Ok(Response::new(match id {
+            Ok(id) => kvpb::AllocIdResponse { error: None, id },
+            Err(e) => kvpb::AllocIdResponse {
+                error: Some(wire_error(e)),
+                id: 0,
+            },
+        }))
+    }
+
+    async fn regions(
+        &self,
+        _request: Request<kvpb::RegionsRequest>,
+    ) -> Result<Response<kvpb::RegionsResponse>, Status> {
+        let store = self.store.clone();
+        let regions = blocking(move || store.region_states()).await?;
+        Ok(Response::new(match regions {
+            Ok(regions) => kvpb::RegionsResponse {
+                error: None,
+                regions,
+            },
+            Err(e) => kvpb::RegionsResponse {
+                error: Some(wire_error(e)),
+                regions: Vec::new(),
+            },
         }))
     }
 }
@@ -260,6 +316,55 @@ impl RemoteStore {
         let mut request = Request::new(message);
         request.set_timeout(wait);
         request
+    }
+}
+
+impl RemoteStore {
+    /// The store's identity, the stores it knows and its peer counts.
+    ///
+    /// # Errors
+    /// `StoreStopped` if it cannot be reached; `Timeout`.
+    pub fn store_info(&self, wait: Duration) -> StoreResult<kvpb::StoreInfoResponse> {
+        self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: false },
+            |mut c| async move {
+                c.store_info(Self::deadline(kvpb::StoreInfoRequest {}, wait))
+                    .await
+            },
+        )
+    }
+
+    /// A new id from the store (for a peer to add on it).
+    ///
+    /// # Errors
+    /// As [`RemoteStore::store_info`]; the store's own error.
+    pub fn alloc_id(&self, wait: Duration) -> StoreResult<u64> {
+        let resp = self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: false },
+            |mut c| async move {
+                c.alloc_id(Self::deadline(kvpb::AllocIdRequest {}, wait))
+                    .await
+            },
+        )?;
+        error_or(resp.error, resp.id)
+    }
+
+    /// Every region state in the store's engine.
+    ///
+    /// # Errors
+    /// As [`RemoteStore::alloc_id`].
+    pub fn regions(&self, wait: Duration) -> StoreResult<Vec<RegionLocalState>> {
+        let resp = self.run(
+            wait,
+            StoreError::StoreStopped { in_flight: false },
+            |mut c| async move {
+                c.regions(Self::deadline(kvpb::RegionsRequest {}, wait))
+                    .await
+            },
+        )?;
+        error_or(resp.error, resp.regions)
     }
 }
 

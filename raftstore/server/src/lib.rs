@@ -42,7 +42,7 @@ pub mod kvpb {
 pub use self::address::AddressBook;
 pub use self::config::NetConfig;
 pub use self::error::{Error, Result};
-pub use self::kv::{MAX_COMMAND_WAIT, RemoteStore};
+pub use self::kv::{ClientService, MAX_COMMAND_WAIT, RemoteStore};
 pub use self::metrics::{ServerMetrics, TransportMetrics};
 pub use self::server::{ServerIdentity, StoreServer};
 pub use self::transport::GrpcTransport;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raftstore::store::{MessageSink, SnapError, StoreHandle};
+use flotilla_raftstore::store::{MessageSink, SnapError};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::NetConfig;
 use crate::error::{Error, Result};
-use crate::kv::KvService;
+use crate::kv::{ClientService, KvService};
 use crate::kvpb::kv_server::KvServer;
 use crate::metrics::{ServerMetrics, add};
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
@@ -64,7 +64,7 @@ impl StoreServer {
         listen: &str,
         who: ServerIdentity,
         sink: Arc<dyn MessageSink>,
-        kv: Option<StoreHandle>,
+        kv: Option<ClientService>,
         cfg: &NetConfig,
         logger: &slog::Logger,
     ) -> Result<StoreServer> {
@@ -88,10 +88,11 @@ impl StoreServer {
         let service = RaftTransportServer::new(service)
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes);
-        let kv = kv.map(|store| {
+        let kv = kv.map(|c| {
             KvServer::new(KvService {
                 cluster_id: who.cluster_id,
-                store,
+                store: c.store,
+                addrs: c.addrs,
             })
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes)

@@ -495,25 +495,26 @@ impl Client {
     /// (`TransfereeNotFound`), a learner, one too far behind
     /// ([`TRANSFER_LEADER_MAX_LAG`](super::TRANSFER_LEADER_MAX_LAG)), one
     /// being sent a snapshot, or a conf change not applied yet;
-    /// `RegionNotFound` for a region the client does not know; routing
-    /// errors when attempts run out.
+    /// `RegionNotFound` for a region no store knows; routing errors when
+    /// attempts run out.
     pub fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<()> {
-        let peer = {
-            let cache = self.cache.lock();
-            let region = &cache
-                .get(region_id)
-                .ok_or(Error::RegionNotFound(region_id))?
-                .region;
-            region
-                .peers
-                .iter()
-                .find(|p| p.store_id == to_store)
-                .copied()
-                .ok_or(Error::Admin(AdminError::TransfereeNotFound {
-                    peer_id: 0,
-                    store_id: to_store,
-                }))?
+        let cached = self.cache.lock().get(region_id).map(|c| c.region.clone());
+        let region = match cached {
+            Some(r) => r,
+            // Not cached: ask the stores.
+            None => self
+                .region_on_stores(region_id, Instant::now() + self.cfg.operation_timeout)
+                .ok_or(Error::RegionNotFound(region_id))?,
         };
+        let peer = region
+            .peers
+            .iter()
+            .find(|p| p.store_id == to_store)
+            .copied()
+            .ok_or(Error::Admin(AdminError::TransfereeNotFound {
+                peer_id: 0,
+                store_id: to_store,
+            }))?;
         let admin = AdminRequest {
             cmd: Some(admin_request::Cmd::TransferLeader(TransferLeaderRequest {
                 peer: Some(peer),
@@ -856,11 +857,16 @@ impl Client {
                 break;
             }
             let mut target = self.target(at, attempt);
-            if target.is_none()
-                && let Locate::Key(key) = at
-                && self.locate_on_stores(key, deadline).is_some()
-            {
-                target = self.target(at, attempt);
+            // Not cached (a client that started knowing no region, or
+            // after a split): ask the stores.
+            if target.is_none() {
+                let found = match at {
+                    Locate::Key(key) => self.locate_on_stores(key, deadline).is_some(),
+                    Locate::Region(id) => self.region_on_stores(id, deadline).is_some(),
+                };
+                if found {
+                    target = self.target(at, attempt);
+                }
             }
             let Some((region, peer)) = target else {
                 match at {

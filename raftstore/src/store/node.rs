@@ -54,6 +54,7 @@ pub struct StoreHandle {
     snap_mgr: Arc<SnapManager>,
     meta: SharedMeta,
     engine: Engine,
+    ids: Arc<IdAllocator>,
     raft_message_capacity: usize,
     logger: Logger,
 }
@@ -77,6 +78,35 @@ impl StoreHandle {
     /// The store's id.
     pub fn store_id(&self) -> u64 {
         self.store_id
+    }
+
+    /// The store's counters.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// A new peer or region id, never handed out before by this store
+    /// (see [`Store::alloc_id`]).
+    ///
+    /// # Errors
+    /// [`Error::StoreStopped`]; the allocator's engine write.
+    pub fn alloc_id(&self) -> Result<u64> {
+        if self.is_stopped() {
+            return Err(Error::StoreStopped { in_flight: false });
+        }
+        self.ids.alloc()
+    }
+
+    /// Every region state this store's engine holds (tombstones
+    /// included), in region-id order. Reads the engine; touches no peer.
+    ///
+    /// # Errors
+    /// [`Error::StoreStopped`]; engine reads.
+    pub fn region_states(&self) -> Result<Vec<RegionLocalState>> {
+        if self.is_stopped() {
+            return Err(Error::StoreStopped { in_flight: false });
+        }
+        region_states(&self.engine)
     }
 
     /// Whether the store stopped (a fatal error or a shutdown): every
@@ -689,6 +719,7 @@ impl Store {
             snap_mgr: self.snap_mgr.clone(),
             meta: self.meta.clone(),
             engine: self.engine.clone(),
+            ids: self.ids.clone(),
             raft_message_capacity: self.raft_message_capacity,
             logger: self.logger.clone(),
         }

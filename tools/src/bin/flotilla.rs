@@ -1,11 +1,12 @@
 //! The `flotilla` binary: the embedded demo, the load tool, and a store
-//! server of a networked cluster (`server`, `bootstrap`; ctl to come).
+//! server of a networked cluster (`server`, `bootstrap`, `ctl`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flotilla_tools::ctl::{self, CtlArgs};
 use flotilla_tools::demo::{self, DemoOptions};
 use flotilla_tools::load::options::parse_duration;
 use flotilla_tools::load::{self, LoadArgs, LoadError, LoadOptions};
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long)]
         print_default_config: bool,
     },
+    /// Look at and change a running cluster through one of its stores
+    /// (`--host`), or look into a stopped store (`--data-dir`).
+    Ctl(CtlArgs),
     /// Write a new cluster's store to the data dir of its config (run once
     /// per store, with configs that agree on the cluster's stores and
     /// initial regions), before its first `flotilla server`.
@@ -92,6 +96,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Load(args) => run_load(args),
+        Command::Ctl(args) => match ctl::run(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("flotilla ctl: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Command::Server {
             print_default_config: true,
             ..
