@@ -120,6 +120,7 @@ impl NetCluster {
             Some(ClientService {
                 store: store.handle(),
                 addrs: self.addrs.clone(),
+                transport: Some(transport.metrics().clone()),
             }),
             &self.net,
             &self.logger,

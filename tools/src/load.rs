@@ -21,6 +21,7 @@ pub mod arrivals;
 pub mod chart;
 pub mod options;
 mod phases;
+pub mod remote;
 pub mod series;
 pub mod stats;
 pub mod summary;

@@ -15,7 +15,8 @@ use flotilla_engine::{Engine, EngineOptions};
 use flotilla_raftstore::store::bootstrap::{bootstrap_store, initial_regions};
 use flotilla_raftstore::{Config, Store};
 use flotilla_server::{
-    AddressBook, ClientService, GrpcTransport, NetConfig, ServerIdentity, StoreServer,
+    AddressBook, ClientService, GrpcTransport, NetConfig, ServerIdentity, StatusServer,
+    StatusSources, StoreServer,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -191,6 +192,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `host:port` to listen on (raft and client services).
     pub listen: String,
+    /// `host:port` of the status port (`/metrics`, `/status`); empty: none.
+    pub status_listen: String,
     /// Regions `flotilla bootstrap` cuts the key space into.
     pub initial_regions: u64,
     /// Every store of the cluster and where it listens.
@@ -210,6 +213,7 @@ impl Default for ServerConfig {
             store_id: 1,
             data_dir: PathBuf::from("flotilla-data/store-1"),
             listen: "127.0.0.1:20161".into(),
+            status_listen: "127.0.0.1:20181".into(),
             initial_regions: 1,
             stores: (1..=3)
                 .map(|id| StoreAddr {
@@ -267,6 +271,14 @@ impl ServerConfig {
         self.listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("listen", format!("{:?} is not host:port: {e}", self.listen)))?;
+        if !self.status_listen.is_empty() {
+            self.status_listen.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "status_listen",
+                    format!("{:?} is not host:port: {e}", self.status_listen),
+                )
+            })?;
+        }
         if self.initial_regions == 0 {
             return Err(invalid("initial_regions", "must be > 0"));
         }
@@ -341,6 +353,7 @@ pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerErro
         runtime.handle().clone(),
         logger,
     );
+    let transport_metrics = transport.metrics().clone();
     let engine = Engine::open(&cfg.data_dir, &cfg.engine.options(false))?;
     let store = Store::start(engine, cfg.raftstore.clone(), transport, logger)?;
     let who = ServerIdentity {
@@ -355,6 +368,7 @@ pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerErro
         Some(ClientService {
             store: store.handle(),
             addrs: addrs.clone(),
+            transport: Some(transport_metrics.clone()),
         }),
         &net,
         logger,
@@ -371,6 +385,30 @@ pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerErro
         cfg.cluster_id,
         server.local_addr()
     );
+    let status = if cfg.status_listen.is_empty() {
+        None
+    } else {
+        let sources = StatusSources {
+            cluster_id: cfg.cluster_id,
+            store: store.handle(),
+            transport: transport_metrics,
+            server: server.metrics().clone(),
+        };
+        match StatusServer::start(runtime.handle(), &cfg.status_listen, sources) {
+            Ok(s) => {
+                println!(
+                    "flotilla server: status (/metrics, /status) on {}",
+                    s.local_addr()
+                );
+                Some(s)
+            }
+            Err(e) => {
+                let _ = server.shutdown();
+                store.shutdown();
+                return Err(e.into());
+            }
+        }
+    };
     let handle = store.handle();
     let why = runtime.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -388,6 +426,7 @@ pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerErro
         }
     })?;
     println!("flotilla server: {why}: shutting down");
+    drop(status);
     let served = server.shutdown();
     store.shutdown();
     println!("flotilla server: store {} closed", cfg.store_id);
@@ -444,6 +483,13 @@ mod tests {
         assert_eq!(
             field(base.replace("initial_regions = 1", "initial_regions = 0")),
             "initial_regions"
+        );
+        assert_eq!(
+            field(base.replace(
+                "status_listen = \"127.0.0.1:20181\"",
+                "status_listen = \"x\""
+            )),
+            "status_listen"
         );
         let ticks = base.replace("heartbeat_ticks = 2", "heartbeat_ticks = 0");
         assert_ne!(ticks, base, "the default config names heartbeat_ticks");

@@ -42,6 +42,8 @@ fn free_port() -> u16 {
 struct Processes {
     dir: PathBuf,
     addrs: Vec<String>,
+    /// The stores' status ports.
+    status: Vec<String>,
     children: Vec<Option<Child>>,
     runtime: tokio::runtime::Runtime,
 }
@@ -52,15 +54,19 @@ impl Processes {
         let addrs: Vec<String> = (0..STORES)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        let status: Vec<String> = (0..STORES)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut stores = String::new();
         for (i, a) in addrs.iter().enumerate() {
             stores.push_str(&format!("[[stores]]\nid = {}\naddr = \"{a}\"\n\n", i + 1));
         }
         for id in 1..=STORES {
             let cfg = format!(
-                "store_id = {id}\ndata_dir = \"{}\"\nlisten = \"{}\"\ninitial_regions = {REGIONS}\n\n{stores}[raftstore]\nbase_tick_ms = {BASE_TICK_MS}\n",
+                "store_id = {id}\ndata_dir = \"{}\"\nlisten = \"{}\"\nstatus_listen = \"{}\"\ninitial_regions = {REGIONS}\n\n{stores}[raftstore]\nbase_tick_ms = {BASE_TICK_MS}\n",
                 dir.join(format!("store-{id}")).display(),
                 addrs[id as usize - 1],
+                status[id as usize - 1],
             );
             std::fs::write(config_path(dir, id), cfg).expect("write config");
             let out = flotilla()
@@ -78,6 +84,7 @@ impl Processes {
         let mut p = Processes {
             dir: dir.to_path_buf(),
             addrs,
+            status,
             children: (0..STORES).map(|_| None).collect(),
             runtime: flotilla_server::net_runtime(2).expect("runtime"),
         };
@@ -386,4 +393,113 @@ fn ctl_drives_a_running_cluster_and_reads_a_stopped_store() {
     assert!(scan.starts_with("\"proc00000\" = "), "{scan}");
     let (ok, _, err) = ctl(&["region", "list"]);
     assert!(!ok && err.contains("--host"), "{err}");
+}
+
+/// `GET path` on `addr` over plain HTTP/1.1; the response's body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the status port");
+    s.set_read_timeout(Some(SETTLE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `line_start` (a metric name with its labels).
+fn sample(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {line_start} in:\n{metrics}"))
+}
+
+/// The status port: `/metrics` in Prometheus text with the raft traffic,
+/// fsyncs and latency histograms of real work, and no per-region label;
+/// `/status` as JSON.
+#[test]
+fn the_status_port_exports_metrics_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Processes::start(dir.path());
+    let client = p.client(ClientConfig::default());
+    p.wait_serving(&client);
+    for i in 0..50 {
+        retry("put", || client.put(&key(i), &i.to_be_bytes()));
+    }
+    let leader_store = (1..=STORES)
+        .find(|&id| {
+            let m = http_get(&p.status[id as usize - 1], "/metrics");
+            sample(&m, "flotilla_command_seconds_count") > 0.0
+        })
+        .expect("a store answered commands");
+    let m = http_get(&p.status[leader_store as usize - 1], "/metrics");
+    assert!(sample(&m, "flotilla_raft_messages_sent_total{type=\"MsgAppend\"}") > 0.0);
+    assert!(sample(&m, "flotilla_fsyncs_total") > 0.0);
+    assert!(sample(&m, "flotilla_fsync_seconds_count") > 0.0);
+    assert!(sample(&m, "flotilla_transport_batches_sent_total") > 0.0);
+    assert!(sample(&m, "flotilla_server_messages_received_total") > 0.0);
+    assert!(
+        m.contains("flotilla_command_seconds_bucket{le=\"+Inf\"}"),
+        "{m}"
+    );
+    let labelled = m
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| Some(l.split_once('{')?.1.split_once('}')?.0));
+    for labels in labelled {
+        assert!(!labels.contains("region"), "a per-region label: {labels}");
+    }
+    let status = http_get(&p.status[0], "/status");
+    assert!(status.contains("\"store_id\":1"), "{status}");
+    assert!(status.contains("\"stopped\":false"), "{status}");
+}
+
+/// `flotilla load --remote` drives the three processes through one of
+/// them: both write phases complete writes and report the stores'
+/// fsyncs and wire batches.
+#[test]
+fn load_remote_drives_the_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Processes::start(dir.path());
+    p.wait_serving(&p.client(ClientConfig::default()));
+    let out = flotilla()
+        .args(["load", "--remote", &p.addrs[1], "--phase-duration", "1s"])
+        .args(["--clients", "4", "--write-ratio", "1"])
+        .output()
+        .expect("run flotilla load --remote");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in [
+        "(c) uniform writes (remote)",
+        "(d) hot-spot writes (remote)",
+    ] {
+        assert!(stdout.contains(phase), "{stdout}");
+    }
+    let writes: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("writes/s"))
+        .filter_map(|l| l.split_once('(')?.1.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(writes.len(), 2, "{stdout}");
+    assert!(writes.iter().all(|&w| w > 0), "{stdout}");
+    assert!(
+        stdout.contains("regions (Normal, on the first store)"),
+        "{stdout}"
+    );
+    let batches = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("wire batches/s"))
+        .expect("a wire batches row");
+    assert!(!batches.trim_end().ends_with(" 0"), "{batches}");
 }

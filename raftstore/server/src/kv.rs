@@ -24,6 +24,7 @@ use crate::config::NetConfig;
 use crate::kvpb;
 use crate::kvpb::kv_client::KvClient;
 use crate::kvpb::kv_server::Kv;
+use crate::metrics::TransportMetrics;
 
 /// Longest a command waits for its answer on the server, whatever the
 /// client's deadline (a client's own deadline cuts it shorter).
@@ -36,6 +37,8 @@ pub struct ClientService {
     pub store: StoreHandle,
     /// Where the cluster's stores listen (told to clients that ask).
     pub addrs: AddressBook,
+    /// The store's transport counters, if it has a network transport.
+    pub transport: Option<Arc<TransportMetrics>>,
 }
 
 /// Serves one store's client requests.
@@ -43,6 +46,7 @@ pub(crate) struct KvService {
     pub(crate) cluster_id: u64,
     pub(crate) store: StoreHandle,
     pub(crate) addrs: AddressBook,
+    pub(crate) transport: Option<Arc<TransportMetrics>>,
 }
 
 fn wire_error(e: StoreError) -> flotilla_proto::raft_cmdpb::Error {
@@ -151,6 +155,13 @@ impl Kv for KvService {
             awake_peers: m.awake_peers.load(Ordering::Relaxed),
             hibernated_peers: m.hibernated_peers.load(Ordering::Relaxed),
             stopped: self.store.is_stopped(),
+            fsyncs: m.raft_synced_writes.load(Ordering::Relaxed),
+            raft_messages_sent: m.raft_messages_sent.load(Ordering::Relaxed),
+            wire_batches_sent: self
+                .transport
+                .as_ref()
+                .map_or(0, |t| t.batches_sent.load(Ordering::Relaxed)),
+            poll_rounds: m.poll_rounds.load(Ordering::Relaxed),
         }))
     }
 

@@ -10,6 +10,8 @@
 //!   store; and the client service (`kvpb.Kv`) on the same port.
 //! - [`RemoteStore`]: a store's client service as a `StoreApi`, so the
 //!   embedding `Client` works over the network unchanged.
+//! - [`StatusServer`]: `/metrics` (Prometheus) and `/status` (JSON) on a
+//!   port of their own.
 //! - [`AddressBook`]: where each store listens.
 //!
 //! Both run on a small tokio runtime ([`net_runtime`]) beside the store's
@@ -25,6 +27,7 @@ mod kv;
 mod metrics;
 mod server;
 mod snapshot;
+mod status;
 mod transport;
 
 /// The generated gRPC types and services of `transportpb.proto`.
@@ -45,6 +48,7 @@ pub use self::error::{Error, Result};
 pub use self::kv::{ClientService, MAX_COMMAND_WAIT, RemoteStore};
 pub use self::metrics::{ServerMetrics, TransportMetrics};
 pub use self::server::{ServerIdentity, StoreServer};
+pub use self::status::{StatusDoc, StatusServer, StatusSources, status_doc};
 pub use self::transport::GrpcTransport;
 
 /// A multi-threaded tokio runtime of `threads` workers named `net`, for

@@ -93,6 +93,7 @@ impl StoreServer {
                 cluster_id: who.cluster_id,
                 store: c.store,
                 addrs: c.addrs,
+                transport: c.transport,
             })
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes)

@@ -22,6 +22,7 @@ use super::fatal::StoreStatus;
 use super::heartbeat::{self, Coalescer, is_coalesced};
 use super::hibernation::{Hibernation, SleepMsg};
 pub use super::hibernation::{WAKE_REASONS, WakeReason};
+use super::histogram::LatencyHistogram;
 use super::id_alloc::IdAllocator;
 use super::meta::SharedMeta;
 use super::msg::{ApplyMsg, ExecResult, MergeMsg, PeerMsg, StoreMsg};
@@ -236,6 +237,16 @@ pub struct StoreMetrics {
     /// Time spent writing received snapshots into the engine
     /// (microseconds, all of them).
     pub snapshot_apply_micros: AtomicU64,
+    /// Raft poll rounds, by how long each took.
+    pub poll_round_latency: LatencyHistogram,
+    /// Synced raft-log writes (one per poll round that persists entries
+    /// or a term/vote change), by how long the write and its fsync took.
+    pub raft_sync_write_latency: LatencyHistogram,
+    /// Apply rounds' engine writes, by how long each took.
+    pub apply_write_latency: LatencyHistogram,
+    /// Proposed commands (writes and admin), from the proposal to the
+    /// answer after apply.
+    pub command_latency: LatencyHistogram,
 }
 
 impl StoreMetrics {
@@ -258,6 +269,7 @@ impl StoreMetrics {
         self.poll_rounds.fetch_add(1, Ordering::Relaxed);
         self.poll_round_micros.fetch_add(us, Ordering::Relaxed);
         self.poll_round_max_micros.fetch_max(us, Ordering::Relaxed);
+        self.poll_round_latency.observe(took);
     }
 }
 
@@ -1248,6 +1260,7 @@ impl<T: Transport> RaftPoller<T> {
             } else {
                 Durability::Buffered
             };
+            let started = std::time::Instant::now();
             if let Err(e) = self.engine.write(wb, durability) {
                 // Nothing of this round is durable: acknowledging any of it
                 // would lose data, and the in-memory raft states are ahead
@@ -1263,6 +1276,9 @@ impl<T: Transport> RaftPoller<T> {
                 self.metrics
                     .raft_synced_writes
                     .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .raft_sync_write_latency
+                    .observe(started.elapsed());
             }
         }
         // Field by field: the routers stay usable while the outbox lives.

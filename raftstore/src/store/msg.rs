@@ -270,6 +270,8 @@ pub struct Proposal {
     pub term: u64,
     /// Answered once with the response.
     pub callback: Responder,
+    /// When it was proposed (for the command latency metric).
+    pub proposed_at: std::time::Instant,
 }
 
 impl std::fmt::Debug for Proposal {

@@ -587,6 +587,7 @@ impl Store {
                 status.clone(),
                 logger.clone(),
             );
+            let apply_metrics = metrics.clone();
             apply_system
                 .spawn("apply", move |_| {
                     ApplyPoller::new(
@@ -596,6 +597,7 @@ impl Store {
                         status.clone(),
                         logger.clone(),
                     )
+                    .with_metrics(apply_metrics.clone())
                 })
                 .map_err(router_err)?;
         }

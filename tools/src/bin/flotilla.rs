@@ -212,6 +212,16 @@ fn run_load(args: LoadArgs) -> ExitCode {
         Ok(opts) => opts,
         Err(e) => return load_failed(&e),
     };
+    if let Some(addr) = opts.remote.clone() {
+        println!(
+            "flotilla load --remote {addr}: {} clients, phases of {:?}, seed {}",
+            opts.clients, opts.phase_duration, opts.seed
+        );
+        return match load::remote::run(&opts, &addr, &mut |table| println!("{table}")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => load_failed(&e),
+        };
+    }
     println!(
         "flotilla load: {} stores, {} regions, {} clients, phases of {:?}, sync_log {}, seed {}",
         load::LOAD_STORES,

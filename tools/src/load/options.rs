@@ -94,6 +94,11 @@ pub struct LoadArgs {
     /// second).
     #[arg(long, value_name = "THREADS", default_value_t = 0)]
     pub merge_storm: u32,
+    /// Drive a running networked cluster (`flotilla server` processes)
+    /// through the store at `host:port` instead of bootstrapping one in
+    /// this process: the uniform and hot-spot write phases only.
+    #[arg(long, value_name = "ADDR")]
+    pub remote: Option<String>,
 }
 
 /// What a load run does, checked.
@@ -123,6 +128,8 @@ pub struct LoadOptions {
     pub split_storm: usize,
     /// Merge-storm threads beside the uniform write phase.
     pub merge_storm: usize,
+    /// A networked cluster's store to drive instead of an in-process one.
+    pub remote: Option<String>,
 }
 
 impl TryFrom<LoadArgs> for LoadOptions {
@@ -158,6 +165,7 @@ impl TryFrom<LoadArgs> for LoadOptions {
             split_size_kib: a.split_size_kib,
             split_storm: a.split_storm as usize,
             merge_storm: a.merge_storm as usize,
+            remote: a.remote,
         })
     }
 }
@@ -202,6 +210,10 @@ impl LoadOptions {
         if let Some(out) = &self.out {
             args.push("--out".into());
             args.push(out.to_string_lossy().into_owned());
+        }
+        if let Some(remote) = &self.remote {
+            args.push("--remote".into());
+            args.push(remote.clone());
         }
         args
     }

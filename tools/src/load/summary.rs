@@ -436,6 +436,7 @@ mod tests {
             split_size_kib: None,
             split_storm: 0,
             merge_storm: 0,
+            remote: None,
         };
         let t = command_table(&argv, &opts);
         assert_eq!(t.rows()[0].1, "target/release/flotilla load --regions 1000");

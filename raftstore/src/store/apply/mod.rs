@@ -21,7 +21,7 @@ use slog::Logger;
 use super::admin::{AdminError, admin_cmd, check_epoch};
 use super::error::Error;
 use super::fatal::StoreStatus;
-use super::fsm::RaftRouter;
+use super::fsm::{RaftRouter, StoreMetrics};
 use super::meta::SharedMeta;
 use super::msg::{
     ApplyMsg, ApplyRes, ApplyTask, DestroyTask, ExecResult, MergeMsg, PeerMsg, Proposal,
@@ -141,6 +141,8 @@ pub struct ApplyPoller {
     meta: SharedMeta,
     wb: Option<WriteBatch>,
     status: Arc<StoreStatus>,
+    /// Where apply writes and command latencies are counted.
+    metrics: Arc<StoreMetrics>,
     logger: Logger,
 }
 
@@ -160,8 +162,15 @@ impl ApplyPoller {
             meta,
             wb: None,
             status,
+            metrics: Arc::default(),
             logger,
         }
+    }
+
+    /// Counts into `metrics` (the store's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<StoreMetrics>) -> ApplyPoller {
+        self.metrics = metrics;
+        self
     }
 
     fn apply_task(&mut self, fsm: &mut ApplyFsm, task: ApplyTask) {
@@ -684,7 +693,10 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
         if let Some(wb) = self.wb.take() {
             // Apply writes need no sync: the log they come from is durable,
             // and a lost apply is redone from `applied_index + 1` on restart.
-            if let Err(e) = self.engine.write(wb, Durability::Buffered) {
+            let started = std::time::Instant::now();
+            let written = self.engine.write(wb, Durability::Buffered);
+            self.metrics.apply_write_latency.observe(started.elapsed());
+            if let Err(e) = written {
                 // The in-memory apply states moved past what is on disk:
                 // continuing would skip these entries for good. Stop the
                 // store; on restart it re-applies from the persisted state.
@@ -724,6 +736,9 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 self.destroy(fsm, &task);
             }
             for (p, resp) in fsm.done.drain(..) {
+                self.metrics
+                    .command_latency
+                    .observe(p.proposed_at.elapsed());
                 if !p.callback.respond(resp) {
                     slog::error!(self.logger, "a write callback panicked"; "region" => fsm.region.id);
                 }
@@ -890,6 +905,7 @@ mod tests {
             index,
             term,
             callback,
+            proposed_at: std::time::Instant::now(),
         }
     }
 

@@ -563,6 +563,7 @@ impl Peer {
                     index,
                     term,
                     callback,
+                    proposed_at: std::time::Instant::now(),
                 });
             }
             Err(raft::Error::ProposalDropped) => {
