@@ -57,6 +57,21 @@ impl NetCluster {
         cfg: Config,
         logger: &slog::Logger,
     ) -> Result<NetCluster> {
+        Self::bootstrap_with(dir, stores, regions, cfg, NetConfig::default(), logger)
+    }
+
+    /// As [`NetCluster::bootstrap`], the network set by `net` (e.g. TLS).
+    ///
+    /// # Errors
+    /// As [`NetCluster::bootstrap`].
+    pub fn bootstrap_with(
+        dir: impl AsRef<Path>,
+        stores: usize,
+        regions: u64,
+        cfg: Config,
+        net: NetConfig,
+        logger: &slog::Logger,
+    ) -> Result<NetCluster> {
         let store_ids: Vec<u64> = (1..=stores as u64).collect();
         let initial = initial_regions(&store_ids, regions)?;
         for &id in &store_ids {
@@ -68,7 +83,7 @@ impl NetCluster {
         let mut cluster = NetCluster {
             dir: dir.as_ref().to_path_buf(),
             cfg,
-            net: NetConfig::default(),
+            net,
             runtime,
             addrs: AddressBook::new(),
             running: FxHashMap::default(),
@@ -194,6 +209,28 @@ impl NetCluster {
     /// The regions bootstrapped.
     pub fn regions(&self) -> &[Region] {
         &self.regions
+    }
+
+    /// A client over the running stores' client services with `net`'s
+    /// settings instead of the cluster's (another certificate, say).
+    pub fn remote_client_with(&self, net: &NetConfig, cfg: ClientConfig) -> Client {
+        let stores = Stores::default();
+        for &id in self.running.keys() {
+            if let Some(addr) = self.addrs.get(id) {
+                stores.insert_remote(RemoteStore::new(
+                    id,
+                    addr,
+                    net.clone(),
+                    self.runtime.handle().clone(),
+                ));
+            }
+        }
+        Client::new(stores, &[], cfg)
+    }
+
+    /// Where store `id` serves, if it runs.
+    pub fn addr(&self, id: u64) -> Option<String> {
+        self.running.get(&id).and(self.addrs.get(id))
     }
 
     /// The network runtime (for raw clients in bad-input tests).

@@ -533,3 +533,132 @@ fn a_remote_client_writes_splits_merges_and_changes_peers() {
     }
     cluster.shutdown();
 }
+
+/// A CA and what it signs, for the TLS test.
+struct Pki {
+    ca_pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        Pki {
+            ca_pem: issuer.pem(),
+            issuer,
+        }
+    }
+
+    /// A TLS config whose certificate carries `names` (the server name
+    /// `flotilla` among them) and serves only peers named `store`.
+    fn tls(&self, names: &[&str]) -> flotilla_server::TlsConfig {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        flotilla_server::TlsConfig {
+            ca_pem: self.ca_pem.clone().into_bytes(),
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+            server_name: "flotilla".into(),
+            allowed_names: vec!["store".into()],
+        }
+    }
+}
+
+/// Mutual TLS (issue #13 item 6): three stores replicate over TLS and a
+/// client with a certificate of the cluster's CA is served; a client whose
+/// certificate the CA did not sign, one the CA signed for a name not in
+/// the allowlist, and a plaintext one are all refused.
+#[test]
+fn a_tls_cluster_refuses_a_wrong_certificate() {
+    let pki = Pki::new();
+    let net = NetConfig {
+        tls: Some(pki.tls(&["flotilla", "store"])),
+        ..NetConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NetCluster::bootstrap_with(
+        dir.path(),
+        3,
+        2,
+        fast_config(FAST_TICK_MS),
+        net.clone(),
+        &logger(),
+    )
+    .unwrap();
+    assert!(wait_leaders(&cluster, 2));
+    let client = cluster.remote_client_with(&net, ClientConfig::default());
+    for i in 0..20 {
+        put(&client, &key(i), &i.to_be_bytes());
+    }
+    for &id in cluster.store_ids() {
+        let engine = cluster.store(id).unwrap().engine().clone();
+        assert!(eventually(|| holds(&engine, 0..20)), "store {id}");
+    }
+    let quick = ClientConfig {
+        operation_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(500),
+        ..ClientConfig::default()
+    };
+    let refused = |net: &NetConfig, who: &str| {
+        let c = cluster.remote_client_with(net, quick.clone());
+        assert!(c.get(&key(1)).is_err(), "{who} was served");
+    };
+    let other_ca = Pki::new();
+    refused(
+        &NetConfig {
+            tls: Some(other_ca.tls(&["flotilla", "store"])),
+            ..NetConfig::default()
+        },
+        "a certificate of another CA",
+    );
+    refused(
+        &NetConfig {
+            tls: Some(pki.tls(&["flotilla", "intruder"])),
+            ..NetConfig::default()
+        },
+        "a certificate not in the allowlist",
+    );
+    refused(&NetConfig::default(), "a plaintext client");
+    // The allowlist's refusal is a typed status, not a broken connection.
+    let stranger = NetConfig {
+        tls: Some(pki.tls(&["flotilla", "intruder"])),
+        ..NetConfig::default()
+    };
+    let addr = cluster.addr(1).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(
+                    pki.ca_pem.as_bytes(),
+                ))
+                .identity(tonic::transport::Identity::from_pem(
+                    &stranger.tls.as_ref().unwrap().cert_pem,
+                    &stranger.tls.as_ref().unwrap().key_pem,
+                ))
+                .domain_name("flotilla"),
+        )
+        .unwrap();
+    let status = cluster.runtime().block_on(async {
+        let channel = endpoint.connect().await.expect("the handshake passes");
+        flotilla_server::kvpb::kv_client::KvClient::new(channel)
+            .store_info(flotilla_server::kvpb::StoreInfoRequest {})
+            .await
+            .expect_err("refused")
+    });
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    // And the cluster still serves its own.
+    assert_eq!(
+        client.get(&key(3)).unwrap(),
+        Some(3u64.to_be_bytes().to_vec())
+    );
+    cluster.shutdown();
+}

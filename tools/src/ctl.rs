@@ -59,6 +59,10 @@ pub struct CtlArgs {
     /// `raft-state`, `scan`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// A store's config file whose `[tls]` settings to connect with (for
+    /// a TLS cluster).
+    #[arg(long, value_name = "STORE_TOML")]
+    pub tls_from: Option<PathBuf>,
     /// How long one request may take, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -174,7 +178,15 @@ const CTL_NET_THREADS: usize = 1;
 /// [`CtlError`]: usage, the store's typed refusal, engine or network.
 pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
     match (&args.host, &args.data_dir) {
-        (Some(host), None) => online(host, args),
+        (Some(host), None) => {
+            let net = match &args.tls_from {
+                Some(path) => crate::server::ServerConfig::load(path)
+                    .and_then(|c| c.net_config())
+                    .map_err(|e| CtlError::Usage(e.to_string()))?,
+                None => NetConfig::default(),
+            };
+            online(host, &net, args)
+        }
         (None, Some(dir)) => offline(dir, &args.command),
         _ => Err(CtlError::Usage(
             "give --host ADDR (a running store) or --data-dir DIR (a stopped one)".into(),
@@ -237,9 +249,9 @@ struct Online {
 }
 
 impl Online {
-    fn connect(host: &str, wait: Duration) -> Result<Online, CtlError> {
+    fn connect(host: &str, net: &NetConfig, wait: Duration) -> Result<Online, CtlError> {
         let runtime = flotilla_server::net_runtime(CTL_NET_THREADS)?;
-        let net = NetConfig::default();
+        let net = net.clone();
         let probe = RemoteStore::new(0, host, net.clone(), runtime.handle().clone());
         let info = probe.store_info(wait)?;
         let first = RemoteStore::new(info.store_id, host, net.clone(), runtime.handle().clone());
@@ -332,9 +344,9 @@ fn promote(client: &Client, region: u64, voter: Peer, wait: Duration) -> Result<
     }
 }
 
-fn online(host: &str, args: &CtlArgs) -> Result<String, CtlError> {
+fn online(host: &str, net: &NetConfig, args: &CtlArgs) -> Result<String, CtlError> {
     use flotilla_raftstore::store::StoreApi as _;
-    let o = Online::connect(host, args.timeout)?;
+    let o = Online::connect(host, net, args.timeout)?;
     let mut out = String::new();
     match &args.command {
         CtlCommand::Store => {

@@ -179,6 +179,47 @@ impl NetworkSettings {
     }
 }
 
+/// TLS settings (`[tls]`): mutual TLS for the raft and client services,
+/// every certificate signed by one CA. Absent: plaintext.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The CA certificate (PEM file).
+    pub ca: PathBuf,
+    /// This store's certificate (PEM file); it must name `server_name`.
+    pub cert: PathBuf,
+    /// Its private key (PEM file).
+    pub key: PathBuf,
+    /// The DNS name every store's certificate carries, checked by clients.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Names a peer's certificate must carry one of; empty: any the CA
+    /// signed.
+    #[serde(default)]
+    pub allowed_names: Vec<String>,
+}
+
+fn default_server_name() -> String {
+    "flotilla".into()
+}
+
+impl TlsSettings {
+    fn load(&self) -> Result<flotilla_server::TlsConfig, ServerError> {
+        let read = |field: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))
+        };
+        let tls = flotilla_server::TlsConfig {
+            ca_pem: read("tls.ca", &self.ca)?,
+            cert_pem: read("tls.cert", &self.cert)?,
+            key_pem: read("tls.key", &self.key)?,
+            server_name: self.server_name.clone(),
+            allowed_names: self.allowed_names.clone(),
+        };
+        tls.validate().map_err(|e| invalid("tls", e.to_string()))?;
+        Ok(tls)
+    }
+}
+
 /// A store server's configuration file. Every field but `store_id`,
 /// `data_dir`, `listen` and `stores` has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +245,8 @@ pub struct ServerConfig {
     pub engine: EngineSettings,
     /// Network settings.
     pub network: NetworkSettings,
+    /// Mutual TLS; absent: plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerConfig {
@@ -224,6 +267,7 @@ impl Default for ServerConfig {
             raftstore: Config::default(),
             engine: EngineSettings::default(),
             network: NetworkSettings::default(),
+            tls: None,
         }
     }
 }
@@ -313,7 +357,19 @@ impl ServerConfig {
             .config()
             .validate()
             .map_err(|e| invalid("network", e.to_string()))?;
+        self.net_config()?;
         Ok(())
+    }
+
+    /// The network settings with the TLS files read.
+    ///
+    /// # Errors
+    /// [`ServerError::InvalidConfig`] for a TLS file that cannot be read
+    /// or is not PEM.
+    pub fn net_config(&self) -> Result<NetConfig, ServerError> {
+        let mut net = self.network.config();
+        net.tls = self.tls.as_ref().map(TlsSettings::load).transpose()?;
+        Ok(net)
     }
 }
 
@@ -339,7 +395,7 @@ pub fn bootstrap(cfg: &ServerConfig) -> Result<(), ServerError> {
 /// # Errors
 /// Open, bind and runtime errors.
 pub fn serve(cfg: &ServerConfig, logger: &slog::Logger) -> Result<(), ServerError> {
-    let net = cfg.network.config();
+    let net = cfg.net_config()?;
     let runtime = flotilla_server::net_runtime(cfg.network.threads)?;
     let addrs = AddressBook::new();
     for s in &cfg.stores {
@@ -494,6 +550,9 @@ mod tests {
         let ticks = base.replace("heartbeat_ticks = 2", "heartbeat_ticks = 0");
         assert_ne!(ticks, base, "the default config names heartbeat_ticks");
         assert_eq!(field(ticks), "raftstore");
+        let missing =
+            format!("{base}\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"\n");
+        assert_eq!(field(missing), "tls.ca");
         let threads = base.replace("threads = 2", "threads = 0");
         assert_eq!(field(threads), "network.threads");
     }

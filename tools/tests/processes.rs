@@ -44,6 +44,8 @@ struct Processes {
     addrs: Vec<String>,
     /// The stores' status ports.
     status: Vec<String>,
+    /// How clients connect (TLS or not).
+    net: NetConfig,
     children: Vec<Option<Child>>,
     runtime: tokio::runtime::Runtime,
 }
@@ -51,6 +53,12 @@ struct Processes {
 impl Processes {
     /// Writes the stores' configs, bootstraps them and starts them.
     fn start(dir: &Path) -> Processes {
+        Self::start_with(dir, "", NetConfig::default())
+    }
+
+    /// As [`Processes::start`], each config ending with `extra` (TOML
+    /// tables), and clients made with `net`.
+    fn start_with(dir: &Path, extra: &str, net: NetConfig) -> Processes {
         let addrs: Vec<String> = (0..STORES)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
@@ -67,7 +75,7 @@ impl Processes {
                 dir.join(format!("store-{id}")).display(),
                 addrs[id as usize - 1],
                 status[id as usize - 1],
-            );
+            ) + extra;
             std::fs::write(config_path(dir, id), cfg).expect("write config");
             let out = flotilla()
                 .arg("bootstrap")
@@ -86,6 +94,7 @@ impl Processes {
             addrs,
             status,
             children: (0..STORES).map(|_| None).collect(),
+            net,
             runtime: flotilla_server::net_runtime(2).expect("runtime"),
         };
         for id in 1..=STORES {
@@ -150,7 +159,7 @@ impl Processes {
             stores.insert_remote(RemoteStore::new(
                 i as u64 + 1,
                 a.clone(),
-                NetConfig::default(),
+                self.net.clone(),
                 self.runtime.handle().clone(),
             ));
         }
@@ -502,4 +511,65 @@ fn load_remote_drives_the_processes() {
         .find(|l| l.trim_start().starts_with("wire batches/s"))
         .expect("a wire batches row");
     assert!(!batches.trim_end().ends_with(" 0"), "{batches}");
+}
+
+/// Writes a CA and a store certificate (names `flotilla` and `store`)
+/// under `dir`; returns the `[tls]` table naming them and the client
+/// settings with the same certificate.
+fn tls_files(dir: &Path) -> (String, NetConfig) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer =
+        rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["flotilla".to_string(), "store".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (issuer.pem(), cert.pem(), key.serialize_pem());
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(n));
+    for (p, pem) in paths.iter().zip([&ca_pem, &cert_pem, &key_pem]) {
+        std::fs::write(p, pem).unwrap();
+    }
+    let table = format!(
+        "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nallowed_names = [\"store\"]\n",
+        paths[0].display(),
+        paths[1].display(),
+        paths[2].display()
+    );
+    let net = NetConfig {
+        tls: Some(flotilla_server::TlsConfig {
+            ca_pem: ca_pem.into_bytes(),
+            cert_pem: cert_pem.into_bytes(),
+            key_pem: key_pem.into_bytes(),
+            server_name: "flotilla".into(),
+            allowed_names: vec!["store".into()],
+        }),
+        ..NetConfig::default()
+    };
+    (table, net)
+}
+
+/// Three processes with `[tls]` in their configs serve a client with the
+/// cluster's certificate; `flotilla ctl --tls-from` reaches them and a
+/// plaintext ctl does not.
+#[test]
+fn tls_processes_serve_only_tls_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, net) = tls_files(dir.path());
+    let p = Processes::start_with(dir.path(), &table, net);
+    let client = p.client(ClientConfig::default());
+    p.wait_serving(&client);
+    retry("put", || client.put(&key(1), b"tls"));
+    let config = config_path(dir.path(), 1);
+    let out = ctl_ok(&[
+        "--host",
+        &p.addrs[0],
+        "--tls-from",
+        config.to_str().unwrap(),
+        "store",
+    ]);
+    assert!(out.starts_with("store 1 of cluster 1"), "{out}");
+    let (ok, _, err) = ctl(&["--host", &p.addrs[0], "--timeout", "2s", "store"]);
+    assert!(!ok, "a plaintext ctl was served: {err}");
 }

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use tonic::transport::Endpoint;
+
 use crate::error::{Error, Result};
+use crate::tls::TlsConfig;
 
 /// Default batches queued per remote store before new ones are dropped.
 pub const DEFAULT_QUEUE_BATCHES: usize = 1024;
@@ -43,6 +46,9 @@ pub struct NetConfig {
     pub stream_window_bytes: u32,
     /// HTTP/2 window per connection.
     pub connection_window_bytes: u32,
+    /// Mutual TLS for every connection (servers and clients); `None`:
+    /// plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for NetConfig {
@@ -58,6 +64,7 @@ impl Default for NetConfig {
             keepalive_timeout: Duration::from_secs(4),
             stream_window_bytes: DEFAULT_STREAM_WINDOW_BYTES,
             connection_window_bytes: DEFAULT_CONNECTION_WINDOW_BYTES,
+            tls: None,
         }
     }
 }
@@ -90,6 +97,30 @@ impl NetConfig {
         if self.stream_window_bytes < 65_535 || self.connection_window_bytes < 65_535 {
             return bad("stream_window_bytes and connection_window_bytes must be >= 65535");
         }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
+    }
+
+    /// A gRPC endpoint for the store at `addr` with these settings (TLS
+    /// included).
+    pub(crate) fn endpoint(&self, addr: &str) -> std::result::Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("address {addr}: {e}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(self.stream_window_bytes)
+            .initial_connection_window_size(self.connection_window_bytes);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client())
+                .map_err(|e| format!("tls for {addr}: {e}"))?;
+        }
+        Ok(endpoint)
     }
 }

@@ -16,7 +16,7 @@ use flotilla_raftstore::store::{
 };
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::address::AddressBook;
@@ -271,14 +271,10 @@ impl RemoteStore {
             return Ok(c.clone());
         }
         let cfg = &self.cfg;
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| StoreError::Config(format!("store address {}: {e}", self.addr)))?
-            .connect_timeout(cfg.connect_timeout.min(wait))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(cfg.keepalive_interval)
-            .keep_alive_timeout(cfg.keepalive_timeout)
-            .initial_stream_window_size(cfg.stream_window_bytes)
-            .initial_connection_window_size(cfg.connection_window_bytes);
+        let endpoint = cfg
+            .endpoint(&self.addr)
+            .map_err(StoreError::Config)?
+            .connect_timeout(cfg.connect_timeout.min(wait));
         let channel = self
             .handle
             .block_on(endpoint.connect())

@@ -28,6 +28,7 @@ mod metrics;
 mod server;
 mod snapshot;
 mod status;
+mod tls;
 mod transport;
 
 /// The generated gRPC types and services of `transportpb.proto`.
@@ -49,6 +50,7 @@ pub use self::kv::{ClientService, MAX_COMMAND_WAIT, RemoteStore};
 pub use self::metrics::{ServerMetrics, TransportMetrics};
 pub use self::server::{ServerIdentity, StoreServer};
 pub use self::status::{StatusDoc, StatusServer, StatusSources, status_doc};
+pub use self::tls::TlsConfig;
 pub use self::transport::GrpcTransport;
 
 /// A multi-threaded tokio runtime of `threads` workers named `net`, for

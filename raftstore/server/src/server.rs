@@ -19,7 +19,9 @@ use crate::metrics::{ServerMetrics, add};
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::{Done, RaftBatch, SnapshotChunk};
 use crate::snapshot::{SNAP_QUEUE_CHUNKS, status_of};
+use crate::tls::Allowlist;
 use crate::transport::destination;
+use tonic::service::interceptor::InterceptedService;
 
 /// How long [`StoreServer::shutdown`] waits for the server's streams to
 /// end before it drops them.
@@ -85,21 +87,32 @@ impl StoreServer {
             stopped,
             logger: logger.new(slog::o!("server" => who.store_id)),
         };
-        let service = RaftTransportServer::new(service)
-            .max_decoding_message_size(cfg.max_message_bytes)
-            .max_encoding_message_size(cfg.max_message_bytes);
+        let allow = Allowlist::new(cfg.tls.as_ref());
+        let service = InterceptedService::new(
+            RaftTransportServer::new(service)
+                .max_decoding_message_size(cfg.max_message_bytes)
+                .max_encoding_message_size(cfg.max_message_bytes),
+            allow.clone(),
+        );
         let kv = kv.map(|c| {
-            KvServer::new(KvService {
+            let kv = KvServer::new(KvService {
                 cluster_id: who.cluster_id,
                 store: c.store,
                 addrs: c.addrs,
                 transport: c.transport,
             })
             .max_decoding_message_size(cfg.max_message_bytes)
-            .max_encoding_message_size(cfg.max_message_bytes)
+            .max_encoding_message_size(cfg.max_message_bytes);
+            InterceptedService::new(kv, allow.clone())
         });
         let (shutdown, on_shutdown) = oneshot::channel::<()>();
-        let serve = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &cfg.tls {
+            builder = builder
+                .tls_config(tls.server())
+                .map_err(|e| Error::Config(format!("tls: {e}")))?;
+        }
+        let serve = builder
             .tcp_nodelay(true)
             .initial_stream_window_size(cfg.stream_window_bytes)
             .initial_connection_window_size(cfg.connection_window_bytes)

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::address::AddressBook;
 use crate::config::NetConfig;
@@ -190,15 +190,8 @@ impl Link {
             .get(store)
             .ok_or_else(|| format!("no address for store {store}"))?;
         let cfg = &self.cfg;
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("address {addr}: {e}"))?
-            .connect_timeout(cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(cfg.keepalive_interval)
-            .keep_alive_timeout(cfg.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(cfg.stream_window_bytes)
-            .initial_connection_window_size(cfg.connection_window_bytes)
+        let channel = cfg
+            .endpoint(&addr)?
             .connect()
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
