@@ -404,10 +404,19 @@ fn ctl_drives_a_running_cluster_and_reads_a_stopped_store() {
     assert!(!ok && err.contains("--host"), "{err}");
 }
 
-/// `GET path` on `addr` over plain HTTP/1.1; the response's body.
+/// `GET path` on `addr` over plain HTTP/1.1 (waiting for the port to
+/// open); the response's body.
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the status port");
+    // The store may still be starting (its status port opens last).
+    let deadline = Instant::now() + SETTLE;
+    let mut s = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("status port {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
     s.set_read_timeout(Some(SETTLE)).unwrap();
     write!(
         s,
