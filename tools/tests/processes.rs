@@ -440,8 +440,8 @@ fn sample(metrics: &str, line_start: &str) -> f64 {
 }
 
 /// The status port: `/metrics` in Prometheus text with the raft traffic,
-/// fsyncs and latency histograms of real work, and no per-region label;
-/// `/status` as JSON.
+/// fsyncs, latency histograms and admin commands of real work, and no
+/// per-region label; `/status` as JSON.
 #[test]
 fn the_status_port_exports_metrics_and_status() {
     let dir = tempfile::tempdir().unwrap();
@@ -451,6 +451,23 @@ fn the_status_port_exports_metrics_and_status() {
     for i in 0..50 {
         retry("put", || client.put(&key(i), &i.to_be_bytes()));
     }
+    retry("split", || client.split_at(&key(25)));
+    let splits: f64 = (1..=STORES)
+        .map(|id| {
+            let m = http_get(&p.status[id as usize - 1], "/metrics");
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "flotilla_admin_commands_total{cmd=\"batch_split\",result=\"ok\"}",
+                    )?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                })
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(splits >= 1.0, "no split counted");
     let leader_store = (1..=STORES)
         .find(|&id| {
             let m = http_get(&p.status[id as usize - 1], "/metrics");

@@ -24,7 +24,7 @@ use crate::config::NetConfig;
 use crate::kvpb;
 use crate::kvpb::kv_client::KvClient;
 use crate::kvpb::kv_server::Kv;
-use crate::metrics::TransportMetrics;
+use crate::metrics::{ServerMetrics, TransportMetrics, admin_kind};
 
 /// Longest a command waits for its answer on the server, whatever the
 /// client's deadline (a client's own deadline cuts it shorter).
@@ -43,6 +43,7 @@ pub struct ClientService {
 
 /// Serves one store's client requests.
 pub(crate) struct KvService {
+    pub(crate) metrics: Arc<ServerMetrics>,
     pub(crate) cluster_id: u64,
     pub(crate) store: StoreHandle,
     pub(crate) addrs: AddressBook,
@@ -67,8 +68,10 @@ impl Kv for KvService {
         request: Request<RaftCmdRequest>,
     ) -> Result<Response<RaftCmdResponse>, Status> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = request.into_inner();
+        let admin = admin_kind(&request);
         self.store.propose(
-            request.into_inner(),
+            request,
             Box::new(move |resp| {
                 let _ = tx.send(resp);
             }),
@@ -80,6 +83,7 @@ impl Kv for KvService {
             Ok(Err(_)) => err_response(StoreError::StoreStopped { in_flight: true }),
             Err(_) => err_response(StoreError::Timeout),
         };
+        self.metrics.count_command(admin, &resp);
         Ok(Response::new(resp))
     }
 

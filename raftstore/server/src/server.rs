@@ -96,6 +96,7 @@ impl StoreServer {
         );
         let kv = kv.map(|c| {
             let kv = KvServer::new(KvService {
+                metrics: metrics.clone(),
                 cluster_id: who.cluster_id,
                 store: c.store,
                 addrs: c.addrs,

@@ -450,6 +450,14 @@ fn store_families(m: &StoreMetrics, out: &mut Vec<MetricFamily>) {
 fn families(s: &StatusSources) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     store_families(s.store.metrics(), &mut out);
+    server_families(s, &mut out);
+    // The encoder refuses a family without samples (a labelled counter
+    // nothing was counted under yet).
+    out.retain(|f| !f.get_metric().is_empty());
+    out
+}
+
+fn server_families(s: &StatusSources, out: &mut Vec<MetricFamily>) {
     out.push(gauge(
         "store_stopped",
         "1 if the store stopped (a fatal error or a shutdown).",
@@ -506,6 +514,30 @@ fn families(s: &StatusSources) -> Vec<MetricFamily> {
         out.push(counter(name, help, v));
     }
     let sv = &s.server;
+    let errors = sv
+        .command_errors
+        .lock()
+        .iter()
+        .map(|(kind, n)| counter_metric(*n, &[("kind", kind)]))
+        .collect();
+    out.push(family(
+        "command_errors_total",
+        "Client commands answered with an error, by kind.",
+        MetricType::COUNTER,
+        errors,
+    ));
+    let admin = sv
+        .admin_commands
+        .lock()
+        .iter()
+        .map(|((cmd, result), n)| counter_metric(*n, &[("cmd", cmd), ("result", result)]))
+        .collect();
+    out.push(family(
+        "admin_commands_total",
+        "Admin commands answered, by command and result (ok or the error kind).",
+        MetricType::COUNTER,
+        admin,
+    ));
     let server: [(&str, &str, &AtomicU64); 6] = [
         (
             "server_batches_received_total",
@@ -541,5 +573,4 @@ fn families(s: &StatusSources) -> Vec<MetricFamily> {
     for (name, help, v) in server {
         out.push(counter(name, help, v));
     }
-    out
 }
