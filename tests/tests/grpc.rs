@@ -22,6 +22,8 @@ use flotilla_server::{NetConfig, ServerIdentity, StoreServer};
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger};
 use flotilla_tests::net::NetCluster;
 use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tonic::Code;
 
 /// The cluster id of the stores in these tests.
@@ -662,3 +664,172 @@ fn a_tls_cluster_refuses_a_wrong_certificate() {
     );
     cluster.shutdown();
 }
+
+/// Raft message types on the wire are `0..MESSAGE_TYPES`; a few past it
+/// test an unknown type.
+const MESSAGE_TYPES: i32 = 22;
+
+/// A seeded random raft message for store `to` (the fields a forged or
+/// corrupted sender could set; `real` are the region's actual peers).
+fn random_message(rng: &mut ChaCha8Rng, to: u64, region: u64, real: &[Peer]) -> RaftMessage {
+    let peer = |rng: &mut ChaCha8Rng, store: u64| {
+        if !real.is_empty() && rng.random_bool(0.5) {
+            let p = real[rng.random_range(0..real.len())];
+            Peer {
+                store_id: store,
+                ..p
+            }
+        } else {
+            Peer {
+                id: rng.random_range(0..1_000_000),
+                store_id: store,
+                role: rng.random_range(0..3),
+            }
+        }
+    };
+    let big = |rng: &mut ChaCha8Rng| match rng.random_range(0..4) {
+        0 => 0,
+        1 => rng.random_range(1..20),
+        2 => rng.random_range(1..1_000_000),
+        _ => u64::MAX - rng.random_range(0..3),
+    };
+    let entries = (0..rng.random_range(0..3))
+        .map(|_| flotilla_proto::eraftpb::Entry {
+            entry_type: rng.random_range(0..4),
+            term: big(rng),
+            index: big(rng),
+            data: (0..rng.random_range(0..16))
+                .map(|_| rng.random())
+                .collect::<Vec<u8>>()
+                .into(),
+            ..Default::default()
+        })
+        .collect();
+    let snapshot = rng.random_bool(0.1).then(|| {
+        Box::new(flotilla_proto::eraftpb::Snapshot {
+            data: vec![rng.random(); rng.random_range(0..32)].into(),
+            metadata: Some(flotilla_proto::eraftpb::SnapshotMetadata {
+                index: big(rng),
+                term: big(rng),
+                ..Default::default()
+            }),
+        })
+    });
+    let from_store = rng.random_range(0..5);
+    RaftMessage {
+        region_id: region,
+        from_peer: Some(peer(rng, from_store)),
+        to_peer: Some(peer(rng, to)),
+        message: Some(Message {
+            msg_type: rng.random_range(-1..MESSAGE_TYPES),
+            to: rng.random_range(0..1_000_000),
+            from: rng.random_range(0..1_000_000),
+            term: big(rng),
+            log_term: big(rng),
+            index: big(rng),
+            commit: big(rng),
+            reject: rng.random_bool(0.2),
+            reject_hint: big(rng),
+            entries,
+            snapshot,
+            ..Default::default()
+        }),
+        region_epoch: rng
+            .random_bool(0.7)
+            .then(|| flotilla_proto::metapb::RegionEpoch {
+                conf_ver: big(rng),
+                version: big(rng),
+            }),
+        is_tombstone: rng.random_bool(0.05),
+        start_key: vec![rng.random(); rng.random_range(0..4)].into(),
+        end_key: vec![rng.random(); rng.random_range(0..4)].into(),
+        ..Default::default()
+    }
+}
+
+/// Seeded random raft messages over the wire (forged peers, unknown
+/// regions and types, huge terms and indexes, garbage entries and
+/// snapshots): first only to regions the stores do not host, after which
+/// every region must still serve; then to the real regions too, after
+/// which no store may have stopped or died (a forged sender may disturb
+/// raft, which trusts its peers, but must not crash a store). The seed
+/// is printed; `SIM_SEED` replays one.
+#[test]
+fn random_raft_messages_on_the_wire_do_not_crash_a_store() {
+    let seed = flotilla_tests::workload::history_seed(20261202);
+    println!("seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        NetCluster::bootstrap(dir.path(), 3, 2, fast_config(FAST_TICK_MS), &logger()).unwrap();
+    assert!(wait_leaders(&cluster, 2));
+    let client = cluster.client(ClientConfig::default());
+    for i in 0..10 {
+        put(&client, &key(i), &i.to_be_bytes());
+    }
+    let regions: Vec<(u64, Vec<Peer>)> = cluster
+        .regions()
+        .iter()
+        .map(|r| (r.id, r.peers.clone()))
+        .collect();
+    let send = |to: u64, msgs: Vec<RaftMessage>| {
+        let addr = cluster.addr(to).expect("running");
+        let batch = RaftBatch {
+            cluster_id: CLUSTER,
+            from_store: 9,
+            to_store: to,
+            msgs,
+        };
+        cluster.runtime().block_on(async {
+            let mut c = RaftTransportClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect");
+            c.raft(tokio_stream::iter(vec![batch])).await
+        })
+    };
+    // Unknown regions only.
+    for _ in 0..RANDOM_BATCHES {
+        let to = rng.random_range(1..=3);
+        let region = [0, 999, u64::MAX][rng.random_range(0..3)];
+        let msgs = (0..MESSAGES_PER_BATCH)
+            .map(|_| random_message(&mut rng, to, region, &[]))
+            .collect();
+        send(to, msgs).expect("a well-formed batch is taken");
+    }
+    for i in 0..10 {
+        assert_eq!(
+            retry("get", || client.get(&key(i))),
+            Some(i.to_be_bytes().to_vec()),
+            "seed {seed}"
+        );
+    }
+    put(&client, &key(100), b"after");
+    // Real regions too.
+    for _ in 0..RANDOM_BATCHES {
+        let to = rng.random_range(1..=3);
+        let (region, peers) = &regions[rng.random_range(0..regions.len())];
+        let msgs = (0..MESSAGES_PER_BATCH)
+            .map(|_| random_message(&mut rng, to, *region, peers))
+            .collect();
+        send(to, msgs).expect("a well-formed batch is taken");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for &id in cluster.store_ids() {
+        let store = cluster.store(id).unwrap();
+        assert!(
+            store.fatal_error().is_none(),
+            "seed {seed}: store {id} stopped: {:?}",
+            store.fatal_error()
+        );
+        assert!(
+            !store.handle().is_stopped(),
+            "seed {seed}: store {id} stopped"
+        );
+    }
+    cluster.shutdown();
+}
+
+/// Batches of random messages per phase of the random-message test.
+const RANDOM_BATCHES: usize = 40;
+/// Messages per random batch.
+const MESSAGES_PER_BATCH: usize = 25;
