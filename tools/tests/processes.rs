@@ -187,8 +187,22 @@ impl Drop for Processes {
         for id in 1..=STORES {
             self.kill(id);
         }
+        if std::thread::panicking() {
+            // What the stores said, for the failure's report.
+            for id in 1..=STORES {
+                let log = self.log(id);
+                let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+                eprintln!("--- store {id}'s log (last lines) ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 }
+
+/// Lines of each store's log a failed test prints.
+const LOG_TAIL_LINES: usize = 40;
 
 fn config_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("store-{id}.toml"))
