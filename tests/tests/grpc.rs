@@ -833,3 +833,54 @@ fn random_raft_messages_on_the_wire_do_not_crash_a_store() {
 const RANDOM_BATCHES: usize = 40;
 /// Messages per random batch.
 const MESSAGES_PER_BATCH: usize = 25;
+
+/// A store whose server is down is refused by the others' transports
+/// once its link fails, and the leaders hear it is unreachable (their
+/// appends to it stop, they probe); restarted, it catches up.
+#[test]
+fn a_down_store_is_reported_unreachable_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        NetCluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
+    assert!(wait_leaders(&cluster, 1));
+    let client = cluster.client(ClientConfig::default());
+    put(&client, &key(0), &0u64.to_be_bytes());
+    let down = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&id| {
+            cluster
+                .store(id)
+                .unwrap()
+                .metrics()
+                .leaders
+                .load(Ordering::Relaxed)
+                == 0
+        })
+        .expect("a follower store");
+    assert!(cluster.stop_store(down));
+    let reports = |c: &NetCluster| -> u64 {
+        c.store_ids()
+            .iter()
+            .filter_map(|&id| c.store(id))
+            .map(|s| s.metrics().unreachable_reports.load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut i = 1;
+    assert!(
+        eventually(|| {
+            put(&client, &key(i), &i.to_be_bytes());
+            i += 1;
+            reports(&cluster) > 0
+        }),
+        "no leader heard the store was unreachable"
+    );
+    let written = i;
+    cluster.start_store(down).unwrap();
+    let engine = cluster.store(down).unwrap().engine().clone();
+    assert!(
+        eventually(|| holds(&engine, 0..written)),
+        "the restarted store did not catch up"
+    );
+    cluster.shutdown();
+}

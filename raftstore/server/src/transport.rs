@@ -36,6 +36,11 @@ struct Link {
     cfg: NetConfig,
     metrics: Arc<TransportMetrics>,
     logger: slog::Logger,
+    /// Stores whose link is down (connecting failed) or whose queue was
+    /// full: `send` refuses messages to them, so their leaders hear the
+    /// follower is unreachable and probe instead of pipelining. A store
+    /// leaves the set when its link connects or forwards a batch again.
+    unreachable: RwLock<FxHashSet<u64>>,
 }
 
 struct Shared {
@@ -58,8 +63,11 @@ struct Shared {
 /// queue as one batch (several when over the batch budget). A task per
 /// remote store keeps one stream open to it and forwards the batches,
 /// reconnecting with backoff when the stream breaks; what is queued while
-/// the link is down is dropped and counted (raft resends). When the last
-/// clone is dropped, the tasks end.
+/// the link is down is dropped and counted (raft resends). While a
+/// store's link is down or its queue full, `send` refuses messages to it
+/// (`StoreNotConnected`), so its leaders hear it is unreachable and probe
+/// it instead of pipelining appends. When the last clone is dropped, the
+/// tasks end.
 #[derive(Clone)]
 pub struct GrpcTransport {
     shared: Arc<Shared>,
@@ -85,6 +93,7 @@ impl GrpcTransport {
             cfg,
             metrics: Arc::default(),
             logger: logger.new(slog::o!("transport" => store_id)),
+            unreachable: RwLock::default(),
         };
         GrpcTransport {
             shared: Arc::new(Shared {
@@ -142,6 +151,7 @@ impl Shared {
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     add(&link.metrics.dropped_queue_full, n);
+                    link.set_unreachable(store, true);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     // The task is gone (its runtime shut down): the next
@@ -184,6 +194,18 @@ pub(crate) fn destination(msg: &RaftMessage) -> Option<u64> {
 }
 
 impl Link {
+    fn set_unreachable(&self, store: u64, unreachable: bool) {
+        if self.unreachable.read().contains(&store) == unreachable {
+            return;
+        }
+        let mut set = self.unreachable.write();
+        if unreachable {
+            set.insert(store);
+        } else {
+            set.remove(&store);
+        }
+    }
+
     async fn connect(&self, store: u64) -> Result<RaftTransportClient<Channel>, String> {
         let addr = self
             .addrs
@@ -225,6 +247,7 @@ async fn run_link(link: Arc<Link>, store: u64, mut rx: mpsc::Receiver<RaftBatch>
             Ok(c) => c,
             Err(e) => {
                 add(&link.metrics.connect_failures, 1);
+                link.set_unreachable(store, true);
                 slog::debug!(link.logger, "cannot reach store"; "store" => store, "err" => e,
                     "retry_in" => ?backoff);
                 if !link.drop_for(&mut rx, backoff).await {
@@ -235,6 +258,7 @@ async fn run_link(link: Arc<Link>, store: u64, mut rx: mpsc::Receiver<RaftBatch>
             }
         };
         add(&link.metrics.connects, 1);
+        link.set_unreachable(store, false);
         backoff = link.cfg.initial_backoff;
         let (tx, stream) = mpsc::channel(STREAM_QUEUE_BATCHES);
         let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream)).await });
@@ -245,6 +269,8 @@ async fn run_link(link: Arc<Link>, store: u64, mut rx: mpsc::Receiver<RaftBatch>
                         if tx.send(b).await.is_err() {
                             break;
                         }
+                        // The queue has room again.
+                        link.set_unreachable(store, false);
                     }
                     None => {
                         // Every clone is gone: end the stream cleanly.
@@ -274,7 +300,8 @@ async fn run_link(link: Arc<Link>, store: u64, mut rx: mpsc::Receiver<RaftBatch>
 impl Transport for GrpcTransport {
     fn send(&mut self, msg: RaftMessage) -> Result<(), TransportError> {
         let store = destination(&msg).ok_or(TransportError::NoDestination(msg.region_id))?;
-        if !self.shared.link.addrs.contains(store) {
+        let link = &self.shared.link;
+        if !link.addrs.contains(store) || link.unreachable.read().contains(&store) {
             return Err(TransportError::StoreNotConnected(store));
         }
         self.pending.entry(store).or_default().push(msg);

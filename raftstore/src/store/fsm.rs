@@ -237,6 +237,9 @@ pub struct StoreMetrics {
     /// Time spent writing received snapshots into the engine
     /// (microseconds, all of them).
     pub snapshot_apply_micros: AtomicU64,
+    /// Appends the transport refused (their store unreachable), each
+    /// reported to the sending leader's raft.
+    pub unreachable_reports: AtomicU64,
     /// Raft poll rounds, by how long each took.
     pub poll_round_latency: LatencyHistogram,
     /// Synced raft-log writes (one per poll round that persists entries
@@ -477,8 +480,23 @@ impl<'a, T: Transport> Outbox<'a, T> {
         self.metrics
             .raft_messages_sent
             .fetch_add(1, Ordering::Relaxed);
+        let append = msg
+            .message
+            .as_ref()
+            .is_some_and(|m| m.msg_type() == MessageType::MsgAppend);
+        let to = to_peer.id;
         if let Err(e) = self.transport.send(msg) {
             slog::debug!(self.logger, "send failed"; "err" => %e);
+            // A leader stops pipelining appends to a store it cannot
+            // reach (its progress goes back to probing) until it answers.
+            if append {
+                self.metrics
+                    .unreachable_reports
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = self
+                    .router
+                    .force_send(region.id, PeerMsg::Unreachable { to_peer: to });
+            }
         }
     }
 }
@@ -1126,6 +1144,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                 }
                 PeerMsg::SnapshotStatus { to_peer, ok } => {
                     fsm.peer.on_snapshot_status(to_peer, ok);
+                    None
+                }
+                PeerMsg::Unreachable { to_peer } => {
+                    fsm.peer.on_unreachable(to_peer);
                     None
                 }
                 PeerMsg::Merge(m) => {

@@ -136,6 +136,12 @@ pub enum PeerMsg {
         /// Whether the follower's store has the whole file.
         ok: bool,
     },
+    /// The transport could not take an append to `to_peer` (its store is
+    /// unreachable): the leader probes it instead of pipelining.
+    Unreachable {
+        /// The follower.
+        to_peer: u64,
+    },
 }
 
 /// A merge step one region's peer tells another's on the same store

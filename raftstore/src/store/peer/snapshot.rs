@@ -279,6 +279,13 @@ impl Peer {
         self.raft.report_snapshot(to_peer, ok);
     }
 
+    /// The transport could not reach `to_peer`'s store.
+    pub fn on_unreachable(&mut self, to_peer: u64) {
+        if self.is_leader() {
+            self.raft.report_unreachable(to_peer);
+        }
+    }
+
     /// Whether `m` is a snapshot, and its (index, term).
     pub(super) fn snapshot_of(m: &Message) -> Option<(u64, u64)> {
         (m.msg_type() == MessageType::MsgSnapshot)
