@@ -50,6 +50,20 @@ fn put(client: &Client, k: &[u8], v: &[u8]) {
     retry("put", || client.put(k, v));
 }
 
+/// A running store that leads no region (the tests' regions all have
+/// leaders elsewhere).
+fn follower_store(cluster: &NetCluster) -> u64 {
+    *cluster
+        .store_ids()
+        .iter()
+        .find(|&&id| {
+            cluster
+                .store(id)
+                .is_some_and(|s| s.metrics().leaders.load(Ordering::Relaxed) == 0)
+        })
+        .expect("a follower store")
+}
+
 fn wait_leaders(cluster: &NetCluster, n: u64) -> bool {
     eventually(|| cluster.leader_count() >= n)
 }
@@ -138,19 +152,7 @@ fn a_restarted_store_catches_up_by_a_snapshot_stream() {
     }
     // Stop a store that does not lead the region.
     let region = cluster.regions()[0].id;
-    let stopped = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&id| {
-            cluster
-                .store(id)
-                .unwrap()
-                .metrics()
-                .leaders
-                .load(Ordering::Relaxed)
-                == 0
-        })
-        .expect("a follower store");
+    let stopped = follower_store(&cluster);
     let stopped_last = last_index(cluster.store(stopped).unwrap().engine(), region);
     assert!(cluster.stop_store(stopped));
     for i in 10..160 {
@@ -845,19 +847,7 @@ fn a_down_store_is_reported_unreachable_and_catches_up() {
     assert!(wait_leaders(&cluster, 1));
     let client = cluster.client(ClientConfig::default());
     put(&client, &key(0), &0u64.to_be_bytes());
-    let down = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&id| {
-            cluster
-                .store(id)
-                .unwrap()
-                .metrics()
-                .leaders
-                .load(Ordering::Relaxed)
-                == 0
-        })
-        .expect("a follower store");
+    let down = follower_store(&cluster);
     assert!(cluster.stop_store(down));
     let reports = |c: &NetCluster| -> u64 {
         c.store_ids()

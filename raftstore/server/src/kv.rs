@@ -50,15 +50,23 @@ pub(crate) struct KvService {
     pub(crate) transport: Option<Arc<TransportMetrics>>,
 }
 
-fn wire_error(e: StoreError) -> flotilla_proto::raft_cmdpb::Error {
-    e.to_proto()
-}
-
-/// Runs a blocking store call off the runtime's workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Status::internal("the store call failed"))
+impl KvService {
+    /// Runs `call` on the store off the runtime's workers (it may block);
+    /// answers `respond(error, value)`, the store's error typed.
+    async fn on_store<T: Send + 'static, R>(
+        &self,
+        call: impl FnOnce(&StoreHandle) -> StoreResult<T> + Send + 'static,
+        respond: impl FnOnce(Option<flotilla_proto::raft_cmdpb::Error>, Option<T>) -> R,
+    ) -> Result<Response<R>, Status> {
+        let store = self.store.clone();
+        let out = tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|_| Status::internal("the store call failed"))?;
+        Ok(Response::new(match out {
+            Ok(v) => respond(None, Some(v)),
+            Err(e) => respond(Some(e.to_proto()), None),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -92,18 +100,14 @@ impl Kv for KvService {
         request: Request<kvpb::RegionStatusRequest>,
     ) -> Result<Response<kvpb::RegionStatusResponse>, Status> {
         let region_id = request.into_inner().region_id;
-        let store = self.store.clone();
-        let status = blocking(move || store.region_status(region_id, MAX_COMMAND_WAIT)).await?;
-        Ok(Response::new(match status {
-            Ok(s) => kvpb::RegionStatusResponse {
-                error: None,
-                status: Some(status_to_wire(s)),
+        self.on_store(
+            move |s| s.region_status(region_id, MAX_COMMAND_WAIT),
+            |error, status| kvpb::RegionStatusResponse {
+                error,
+                status: status.map(status_to_wire),
             },
-            Err(e) => kvpb::RegionStatusResponse {
-                error: Some(wire_error(e)),
-                status: None,
-            },
-        }))
+        )
+        .await
     }
 
     async fn region_state(
@@ -111,15 +115,14 @@ impl Kv for KvService {
         request: Request<kvpb::RegionStateRequest>,
     ) -> Result<Response<kvpb::RegionStateResponse>, Status> {
         let region_id = request.into_inner().region_id;
-        let store = self.store.clone();
-        let state = blocking(move || store.region_state(region_id)).await?;
-        Ok(Response::new(match state {
-            Ok(state) => kvpb::RegionStateResponse { error: None, state },
-            Err(e) => kvpb::RegionStateResponse {
-                error: Some(wire_error(e)),
-                state: None,
+        self.on_store(
+            move |s| s.region_state(region_id),
+            |error, state| kvpb::RegionStateResponse {
+                error,
+                state: state.flatten(),
             },
-        }))
+        )
+        .await
     }
 
     async fn locate(
@@ -127,18 +130,14 @@ impl Kv for KvService {
         request: Request<kvpb::LocateRequest>,
     ) -> Result<Response<kvpb::LocateResponse>, Status> {
         let key = request.into_inner().key;
-        let store = self.store.clone();
-        let region = blocking(move || store.locate(&key, MAX_COMMAND_WAIT)).await?;
-        Ok(Response::new(match region {
-            Ok(region) => kvpb::LocateResponse {
-                error: None,
-                region,
+        self.on_store(
+            move |s| s.locate(&key, MAX_COMMAND_WAIT),
+            |error, region| kvpb::LocateResponse {
+                error,
+                region: region.flatten(),
             },
-            Err(e) => kvpb::LocateResponse {
-                error: Some(wire_error(e)),
-                region: None,
-            },
-        }))
+        )
+        .await
     }
 
     async fn store_info(
@@ -173,33 +172,28 @@ impl Kv for KvService {
         &self,
         _request: Request<kvpb::AllocIdRequest>,
     ) -> Result<Response<kvpb::AllocIdResponse>, Status> {
-        let store = self.store.clone();
-        let id = blocking(move || store.alloc_id()).await?;
-        Ok(Response::new(match id {
-            Ok(id) => kvpb::AllocIdResponse { error: None, id },
-            Err(e) => kvpb::AllocIdResponse {
-                error: Some(wire_error(e)),
-                id: 0,
+        self.on_store(
+            |s| s.alloc_id(),
+            |error, id| kvpb::AllocIdResponse {
+                error,
+                id: id.unwrap_or(0),
             },
-        }))
+        )
+        .await
     }
 
     async fn regions(
         &self,
         _request: Request<kvpb::RegionsRequest>,
     ) -> Result<Response<kvpb::RegionsResponse>, Status> {
-        let store = self.store.clone();
-        let regions = blocking(move || store.region_states()).await?;
-        Ok(Response::new(match regions {
-            Ok(regions) => kvpb::RegionsResponse {
-                error: None,
-                regions,
+        self.on_store(
+            |s| s.region_states(),
+            |error, regions| kvpb::RegionsResponse {
+                error,
+                regions: regions.unwrap_or_default(),
             },
-            Err(e) => kvpb::RegionsResponse {
-                error: Some(wire_error(e)),
-                regions: Vec::new(),
-            },
-        }))
+        )
+        .await
     }
 }
 

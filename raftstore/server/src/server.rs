@@ -23,6 +23,16 @@ use crate::tls::Allowlist;
 use crate::transport::destination;
 use tonic::service::interceptor::InterceptedService;
 
+/// Binds `listen` (`host:port`, port 0 for any) now, for a server on
+/// `handle`'s runtime; returns the address bound.
+pub(crate) fn bind(handle: &Handle, listen: &str) -> Result<(SocketAddr, tokio::net::TcpListener)> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let _runtime = handle.enter();
+    Ok((addr, tokio::net::TcpListener::from_std(listener)?))
+}
+
 /// How long [`StoreServer::shutdown`] waits for the server's streams to
 /// end before it drops them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -71,13 +81,7 @@ impl StoreServer {
         logger: &slog::Logger,
     ) -> Result<StoreServer> {
         cfg.validate()?;
-        let listener = std::net::TcpListener::bind(listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let listener = {
-            let _runtime = handle.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
+        let (addr, listener) = bind(handle, listen)?;
         let metrics = Arc::new(ServerMetrics::default());
         let (stop, stopped) = watch::channel(false);
         let service = Service {

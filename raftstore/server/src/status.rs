@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::error::Result;
 use crate::metrics::{ServerMetrics, TransportMetrics};
+use crate::server::bind;
 
 /// Every metric name starts with this.
 const PREFIX: &str = "flotilla_";
@@ -78,13 +79,7 @@ impl StatusServer {
     /// # Errors
     /// [`crate::Error::Io`] if the address cannot be bound.
     pub fn start(handle: &Handle, listen: &str, sources: StatusSources) -> Result<StatusServer> {
-        let listener = std::net::TcpListener::bind(listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let listener = {
-            let _runtime = handle.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
+        let (addr, listener) = bind(handle, listen)?;
         let metrics_sources = sources.clone();
         let app = Router::new()
             .route(

@@ -997,7 +997,7 @@ impl<'a> Run<'a> {
 }
 
 /// The rows of what the clients did.
-fn load_rows(t: &mut Table, load: &PhaseLoad) {
+pub(super) fn load_rows(t: &mut Table, load: &PhaseLoad) {
     t.row(
         "writes/s",
         format!(

@@ -19,6 +19,7 @@ use flotilla_server::{NetConfig, RemoteStore};
 
 use super::LoadError;
 use super::options::LoadOptions;
+use super::phases::load_rows;
 use super::table::{Table, fmt_rate};
 use super::workload::{ClientPool, KeyPattern, Live, Workload};
 
@@ -179,22 +180,7 @@ pub fn run(
                 opts.value_size
             ),
         );
-        t.row(
-            "writes/s",
-            format!(
-                "{} ({} writes, {} errors)",
-                fmt_rate(load.writes_per_s()),
-                load.writes,
-                load.errors
-            ),
-        );
-        if load.writes > 0 {
-            t.row("write latency", load.write_us.to_string());
-        }
-        if load.reads > 0 {
-            t.row("reads/s", fmt_rate(load.reads_per_s()));
-            t.row("read latency", load.read_us.to_string());
-        }
+        load_rows(&mut t, &load);
         t.row(
             "fsyncs/s, all stores",
             fmt_rate(rate(d(after.fsyncs, before.fsyncs), span)),
