@@ -128,10 +128,7 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
 
 /// The process's resident set size, from `/proc/self/status`.
 pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    flotilla_server::proc_stats::rss_bytes()
 }
 
 /// Counters summed over the running stores.

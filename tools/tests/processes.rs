@@ -530,10 +530,31 @@ fn load_remote_drives_the_processes() {
         String::from_utf8_lossy(&out.stderr)
     );
     for phase in [
+        "(a) election (remote)",
+        "(b) idle (remote)",
         "(c) uniform writes (remote)",
         "(d) hot-spot writes (remote)",
     ] {
         assert!(stdout.contains(phase), "{stdout}");
+    }
+    let elected = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("every region with a leader"))
+        .expect("an election row");
+    assert!(!elected.contains("not within"), "{elected}");
+    // The idle table has a row per store process, each with its RSS and
+    // CPU read from that process.
+    let store_rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("store ") && l.contains("wire batches/s"))
+        .collect();
+    assert_eq!(store_rows.len(), STORES as usize, "{stdout}");
+    for row in store_rows {
+        assert!(
+            row.contains("RSS ") && !row.contains("RSS unknown"),
+            "{row}"
+        );
+        assert!(row.contains("of one core"), "{row}");
     }
     let writes: Vec<u64> = stdout
         .lines()

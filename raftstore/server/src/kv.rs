@@ -165,6 +165,10 @@ impl Kv for KvService {
                 .as_ref()
                 .map_or(0, |t| t.batches_sent.load(Ordering::Relaxed)),
             poll_rounds: m.poll_rounds.load(Ordering::Relaxed),
+            rss_bytes: crate::proc_stats::rss_bytes(),
+            cpu_ticks: crate::proc_stats::cpu_ticks(),
+            peers: m.awake_peers.load(Ordering::Relaxed)
+                + m.hibernated_peers.load(Ordering::Relaxed),
         }))
     }
 

@@ -25,6 +25,7 @@ mod config;
 mod error;
 mod kv;
 mod metrics;
+pub mod proc_stats;
 mod server;
 mod snapshot;
 mod status;

@@ -1,15 +1,18 @@
-//! `flotilla load --remote ADDR[,ADDR...]`: the write phases of the load
-//! tool against a networked cluster (`flotilla server` processes), through
-//! the same `Client` over the stores' client services.
+//! `flotilla load --remote ADDR[,ADDR...]`: the load tool's phases
+//! against a networked cluster (`flotilla server` processes), through the
+//! same `Client` over the stores' client services.
 //!
-//! What runs: (c) uniform and (d) hot-spot writes, measured the same way
-//! as in process (writes/s and latency at the clients), with the stores'
-//! fsyncs, raft messages and wire batches per second from their
-//! `StoreInfo` counters. What does not: bootstrap and election, idle
-//! memory and CPU, and the kill and restart phases, which need the stores
-//! in this process.
+//! What runs: (a) election, as the time from connecting until every
+//! region has a leader (the sum of the stores' leader counts); (b) idle:
+//! the wait until the peers hibernate, then each store's RSS, CPU and wire
+//! batches over the phase; (c) uniform and (d) hot-spot writes, measured
+//! the same way as in process (writes/s and latency at the clients), with
+//! the stores' fsyncs, raft messages and wire batches per second from
+//! their `StoreInfo` counters. What does not: bootstrap, and the kill and
+//! restart phases, which need the store processes in the tool's hands.
 
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::raft_serverpb::PeerState;
@@ -20,13 +23,21 @@ use flotilla_server::{NetConfig, RemoteStore};
 use super::LoadError;
 use super::options::LoadOptions;
 use super::phases::load_rows;
-use super::table::{Table, fmt_rate};
+use super::stats::CLOCK_TICKS_PER_S;
+use super::summary::fmt_core_share;
+use super::table::{Table, fmt_bytes, fmt_duration, fmt_rate};
 use super::workload::{ClientPool, KeyPattern, Live, Workload};
 
 /// Worker threads of the load tool's network runtime.
 const NET_THREADS: usize = 2;
 /// How long one store query may take.
 const QUERY_WAIT: Duration = Duration::from_secs(10);
+/// How often the election and hibernation waits ask the stores.
+const POLL: Duration = Duration::from_millis(200);
+/// Longest wait for every region to have a leader.
+const ELECTION_WAIT: Duration = Duration::from_secs(120);
+/// Longest wait for every peer to hibernate before the idle measurement.
+const HIBERNATE_WAIT: Duration = Duration::from_secs(60);
 /// Phase numbers (the random streams of the in-process tool's phases).
 const UNIFORM_PHASE: u64 = 2;
 const HOT_SPOT_PHASE: u64 = 3;
@@ -37,6 +48,10 @@ struct Totals {
     fsyncs: u64,
     raft_messages: u64,
     wire_batches: u64,
+    leaders: i64,
+    peers: i64,
+    hibernated: i64,
+    awake: i64,
 }
 
 impl Totals {
@@ -45,6 +60,10 @@ impl Totals {
             fsyncs: t.fsyncs + i.fsyncs,
             raft_messages: t.raft_messages + i.raft_messages_sent,
             wire_batches: t.wire_batches + i.wire_batches_sent,
+            leaders: t.leaders + i.leaders,
+            peers: t.peers + i.peers,
+            hibernated: t.hibernated + i.hibernated_peers,
+            awake: t.awake + i.awake_peers,
         })
     }
 }
@@ -126,6 +145,7 @@ pub fn run(
     addr: &str,
     on_table: &mut dyn FnMut(&Table),
 ) -> Result<(), LoadError> {
+    let connected = Instant::now();
     let remote = Remote::connect(addr, opts.clients)?;
     let regions = remote.regions()?;
     let infos = remote.infos();
@@ -137,9 +157,11 @@ pub fn run(
     t.row("regions (Normal, on the first store)", regions.to_string());
     t.row(
         "not run remotely",
-        "(a) election, (b) idle, (e) kill, (f) restart: they need the stores in this process",
+        "bootstrap, (e) kill, (f) restart: they need the store processes in this tool's hands",
     );
     on_table(&t);
+    on_table(&election(&remote, regions, connected));
+    on_table(&idle(&remote, opts.phase_duration));
     let workload = Workload {
         regions: regions.max(1),
         clients: opts.clients,
@@ -196,4 +218,141 @@ pub fn run(
         on_table(&t);
     }
     Ok(())
+}
+
+/// Polls the stores until `until` holds of their summed counters or `wait`
+/// passes; the time it took, if it held.
+fn wait_for(
+    remote: &Remote,
+    since: Instant,
+    wait: Duration,
+    until: impl Fn(&Totals) -> bool,
+) -> (Option<Duration>, Totals) {
+    loop {
+        let t = Totals::of(&remote.infos());
+        if until(&t) {
+            return (Some(since.elapsed()), t);
+        }
+        if since.elapsed() >= wait {
+            return (None, t);
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// (a): the time from connecting until the stores lead `regions` regions
+/// between them (a cluster started just before the tool measures its
+/// election; a running one answers at once).
+fn election(remote: &Remote, regions: u64, connected: Instant) -> Table {
+    let (took, t) = wait_for(remote, connected, ELECTION_WAIT, |t| {
+        u64::try_from(t.leaders).is_ok_and(|l| l >= regions)
+    });
+    let mut table = Table::new("(a) election (remote)");
+    table.row(
+        "every region with a leader, after connecting",
+        match took {
+            Some(d) => fmt_duration(d),
+            None => format!(
+                "not within {}: {} leaders for {regions} regions",
+                fmt_duration(ELECTION_WAIT),
+                t.leaders
+            ),
+        },
+    );
+    table.row("peers on all stores", t.peers.to_string());
+    table
+}
+
+/// One store's process figures at one moment.
+#[derive(Debug, Clone, Copy)]
+struct ProcessSample {
+    store_id: u64,
+    rss: Option<u64>,
+    cpu_ticks: Option<u64>,
+    peers: i64,
+    wire_batches: u64,
+}
+
+fn process_samples(remote: &Remote) -> Vec<ProcessSample> {
+    remote
+        .infos()
+        .iter()
+        .map(|i| ProcessSample {
+            store_id: i.store_id,
+            rss: i.rss_bytes,
+            cpu_ticks: i.cpu_ticks,
+            peers: i.peers,
+            wire_batches: i.wire_batches_sent,
+        })
+        .collect()
+}
+
+/// (b): waits until every peer hibernates, then measures each store
+/// process over `span` with no client traffic: RSS (all and per peer), CPU
+/// cores, and wire batches per second to each other store.
+fn idle(remote: &Remote, span: Duration) -> Table {
+    let started = Instant::now();
+    let (took, settled) = wait_for(remote, started, HIBERNATE_WAIT, |t| {
+        t.peers > 0 && t.hibernated >= t.peers
+    });
+    let before = process_samples(remote);
+    let measured_from = Instant::now();
+    thread::sleep(span);
+    let after = process_samples(remote);
+    let span = measured_from.elapsed();
+    let end = Totals::of(&remote.infos());
+    let others = before.len().saturating_sub(1).max(1) as f64;
+
+    let mut table = Table::new("(b) idle (remote)");
+    table.row(
+        "every peer hibernated",
+        match took {
+            Some(d) => fmt_duration(d),
+            None => format!(
+                "not within {}: {} of {} peers hibernated, {} awake",
+                fmt_duration(HIBERNATE_WAIT),
+                settled.hibernated,
+                settled.peers,
+                settled.awake
+            ),
+        },
+    );
+    table.row("then measured for", fmt_duration(span));
+    for a in &after {
+        let Some(b) = before.iter().find(|b| b.store_id == a.store_id) else {
+            continue;
+        };
+        let rss = a.rss.map_or_else(
+            || "RSS unknown".into(),
+            |r| {
+                format!(
+                    "RSS {} ({} per peer)",
+                    fmt_bytes(r),
+                    fmt_bytes(r / u64::try_from(a.peers).unwrap_or(0).max(1))
+                )
+            },
+        );
+        let cpu = match (b.cpu_ticks, a.cpu_ticks) {
+            (Some(b), Some(a)) => {
+                let cores = a.saturating_sub(b) as f64
+                    / CLOCK_TICKS_PER_S
+                    / span.as_secs_f64().max(f64::MIN_POSITIVE);
+                format!("CPU {}", fmt_core_share(cores))
+            }
+            _ => "CPU unknown".into(),
+        };
+        let wire = rate(a.wire_batches.saturating_sub(b.wire_batches), span) / others;
+        table.row(
+            format!("store {}", a.store_id),
+            format!(
+                "{} peers; {rss}; {cpu}; {wire:.2} wire batches/s to each other store",
+                a.peers
+            ),
+        );
+    }
+    table.row(
+        "hibernated / awake peers at the end",
+        format!("{} / {}", end.hibernated, end.awake),
+    );
+    table
 }
