@@ -460,6 +460,18 @@ impl PeerStorage {
         );
     }
 
+    /// As [`PeerStorage::compact_cache_to`], then gives the cache's spare
+    /// capacity back (an idle peer's cache grows again on its next append).
+    pub fn release_cache_to(&mut self, index: u64) {
+        self.compact_cache_to(index);
+        self.cache.shrink_to_fit();
+    }
+
+    /// Entries in the cache (for tests and memory accounting).
+    pub fn cached_entries(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Drops cached entries at or below `index` (they are applied and the
     /// cache only serves replication of the recent tail).
     pub fn compact_cache_to(&mut self, index: u64) {
@@ -759,6 +771,34 @@ mod tests {
         assert_eq!(reloaded.entries(6, 21, None).unwrap(), ents);
         assert_eq!(reloaded.last_index().unwrap(), 20);
         assert_eq!(reloaded.term(20).unwrap(), 6);
+    }
+
+    /// A hibernating peer releases its whole cache: the last entry's term
+    /// still answers (from `last_term`), older entries come from RocksDB,
+    /// and the next append is cached again after the released tail.
+    #[test]
+    fn a_released_cache_still_serves_terms_entries_and_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = storage(&dir);
+        let ents: Vec<Entry> = (6..=12).map(|i| entry(i, 6)).collect();
+        append(&mut s, &ents);
+        assert_eq!(s.cached_entries(), ents.len());
+        s.release_cache_to(12);
+        assert_eq!(s.cached_entries(), 0);
+        assert_eq!(s.term(12).unwrap(), 6);
+        assert_eq!(s.term(7).unwrap(), 6);
+        assert_eq!(s.entries(6, 13, None).unwrap(), ents);
+        append(&mut s, &[entry(13, 7)]);
+        assert_eq!(s.cached_entries(), 1);
+        assert_eq!(s.term(12).unwrap(), 6);
+        assert_eq!(s.term(13).unwrap(), 7);
+        assert_eq!(s.entries(11, 14, None).unwrap().len(), 3);
+        // A conflicting append below the released tail still truncates.
+        s.release_cache_to(13);
+        append(&mut s, &[entry(11, 8)]);
+        assert_eq!(s.last_index().unwrap(), 11);
+        assert_eq!(s.term(11).unwrap(), 8);
+        assert_eq!(s.term(10).unwrap(), 6);
     }
 
     /// Appending over a suffix replaces it and deletes the old tail.

@@ -103,6 +103,12 @@ struct Filters {
     list: Vec<(FilterId, Arc<dyn Filter>)>,
 }
 
+/// Messages' worth of send buffer a [`ChannelTransport`] keeps between
+/// flushes; a burst (an election of every region) grows it further, and
+/// the flush gives the excess back so the burst's peak is not kept for
+/// the life of the store.
+const RETAINED_SEND_BUFFER: usize = 1024;
+
 #[derive(Default)]
 struct Net {
     sinks: RwLock<FxHashMap<u64, Arc<dyn MessageSink>>>,
@@ -480,6 +486,7 @@ impl Transport for ChannelTransport {
             f.filter(&mut self.buffer);
         }
         ChannelTransport::deliver_now(&self.net, self.buffer.drain(..));
+        self.buffer.shrink_to(RETAINED_SEND_BUFFER);
     }
 
     /// The stream passes the filters as its message would: a filter that

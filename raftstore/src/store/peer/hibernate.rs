@@ -617,13 +617,15 @@ impl Peer {
     pub(super) fn free_idle_buffers(&mut self) {
         self.raft.raft.free_idle_buffers();
         let applied = self.raft.store().applied_index();
-        // As after an apply: the last applied entry stays (its term is
-        // asked for by the next append).
+        // Every applied entry leaves the cache, and so does its buffer: the
+        // term of the last one, which the next append asks for, is the
+        // storage's `last_term` (a hibernated peer has applied its whole
+        // log); anything older is read from the engine.
         self.raft
             .raft
             .raft_log_mut()
             .store
-            .compact_cache_to(applied.saturating_sub(1));
+            .release_cache_to(applied);
         self.proposals.shrink_to_fit();
         self.reads.shrink_to_fit();
         self.sleep.outbox.shrink_to_fit();
