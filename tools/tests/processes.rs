@@ -510,6 +510,25 @@ fn the_status_port_exports_metrics_and_status() {
     assert!(status.contains("\"stopped\":false"), "{status}");
 }
 
+/// The binary's jemalloc options (its `malloc_conf` symbol) take effect:
+/// a server process runs exactly one jemalloc background thread, which
+/// returns an idle store's freed pages to the OS.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_process_runs_one_jemalloc_background_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Processes::start(dir.path());
+    p.wait_serving(&p.client(ClientConfig::default()));
+    let pid = p.children[0].as_ref().expect("store 1 runs").id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    let jemalloc = names.iter().filter(|n| *n == "jemalloc_bg_thd").count();
+    assert_eq!(jemalloc, 1, "threads: {names:?}");
+}
+
 /// `flotilla load --remote` drives the three processes through one of
 /// them: both write phases complete writes and report the stores'
 /// fsyncs and wire batches.

@@ -18,6 +18,23 @@ use flotilla_tools::server::{self, ServerConfig};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start (its `malloc_conf` symbol,
+/// with the `_rjem_` prefix of tikv-jemallocator; a NUL-ended C string;
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it).
+///
+/// `background_thread`: a jemalloc thread (one: `max_background_threads`,
+/// the store's own threads are few) returns freed pages to the OS
+/// as they age (its default 10 s decay). Without it pages are returned only
+/// when the process allocates again, and a store whose peers all
+/// hibernate hardly does: the garbage of bootstrap and election stayed
+/// resident. `flotilla load` (100,000 regions x 3 stores) measured idle
+/// RSS 4.86 KiB per peer without it and 3.77 KiB with it, for about 0.6%
+/// of a core more at idle.
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+#[allow(non_upper_case_globals)]
+pub static malloc_conf: &[u8; 48] = b"background_thread:true,max_background_threads:1\0";
+
 /// flotilla: a multi-raft sharding engine.
 #[derive(Parser, Debug)]
 #[command(version, about)]
