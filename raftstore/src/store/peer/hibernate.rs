@@ -618,9 +618,10 @@ impl Peer {
         self.raft.raft.free_idle_buffers();
         let applied = self.raft.store().applied_index();
         // Every applied entry leaves the cache, and so does its buffer: the
-        // term of the last one, which the next append asks for, is the
-        // storage's `last_term` (a hibernated peer has applied its whole
-        // log); anything older is read from the engine.
+        // term of the last one is the storage's `last_term` (a hibernated
+        // peer has applied its whole log) and, once the next append moves
+        // past it, its `prev_tail`, which the leader's next append asks
+        // for; anything older is read from the engine.
         self.raft
             .raft
             .raft_log_mut()
