@@ -14,7 +14,7 @@ use flotilla_proto::eraftpb::{ConfChangeType, Message, MessageType};
 use flotilla_proto::metapb::{Peer, PeerRole};
 use flotilla_proto::raft_serverpb::{RaftApplyState, RaftLocalState, RaftMessage};
 use flotilla_raftstore::store::{
-    AdminError, Client, ClientConfig, Config, Error, MessageSink, SnapError,
+    AdminError, Client, ClientConfig, Config, Error, MessageSink, SnapError, Stores,
 };
 use flotilla_server::pb::raft_transport_client::RaftTransportClient;
 use flotilla_server::pb::{RaftBatch, SnapshotChunk};
@@ -203,6 +203,16 @@ fn a_restarted_store_catches_up_by_a_snapshot_stream() {
     cluster.shutdown();
 }
 
+/// A key inside region `r`.
+fn minority_key(r: &flotilla_proto::metapb::Region) -> Vec<u8> {
+    let mut k = r.start_key.to_vec();
+    if k.is_empty() {
+        k.push(0);
+    }
+    k.extend_from_slice(b"minority");
+    k
+}
+
 /// Tries per write while a cut-off store's leaders are replaced.
 const PUT_ATTEMPTS: usize = 20;
 
@@ -234,6 +244,27 @@ fn a_cut_off_store_catches_up_when_healed() {
             }
         }
     };
+    // A client that reaches only the store to cut off, which leads region
+    // 1 and serves its writes before the cut.
+    let minority = Stores::default();
+    minority.insert(cluster.store(cut).unwrap().handle());
+    let lonely = Client::new(
+        minority,
+        cluster.regions(),
+        ClientConfig {
+            request_timeout: Duration::from_millis(300),
+            operation_timeout: Duration::from_secs(1),
+            ..ClientConfig::default()
+        },
+    );
+    let first = &cluster.regions()[0];
+    let majority = cluster.client(ClientConfig::default());
+    retry("transfer leader", || {
+        majority.transfer_leader(first.id, cut)
+    });
+    retry("write through the store to cut off", || {
+        lonely.put(&minority_key(first), b"before")
+    });
     cut_off(true);
     // A write that went to a leader on the cut-off store has an unknown
     // outcome (it may be proposed there, never committed): write it again
@@ -249,6 +280,17 @@ fn a_cut_off_store_catches_up_when_healed() {
     }
     let engine = cluster.store(cut).unwrap().engine().clone();
     assert!(!holds(&engine, 0..100), "writes reached the cut-off store");
+    // The minority acknowledges nothing: the client that reaches only the
+    // cut-off store, and wrote through it before, gets no write through in
+    // any region (its peer is a follower without a reachable leader, or a
+    // leader without a quorum).
+    for r in cluster.regions() {
+        assert!(
+            lonely.put(&minority_key(r), b"lost").is_err(),
+            "the cut-off store acknowledged a write in region {}",
+            r.id
+        );
+    }
     let blocked: u64 = cluster
         .store_ids()
         .iter()
