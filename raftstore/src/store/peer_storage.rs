@@ -81,11 +81,11 @@ impl From<LoadError> for super::error::Error {
     }
 }
 
-/// An error of the engine, wrapped for the consensus core.
 /// `PeerStorage::prev_tail` when no entry is remembered (no log entry has
 /// index 0).
 const NO_PREV_TAIL: (u64, u64) = (0, 0);
 
+/// An error of the engine, wrapped for the consensus core.
 fn other(e: flotilla_engine::Error) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
