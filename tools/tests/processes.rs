@@ -529,17 +529,48 @@ fn a_server_process_runs_one_jemalloc_background_thread() {
     assert_eq!(jemalloc, 1, "threads: {names:?}");
 }
 
+/// Kills, at the end of a test, a server process that a shell hook
+/// started (its pid in a file), so that none outlives the test.
+struct PidFile(PathBuf);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
 /// `flotilla load --remote` drives the three processes through one of
-/// them: both write phases complete writes and report the stores'
-/// fsyncs and wire batches.
+/// them: every phase completes, both write phases complete writes and
+/// report the stores' fsyncs and wire batches, the kill hook's store
+/// loses its regions to the others and the restart hook brings it back.
 #[test]
 fn load_remote_drives_the_processes() {
     let dir = tempfile::tempdir().unwrap();
     let p = Processes::start(dir.path());
     p.wait_serving(&p.client(ClientConfig::default()));
+    let pids: Vec<u32> = p
+        .children
+        .iter()
+        .map(|c| c.as_ref().expect("running").id())
+        .collect();
+    let kill_cmd = format!(
+        "case {{store}} in 1) kill -9 {};; 2) kill -9 {};; 3) kill -9 {};; esac",
+        pids[0], pids[1], pids[2]
+    );
+    let restarted = PidFile(dir.path().join("restarted.pid"));
+    let restart_cmd = format!(
+        "'{}' server --config '{}/store-{{store}}.toml' >> '{}/store-{{store}}.log' 2>&1 & echo $! > '{}'",
+        env!("CARGO_BIN_EXE_flotilla"),
+        dir.path().display(),
+        dir.path().display(),
+        restarted.0.display()
+    );
     let out = flotilla()
         .args(["load", "--remote", &p.addrs[1], "--phase-duration", "1s"])
         .args(["--clients", "4", "--write-ratio", "1"])
+        .args(["--kill-cmd", &kill_cmd, "--restart-cmd", &restart_cmd])
         .output()
         .expect("run flotilla load --remote");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -553,9 +584,26 @@ fn load_remote_drives_the_processes() {
         "(b) idle (remote)",
         "(c) uniform writes (remote)",
         "(d) hot-spot writes (remote)",
+        "(e) kill (remote)",
+        "(f) restart (remote)",
     ] {
         assert!(stdout.contains(phase), "{stdout}");
     }
+    for row in [
+        "all its regions with a new leader",
+        "answers its client service",
+        "peers loaded",
+        "every region with a leader",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no row {row:?}: {stdout}"));
+        assert!(!line.contains("not within"), "{line}");
+    }
+    // The restarted store serves: the cluster answers from every store.
+    let client = p.client(ClientConfig::default());
+    retry("put after the restart", || client.put(&key(1), b"after"));
     let elected = stdout
         .lines()
         .find(|l| l.trim_start().starts_with("every region with a leader"))

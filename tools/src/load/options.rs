@@ -96,9 +96,20 @@ pub struct LoadArgs {
     pub merge_storm: u32,
     /// Drive a running networked cluster (`flotilla server` processes)
     /// through the store at `host:port` instead of bootstrapping one in
-    /// this process: the uniform and hot-spot write phases only.
+    /// this process: election, idle and the write phases; kill and restart
+    /// with `--kill-cmd` and `--restart-cmd`.
     #[arg(long, value_name = "ADDR")]
     pub remote: Option<String>,
+    /// With `--remote`: a shell command (`sh -c`, output discarded) that
+    /// kills a store, `{store}` standing for its id. The kill phase runs
+    /// it on the store leading the most regions and times the failover.
+    #[arg(long, value_name = "CMD", requires = "remote")]
+    pub kill_cmd: Option<String>,
+    /// With `--kill-cmd`: a shell command that starts the killed store
+    /// again and returns (`{store}` for its id); the restart phase times
+    /// the store back to serving.
+    #[arg(long, value_name = "CMD", requires = "kill_cmd")]
+    pub restart_cmd: Option<String>,
 }
 
 /// What a load run does, checked.
@@ -130,6 +141,10 @@ pub struct LoadOptions {
     pub merge_storm: usize,
     /// A networked cluster's store to drive instead of an in-process one.
     pub remote: Option<String>,
+    /// With `remote`: the shell command that kills store `{store}`.
+    pub kill_cmd: Option<String>,
+    /// With `kill_cmd`: the shell command that starts it again.
+    pub restart_cmd: Option<String>,
 }
 
 impl TryFrom<LoadArgs> for LoadOptions {
@@ -166,6 +181,8 @@ impl TryFrom<LoadArgs> for LoadOptions {
             split_storm: a.split_storm as usize,
             merge_storm: a.merge_storm as usize,
             remote: a.remote,
+            kill_cmd: a.kill_cmd,
+            restart_cmd: a.restart_cmd,
         })
     }
 }
@@ -211,9 +228,15 @@ impl LoadOptions {
             args.push("--out".into());
             args.push(out.to_string_lossy().into_owned());
         }
-        if let Some(remote) = &self.remote {
-            args.push("--remote".into());
-            args.push(remote.clone());
+        for (flag, value) in [
+            ("--remote", &self.remote),
+            ("--kill-cmd", &self.kill_cmd),
+            ("--restart-cmd", &self.restart_cmd),
+        ] {
+            if let Some(v) = value {
+                args.push(flag.into());
+                args.push(v.clone());
+            }
         }
         args
     }
@@ -400,6 +423,31 @@ mod tests {
         let d = LoadOptions::try_from(parse(&[]).expect("defaults")).expect("valid");
         assert!(d.to_args().contains(&"10s".to_string()));
         assert!(!d.to_args().contains(&"--out".to_string()));
+    }
+
+    /// The kill and restart hooks need `--remote` (and the restart hook
+    /// the kill hook), and survive the round trip through `to_args`.
+    #[test]
+    fn remote_hooks_need_remote_and_round_trip() {
+        assert!(parse(&["--kill-cmd", "kill {store}"]).is_err());
+        assert!(parse(&["--remote", "h:1", "--restart-cmd", "start {store}"]).is_err());
+        let a = parse(&[
+            "--remote",
+            "h:1",
+            "--kill-cmd",
+            "kill -9 $(cat p{store})",
+            "--restart-cmd",
+            "start {store} &",
+        ])
+        .expect("parses");
+        let o = LoadOptions::try_from(a).expect("valid");
+        assert_eq!(o.kill_cmd.as_deref(), Some("kill -9 $(cat p{store})"));
+        let args = o.to_args();
+        let again = LoadOptions::try_from(
+            parse(&args[1..].iter().map(String::as_str).collect::<Vec<_>>()).expect("re-parses"),
+        )
+        .expect("valid");
+        assert_eq!(again, o);
     }
 
     #[test]

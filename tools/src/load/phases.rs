@@ -1051,7 +1051,7 @@ fn fmt_cores(cores: Option<f64>) -> String {
 }
 
 /// p50 / p99 / max of the arrival times, each less `from`.
-fn arrival_quantiles(a: &Arrivals, from: Duration) -> String {
+pub(super) fn arrival_quantiles(a: &Arrivals, from: Duration) -> String {
     let show = |d: Option<Duration>| {
         d.map_or_else(|| "-".into(), |d| fmt_duration(d.saturating_sub(from)))
     };

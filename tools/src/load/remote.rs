@@ -8,21 +8,25 @@
 //! batches over the phase; (c) uniform and (d) hot-spot writes, measured
 //! the same way as in process (writes/s and latency at the clients), with
 //! the stores' fsyncs, raft messages and wire batches per second from
-//! their `StoreInfo` counters. What does not: bootstrap, and the kill and
-//! restart phases, which need the store processes in the tool's hands.
+//! their `StoreInfo` counters; with `--kill-cmd` (and `--restart-cmd`),
+//! (e) kill the store leading the most regions through the operator's
+//! command and time the failover from the other stores' leader counts,
+//! and (f) start it again and time it back to serving. Bootstrap is not
+//! run: the cluster exists already.
 
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::raft_serverpb::PeerState;
-use flotilla_raftstore::store::{Client, ClientConfig, Stores};
+use flotilla_raftstore::store::{Client, ClientConfig, StoreApi, Stores};
 use flotilla_server::kvpb::StoreInfoResponse;
 use flotilla_server::{NetConfig, RemoteStore};
 
 use super::LoadError;
+use super::arrivals::Arrivals;
 use super::options::LoadOptions;
-use super::phases::load_rows;
+use super::phases::{arrival_quantiles, load_rows};
 use super::stats::CLOCK_TICKS_PER_S;
 use super::summary::fmt_core_share;
 use super::table::{Table, fmt_bytes, fmt_duration, fmt_rate};
@@ -38,6 +42,14 @@ const POLL: Duration = Duration::from_millis(200);
 const ELECTION_WAIT: Duration = Duration::from_secs(120);
 /// Longest wait for every peer to hibernate before the idle measurement.
 const HIBERNATE_WAIT: Duration = Duration::from_secs(60);
+/// How often the kill and restart phases ask the stores (their arrival
+/// times are this fine).
+const FAILOVER_POLL: Duration = Duration::from_millis(10);
+/// How long one store query of the kill and restart phases may take.
+const FAILOVER_QUERY_WAIT: Duration = Duration::from_secs(1);
+/// Longest wait for the killed store's regions to get new leaders, and
+/// for the restarted store to serve.
+const FAILOVER_WAIT: Duration = Duration::from_secs(60);
 /// Phase numbers (the random streams of the in-process tool's phases).
 const UNIFORM_PHASE: u64 = 2;
 const HOT_SPOT_PHASE: u64 = 3;
@@ -157,7 +169,11 @@ pub fn run(
     t.row("regions (Normal, on the first store)", regions.to_string());
     t.row(
         "not run remotely",
-        "bootstrap, (e) kill, (f) restart: they need the store processes in this tool's hands",
+        if opts.kill_cmd.is_some() {
+            "bootstrap (the cluster exists)"
+        } else {
+            "bootstrap (the cluster exists); (e) kill and (f) restart need --kill-cmd / --restart-cmd"
+        },
     );
     on_table(&t);
     on_table(&election(&remote, regions, connected));
@@ -216,6 +232,13 @@ pub fn run(
             fmt_rate(rate(d(after.wire_batches, before.wire_batches), span)),
         );
         on_table(&t);
+    }
+    if let Some(kill_cmd) = &opts.kill_cmd {
+        let (t, killed) = kill(&remote, regions, kill_cmd);
+        on_table(&t);
+        if let (Some(restart_cmd), Some(killed)) = (&opts.restart_cmd, killed) {
+            on_table(&restart(&remote, regions, restart_cmd, killed));
+        }
     }
     Ok(())
 }
@@ -354,5 +377,164 @@ fn idle(remote: &Remote, span: Duration) -> Table {
         "hibernated / awake peers at the end",
         format!("{} / {}", end.hibernated, end.awake),
     );
+    table
+}
+
+/// Runs an operator's hook, `{store}` replaced by `store`, through `sh -c`
+/// (its output discarded: a command that starts a server must not hold
+/// this tool's pipes). Waits for it to exit.
+fn run_hook(cmd: &str, store: u64) -> Result<(), String> {
+    let cmd = cmd.replace("{store}", &store.to_string());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("`{cmd}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{cmd}`: {status}"))
+    }
+}
+
+/// Leaders summed over `stores` (those that answer within
+/// [`FAILOVER_QUERY_WAIT`]).
+fn leaders_on(stores: &[&Arc<RemoteStore>]) -> u64 {
+    stores
+        .iter()
+        .filter_map(|s| s.store_info(FAILOVER_QUERY_WAIT).ok())
+        .map(|i| u64::try_from(i.leaders).unwrap_or(0))
+        .sum()
+}
+
+/// What the kill phase hands the restart phase: the store it killed and
+/// how many peers that store had.
+#[derive(Debug, Clone, Copy)]
+struct Killed {
+    store_id: u64,
+    peers: i64,
+}
+
+/// (e): kills the store leading the most regions with the operator's
+/// command, then samples the other stores' leader counts until they lead
+/// every region: the arrival times are the new leaders' (to
+/// [`FAILOVER_POLL`]), from the moment the command was started.
+fn kill(remote: &Remote, regions: u64, cmd: &str) -> (Table, Option<Killed>) {
+    let mut table = Table::new("(e) kill (remote)");
+    let infos = remote.infos();
+    let Some(victim) = infos
+        .iter()
+        .max_by_key(|i| (i.leaders, std::cmp::Reverse(i.store_id)))
+    else {
+        table.row("store killed", "none: no store answered");
+        return (table, None);
+    };
+    let others: Vec<&Arc<RemoteStore>> = remote
+        .stores
+        .iter()
+        .filter(|s| s.store_id() != victim.store_id)
+        .collect();
+    let base = leaders_on(&others);
+    let started = Instant::now();
+    if let Err(e) = run_hook(cmd, victim.store_id) {
+        table.row("kill command failed", e);
+        return (table, None);
+    }
+    let hook_took = started.elapsed();
+    let mut arrivals = Arrivals::new(base, regions.saturating_sub(base));
+    while !arrivals.complete() && started.elapsed() < FAILOVER_WAIT {
+        arrivals.observe(leaders_on(&others), started.elapsed());
+        thread::sleep(FAILOVER_POLL);
+    }
+    table.row(
+        "store killed",
+        format!(
+            "store {}, leader of {} of {regions} regions (the command took {})",
+            victim.store_id,
+            victim.leaders,
+            fmt_duration(hook_took)
+        ),
+    );
+    table.row(
+        "all its regions with a new leader, from the kill",
+        match arrivals.last() {
+            Some(last) if arrivals.complete() => fmt_duration(last),
+            _ if arrivals.complete() => "at once (it led none)".into(),
+            _ => format!(
+                "not within {}: {} regions without a leader",
+                fmt_duration(FAILOVER_WAIT),
+                arrivals.expected() - arrivals.arrived()
+            ),
+        },
+    );
+    table.row(
+        "new leader after p50 / p99 / max, from the kill",
+        arrival_quantiles(&arrivals, Duration::ZERO),
+    );
+    (
+        table,
+        Some(Killed {
+            store_id: victim.store_id,
+            peers: victim.peers,
+        }),
+    )
+}
+
+/// (f): starts the killed store again with the operator's command, then
+/// times it: answering its client service, reporting as many peers as
+/// before, and every region with a leader on the whole cluster.
+fn restart(remote: &Remote, regions: u64, cmd: &str, killed: Killed) -> Table {
+    let mut table = Table::new("(f) restart (remote)");
+    let Some(store) = remote
+        .stores
+        .iter()
+        .find(|s| s.store_id() == killed.store_id)
+    else {
+        table.row("restart", "the killed store is not in the address book");
+        return table;
+    };
+    let started = Instant::now();
+    if let Err(e) = run_hook(cmd, killed.store_id) {
+        table.row("restart command failed", e);
+        return table;
+    }
+    let mut answered = None;
+    let mut loaded = None;
+    while loaded.is_none() && started.elapsed() < FAILOVER_WAIT {
+        if let Ok(info) = store.store_info(FAILOVER_QUERY_WAIT) {
+            answered.get_or_insert(started.elapsed());
+            if info.peers >= killed.peers {
+                loaded = Some(started.elapsed());
+            }
+        }
+        thread::sleep(FAILOVER_POLL);
+    }
+    let all: Vec<&Arc<RemoteStore>> = remote.stores.iter().collect();
+    let mut led = None;
+    while loaded.is_some() && led.is_none() && started.elapsed() < FAILOVER_WAIT {
+        if leaders_on(&all) >= regions {
+            led = Some(started.elapsed());
+        }
+        thread::sleep(FAILOVER_POLL);
+    }
+    let show = |d: Option<Duration>| {
+        d.map_or_else(
+            || format!("not within {}", fmt_duration(FAILOVER_WAIT)),
+            fmt_duration,
+        )
+    };
+    table.row("store restarted", format!("store {}", killed.store_id));
+    table.row(
+        "answers its client service, from the command",
+        show(answered),
+    );
+    table.row(
+        format!("all its {} peers loaded", killed.peers),
+        show(loaded),
+    );
+    table.row("every region with a leader", show(led));
     table
 }

@@ -437,6 +437,8 @@ mod tests {
             split_storm: 0,
             merge_storm: 0,
             remote: None,
+            kill_cmd: None,
+            restart_cmd: None,
         };
         let t = command_table(&argv, &opts);
         assert_eq!(t.rows()[0].1, "target/release/flotilla load --regions 1000");
