@@ -26,7 +26,10 @@ use tonic::service::interceptor::InterceptedService;
 /// Binds `listen` (`host:port`, port 0 for any) now, for a server on
 /// `handle`'s runtime; returns the address bound.
 pub(crate) fn bind(handle: &Handle, listen: &str) -> Result<(SocketAddr, tokio::net::TcpListener)> {
-    let listener = std::net::TcpListener::bind(listen)?;
+    let listener = std::net::TcpListener::bind(listen).map_err(|source| Error::Bind {
+        addr: listen.to_string(),
+        source,
+    })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let _runtime = handle.enter();
@@ -310,5 +313,28 @@ impl Service {
             Ok(Err(e)) => Err(status_of(&e)),
             Err(_) => Err(Status::internal("the snapshot receiver failed")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listen address another socket holds is refused with a typed
+    /// error that names it (a second store on one host with the default
+    /// status port says which address, not only "address in use").
+    #[test]
+    fn a_taken_address_is_refused_naming_it() {
+        let runtime = crate::net_runtime(1).unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        match bind(runtime.handle(), &addr) {
+            Err(e @ Error::Bind { .. }) => {
+                assert!(e.to_string().contains(&addr), "{e}");
+            }
+            other => panic!("expected a bind error, got {other:?}"),
+        }
+        drop(taken);
+        assert!(bind(runtime.handle(), &addr).is_ok(), "free again");
     }
 }
