@@ -149,3 +149,51 @@ pub fn region_state(
         )
         .expect("read region state")
 }
+
+/// A fast config whose leaders compact their log often: a log GC check
+/// every 2 ticks, past 10 entries, and whatever followers matched once
+/// the log is longer than `count_limit`.
+pub fn gc_config(count_limit: u64) -> Config {
+    Config {
+        raft_log_gc_tick_ticks: 2,
+        raft_log_gc_threshold: 10,
+        raft_log_gc_count_limit: count_limit,
+        ..fast_config(FAST_TICK_MS)
+    }
+}
+
+/// Whether `engine`'s data holds every key `key(i)` of `range` with the
+/// value `i.to_be_bytes()` (the tests' written-value convention).
+///
+/// # Panics
+/// On an engine read error.
+pub fn holds_values(
+    engine: &flotilla_engine::Engine,
+    range: std::ops::Range<u64>,
+    key: impl Fn(u64) -> Vec<u8>,
+) -> bool {
+    range.into_iter().all(|i| {
+        engine
+            .get(
+                flotilla_engine::Cf::Default,
+                &flotilla_engine::keys::data_key(&key(i)),
+            )
+            .expect("read data")
+            .is_some_and(|v| v == i.to_be_bytes())
+    })
+}
+
+/// Region `id`'s last log index in `engine`'s raft state.
+///
+/// # Panics
+/// On an engine read error or a missing raft state.
+pub fn last_index(engine: &flotilla_engine::Engine, id: u64) -> u64 {
+    let s: flotilla_proto::raft_serverpb::RaftLocalState = engine
+        .get_msg(
+            flotilla_engine::Cf::Raft,
+            &flotilla_engine::keys::raft_state_key(id),
+        )
+        .expect("read raft state")
+        .expect("raft state");
+    s.last_index
+}

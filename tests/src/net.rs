@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use flotilla_engine::{Engine, EngineOptions};
 use flotilla_proto::metapb::Region;
-use flotilla_raftstore::store::bootstrap::{bootstrap_store, initial_regions};
 use flotilla_raftstore::store::{
-    CLUSTER_ID, Client, ClientConfig, Config, Result, Store, Stores, store_dir,
+    CLUSTER_ID, Client, ClientConfig, Config, Result, Store, Stores, bootstrap_store_dirs,
+    store_dir,
 };
 use flotilla_server::{
     AddressBook, ClientService, GrpcTransport, NetConfig, RemoteStore, ServerIdentity, StoreServer,
@@ -72,12 +71,7 @@ impl NetCluster {
         net: NetConfig,
         logger: &slog::Logger,
     ) -> Result<NetCluster> {
-        let store_ids: Vec<u64> = (1..=stores as u64).collect();
-        let initial = initial_regions(&store_ids, regions)?;
-        for &id in &store_ids {
-            let engine = Engine::open(store_dir(dir.as_ref(), id), &EngineOptions::default())?;
-            bootstrap_store(&engine, CLUSTER_ID, id, &initial)?;
-        }
+        let (store_ids, initial) = bootstrap_store_dirs(dir.as_ref(), stores, regions)?;
         let runtime = flotilla_server::net_runtime(NET_THREADS)
             .map_err(|e| flotilla_raftstore::store::Error::Config(e.to_string()))?;
         let mut cluster = NetCluster {

@@ -15,7 +15,9 @@ use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, Error, MessageSink,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{
+    FAST_TICK_MS, eventually, fast_config, holds_values, logger, wait_leader,
+};
 
 /// The region the tests change.
 const REGION: u64 = 1;
@@ -37,12 +39,7 @@ fn write(client: &Client, range: std::ops::Range<u64>) {
 }
 
 fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
-    range.into_iter().all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .expect("read data")
-            .is_some_and(|v| v == i.to_be_bytes())
-    })
+    holds_values(engine, range, key)
 }
 
 fn region_state(engine: &Engine) -> Option<RegionLocalState> {

@@ -16,7 +16,7 @@ use flotilla_proto::metapb::{Peer, PeerRole};
 use flotilla_proto::raft_serverpb::PeerState;
 use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Config, Error};
 use flotilla_tests::harness::{
-    FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
+    FAST_TICK_MS, eventually, fast_config, holds_values, logger, region_state, wait_leader,
 };
 
 /// One test at a time: failpoints are global to the process.
@@ -41,12 +41,7 @@ fn write(client: &Client, range: std::ops::Range<u64>) {
 }
 
 fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
-    range.into_iter().all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .expect("read data")
-            .is_some_and(|v| v == i.to_be_bytes())
-    })
+    holds_values(engine, range, key)
 }
 
 /// Three stores with one region and `KEYS` keys written: the cluster,

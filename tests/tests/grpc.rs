@@ -12,14 +12,16 @@ use std::time::Duration;
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::{ConfChangeType, Message, MessageType};
 use flotilla_proto::metapb::{Peer, PeerRole};
-use flotilla_proto::raft_serverpb::{RaftApplyState, RaftLocalState, RaftMessage};
+use flotilla_proto::raft_serverpb::{RaftApplyState, RaftMessage};
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Config, Error, MessageSink, SnapError, Stores,
 };
 use flotilla_server::pb::raft_transport_client::RaftTransportClient;
 use flotilla_server::pb::{RaftBatch, SnapshotChunk};
 use flotilla_server::{NetConfig, ServerIdentity, StoreServer};
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger};
+use flotilla_tests::harness::{
+    self, FAST_TICK_MS, eventually, fast_config, holds_values, last_index, logger,
+};
 use flotilla_tests::net::NetCluster;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -35,12 +37,7 @@ fn key(i: u64) -> Vec<u8> {
 
 /// Whether `engine` holds every key of `range` with its value.
 fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
-    range.into_iter().all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .expect("read data")
-            .is_some_and(|v| v == i.to_be_bytes())
-    })
+    holds_values(engine, range, key)
 }
 
 /// Puts `key(i)`, writing again while the outcome is unknown (a leader
@@ -114,12 +111,7 @@ fn three_stores_replicate_writes_over_grpc() {
 const COUNT_LIMIT: u64 = 30;
 
 fn gc_config() -> Config {
-    Config {
-        raft_log_gc_tick_ticks: 2,
-        raft_log_gc_threshold: 10,
-        raft_log_gc_count_limit: COUNT_LIMIT,
-        ..fast_config(FAST_TICK_MS)
-    }
+    harness::gc_config(COUNT_LIMIT)
 }
 
 fn truncated(engine: &Engine, region: u64) -> u64 {
@@ -128,14 +120,6 @@ fn truncated(engine: &Engine, region: u64) -> u64 {
         .expect("read")
         .expect("apply state");
     s.truncated_state.unwrap_or_default().index
-}
-
-fn last_index(engine: &Engine, region: u64) -> u64 {
-    let s: RaftLocalState = engine
-        .get_msg(Cf::Raft, &keys::raft_state_key(region))
-        .expect("read")
-        .expect("raft state");
-    s.last_index
 }
 
 /// A store stopped while the others compact their log past it comes back

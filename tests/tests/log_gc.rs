@@ -12,7 +12,7 @@ use flotilla_proto::raft_serverpb::{RaftApplyState, RaftLocalState};
 use flotilla_raftstore::store::{
     Client, ClientConfig, Cluster, Config, RAFT_INIT_LOG_INDEX, Store,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{self, FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
 
 /// The region the tests write to.
 const REGION: u64 = 1;
@@ -51,11 +51,7 @@ fn apply_state(engine: &Engine) -> RaftApplyState {
 }
 
 fn last_index(engine: &Engine) -> u64 {
-    let state: RaftLocalState = engine
-        .get_msg(Cf::Raft, &keys::raft_state_key(REGION))
-        .expect("read raft state")
-        .expect("raft state");
-    state.last_index
+    harness::last_index(engine, REGION)
 }
 
 fn truncated(store: &Store) -> u64 {

@@ -7,11 +7,11 @@
 use std::sync::atomic::Ordering;
 
 use flotilla_engine::{Cf, Engine, keys};
-use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
+use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState};
 use flotilla_raftstore::store::{
     Client, ClientConfig, Cluster, Config, FilterId, SNAP_DIR, StoreMetrics,
 };
-use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
+use flotilla_tests::harness::{self, eventually, gc_config, holds_values, logger, wait_leader};
 
 /// The region the tests write to.
 const REGION: u64 = 1;
@@ -21,12 +21,7 @@ const COUNT_LIMIT: u64 = 30;
 const CUT_OFF_WRITES: u64 = 150;
 
 fn config() -> Config {
-    Config {
-        raft_log_gc_tick_ticks: 2,
-        raft_log_gc_threshold: 10,
-        raft_log_gc_count_limit: COUNT_LIMIT,
-        ..fast_config(FAST_TICK_MS)
-    }
+    gc_config(COUNT_LIMIT)
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -55,21 +50,12 @@ fn region_state(engine: &Engine) -> PeerState {
 }
 
 fn last_index(engine: &Engine) -> u64 {
-    let s: RaftLocalState = engine
-        .get_msg(Cf::Raft, &keys::raft_state_key(REGION))
-        .expect("read raft state")
-        .expect("raft state");
-    s.last_index
+    harness::last_index(engine, REGION)
 }
 
 /// Whether `engine`'s data holds every key of `range` with its value.
 fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
-    range.into_iter().all(|i| {
-        engine
-            .get(Cf::Default, &keys::data_key(&key(i)))
-            .expect("read data")
-            .is_some_and(|v| v == i.to_be_bytes())
-    })
+    holds_values(engine, range, key)
 }
 
 fn total(cluster: &Cluster, f: impl Fn(&StoreMetrics) -> u64) -> u64 {

@@ -126,11 +126,6 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
     ]
 }
 
-/// The process's resident set size, from `/proc/self/status`.
-pub fn rss_bytes() -> Option<u64> {
-    flotilla_server::proc_stats::rss_bytes()
-}
-
 /// Counters summed over the running stores.
 #[derive(Debug, Clone, Copy, Default)]
 struct Totals {
@@ -317,7 +312,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         heartbeat_batches: after.batches - before.batches,
         poll_rounds: rounds,
         poll_round_mean_us: (after.round_us - before.round_us) / rounds.max(1),
-        rss_bytes: rss_bytes(),
+        rss_bytes: flotilla_server::proc_stats::rss_bytes(),
         raft_log_entries: 0,
         raft_log_bytes: 0,
         regions_start: opts.regions,

@@ -35,6 +35,28 @@ pub struct Cluster {
     logger: Logger,
 }
 
+/// Writes the initial state of `stores` new stores (ids `1..=stores`, each
+/// under [`store_dir`] of `dir`) sharing `regions` regions pre-split
+/// evenly over the key space; returns the store ids and the regions. What
+/// [`Cluster::bootstrap`] does before it starts the stores, for harnesses
+/// that start them some other way (over a network).
+///
+/// # Errors
+/// Config errors (no store, no region, too many stores); engine errors.
+pub fn bootstrap_store_dirs(
+    dir: &Path,
+    stores: usize,
+    regions: u64,
+) -> Result<(Vec<u64>, Vec<Region>)> {
+    let store_ids: Vec<u64> = (1..=stores as u64).collect();
+    let initial = initial_regions(&store_ids, regions)?;
+    for &id in &store_ids {
+        let engine = Engine::open(store_dir(dir, id), &EngineOptions::default())?;
+        bootstrap_store(&engine, CLUSTER_ID, id, &initial)?;
+    }
+    Ok((store_ids, initial))
+}
+
 impl Cluster {
     /// Bootstraps `stores` stores with `regions` regions pre-split evenly
     /// over the key space under `dir` (which must be empty or absent), and
@@ -50,12 +72,7 @@ impl Cluster {
         logger: &Logger,
     ) -> Result<Cluster> {
         cfg.validate()?;
-        let store_ids: Vec<u64> = (1..=stores as u64).collect();
-        let initial = initial_regions(&store_ids, regions)?;
-        for &id in &store_ids {
-            let engine = Engine::open(store_dir(dir.as_ref(), id), &EngineOptions::default())?;
-            bootstrap_store(&engine, CLUSTER_ID, id, &initial)?;
-        }
+        let (store_ids, initial) = bootstrap_store_dirs(dir.as_ref(), stores, regions)?;
         let mut cluster = Cluster {
             dir: dir.as_ref().to_path_buf(),
             cfg,

@@ -9,8 +9,7 @@ use flotilla_proto::eraftpb::MessageType;
 use flotilla_raftstore::store::{Cluster, StoreMetrics, WakeReason};
 
 pub use flotilla_server::proc_stats::{
-    CLOCK_TICKS_PER_S, CPU_TICK, cpu_ticks, parse_cpu_ticks, parse_status_bytes, peak_rss_bytes,
-    rss_bytes,
+    CLOCK_TICKS_PER_S, CPU_TICK, cpu_ticks, peak_rss_bytes, rss_bytes,
 };
 
 /// Measures the CPU cores the process uses over a span of wall time.
