@@ -92,10 +92,19 @@ pub struct DemoReport {
     pub heartbeats: u64,
     /// Coalesced heartbeat batches sent during the workload.
     pub heartbeat_batches: u64,
+    /// Times a peer went to sleep during the workload (all stores).
+    pub hibernations: u64,
+    /// Times a peer woke during the workload, whatever the reason.
+    pub wakes: u64,
+    /// Peers awake at the end of the workload (all stores).
+    pub awake_peers: i64,
     /// Raft poll rounds during the workload, over all stores.
     pub poll_rounds: u64,
     /// Their mean time (µs).
     pub poll_round_mean_us: u64,
+    /// CPU cores the whole process used during the workload (clients
+    /// included), if `/proc` tells.
+    pub cores_used: Option<f64>,
     /// Resident set size at the end (bytes), if known.
     pub rss_bytes: Option<u64>,
     /// Raft log entries in the stores' engines at the end, all regions.
@@ -135,6 +144,9 @@ struct Totals {
     batches: u64,
     rounds: u64,
     round_us: u64,
+    hibernations: u64,
+    wakes: u64,
+    awake: i64,
 }
 
 fn totals(cluster: &Cluster) -> Totals {
@@ -148,6 +160,13 @@ fn totals(cluster: &Cluster) -> Totals {
             t.batches += m.heartbeat_batches_sent.load(Ordering::Relaxed);
             t.rounds += m.poll_rounds.load(Ordering::Relaxed);
             t.round_us += m.poll_round_micros.load(Ordering::Relaxed);
+            t.hibernations += m.hibernations.load(Ordering::Relaxed);
+            t.wakes += m
+                .wakes_by_reason
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .sum::<u64>();
+            t.awake += m.awake_peers.load(Ordering::Relaxed);
         }
     }
     t
@@ -196,6 +215,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
     let stop = Arc::new(AtomicBool::new(false));
     let done_ops = Arc::new(AtomicU64::new(0));
     let before = totals(&cluster);
+    let cpu = crate::load::stats::CpuMeter::start();
     let t0 = Instant::now();
     let key: KeyFn = {
         let regions = opts.regions;
@@ -293,6 +313,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         errors += e;
     }
     let elapsed = t0.elapsed();
+    let cores_used = cpu.cores_used();
     bar.finish_and_clear();
     let after = totals(&cluster);
     let rounds = after.rounds - before.rounds;
@@ -310,8 +331,12 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         fsyncs: after.fsyncs - before.fsyncs,
         heartbeats: after.heartbeats - before.heartbeats,
         heartbeat_batches: after.batches - before.batches,
+        hibernations: after.hibernations - before.hibernations,
+        wakes: after.wakes - before.wakes,
+        awake_peers: after.awake,
         poll_rounds: rounds,
         poll_round_mean_us: (after.round_us - before.round_us) / rounds.max(1),
+        cores_used,
         rss_bytes: flotilla_server::proc_stats::rss_bytes(),
         raft_log_entries: 0,
         raft_log_bytes: 0,
@@ -381,6 +406,14 @@ impl std::fmt::Display for DemoReport {
             self.reads as f64 / secs,
             self.errors
         )?;
+        if let Some(cores) = self.cores_used {
+            writeln!(
+                f,
+                "cpu                {:.2} cores, {:.0} µs per op (clients included)",
+                cores,
+                cores * secs * 1e6 / self.ops.max(1) as f64
+            )?;
+        }
         writeln!(
             f,
             "write latency      p50 {} µs  p99 {} µs  p999 {} µs",
@@ -429,6 +462,14 @@ impl std::fmt::Display for DemoReport {
             self.heartbeats,
             self.heartbeat_batches,
             self.heartbeat_batches as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "hibernation        {} sleeps, {} wakes ({:.0}/s), {} peers awake at the end",
+            self.hibernations,
+            self.wakes,
+            self.wakes as f64 / secs,
+            self.awake_peers
         )?;
         writeln!(
             f,

@@ -393,6 +393,7 @@ impl<S: Storage> RawNode<S> {
         rd.committed_entries = self.take_committed(max_committed);
         self.raft.flush_broadcast();
         rd.messages = std::mem::take(&mut self.raft.msgs);
+        Raft::<S>::elide_covered_heartbeats(&mut rd.messages);
         rd.persisted_messages = std::mem::take(&mut self.raft.msgs_after_persist);
         rd.read_states = std::mem::take(&mut self.raft.read_states);
         if record.last_entry.is_some() || record.snapshot.is_some() {
@@ -599,6 +600,79 @@ mod tests {
             .collect();
         to.sort_unstable();
         assert_eq!(to, vec![(2, 0), (3, 0)]);
+    }
+
+    fn to_of(msgs: &[Message], t: MessageType) -> Vec<u64> {
+        let mut to: Vec<u64> = msgs
+            .iter()
+            .filter(|m| m.msg_type() == t)
+            .map(|m| m.to)
+            .collect();
+        to.sort_unstable();
+        to
+    }
+
+    /// checklist: log-3 (the append that reaches a follower in the same
+    /// Ready carries what a plain heartbeat would: the heartbeat is dropped;
+    /// a heartbeat with a read context, to another follower, or beside an
+    /// append of another term stays)
+    #[test]
+    fn an_append_in_the_same_ready_covers_a_plain_heartbeat() {
+        let beat = |to, term, ctx: &[u8]| Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            to,
+            term,
+            context: Bytes::copy_from_slice(ctx),
+            ..Default::default()
+        };
+        let append = |to, term| Message {
+            msg_type: MessageType::MsgAppend as i32,
+            to,
+            term,
+            ..Default::default()
+        };
+        let mut msgs = vec![
+            beat(2, 3, b""),
+            beat(3, 3, b""),
+            beat(4, 3, b"read"),
+            beat(5, 3, b""),
+            append(2, 3),
+            append(4, 3),
+            append(5, 2),
+        ];
+        Raft::<MemStorage>::elide_covered_heartbeats(&mut msgs);
+        assert_eq!(to_of(&msgs, MessageType::MsgHeartbeat), vec![3, 4, 5]);
+        assert_eq!(to_of(&msgs, MessageType::MsgAppend), vec![2, 4, 5]);
+        assert_eq!(msgs.len(), 6, "nothing else dropped");
+    }
+
+    /// checklist: log-3 (a woken leader's ping and the proposal that woke
+    /// it leave one append per follower, no heartbeat)
+    #[test]
+    fn a_ping_beside_a_proposal_sends_only_appends() {
+        let mut n = node(1, &[1, 2, 3]);
+        n.raft.become_candidate();
+        n.raft.become_leader();
+        let rd = n.ready();
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        let last = n.raft.raft_log().last_index();
+        for follower in [2, 3] {
+            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
+            ack.index = last;
+            n.step(ack).unwrap();
+        }
+        let _ = n.ready();
+        n.ping();
+        n.propose(vec![], b"v".to_vec()).unwrap();
+        let rd = n.ready();
+        assert_eq!(to_of(&rd.messages, MessageType::MsgAppend), vec![2, 3]);
+        assert!(to_of(&rd.messages, MessageType::MsgHeartbeat).is_empty());
+        // Without a proposal the ping goes out whole.
+        n.advance(rd);
+        n.ping();
+        let rd = n.ready();
+        assert_eq!(to_of(&rd.messages, MessageType::MsgHeartbeat), vec![2, 3]);
     }
 
     /// checklist: conf-6 (responses from non-members are refused)

@@ -136,8 +136,8 @@ pub struct Config {
     /// toward an entry's quorum and then lost it may vote with a store that
     /// never had it, and the entry is overwritten. Use it only where that
     /// is acceptable. Changes of term and vote are always synced, so a
-    /// store never votes twice in one term after a crash. Rounds that only
-    /// move the commit index are never synced (the commit index is
+    /// store never votes twice in one term after a crash. A round that only
+    /// moves the commit index writes nothing (the commit index is
     /// recovered from the applied index and the leader on restart).
     /// With log GC on, such a follower may also find the entries it lost
     /// compacted on the leader: it would need a snapshot, which stores do

@@ -150,9 +150,9 @@ impl PeerStorage {
     /// region without persisted raft state (a peer created by a message,
     /// waiting for a snapshot) starts empty at index 0.
     ///
-    /// The persisted commit index may lag the applied index (a commit that
-    /// moved when the leader's own write became durable is written in a
-    /// later round, unsynced); it is forwarded to the applied index, which
+    /// The persisted commit index may lag the applied index (a commit
+    /// index is written only with the next entries or term, never on its
+    /// own); it is forwarded to the applied index, which
     /// only ever covers committed entries that are in the log (the apply
     /// write follows the log write in the WAL).
     ///
@@ -455,7 +455,7 @@ impl PeerStorage {
         }
     }
 
-    /// Records a commit index to persist with the next raft-state write.
+    /// Records a commit index, persisted with the next raft-state write.
     pub fn set_commit(&mut self, commit: u64) {
         let hs = self
             .raft_state

@@ -144,6 +144,37 @@ impl<S: Storage> Raft<S> {
         });
     }
 
+    /// Drops from `msgs` every heartbeat without a read context that goes
+    /// to a follower which an append of the same term in `msgs` reaches
+    /// too: the append resets the follower's election clock and carries
+    /// the commit index (bounded by what it matches, as the heartbeat's
+    /// is), and its response marks the follower active and drives catch-up
+    /// as the heartbeat's would. A heartbeat with a read context stays:
+    /// only its response acknowledges the read. Typical case: a woken
+    /// leader's first heartbeats and the append of the proposal that woke
+    /// it, sent in one round. Dropping a heartbeat is what a lossy network
+    /// may do to any of them.
+    pub(crate) fn elide_covered_heartbeats(msgs: &mut Vec<Message>) {
+        let plain_beat =
+            |m: &Message| m.msg_type() == MessageType::MsgHeartbeat && m.context.is_empty();
+        if !msgs.iter().any(plain_beat) {
+            return;
+        }
+        let covered = |m: &Message, all: &[Message]| {
+            all.iter()
+                .any(|a| a.msg_type() == MessageType::MsgAppend && a.to == m.to && a.term == m.term)
+        };
+        let keep: Vec<bool> = msgs
+            .iter()
+            .map(|m| !(plain_beat(m) && covered(m, msgs)))
+            .collect();
+        let mut i = 0;
+        msgs.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+    }
+
     /// True if a leader owes its followers entries or a commit index.
     pub fn has_pending_broadcast(&self) -> bool {
         !self.pending_bcast.is_empty() && self.state == super::StateRole::Leader

@@ -468,7 +468,6 @@ impl Peer {
         let idle = self.is_leader()
             && raft.lead_transferee().is_none()
             && self.pending_ready.is_none()
-            && !self.raft_state_dirty
             && !self.raft.has_pending_state()
             && self.proposals.is_empty()
             && self.reads.is_empty()
@@ -564,7 +563,6 @@ impl Peer {
             && log.last_index() == commit
             && self.raft.store().applied_index() == commit
             && self.pending_ready.is_none()
-            && !self.raft_state_dirty
             && !self.raft.has_pending_state()
             && self.reads.is_empty()
             && self.proposals.is_empty()

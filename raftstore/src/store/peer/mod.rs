@@ -116,8 +116,12 @@ impl Lease {
 pub enum WriteNeed {
     /// Nothing to write.
     Nothing,
-    /// Only the commit index (or nothing durable-critical) changed: never
-    /// synced.
+    /// Only the commit index changed: nothing is written. The commit index
+    /// is volatile state in raft; the raft state written with the next
+    /// entries or term carries it, and a restart forwards it to the
+    /// applied index and learns the rest from the leader (see
+    /// `PeerStorage::load`). Writing it would cost a raft-state put per
+    /// region per commit, as many as the entries themselves.
     CommitOnly,
     /// New log entries: synced when `sync_log` is on.
     Entries,
@@ -160,9 +164,6 @@ pub struct Peer {
     pending_ready: Option<Box<Ready>>,
     /// Whether the last soft state seen said leader.
     was_leader: bool,
-    /// The raft state changed outside a Ready (a commit index from a light
-    /// ready) and goes into the next round's batch.
-    raft_state_dirty: bool,
     /// `Some` when reads may be served from the leader lease.
     lease_duration: Option<Duration>,
     lease: Lease,
@@ -308,7 +309,6 @@ impl Peer {
             next_read_id: 0,
             pending_ready: None,
             was_leader: false,
-            raft_state_dirty: false,
             lease_duration: if cfg.lease_read {
                 cfg.lease_duration()
             } else {
@@ -759,20 +759,11 @@ impl Peer {
                 self.region_id()
             )));
         }
-        // A commit left by the last `finish_ready` is written with whatever
-        // this round writes (the raft state goes into `wb` once).
-        let mut need = if std::mem::take(&mut self.raft_state_dirty) {
-            WriteNeed::CommitOnly
-        } else {
-            WriteNeed::Nothing
-        };
+        let mut need = WriteNeed::Nothing;
         // Entries a compaction applied since the last round: deleted after
         // the apply write that compacted them (it came first in the WAL).
         self.raft.raft.raft_log_mut().store.delete_compacted(wb);
         if self.pending_ready.is_some() || !self.raft.has_ready() {
-            if need != WriteNeed::Nothing {
-                self.raft.store().write_raft_state(wb);
-            }
             return Ok((None, need));
         }
         let mut rd = self.raft.ready();
@@ -847,7 +838,8 @@ impl Peer {
             }
             store.set_hard_state(hs);
         }
-        if need != WriteNeed::Nothing {
+        if need >= WriteNeed::Entries {
+            // Written whole; a commit index that moved meanwhile rides along.
             self.raft.raft.raft_log().store.write_raft_state(wb);
         }
         self.pending_ready = Some(Box::new(rd));
@@ -870,11 +862,10 @@ impl Peer {
         let mut light = self.raft.advance_append(rd);
         if let Some(commit) = light.commit_index {
             // A commit that moved when our own write became durable (every
-            // commit of a single voter): no later Ready carries it, so it
-            // goes into the next round's batch (unsynced: it can always be
-            // learnt again).
+            // commit of a single voter): no later Ready carries it. Kept in
+            // memory like every commit-only change (see
+            // `WriteNeed::CommitOnly`).
             self.raft.raft.raft_log_mut().store.set_commit(commit);
-            self.raft_state_dirty = true;
         }
         for m in std::mem::take(&mut light.messages) {
             self.fence_lease_on_timeout_now(&m);
@@ -1060,6 +1051,80 @@ mod tests {
         assert_eq!(lease.expires_at, None, "extended after the fence");
         lease.extend(8, later);
         assert_eq!((lease.term, lease.expires_at), (8, Some(later)));
+    }
+
+    /// A follower's round that only moves the commit index writes nothing
+    /// (`WriteNeed::CommitOnly`); the next round with entries writes the
+    /// raft state with that commit index in it.
+    #[test]
+    fn a_commit_only_round_writes_nothing() {
+        use super::super::peer_storage::RAFT_INIT_LOG_INDEX as INIT;
+        use flotilla_proto::raft_serverpb::RaftLocalState;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+        let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
+        bootstrap_store(&engine, 1, 2, std::slice::from_ref(&region)).unwrap();
+        let me = region.peers.iter().find(|p| p.store_id == 2).unwrap().id;
+        let leader = region.peers.iter().find(|p| p.store_id == 1).unwrap().id;
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let mut peer = Peer::new(
+            &Config::default(),
+            engine.clone(),
+            region.clone(),
+            me,
+            &crate::store::meta::StoreMeta::new().shared(),
+            &logger,
+        )
+        .unwrap();
+        let term = RAFT_INIT_LOG_TERM + 1;
+        let append = |index: u64, entries: Vec<Entry>, commit: u64| Message {
+            msg_type: MessageType::MsgAppend as i32,
+            from: leader,
+            to: me,
+            term,
+            log_term: if index == INIT {
+                RAFT_INIT_LOG_TERM
+            } else {
+                term
+            },
+            index,
+            entries,
+            commit,
+            ..Default::default()
+        };
+        let entry = |index| Entry {
+            term,
+            index,
+            ..Default::default()
+        };
+        let round = |peer: &mut Peer| {
+            let mut wb = engine.write_batch();
+            let (_, need) = peer.collect_ready(&mut wb, &mut |_, _| {}).unwrap();
+            let wrote = !wb.is_empty();
+            engine.write(wb, Durability::Sync).unwrap();
+            peer.finish_ready(&mut |_, _| {});
+            (need, wrote)
+        };
+        peer.raft
+            .step(append(INIT, vec![entry(INIT + 1)], INIT))
+            .unwrap();
+        assert_eq!(round(&mut peer), (WriteNeed::TermOrVote, true));
+        peer.raft.step(append(INIT + 1, vec![], INIT + 1)).unwrap();
+        assert_eq!(peer.raft.raft.raft_log().committed, INIT + 1);
+        assert_eq!(round(&mut peer), (WriteNeed::CommitOnly, false));
+        let persisted = |engine: &Engine| {
+            engine
+                .get_msg::<RaftLocalState>(Cf::Raft, &keys::raft_state_key(region.id))
+                .unwrap()
+                .and_then(|s| s.hard_state)
+                .map(|hs| hs.commit)
+        };
+        assert_eq!(persisted(&engine), Some(INIT), "the commit went to disk");
+        peer.raft
+            .step(append(INIT + 1, vec![entry(INIT + 2)], INIT + 1))
+            .unwrap();
+        assert_eq!(round(&mut peer), (WriteNeed::Entries, true));
+        assert_eq!(persisted(&engine), Some(INIT + 1), "carried by the entries");
     }
 
     /// F11: a Ready whose snapshot cannot be installed (its meta does not
