@@ -2,7 +2,7 @@
 
 mod raft_common;
 
-use flotilla_proto::eraftpb::{Entry, MessageType};
+use flotilla_proto::eraftpb::{Entry, Message, MessageType};
 use flotilla_raftstore::raft::tracker::ProgressState;
 use flotilla_raftstore::raft::{Error, MemStorage, StateRole, entry_size};
 use raft_common::*;
@@ -122,6 +122,17 @@ fn heartbeat_commit_is_min_of_match_and_committed() {
     let committed = net.raft(1).raft_log().committed;
     let match3 = net.raft(1).prs().get(3).unwrap().matched;
     assert!(match3 < committed);
+    // The first interval skips 2: it acknowledged the appends sent since
+    // its last heartbeat. 3, behind, gets one.
+    net.node(1).tick();
+    let msgs = net.process(1);
+    let beats_to = |msgs: &[Message]| -> Vec<u64> {
+        msgs.iter()
+            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat)
+            .map(|m| m.to)
+            .collect()
+    };
+    assert_eq!(beats_to(&msgs), vec![3]);
     net.node(1).tick();
     let msgs = net.process(1);
     let hb: Vec<_> = msgs

@@ -8,7 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{Cf, keys};
-use flotilla_raftstore::store::{ClientConfig, Cluster, Config};
+use flotilla_proto::eraftpb::MessageType;
+use flotilla_raftstore::store::{ClientConfig, Cluster, Config, MESSAGE_TYPES};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -92,6 +93,9 @@ pub struct DemoReport {
     pub heartbeats: u64,
     /// Coalesced heartbeat batches sent during the workload.
     pub heartbeat_batches: u64,
+    /// Raft messages sent during the workload by type, the most frequent
+    /// first (heartbeats included; zero counts left out).
+    pub messages_by_type: Vec<(MessageType, u64)>,
     /// Times a peer went to sleep during the workload (all stores).
     pub hibernations: u64,
     /// Times a peer woke during the workload, whatever the reason.
@@ -147,6 +151,7 @@ struct Totals {
     hibernations: u64,
     wakes: u64,
     awake: i64,
+    by_type: [u64; MESSAGE_TYPES],
 }
 
 fn totals(cluster: &Cluster) -> Totals {
@@ -167,9 +172,25 @@ fn totals(cluster: &Cluster) -> Totals {
                 .map(|w| w.load(Ordering::Relaxed))
                 .sum::<u64>();
             t.awake += m.awake_peers.load(Ordering::Relaxed);
+            for (sum, c) in t.by_type.iter_mut().zip(&m.raft_messages_by_type) {
+                *sum += c.load(Ordering::Relaxed);
+            }
         }
     }
     t
+}
+
+/// The raft messages sent between two readings, by type, most first.
+fn by_type(before: &Totals, after: &Totals) -> Vec<(MessageType, u64)> {
+    let mut v: Vec<(MessageType, u64)> = (0..MESSAGE_TYPES)
+        .filter_map(|i| {
+            let t = MessageType::try_from(i as i32).ok()?;
+            let n = after.by_type[i].saturating_sub(before.by_type[i]);
+            (n > 0).then_some((t, n))
+        })
+        .collect();
+    v.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    v
 }
 
 /// Runs the demo.
@@ -331,6 +352,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         fsyncs: after.fsyncs - before.fsyncs,
         heartbeats: after.heartbeats - before.heartbeats,
         heartbeat_batches: after.batches - before.batches,
+        messages_by_type: by_type(&before, &after),
         hibernations: after.hibernations - before.hibernations,
         wakes: after.wakes - before.wakes,
         awake_peers: after.awake,
@@ -456,6 +478,21 @@ impl std::fmt::Display for DemoReport {
             self.raft_messages,
             self.raft_messages as f64 / secs
         )?;
+        if !self.messages_by_type.is_empty() {
+            let per_op = |n: u64| n as f64 / self.ops.max(1) as f64;
+            let parts: Vec<String> = self
+                .messages_by_type
+                .iter()
+                .map(|&(t, n)| {
+                    format!(
+                        "{} {:.2}",
+                        t.as_str_name().trim_start_matches("Msg"),
+                        per_op(n)
+                    )
+                })
+                .collect();
+            writeln!(f, "messages per op    {}", parts.join(", "))?;
+        }
         writeln!(
             f,
             "heartbeats         {} in {} coalesced batches ({:.0} batches/s)",

@@ -675,6 +675,111 @@ mod tests {
         assert_eq!(to_of(&rd.messages, MessageType::MsgHeartbeat), vec![2, 3]);
     }
 
+    /// A leader of 1, 2, 3 whose followers match its log, in replicate
+    /// state, with nothing left to send.
+    fn replicating_leader() -> RawNode<MemStorage> {
+        let mut n = node(1, &[1, 2, 3]);
+        n.raft.become_candidate();
+        n.raft.become_leader();
+        let rd = n.ready();
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        let last = n.raft.raft_log().last_index();
+        for follower in [2, 3] {
+            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
+            ack.index = last;
+            n.step(ack).unwrap();
+        }
+        let rd = n.ready();
+        n.advance(rd);
+        n
+    }
+
+    /// Ticks `n` through one heartbeat interval; returns the followers
+    /// heartbeats went to.
+    fn beat_interval(n: &mut RawNode<MemStorage>) -> Vec<u64> {
+        for _ in 0..n.raft.heartbeat_timeout {
+            n.tick();
+        }
+        let rd = n.ready();
+        let to = to_of(&rd.messages, MessageType::MsgHeartbeat);
+        n.advance(rd);
+        to
+    }
+
+    /// checklist: log-3 (a periodic heartbeat skips a replicating follower
+    /// an acknowledged append reached since its last heartbeat; the next
+    /// interval without one beats it again)
+    #[test]
+    fn a_periodic_heartbeat_skips_followers_an_append_reached() {
+        let mut n = replicating_leader();
+        assert_eq!(beat_interval(&mut n), vec![2, 3], "idle: both beat");
+        n.propose(vec![], b"v".to_vec()).unwrap();
+        let rd = n.ready();
+        assert_eq!(to_of(&rd.messages, MessageType::MsgAppend), vec![2, 3]);
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        let last = n.raft.raft_log().last_index();
+        let mut ack = m(MessageType::MsgAppendResponse, 2, n.raft.term());
+        ack.index = last;
+        n.step(ack).unwrap();
+        // The commit the ack made goes out (to 3, which still owes its ack).
+        let rd = n.ready();
+        n.advance(rd);
+        assert_eq!(
+            beat_interval(&mut n),
+            vec![3],
+            "2 acknowledged the append; 3 did not and gets its heartbeat"
+        );
+        assert_eq!(beat_interval(&mut n), vec![2, 3], "nothing sent since");
+    }
+
+    /// checklist: read-1 (a read waiting for its heartbeat round is never
+    /// left without it: with a pending ReadIndex every follower beats)
+    #[test]
+    fn a_periodic_heartbeat_with_a_pending_read_skips_nobody() {
+        let mut n = replicating_leader();
+        // Commit the leader's first entry so the read is not deferred.
+        let last = n.raft.raft_log().last_index();
+        assert_eq!(n.raft.raft_log().committed, last);
+        n.propose(vec![], b"v".to_vec()).unwrap();
+        let rd = n.ready();
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        n.read_index(b"r".to_vec()).unwrap();
+        let rd = n.ready();
+        let beats: Vec<u64> = rd
+            .messages
+            .iter()
+            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat && !m.context.is_empty())
+            .map(|m| m.to)
+            .collect();
+        assert_eq!(beats.len(), 2, "the read's own round");
+        n.advance(rd);
+        // An append reaches both followers while the read still waits.
+        n.propose(vec![], b"w".to_vec()).unwrap();
+        let rd = n.ready();
+        assert_eq!(to_of(&rd.messages, MessageType::MsgAppend), vec![2, 3]);
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        for _ in 0..n.raft.heartbeat_timeout {
+            n.tick();
+        }
+        let rd = n.ready();
+        let mut with_ctx: Vec<u64> = rd
+            .messages
+            .iter()
+            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat && !m.context.is_empty())
+            .map(|m| m.to)
+            .collect();
+        with_ctx.sort_unstable();
+        assert_eq!(
+            with_ctx,
+            vec![2, 3],
+            "the pending read's context went to all"
+        );
+    }
+
     /// checklist: conf-6 (responses from non-members are refused)
     #[test]
     fn step_rejects_responses_from_unknown_peers() {

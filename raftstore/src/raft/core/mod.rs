@@ -462,6 +462,8 @@ impl<S: Storage> Raft<S> {
         self.heartbeat_elapsed = 0;
         for (_, pr) in self.prs.iter_mut() {
             pr.recent_active = true;
+            // An append before the sleep covers no heartbeat after it.
+            pr.appended_since_beat = false;
         }
     }
 
@@ -664,12 +666,7 @@ impl<S: Storage> Raft<S> {
             for (_, pr) in self.prs.iter_mut() {
                 pr.ins.maybe_free_idle();
             }
-            let m = Message {
-                msg_type: MessageType::MsgBeat as i32,
-                from: self.id,
-                ..Default::default()
-            };
-            let _ = self.step(m);
+            self.bcast_periodic_heartbeat();
         }
         has_ready
     }

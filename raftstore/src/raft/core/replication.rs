@@ -227,6 +227,7 @@ impl<S: Storage> Raft<S> {
             pr.probe_sent = true;
         }
         pr.update_committed(committed);
+        pr.appended_since_beat |= !no_ack;
         let mut m = Self::new_message(to, MessageType::MsgAppend);
         m.index = next - 1;
         m.log_term = term;
@@ -244,19 +245,54 @@ impl<S: Storage> Raft<S> {
         self.bcast_heartbeat_with_ctx(ctx);
     }
 
-    pub(crate) fn bcast_heartbeat_with_ctx(&mut self, ctx: Option<Bytes>) {
+    /// The heartbeat of the leader's heartbeat tick: as
+    /// [`Raft::bcast_heartbeat`], except that a replicating follower which
+    /// an append asking for an answer reached since its last heartbeat,
+    /// and which has acknowledged everything sent to it, is skipped when
+    /// no read waits: that append reset its election clock and carried the
+    /// commit index, and its answer marked it active for check-quorum, as
+    /// the heartbeat would. A follower with appends unacknowledged gets its
+    /// heartbeat: the answer is what recovers a lost ack. Under steady writes spread over many regions (each
+    /// awake a few ticks after a write) this halves the heartbeats.
+    pub(crate) fn bcast_periodic_heartbeat(&mut self) {
+        let ctx = self.read_only.last_pending_request_ctx();
+        if ctx.is_some() {
+            self.bcast_heartbeat_with_ctx(ctx);
+            return;
+        }
         self.for_each_peer(|r, id| {
-            let Some(pr) = r.prs.get(id) else { return };
-            // A follower may not have the leader's commit index entries yet:
-            // never tell it more than it has matched.
-            let commit = pr.matched.min(r.raft_log.committed);
-            let mut m = Self::new_message(id, MessageType::MsgHeartbeat);
-            m.commit = commit;
-            if let Some(c) = &ctx {
-                m.context = c.clone();
+            let Some(pr) = r.prs.get_mut(id) else { return };
+            let covered = pr.appended_since_beat
+                && pr.state == ProgressState::Replicate
+                && pr.matched + 1 == pr.next_idx;
+            if covered {
+                pr.appended_since_beat = false;
+            } else {
+                r.send_heartbeat(id, None);
             }
-            r.send(m);
         });
+    }
+
+    pub(crate) fn bcast_heartbeat_with_ctx(&mut self, ctx: Option<Bytes>) {
+        self.for_each_peer(|r, id| r.send_heartbeat(id, ctx.clone()));
+    }
+
+    /// Sends one heartbeat to `id` (no-op for an unknown peer).
+    fn send_heartbeat(&mut self, id: u64, ctx: Option<Bytes>) {
+        let committed = self.raft_log.committed;
+        let Some(pr) = self.prs.get_mut(id) else {
+            return;
+        };
+        pr.appended_since_beat = false;
+        // A follower may not have the leader's commit index entries yet:
+        // never tell it more than it has matched.
+        let commit = pr.matched.min(committed);
+        let mut m = Self::new_message(id, MessageType::MsgHeartbeat);
+        m.commit = commit;
+        if let Some(c) = ctx {
+            m.context = c;
+        }
+        self.send(m);
     }
 
     /// Follower: handles an append from the leader.

@@ -23,6 +23,10 @@ pub struct Progress {
     pub recent_active: bool,
     /// The peer is a learner (not counted in any quorum).
     pub is_learner: bool,
+    /// An append that asks for an answer went to the peer since the last
+    /// heartbeat did: the next periodic heartbeat may be skipped (see
+    /// `Raft::bcast_periodic_heartbeat`).
+    pub appended_since_beat: bool,
     /// The commit index the leader last told the peer (bounds heartbeats).
     pub committed_index: u64,
     /// Appends in flight (replicate state).
@@ -40,6 +44,7 @@ impl Progress {
             pending_snapshot: 0,
             recent_active: false,
             is_learner: false,
+            appended_since_beat: false,
             committed_index: 0,
             ins: Inflights::new(max_inflight),
         }
@@ -47,6 +52,7 @@ impl Progress {
 
     fn reset_state(&mut self, state: ProgressState) {
         self.probe_sent = false;
+        self.appended_since_beat = false;
         self.pending_snapshot = 0;
         self.state = state;
         self.ins.reset();
