@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_engine::{Cf, keys};
 use flotilla_proto::eraftpb::MessageType;
-use flotilla_raftstore::store::{ClientConfig, Cluster, Config, MESSAGE_TYPES};
+use flotilla_raftstore::store::{ClientConfig, Cluster, Config, MESSAGE_TYPES, WAKE_REASONS};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -100,6 +100,9 @@ pub struct DemoReport {
     pub hibernations: u64,
     /// Times a peer woke during the workload, whatever the reason.
     pub wakes: u64,
+    /// The same by reason: command, leader message, peer message, leader
+    /// store down, lagging store back (`WakeReason` order).
+    pub wakes_by_reason: [u64; WAKE_REASONS],
     /// Peers awake at the end of the workload (all stores).
     pub awake_peers: i64,
     /// Raft poll rounds during the workload, over all stores.
@@ -150,6 +153,7 @@ struct Totals {
     round_us: u64,
     hibernations: u64,
     wakes: u64,
+    wakes_by_reason: [u64; WAKE_REASONS],
     awake: i64,
     by_type: [u64; MESSAGE_TYPES],
 }
@@ -166,11 +170,11 @@ fn totals(cluster: &Cluster) -> Totals {
             t.rounds += m.poll_rounds.load(Ordering::Relaxed);
             t.round_us += m.poll_round_micros.load(Ordering::Relaxed);
             t.hibernations += m.hibernations.load(Ordering::Relaxed);
-            t.wakes += m
-                .wakes_by_reason
-                .iter()
-                .map(|w| w.load(Ordering::Relaxed))
-                .sum::<u64>();
+            for (sum, w) in t.wakes_by_reason.iter_mut().zip(&m.wakes_by_reason) {
+                let n = w.load(Ordering::Relaxed);
+                *sum += n;
+                t.wakes += n;
+            }
             t.awake += m.awake_peers.load(Ordering::Relaxed);
             for (sum, c) in t.by_type.iter_mut().zip(&m.raft_messages_by_type) {
                 *sum += c.load(Ordering::Relaxed);
@@ -355,6 +359,9 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         messages_by_type: by_type(&before, &after),
         hibernations: after.hibernations - before.hibernations,
         wakes: after.wakes - before.wakes,
+        wakes_by_reason: std::array::from_fn(|i| {
+            after.wakes_by_reason[i].saturating_sub(before.wakes_by_reason[i])
+        }),
         awake_peers: after.awake,
         poll_rounds: rounds,
         poll_round_mean_us: (after.round_us - before.round_us) / rounds.max(1),
@@ -502,10 +509,15 @@ impl std::fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
-            "hibernation        {} sleeps, {} wakes ({:.0}/s), {} peers awake at the end",
+            "hibernation        {} sleeps, {} wakes ({:.0}/s: {} by commands, {} leader / {} peer messages, {} leader store down, {} lagging store back), {} peers awake at the end",
             self.hibernations,
             self.wakes,
             self.wakes as f64 / secs,
+            self.wakes_by_reason[0],
+            self.wakes_by_reason[1],
+            self.wakes_by_reason[2],
+            self.wakes_by_reason[3],
+            self.wakes_by_reason[4],
             self.awake_peers
         )?;
         writeln!(

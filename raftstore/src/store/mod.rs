@@ -41,7 +41,7 @@ pub use self::cluster::{CLUSTER_ID, Cluster, bootstrap_store_dirs, store_dir};
 pub use self::config::Config;
 pub use self::error::{AdminError, Error, Result};
 pub use self::fatal::FatalHook;
-pub use self::fsm::{MESSAGE_TYPES, StoreMetrics, WakeReason};
+pub use self::fsm::{MESSAGE_TYPES, StoreMetrics, WAKE_REASONS, WakeReason};
 pub use self::histogram::{HistogramSnapshot, LatencyHistogram};
 pub use self::id_alloc::{ID_BATCH, ID_COUNTER_BITS, IdAllocator};
 pub use self::msg::{Callback, InspectCallback, RegionStatus, callback_panics};

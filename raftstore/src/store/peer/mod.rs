@@ -676,7 +676,23 @@ impl Peer {
         }
         self.check_leader_store(hib);
         self.maybe_nudge_leader(hib);
-        self.raft.tick();
+        // A leader that hibernates at the end of this tick sends no
+        // heartbeat first: its sleep request reaches every follower it
+        // sleeps with (answered with nothing), and whoever wakes it next
+        // resets its clocks. If the sleep falls through after all (the
+        // checks below proposed something), the heartbeat comes a tick
+        // late, well inside the followers' election timeout.
+        let sleeps_now = cfg.hibernate_regions
+            && self.is_leader()
+            && self
+                .sleep
+                .idle_ticks
+                .saturating_add(usize::try_from(elapsed).unwrap_or(usize::MAX))
+                >= cfg.hibernate_idle_ticks
+            && self.hibernate_plan(hib, Instant::now()).is_some();
+        if !sleeps_now {
+            self.raft.tick();
+        }
         self.answer_refused_ask();
         self.maybe_renew_lease();
         self.tick_merge(cfg, elapsed);
