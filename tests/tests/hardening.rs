@@ -215,6 +215,24 @@ fn panicking_callback_kills_no_poller() {
     cluster.shutdown();
 }
 
+/// Region 1's persisted (commit, applied, last index) on store `id`.
+fn persisted_states(cluster: &Cluster, id: u64) -> (u64, u64, u64) {
+    let engine = cluster.store(id).unwrap().engine().clone();
+    let raft: RaftLocalState = engine
+        .get_msg(Cf::Raft, &keys::raft_state_key(1))
+        .unwrap()
+        .unwrap();
+    let apply: RaftApplyState = engine
+        .get_msg(Cf::Raft, &keys::apply_state_key(1))
+        .unwrap()
+        .unwrap();
+    (
+        raft.hard_state.unwrap_or_default().commit,
+        apply.applied_index,
+        raft.last_index,
+    )
+}
+
 /// A single voter commits every entry when its own write becomes durable
 /// (a LightReady commit). The commit index is volatile: it is written only
 /// with the next entries, so the persisted one may trail the persisted
@@ -233,19 +251,8 @@ fn single_voter_restarts_at_its_applied_index() {
         client.put(format!("k{i}").as_bytes(), b"v").unwrap();
     }
     let states = |cluster: &Cluster| {
-        let engine = cluster.store(1).unwrap().engine().clone();
-        let raft: RaftLocalState = engine
-            .get_msg(Cf::Raft, &keys::raft_state_key(1))
-            .unwrap()
-            .unwrap();
-        let apply: RaftApplyState = engine
-            .get_msg(Cf::Raft, &keys::apply_state_key(1))
-            .unwrap()
-            .unwrap();
-        (
-            raft.hard_state.unwrap_or_default().commit,
-            apply.applied_index,
-        )
+        let (commit, applied, _) = persisted_states(cluster, 1);
+        (commit, applied)
     };
     assert!(
         eventually(|| states(&cluster).1 >= 25),
@@ -315,23 +322,7 @@ fn sync_policy_syncs_votes_always_and_commit_only_rounds_write_nothing() {
         })
         .sum();
     assert!(synced > 0);
-    let states = |id: u64| {
-        let engine = cluster.store(id).unwrap().engine().clone();
-        let raft: RaftLocalState = engine
-            .get_msg(Cf::Raft, &keys::raft_state_key(1))
-            .unwrap()
-            .unwrap();
-        let apply: RaftApplyState = engine
-            .get_msg(Cf::Raft, &keys::apply_state_key(1))
-            .unwrap()
-            .unwrap();
-        let last = raft.last_index;
-        (
-            raft.hard_state.unwrap_or_default().commit,
-            apply.applied_index,
-            last,
-        )
-    };
+    let states = |id: u64| persisted_states(&cluster, id);
     for &id in cluster.store_ids() {
         assert!(
             eventually(|| {

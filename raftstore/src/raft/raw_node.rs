@@ -650,19 +650,7 @@ mod tests {
     /// it leave one append per follower, no heartbeat)
     #[test]
     fn a_ping_beside_a_proposal_sends_only_appends() {
-        let mut n = node(1, &[1, 2, 3]);
-        n.raft.become_candidate();
-        n.raft.become_leader();
-        let rd = n.ready();
-        n.store().wl().append(&rd.entries).unwrap();
-        n.advance(rd);
-        let last = n.raft.raft_log().last_index();
-        for follower in [2, 3] {
-            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
-            ack.index = last;
-            n.step(ack).unwrap();
-        }
-        let _ = n.ready();
+        let mut n = replicating_leader();
         n.ping();
         n.propose(vec![], b"v".to_vec()).unwrap();
         let rd = n.ready();

@@ -1069,6 +1069,42 @@ mod tests {
         assert_eq!((lease.term, lease.expires_at), (8, Some(later)));
     }
 
+    /// The peer on store 2 of a fresh 3-store region, led from store 1.
+    struct FollowerOnStore2 {
+        engine: Engine,
+        region: Region,
+        me: u64,
+        leader: u64,
+        peer: Peer,
+    }
+
+    impl FollowerOnStore2 {
+        fn new(dir: &tempfile::TempDir) -> FollowerOnStore2 {
+            let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
+            let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
+            bootstrap_store(&engine, 1, 2, std::slice::from_ref(&region)).unwrap();
+            let me = region.peers.iter().find(|p| p.store_id == 2).unwrap().id;
+            let leader = region.peers.iter().find(|p| p.store_id == 1).unwrap().id;
+            let logger = Logger::root(slog::Discard, slog::o!());
+            let peer = Peer::new(
+                &Config::default(),
+                engine.clone(),
+                region.clone(),
+                me,
+                &crate::store::meta::StoreMeta::new().shared(),
+                &logger,
+            )
+            .unwrap();
+            FollowerOnStore2 {
+                engine,
+                region,
+                me,
+                leader,
+                peer,
+            }
+        }
+    }
+
     /// A follower's round that only moves the commit index writes nothing
     /// (`WriteNeed::CommitOnly`); the next round with entries writes the
     /// raft state with that commit index in it.
@@ -1077,21 +1113,13 @@ mod tests {
         use super::super::peer_storage::RAFT_INIT_LOG_INDEX as INIT;
         use flotilla_proto::raft_serverpb::RaftLocalState;
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-        let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
-        bootstrap_store(&engine, 1, 2, std::slice::from_ref(&region)).unwrap();
-        let me = region.peers.iter().find(|p| p.store_id == 2).unwrap().id;
-        let leader = region.peers.iter().find(|p| p.store_id == 1).unwrap().id;
-        let logger = Logger::root(slog::Discard, slog::o!());
-        let mut peer = Peer::new(
-            &Config::default(),
-            engine.clone(),
-            region.clone(),
+        let FollowerOnStore2 {
+            engine,
+            region,
             me,
-            &crate::store::meta::StoreMeta::new().shared(),
-            &logger,
-        )
-        .unwrap();
+            leader,
+            mut peer,
+        } = FollowerOnStore2::new(&dir);
         let term = RAFT_INIT_LOG_TERM + 1;
         let append = |index: u64, entries: Vec<Entry>, commit: u64| Message {
             msg_type: MessageType::MsgAppend as i32,
@@ -1150,21 +1178,13 @@ mod tests {
     #[test]
     fn ready_with_an_unreadable_snapshot_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), &EngineOptions::default()).unwrap();
-        let region = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
-        bootstrap_store(&engine, 1, 2, std::slice::from_ref(&region)).unwrap();
-        let me = region.peers.iter().find(|p| p.store_id == 2).unwrap().id;
-        let leader = region.peers.iter().find(|p| p.store_id == 1).unwrap().id;
-        let logger = Logger::root(slog::Discard, slog::o!());
-        let mut peer = Peer::new(
-            &Config::default(),
-            engine.clone(),
-            region.clone(),
+        let FollowerOnStore2 {
+            engine,
+            region,
             me,
-            &crate::store::meta::StoreMeta::new().shared(),
-            &logger,
-        )
-        .unwrap();
+            leader,
+            mut peer,
+        } = FollowerOnStore2::new(&dir);
         let snap = Snapshot {
             data: Default::default(),
             metadata: Some(SnapshotMetadata {
