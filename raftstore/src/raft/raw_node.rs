@@ -618,32 +618,40 @@ mod tests {
     /// append of another term stays)
     #[test]
     fn an_append_in_the_same_ready_covers_a_plain_heartbeat() {
-        let beat = |to, term, ctx: &[u8]| Message {
+        let beat = |to, term, commit, ctx: &[u8]| Message {
             msg_type: MessageType::MsgHeartbeat as i32,
             to,
             term,
+            commit,
             context: Bytes::copy_from_slice(ctx),
             ..Default::default()
         };
-        let append = |to, term| Message {
+        let append = |to, term, no_ack| Message {
             msg_type: MessageType::MsgAppend as i32,
             to,
             term,
+            no_ack,
             ..Default::default()
         };
         let mut msgs = vec![
-            beat(2, 3, b""),
-            beat(3, 3, b""),
-            beat(4, 3, b"read"),
-            beat(5, 3, b""),
-            append(2, 3),
-            append(4, 3),
-            append(5, 2),
+            beat(2, 3, 7, b""),
+            beat(3, 3, 7, b""),
+            beat(4, 3, 7, b"read"),
+            beat(5, 3, 7, b""),
+            // To a peer just added: the beat that may create it.
+            beat(6, 3, 0, b""),
+            beat(7, 3, 7, b""),
+            append(2, 3, false),
+            append(4, 3, false),
+            append(5, 2, false),
+            append(6, 3, false),
+            // Asks no answer: the heartbeat's answer is still wanted.
+            append(7, 3, true),
         ];
         Raft::<MemStorage>::elide_covered_heartbeats(&mut msgs);
-        assert_eq!(to_of(&msgs, MessageType::MsgHeartbeat), vec![3, 4, 5]);
-        assert_eq!(to_of(&msgs, MessageType::MsgAppend), vec![2, 4, 5]);
-        assert_eq!(msgs.len(), 6, "nothing else dropped");
+        assert_eq!(to_of(&msgs, MessageType::MsgHeartbeat), vec![3, 4, 5, 6, 7]);
+        assert_eq!(to_of(&msgs, MessageType::MsgAppend), vec![2, 4, 5, 6, 7]);
+        assert_eq!(msgs.len(), 10, "nothing else dropped");
     }
 
     /// checklist: log-3 (a woken leader's ping and the proposal that woke
@@ -722,6 +730,36 @@ mod tests {
         assert_eq!(beat_interval(&mut n), vec![2, 3], "nothing sent since");
     }
 
+    /// checklist: election-1 (a follower hears its leader within every
+    /// election timeout: with a shortest election timeout of at most two
+    /// heartbeat intervals and a tick, the periodic heartbeat skips nobody)
+    #[test]
+    fn a_short_election_timeout_turns_heartbeat_skipping_off() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut cfg = Config::new(1);
+        cfg.election_tick = 5;
+        cfg.heartbeat_tick = 2;
+        let mut n = RawNode::new(&cfg, MemStorage::with_voters(&[1, 2, 3], &[]), &log).unwrap();
+        n.raft.become_candidate();
+        n.raft.become_leader();
+        let rd = n.ready();
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        n.propose(vec![], b"v".to_vec()).unwrap();
+        let rd = n.ready();
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        let last = n.raft.raft_log().last_index();
+        for follower in [2, 3] {
+            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
+            ack.index = last;
+            n.step(ack).unwrap();
+        }
+        let rd = n.ready();
+        n.advance(rd);
+        assert_eq!(beat_interval(&mut n), vec![2, 3]);
+    }
+
     /// checklist: read-1 (a read waiting for its heartbeat round is never
     /// left without it: with a pending ReadIndex every follower beats)
     #[test]
@@ -744,12 +782,27 @@ mod tests {
             .collect();
         assert_eq!(beats.len(), 2, "the read's own round");
         n.advance(rd);
-        // An append reaches both followers while the read still waits.
+        // An append reaches both followers while the read still waits, and
+        // both acknowledge it: without the read neither would be beaten.
         n.propose(vec![], b"w".to_vec()).unwrap();
         let rd = n.ready();
         assert_eq!(to_of(&rd.messages, MessageType::MsgAppend), vec![2, 3]);
         n.store().wl().append(&rd.entries).unwrap();
         n.advance(rd);
+        let last = n.raft.raft_log().last_index();
+        for follower in [2, 3] {
+            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
+            ack.index = last;
+            n.step(ack).unwrap();
+        }
+        let rd = n.ready();
+        n.advance(rd);
+        assert!(
+            n.raft.prs().iter().all(
+                |(id, pr)| id == 1 || (pr.appended_since_beat && pr.matched + 1 == pr.next_idx)
+            ),
+            "both followers are skippable but for the read"
+        );
         for _ in 0..n.raft.heartbeat_timeout {
             n.tick();
         }

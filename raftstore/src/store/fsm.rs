@@ -1330,9 +1330,9 @@ impl<T: Transport> RaftPoller<T> {
             {
                 slog::warn!(logger, "apply delegate gone"; "region" => region_id);
             }
-            // A commit index left unwritten by `finish_ready` goes out with
-            // the peer's next round, which the apply result of the entries
-            // it committed brings about.
+            // What `finish_ready` left in the core (messages, a commit
+            // that lets more entries apply) is handled in the peer's next
+            // round, which this brings about.
             if fsm.peer.raft.has_ready() {
                 let _ = self.router.force_send(region_id, PeerMsg::Wake);
             }

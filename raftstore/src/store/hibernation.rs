@@ -144,6 +144,10 @@ pub struct PeerSleep {
     /// leader to wake (it may hibernate, having missed this follower's
     /// sleep). Cleared when the leader is heard.
     pub nudged: bool,
+    /// The leader skipped its last raft tick to hibernate and did not
+    /// (something pending came up): the next tick runs whatever the plan
+    /// says, so two skipped ticks never come in a row without a sleep.
+    pub skipped_tick: bool,
     /// Beats to send at the end of this round.
     pub outbox: Vec<OutBeat>,
 }

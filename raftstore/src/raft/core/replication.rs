@@ -145,24 +145,32 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Drops from `msgs` every heartbeat without a read context that goes
-    /// to a follower which an append of the same term in `msgs` reaches
-    /// too: the append resets the follower's election clock and carries
-    /// the commit index (bounded by what it matches, as the heartbeat's
-    /// is), and its response marks the follower active and drives catch-up
-    /// as the heartbeat's would. A heartbeat with a read context stays:
-    /// only its response acknowledges the read. Typical case: a woken
+    /// to a follower which an append of the same term in `msgs`, one that
+    /// asks for an answer, reaches too: the append resets the follower's
+    /// election clock and carries the commit index (bounded by what it
+    /// matches, as the heartbeat's is), and its answer marks the follower
+    /// active and drives catch-up as the heartbeat's would. A heartbeat
+    /// with a read context stays (only its answer acknowledges the read),
+    /// and so does one with commit 0: to a peer the leader has not matched
+    /// (one just added), where only a heartbeat may create the peer on its
+    /// store. Typical case: a woken
     /// leader's first heartbeats and the append of the proposal that woke
     /// it, sent in one round. Dropping a heartbeat is what a lossy network
     /// may do to any of them.
     pub(crate) fn elide_covered_heartbeats(msgs: &mut Vec<Message>) {
-        let plain_beat =
-            |m: &Message| m.msg_type() == MessageType::MsgHeartbeat && m.context.is_empty();
+        let plain_beat = |m: &Message| {
+            m.msg_type() == MessageType::MsgHeartbeat && m.context.is_empty() && m.commit > 0
+        };
         if !msgs.iter().any(plain_beat) {
             return;
         }
         let covered = |m: &Message, all: &[Message]| {
-            all.iter()
-                .any(|a| a.msg_type() == MessageType::MsgAppend && a.to == m.to && a.term == m.term)
+            all.iter().any(|a| {
+                a.msg_type() == MessageType::MsgAppend
+                    && !a.no_ack
+                    && a.to == m.to
+                    && a.term == m.term
+            })
         };
         let keep: Vec<bool> = msgs
             .iter()
@@ -252,11 +260,17 @@ impl<S: Storage> Raft<S> {
     /// no read waits: that append reset its election clock and carried the
     /// commit index, and its answer marked it active for check-quorum, as
     /// the heartbeat would. A follower with appends unacknowledged gets its
-    /// heartbeat: the answer is what recovers a lost ack. Under steady writes spread over many regions (each
+    /// heartbeat: the answer is what recovers a lost ack.
+    ///
+    /// A skip can leave a follower up to two heartbeat intervals without a
+    /// message (an append just after one heartbeat, the next heartbeat two
+    /// intervals later), so nothing is skipped unless the shortest election
+    /// timeout exceeds that with a tick to spare. Under steady writes spread over many regions (each
     /// awake a few ticks after a write) this halves the heartbeats.
     pub(crate) fn bcast_periodic_heartbeat(&mut self) {
         let ctx = self.read_only.last_pending_request_ctx();
-        if ctx.is_some() {
+        let gap_fits = self.min_election_timeout > 2 * self.heartbeat_timeout + 1;
+        if ctx.is_some() || !gap_fits {
             self.bcast_heartbeat_with_ctx(ctx);
             return;
         }

@@ -681,8 +681,10 @@ impl Peer {
         // sleeps with (answered with nothing), and whoever wakes it next
         // resets its clocks. If the sleep falls through after all (the
         // checks below proposed something), the heartbeat comes a tick
-        // late, well inside the followers' election timeout.
+        // late, well inside the followers' election timeout (and never two
+        // ticks in a row without a sleep: `skipped_tick`).
         let sleeps_now = cfg.hibernate_regions
+            && !std::mem::take(&mut self.sleep.skipped_tick)
             && self.is_leader()
             && self
                 .sleep
@@ -711,6 +713,7 @@ impl Peer {
                 self.try_hibernate(hib);
             }
         }
+        self.sleep.skipped_tick = sleeps_now && !self.sleep.asleep;
     }
 
     /// Records what the apply side applied and serves reads that waited
