@@ -671,6 +671,19 @@ mod tests {
         assert_eq!(to_of(&rd.messages, MessageType::MsgHeartbeat), vec![2, 3]);
     }
 
+    /// Followers 2 and 3 acknowledge the leader's whole log; the Ready
+    /// that follows (the commit going out) is handled.
+    fn acked_by_both(n: &mut RawNode<MemStorage>) {
+        let last = n.raft.raft_log().last_index();
+        for follower in [2, 3] {
+            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
+            ack.index = last;
+            n.step(ack).unwrap();
+        }
+        let rd = n.ready();
+        n.advance(rd);
+    }
+
     /// A leader of 1, 2, 3 whose followers match its log, in replicate
     /// state, with nothing left to send.
     fn replicating_leader() -> RawNode<MemStorage> {
@@ -680,14 +693,7 @@ mod tests {
         let rd = n.ready();
         n.store().wl().append(&rd.entries).unwrap();
         n.advance(rd);
-        let last = n.raft.raft_log().last_index();
-        for follower in [2, 3] {
-            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
-            ack.index = last;
-            n.step(ack).unwrap();
-        }
-        let rd = n.ready();
-        n.advance(rd);
+        acked_by_both(&mut n);
         n
     }
 
@@ -749,14 +755,7 @@ mod tests {
         let rd = n.ready();
         n.store().wl().append(&rd.entries).unwrap();
         n.advance(rd);
-        let last = n.raft.raft_log().last_index();
-        for follower in [2, 3] {
-            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
-            ack.index = last;
-            n.step(ack).unwrap();
-        }
-        let rd = n.ready();
-        n.advance(rd);
+        acked_by_both(&mut n);
         assert_eq!(beat_interval(&mut n), vec![2, 3]);
     }
 
@@ -789,14 +788,7 @@ mod tests {
         assert_eq!(to_of(&rd.messages, MessageType::MsgAppend), vec![2, 3]);
         n.store().wl().append(&rd.entries).unwrap();
         n.advance(rd);
-        let last = n.raft.raft_log().last_index();
-        for follower in [2, 3] {
-            let mut ack = m(MessageType::MsgAppendResponse, follower, n.raft.term());
-            ack.index = last;
-            n.step(ack).unwrap();
-        }
-        let rd = n.ready();
-        n.advance(rd);
+        acked_by_both(&mut n);
         assert!(
             n.raft.prs().iter().all(
                 |(id, pr)| id == 1 || (pr.appended_since_beat && pr.matched + 1 == pr.next_idx)
