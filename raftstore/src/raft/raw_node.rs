@@ -671,6 +671,17 @@ mod tests {
         assert_eq!(to_of(&rd.messages, MessageType::MsgHeartbeat), vec![2, 3]);
     }
 
+    /// The followers heartbeats with a read context go to, in order.
+    fn read_beats_to(msgs: &[Message]) -> Vec<u64> {
+        let mut to: Vec<u64> = msgs
+            .iter()
+            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat && !m.context.is_empty())
+            .map(|m| m.to)
+            .collect();
+        to.sort_unstable();
+        to
+    }
+
     /// Followers 2 and 3 acknowledge the leader's whole log; the Ready
     /// that follows (the commit going out) is handled.
     fn acked_by_both(n: &mut RawNode<MemStorage>) {
@@ -773,13 +784,7 @@ mod tests {
         n.advance(rd);
         n.read_index(b"r".to_vec()).unwrap();
         let rd = n.ready();
-        let beats: Vec<u64> = rd
-            .messages
-            .iter()
-            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat && !m.context.is_empty())
-            .map(|m| m.to)
-            .collect();
-        assert_eq!(beats.len(), 2, "the read's own round");
+        assert_eq!(read_beats_to(&rd.messages).len(), 2, "the read's own round");
         n.advance(rd);
         // An append reaches both followers while the read still waits, and
         // both acknowledge it: without the read neither would be beaten.
@@ -799,15 +804,8 @@ mod tests {
             n.tick();
         }
         let rd = n.ready();
-        let mut with_ctx: Vec<u64> = rd
-            .messages
-            .iter()
-            .filter(|m| m.msg_type() == MessageType::MsgHeartbeat && !m.context.is_empty())
-            .map(|m| m.to)
-            .collect();
-        with_ctx.sort_unstable();
         assert_eq!(
-            with_ctx,
+            read_beats_to(&rd.messages),
             vec![2, 3],
             "the pending read's context went to all"
         );

@@ -153,10 +153,9 @@ impl<S: Storage> Raft<S> {
     /// with a read context stays (only its answer acknowledges the read),
     /// and so does one with commit 0: to a peer the leader has not matched
     /// (one just added), where only a heartbeat may create the peer on its
-    /// store. Typical case: a woken
-    /// leader's first heartbeats and the append of the proposal that woke
-    /// it, sent in one round. Dropping a heartbeat is what a lossy network
-    /// may do to any of them.
+    /// store. Typical case: a woken leader's first heartbeats and the
+    /// append of the proposal that woke it, sent in one round. Dropping a
+    /// heartbeat is what a lossy network may do to any of them.
     pub(crate) fn elide_covered_heartbeats(msgs: &mut Vec<Message>) {
         let plain_beat = |m: &Message| {
             m.msg_type() == MessageType::MsgHeartbeat && m.context.is_empty() && m.commit > 0
@@ -164,23 +163,13 @@ impl<S: Storage> Raft<S> {
         if !msgs.iter().any(plain_beat) {
             return;
         }
-        let covered = |m: &Message, all: &[Message]| {
-            all.iter().any(|a| {
-                a.msg_type() == MessageType::MsgAppend
-                    && !a.no_ack
-                    && a.to == m.to
-                    && a.term == m.term
-            })
-        };
-        let keep: Vec<bool> = msgs
+        // (to, term) of the appends that ask for an answer.
+        let covering: Vec<(u64, u64)> = msgs
             .iter()
-            .map(|m| !(plain_beat(m) && covered(m, msgs)))
+            .filter(|a| a.msg_type() == MessageType::MsgAppend && !a.no_ack)
+            .map(|a| (a.to, a.term))
             .collect();
-        let mut i = 0;
-        msgs.retain(|_| {
-            i += 1;
-            keep[i - 1]
-        });
+        msgs.retain(|m| !(plain_beat(m) && covering.contains(&(m.to, m.term))));
     }
 
     /// True if a leader owes its followers entries or a commit index.
@@ -265,8 +254,9 @@ impl<S: Storage> Raft<S> {
     /// A skip can leave a follower up to two heartbeat intervals without a
     /// message (an append just after one heartbeat, the next heartbeat two
     /// intervals later), so nothing is skipped unless the shortest election
-    /// timeout exceeds that with a tick to spare. Under steady writes spread over many regions (each
-    /// awake a few ticks after a write) this halves the heartbeats.
+    /// timeout exceeds that with a tick to spare. Under steady writes
+    /// spread over many regions (each awake a few ticks after a write)
+    /// this halves the heartbeats.
     pub(crate) fn bcast_periodic_heartbeat(&mut self) {
         let ctx = self.read_only.last_pending_request_ctx();
         let gap_fits = self.min_election_timeout > 2 * self.heartbeat_timeout + 1;

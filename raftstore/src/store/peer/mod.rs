@@ -683,14 +683,11 @@ impl Peer {
         // checks below proposed something), the heartbeat comes a tick
         // late, well inside the followers' election timeout (and never two
         // ticks in a row without a sleep: `skipped_tick`).
+        let elapsed_ticks = usize::try_from(elapsed).unwrap_or(usize::MAX);
         let sleeps_now = cfg.hibernate_regions
             && !std::mem::take(&mut self.sleep.skipped_tick)
             && self.is_leader()
-            && self
-                .sleep
-                .idle_ticks
-                .saturating_add(usize::try_from(elapsed).unwrap_or(usize::MAX))
-                >= cfg.hibernate_idle_ticks
+            && self.sleep.idle_ticks.saturating_add(elapsed_ticks) >= cfg.hibernate_idle_ticks
             && self.hibernate_plan(hib, Instant::now()).is_some();
         if !sleeps_now {
             self.raft.tick();
@@ -704,10 +701,7 @@ impl Peer {
         }
         self.probe_membership(elapsed);
         if cfg.hibernate_regions && self.is_leader() {
-            self.sleep.idle_ticks = self
-                .sleep
-                .idle_ticks
-                .saturating_add(usize::try_from(elapsed).unwrap_or(usize::MAX));
+            self.sleep.idle_ticks = self.sleep.idle_ticks.saturating_add(elapsed_ticks);
             if self.sleep.idle_ticks >= cfg.hibernate_idle_ticks {
                 self.sleep.idle_ticks = 0;
                 self.try_hibernate(hib);
