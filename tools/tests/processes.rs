@@ -30,12 +30,18 @@ fn flotilla() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct free loopback addresses: all `n` ports are held at once
+/// and released together for the servers to take. (Taking them one at a
+/// time, each released before the next was asked for, once handed the
+/// same port out twice: a store's listen address and another store's
+/// status port, and the first store could not start.)
+fn free_addrs(n: usize) -> Vec<String> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| format!("{}", l.local_addr().expect("a bound address")))
+        .collect()
 }
 
 /// A cluster of server processes under one directory.
@@ -59,12 +65,8 @@ impl Processes {
     /// As [`Processes::start`], each config ending with `extra` (TOML
     /// tables), and clients made with `net`.
     fn start_with(dir: &Path, extra: &str, net: NetConfig) -> Processes {
-        let addrs: Vec<String> = (0..STORES)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let status: Vec<String> = (0..STORES)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let mut addrs = free_addrs(2 * STORES as usize);
+        let status = addrs.split_off(STORES as usize);
         let mut stores = String::new();
         for (i, a) in addrs.iter().enumerate() {
             stores.push_str(&format!("[[stores]]\nid = {}\naddr = \"{a}\"\n\n", i + 1));
