@@ -12,7 +12,7 @@ use flotilla_proto::metapb::{Peer, PeerRole, Region};
 use flotilla_proto::raft_cmdpb::{AdminRequest, PrepareMergeRequest, admin_request};
 use flotilla_proto::raft_serverpb::PeerState;
 use flotilla_raftstore::store::{
-    AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error,
+    AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error, MessageSink,
 };
 use flotilla_tests::harness::{
     FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
@@ -387,9 +387,37 @@ fn merging_source_serves_nothing_until_the_merge_ends() {
 /// merged region only, holding every key.
 #[test]
 fn isolated_store_takes_the_merged_target_by_snapshot() {
+    isolated_store_catches_up_through_a_merge(false);
+}
+
+/// Scenario 25 with the isolated store's source peer hibernated before the
+/// cut: its leader is destroyed by the merge, and the isolated store keeps
+/// supporting the leader's store (the cut is shorter than the support
+/// duration), so no withdrawal wakes it. The target's refused snapshot
+/// wakes it (`MergeMsg::RangeWanted`); awake, it hears from the other
+/// stores that it was merged away. (Before the fix it slept for good and
+/// the target's snapshot was refused forever; in the old timing the source
+/// had not yet hibernated when the cut came, so the first test passed.)
+#[test]
+fn a_source_asleep_through_its_merge_wakes_for_the_target_snapshot() {
+    isolated_store_catches_up_through_a_merge(true);
+}
+
+/// The body of the two scenario-25 tests; `source_asleep`: the cut comes
+/// once the isolated store's source peer hibernates.
+fn isolated_store_catches_up_through_a_merge(source_asleep: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, client, left, right) = split_cluster(&dir);
     let isolated = store_leading_none(&cluster, &[left.id, right.id]);
+    if source_asleep {
+        let handle = cluster.store(isolated).unwrap().handle();
+        assert!(
+            eventually(|| handle
+                .region_status(right.id, ANSWER)
+                .is_ok_and(|st| st.hibernating)),
+            "the isolated store's source never hibernated"
+        );
+    }
     let cut = cluster.transport().isolate(isolated);
     let merged = client.merge(right.id, left.id).expect("merge");
     DATA.write(&client, 0..KEYS, 7);
@@ -430,6 +458,59 @@ fn isolated_store_takes_the_merged_target_by_snapshot() {
         Some(PeerState::Tombstone)
     );
     drop(engine);
+    cluster.shutdown();
+}
+
+/// A late message for a region merged away on every store: the store it
+/// reaches answers with one notice that the region was merged (for a
+/// source left behind), and the store the notice reaches, where the
+/// region is gone too, drops it without answering. (Before the fix the
+/// two stores traded notices forever, ~10,000 a second, found by a
+/// hibernation change that made a leader's heartbeat response arrive
+/// after the merge destroyed it.)
+#[test]
+fn a_message_for_a_merged_away_region_draws_one_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    let merged = client.merge(right.id, left.id).expect("merge");
+    assert!(
+        eventually(|| merged_everywhere(&cluster, right.id, &merged)),
+        "not merged on every store"
+    );
+    let peer_on = |store: u64| *right.peers.iter().find(|p| p.store_id == store).unwrap();
+    let (from, to) = (peer_on(1), peer_on(2));
+    let unknown = |store: u64| {
+        cluster
+            .store(store)
+            .unwrap()
+            .metrics()
+            .raft_messages_unknown_region
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = unknown(1);
+    let late = flotilla_proto::raft_serverpb::RaftMessage {
+        region_id: right.id,
+        from_peer: Some(from),
+        to_peer: Some(to),
+        region_epoch: right.region_epoch,
+        message: Some(flotilla_proto::eraftpb::Message {
+            msg_type: flotilla_proto::eraftpb::MessageType::MsgHeartbeatResponse as i32,
+            from: from.id,
+            to: to.id,
+            term: 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    cluster.store(2).unwrap().handle().deliver(late);
+    assert!(
+        eventually(|| unknown(1) > before),
+        "store 2's notice never reached store 1"
+    );
+    // Rounds on every store: writes through the merged region.
+    DATA.write(&client, 0..KEYS, 3);
+    DATA.assert_reads(&client, 0..KEYS, 3);
+    assert_eq!(unknown(1), before + 1, "store 1 got more than one notice");
     cluster.shutdown();
 }
 

@@ -543,6 +543,12 @@ impl<T: Transport> RaftPoller<T> {
         let (Some(from), Some(to)) = (msg.from_peer, msg.to_peer) else {
             return;
         };
+        if msg.is_tombstone {
+            // Itself a notice (perhaps this store's own, to a store where
+            // the region is gone too): answering it would have the two
+            // stores trade notices forever.
+            return;
+        }
         let state: Option<RegionLocalState> = self
             .engine
             .get_msg(Cf::Raft, &keys::region_state_key(msg.region_id))
@@ -1150,6 +1156,10 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     fsm.peer.on_unreachable(to_peer);
                     None
                 }
+                PeerMsg::Merge(m) if matches!(*m, MergeMsg::RangeWanted) => fsm
+                    .peer
+                    .wake(WakeReason::PeerMessage, hib)
+                    .then_some(WakeReason::PeerMessage),
                 PeerMsg::Merge(m) => {
                     // A target's leader proposes: awake.
                     let woke = (fsm.peer.is_leader() && fsm.peer.wake(WakeReason::Command, hib))

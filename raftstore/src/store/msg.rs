@@ -207,6 +207,12 @@ pub enum MergeMsg {
         /// The target region.
         target_id: u64,
     },
+    /// To a region that owns part of the range a newer snapshot of
+    /// another region here needs (the snapshot was refused for it): a
+    /// sleeping peer wakes. It may have been merged away while it slept
+    /// apart from its peers, its leader gone with the merge; only awake
+    /// does it reach its peers and hear so (see `Peer::on_merged_elsewhere`).
+    RangeWanted,
     /// To the source: the target absorbed it here (its tombstone is
     /// written); the peer is destroyed, its data now the target's.
     Merged {

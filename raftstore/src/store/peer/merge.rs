@@ -344,6 +344,8 @@ impl Peer {
                 }
             }
             MergeMsg::SourceWaits { source, version } => self.on_source_waits(source, version),
+            // The poller wakes the peer; nothing else to do.
+            MergeMsg::RangeWanted => {}
             MergeMsg::CheckTarget {
                 source_id,
                 request,
@@ -805,6 +807,17 @@ impl Peer {
     }
 
     /// The merge messages to route, if any (taken).
+    /// A snapshot of this region was refused because region `other` here
+    /// owns part of its range: `other`'s peer is woken if it sleeps. It
+    /// may have been merged away (into this region) while it slept apart
+    /// from its peers, its leader gone with the merge; awake, it reaches
+    /// its peers, hears so and gives way (admin.md scenario 25).
+    pub(super) fn wake_range_owner(&mut self, other: u64) {
+        self.merge_ctx()
+            .out
+            .push(MergeOut::Peer(other, MergeMsg::RangeWanted));
+    }
+
     pub fn take_merge_out(&mut self) -> Vec<MergeOut> {
         match self.merge.as_mut() {
             Some(m) if !m.out.is_empty() => std::mem::take(&mut m.out),

@@ -98,9 +98,10 @@ impl Peer {
                 } else if self.supersede_merged(&region) {
                     Some("regions merged into it go first".to_owned())
                 } else {
-                    self.reserve_range(&region)
-                        .err()
-                        .map(|other| format!("region {other} here owns part of its range"))
+                    self.reserve_range(&region).err().map(|other| {
+                        self.wake_range_owner(other);
+                        format!("region {other} here owns part of its range")
+                    })
                 }
             }
         };
