@@ -234,6 +234,13 @@ fn idle_regions_sleep_and_a_write_wakes_exactly_its_region() {
 /// heartbeat round before every sleep (the code before session 12) the
 /// five cycles made ten heartbeats. A slow acknowledgement on a busy
 /// machine may let one through, hence the bound of one per cycle.
+///
+/// Nor does it need an append of its own for the commit (session 13): the
+/// sleep request carries it, and a follower that has yet to apply what it
+/// just learned is committed sleeps once it has, without waking the
+/// leader. One append per follower per write (the code before made two:
+/// the entry, then the commit), no follower wakes its leader, and every
+/// store holds the last value.
 #[test]
 fn a_write_and_the_sleep_after_it_send_no_heartbeat() {
     const CYCLES: u64 = 5;
@@ -249,7 +256,9 @@ fn a_write_and_the_sleep_after_it_send_no_heartbeat() {
     );
     std::thread::sleep(Duration::from_millis(SETTLE_TICKS * TICK_MS));
     let heartbeats = || sum(&cluster, |m| m.sent_of_type(MessageType::MsgHeartbeat));
+    let appends = || sum(&cluster, |m| m.sent_of_type(MessageType::MsgAppend));
     let (beats, command) = (heartbeats(), wakes(&cluster, WakeReason::Command));
+    let (sent, nudged) = (appends(), wakes(&cluster, WakeReason::PeerMessage));
     // The asleep gauge lags a wake by up to a tick: each cycle waits for
     // the region's three peers to count a new hibernation instead.
     let slept = || sum(&cluster, |m| m.hibernations.load(Ordering::Relaxed));
@@ -275,6 +284,31 @@ fn a_write_and_the_sleep_after_it_send_no_heartbeat() {
         made <= CYCLES,
         "{made} heartbeats in {CYCLES} write-and-sleep cycles"
     );
+    // Two followers: two appends per write. (A heartbeat let through may
+    // draw one more, to a follower whose ack it overtook.)
+    let made = appends() - sent;
+    assert!(
+        made <= 2 * CYCLES + CYCLES / 2,
+        "{made} appends in {CYCLES} write-and-sleep cycles"
+    );
+    assert_eq!(
+        wakes(&cluster, WakeReason::PeerMessage),
+        nudged,
+        "a follower woke its leader instead of sleeping: {}",
+        state(&cluster)
+    );
+    let last = format!("v{}", CYCLES - 1);
+    for &s in cluster.store_ids() {
+        let engine = cluster.store(s).unwrap().engine();
+        assert_eq!(
+            engine
+                .get(Cf::Default, &keys::data_key(&key_in(&target)))
+                .unwrap()
+                .as_deref(),
+            Some(last.as_bytes()),
+            "store {s} did not apply the last write"
+        );
+    }
     cluster.shutdown();
 }
 

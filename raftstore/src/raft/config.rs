@@ -79,8 +79,11 @@ pub struct Config {
     /// Seed of the election-timeout PRNG. `None` derives a deterministic seed
     /// from `id`.
     pub rng_seed: Option<u64>,
-    /// Do not broadcast an append when only the commit index changed (the
-    /// next heartbeat carries it).
+    /// Do not broadcast an append when only the commit index changed: the
+    /// next append or heartbeat carries it. A commit that covers a conf
+    /// change, the tail a new leader inherited, or an index the
+    /// application marked with `Raft::broadcast_commit_through` still goes
+    /// out at once.
     pub skip_bcast_commit: bool,
 }
 

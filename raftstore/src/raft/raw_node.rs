@@ -747,6 +747,60 @@ mod tests {
         assert_eq!(beat_interval(&mut n), vec![2, 3], "nothing sent since");
     }
 
+    /// checklist: log-3 (followers learn the commit index from appends and
+    /// heartbeats: with `skip_bcast_commit` a commit advance alone sends
+    /// nothing and the next append carries it; a commit that covers an
+    /// index marked by `broadcast_commit_through` goes out at once)
+    #[test]
+    fn a_skipped_commit_broadcast_rides_on_the_next_append() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut cfg = Config::new(1);
+        cfg.skip_bcast_commit = true;
+        let mut n = RawNode::new(&cfg, MemStorage::with_voters(&[1, 2, 3], &[]), &log).unwrap();
+        n.raft.become_candidate();
+        n.raft.become_leader();
+        let rd = n.ready();
+        n.store().wl().append(&rd.entries).unwrap();
+        n.advance(rd);
+        acked_by_both(&mut n);
+        // (to, commit) of the appends of a Ready.
+        let appends = |rd: &Ready| -> Vec<(u64, u64)> {
+            rd.messages
+                .iter()
+                .filter(|m| m.msg_type() == MessageType::MsgAppend)
+                .map(|m| (m.to, m.commit))
+                .collect()
+        };
+        // Proposes one entry, persists it and has 2 acknowledge it; returns
+        // its index, the appends that carried it and those sent after the
+        // ack.
+        let write = |n: &mut RawNode<MemStorage>, urgent: bool| {
+            n.propose(vec![], b"v".to_vec()).unwrap();
+            let last = n.raft.raft_log().last_index();
+            if urgent {
+                n.raft.broadcast_commit_through(last);
+            }
+            let rd = n.ready();
+            let carried = appends(&rd);
+            n.store().wl().append(&rd.entries).unwrap();
+            n.advance(rd);
+            let mut ack = m(MessageType::MsgAppendResponse, 2, n.raft.term());
+            ack.index = last;
+            n.step(ack).unwrap();
+            assert_eq!(n.raft.raft_log().committed, last, "2's ack commits it");
+            let rd = n.ready();
+            let sent = appends(&rd);
+            n.advance(rd);
+            (last, carried, sent)
+        };
+        let (first, _, sent) = write(&mut n, false);
+        assert!(sent.is_empty(), "a commit alone was broadcast: {sent:?}");
+        let (second, carried, sent) = write(&mut n, true);
+        // The next append told both followers the skipped commit.
+        assert_eq!(carried, vec![(2, first), (3, first)]);
+        assert_eq!(sent, vec![(2, second), (3, second)], "the marked commit");
+    }
+
     /// checklist: election-1 (a follower hears its leader within every
     /// election timeout: with a shortest election timeout of at most two
     /// heartbeat intervals and a tick, the periodic heartbeat skips nobody)

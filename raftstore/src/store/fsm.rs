@@ -1127,6 +1127,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                         .iter()
                         .any(|r| matches!(r, ExecResult::ChangePeer { .. }));
                     fsm.peer.on_apply_res(res);
+                    fsm.peer.retry_deferred_sleep(hib);
                     if membership {
                         hib.add_remotes(fsm.peer.region().peers.iter().map(|p| p.store_id));
                     }

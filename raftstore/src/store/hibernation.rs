@@ -148,6 +148,14 @@ pub struct PeerSleep {
     /// (something pending came up): the next tick runs whatever the plan
     /// says, so two skipped ticks never come in a row without a sleep.
     pub skipped_tick: bool,
+    /// Follower: asked to sleep by its leader while the entries up to the
+    /// leader's commit (its own commit and last index now) were still on
+    /// their way to the apply side. It sleeps when they apply, unless a
+    /// raft message comes first. (The leader, its store, the term and the
+    /// commit need no copy here: they change only through a raft message,
+    /// which ends the deferral, or through a campaign of this peer's,
+    /// which leaves it no leader.)
+    pub deferred: bool,
     /// Beats to send at the end of this round.
     pub outbox: Vec<OutBeat>,
 }

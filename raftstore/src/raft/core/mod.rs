@@ -131,6 +131,11 @@ pub struct Raft<S: Storage> {
     /// has passed or this node campaigns.
     pub(crate) start_lease: bool,
     pub(crate) pre_vote: bool,
+    /// Leader with `skip_bcast_commit`: a commit advance still goes to
+    /// every follower at once while it covers an index at or below this
+    /// one (or at or below `pending_conf_index`): entries the followers
+    /// should apply promptly. Raised by [`Raft::broadcast_commit_through`].
+    pub(crate) bcast_commit_through: u64,
     pub(crate) skip_bcast_commit: bool,
     pub(crate) disable_proposal_forwarding: bool,
     pub(crate) max_msg_size: u64,
@@ -180,6 +185,7 @@ impl<S: Storage> Raft<S> {
             check_quorum: c.check_quorum,
             start_lease: c.refuse_votes_after_start,
             pre_vote: c.pre_vote,
+            bcast_commit_through: 0,
             skip_bcast_commit: c.skip_bcast_commit,
             disable_proposal_forwarding: c.disable_proposal_forwarding,
             max_msg_size: c.max_size_per_msg,
@@ -264,6 +270,13 @@ impl<S: Storage> Raft<S> {
     /// Index of the last conf change appended by this leader.
     pub fn pending_conf_index(&self) -> u64 {
         self.pending_conf_index
+    }
+
+    /// Leader with `skip_bcast_commit`: the commit advance that covers
+    /// `index` is broadcast at once instead of waiting for the next append
+    /// or heartbeat (an admin entry the followers should apply promptly).
+    pub fn broadcast_commit_through(&mut self, index: u64) {
+        self.bcast_commit_through = self.bcast_commit_through.max(index);
     }
 
     /// The current randomized election timeout.

@@ -375,8 +375,9 @@ impl<S: Storage> Raft<S> {
             ProgressState::Replicate => pr.ins.free_to(m.index),
         }
         let matched = pr.matched;
+        let prev_commit = self.raft_log.committed;
         if self.maybe_commit() {
-            if self.should_bcast_commit() {
+            if self.should_bcast_commit(prev_commit) {
                 self.pending_bcast.commit = true;
             }
         } else if old_paused {
@@ -389,8 +390,14 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn should_bcast_commit(&self) -> bool {
+    /// Whether a commit advance from `prev_commit` goes to the followers
+    /// at once. With `skip_bcast_commit` only one that covers a conf
+    /// change (or the tail a new leader inherited: `pending_conf_index`)
+    /// or an index marked by [`Raft::broadcast_commit_through`] does; the
+    /// others ride on the next append or heartbeat (sleep beats included).
+    fn should_bcast_commit(&self, prev_commit: u64) -> bool {
         !self.skip_bcast_commit
+            || prev_commit < self.pending_conf_index.max(self.bcast_commit_through)
     }
 
     /// Follower: handles a heartbeat.
@@ -448,7 +455,8 @@ impl<S: Storage> Raft<S> {
             .prs
             .get_mut(id)
             .is_some_and(|pr| pr.maybe_update(persisted));
-        if updated && self.maybe_commit() && self.should_bcast_commit() {
+        let prev_commit = self.raft_log.committed;
+        if updated && self.maybe_commit() && self.should_bcast_commit(prev_commit) {
             self.pending_bcast.commit = true;
         }
     }

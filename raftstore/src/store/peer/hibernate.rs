@@ -99,6 +99,8 @@ impl Peer {
         ) {
             self.on_vote_request(m, hib);
         }
+        // A deferred sleep waited for a quiet leader: not quiet after all.
+        self.sleep.deferred = false;
         if !self.sleep.asleep {
             self.on_raft_message(msg);
             return None;
@@ -551,26 +553,42 @@ impl Peer {
         commit: u64,
         hib: &Hibernation,
     ) {
+        self.sleep.deferred = false;
         if self.sleep.asleep {
             return;
         }
-        let raft = &self.raft.raft;
-        let log = raft.raft_log();
-        let agrees = !self.is_leader()
-            && raft.term() == term
-            && raft.leader_id() == from
-            && log.committed == commit
-            && log.last_index() == commit
-            && self.raft.store().applied_index() == commit
-            && self.pending_ready.is_none()
-            && !self.raft.has_pending_state()
-            && self.reads.is_empty()
-            && self.proposals.is_empty()
+        let same_leader = !self.is_leader()
+            && self.raft.raft.term() == term
+            && self.raft.raft.leader_id() == from
             && self
                 .region()
                 .peers
                 .iter()
                 .any(|p| p.id == from && p.store_id == from_store);
+        let log = self.raft.raft.raft_log_mut();
+        if same_leader && log.last_index() == commit && log.committed < commit {
+            // The commit a heartbeat would carry (commit advances go out
+            // with the next append or beat, not on their own): the beat
+            // goes only to a follower the leader knows has the whole log.
+            log.commit_to(commit);
+        }
+        let caught_up = same_leader
+            && log.committed == commit
+            && log.last_index() == commit
+            && self.reads.is_empty()
+            && self.proposals.is_empty();
+        let applied = self.raft.store().applied_index();
+        if caught_up && applied < commit {
+            // Sleeps once the apply side has the entries it just learned
+            // are committed (`retry_deferred_sleep`); the leader sleeps
+            // meanwhile, so nothing is sent.
+            self.sleep.deferred = true;
+            return;
+        }
+        let agrees = caught_up
+            && applied == commit
+            && self.pending_ready.is_none()
+            && !self.raft.has_pending_state();
         let not_before = self
             .sleep
             .woken_by
@@ -609,6 +627,24 @@ impl Peer {
             slog::debug!(self.logger, "hibernate beat refused"; "err" => %e);
         }
         self.wake_leader();
+    }
+
+    /// A follower whose sleep waited for its apply side: it sleeps now if
+    /// everything up to the leader's commit applied and nothing else came
+    /// up; if something did, it answers the ask as it would have at once.
+    pub fn retry_deferred_sleep(&mut self, hib: &Hibernation) {
+        let commit = self.raft.raft.raft_log().committed;
+        if !self.sleep.deferred || self.raft.store().applied_index() < commit {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            // An election began since (this peer's clock ran out): the
+            // ask is moot.
+            self.sleep.deferred = false;
+            return;
+        };
+        let term = self.raft.raft.term();
+        self.on_sleep_request(leader.id, leader.store_id, term, commit, hib);
     }
 
     /// Frees what an idle peer does not need; it grows back on demand.

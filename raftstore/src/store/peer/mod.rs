@@ -2,6 +2,7 @@
 //! for apply, and the reads waiting for a confirmed index.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -164,8 +165,10 @@ pub struct Peer {
     pending_ready: Option<Box<Ready>>,
     /// Whether the last soft state seen said leader.
     was_leader: bool,
-    /// `Some` when reads may be served from the leader lease.
-    lease_duration: Option<Duration>,
+    /// The leader lease's length in microseconds; `None` when reads may
+    /// not be served from it. (Kept in 8 bytes, not a 16-byte
+    /// `Option<Duration>`: the peer stays in its allocation class.)
+    lease_micros: Option<NonZeroU64>,
     lease: Lease,
     /// Hibernation state (see `hibernation`).
     sleep: PeerSleep,
@@ -290,6 +293,10 @@ impl Peer {
         rc.max_uncommitted_size = cfg.max_uncommitted_size;
         rc.max_committed_size_per_ready = cfg.max_apply_bytes_per_ready;
         rc.check_quorum = true;
+        // A commit reaches the followers on the next append, heartbeat or
+        // sleep beat, not in an append of its own: half the appends of a
+        // write to a quiet region (admin entries still go at once).
+        rc.skip_bcast_commit = true;
         // A restarted follower must not vote inside a lease it acknowledged
         // before the restart (a fresh one acknowledged nothing).
         rc.refuse_votes_after_start = cfg.lease_read && !fresh;
@@ -309,11 +316,10 @@ impl Peer {
             next_read_id: 0,
             pending_ready: None,
             was_leader: false,
-            lease_duration: if cfg.lease_read {
-                cfg.lease_duration()
-            } else {
-                None
-            },
+            lease_micros: cfg
+                .lease_duration()
+                .filter(|_| cfg.lease_read)
+                .and_then(|d| NonZeroU64::new(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))),
             lease: Lease::default(),
             sleep: PeerSleep::default(),
             clock: 0,
@@ -390,6 +396,11 @@ impl Peer {
     pub fn leader(&self) -> Option<metapb::Peer> {
         let id = self.raft.raft.leader_id();
         self.region().peers.iter().find(|p| p.id == id).copied()
+    }
+
+    /// The leader lease's length, if reads may be served from it.
+    fn lease_duration(&self) -> Option<Duration> {
+        self.lease_micros.map(|m| Duration::from_micros(m.get()))
     }
 
     fn not_leader(&self) -> Error {
@@ -585,7 +596,7 @@ impl Peer {
     /// Serves a read from the lease if it is valid, else starts a
     /// ReadIndex round (which also renews the lease).
     fn read(&mut self, request: RaftCmdRequest, callback: Responder) {
-        if self.lease_duration.is_some() {
+        if self.lease_micros.is_some() {
             let now = Instant::now();
             self.lease.last_wanted = Some(now);
             if self.lease_valid(now) {
@@ -643,7 +654,7 @@ impl Peer {
     /// Starts a lease renewal round when reads came within the last lease
     /// and the lease is past half its length (or gone).
     fn maybe_renew_lease(&mut self) {
-        let Some(duration) = self.lease_duration else {
+        let Some(duration) = self.lease_duration() else {
             return;
         };
         if !self.is_leader() || self.lease.renewing {
@@ -790,6 +801,7 @@ impl Peer {
         // applied) although this peer is no longer leader.
         let term = self.raft.raft.term();
         let transferring = self.raft.raft.lead_transferee().is_some();
+        let lease_duration = self.lease_duration();
         if transferring {
             // A transfer ends the lease: the transferee campaigns past the
             // followers' lease check.
@@ -802,7 +814,7 @@ impl Peer {
                 if r.command.is_none() {
                     self.lease.renewing = false;
                 }
-                if let Some(duration) = self.lease_duration
+                if let Some(duration) = lease_duration
                     && r.term == term
                     && r.extends_lease
                     && !transferring
