@@ -160,6 +160,17 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Whether an engine's database is closed ([`Engine::close_watch`]).
+#[derive(Debug, Clone)]
+pub struct CloseWatch(std::sync::Weak<Inner>);
+
+impl CloseWatch {
+    /// Whether every `Engine` of the database was dropped.
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
 /// RocksDB's memory of one engine ([`Engine::memory_usage`]), in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineMemory {
@@ -210,6 +221,15 @@ impl Engine {
                 faults: Default::default(),
             }),
         })
+    }
+
+    /// A watch that tells when this database is closed: RocksDB closes it,
+    /// releasing its directory's lock, when the last `Engine` sharing it is
+    /// dropped. (A process that reopens the directory after dropping its
+    /// own handles waits for this: a call in flight elsewhere may still
+    /// hold a clone.) The watch itself keeps nothing open.
+    pub fn close_watch(&self) -> CloseWatch {
+        CloseWatch(Arc::downgrade(&self.inner))
     }
 
     /// The directory the database lives in.

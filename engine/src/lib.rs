@@ -16,7 +16,7 @@ pub mod keys;
 mod snapshot;
 mod write_batch;
 
-pub use engine::{Cf, Durability, Engine, EngineMemory, EngineOptions, EngineStats};
+pub use engine::{Cf, CloseWatch, Durability, Engine, EngineMemory, EngineOptions, EngineStats};
 pub use error::{Error, Result};
 pub use snapshot::{RangeIter, Snapshot};
 pub use write_batch::{WriteBatch, WriteOrigin};

@@ -574,3 +574,23 @@ fn memory_usage_counts_memtables_and_the_block_cache() {
         "{reopened:?} -> {read:?}"
     );
 }
+
+/// The database stays open, its directory locked, while any clone of the
+/// engine lives; the close watch says when the last one went, and the
+/// directory opens again then (not before).
+#[test]
+fn close_watch_tells_when_the_last_clone_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let watch = engine.close_watch();
+    let straggler = engine.clone();
+    drop(engine);
+    assert!(!watch.is_closed(), "closed with a clone alive");
+    assert!(
+        Engine::open(dir.path(), &EngineOptions::default()).is_err(),
+        "opened twice at once"
+    );
+    drop(straggler);
+    assert!(watch.is_closed());
+    Engine::open(dir.path(), &EngineOptions::default()).expect("reopen");
+}

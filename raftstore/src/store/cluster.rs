@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{Engine, EngineOptions};
+use flotilla_engine::{CloseWatch, Engine, EngineOptions};
 use flotilla_proto::metapb::Region;
 use fxhash::FxHashMap;
 use slog::Logger;
@@ -21,6 +21,9 @@ use super::transport::ChannelTransport;
 pub const CLUSTER_ID: u64 = 1;
 /// How often [`Cluster::wait_for_leaders`] looks.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long [`Cluster::start_store`] waits for calls in flight to let go
+/// of the engine of the store's last life.
+pub const ENGINE_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Stores `1..=n` in one process, each on its own RocksDB under one
 /// directory, connected by an in-process network.
@@ -32,6 +35,8 @@ pub struct Cluster {
     handles: Stores,
     regions: Vec<Region>,
     store_ids: Vec<u64>,
+    /// Stopped stores: whether their engines are closed yet.
+    closing: FxHashMap<u64, CloseWatch>,
     logger: Logger,
 }
 
@@ -81,6 +86,7 @@ impl Cluster {
             handles: Stores::default(),
             regions: initial,
             store_ids: store_ids.clone(),
+            closing: FxHashMap::default(),
             logger: logger.clone(),
         };
         for id in store_ids {
@@ -115,6 +121,16 @@ impl Cluster {
         if self.stores.contains_key(&id) {
             return Err(Error::Config(format!("store {id} is running")));
         }
+        if let Some(watch) = self.closing.remove(&id) {
+            // A call in flight when the store stopped (a client's, or a
+            // delivery of the in-process transport) may still hold a clone
+            // of its handle, and with it the engine and RocksDB's lock on
+            // the directory: it answers "store stopped" and lets go.
+            let deadline = Instant::now() + ENGINE_CLOSE_WAIT;
+            while !watch.is_closed() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let store = Store::open(
             store_dir(&self.dir, id),
             self.cfg.clone(),
@@ -134,13 +150,12 @@ impl Cluster {
     pub fn stop_store(&mut self, id: u64) -> bool {
         self.transport.disconnect(id);
         self.handles.remove(id);
-        match self.stores.remove(&id) {
-            Some(store) => {
-                store.shutdown();
-                true
-            }
-            None => false,
-        }
+        let Some(store) = self.stores.remove(&id) else {
+            return false;
+        };
+        self.closing.insert(id, store.engine().close_watch());
+        store.shutdown();
+        true
     }
 
     /// Stops every store and starts them again from disk.
