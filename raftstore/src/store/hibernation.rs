@@ -27,6 +27,7 @@
 //! under the same lock as withdrawal, so "falls asleep" cannot race
 //! "support withdrawn" and leave a region asleep under a dead leader.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -114,7 +115,7 @@ pub struct PeerSleep {
     /// The peer hibernates: it ignores ticks and sends nothing.
     pub asleep: bool,
     /// Leader: ticks since its last command or wake.
-    pub idle_ticks: usize,
+    pub idle_ticks: u32,
     /// Follower: woken because support for its leader's store was
     /// withdrawn, as (store, lost support epoch). It may not sleep under a
     /// leader there until that store is supported under a later epoch.
@@ -127,7 +128,7 @@ pub struct PeerSleep {
     pub quiet_under: Option<(u64, u64)>,
     /// A fresh peer (never heard a leader): ticks its first election waits
     /// at most for its store to hear every store of the region.
-    pub fresh_hold: Option<usize>,
+    pub fresh_hold: Option<u32>,
     /// A fresh peer designated to campaign first in its region's first
     /// election.
     pub campaigns_first: bool,
@@ -149,13 +150,15 @@ pub struct PeerSleep {
     /// says, so two skipped ticks never come in a row without a sleep.
     pub skipped_tick: bool,
     /// Follower: asked to sleep by its leader while the entries up to the
-    /// leader's commit (its own commit and last index now) were still on
-    /// their way to the apply side. It sleeps when they apply, unless a
-    /// raft message comes first. (The leader, its store, the term and the
-    /// commit need no copy here: they change only through a raft message,
-    /// which ends the deferral, or through a campaign of this peer's,
-    /// which leaves it no leader.)
-    pub deferred: bool,
+    /// leader's commit (its own commit and last index then) were still on
+    /// their way to the apply side: the support epoch this store gave the
+    /// leader's store then. It sleeps when they apply if nothing changed:
+    /// no raft message came (that ends the deferral), the leader, its
+    /// term, commit and last index are the same, and its store is still
+    /// supported under that epoch (not lost, not restarted). Otherwise it
+    /// only drops the deferral: its clock runs on, and a leader still
+    /// asleep is nudged like one whose sleep request was missed.
+    pub deferred: Option<NonZeroU64>,
     /// Beats to send at the end of this round.
     pub outbox: Vec<OutBeat>,
 }

@@ -131,10 +131,10 @@ pub struct Raft<S: Storage> {
     /// has passed or this node campaigns.
     pub(crate) start_lease: bool,
     pub(crate) pre_vote: bool,
-    /// Leader with `skip_bcast_commit`: a commit advance still goes to
-    /// every follower at once while it covers an index at or below this
-    /// one (or at or below `pending_conf_index`): entries the followers
-    /// should apply promptly. Raised by [`Raft::broadcast_commit_through`].
+    /// Leader with `skip_bcast_commit`: the commit advance that covers
+    /// this index (or `pending_conf_index`) still goes to every follower
+    /// at once: an entry the followers should apply promptly. Raised by
+    /// [`Raft::broadcast_commit_through`]; 0 after a term or role change.
     pub(crate) bcast_commit_through: u64,
     pub(crate) skip_bcast_commit: bool,
     pub(crate) disable_proposal_forwarding: bool,
@@ -505,6 +505,7 @@ impl<S: Storage> Raft<S> {
         self.abort_leader_transfer();
         self.prs.reset_votes();
         self.pending_conf_index = 0;
+        self.bcast_commit_through = 0;
         self.read_only.reset();
         self.pending_read_index_messages = Vec::new();
         self.uncommitted_size = 0;

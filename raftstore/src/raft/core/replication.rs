@@ -246,9 +246,11 @@ impl<S: Storage> Raft<S> {
     /// [`Raft::bcast_heartbeat`], except that a replicating follower which
     /// an append asking for an answer reached since its last heartbeat,
     /// and which has acknowledged everything sent to it, is skipped when
-    /// no read waits: that append reset its election clock and carried the
-    /// commit index, and its answer marked it active for check-quorum, as
-    /// the heartbeat would. A follower with appends unacknowledged gets its
+    /// no read waits: that append reset its election clock, and its answer
+    /// marked it active for check-quorum, as the heartbeat would. (It
+    /// carried the commit index from before its own ack: with
+    /// `skip_bcast_commit` the follower may learn the commit its ack made
+    /// only at the next heartbeat, up to two intervals later.) A follower with appends unacknowledged gets its
     /// heartbeat: the answer is what recovers a lost ack.
     ///
     /// A skip can leave a follower up to two heartbeat intervals without a
@@ -390,14 +392,18 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Whether a commit advance from `prev_commit` goes to the followers
-    /// at once. With `skip_bcast_commit` only one that covers a conf
-    /// change (or the tail a new leader inherited: `pending_conf_index`)
-    /// or an index marked by [`Raft::broadcast_commit_through`] does; the
-    /// others ride on the next append or heartbeat (sleep beats included).
+    /// Whether a commit advance from `prev_commit` to the current commit
+    /// goes to the followers at once. With `skip_bcast_commit` only one
+    /// that covers (reaches, from below) a conf change or the tail a new
+    /// leader inherited (`pending_conf_index`), or an index marked by
+    /// [`Raft::broadcast_commit_through`], does; the others ride on the
+    /// next append or heartbeat (sleep beats included).
     fn should_bcast_commit(&self, prev_commit: u64) -> bool {
+        let committed = self.raft_log.committed;
+        let covers = |mark: u64| prev_commit < mark && mark <= committed;
         !self.skip_bcast_commit
-            || prev_commit < self.pending_conf_index.max(self.bcast_commit_through)
+            || covers(self.pending_conf_index)
+            || covers(self.bcast_commit_through)
     }
 
     /// Follower: handles a heartbeat.

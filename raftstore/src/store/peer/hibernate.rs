@@ -4,6 +4,7 @@
 //! their election clocks out when their leader's store lost support,
 //! nudging a leader that may sleep, the first election after bootstrap).
 
+use std::num::NonZeroU64;
 use std::time::Instant;
 
 use flotilla_proto::eraftpb::{Message, MessageType};
@@ -100,7 +101,7 @@ impl Peer {
             self.on_vote_request(m, hib);
         }
         // A deferred sleep waited for a quiet leader: not quiet after all.
-        self.sleep.deferred = false;
+        self.sleep.deferred = None;
         if !self.sleep.asleep {
             self.on_raft_message(msg);
             return None;
@@ -542,9 +543,13 @@ impl Peer {
     }
 
     /// A follower asked to hibernate by its leader: it sleeps if it is in
-    /// the same state (term, leader, everything committed and applied) and
-    /// supports the leader's store; otherwise it takes the beat as a
-    /// heartbeat and wakes the leader.
+    /// the same state (term, leader, log ending at the leader's commit,
+    /// everything applied) and supports the leader's store; otherwise it
+    /// takes the beat as a heartbeat and wakes the leader. It takes the
+    /// commit from the request (commit advances go out with the next
+    /// append or beat, not on their own), and if what it just learned is
+    /// committed is not applied yet, it defers: see `PeerSleep::deferred`
+    /// and [`Peer::retry_deferred_sleep`].
     pub(super) fn on_sleep_request(
         &mut self,
         from: u64,
@@ -553,7 +558,7 @@ impl Peer {
         commit: u64,
         hib: &Hibernation,
     ) {
-        self.sleep.deferred = false;
+        self.sleep.deferred = None;
         if self.sleep.asleep {
             return;
         }
@@ -567,9 +572,8 @@ impl Peer {
                 .any(|p| p.id == from && p.store_id == from_store);
         let log = self.raft.raft.raft_log_mut();
         if same_leader && log.last_index() == commit && log.committed < commit {
-            // The commit a heartbeat would carry (commit advances go out
-            // with the next append or beat, not on their own): the beat
-            // goes only to a follower the leader knows has the whole log.
+            // As a heartbeat would: the request goes only to a follower
+            // the leader knows holds its whole log in this term.
             log.commit_to(commit);
         }
         let caught_up = same_leader
@@ -579,40 +583,17 @@ impl Peer {
             && self.proposals.is_empty();
         let applied = self.raft.store().applied_index();
         if caught_up && applied < commit {
-            // Sleeps once the apply side has the entries it just learned
-            // are committed (`retry_deferred_sleep`); the leader sleeps
-            // meanwhile, so nothing is sent.
-            self.sleep.deferred = true;
-            return;
+            let support = hib
+                .supports(from_store, Instant::now())
+                .and_then(NonZeroU64::new);
+            if support.is_some() {
+                // Sleeps once the apply side has the entries; the leader
+                // sleeps meanwhile, so nothing is sent.
+                self.sleep.deferred = support;
+                return;
+            }
         }
-        let agrees = caught_up
-            && applied == commit
-            && self.pending_ready.is_none()
-            && !self.raft.has_pending_state();
-        let not_before = self
-            .sleep
-            .woken_by
-            .and_then(|(s, e)| (s == from_store).then_some(e));
-        let slept = if agrees {
-            let first = self.campaigns_first_without(from_store);
-            hib.sleep_follower(
-                self.region_id(),
-                from_store,
-                not_before,
-                first,
-                Instant::now(),
-            )
-        } else {
-            None
-        };
-        if let Some(epoch) = slept {
-            self.sleep.asleep = true;
-            self.sleep.quiet_under = Some((from_store, epoch));
-            self.sleep.asked = None;
-            self.sleep.woken_by = None;
-            self.sleep.nudged = false;
-            self.raft.raft.reset_election_clock();
-            self.free_idle_buffers();
+        if caught_up && applied == commit && self.sleep_under(from_store, None, hib) {
             return;
         }
         let m = Message {
@@ -629,22 +610,60 @@ impl Peer {
         self.wake_leader();
     }
 
-    /// A follower whose sleep waited for its apply side: it sleeps now if
-    /// everything up to the leader's commit applied and nothing else came
-    /// up; if something did, it answers the ask as it would have at once.
-    pub fn retry_deferred_sleep(&mut self, hib: &Hibernation) {
-        let commit = self.raft.raft.raft_log().committed;
-        if !self.sleep.deferred || self.raft.store().applied_index() < commit {
-            return;
+    /// Files this follower asleep under its leader on `store` if nothing
+    /// is pending and the store is supported (under `epoch`, if given).
+    /// Returns whether it sleeps.
+    fn sleep_under(&mut self, store: u64, epoch: Option<u64>, hib: &Hibernation) -> bool {
+        if self.pending_ready.is_some() || self.raft.has_pending_state() {
+            return false;
         }
-        let Some(leader) = self.leader() else {
-            // An election began since (this peer's clock ran out): the
-            // ask is moot.
-            self.sleep.deferred = false;
+        let now = Instant::now();
+        if epoch.is_some_and(|e| hib.supports(store, now) != Some(e)) {
+            return false;
+        }
+        let not_before = self
+            .sleep
+            .woken_by
+            .and_then(|(s, e)| (s == store).then_some(e));
+        let first = self.campaigns_first_without(store);
+        let Some(epoch) = hib.sleep_follower(self.region_id(), store, not_before, first, now)
+        else {
+            return false;
+        };
+        self.sleep.asleep = true;
+        self.sleep.quiet_under = Some((store, epoch));
+        self.sleep.asked = None;
+        self.sleep.woken_by = None;
+        self.sleep.nudged = false;
+        self.raft.raft.reset_election_clock();
+        self.free_idle_buffers();
+        true
+    }
+
+    /// A follower whose sleep waited for its apply side (see
+    /// `PeerSleep::deferred`): once everything up to its commit is
+    /// applied, it sleeps if nothing changed since the request; if
+    /// something did, it only drops the deferral (no heartbeat is made up
+    /// for a leader it may no longer have: its clock runs on, and a leader
+    /// still asleep is nudged at half an election timeout).
+    pub fn retry_deferred_sleep(&mut self, hib: &Hibernation) {
+        let Some(epoch) = self.sleep.deferred else {
             return;
         };
-        let term = self.raft.raft.term();
-        self.on_sleep_request(leader.id, leader.store_id, term, commit, hib);
+        let log = self.raft.raft.raft_log();
+        let commit = log.committed;
+        if self.raft.store().applied_index() < commit {
+            return;
+        }
+        self.sleep.deferred = None;
+        let unchanged = !self.is_leader()
+            && log.last_index() == commit
+            && self.reads.is_empty()
+            && self.proposals.is_empty();
+        // No leader: an election began since (this peer's clock ran out).
+        if let Some(leader) = self.leader().filter(|_| unchanged) {
+            self.sleep_under(leader.store_id, Some(epoch.get()), hib);
+        }
     }
 
     /// Frees what an idle peer does not need; it grows back on demand.
@@ -679,6 +698,7 @@ mod tests {
     use crate::store::bootstrap::{bootstrap_store, initial_regions};
     use crate::store::config::Config;
     use crate::store::meta::StoreMeta;
+    use flotilla_proto::eraftpb::Entry;
 
     /// The store under test: 3 of a region on stores 1 (leader), 2 (the
     /// asker) and 3 (this follower, the region's designated first
@@ -814,6 +834,64 @@ mod tests {
             term + 1
         }
 
+        /// The leader appends one entry, which this follower persists,
+        /// then asks it to sleep with that entry committed: the follower
+        /// learns the commit from the ask and, the entry not applied yet,
+        /// defers without a word to the leader. Returns the entry's index.
+        fn defer_a_sleep(&mut self) -> u64 {
+            let term = self.hear_the_leader();
+            let (leader, me) = (self.peer_on(LEADER).id, self.peer_on(ME).id);
+            let log = self.peer.raft.raft.raft_log();
+            let (last, last_term, committed) = (log.last_index(), log.last_term(), log.committed);
+            let entry = Entry {
+                index: last + 1,
+                term,
+                ..Default::default()
+            };
+            self.deliver(
+                LEADER,
+                Message {
+                    msg_type: MessageType::MsgAppend as i32,
+                    from: leader,
+                    to: me,
+                    term,
+                    index: last,
+                    log_term: last_term,
+                    commit: committed,
+                    entries: vec![entry],
+                    ..Default::default()
+                },
+            );
+            self.sent();
+            let ask = SleepMsg::Request {
+                from: leader,
+                from_store: LEADER,
+                term,
+                commit: last + 1,
+            };
+            self.peer.on_sleep_msg(ask, &self.hib);
+            assert_eq!(self.peer.raft.raft.raft_log().committed, last + 1);
+            assert!(self.peer.sleep.deferred.is_some(), "did not defer");
+            assert!(!self.peer.is_asleep(), "slept with the entry unapplied");
+            assert!(self.peer.take_sleep_beats().is_empty(), "woke the leader");
+            last + 1
+        }
+
+        /// The round that hands the committed entries over, then the apply
+        /// side's report that everything through `index` applied.
+        fn apply_through(&mut self, index: u64) {
+            self.sent();
+            let mut apply_state = *self.peer.raft.store().apply_state();
+            apply_state.applied_index = index;
+            let peer_id = self.peer_on(ME).id;
+            self.peer.on_apply_res(crate::store::msg::ApplyRes {
+                peer_id,
+                apply_state,
+                results: Vec::new(),
+            });
+            self.peer.retry_deferred_sleep(&self.hib);
+        }
+
         fn pre_vote_answers(&mut self) -> Vec<Message> {
             self.sent()
                 .into_iter()
@@ -935,5 +1013,61 @@ mod tests {
             }
         }
         assert_eq!(answered_at, Some(timeout));
+    }
+
+    /// A follower asked to sleep before it applied what the ask told it is
+    /// committed sleeps once its apply side reports it, without waking the
+    /// leader (commit advances no longer travel in an append of their own,
+    /// so this is the usual case after a write).
+    #[test]
+    fn a_follower_asked_to_sleep_before_it_applied_sleeps_once_it_has() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let index = f.defer_a_sleep();
+        f.apply_through(index);
+        assert!(f.peer.is_asleep());
+        assert_eq!(f.peer.sleep.quiet_under, Some((LEADER, 1)));
+        assert!(f.peer.take_sleep_beats().is_empty());
+    }
+
+    /// A deferred sleep whose leader's store restarted meanwhile (its
+    /// support epoch moved on) is dropped: the follower neither sleeps
+    /// under the store's new life nor makes up a heartbeat from a leader
+    /// it may no longer have.
+    #[test]
+    fn a_deferred_sleep_is_dropped_when_the_leaders_store_restarted() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let index = f.defer_a_sleep();
+        let _ = f.hib.heard(LEADER, 2, (0, 0), Instant::now());
+        assert_eq!(f.hib.supports(LEADER, Instant::now()), Some(2));
+        let clock = f.peer.raft.raft.election_elapsed();
+        f.apply_through(index);
+        assert!(!f.peer.is_asleep(), "slept under the restarted store");
+        assert_eq!(f.peer.sleep.deferred, None);
+        assert!(f.peer.take_sleep_beats().is_empty(), "woke a dead leader");
+        assert_eq!(f.peer.raft.raft.election_elapsed(), clock);
+    }
+
+    /// A raft message before the apply report ends the deferral: the
+    /// leader is not quiet after all.
+    #[test]
+    fn a_raft_message_ends_a_deferred_sleep() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let index = f.defer_a_sleep();
+        let term = f.peer.raft.raft.term();
+        let (leader, me) = (f.peer_on(LEADER).id, f.peer_on(ME).id);
+        f.deliver(
+            LEADER,
+            Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                from: leader,
+                to: me,
+                term,
+                commit: index,
+                ..Default::default()
+            },
+        );
+        assert_eq!(f.peer.sleep.deferred, None);
+        f.apply_through(index);
+        assert!(!f.peer.is_asleep());
     }
 }

@@ -807,7 +807,6 @@ impl Peer {
         true
     }
 
-    /// The merge messages to route, if any (taken).
     /// A snapshot of this region was refused because region `other` here
     /// owns part of its range: `other`'s peer is woken if it sleeps. It
     /// may have been merged away (into this region) while it slept apart
@@ -819,6 +818,7 @@ impl Peer {
             .push(MergeOut::Peer(other, MergeMsg::RangeWanted));
     }
 
+    /// The merge messages to route, if any (taken).
     pub fn take_merge_out(&mut self) -> Vec<MergeOut> {
         match self.merge.as_mut() {
             Some(m) if !m.out.is_empty() => std::mem::take(&mut m.out),

@@ -346,7 +346,8 @@ impl Peer {
         // without split votes and their leaders spread over the stores
         // even when the stores start one after another.
         if fresh && peer.raft.store().is_initialized() {
-            peer.sleep.fresh_hold = Some(FRESH_HOLD_TIMEOUTS.saturating_mul(cfg.election_ticks));
+            let ticks = FRESH_HOLD_TIMEOUTS.saturating_mul(cfg.election_ticks);
+            peer.sleep.fresh_hold = Some(u32::try_from(ticks).unwrap_or(u32::MAX));
             peer.sleep.campaigns_first = peer.campaigns_first_without(0);
         }
         peer.resume_merge_at_start(cfg);
@@ -695,10 +696,11 @@ impl Peer {
         // late, well inside the followers' election timeout (and never two
         // ticks in a row without a sleep: `skipped_tick`).
         let elapsed_ticks = usize::try_from(elapsed).unwrap_or(usize::MAX);
+        let idle_ticks = self.sleep.idle_ticks as usize;
         let sleeps_now = cfg.hibernate_regions
             && !std::mem::take(&mut self.sleep.skipped_tick)
             && self.is_leader()
-            && self.sleep.idle_ticks.saturating_add(elapsed_ticks) >= cfg.hibernate_idle_ticks
+            && idle_ticks.saturating_add(elapsed_ticks) >= cfg.hibernate_idle_ticks
             && self.hibernate_plan(hib, Instant::now()).is_some();
         if !sleeps_now {
             self.raft.tick();
@@ -712,8 +714,9 @@ impl Peer {
         }
         self.probe_membership(elapsed);
         if cfg.hibernate_regions && self.is_leader() {
-            self.sleep.idle_ticks = self.sleep.idle_ticks.saturating_add(elapsed_ticks);
-            if self.sleep.idle_ticks >= cfg.hibernate_idle_ticks {
+            let idle = (self.sleep.idle_ticks as usize).saturating_add(elapsed_ticks);
+            self.sleep.idle_ticks = u32::try_from(idle).unwrap_or(u32::MAX);
+            if idle >= cfg.hibernate_idle_ticks {
                 self.sleep.idle_ticks = 0;
                 self.try_hibernate(hib);
             }
