@@ -695,15 +695,23 @@ mod tests {
         n.advance(rd);
     }
 
-    /// A leader of 1, 2, 3 whose followers match its log, in replicate
-    /// state, with nothing left to send.
-    fn replicating_leader() -> RawNode<MemStorage> {
-        let mut n = node(1, &[1, 2, 3]);
+    /// Node 1 of 1, 2, 3 under `cfg`, elected, its first entry persisted
+    /// (the followers have acknowledged nothing yet).
+    fn elected_leader(cfg: &Config) -> RawNode<MemStorage> {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut n = RawNode::new(cfg, MemStorage::with_voters(&[1, 2, 3], &[]), &log).unwrap();
         n.raft.become_candidate();
         n.raft.become_leader();
         let rd = n.ready();
         n.store().wl().append(&rd.entries).unwrap();
         n.advance(rd);
+        n
+    }
+
+    /// A leader of 1, 2, 3 whose followers match its log, in replicate
+    /// state, with nothing left to send.
+    fn replicating_leader() -> RawNode<MemStorage> {
+        let mut n = elected_leader(&Config::new(1));
         acked_by_both(&mut n);
         n
     }
@@ -753,15 +761,9 @@ mod tests {
     /// index marked by `broadcast_commit_through` goes out at once)
     #[test]
     fn a_skipped_commit_broadcast_rides_on_the_next_append() {
-        let log = Logger::root(slog::Discard, slog::o!());
         let mut cfg = Config::new(1);
         cfg.skip_bcast_commit = true;
-        let mut n = RawNode::new(&cfg, MemStorage::with_voters(&[1, 2, 3], &[]), &log).unwrap();
-        n.raft.become_candidate();
-        n.raft.become_leader();
-        let rd = n.ready();
-        n.store().wl().append(&rd.entries).unwrap();
-        n.advance(rd);
+        let mut n = elected_leader(&cfg);
         acked_by_both(&mut n);
         // (to, commit) of the appends of a Ready.
         let appends = |rd: &Ready| -> Vec<(u64, u64)> {
@@ -806,16 +808,10 @@ mod tests {
     /// heartbeat intervals and a tick, the periodic heartbeat skips nobody)
     #[test]
     fn a_short_election_timeout_turns_heartbeat_skipping_off() {
-        let log = Logger::root(slog::Discard, slog::o!());
         let mut cfg = Config::new(1);
         cfg.election_tick = 5;
         cfg.heartbeat_tick = 2;
-        let mut n = RawNode::new(&cfg, MemStorage::with_voters(&[1, 2, 3], &[]), &log).unwrap();
-        n.raft.become_candidate();
-        n.raft.become_leader();
-        let rd = n.ready();
-        n.store().wl().append(&rd.entries).unwrap();
-        n.advance(rd);
+        let mut n = elected_leader(&cfg);
         n.propose(vec![], b"v".to_vec()).unwrap();
         let rd = n.ready();
         n.store().wl().append(&rd.entries).unwrap();

@@ -771,6 +771,14 @@ mod tests {
         /// follower takes (its lease starts). Returns the term.
         fn hear_the_leader(&mut self) -> u64 {
             let term = self.peer.raft.raft.term() + 1;
+            self.leader_beat(term, 0);
+            self.sent();
+            assert_eq!(self.peer.leader().map(|l| l.store_id), Some(LEADER));
+            term
+        }
+
+        /// A heartbeat from the leader on store 1 in `term`.
+        fn leader_beat(&mut self, term: u64, commit: u64) {
             let (leader, me) = (self.peer_on(LEADER).id, self.peer_on(ME).id);
             self.deliver(
                 LEADER,
@@ -779,12 +787,10 @@ mod tests {
                     from: leader,
                     to: me,
                     term,
+                    commit,
                     ..Default::default()
                 },
             );
-            self.sent();
-            assert_eq!(self.peer.leader().map(|l| l.store_id), Some(LEADER));
-            term
         }
 
         /// The messages of the peer's Ready, the round's write made
@@ -1054,18 +1060,7 @@ mod tests {
         let mut f = Follower::new(Duration::from_secs(600));
         let index = f.defer_a_sleep();
         let term = f.peer.raft.raft.term();
-        let (leader, me) = (f.peer_on(LEADER).id, f.peer_on(ME).id);
-        f.deliver(
-            LEADER,
-            Message {
-                msg_type: MessageType::MsgHeartbeat as i32,
-                from: leader,
-                to: me,
-                term,
-                commit: index,
-                ..Default::default()
-            },
-        );
+        f.leader_beat(term, index);
         assert_eq!(f.peer.sleep.deferred, None);
         f.apply_through(index);
         assert!(!f.peer.is_asleep());
