@@ -105,6 +105,7 @@ fn sweep(shape: Shape) {
             ("hibernating runs", t.hibernating_runs),
             ("nodes asleep", t.sleeps),
             ("wakes", t.wakes),
+            ("deferred sleeps", t.deferred_sleeps),
             ("support withdrawals", t.withdrawals),
             ("timed failovers", t.failovers),
         ] {

@@ -12,7 +12,10 @@
 //! - an idle leader (everything committed, applied and matched by every
 //!   node, no conf change or transfer pending) asks its followers to sleep
 //!   and stops ticking; a follower in the same state that supports the
-//!   leader's node sleeps too, any other asks the leader to wake;
+//!   leader's node sleeps too (it takes the commit from the ask, and if
+//!   what that commit covers is not applied yet it sleeps once it is,
+//!   unless a raft message or a change of leader or of the leader's
+//!   incarnation comes first), any other asks the leader to wake;
 //! - a sleeping node ticks not at all; any raft message, and a proposal,
 //!   wakes it; an awake follower that has not heard its leader for half an
 //!   election timeout asks it to wake once;
@@ -71,6 +74,10 @@ pub struct Sleep {
     nudged: bool,
     /// Follower: the last vote request it ignored as within the lease.
     asked: Option<Message>,
+    /// Follower: asked to sleep by this leader, in this incarnation of the
+    /// leader's node, while what the ask told it is committed was not
+    /// applied yet; it sleeps once it is, if nothing changed.
+    deferred: Option<(u64, u64)>,
     /// Liveness of the other nodes.
     support: BTreeMap<u64, Support>,
 }
@@ -347,6 +354,10 @@ impl World {
             }
             return false;
         }
+        // A raft message: the leader is not quiet after all.
+        if let Some(n) = self.nodes.get_mut(&to) {
+            n.sleep.deferred = None;
+        }
         self.wake(to);
         let Some(raw) = self.raw(to) else {
             return true;
@@ -382,27 +393,86 @@ impl World {
         true
     }
 
-    /// A follower asked to sleep by its leader sleeps if it is in the same
-    /// state and supports the leader's node; otherwise it wakes the leader.
+    /// A follower asked to sleep by its leader takes the commit from the
+    /// ask (the store's `skip_bcast_commit`: a commit advance is not sent
+    /// on its own) and sleeps if it is in the same state and supports the
+    /// leader's node; if only the apply of what it just learned is
+    /// committed is missing, it defers until its application loop has
+    /// applied it ([`World::retry_deferred_sleep`]); otherwise it wakes
+    /// the leader.
     fn on_sleep_request(&mut self, id: u64, m: &Message) {
-        let applied = match self.nodes.get(&id) {
-            Some(n) => n.store.app().applied,
+        let applied = match self.nodes.get_mut(&id) {
+            Some(n) => {
+                n.sleep.deferred = None;
+                n.store.app().applied
+            }
             None => return,
         };
         let supported = self.supports(id, m.from);
         let Some(raw) = self.raw(id) else { return };
-        let log = raw.raft.raft_log();
-        let agrees = raw.raft.state() == StateRole::Follower
+        let same_leader = raw.raft.state() == StateRole::Follower
             && raw.raft.term() == m.term
-            && raw.raft.leader_id() == m.from
-            && log.committed == m.commit
-            && log.last_index() == m.commit
-            && applied == m.commit
-            && supported;
-        if !agrees {
+            && raw.raft.leader_id() == m.from;
+        let log = raw.raft.raft_log_mut();
+        if same_leader && log.last_index() == m.commit && log.committed < m.commit {
+            log.commit_to(m.commit);
+        }
+        let caught_up =
+            same_leader && supported && log.committed == m.commit && log.last_index() == m.commit;
+        if caught_up && applied < m.commit {
+            let inc = self.nodes[&id].sleep.support[&m.from].incarnation;
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.sleep.deferred = Some((m.from, inc));
+            }
+            self.stats.deferred_sleeps += 1;
+            tr!(
+                self,
+                "  n{id} defers its sleep under n{} (applied {applied})",
+                m.from
+            );
+            return;
+        }
+        if !(caught_up && applied == m.commit) {
             self.send_sleep(id, packet(WAKE, id, m.from, 0, 0));
             return;
         }
+        self.fall_asleep(id, m.from);
+    }
+
+    /// After `id`'s application loop: a deferred sleep goes ahead if
+    /// everything committed is applied and nothing changed (same leader,
+    /// its node supported in the same incarnation, no raft message since);
+    /// otherwise it is dropped, with no word to the leader (the follower's
+    /// nudge covers a leader still asleep).
+    pub(super) fn retry_deferred_sleep(&mut self, id: u64) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let Some((leader, inc)) = n.sleep.deferred else {
+            return;
+        };
+        let applied = n.store.app().applied;
+        let support = n.sleep.support.get(&leader).copied();
+        let Some(raw) = self.raw(id) else { return };
+        let log = raw.raft.raft_log();
+        if applied < log.committed {
+            return;
+        }
+        let same = raw.raft.state() == StateRole::Follower
+            && raw.raft.leader_id() == leader
+            && log.last_index() == log.committed
+            && support.is_some_and(|s| s.supported && s.incarnation == inc);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.sleep.deferred = None;
+        }
+        if same {
+            self.fall_asleep(id, leader);
+        } else {
+            tr!(self, "  n{id} drops its deferred sleep");
+        }
+    }
+
+    /// Follower `id` sleeps under `leader`.
+    fn fall_asleep(&mut self, id: u64, leader: u64) {
+        let Some(raw) = self.raw(id) else { return };
         raw.raft.reset_election_clock();
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
@@ -411,9 +481,9 @@ impl World {
             n.sleep.asleep = true;
             self.stats.sleeps += 1;
         }
-        n.sleep.quiet_under = Some(m.from);
+        n.sleep.quiet_under = Some(leader);
         n.sleep.nudged = false;
         n.sleep.asked = None;
-        tr!(self, "  n{id} sleeps under n{}", m.from);
+        tr!(self, "  n{id} sleeps under n{leader}");
     }
 }

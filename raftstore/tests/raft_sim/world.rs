@@ -41,6 +41,9 @@ const FULL_CHECK_INTERVAL: usize = 64;
 /// Mixed into the seed for the RNG that decides whether a run hibernates
 /// (a separate RNG: runs without hibernation replay as before it existed).
 const HIBERNATE_SEED_MIX: u64 = 0x5EE9_0000_0000_0001;
+/// Mixed into the seed for the run's `skip_bcast_commit` choice (its own
+/// stream, so adding the choice changed no other run's schedule).
+const SKIP_BCAST_SEED_MIX: u64 = 0xB0CA_0000_0000_0002;
 
 /// The initial membership of a simulated group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,9 @@ pub struct Stats {
     pub sleeps: u64,
     /// Sleeping nodes woken.
     pub wakes: u64,
+    /// Sleep asks a follower deferred until it applied what they told it
+    /// is committed.
+    pub deferred_sleeps: u64,
     /// Support withdrawals (store liveness).
     pub withdrawals: u64,
     /// Leader deaths whose failover the liveness phase timed.
@@ -127,6 +133,7 @@ impl AddAssign for Stats {
         self.hibernating_runs += o.hibernating_runs;
         self.sleeps += o.sleeps;
         self.wakes += o.wakes;
+        self.deferred_sleeps += o.deferred_sleeps;
         self.withdrawals += o.withdrawals;
         self.failovers += o.failovers;
         self.failover_ticks_max = self.failover_ticks_max.max(o.failover_ticks_max);
@@ -161,6 +168,10 @@ pub(super) struct RunOpts {
     pub max_size_per_msg: u64,
     /// The hibernation and store-liveness model is on (`sleep`).
     pub hibernate: bool,
+    /// `Config::skip_bcast_commit` of every node (the store's setting): a
+    /// commit advance alone is not broadcast, except one that reaches a
+    /// conf change or a new leader's inherited tail.
+    pub skip_bcast_commit: bool,
 }
 
 /// One simulated node.
@@ -254,11 +265,13 @@ impl World {
             max_size_per_msg: MAX_SIZE_PER_MSG_CHOICES
                 [rng.random_range(0..MAX_SIZE_PER_MSG_CHOICES.len())],
             hibernate: ChaCha8Rng::seed_from_u64(seed ^ HIBERNATE_SEED_MIX).random(),
+            skip_bcast_commit: ChaCha8Rng::seed_from_u64(seed ^ SKIP_BCAST_SEED_MIX).random(),
         };
         if opts.hibernate {
             // The store's settings, whose protocol the model follows.
             opts.pre_vote = true;
             opts.check_quorum = true;
+            opts.skip_bcast_commit = true;
         }
         let total = shape.voters + shape.learners;
         let conf = ConfState {
@@ -353,6 +366,7 @@ impl World {
             applied,
             pre_vote: self.opts.pre_vote,
             check_quorum: self.opts.check_quorum,
+            skip_bcast_commit: self.opts.skip_bcast_commit,
             max_inflight_msgs: self.opts.max_inflight,
             max_size_per_msg: self.opts.max_size_per_msg,
             rng_seed: Some(self.rng.random()),
@@ -477,6 +491,9 @@ impl World {
                 return Ok(());
             };
             if !raw.has_ready() {
+                if self.opts.hibernate {
+                    self.retry_deferred_sleep(id);
+                }
                 return Ok(());
             }
             let mut rd = raw.ready();
