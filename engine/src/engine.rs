@@ -108,6 +108,7 @@ pub struct EngineStats {
     writes: AtomicU64,
     synced_writes: AtomicU64,
     written_bytes: AtomicU64,
+    written_ops: AtomicU64,
 }
 
 impl EngineStats {
@@ -124,6 +125,12 @@ impl EngineStats {
     /// Bytes of write-batch data written.
     pub fn written_bytes(&self) -> u64 {
         self.written_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Operations (puts, deletes, range deletes) in the batches written:
+    /// each is one insert into a memtable.
+    pub fn written_ops(&self) -> u64 {
+        self.written_ops.load(Ordering::Relaxed)
     }
 }
 
@@ -368,6 +375,7 @@ impl Engine {
         let sync = durability == Durability::Sync;
         wopts.set_sync(sync);
         let data_size = batch.data_size() as u64;
+        let ops = batch.count() as u64;
         self.inner
             .db
             .write_opt(batch.into_raw(), &wopts)
@@ -378,6 +386,7 @@ impl Engine {
             stats.synced_writes.fetch_add(1, Ordering::Relaxed);
         }
         stats.written_bytes.fetch_add(data_size, Ordering::Relaxed);
+        stats.written_ops.fetch_add(ops, Ordering::Relaxed);
         Ok(())
     }
 

@@ -34,6 +34,7 @@ fn synced_write_survives_reopen() {
         engine.write(wb, Durability::Sync).unwrap();
         assert_eq!(engine.stats().synced_writes(), 1);
         assert_eq!(engine.stats().writes(), 1);
+        assert_eq!(engine.stats().written_ops(), 2, "one per put");
     }
     let engine = open(&dir);
     assert_eq!(

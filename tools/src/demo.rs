@@ -88,6 +88,12 @@ pub struct DemoReport {
     pub raft_messages: u64,
     /// Synced writes (fsyncs) by all stores during the workload.
     pub fsyncs: u64,
+    /// Engine write batches written by all stores during the workload.
+    pub engine_writes: u64,
+    /// Operations in them (each one memtable insert).
+    pub engine_ops: u64,
+    /// Their bytes.
+    pub engine_bytes: u64,
     /// Heartbeats the peers generated during the workload (each went out
     /// inside a coalesced batch).
     pub heartbeats: u64,
@@ -147,6 +153,9 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
 struct Totals {
     msgs: u64,
     fsyncs: u64,
+    engine_writes: u64,
+    engine_ops: u64,
+    engine_bytes: u64,
     heartbeats: u64,
     batches: u64,
     rounds: u64,
@@ -164,7 +173,11 @@ fn totals(cluster: &Cluster) -> Totals {
         if let Some(s) = cluster.store(id) {
             let m = s.metrics();
             t.msgs += m.raft_messages_sent.load(Ordering::Relaxed);
-            t.fsyncs += s.engine().stats().synced_writes();
+            let es = s.engine().stats();
+            t.fsyncs += es.synced_writes();
+            t.engine_writes += es.writes();
+            t.engine_ops += es.written_ops();
+            t.engine_bytes += es.written_bytes();
             t.heartbeats += m.heartbeats_sent.load(Ordering::Relaxed);
             t.batches += m.heartbeat_batches_sent.load(Ordering::Relaxed);
             t.rounds += m.poll_rounds.load(Ordering::Relaxed);
@@ -354,6 +367,9 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         election_time,
         raft_messages: after.msgs - before.msgs,
         fsyncs: after.fsyncs - before.fsyncs,
+        engine_writes: after.engine_writes - before.engine_writes,
+        engine_ops: after.engine_ops - before.engine_ops,
+        engine_bytes: after.engine_bytes - before.engine_bytes,
         heartbeats: after.heartbeats - before.heartbeats,
         heartbeat_batches: after.batches - before.batches,
         messages_by_type: by_type(&before, &after),
@@ -525,6 +541,15 @@ impl std::fmt::Display for DemoReport {
             "fsyncs             {} ({:.0}/s)",
             self.fsyncs,
             self.fsyncs as f64 / secs
+        )?;
+        let per_op = |n: u64| n as f64 / self.ops.max(1) as f64;
+        writeln!(
+            f,
+            "engine writes      {} batches ({:.2} per op), {:.1} operations and {:.0} bytes per op (all stores)",
+            self.engine_writes,
+            per_op(self.engine_writes),
+            per_op(self.engine_ops),
+            per_op(self.engine_bytes)
         )?;
         writeln!(
             f,
