@@ -250,8 +250,9 @@ impl<S: Storage> Raft<S> {
     /// marked it active for check-quorum, as the heartbeat would. (It
     /// carried the commit index from before its own ack: with
     /// `skip_bcast_commit` the follower may learn the commit its ack made
-    /// only at the next heartbeat, up to two intervals later.) A follower with appends unacknowledged gets its
-    /// heartbeat: the answer is what recovers a lost ack.
+    /// only at the next heartbeat, up to two intervals later.) A follower
+    /// with appends unacknowledged gets its heartbeat: the answer is what
+    /// recovers a lost ack.
     ///
     /// A skip can leave a follower up to two heartbeat intervals without a
     /// message (an append just after one heartbeat, the next heartbeat two
@@ -377,12 +378,7 @@ impl<S: Storage> Raft<S> {
             ProgressState::Replicate => pr.ins.free_to(m.index),
         }
         let matched = pr.matched;
-        let prev_commit = self.raft_log.committed;
-        if self.maybe_commit() {
-            if self.should_bcast_commit(prev_commit) {
-                self.pending_bcast.commit = true;
-            }
-        } else if old_paused {
+        if !self.commit_and_announce() && old_paused {
             self.maybe_send_append(m.from, true);
         }
         // Keep the pipeline full.
@@ -390,6 +386,20 @@ impl<S: Storage> Raft<S> {
         if self.lead_transferee == Some(m.from) && matched == last_index {
             self.send_timeout_now(m.from);
         }
+    }
+
+    /// Leader: advances the commit index as far as a quorum allows, and
+    /// marks the advance for the next flush if it goes to the followers at
+    /// once ([`Raft::should_bcast_commit`]). Returns whether it moved.
+    fn commit_and_announce(&mut self) -> bool {
+        let prev_commit = self.raft_log.committed;
+        if !self.maybe_commit() {
+            return false;
+        }
+        if self.should_bcast_commit(prev_commit) {
+            self.pending_bcast.commit = true;
+        }
+        true
     }
 
     /// Whether a commit advance from `prev_commit` to the current commit
@@ -461,9 +471,8 @@ impl<S: Storage> Raft<S> {
             .prs
             .get_mut(id)
             .is_some_and(|pr| pr.maybe_update(persisted));
-        let prev_commit = self.raft_log.committed;
-        if updated && self.maybe_commit() && self.should_bcast_commit(prev_commit) {
-            self.pending_bcast.commit = true;
+        if updated {
+            self.commit_and_announce();
         }
     }
 

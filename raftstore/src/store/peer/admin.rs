@@ -76,16 +76,8 @@ impl Peer {
         callback: Responder,
         target_checked: bool,
     ) {
-        let step = self.admin_command(cfg, &request, target_checked);
-        let proposes = matches!(
-            step,
-            Ok(AdminStep::ProposeConfChange(_)
-                | AdminStep::ProposeConfChangeV2(_)
-                | AdminStep::Propose(_)
-                | AdminStep::ProposePrepareMerge(_)
-                | AdminStep::ProposeSplit(_))
-        );
-        match step {
+        let last_before = self.raft.raft.raft_log().last_index();
+        match self.admin_command(cfg, &request, target_checked) {
             Ok(AdminStep::CheckMergeTarget) => self.check_merge_target(request, callback),
             Ok(AdminStep::Answer(resp)) => {
                 callback.respond(*resp);
@@ -119,18 +111,18 @@ impl Peer {
                 callback.respond(err_response(e));
             }
         }
-        if proposes {
-            self.broadcast_admin_commit();
-        }
+        self.broadcast_admin_commit(last_before);
     }
 
-    /// The followers learn the commit of the admin entry just proposed at
-    /// once (commits of data entries ride on the next append or
-    /// heartbeat): a split, merge step or conf change should take effect
-    /// on every store without waiting for unrelated traffic.
-    pub(super) fn broadcast_admin_commit(&mut self) {
+    /// If an admin entry entered the log past `last_before`, the followers
+    /// learn its commit at once (commits of data entries ride on the next
+    /// append or heartbeat): a split, merge step or conf change should
+    /// take effect on every store without waiting for unrelated traffic.
+    pub(super) fn broadcast_admin_commit(&mut self, last_before: u64) {
         let last = self.raft.raft.raft_log().last_index();
-        self.raft.raft.broadcast_commit_through(last);
+        if last > last_before {
+            self.raft.raft.broadcast_commit_through(last);
+        }
     }
 
     fn admin_command(

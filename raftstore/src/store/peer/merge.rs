@@ -445,7 +445,7 @@ impl Peer {
         self.propose_with(Responder::new(Box::new(|_| {})), |raft| {
             raft.propose(Vec::new(), data)
         });
-        self.broadcast_admin_commit();
+        self.broadcast_admin_commit(index - 1);
         (self.raft.raft.raft_log().last_index() == index).then_some(index)
     }
 
