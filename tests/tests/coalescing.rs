@@ -5,7 +5,7 @@
 //! leader cost no tick messages.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_proto::eraftpb::MessageType;
 use flotilla_raftstore::store::{ClientConfig, Cluster, Config, StoreMetrics};
@@ -131,9 +131,21 @@ fn idle_heartbeats_are_coalesced_per_store_pair() {
     // The per-type counters account for every beat, and rounds are timed.
     for &id in cluster.store_ids() {
         let m = cluster.store(id).unwrap().metrics();
-        let by_type = m.sent_of_type(MessageType::MsgHeartbeat)
-            + m.sent_of_type(MessageType::MsgHeartbeatResponse);
-        assert_eq!(by_type, m.heartbeats_sent.load(Ordering::Relaxed));
+        // The two counters move one after the other on a live store: read
+        // them until no beat is between the two (the store goes quiet).
+        let counted = || {
+            let total = m.heartbeats_sent.load(Ordering::Relaxed);
+            let by_type = m.sent_of_type(MessageType::MsgHeartbeat)
+                + m.sent_of_type(MessageType::MsgHeartbeatResponse);
+            (by_type, total)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut by_type, mut total) = counted();
+        while by_type != total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            (by_type, total) = counted();
+        }
+        assert_eq!(by_type, total, "store {id}: beats by type vs all beats");
         assert!(m.sent_of_type(MessageType::MsgAppend) > 0);
         assert!(m.poll_rounds.load(Ordering::Relaxed) > 0);
         assert!(
