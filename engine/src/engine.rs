@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, ErrorKind, MemtableFactory,
-    Options, SliceTransform, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, ErrorKind, Options,
+    WriteOptions,
 };
 
 use crate::error::{Error, Result, rocks};
-use crate::keys;
 use crate::snapshot::Snapshot;
 use crate::write_batch::{WriteBatch, WriteOrigin, check_range};
 
@@ -49,28 +48,13 @@ pub enum Durability {
 
 /// Default shared block-cache capacity.
 pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 256 << 20;
-/// Default memtable size per column family. Small on purpose: user keys
-/// land all over the key space, so each insert into the `default` column
-/// family's skiplist walks it with a cache miss per level, and a shallower
-/// list is faster (`flotilla demo --regions 10000 --clients 256
-/// --write-ratio 1`: about 1.2x the writes/s of RocksDB's 64 MiB, measured
-/// when the raft column family used the same skiplist); idle memtables
-/// also hold less.
+/// Default memtable size per column family. Small on purpose: a store's
+/// writes land all over the key space (every region appends its own log,
+/// raft state and apply state), so each memtable insert walks the whole
+/// skiplist with a cache miss per level; a shallower list is faster
+/// (`flotilla demo --regions 10000 --clients 256 --write-ratio 1`: about
+/// 1.2x the writes/s of RocksDB's 64 MiB), and idle memtables hold less.
 pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 8 << 20;
-/// Hash buckets of the raft column family's memtable. Its keys are hashed
-/// by region ([`keys::memtable_bucket`]), each bucket a skiplist of its own:
-/// a log append, raft-state or apply-state put walks a list of one
-/// region's keys instead of every region's (at 10,000 busy regions the
-/// shared skiplist was RocksDB's largest cost, about a sixth of the CPU).
-/// A read inside one region's keys reads its bucket alone; a read across
-/// regions sorts a copy of the memtable first (`Snapshot::iter`), so those
-/// are kept off hot paths (startup, offline inspection). The bucket array
-/// (8 bytes a bucket) is part of every raft memtable.
-const RAFT_MEMTABLE_BUCKETS: usize = 1 << 16;
-/// Levels of each bucket's skiplist (as RocksDB's default skiplist).
-const RAFT_MEMTABLE_HEIGHT: i32 = 12;
-/// Branching factor of each bucket's skiplist (as the default).
-const RAFT_MEMTABLE_BRANCHING: i32 = 4;
 /// Default number of RocksDB background flush/compaction jobs.
 pub const DEFAULT_BACKGROUND_JOBS: i32 = 2;
 /// RocksDB's marker file: a directory holding it is a RocksDB database.
@@ -225,9 +209,6 @@ impl Engine {
         db_opts.create_missing_column_families(!existing);
         db_opts.set_paranoid_checks(true);
         db_opts.set_max_background_jobs(opts.background_jobs);
-        // The raft column family's hashed memtable takes inserts from one
-        // writer at a time.
-        db_opts.set_allow_concurrent_memtable_write(false);
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let descriptors = Cf::ALL.iter().map(|cf| {
             let mut table = BlockBasedOptions::default();
@@ -235,18 +216,6 @@ impl Engine {
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&table);
             cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
-            if *cf == Cf::Raft {
-                cf_opts.set_prefix_extractor(SliceTransform::create(
-                    "flotilla.region_prefix",
-                    keys::memtable_bucket,
-                    None,
-                ));
-                cf_opts.set_memtable_factory(MemtableFactory::HashSkipList {
-                    bucket_count: RAFT_MEMTABLE_BUCKETS,
-                    height: RAFT_MEMTABLE_HEIGHT,
-                    branching_factor: RAFT_MEMTABLE_BRANCHING,
-                });
-            }
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, &path, descriptors)

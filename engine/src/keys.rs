@@ -144,21 +144,6 @@ pub enum Key<'a> {
     Data(&'a [u8]),
 }
 
-/// The raft column family's memtable bucket of `key`: its first
-/// `LOCAL_PREFIX, kind, region_id` bytes (the whole key when shorter), so a
-/// region's log, raft state and apply state share one bucket.
-pub(crate) fn memtable_bucket(key: &[u8]) -> &[u8] {
-    &key[..key.len().min(REGION_PREFIX_LEN)]
-}
-
-/// Whether every key of `[start, end)` lies in `start`'s memtable bucket
-/// ([`memtable_bucket`]): both bounds share one region prefix.
-pub(crate) fn within_one_bucket(start: &[u8], end: &[u8]) -> bool {
-    start.len() >= REGION_PREFIX_LEN
-        && end.len() >= REGION_PREFIX_LEN
-        && start[..REGION_PREFIX_LEN] == end[..REGION_PREFIX_LEN]
-}
-
 fn region_key(kind: u8, region_id: u64, suffix: u8) -> [u8; REGION_KEY_LEN] {
     let mut key = [0u8; REGION_KEY_LEN];
     key[0] = LOCAL_PREFIX;

@@ -7,7 +7,6 @@ use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions, SnapshotWithThreadMo
 
 use crate::engine::{Cf, Inner, decode_msg};
 use crate::error::{Result, rocks};
-use crate::keys;
 
 /// A consistent view of the database as of [`crate::Engine::snapshot`]:
 /// writes made after it are never visible through it. Owned and `Send +
@@ -68,20 +67,8 @@ impl Snapshot {
 
     /// Iterates `[start, end)` of `cf` in key order (an empty `end` means no
     /// upper bound).
-    ///
-    /// In the raft column family a range inside one region's keys (e.g. a
-    /// log range) is cheap; a range across regions first sorts a copy of
-    /// the column family's hashed memtable, so it belongs off hot paths.
     pub fn iter(&self, cf: Cf, start: &[u8], end: &[u8]) -> RangeIter<'_> {
         let mut ropts = ReadOptions::default();
-        // The raft column family's memtable is hashed by region: a range
-        // inside one region reads that region's bucket alone; any other
-        // range needs the total order (a sorted copy of the memtable).
-        if cf == Cf::Raft && keys::within_one_bucket(start, end) {
-            ropts.set_prefix_same_as_start(true);
-        } else {
-            ropts.set_total_order_seek(true);
-        }
         ropts.set_iterate_lower_bound(start.to_vec());
         if !end.is_empty() {
             ropts.set_iterate_upper_bound(end.to_vec());

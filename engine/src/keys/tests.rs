@@ -177,34 +177,6 @@ proptest! {
         prop_assert!(lo_end <= hi_start);
     }
 
-    /// A range `within_one_bucket` holds only keys of its start's bucket,
-    /// so reading that bucket alone (RocksDB's prefix mode) misses nothing.
-    #[test]
-    fn a_range_within_one_bucket_holds_only_that_buckets_keys(
-        r in 0u64..4, kinds in (0u8..4, 0u8..4), a in any::<u64>(), b in any::<u64>(), probe in (0u64..4, 0u8..4, any::<u64>()),
-    ) {
-        // Keys of the raft column family: a region's log entries and its
-        // state keys (suffix 2..), and the short store-level keys.
-        let key = |r: u64, kind: u8, i: u64| -> Vec<u8> {
-            match kind {
-                0 => STORE_IDENT_KEY.to_vec(),
-                1 => raft_log_key(r, i).to_vec(),
-                2 => raft_state_key(r).to_vec(),
-                _ => region_state_key(r).to_vec(),
-            }
-        };
-        let (start, end) = (key(r, kinds.0, a), key(r, kinds.1, b));
-        let k = key(probe.0, probe.1, probe.2);
-        if within_one_bucket(&start, &end) && start <= k && k < end {
-            prop_assert_eq!(memtable_bucket(&k), memtable_bucket(&start));
-        }
-        // A log range of one region is always within one bucket.
-        let (lo, hi) = raft_log_range(r, a.min(b), a.max(b));
-        prop_assert!(within_one_bucket(&lo, &hi));
-        // A bucket is never longer than the key.
-        prop_assert!(memtable_bucket(&k).len() <= k.len());
-    }
-
     /// Every data key sorts after every local key.
     #[test]
     fn data_keys_sort_after_local_keys(user in proptest::collection::vec(any::<u8>(), 0..32), r in any::<u64>(), i in any::<u64>()) {
