@@ -289,17 +289,22 @@ impl Mix {
     }
 }
 
-/// One seeded chaos run.
+/// One seeded chaos run of `CHAOS_STEPS` (default [`STEPS`]) actions.
 fn chaos_run(seed: u64, mix: Mix) {
+    let steps = std::env::var("CHAOS_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(STEPS);
+    chaos_run_steps(seed, mix, steps);
+}
+
+/// One seeded chaos run of `steps` driver actions.
+fn chaos_run_steps(seed: u64, mix: Mix, steps: usize) {
     println!("chaos seed {seed} (replay with SIM_SEED={seed}), mix {mix:?}");
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     wait_leader(&cluster, 1).expect("leader");
     cluster.add_store(STORES).unwrap();
-    let steps = std::env::var("CHAOS_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(STEPS);
     let w = Workload {
         clients: 4,
         keys: KEYS,
@@ -440,4 +445,16 @@ fn chaos_history_is_linearizable_and_invariants_hold() {
 #[test]
 fn split_merge_chaos_history_is_linearizable_and_invariants_hold() {
     run_seeds(SPLIT_MERGE, &MERGE_CI_SEEDS);
+}
+
+/// The split/merge mix, seed 18, 40 actions (session 14's long sweep,
+/// `SPLIT_MERGE_SEEDS=40 CHAOS_STEPS=40`): after isolations, restarts and
+/// merges, store 1 never converges on one region (absent there, or left at
+/// an older epoch) within the settle wait. Failed 5 of 6 tries: 3 of 3
+/// with session 14's hashed raft memtable (since reverted), 2 of 3 on the
+/// engine of a22015a; seeds 1..17 pass.
+#[test]
+#[ignore = "bug: split/merge chaos seed 18 at 40 steps: store 1 never converges on a region after isolations, restarts and merges"]
+fn split_merge_chaos_seed_18_long_run_converges() {
+    chaos_run_steps(18, SPLIT_MERGE, 40);
 }
