@@ -576,11 +576,7 @@ impl Peer {
             // the leader knows holds its whole log in this term.
             log.commit_to(commit);
         }
-        let caught_up = same_leader
-            && log.committed == commit
-            && log.last_index() == commit
-            && self.reads.is_empty()
-            && self.proposals.is_empty();
+        let caught_up = same_leader && self.settled_at(commit);
         let applied = self.raft.store().applied_index();
         if caught_up && applied < commit {
             let support = hib
@@ -640,6 +636,17 @@ impl Peer {
         true
     }
 
+    /// Whether this peer's log ends at `commit`, committed through it,
+    /// with no read or proposal waiting: the state a sleep request asks a
+    /// follower to be in (applying aside).
+    fn settled_at(&self, commit: u64) -> bool {
+        let log = self.raft.raft.raft_log();
+        log.committed == commit
+            && log.last_index() == commit
+            && self.reads.is_empty()
+            && self.proposals.is_empty()
+    }
+
     /// A follower whose sleep waited for its apply side (see
     /// `PeerSleep::deferred`): once everything up to its commit is
     /// applied, it sleeps if nothing changed since the request; if
@@ -650,16 +657,12 @@ impl Peer {
         let Some(epoch) = self.sleep.deferred else {
             return;
         };
-        let log = self.raft.raft.raft_log();
-        let commit = log.committed;
+        let commit = self.raft.raft.raft_log().committed;
         if self.raft.store().applied_index() < commit {
             return;
         }
         self.sleep.deferred = None;
-        let unchanged = !self.is_leader()
-            && log.last_index() == commit
-            && self.reads.is_empty()
-            && self.proposals.is_empty();
+        let unchanged = !self.is_leader() && self.settled_at(commit);
         // No leader: an election began since (this peer's clock ran out).
         if let Some(leader) = self.leader().filter(|_| unchanged) {
             self.sleep_under(leader.store_id, Some(epoch.get()), hib);
