@@ -11,8 +11,9 @@ use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole, Region};
 use flotilla_proto::raft_cmdpb::{AdminRequest, PrepareMergeRequest, admin_request};
 use flotilla_proto::raft_serverpb::PeerState;
+use flotilla_proto::raft_serverpb::RaftMessage;
 use flotilla_raftstore::store::{
-    AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error, MessageSink,
+    AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error, Filter, MessageSink,
 };
 use flotilla_tests::harness::{
     FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
@@ -457,6 +458,111 @@ fn isolated_store_catches_up_through_a_merge(source_asleep: bool) {
         region_state(&engine, right.id).map(|s| s.state()),
         Some(PeerState::Tombstone)
     );
+    drop(engine);
+    cluster.shutdown();
+}
+
+/// Drops every message to `store` of a region not in `keep`; the
+/// store-level heartbeat batches to it pass with the beats of `keep`
+/// only.
+struct AllBut {
+    store: u64,
+    keep: Vec<u64>,
+}
+
+impl Filter for AllBut {
+    fn filter(&self, msgs: &mut Vec<RaftMessage>) {
+        msgs.retain_mut(|m| {
+            if m.to_peer.is_none_or(|p| p.store_id != self.store)
+                || self.keep.contains(&m.region_id)
+            {
+                return true;
+            }
+            if let Some(h) = m.heartbeats.as_mut() {
+                h.beats.retain(|b| self.keep.contains(&b.region_id));
+            }
+            if let Some(h) = m.heartbeat_responses.as_mut() {
+                h.responses.retain(|b| self.keep.contains(&b.region_id));
+            }
+            m.region_id == 0
+        });
+    }
+}
+
+/// Chaos seed 18's bug (session 15): a store hears that its source peer
+/// was merged away before it has applied the split that creates the
+/// target's peer there. The source must wait for that split, not go: the
+/// target peer the split creates has the CommitMerge in its log and needs
+/// the source's data. Here a store hears nothing but the source's
+/// messages while its neighbour splits the target off and the source
+/// merges into it; then the neighbour's, so the split applies there; then
+/// all. It ends with the target merged from its log, holding the source's
+/// keys, and the source a tombstone naming it. (Before the fix the source
+/// was destroyed at the notice, and the target's apply waited for it
+/// forever.)
+#[test]
+fn a_merged_source_waits_for_the_split_that_creates_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, left, right) = split_cluster(&dir);
+    let behind = store_leading_none(&cluster, &[left.id, right.id]);
+    let only = |keep: Vec<u64>| {
+        cluster.transport().add_filter(std::sync::Arc::new(AllBut {
+            store: behind,
+            keep,
+        }))
+    };
+    let cut = only(vec![right.id]);
+    let split = client.split_at(&DATA.key(KEYS / 4)).expect("split");
+    let target = split
+        .iter()
+        .find(|r| r.end_key == right.start_key)
+        .expect("the split's right part")
+        .clone();
+    DATA.write(&client, KEYS / 2..KEYS, 9);
+    let merged = client.merge(right.id, target.id).expect("merge");
+    let engine = cluster.store(behind).unwrap().engine().clone();
+    let metrics = || cluster.store(behind).unwrap().metrics();
+    // The behind store's source hears it was merged away (its peers are
+    // gone) while its store has no peer of the target.
+    assert!(
+        eventually(|| metrics()
+            .merge_sources_waiting_for_split
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            || region_state(&engine, right.id).is_some_and(|s| s.state() == PeerState::Tombstone)),
+        "the behind store's source never heard of the merge"
+    );
+    assert!(region_state(&engine, target.id).is_none());
+    // The neighbour's split applies there: the target's peer comes from it.
+    let half = only(vec![right.id, left.id]);
+    cluster.transport().remove_filter(cut);
+    assert!(
+        eventually(|| region_state(&engine, target.id).is_some()),
+        "the behind store never split the target off"
+    );
+    cluster.transport().remove_filter(half);
+    let done = || {
+        let t = region_state(&engine, target.id);
+        let s = region_state(&engine, right.id);
+        t.is_some_and(|t| t.state() == PeerState::Normal && t.region.as_ref() == Some(&merged))
+            && s.is_some_and(|s| {
+                s.state() == PeerState::Tombstone
+                    && s.merge_state
+                        .and_then(|m| m.target)
+                        .is_some_and(|t| t.id == target.id)
+            })
+    };
+    assert!(
+        eventually(done),
+        "the behind store did not finish the merge: target {:?}, source {:?}",
+        region_state(&engine, target.id),
+        region_state(&engine, right.id)
+    );
+    assert!(
+        DATA.holds(&engine, KEYS / 2..KEYS, 9),
+        "the behind store lost the source's keys"
+    );
+    DATA.assert_reads(&client, KEYS / 2..KEYS, 9);
     drop(engine);
     cluster.shutdown();
 }

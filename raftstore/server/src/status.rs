@@ -276,7 +276,7 @@ fn store_families(m: &StoreMetrics, out: &mut Vec<MetricFamily>) {
         MetricType::COUNTER,
         wakes,
     ));
-    let counters: [(&str, &str, &AtomicU64); 27] = [
+    let counters: [(&str, &str, &AtomicU64); 28] = [
         (
             "raft_messages_dropped_total",
             "Raft messages dropped: the peer's mailbox was full.",
@@ -387,6 +387,11 @@ fn store_families(m: &StoreMetrics, out: &mut Vec<MetricFamily>) {
             "peers_destroyed_total",
             "Peers destroyed (removed from their region).",
             &m.peers_destroyed,
+        ),
+        (
+            "merge_sources_waiting_for_split_total",
+            "Merged-away source peers that waited for a split here to create their target.",
+            &m.merge_sources_waiting_for_split,
         ),
         (
             "split_checks_total",

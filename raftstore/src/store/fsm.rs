@@ -230,6 +230,9 @@ pub struct StoreMetrics {
     pub merges_rolled_back: AtomicU64,
     /// Peers destroyed (removed from their region).
     pub peers_destroyed: AtomicU64,
+    /// Times a source peer merged away elsewhere found no peer of its
+    /// target here but a region that may yet split it off, and waited.
+    pub merge_sources_waiting_for_split: AtomicU64,
     /// Time spent generating snapshots (microseconds, all of them).
     pub snapshot_generate_micros: AtomicU64,
     /// Time spent sending snapshot streams (microseconds, all of them).
@@ -629,25 +632,17 @@ impl<T: Transport> RaftPoller<T> {
                     let to = msg.to_peer.map_or(0, |p| p.store_id);
                     (to, self.transport.send(*msg).is_ok())
                 }
-                MergeOut::AskTarget {
-                    source,
-                    target,
-                    version,
-                } => {
+                MergeOut::AskTarget { source, target } => {
+                    let version = target.region_epoch.map_or(0, |e| e.version);
                     let ask = MergeMsg::SourceWaits { source, version };
                     if self
                         .router
-                        .force_send(target, PeerMsg::Merge(Box::new(ask)))
+                        .force_send(target.id, PeerMsg::Merge(Box::new(ask)))
                         .is_err()
                     {
-                        // No peer of the target here: nothing here needs
-                        // the source's data.
-                        let gone = MergeMsg::Superseded { target_id: target };
-                        let _ = self
-                            .router
-                            .force_send(source, PeerMsg::Merge(Box::new(gone)));
+                        self.on_merged_source_without_target(source, &target);
                     }
-                    (target, true)
+                    (target.id, true)
                 }
             };
             if !sent {
@@ -655,6 +650,68 @@ impl<T: Transport> RaftPoller<T> {
                     "region" => region_id, "from" => peer.region_id());
             }
         }
+    }
+
+    /// `source`, merged away elsewhere into `target` (as the merge left
+    /// it), found no peer of the target here. If a region here may still
+    /// split the target's peer off, the source waits for it (that peer's
+    /// log holds the CommitMerge, which needs the source's data; the
+    /// source asks again at its next merge notice); else nothing here
+    /// needs its data and it goes.
+    fn on_merged_source_without_target(&self, source: u64, target: &Region) {
+        if self.may_split_off(target, source) {
+            self.metrics
+                .merge_sources_waiting_for_split
+                .fetch_add(1, Ordering::Relaxed);
+            slog::debug!(self.logger, "merged-away source waits for a split to create its target";
+                "region" => source, "target" => target.id);
+            return;
+        }
+        let gone = MergeMsg::Superseded {
+            target_id: target.id,
+        };
+        let _ = self
+            .router
+            .force_send(source, PeerMsg::Merge(Box::new(gone)));
+    }
+
+    /// Whether a region here other than `source` may still create a peer
+    /// of `target` (as a merge left it) by a split it has not applied:
+    /// the target's peer is claimed by a split under way, or a region here
+    /// whose range meets the target's is older than it (a lower version:
+    /// a region past the target's version came after the merge and splits
+    /// off nothing from before it). Regions merged away into the same
+    /// target do not count (they are sources waiting alike, and split
+    /// nothing while merging). An unreadable state counts (the source
+    /// waits and asks again).
+    fn may_split_off(&self, target: &Region, source: u64) -> bool {
+        let version = target.region_epoch.map_or(0, |e| e.version);
+        let candidates: Vec<u64> = {
+            let meta = self.meta.lock();
+            if meta.claimed_by_split(target.id) {
+                return true;
+            }
+            meta.overlapping(&target.start_key, &target.end_key, source)
+                .into_iter()
+                .filter(|&r| meta.merged_into(r).is_none_or(|(t, _)| t != target.id))
+                .collect()
+        };
+        candidates.into_iter().any(|r| {
+            match self
+                .engine
+                .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(r))
+            {
+                Ok(Some(state)) => {
+                    state.state() != PeerState::Tombstone
+                        && state
+                            .region
+                            .and_then(|r| r.region_epoch)
+                            .is_some_and(|e| e.version < version)
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            }
+        })
     }
 
     /// A source's ask to commit found no peer of its target `target` here.

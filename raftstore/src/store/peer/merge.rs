@@ -54,16 +54,16 @@ pub enum MergeOut {
     Apply(u64, ApplyMsg),
     /// A message to another store.
     Remote(Box<RaftMessage>),
-    /// `source`, merged away elsewhere into `target` (at `version`), is
-    /// destroyed if this store has no peer of `target`; else that peer is
-    /// asked whether it is past the merge.
+    /// `source`, merged away elsewhere into `target` (as the merge left
+    /// it), is destroyed if this store has no peer of `target` and none
+    /// can come by a split here; else the target's peer is asked whether
+    /// it is past the merge.
     AskTarget {
         /// The merged-away region.
         source: u64,
-        /// The region it went into.
-        target: u64,
-        /// The target's version after the merge.
-        version: u64,
+        /// The region it went into, as the merge left it (boxed: most
+        /// messages are small).
+        target: Box<Region>,
     },
 }
 
@@ -724,13 +724,15 @@ impl Peer {
 
     /// A store where this region was merged away says so (a tombstone
     /// message naming `target` as the merge made it): this peer missed
-    /// the merge's end. If this store has no initialized peer of the
-    /// target, nothing here needs this peer's data (the target's peer
-    /// will be initialized by a snapshot): it is destroyed. Else it waits
-    /// for that peer, which either applies the CommitMerge from its log
-    /// (and has this peer catch up first) or takes a snapshot past the
-    /// merge, which has this peer destroyed first
-    /// ([`Peer::supersede_merged`]).
+    /// the merge's end. If this store has no peer of the target, and no
+    /// region here that may yet split it off (one older than the merge
+    /// whose range meets the target's: its split, once applied, creates a
+    /// target peer whose log holds the CommitMerge), nothing here needs
+    /// this peer's data (a target peer coming later is initialized by a
+    /// snapshot): it is destroyed. Else it waits for that peer, which
+    /// either applies the CommitMerge from its log (and has this peer
+    /// catch up first) or takes a snapshot past the merge, which has this
+    /// peer destroyed first ([`Peer::supersede_merged`]).
     pub(super) fn on_merged_elsewhere(&mut self, target: &Region) {
         if target.id == self.region_id() || self.removed {
             return;
@@ -743,17 +745,16 @@ impl Peer {
         }
         meta.note_merged(self.region_id(), target.id, version);
         drop(meta);
-        // Goes if no peer of the target is here at all (the poller knows),
-        // or the target's peer here is past the merge (it asks it): then
-        // nothing here needs this peer's data. An uninitialized target peer
-        // takes a snapshot first, which either predates the merge (and the
-        // CommitMerge it then applies needs this peer) or has this peer
-        // go first.
+        // Goes if no peer of the target is here and no region here may
+        // still split it off (the poller knows), or the target's peer here
+        // is past the merge (it asks it): then nothing here needs this
+        // peer's data. An uninitialized target peer takes a snapshot first,
+        // which either predates the merge (and the CommitMerge it then
+        // applies needs this peer) or has this peer go first.
         let source = self.region_id();
         self.merge_ctx().out.push(MergeOut::AskTarget {
             source,
-            target: target.id,
-            version,
+            target: Box::new(target.clone()),
         });
     }
 
