@@ -143,3 +143,27 @@ fn whole_cluster_restart_keeps_acknowledged_writes() {
     }
     cluster.shutdown();
 }
+
+/// Bad input to `Cluster::add_store`: an id that cannot prefix the ids a
+/// store allocates (0, or past 2^24) is refused with `Error::Config`
+/// before anything is written, and the cluster does not list it (it used
+/// to bootstrap a directory for it, list it, then fail to start it); an id
+/// the cluster has is refused too. A good id still joins.
+#[test]
+fn add_store_refuses_bad_ids_and_lists_only_started_stores() {
+    use flotilla_raftstore::store::{Error, ID_COUNTER_BITS};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(&dir, 1, FAST_TICK_MS);
+    let too_large = 1u64 << (u64::BITS - ID_COUNTER_BITS);
+    for id in [0, too_large, 1] {
+        assert!(
+            matches!(c.add_store(id), Err(Error::Config(_))),
+            "store id {id}"
+        );
+    }
+    assert_eq!(c.store_ids(), &[1, 2, 3]);
+    c.add_store(4).expect("a good id");
+    assert_eq!(c.store_ids(), &[1, 2, 3, 4]);
+    assert!(c.store(4).is_some());
+    c.shutdown();
+}

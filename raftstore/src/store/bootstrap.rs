@@ -132,13 +132,15 @@ pub fn write_initial_states(wb: &mut WriteBatch, region: &Region, kept: Option<H
 /// an empty engine, in one synced batch.
 ///
 /// # Errors
-/// [`Error::Config`] if the engine is already bootstrapped; engine errors.
+/// [`Error::Config`] if the engine is already bootstrapped or `store_id` cannot
+/// prefix ids (0, or too large); engine errors.
 pub fn bootstrap_store(
     engine: &Engine,
     cluster_id: u64,
     store_id: u64,
     regions: &[Region],
 ) -> Result<()> {
+    super::id_alloc::check_store_id(store_id)?;
     if engine
         .get_msg::<StoreIdent>(Cf::Raft, keys::STORE_IDENT_KEY)?
         .is_some()

@@ -109,8 +109,11 @@ impl Cluster {
             let engine = Engine::open(store_dir(&self.dir, id), &EngineOptions::default())?;
             bootstrap_store(&engine, CLUSTER_ID, id, &[])?;
         }
+        // Listed once it runs: a store that failed to start is not one of
+        // the cluster's.
+        self.start_store(id)?;
         self.store_ids.push(id);
-        self.start_store(id)
+        Ok(())
     }
 
     /// Starts (or restarts) store `id` from its directory.

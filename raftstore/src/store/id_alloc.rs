@@ -29,6 +29,21 @@ pub struct IdAllocator {
     state: Mutex<(u64, u64)>,
 }
 
+/// Checks that `store_id` can prefix the ids its store allocates: not 0,
+/// and within the bits the counter leaves.
+///
+/// # Errors
+/// [`Error::Config`] naming the allowed range.
+pub(crate) fn check_store_id(store_id: u64) -> Result<()> {
+    if store_id == 0 || store_id >> (u64::BITS - ID_COUNTER_BITS) != 0 {
+        return Err(Error::Config(format!(
+            "store id {store_id} must be in 1..2^{}",
+            u64::BITS - ID_COUNTER_BITS
+        )));
+    }
+    Ok(())
+}
+
 impl IdAllocator {
     /// The allocator of store `store_id`, going on after what `engine`
     /// says was reserved.
@@ -37,12 +52,7 @@ impl IdAllocator {
     /// [`Error::Config`] for a store id too large to prefix an id; engine
     /// read failures.
     pub fn open(engine: Engine, store_id: u64) -> Result<IdAllocator> {
-        if store_id == 0 || store_id >> (u64::BITS - ID_COUNTER_BITS) != 0 {
-            return Err(Error::Config(format!(
-                "store id {store_id} must be in 1..2^{}",
-                u64::BITS - ID_COUNTER_BITS
-            )));
-        }
+        check_store_id(store_id)?;
         let state: IdAllocatorState = engine
             .get_msg(Cf::Raft, keys::ID_ALLOCATOR_KEY)?
             .unwrap_or_default();
