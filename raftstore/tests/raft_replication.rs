@@ -4,7 +4,7 @@ mod raft_common;
 
 use flotilla_proto::eraftpb::{Entry, Message, MessageType};
 use flotilla_raftstore::raft::tracker::ProgressState;
-use flotilla_raftstore::raft::{Error, MemStorage, StateRole, entry_size};
+use flotilla_raftstore::raft::{Error, MAX_TERM, MemStorage, StateRole, entry_size};
 use raft_common::*;
 
 fn terms(net: &Network, id: u64) -> Vec<u64> {
@@ -157,9 +157,11 @@ fn heartbeat_commit_is_min_of_match_and_committed() {
 fn follower_rejects_append_without_matching_prev() {
     let s = storage_with(&[1, 2], &ents(&[(1, 1), (2, 2)]), 2);
     let mut n = new_node_with(config(2), s);
+    // (An append at term 2 after an entry of term 3 is malformed, refused
+    // before the log is looked at: `malformed_appends_are_refused_...`.)
     for (prev, reject) in [
         ((2, 2), false),
-        ((2, 3), true),
+        ((2, 1), true),
         ((3, 2), true),
         ((1, 1), false),
     ] {
@@ -655,4 +657,134 @@ fn transfer_completes_after_lost_ack() {
     let msgs = net.process(1);
     net.send(msgs);
     assert_eq!(net.raft(2).state(), StateRole::Leader);
+}
+
+/// checklist: log-4, log-12 (malformed appends: no correct leader sends
+/// them, and stepping one must neither panic nor touch the log). Each is
+/// refused with `InvalidMessage`: entries that do not run on from the
+/// previous index (one reaching back under the commit index used to trip
+/// the "conflicts with committed entry" assertion), terms past the
+/// message's or falling below the previous entry's, a previous term past
+/// the message's. The same append well formed is taken.
+#[test]
+fn malformed_appends_are_refused_and_change_nothing() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    for d in [b"a", b"b"] {
+        net.propose(1, d).unwrap();
+    }
+    let term = net.raft(2).term();
+    let last = net.raft(2).raft_log().last_index();
+    let committed = net.raft(2).raft_log().committed;
+    assert_eq!(committed, last, "the follower committed everything");
+    let before = terms(&net, 2);
+    let prev = (last, term);
+    let malformed = [
+        (
+            "reaches back under the commit",
+            append_msg(1, 2, term, prev, ents(&[(last - 1, term)]), 0),
+        ),
+        (
+            "skips an index",
+            append_msg(1, 2, term, prev, ents(&[(last + 2, term)]), 0),
+        ),
+        (
+            "entry term past the message's",
+            append_msg(1, 2, term, prev, ents(&[(last + 1, term + 1)]), 0),
+        ),
+        (
+            "entry term below the previous",
+            append_msg(1, 2, term, prev, ents(&[(last + 1, term - 1)]), 0),
+        ),
+        (
+            "terms fall",
+            append_msg(
+                1,
+                2,
+                term,
+                prev,
+                ents(&[(last + 1, term), (last + 2, term - 1)]),
+                0,
+            ),
+        ),
+        (
+            "previous term past the message's",
+            append_msg(1, 2, term, (last, term + 1), vec![], 0),
+        ),
+        (
+            "index overflows",
+            append_msg(1, 2, term, (u64::MAX, term), ents(&[(0, term)]), 0),
+        ),
+    ];
+    for (what, m) in malformed {
+        match net.node(2).step(m) {
+            Err(Error::InvalidMessage(_)) => {}
+            other => panic!("{what}: expected InvalidMessage, got {other:?}"),
+        }
+        assert_eq!(terms(&net, 2), before, "{what}: the log changed");
+        assert_eq!(net.raft(2).raft_log().committed, committed, "{what}");
+        assert_eq!(net.raft(2).term(), term, "{what}");
+    }
+    net.node(2)
+        .step(append_msg(1, 2, term, prev, ents(&[(last + 1, term)]), 0))
+        .expect("the well-formed append");
+    assert_eq!(net.raft(2).raft_log().last_index(), last + 1);
+}
+
+/// checklist: election-7 (the term rule, bounded): a message whose term is
+/// past `MAX_TERM` is refused and the node keeps its term and role. Taken,
+/// it moved every node it reached to `u64::MAX`, where no election could
+/// follow: one message made a region unavailable for good.
+#[test]
+fn a_term_past_the_highest_is_refused() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    let term = net.raft(2).term();
+    for t in [
+        MessageType::MsgHeartbeat,
+        MessageType::MsgRequestVote,
+        MessageType::MsgAppend,
+    ] {
+        let m = msg(t, 3, 2, MAX_TERM + 1);
+        match net.node(2).step(m) {
+            Err(Error::InvalidMessage(_)) => {}
+            other => panic!("{t:?}: expected InvalidMessage, got {other:?}"),
+        }
+        assert_eq!(net.raft(2).term(), term, "{t:?}");
+        assert_eq!(net.raft(2).state(), StateRole::Follower, "{t:?}");
+    }
+    // MAX_TERM itself is a term like any other.
+    net.node(2)
+        .step(msg(MessageType::MsgHeartbeat, 3, 2, MAX_TERM))
+        .expect("a term at the bound");
+    assert_eq!(net.raft(2).term(), MAX_TERM);
+}
+
+/// checklist: log-12 (an append response past the leader's log, which no
+/// follower can send, is ignored: it would count entries nobody has as
+/// replicated, and `index + 1` overflowed at `u64::MAX`).
+#[test]
+fn an_append_response_past_the_log_is_ignored() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    net.propose(1, b"x").unwrap();
+    let term = net.raft(1).term();
+    let matched = net.raft(1).prs().get(2).unwrap().matched;
+    let committed = net.raft(1).raft_log().committed;
+    let last = net.raft(1).raft_log().last_index();
+    for index in [last + 1, u64::MAX] {
+        let mut m = msg(MessageType::MsgAppendResponse, 2, 1, term);
+        m.index = index;
+        net.node(1).step(m).unwrap();
+        let pr = net.raft(1).prs().get(2).unwrap();
+        assert_eq!(pr.matched, matched, "index {index}");
+        assert!(pr.next_idx <= last + 1, "index {index}");
+        assert_eq!(net.raft(1).raft_log().committed, committed);
+    }
+    net.propose(1, b"y").unwrap();
+    assert_eq!(
+        net.raft(2).raft_log().committed,
+        last + 1,
+        "replication goes on"
+    );
 }

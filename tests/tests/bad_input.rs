@@ -453,3 +453,128 @@ fn stopped_store_answers_store_stopped() {
     assert_eq!(client(&cluster).get(b"a").unwrap(), None, "nothing written");
     cluster.shutdown();
 }
+
+/// Garbage raft messages, delivered through the public `MessageSink` of a
+/// store as a hostile or broken peer would send them, are refused by the
+/// consensus core (`InvalidMessage`) without touching any state: a term
+/// of `u64::MAX` (taken, it moved every peer of region 1 to a term no
+/// election could follow, and the region never served again), an append
+/// whose entry reaches back under the follower's commit index (it tripped
+/// an assertion and stopped the follower's store), an append whose indexes
+/// overflow, and an append response past the leader's log. Afterwards no
+/// store has stopped, no peer of region 1 is at a term past `MAX_TERM`,
+/// and both regions serve.
+#[test]
+fn garbage_raft_messages_are_refused_and_the_regions_serve() {
+    use flotilla_proto::eraftpb::{Entry, Message, MessageType};
+    use flotilla_proto::raft_serverpb::RaftMessage;
+    use flotilla_raftstore::raft::MAX_TERM;
+    use flotilla_raftstore::store::MessageSink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(&dir);
+    let r1 = region(&cluster, 1);
+    write_abc(&client(&cluster));
+    let leader = wait_leader(&cluster, 1).expect("leader");
+    let follower = cluster
+        .store_ids()
+        .iter()
+        .copied()
+        .find(|&s| s != leader)
+        .unwrap();
+    let peer_on = |s: u64| *r1.peers.iter().find(|p| p.store_id == s).unwrap();
+    let status = |s: u64| {
+        cluster
+            .store(s)
+            .unwrap()
+            .handle()
+            .region_status(1, ANSWER)
+            .expect("status")
+    };
+    let st = status(follower);
+    let wrap = |from: u64, to: u64, m: Message| RaftMessage {
+        region_id: 1,
+        from_peer: Some(peer_on(from)),
+        to_peer: Some(peer_on(to)),
+        region_epoch: r1.region_epoch,
+        message: Some(Message {
+            from: peer_on(from).id,
+            to: peer_on(to).id,
+            ..m
+        }),
+        ..Default::default()
+    };
+    let entry = |index, term| Entry {
+        index,
+        term,
+        ..Default::default()
+    };
+    let garbage = [
+        wrap(
+            leader,
+            follower,
+            Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                term: u64::MAX,
+                ..Default::default()
+            },
+        ),
+        wrap(
+            leader,
+            follower,
+            Message {
+                // An entry of a newer term at an index the follower
+                // committed.
+                msg_type: MessageType::MsgAppend as i32,
+                term: st.term + 1,
+                index: st.commit_index,
+                log_term: st.term,
+                entries: vec![entry(st.commit_index - 1, st.term + 1)],
+                ..Default::default()
+            },
+        ),
+        wrap(
+            leader,
+            follower,
+            Message {
+                msg_type: MessageType::MsgAppend as i32,
+                term: st.term,
+                index: u64::MAX,
+                log_term: st.term,
+                entries: vec![entry(0, st.term)],
+                ..Default::default()
+            },
+        ),
+        wrap(
+            follower,
+            leader,
+            Message {
+                msg_type: MessageType::MsgAppendResponse as i32,
+                term: st.term,
+                index: u64::MAX,
+                ..Default::default()
+            },
+        ),
+    ];
+    for m in garbage {
+        let to = m.to_peer.unwrap().store_id;
+        cluster.store(to).unwrap().handle().deliver(m);
+        // The peer steps its messages in order: once it answers this, it
+        // has stepped the garbage.
+        status(to);
+    }
+    assert_serving(&cluster, &[1, 2]);
+    assert_abc_intact(&client(&cluster));
+    for &s in cluster.store_ids() {
+        assert!(
+            cluster.store(s).unwrap().fatal_error().is_none(),
+            "store {s} stopped"
+        );
+        assert!(
+            status(s).term <= MAX_TERM,
+            "store {s}: term {}",
+            status(s).term
+        );
+    }
+    cluster.shutdown();
+}

@@ -66,6 +66,12 @@ pub enum Error {
     /// An encoded entry or message could not be decoded.
     #[error("decode error: {0}")]
     Decode(String),
+    /// A message from the network that no correct peer sends (a term past
+    /// [`MAX_TERM`](crate::raft::MAX_TERM), an append whose entries do not
+    /// follow its previous index or carry terms out of order): dropped
+    /// before it touches any state.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
     /// A storage snapshot request was rejected because a snapshot is being
     /// sent or the peer is unknown.
     #[error("request snapshot dropped")]

@@ -28,7 +28,7 @@ pub use self::config::{
     DEFAULT_MAX_SIZE_PER_MSG, ReadOnlyOption,
 };
 pub use self::core::membership_decode::decode_conf_change;
-pub use self::core::{CAMPAIGN_TRANSFER, INVALID_ID, Raft, SoftState, StateRole};
+pub use self::core::{CAMPAIGN_TRANSFER, INVALID_ID, MAX_TERM, Raft, SoftState, StateRole};
 pub use self::errors::{ConfigError, Error, Result, StorageError};
 pub use self::raw_node::{LightReady, RawNode, Ready, is_local_msg, is_response_msg};
 pub use self::read_only::ReadState;

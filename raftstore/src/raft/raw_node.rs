@@ -17,7 +17,7 @@ use prost::Message as _;
 use slog::Logger;
 
 use super::config::Config;
-use super::core::{INVALID_ID, Raft, SoftState};
+use super::core::{INVALID_ID, MAX_TERM, Raft, SoftState};
 use super::errors::{Error, Result};
 use super::read_only::ReadState;
 use super::status::Status;
@@ -264,13 +264,15 @@ impl<S: Storage> RawNode<S> {
     /// # Errors
     ///
     /// [`Error::StepLocalMsg`] for a local-only message type,
-    /// [`Error::StepPeerNotFound`] for a response from a non-member, and the
-    /// errors of [`Raft::step`].
+    /// [`Error::InvalidMessage`] for one no correct peer sends (see
+    /// [`check_wire_message`]), [`Error::StepPeerNotFound`] for a response
+    /// from a non-member, and the errors of [`Raft::step`].
     pub fn step(&mut self, m: Message) -> Result<()> {
         let t = m.msg_type();
         if is_local_msg(t) {
             return Err(Error::StepLocalMsg);
         }
+        check_wire_message(&m, t)?;
         if is_response_msg(t) && self.raft.prs().get(m.from).is_none() {
             return Err(Error::StepPeerNotFound(m.from));
         }
@@ -517,6 +519,60 @@ fn local(t: MessageType) -> Message {
         from: INVALID_ID,
         ..Default::default()
     }
+}
+
+/// Refuses a message from the network that no correct peer sends, before
+/// it touches any state (the checks that follow assume well-formed input,
+/// and some assert it):
+/// - a term past [`MAX_TERM`];
+/// - an append whose previous entry's term is past its own term, or whose
+///   entries do not run on from its previous index one by one, with terms
+///   from the previous entry's term up to the message's, never falling;
+/// - a snapshot from a term past the message's.
+///
+/// # Errors
+/// [`Error::InvalidMessage`], naming what is wrong.
+pub fn check_wire_message(m: &Message, t: MessageType) -> Result<()> {
+    let bad = |what: String| Err(Error::InvalidMessage(what));
+    if m.term > MAX_TERM {
+        return bad(format!("{t:?} at term {} past the highest", m.term));
+    }
+    match t {
+        MessageType::MsgAppend => {
+            if m.log_term > m.term {
+                return bad(format!(
+                    "append at term {} after an entry of term {}",
+                    m.term, m.log_term
+                ));
+            }
+            let mut term = m.log_term;
+            for (i, e) in m.entries.iter().enumerate() {
+                let want = m.index.checked_add(i as u64 + 1);
+                if want != Some(e.index) || e.term < term || e.term > m.term {
+                    return bad(format!(
+                        "append after ({}, {}) at term {}: entry {i} is ({}, {})",
+                        m.index, m.log_term, m.term, e.index, e.term
+                    ));
+                }
+                term = e.term;
+            }
+        }
+        MessageType::MsgSnapshot => {
+            let snap_term = m
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.metadata.as_ref())
+                .map_or(0, |md| md.term);
+            if snap_term > m.term {
+                return bad(format!(
+                    "snapshot of term {snap_term} sent at term {}",
+                    m.term
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Message types that only the node itself generates.

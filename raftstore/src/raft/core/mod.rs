@@ -33,6 +33,12 @@ pub const INVALID_ID: u64 = 0;
 /// override the leader lease (see [`Config::check_quorum`]).
 pub const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 
+/// The highest term a message from the network may carry. A term grows by
+/// one per election round, so no group comes near it; a message past it is
+/// garbage or hostile, and stepping it would move every node it reaches to
+/// a term from which the next election overflows.
+pub const MAX_TERM: u64 = u64::MAX >> 1;
+
 /// The role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StateRole {

@@ -344,6 +344,15 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn handle_append_response(&mut self, m: &Message) {
         let last_index = self.raft_log.last_index();
         let first_index = self.raft_log.first_index();
+        if m.index > last_index {
+            // Past anything this leader sent (it never truncates its own
+            // log, and older terms' responses stopped at the term check):
+            // garbage. Taking it would count entries nobody has as
+            // replicated.
+            slog::debug!(self.logger, "ignored append response past the log";
+                "id" => self.id, "from" => m.from, "index" => m.index, "last" => last_index);
+            return;
+        }
         let next_probe = if m.reject && m.log_term > 0 {
             self.raft_log
                 .find_conflict_by_term(m.reject_hint, m.log_term)
