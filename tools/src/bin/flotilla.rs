@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use flotilla_tools::ctl::{self, CtlArgs};
 use flotilla_tools::demo::{self, DemoOptions};
-use flotilla_tools::load::options::parse_duration;
+use flotilla_tools::load::options::{
+    MAX_BASE_TICK_MS, MAX_CLIENTS, MAX_REGIONS, parse_duration, parse_ratio,
+};
 use flotilla_tools::load::{self, LoadArgs, LoadError, LoadOptions};
 use flotilla_tools::server::{self, ServerConfig};
 
@@ -41,6 +43,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 pub static malloc_conf: &[u8; 48] = b"background_thread:true,max_background_threads:1\0";
 
+/// Largest `demo --split-size-kib` accepted (1 TiB: past any region).
+const MAX_SPLIT_SIZE_KIB: u64 = 1 << 30;
+
 /// flotilla: a multi-raft sharding engine.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -54,39 +59,44 @@ enum Command {
     /// Run an embedded 3-store cluster under a mixed read/write workload.
     Demo {
         /// Number of regions to bootstrap.
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = 1_000,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_REGIONS))]
         regions: u64,
         /// Number of client threads.
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
+        #[arg(long, default_value_t = 32,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CLIENTS)))]
+        clients: u32,
         /// How long to run, e.g. `30s`, `2m`, `500ms`.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         duration: Duration,
         /// Fraction of operations that are writes.
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
         write_ratio: f64,
         /// Seed of the workload.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Store clock base tick in milliseconds.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_BASE_TICK_MS))]
         base_tick_ms: u64,
         /// Turn raft log GC off (to see the log grow without it).
         #[arg(long)]
         no_log_gc: bool,
         /// Split regions past this many KiB under load (the split checker
         /// runs every second); default: the store's 96 MiB.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SPLIT_SIZE_KIB))]
         split_size_kib: Option<u64>,
         /// Split regions as fast as this many admin threads can beside
         /// the workload (at random keys) and report splits per second.
-        #[arg(long, default_value_t = 0)]
-        split_storm: usize,
+        #[arg(long, default_value_t = 0,
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CLIENTS)))]
+        split_storm: u32,
         /// Merge regions with their right neighbours as fast as this many
         /// admin threads can beside the workload and report merges per
         /// second.
-        #[arg(long, default_value_t = 0)]
-        merge_storm: usize,
+        #[arg(long, default_value_t = 0,
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CLIENTS)))]
+        merge_storm: u32,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -192,21 +202,19 @@ fn main() -> ExitCode {
             split_storm,
             merge_storm,
         } => {
-            if !(0.0..=1.0).contains(&write_ratio) || clients == 0 || regions == 0 {
-                eprintln!("flotilla demo: need regions > 0, clients > 0 and write_ratio in [0, 1]");
-                return ExitCode::from(2);
-            }
+            // clap checked every range (u32 fits a usize on every target
+            // RocksDB builds for).
             let opts = DemoOptions {
                 regions,
-                clients,
+                clients: clients as usize,
                 duration,
                 write_ratio,
                 seed,
                 base_tick_ms,
                 log_gc: !no_log_gc,
-                split_size: split_size_kib.map(|k| k.max(1) << 10),
-                split_storm,
-                merge_storm,
+                split_size: split_size_kib.map(|k| k << 10),
+                split_storm: split_storm as usize,
+                merge_storm: merge_storm as usize,
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",

@@ -1,0 +1,42 @@
+//! Bad input to the `flotilla` command line: out-of-range arguments are
+//! refused by the parser with a usage error (exit code 2) naming the
+//! argument, before anything is bootstrapped. (`flotilla demo --regions
+//! 100000000` used to start bootstrapping until the machine ran out of
+//! memory; `--split-storm` took any thread count.)
+
+use std::process::Command;
+
+/// Exit code of a usage error (clap's).
+const USAGE_ERROR: i32 = 2;
+
+fn flotilla(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .output()
+        .expect("run flotilla");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_refuses_out_of_range_arguments() {
+    for (arg, value) in [
+        ("--regions", "0"),
+        ("--regions", "100000000"),
+        ("--clients", "0"),
+        ("--clients", "99999"),
+        ("--write-ratio", "1.5"),
+        ("--write-ratio", "-0.1"),
+        ("--base-tick-ms", "0"),
+        ("--split-size-kib", "0"),
+        ("--split-storm", "100000"),
+        ("--merge-storm", "100000"),
+        ("--duration", "forever"),
+    ] {
+        let (code, stderr) = flotilla(&["demo", &format!("{arg}={value}")]);
+        assert_eq!(code, Some(USAGE_ERROR), "demo {arg} {value}: {stderr}");
+        assert!(stderr.contains(arg), "demo {arg} {value}: {stderr}");
+    }
+}
