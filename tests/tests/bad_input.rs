@@ -504,56 +504,43 @@ fn garbage_raft_messages_are_refused_and_the_regions_serve() {
         }),
         ..Default::default()
     };
-    let entry = |index, term| Entry {
-        index,
+    let raft = |t: MessageType, term, index, log_term, entries: &[(u64, u64)]| Message {
+        msg_type: t as i32,
         term,
+        index,
+        log_term,
+        entries: entries
+            .iter()
+            .map(|&(index, term)| Entry {
+                index,
+                term,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
+    let (t, c) = (st.term, st.commit_index);
     let garbage = [
         wrap(
             leader,
             follower,
-            Message {
-                msg_type: MessageType::MsgHeartbeat as i32,
-                term: u64::MAX,
-                ..Default::default()
-            },
+            raft(MessageType::MsgHeartbeat, u64::MAX, 0, 0, &[]),
+        ),
+        // An entry of a newer term at an index the follower committed.
+        wrap(
+            leader,
+            follower,
+            raft(MessageType::MsgAppend, t + 1, c, t, &[(c - 1, t + 1)]),
         ),
         wrap(
             leader,
             follower,
-            Message {
-                // An entry of a newer term at an index the follower
-                // committed.
-                msg_type: MessageType::MsgAppend as i32,
-                term: st.term + 1,
-                index: st.commit_index,
-                log_term: st.term,
-                entries: vec![entry(st.commit_index - 1, st.term + 1)],
-                ..Default::default()
-            },
-        ),
-        wrap(
-            leader,
-            follower,
-            Message {
-                msg_type: MessageType::MsgAppend as i32,
-                term: st.term,
-                index: u64::MAX,
-                log_term: st.term,
-                entries: vec![entry(0, st.term)],
-                ..Default::default()
-            },
+            raft(MessageType::MsgAppend, t, u64::MAX, t, &[(0, t)]),
         ),
         wrap(
             follower,
             leader,
-            Message {
-                msg_type: MessageType::MsgAppendResponse as i32,
-                term: st.term,
-                index: u64::MAX,
-                ..Default::default()
-            },
+            raft(MessageType::MsgAppendResponse, t, u64::MAX, 0, &[]),
         ),
     ];
     for m in garbage {
