@@ -390,7 +390,7 @@ fn store_families(m: &StoreMetrics, out: &mut Vec<MetricFamily>) {
         ),
         (
             "merge_sources_waiting_for_split_total",
-            "Merged-away source peers that waited for a split here to create their target.",
+            "Merge notices on which a merged-away source stayed for a split here that may create its target.",
             &m.merge_sources_waiting_for_split,
         ),
         (

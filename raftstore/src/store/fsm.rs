@@ -230,8 +230,10 @@ pub struct StoreMetrics {
     pub merges_rolled_back: AtomicU64,
     /// Peers destroyed (removed from their region).
     pub peers_destroyed: AtomicU64,
-    /// Times a source peer merged away elsewhere found no peer of its
-    /// target here but a region that may yet split it off, and waited.
+    /// Merge notices (a store where a source here was merged away says
+    /// so) on which the source found no peer of its target here but a
+    /// region that may yet split one off, and stayed (one per notice: a
+    /// waiting source hears one about every election timeout).
     pub merge_sources_waiting_for_split: AtomicU64,
     /// Time spent generating snapshots (microseconds, all of them).
     pub snapshot_generate_micros: AtomicU64,
@@ -680,10 +682,11 @@ impl<T: Transport> RaftPoller<T> {
     /// the target's peer is claimed by a split under way, or a region here
     /// whose range meets the target's is older than it (a lower version:
     /// a region past the target's version came after the merge and splits
-    /// off nothing from before it). Regions merged away into the same
-    /// target do not count (they are sources waiting alike, and split
-    /// nothing while merging). An unreadable state counts (the source
-    /// waits and asks again).
+    /// off nothing from before it). Regions merged away themselves do not
+    /// count: their peers elsewhere are gone, so nothing commits a split
+    /// in their logs any more but their own target's CommitMerge here
+    /// (and two such sources waiting on each other would wait for good).
+    /// An unreadable state counts (the source waits and asks again).
     fn may_split_off(&self, target: &Region, source: u64) -> bool {
         let version = target.region_epoch.map_or(0, |e| e.version);
         let candidates: Vec<u64> = {
@@ -693,7 +696,7 @@ impl<T: Transport> RaftPoller<T> {
             }
             meta.overlapping(&target.start_key, &target.end_key, source)
                 .into_iter()
-                .filter(|&r| meta.merged_into(r).is_none_or(|(t, _)| t != target.id))
+                .filter(|&r| meta.merged_into(r).is_none())
                 .collect()
         };
         candidates.into_iter().any(|r| {

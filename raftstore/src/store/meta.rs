@@ -82,12 +82,26 @@ pub struct StoreMeta {
     /// has written the tombstone and deleted its data, its range stays
     /// held and no new peer of it is created (by a message or a split).
     destroying: FxHashSet<u64>,
-    /// Regions here that a store where they were merged away said so:
-    /// region → (the region it went into, that region's `version` after
-    /// the merge). Its peer waits for this store's peer of the target,
-    /// which catches up from its log (asking the source) or from a
-    /// snapshot at or past that version (which destroys the source).
-    merged: FxHashMap<u64, (u64, u64)>,
+    /// Regions here that a store where they were merged away said so,
+    /// with where they went. Its peer waits for this store's peer of the
+    /// target, which catches up from its log (asking the source), or for
+    /// a snapshot past the merge (which destroys the source; see
+    /// [`StoreMeta::superseded_by`]).
+    merged: FxHashMap<u64, MergedInto>,
+}
+
+/// The region a region here was merged away into, as the merge left it
+/// (a store where the merge happened said so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedInto {
+    /// The target region.
+    pub target: u64,
+    /// The target's version right after the merge.
+    pub version: u64,
+    /// The target's range right after the merge (it holds the source's).
+    pub start_key: Bytes,
+    /// Its end (empty: unbounded).
+    pub end_key: Bytes,
 }
 
 /// Regions whose early votes a store keeps (bounded: garbage votes cannot
@@ -204,15 +218,55 @@ impl StoreMeta {
         self.split_claims.contains(&region_id)
     }
 
-    /// Region `source` was merged into `target`, whose version was then
-    /// `version` (see `merged`).
-    pub fn note_merged(&mut self, source: u64, target: u64, version: u64) {
-        self.merged.insert(source, (target, version));
+    /// Region `source` was merged into `target` (as the merge left it).
+    pub fn note_merged(&mut self, source: u64, target: &Region) {
+        self.merged.insert(
+            source,
+            MergedInto {
+                target: target.id,
+                version: target.region_epoch.map_or(0, |e| e.version),
+                start_key: target.start_key.clone(),
+                end_key: target.end_key.clone(),
+            },
+        );
     }
 
     /// What region `source` was merged into, if this store heard.
-    pub fn merged_into(&self, source: u64) -> Option<(u64, u64)> {
-        self.merged.get(&source).copied()
+    pub fn merged_into(&self, source: u64) -> Option<&MergedInto> {
+        self.merged.get(&source)
+    }
+
+    /// The regions in the way of a snapshot of `snapshot` here, each with
+    /// the target it was merged into, if every one of them was merged away
+    /// before the snapshot's state: into the snapshot's own region at or
+    /// before its version, or into a region whose whole range (as the
+    /// merge left it) the snapshot covers, at or before its version. The
+    /// versions of the regions covering a key only grow (a split and a
+    /// merge each leave a version past those before), so such a snapshot
+    /// holds the merge's result; and no peer here that could still apply
+    /// that merge from its log survives it: one would cover part of the
+    /// target's range, so it is in the way too (and the snapshot waits
+    /// for it unless it is such a source itself). `None` when nothing is
+    /// in the way, or something that is not such a source.
+    pub fn superseded_by(&self, snapshot: &Region) -> Option<Vec<(u64, u64)>> {
+        let version = snapshot.region_epoch.map_or(0, |e| e.version);
+        let covers = |m: &MergedInto| {
+            snapshot.start_key <= m.start_key
+                && (snapshot.end_key.is_empty()
+                    || (!m.end_key.is_empty() && m.end_key <= snapshot.end_key))
+        };
+        let in_way = self.overlapping(&snapshot.start_key, &snapshot.end_key, snapshot.id);
+        if in_way.is_empty() {
+            return None;
+        }
+        in_way
+            .into_iter()
+            .map(|r| {
+                let m = self.merged.get(&r)?;
+                let past = version >= m.version && (m.target == snapshot.id || covers(m));
+                past.then_some((r, m.target))
+            })
+            .collect()
     }
 
     /// The peer of `region_id` here is being destroyed (see `destroying`).
@@ -298,6 +352,67 @@ mod tests {
             m.set(None, r).unwrap();
         }
         m
+    }
+
+    fn at_version(mut r: Region, version: u64) -> Region {
+        r.region_epoch = Some(flotilla_proto::metapb::RegionEpoch {
+            version,
+            conf_ver: 1,
+        });
+        r
+    }
+
+    /// Session 15's review: a snapshot past a merge supersedes the merge's
+    /// source here when the snapshot is of the target at or past the
+    /// merged version, or of any region covering the target's whole
+    /// merged range at or past it (S into T = [b, e) at version 3, then T
+    /// into P = [a, e) at 4: P's snapshot at 4 supersedes S; before, S
+    /// waited for a T that never came here and P's snapshot was refused
+    /// for good). Not when the snapshot is older than the merge, covers
+    /// only part of the target's range (a peer of the target's older self
+    /// may still come here and need the source), or something in the way
+    /// is not a merged source.
+    #[test]
+    fn a_snapshot_past_a_merge_supersedes_its_source() {
+        let mut m = meta(&[region(10, b"a", b"c"), region(11, b"c", b"e")]);
+        m.note_merged(11, &at_version(region(20, b"b", b"e"), 3));
+        let snap = |id, start: &[u8], end: &[u8], v| at_version(region(id, start, end), v);
+        // P (10) at 4 over [a, e): P itself is its own stale self (not in
+        // the way); S (11) went into T (20) = [b, e) at 3, which P covers.
+        assert_eq!(
+            m.superseded_by(&snap(10, b"a", b"e", 4)),
+            Some(vec![(11, 20)])
+        );
+        assert_eq!(
+            m.superseded_by(&snap(10, b"a", b"e", 2)),
+            None,
+            "older than the merge"
+        );
+        // T's own snapshot at or past the merge, whatever its range now.
+        assert_eq!(
+            m.superseded_by(&snap(20, b"b", b"e", 3)),
+            None,
+            "P's range is in the way"
+        );
+        let mut only_s = meta(&[region(11, b"c", b"e")]);
+        only_s.note_merged(11, &at_version(region(20, b"b", b"e"), 3));
+        assert_eq!(
+            only_s.superseded_by(&snap(20, b"d", b"e", 3)),
+            Some(vec![(11, 20)])
+        );
+        // Another region covering part of T's range only: T's older self
+        // may still come here (split off a region elsewhere in [b, c)).
+        assert_eq!(only_s.superseded_by(&snap(30, b"c", b"e", 9)), None);
+        // Unbounded ends.
+        let mut tail = meta(&[region(12, b"x", b"")]);
+        tail.note_merged(12, &at_version(region(21, b"q", b""), 5));
+        assert_eq!(
+            tail.superseded_by(&snap(40, b"p", b"", 6)),
+            Some(vec![(12, 21)])
+        );
+        assert_eq!(tail.superseded_by(&snap(40, b"p", b"z", 6)), None);
+        // Nothing in the way.
+        assert_eq!(tail.superseded_by(&snap(41, b"a", b"b", 6)), None);
     }
 
     /// Overlap is half-open on both sides; an empty end is unbounded.

@@ -362,9 +362,9 @@ impl Peer {
                     .store_meta
                     .lock()
                     .merged_into(self.region_id())
-                    .is_some_and(|(t, _)| t == target_id);
+                    .is_some_and(|m| m.target == target_id);
                 if known {
-                    slog::info!(self.logger, "superseded by the target's snapshot: destroying";
+                    slog::info!(self.logger, "superseded by a snapshot past its merge: destroying";
                         "target" => target_id);
                     self.removed = true;
                 }
@@ -743,7 +743,7 @@ impl Peer {
             slog::info!(self.logger, "merged away elsewhere: waiting for the target here";
                 "target" => target.id, "version" => version);
         }
-        meta.note_merged(self.region_id(), target.id, version);
+        meta.note_merged(self.region_id(), target);
         drop(meta);
         // Goes if no peer of the target is here and no region here may
         // still split it off (the poller knows), or the target's peer here
@@ -776,34 +776,23 @@ impl Peer {
         }
     }
 
-    /// A snapshot of this peer's region (the target) overlaps regions
-    /// here that were merged into it, and is at or past those merges:
-    /// they are told to go (their data cleared: the snapshot rewrites the
+    /// A snapshot of this peer's region overlaps only regions here that
+    /// were merged away before its state (into this region, or into one
+    /// whose merged range it covers: `StoreMeta::superseded_by`): they
+    /// are told to go (their data cleared: the snapshot rewrites the
     /// range) and `true` is returned; this snapshot is refused, and the
     /// leader's next one is admitted once they are gone. `false` when any
     /// region in the way is not such a source.
     pub(super) fn supersede_merged(&mut self, snapshot: &Region) -> bool {
-        let version = snapshot.region_epoch.map_or(0, |e| e.version);
-        let id = self.region_id();
-        let sources: Vec<u64> = {
-            let meta = self.store_meta.lock();
-            let in_way = meta.overlapping(&snapshot.start_key, &snapshot.end_key, id);
-            let all_merged = !in_way.is_empty()
-                && in_way.iter().all(|&r| {
-                    meta.merged_into(r)
-                        .is_some_and(|(t, v)| t == id && version >= v)
-                });
-            if !all_merged {
-                return false;
-            }
-            in_way
+        let Some(sources) = self.store_meta.lock().superseded_by(snapshot) else {
+            return false;
         };
-        for source in sources {
-            slog::info!(self.logger, "snapshot past a merge: its source goes first"; "source" => source);
-            self.merge_ctx().out.push(MergeOut::Peer(
-                source,
-                MergeMsg::Superseded { target_id: id },
-            ));
+        for (source, target_id) in sources {
+            slog::info!(self.logger, "snapshot past a merge: its source goes first";
+                "source" => source, "merged_into" => target_id);
+            self.merge_ctx()
+                .out
+                .push(MergeOut::Peer(source, MergeMsg::Superseded { target_id }));
         }
         true
     }
