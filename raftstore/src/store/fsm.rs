@@ -24,11 +24,12 @@ use super::hibernation::{Hibernation, SleepMsg};
 pub use super::hibernation::{WAKE_REASONS, WakeReason};
 use super::histogram::LatencyHistogram;
 use super::id_alloc::IdAllocator;
-use super::meta::SharedMeta;
+use super::meta::{MergedInto, SharedMeta};
 use super::msg::{ApplyMsg, ExecResult, MergeMsg, PeerMsg, StoreMsg};
 use super::peer::{MergeOut, Peer, WriteNeed};
 use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
 use super::transport::Transport;
+use super::util::live_version;
 
 /// Routes messages to this store's peers and its store FSM.
 pub type RaftRouter = Router<PeerFsm, StoreFsm>;
@@ -678,43 +679,13 @@ impl<T: Transport> RaftPoller<T> {
     }
 
     /// Whether a region here other than `source` may still create a peer
-    /// of `target` (as a merge left it) by a split it has not applied:
-    /// the target's peer is claimed by a split under way, or a region here
-    /// whose range meets the target's is older than it (a lower version:
-    /// a region past the target's version came after the merge and splits
-    /// off nothing from before it). Regions merged away themselves do not
-    /// count: their peers elsewhere are gone, so nothing commits a split
-    /// in their logs any more but their own target's CommitMerge here
-    /// (and two such sources waiting on each other would wait for good).
-    /// An unreadable state counts (the source waits and asks again).
+    /// of `target` (as a merge left it) that applies the merge from its
+    /// log (`StoreMeta::may_apply_merge`).
     fn may_split_off(&self, target: &Region, source: u64) -> bool {
-        let version = target.region_epoch.map_or(0, |e| e.version);
-        let candidates: Vec<u64> = {
-            let meta = self.meta.lock();
-            if meta.claimed_by_split(target.id) {
-                return true;
-            }
-            meta.overlapping(&target.start_key, &target.end_key, source)
-                .into_iter()
-                .filter(|&r| meta.merged_into(r).is_none())
-                .collect()
-        };
-        candidates.into_iter().any(|r| {
-            match self
-                .engine
-                .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(r))
-            {
-                Ok(Some(state)) => {
-                    state.state() != PeerState::Tombstone
-                        && state
-                            .region
-                            .and_then(|r| r.region_epoch)
-                            .is_some_and(|e| e.version < version)
-                }
-                Ok(None) => false,
-                Err(_) => true,
-            }
-        })
+        let m = MergedInto::of(target);
+        self.meta
+            .lock()
+            .may_apply_merge(source, &m, None, |r| live_version(&self.engine, r))
     }
 
     /// A source's ask to commit found no peer of its target `target` here.

@@ -104,6 +104,18 @@ pub struct MergedInto {
     pub end_key: Bytes,
 }
 
+impl MergedInto {
+    /// `target` as a merge left it.
+    pub fn of(target: &Region) -> MergedInto {
+        MergedInto {
+            target: target.id,
+            version: target.region_epoch.map_or(0, |e| e.version),
+            start_key: target.start_key.clone(),
+            end_key: target.end_key.clone(),
+        }
+    }
+}
+
 /// Regions whose early votes a store keeps (bounded: garbage votes cannot
 /// grow it).
 pub const PENDING_VOTES_MAX: usize = 4096;
@@ -220,15 +232,7 @@ impl StoreMeta {
 
     /// Region `source` was merged into `target` (as the merge left it).
     pub fn note_merged(&mut self, source: u64, target: &Region) {
-        self.merged.insert(
-            source,
-            MergedInto {
-                target: target.id,
-                version: target.region_epoch.map_or(0, |e| e.version),
-                start_key: target.start_key.clone(),
-                end_key: target.end_key.clone(),
-            },
-        );
+        self.merged.insert(source, MergedInto::of(target));
     }
 
     /// What region `source` was merged into, if this store heard.
@@ -236,34 +240,71 @@ impl StoreMeta {
         self.merged.get(&source)
     }
 
-    /// The regions in the way of a snapshot of `snapshot` here, each with
-    /// the target it was merged into, if every one of them was merged away
-    /// before the snapshot's state: into the snapshot's own region at or
-    /// before its version, or into a region whose whole range (as the
-    /// merge left it) the snapshot covers, at or before its version. The
-    /// versions of the regions covering a key only grow (a split and a
-    /// merge each leave a version past those before), so such a snapshot
-    /// holds the merge's result; and no peer here that could still apply
-    /// that merge from its log survives it: one would cover part of the
-    /// target's range, so it is in the way too (and the snapshot waits
-    /// for it unless it is such a source itself). `None` when nothing is
-    /// in the way, or something that is not such a source.
-    pub fn superseded_by(&self, snapshot: &Region) -> Option<Vec<(u64, u64)>> {
-        let version = snapshot.region_epoch.map_or(0, |e| e.version);
-        let covers = |m: &MergedInto| {
-            snapshot.start_key <= m.start_key
-                && (snapshot.end_key.is_empty()
-                    || (!m.end_key.is_empty() && m.end_key <= snapshot.end_key))
-        };
-        let in_way = self.overlapping(&snapshot.start_key, &snapshot.end_key, snapshot.id);
-        if in_way.is_empty() {
-            return None;
+    /// Whether a region here other than `source` may still apply the
+    /// merge of `source` into `m.target` from its log, or create a peer of
+    /// the target that would: a split is creating the target's peer, or a
+    /// live region whose range meets the target's merged range is older
+    /// than the merge (a lower version: the versions of the regions
+    /// covering a key only grow, a split and a merge each leaving one past
+    /// those before, so only the target's own older self or a region that
+    /// may still split it off can be). A region merged away itself counts
+    /// only while its own target has a live state here: that target's
+    /// CommitMerge commits its log's tail, splits included; without it
+    /// nothing does (its peers elsewhere are gone). `at`: a region about
+    /// to take a snapshot, counted at the snapshot's version.
+    /// `live_version` reads a region's version from its state here:
+    /// `Ok(None)` without a live one; an error counts as older.
+    pub fn may_apply_merge<E>(
+        &self,
+        source: u64,
+        m: &MergedInto,
+        at: Option<(u64, u64)>,
+        live_version: impl Fn(u64) -> Result<Option<u64>, E>,
+    ) -> bool {
+        if self.split_claims.contains(&m.target) {
+            return true;
         }
-        in_way
+        let older = |r: u64| match at {
+            Some((id, version)) if id == r => version < m.version,
+            _ => live_version(r).map_or(true, |v| v.is_some_and(|v| v < m.version)),
+        };
+        self.overlapping(&m.start_key, &m.end_key, source)
             .into_iter()
-            .map(|r| {
+            .any(|r| {
+                older(r)
+                    && self
+                        .merged
+                        .get(&r)
+                        .is_none_or(|own| live_version(own.target).map_or(true, |v| v.is_some()))
+            })
+    }
+
+    /// The regions in the way of a snapshot of `snapshot` here that may go
+    /// first, each with the target it was merged into: those merged away
+    /// before the snapshot's state (at or before its version) into the
+    /// snapshot's own region (whose peer here then jumps past the merge),
+    /// or into another region when, with the snapshot's region counted at
+    /// the snapshot's version, nothing else here may still apply that
+    /// merge ([`StoreMeta::may_apply_merge`]). The others in the way (if
+    /// any) stay; with this list empty the snapshot is refused for them.
+    pub fn superseded_by<E>(
+        &self,
+        snapshot: &Region,
+        live_version: impl Fn(u64) -> Result<Option<u64>, E>,
+    ) -> Vec<(u64, u64)> {
+        let version = snapshot.region_epoch.map_or(0, |e| e.version);
+        self.overlapping(&snapshot.start_key, &snapshot.end_key, snapshot.id)
+            .into_iter()
+            .filter_map(|r| {
                 let m = self.merged.get(&r)?;
-                let past = version >= m.version && (m.target == snapshot.id || covers(m));
+                let past = version >= m.version
+                    && (m.target == snapshot.id
+                        || !self.may_apply_merge(
+                            r,
+                            m,
+                            Some((snapshot.id, version)),
+                            &live_version,
+                        ));
                 past.then_some((r, m.target))
             })
             .collect()
@@ -362,57 +403,84 @@ mod tests {
         r
     }
 
-    /// Session 15's review: a snapshot past a merge supersedes the merge's
-    /// source here when the snapshot is of the target at or past the
-    /// merged version, or of any region covering the target's whole
-    /// merged range at or past it (S into T = [b, e) at version 3, then T
-    /// into P = [a, e) at 4: P's snapshot at 4 supersedes S; before, S
-    /// waited for a T that never came here and P's snapshot was refused
-    /// for good). Not when the snapshot is older than the merge, covers
-    /// only part of the target's range (a peer of the target's older self
-    /// may still come here and need the source), or something in the way
-    /// is not a merged source.
+    /// Live versions for `may_apply_merge` / `superseded_by`.
+    fn versions(v: &[(u64, u64)]) -> impl Fn(u64) -> Result<Option<u64>, ()> + '_ {
+        move |r| Ok(v.iter().find(|(id, _)| *id == r).map(|(_, v)| *v))
+    }
+
+    /// Session 15's reviews: who may still apply a merge here. S (11) went
+    /// into T (20) = [b, e) at version 3. An older live region meeting
+    /// T's range counts (it may split T off: seed 18's case), and so does
+    /// T's own older self; a region at or past 3 does not; a region merged
+    /// away itself counts only while its own target lives here; a split
+    /// creating T counts.
+    #[test]
+    fn who_may_still_apply_a_merge() {
+        let m = MergedInto::of(&at_version(region(20, b"b", b"e"), 3));
+        let parent = meta(&[region(10, b"a", b"c"), region(11, b"c", b"e")]);
+        assert!(parent.may_apply_merge(11, &m, None, versions(&[(10, 1), (11, 1)])));
+        assert!(!parent.may_apply_merge(11, &m, None, versions(&[(10, 4), (11, 1)])));
+        assert!(
+            !parent.may_apply_merge(11, &m, Some((10, 4)), versions(&[(10, 1)])),
+            "counted at its snapshot's version"
+        );
+        let own_older_self = meta(&[region(20, b"b", b"c"), region(11, b"c", b"e")]);
+        assert!(own_older_self.may_apply_merge(11, &m, None, versions(&[(20, 2)])));
+        let mut merged_parent = parent;
+        merged_parent.note_merged(10, &at_version(region(40, b"", b"c"), 9));
+        assert!(merged_parent.may_apply_merge(11, &m, None, versions(&[(10, 1), (40, 8)])));
+        assert!(
+            !merged_parent.may_apply_merge(11, &m, None, versions(&[(10, 1)])),
+            "its own target is not here: nothing commits its log"
+        );
+        let mut alone = meta(&[region(11, b"c", b"e")]);
+        assert!(!alone.may_apply_merge(11, &m, None, versions(&[])));
+        alone.claim_for_split(20);
+        assert!(alone.may_apply_merge(11, &m, None, versions(&[])));
+    }
+
+    /// Session 15's reviews: a snapshot past a merge supersedes its source
+    /// when nothing else here may still apply the merge. S (11) went into
+    /// T (20) = [b, e) at 3; T later went into P (10) = [a, e) at 4, or T
+    /// split and P took [b, f) at 5. P's snapshot at 4 (or 5) supersedes
+    /// S (before, S waited for a T that never came here and P's snapshot
+    /// was refused for good); one older than the merge does not, nor one
+    /// of another region while P's stale self here may still split T off.
     #[test]
     fn a_snapshot_past_a_merge_supersedes_its_source() {
         let mut m = meta(&[region(10, b"a", b"c"), region(11, b"c", b"e")]);
         m.note_merged(11, &at_version(region(20, b"b", b"e"), 3));
+        let live = [(10, 1), (11, 1)];
         let snap = |id, start: &[u8], end: &[u8], v| at_version(region(id, start, end), v);
-        // P (10) at 4 over [a, e): P itself is its own stale self (not in
-        // the way); S (11) went into T (20) = [b, e) at 3, which P covers.
         assert_eq!(
-            m.superseded_by(&snap(10, b"a", b"e", 4)),
-            Some(vec![(11, 20)])
+            m.superseded_by(&snap(10, b"a", b"e", 4), versions(&live)),
+            vec![(11, 20)]
         );
         assert_eq!(
-            m.superseded_by(&snap(10, b"a", b"e", 2)),
-            None,
+            m.superseded_by(&snap(10, b"a", b"d", 5), versions(&live)),
+            vec![(11, 20)],
+            "covering part of T's range is enough once P is past the merge"
+        );
+        assert!(
+            m.superseded_by(&snap(10, b"a", b"e", 2), versions(&live))
+                .is_empty(),
             "older than the merge"
         );
-        // T's own snapshot at or past the merge, whatever its range now.
-        assert_eq!(
-            m.superseded_by(&snap(20, b"b", b"e", 3)),
-            None,
-            "P's range is in the way"
+        assert!(
+            m.superseded_by(&snap(30, b"d", b"e", 9), versions(&live))
+                .is_empty(),
+            "P's stale self may still split T off"
         );
-        let mut only_s = meta(&[region(11, b"c", b"e")]);
-        only_s.note_merged(11, &at_version(region(20, b"b", b"e"), 3));
+        // T's own snapshot at or past the merge: its peer here jumps past.
         assert_eq!(
-            only_s.superseded_by(&snap(20, b"d", b"e", 3)),
-            Some(vec![(11, 20)])
+            m.superseded_by(&snap(20, b"c", b"e", 3), versions(&live)),
+            vec![(11, 20)]
         );
-        // Another region covering part of T's range only: T's older self
-        // may still come here (split off a region elsewhere in [b, c)).
-        assert_eq!(only_s.superseded_by(&snap(30, b"c", b"e", 9)), None);
-        // Unbounded ends.
-        let mut tail = meta(&[region(12, b"x", b"")]);
-        tail.note_merged(12, &at_version(region(21, b"q", b""), 5));
-        assert_eq!(
-            tail.superseded_by(&snap(40, b"p", b"", 6)),
-            Some(vec![(12, 21)])
+        // Nothing merged in the way.
+        assert!(
+            m.superseded_by(&snap(50, b"", b"b", 9), versions(&live))
+                .is_empty()
         );
-        assert_eq!(tail.superseded_by(&snap(40, b"p", b"z", 6)), None);
-        // Nothing in the way.
-        assert_eq!(tail.superseded_by(&snap(41, b"a", b"b", 6)), None);
     }
 
     /// Overlap is half-open on both sides; an empty end is unbounded.

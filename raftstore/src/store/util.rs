@@ -101,6 +101,23 @@ pub fn clear_data_range(wb: &mut WriteBatch, region: &Region) -> flotilla_engine
     Ok(())
 }
 
+/// The version of region `region_id` as its state in `engine` says, if
+/// the state is a live one (not a tombstone, with a region).
+///
+/// # Errors
+/// Engine reads.
+pub(crate) fn live_version(
+    engine: &flotilla_engine::Engine,
+    region_id: u64,
+) -> Result<Option<u64>> {
+    use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
+    Ok(engine
+        .get_msg::<RegionLocalState>(Cf::Raft, &keys::region_state_key(region_id))?
+        .filter(|s| s.state() != PeerState::Tombstone)
+        .and_then(|s| s.region)
+        .map(|r| r.region_epoch.map_or(0, |e| e.version)))
+}
+
 #[cfg(test)]
 mod range_tests {
     use bytes::Bytes;

@@ -39,6 +39,7 @@ use crate::store::admin::{AdminError, check_merge_regions, check_merge_tail};
 use crate::store::config::Config;
 use crate::store::error::{Error, Result};
 use crate::store::msg::{ApplyMsg, CommitMergeResult, MergeMsg, Responder};
+use crate::store::util::live_version;
 
 /// Share of `entry_max_size` the log tail a merge carries may take (the
 /// CommitMerge carrying it is one entry; TiKV's 90 %).
@@ -363,7 +364,14 @@ impl Peer {
                     .lock()
                     .merged_into(self.region_id())
                     .is_some_and(|m| m.target == target_id);
-                if known {
+                // A target here waits at its CommitMerge for this peer to
+                // catch up: it needs this peer's data, whatever a
+                // snapshot elsewhere says.
+                let needed = self
+                    .merge
+                    .as_ref()
+                    .is_some_and(|m| m.waiting_target.is_some());
+                if known && !needed {
                     slog::info!(self.logger, "superseded by a snapshot past its merge: destroying";
                         "target" => target_id);
                     self.removed = true;
@@ -776,17 +784,21 @@ impl Peer {
         }
     }
 
-    /// A snapshot of this peer's region overlaps only regions here that
-    /// were merged away before its state (into this region, or into one
-    /// whose merged range it covers: `StoreMeta::superseded_by`): they
-    /// are told to go (their data cleared: the snapshot rewrites the
-    /// range) and `true` is returned; this snapshot is refused, and the
-    /// leader's next one is admitted once they are gone. `false` when any
-    /// region in the way is not such a source.
+    /// A snapshot of this peer's region overlaps regions here that were
+    /// merged away before its state and that nothing here needs any more
+    /// (`StoreMeta::superseded_by`): they are told to go (their data
+    /// cleared: the snapshot rewrites the range) and `true` is returned;
+    /// this snapshot is refused, and the leader's next one is admitted
+    /// once nothing is in its way. `false` when no region in the way may
+    /// go.
     pub(super) fn supersede_merged(&mut self, snapshot: &Region) -> bool {
-        let Some(sources) = self.store_meta.lock().superseded_by(snapshot) else {
+        let sources = self
+            .store_meta
+            .lock()
+            .superseded_by(snapshot, |r| live_version(&self.engine, r));
+        if sources.is_empty() {
             return false;
-        };
+        }
         for (source, target_id) in sources {
             slog::info!(self.logger, "snapshot past a merge: its source goes first";
                 "source" => source, "merged_into" => target_id);
