@@ -248,18 +248,33 @@ impl StoreMeta {
     /// covering a key only grow, a split and a merge each leaving one past
     /// those before, so only the target's own older self or a region that
     /// may still split it off can be). A region merged away itself counts
-    /// only while its own target has a live state here: that target's
-    /// CommitMerge commits its log's tail, splits included; without it
-    /// nothing does (its peers elsewhere are gone). `at`: a region about
-    /// to take a snapshot, counted at the snapshot's version.
-    /// `live_version` reads a region's version from its state here:
-    /// `Ok(None)` without a live one; an error counts as older.
+    /// only while something here may still apply its own merge (the same
+    /// question, asked again for it): that CommitMerge commits its log's
+    /// tail, splits included; without one nothing does (its peers
+    /// elsewhere are gone). `at`: a region about to take a snapshot,
+    /// counted at the snapshot's version. `live_version` reads a region's
+    /// version from its state here: `Ok(None)` without a live one; an
+    /// error counts as older.
     pub fn may_apply_merge<E>(
         &self,
         source: u64,
         m: &MergedInto,
         at: Option<(u64, u64)>,
         live_version: impl Fn(u64) -> Result<Option<u64>, E>,
+    ) -> bool {
+        self.may_apply_merge_seen(source, m, at, &live_version, &mut vec![source])
+    }
+
+    /// [`StoreMeta::may_apply_merge`], with the sources already asked
+    /// about (`seen`: a chain of merges here is asked about once per
+    /// source; one seen again does not count).
+    fn may_apply_merge_seen<E>(
+        &self,
+        source: u64,
+        m: &MergedInto,
+        at: Option<(u64, u64)>,
+        live_version: &impl Fn(u64) -> Result<Option<u64>, E>,
+        seen: &mut Vec<u64>,
     ) -> bool {
         if self.split_claims.contains(&m.target) {
             return true;
@@ -271,11 +286,17 @@ impl StoreMeta {
         self.overlapping(&m.start_key, &m.end_key, source)
             .into_iter()
             .any(|r| {
-                older(r)
-                    && self
-                        .merged
-                        .get(&r)
-                        .is_none_or(|own| live_version(own.target).map_or(true, |v| v.is_some()))
+                if !older(r) {
+                    return false;
+                }
+                let Some(own) = self.merged.get(&r) else {
+                    return true;
+                };
+                if seen.contains(&r) {
+                    return false;
+                }
+                seen.push(r);
+                self.may_apply_merge_seen(r, own, at, live_version, seen)
             })
     }
 
@@ -426,12 +447,36 @@ mod tests {
         );
         let own_older_self = meta(&[region(20, b"b", b"c"), region(11, b"c", b"e")]);
         assert!(own_older_self.may_apply_merge(11, &m, None, versions(&[(20, 2)])));
-        let mut merged_parent = parent;
+        // P (10) merged away itself into W (40) = ["", c): it counts only
+        // while something here may still apply that merge (W's older self
+        // here), recursively (the third review's chain: T merged into a U
+        // that an older P here may still split off).
+        let mut merged_parent = meta(&[
+            region(40, b"", b"a"),
+            region(10, b"a", b"c"),
+            region(11, b"c", b"e"),
+        ]);
         merged_parent.note_merged(10, &at_version(region(40, b"", b"c"), 9));
-        assert!(merged_parent.may_apply_merge(11, &m, None, versions(&[(10, 1), (40, 8)])));
+        let live = [(40, 2), (10, 1), (11, 1)];
+        assert!(merged_parent.may_apply_merge(11, &m, None, versions(&live)));
+        let mut no_w = meta(&[region(10, b"a", b"c"), region(11, b"c", b"e")]);
+        no_w.note_merged(10, &at_version(region(40, b"", b"c"), 9));
         assert!(
-            !merged_parent.may_apply_merge(11, &m, None, versions(&[(10, 1)])),
-            "its own target is not here: nothing commits its log"
+            !no_w.may_apply_merge(11, &m, None, versions(&live)),
+            "nothing here applies its own merge: nothing commits its log"
+        );
+        let mut chain = meta(&[
+            region(10, b"a", b"c"),
+            region(12, b"c", b"d"),
+            region(11, b"d", b"e"),
+        ]);
+        let into_t = MergedInto::of(&at_version(region(12, b"c", b"e"), 3));
+        chain.note_merged(11, &at_version(region(12, b"c", b"e"), 3));
+        chain.note_merged(12, &at_version(region(30, b"b", b"e"), 5));
+        let live = [(10, 1), (12, 2), (11, 1)];
+        assert!(
+            chain.may_apply_merge(11, &into_t, None, versions(&live)),
+            "P may split U off, U applies T's merge, T then applies S's"
         );
         let mut alone = meta(&[region(11, b"c", b"e")]);
         assert!(!alone.may_apply_merge(11, &m, None, versions(&[])));
