@@ -329,6 +329,123 @@ fn conf_change_typed_rejections() {
     cluster.shutdown();
 }
 
+/// admin.md scenario 12, the quorum's hold on the log (TiKV's
+/// `check_conf_change`) through the client: voters added on stores that do
+/// not exist are accepted while the real voters still make a quorum of the
+/// new membership, and the one that would take that quorum away is
+/// refused with `ConfChangeUnsafe`. The region serves throughout.
+#[test]
+fn a_voter_that_would_take_the_quorum_away_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let ghost = |store| Peer {
+        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+        store_id: store,
+        role: PeerRole::Voter as i32,
+    };
+    // Five voters, three real: the real ones are still a quorum.
+    change(&client, ConfChangeType::AddNode, ghost(7));
+    change(&client, ConfChangeType::AddNode, ghost(8));
+    let refused = loop {
+        match client.change_peer(REGION, ConfChangeType::AddNode, ghost(9)) {
+            Err(Error::Admin(AdminError::ConfChangePending { .. })) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break admin_err(other),
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let state = region_state(cluster.store(leader).unwrap().engine());
+    let voters = state.and_then(|s| s.region).unwrap().peers.len();
+    assert_eq!(voters, 5, "the refused voter was not added");
+    write(&client, KEYS..KEYS + 10);
+    for &s in cluster.store_ids() {
+        assert!(
+            eventually(|| holds(cluster.store(s).unwrap().engine(), 0..KEYS + 10)),
+            "store {s} lacks the writes"
+        );
+    }
+    cluster.shutdown();
+}
+
+/// admin.md scenario 12 with a dead store: once the leader's store stops
+/// hearing a follower's store (its support is withdrawn), that follower
+/// counts as holding nothing, so removing the other, live follower (which
+/// would leave the leader and the dead one, no quorum) is refused with
+/// `ConfChangeUnsafe`; removing the dead one is the way out, and the
+/// region serves on two stores.
+#[test]
+fn removing_a_live_voter_while_another_is_dead_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let region = cluster.regions()[0].clone();
+    let mut followers = cluster.store_ids().to_vec();
+    followers.retain(|&s| s != leader);
+    let (live, dead) = (followers[0], followers[1]);
+    let withdrawals = |c: &Cluster| {
+        c.store(leader)
+            .unwrap()
+            .metrics()
+            .support_withdrawals
+            .load(Ordering::Relaxed)
+    };
+    let before = withdrawals(&cluster);
+    assert!(cluster.stop_store(dead));
+    assert!(
+        eventually(|| withdrawals(&cluster) > before),
+        "store {leader} never withdrew its support of store {dead}"
+    );
+    assert_eq!(
+        wait_leader(&cluster, REGION),
+        Some(leader),
+        "the leader moved"
+    );
+    let refused = client.change_peer(
+        REGION,
+        ConfChangeType::RemoveNode,
+        peer_on(&region, live).unwrap(),
+    );
+    assert!(
+        matches!(
+            admin_err(refused),
+            AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                ..
+            }
+        ),
+        "removing the live voter was not refused"
+    );
+    let after = change(
+        &client,
+        ConfChangeType::RemoveNode,
+        peer_on(&region, dead).unwrap(),
+    );
+    assert_eq!(after.peers.len(), 2);
+    write(&client, KEYS..KEYS + 10);
+    for s in [leader, live] {
+        assert!(
+            eventually(|| holds(cluster.store(s).unwrap().engine(), 0..KEYS + 10)),
+            "store {s} lacks the writes"
+        );
+    }
+    cluster.shutdown();
+}
+
 /// Moves the region's leadership to `store`, retrying until it leads.
 fn lead_from(cluster: &Cluster, client: &Client, store: u64) {
     for _ in 0..200 {

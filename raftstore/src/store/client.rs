@@ -748,7 +748,10 @@ impl Client {
     /// (`ConfChangePeerNotFound`), removing the leader
     /// (`ConfChangeRemovesLeader`: transfer the leadership first) or the
     /// last voter, promoting a learner that has not caught up
-    /// (`LearnerNotCaughtUp`, try again); `EpochNotMatch` when the
+    /// (`LearnerNotCaughtUp`, try again), a change after which the voters
+    /// holding the log would not make a quorum (`ConfChangeUnsafe`: a
+    /// voter on a store that does not exist or is not heard, or a live
+    /// voter removed while another is dead); `EpochNotMatch` when the
     /// membership changed meanwhile (the cache refreshes); an unknown
     /// outcome ([`Error::is_outcome_unknown`]) is not retried, as for
     /// writes.

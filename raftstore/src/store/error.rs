@@ -363,6 +363,10 @@ mod tests {
             Error::Admin(AdminError::RegionMerging { region_id: 8 }),
             Error::Admin(AdminError::MergeRolledBack { region_id: 9 }),
             Error::Admin(AdminError::MergeTargetMismatch { target: 10 }),
+            Error::Admin(AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                truncated_index: 5,
+            }),
         ];
         for e in &all {
             match e {

@@ -1124,7 +1124,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     // under) without waking.
                     let woke = (fsm.peer.is_leader() && fsm.peer.wake(WakeReason::Command, hib))
                         .then_some(WakeReason::Command);
-                    fsm.peer.on_command(&self.cfg, c.request, c.callback);
+                    fsm.peer.on_command(&self.cfg, hib, c.request, c.callback);
                     woke
                 }
                 PeerMsg::Tick => {
@@ -1199,7 +1199,7 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     match *m {
                         MergeMsg::TargetChecked { request, callback } => {
                             fsm.peer
-                                .on_merge_target_checked(&self.cfg, *request, callback);
+                                .on_merge_target_checked(&self.cfg, hib, *request, callback);
                         }
                         other => fsm.peer.on_merge_msg(other),
                     }

@@ -1,6 +1,7 @@
 //! ChangePeer and ChangePeerV2 on both sides: the membership a change
 //! leads to, checked alike on every replica at apply ([`change_region`]),
-//! and the leader's checks before it proposes one ([`check_change_peers`]).
+//! and the leader's checks before it proposes one ([`check_change_peers`]),
+//! the quorum's hold on the log among them ([`check_new_quorum`]).
 
 use flotilla_proto::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
@@ -9,7 +10,10 @@ use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use flotilla_proto::raft_cmdpb::ChangePeerRequest;
 
 use super::error::AdminError;
+use crate::raft::quorum::joint;
+use crate::raft::quorum::majority::MajorityConfig;
 use crate::store::error::{Error, Result};
+use crate::store::peer_storage::conf_state_from_region;
 
 /// A learner is promoted only once it has matched up to this many entries
 /// below the leader's last index (it then counts toward the quorum
@@ -27,6 +31,9 @@ pub struct LeaderView {
     pub pending_conf_index: u64,
     /// The leader's last log index.
     pub last_index: u64,
+    /// The leader's truncated index (its first log index minus one): a
+    /// peer that matched less needs a snapshot to catch up.
+    pub truncated_index: u64,
 }
 
 /// The peer a change names, checked for shape.
@@ -291,18 +298,21 @@ pub fn change_region_v2(changes: &[ChangePeerRequest], region: &Region) -> Resul
 /// The leader's checks before it proposes a ChangePeerV2 of `changes`:
 /// one conf change at a time, then the membership every replica will
 /// check ([`change_region_v2`]), then the leader's own: it is neither
-/// removed nor demoted in place, and a promoted learner has caught up
-/// (`learner_matched` gives what a peer has matched). Returns the region
-/// the change leads to.
+/// removed nor demoted in place, a promoted learner has caught up, and
+/// the new voters' quorum holds the log ([`check_new_quorum`]).
+/// `matched` gives what a peer has matched as far as the leader can
+/// count on it (0 for a peer on a store it no longer hears). Returns the
+/// region the change leads to.
 ///
 /// # Errors
 /// [`AdminError::ConfChangePending`], those of [`change_region_v2`],
-/// [`AdminError::ConfChangeRemovesLeader`], [`AdminError::LearnerNotCaughtUp`].
+/// [`AdminError::ConfChangeRemovesLeader`], [`AdminError::LearnerNotCaughtUp`],
+/// [`AdminError::ConfChangeUnsafe`].
 pub fn check_change_peers(
     changes: &[ChangePeerRequest],
     region: &Region,
     view: &LeaderView,
-    learner_matched: impl Fn(u64) -> u64,
+    matched: impl Fn(u64) -> u64,
 ) -> Result<Region> {
     if view.pending_conf_index > view.applied_index {
         return Err(Error::Admin(AdminError::ConfChangePending {
@@ -325,7 +335,7 @@ pub fn check_change_peers(
                 }));
             }
             ConfChangeType::AddNode if is_learner => {
-                let matched = learner_matched(peer.id);
+                let matched = matched(peer.id);
                 if matched == 0 || matched + PROMOTE_MAX_LAG < view.last_index {
                     return Err(Error::Admin(AdminError::LearnerNotCaughtUp {
                         peer_id: peer.id,
@@ -336,7 +346,60 @@ pub fn check_change_peers(
             _ => {}
         }
     }
+    if !changes.is_empty() {
+        check_new_quorum(region, &next, view, matched)?;
+    }
     Ok(next)
+}
+
+/// TiKV's safety rule for a membership change (its `check_conf_change`):
+/// after the change, a quorum of the voters (of both halves, in a joint
+/// configuration) must have matched the log at least to the leader's
+/// truncated index, so that the region can go on committing with log
+/// appends alone. A new voter counts as having matched nothing, and so
+/// does (through `matched`) a voter on a store the leader no longer
+/// hears. This refuses, for example, a third voter added on stores that
+/// do not exist, or removing a live voter while another one is dead:
+/// either would leave the region unable to commit.
+///
+/// A change that keeps the voters as they are (a learner added or
+/// removed) cannot make things worse and passes, as does any change of a
+/// region with a single voter (growing it needs a second voter that has
+/// nothing yet).
+///
+/// # Errors
+/// [`AdminError::ConfChangeUnsafe`].
+pub fn check_new_quorum(
+    region: &Region,
+    next: &Region,
+    view: &LeaderView,
+    matched: impl Fn(u64) -> u64,
+) -> Result<()> {
+    let voters = |r: &Region| {
+        let cs = conf_state_from_region(r);
+        let mut incoming = cs.voters;
+        let mut outgoing = cs.voters_outgoing;
+        incoming.sort_unstable();
+        outgoing.sort_unstable();
+        (incoming, outgoing)
+    };
+    let before = voters(region);
+    let after = voters(next);
+    if before == after || (before.1.is_empty() && before.0.len() == 1) {
+        return Ok(());
+    }
+    let quorum_matched = joint::committed_index(
+        &MajorityConfig::new(after.0),
+        &MajorityConfig::new(after.1),
+        |id| Some(matched(id)),
+    );
+    if quorum_matched < view.truncated_index {
+        return Err(Error::Admin(AdminError::ConfChangeUnsafe {
+            quorum_matched,
+            truncated_index: view.truncated_index,
+        }));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -380,6 +443,7 @@ mod tests {
             applied_index: 100,
             pending_conf_index: 90,
             last_index: 100,
+            truncated_index: 5,
         }
     }
 
@@ -594,9 +658,118 @@ mod tests {
                 &[req(ConfChangeType::RemoveNode, 11, 2)],
                 &r,
                 &view(),
+                |id| if id == 10 { 100 } else { 0 }
+            )
+            .is_ok(),
+            "removing a voter that matched nothing leaves the leader's quorum"
+        );
+    }
+
+    /// admin.md scenario 12, the quorum's hold on the log (TiKV's
+    /// `check_conf_change`): a change whose new voters could not commit
+    /// without a snapshot (new voters and voters on silent stores match
+    /// nothing) is refused; one that keeps the voters, or grows a single
+    /// voter, passes.
+    #[test]
+    fn a_change_whose_quorum_lacks_the_log_is_refused() {
+        let three = Region {
+            peers: vec![
+                peer(10, 1, PeerRole::Voter),
+                peer(11, 2, PeerRole::Voter),
+                peer(12, 3, PeerRole::Voter),
+            ],
+            ..region()
+        };
+        let all = |id: u64| if id <= 12 { 100 } else { 0 };
+        let add = |r: &Region, id, store| {
+            check_change_peers(&[req(ConfChangeType::AddNode, id, store)], r, &view(), all)
+        };
+        // Voters on stores that do not exist: the fourth and fifth leave
+        // the three real ones a quorum, the sixth does not.
+        let four = add(&three, 13, 4).unwrap();
+        let five = add(&four, 14, 5).unwrap();
+        assert_eq!(
+            admin(add(&five, 15, 6)),
+            AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                truncated_index: 5
+            }
+        );
+        // Store 3 is silent (its voter counts nothing): removing a live
+        // voter leaves {10, 12}, which cannot commit.
+        let store3_silent = |id: u64| if id == 12 { 0 } else { 100 };
+        assert_eq!(
+            admin(check_change_peers(
+                &[req(ConfChangeType::RemoveNode, 11, 2)],
+                &three,
+                &view(),
+                store3_silent
+            )),
+            AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                truncated_index: 5
+            }
+        );
+        // Removing the silent voter itself is the way out.
+        assert!(
+            check_change_peers(
+                &[req(ConfChangeType::RemoveNode, 12, 3)],
+                &three,
+                &view(),
+                store3_silent
+            )
+            .is_ok()
+        );
+        // Matched below the truncation point is as good as nothing.
+        let behind = |id: u64| if id == 10 { 100 } else { 4 };
+        assert!(matches!(
+            check_change_peers(
+                &[req(ConfChangeType::AddNode, 13, 4)],
+                &three,
+                &view(),
+                behind
+            ),
+            Err(Error::Admin(AdminError::ConfChangeUnsafe {
+                quorum_matched: 4,
+                ..
+            }))
+        ));
+        // A learner changes no quorum; a single voter may grow.
+        assert!(
+            check_change_peers(
+                &[req(ConfChangeType::AddLearnerNode, 13, 4)],
+                &three,
+                &view(),
                 |_| 0
             )
             .is_ok()
         );
+        let single = Region {
+            peers: vec![peer(10, 1, PeerRole::Voter)],
+            ..region()
+        };
+        assert!(
+            check_change_peers(
+                &[req(ConfChangeType::AddNode, 11, 2)],
+                &single,
+                &view(),
+                |_| 0
+            )
+            .is_ok()
+        );
+        // A joint change counts both halves: replacing two of three voters
+        // by voters that have nothing leaves the incoming half without a
+        // quorum.
+        let joint = [
+            req(ConfChangeType::AddNode, 13, 4),
+            req(ConfChangeType::AddNode, 14, 5),
+            req(ConfChangeType::AddLearnerNode, 11, 2),
+            req(ConfChangeType::AddLearnerNode, 12, 3),
+        ];
+        assert!(matches!(
+            check_change_peers(&joint, &three, &view(), all),
+            Err(Error::Admin(AdminError::ConfChangeUnsafe { .. }))
+        ));
+        assert!(check_change_peers(&joint, &three, &view(), |_| 100).is_ok());
     }
 }

@@ -125,6 +125,24 @@ pub enum AdminError {
         /// What it has matched.
         matched: u64,
     },
+    /// A membership change after which the voters holding the log would
+    /// not make a quorum: the largest index a quorum of the new
+    /// configuration has matched (a voter on a store this store no longer
+    /// hears, and a new voter, count as having matched nothing) is below
+    /// the log's truncation point, so the region could commit nothing
+    /// until a snapshot caught a voter up, or ever, if that voter's store
+    /// does not exist. Add a learner and promote it once it caught up, or
+    /// remove a dead voter first. Nothing was proposed.
+    #[error(
+        "unsafe membership change: a quorum of the new voters matched only up to \
+         {quorum_matched}, below the truncated index {truncated_index}"
+    )]
+    ConfChangeUnsafe {
+        /// The largest index a quorum of the new configuration matched.
+        quorum_matched: u64,
+        /// The leader's truncated index (its first log index minus one).
+        truncated_index: u64,
+    },
     /// A BatchSplit key that cannot split the region (see
     /// [`SplitKeyFault`]). Nothing was proposed or applied.
     #[error("split key {key:?} refused: {fault:?}")]
@@ -354,6 +372,13 @@ impl AdminError {
             AdminError::MergeTargetMismatch { target } => {
                 Kind::MergeTargetMismatch(raft_cmdpb::MergeTargetMismatch { target })
             }
+            AdminError::ConfChangeUnsafe {
+                quorum_matched,
+                truncated_index,
+            } => Kind::ConfChangeUnsafe(raft_cmdpb::ConfChangeUnsafe {
+                quorum_matched,
+                truncated_index,
+            }),
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -455,6 +480,10 @@ impl AdminError {
                 region_id: d.region_id,
             },
             Kind::MergeTargetMismatch(d) => AdminError::MergeTargetMismatch { target: d.target },
+            Kind::ConfChangeUnsafe(d) => AdminError::ConfChangeUnsafe {
+                quorum_matched: d.quorum_matched,
+                truncated_index: d.truncated_index,
+            },
         })
     }
 }

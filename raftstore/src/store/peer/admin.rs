@@ -23,8 +23,11 @@ use crate::store::admin::{
 };
 use crate::store::config::Config;
 use crate::store::error::{Error, Result};
+use crate::store::hibernation::Hibernation;
+use crate::store::liveness::SupportStatus;
 use crate::store::msg::Responder;
 use crate::store::util::err_response;
+use std::time::Instant;
 
 /// What the leader does with an admin command that passed its checks.
 enum AdminStep {
@@ -52,10 +55,11 @@ impl Peer {
     pub(super) fn on_admin_command(
         &mut self,
         cfg: &Config,
+        hib: &Hibernation,
         request: RaftCmdRequest,
         callback: Responder,
     ) {
-        self.admin_step(cfg, request, callback, false);
+        self.admin_step(cfg, hib, request, callback, false);
     }
 
     /// A PrepareMerge whose target this store's target peer checked (see
@@ -63,21 +67,23 @@ impl Peer {
     pub fn on_merge_target_checked(
         &mut self,
         cfg: &Config,
+        hib: &Hibernation,
         request: RaftCmdRequest,
         callback: Responder,
     ) {
-        self.admin_step(cfg, request, callback, true);
+        self.admin_step(cfg, hib, request, callback, true);
     }
 
     fn admin_step(
         &mut self,
         cfg: &Config,
+        hib: &Hibernation,
         request: RaftCmdRequest,
         callback: Responder,
         target_checked: bool,
     ) {
         let last_before = self.raft.raft.raft_log().last_index();
-        match self.admin_command(cfg, &request, target_checked) {
+        match self.admin_command(cfg, hib, &request, target_checked) {
             Ok(AdminStep::CheckMergeTarget) => self.check_merge_target(request, callback),
             Ok(AdminStep::Answer(resp)) => {
                 callback.respond(*resp);
@@ -128,6 +134,7 @@ impl Peer {
     fn admin_command(
         &mut self,
         cfg: &Config,
+        hib: &Hibernation,
         request: &RaftCmdRequest,
         target_checked: bool,
     ) -> Result<AdminStep> {
@@ -147,7 +154,7 @@ impl Peer {
                 admin_response::Cmd::TransferLeader(TransferLeaderResponse {})
             }
             admin_request::Cmd::ChangePeer(req) => {
-                self.check_membership_change(std::slice::from_ref(req))?;
+                self.check_membership_change(hib, std::slice::from_ref(req))?;
                 let peer = req.peer.unwrap_or_default();
                 return Ok(AdminStep::ProposeConfChange(ConfChange {
                     change_type: req.change_type,
@@ -161,7 +168,7 @@ impl Peer {
                 return Ok(AdminStep::ProposeSplit(request.encode_to_vec()));
             }
             admin_request::Cmd::ChangePeerV2(req) => {
-                self.check_membership_change(&req.changes)?;
+                self.check_membership_change(hib, &req.changes)?;
                 let mut cc = conf_change_v2(&req.changes);
                 cc.context = request.encode_to_vec().into();
                 return Ok(AdminStep::ProposeConfChangeV2(cc));
@@ -227,19 +234,39 @@ impl Peer {
     }
 
     /// The leader's checks of a membership change before it proposes it
-    /// (`admin::check_change_peers`).
-    fn check_membership_change(&self, changes: &[ChangePeerRequest]) -> Result<()> {
+    /// (`admin::check_change_peers`). A peer on a store this store has
+    /// stopped hearing (its support lapsed or was withdrawn) counts as
+    /// having matched nothing; one on a store never heard in this life
+    /// counts what it matched (store liveness may not have reached it
+    /// yet).
+    fn check_membership_change(
+        &self,
+        hib: &Hibernation,
+        changes: &[ChangePeerRequest],
+    ) -> Result<()> {
         self.check_no_pending_split()?;
         self.check_not_merging()?;
         let raft = &self.raft.raft;
+        let log = raft.raft_log();
         let view = LeaderView {
             leader_id: self.meta.id,
             applied_index: self.raft.store().applied_index(),
             pending_conf_index: raft.pending_conf_index(),
-            last_index: raft.raft_log().last_index(),
+            last_index: log.last_index(),
+            truncated_index: log.first_index() - 1,
         };
-        let matched = |id| raft.prs().get(id).map_or(0, |pr| pr.matched);
-        check_change_peers(changes, self.region(), &view, matched).map(|_| ())
+        let now = Instant::now();
+        let region = self.region();
+        let matched = |id| {
+            let lost = region.peers.iter().find(|p| p.id == id).is_some_and(|p| {
+                matches!(hib.support_status(p.store_id, now), SupportStatus::Lost(_))
+            });
+            if lost {
+                return 0;
+            }
+            raft.prs().get(id).map_or(0, |pr| pr.matched)
+        };
+        check_change_peers(changes, region, &view, matched).map(|_| ())
     }
 
     /// Starts a leader transfer to the request's peer after the checks of

@@ -469,10 +469,16 @@ impl Peer {
 
     /// Handles a client command: checks it, then proposes a write or starts
     /// a read. Errors are answered through the callback.
-    pub fn on_command(&mut self, cfg: &Config, request: RaftCmdRequest, callback: Responder) {
+    pub fn on_command(
+        &mut self,
+        cfg: &Config,
+        hib: &Hibernation,
+        request: RaftCmdRequest,
+        callback: Responder,
+    ) {
         self.sleep.idle_ticks = 0;
         if request.admin_request.is_some() {
-            self.on_admin_command(cfg, request, callback);
+            self.on_admin_command(cfg, hib, request, callback);
             return;
         }
         let kind = match self.check_command(&request) {
