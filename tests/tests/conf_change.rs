@@ -380,6 +380,49 @@ fn a_voter_that_would_take_the_quorum_away_is_refused() {
     cluster.shutdown();
 }
 
+/// The same rule for a single voter (where TiKV makes an exception): a
+/// second voter added directly on a store that does not exist would be
+/// half of the new quorum with nothing, and the region could never elect
+/// or commit again. It is refused; a learner on a real store, promoted
+/// once caught up, grows the region.
+#[test]
+fn a_single_voter_grows_only_through_a_caught_up_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 1, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let peer = |cluster: &Cluster, store, role: PeerRole| Peer {
+        id: cluster.store(leader).unwrap().alloc_id().unwrap(),
+        store_id: store,
+        role: role as i32,
+    };
+    let ghost = peer(&cluster, 9, PeerRole::Voter);
+    let refused = client.change_peer(REGION, ConfChangeType::AddNode, ghost);
+    assert!(
+        matches!(
+            admin_err(refused),
+            AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                ..
+            }
+        ),
+        "a voter on a store that does not exist"
+    );
+    write(&client, KEYS..KEYS + 10);
+    cluster.add_store(2).unwrap();
+    let learner = peer(&cluster, 2, PeerRole::Learner);
+    change(&client, ConfChangeType::AddLearnerNode, learner);
+    let region = change(&client, ConfChangeType::AddNode, learner);
+    assert_eq!(region.peers.len(), 2);
+    write(&client, KEYS + 10..KEYS + 20);
+    assert!(eventually(|| holds(
+        cluster.store(2).unwrap().engine(),
+        0..KEYS + 20
+    )));
+    cluster.shutdown();
+}
+
 /// admin.md scenario 12 with a dead store: once the leader's store stops
 /// hearing a follower's store (its support is withdrawn), that follower
 /// counts as holding nothing, so removing the other, live follower (which

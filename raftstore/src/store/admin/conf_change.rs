@@ -20,6 +20,11 @@ use crate::store::peer_storage::conf_state_from_region;
 /// holding the data, not catching up by a snapshot).
 pub const PROMOTE_MAX_LAG: u64 = 128;
 
+/// The most peers one ChangePeerV2 may change: a joint change replacing
+/// every voter of a large region takes a few dozen; more is a malformed
+/// request (and each replica checks every change at apply).
+pub const MAX_CHANGES: usize = 32;
+
 /// What the leader knows when it checks a change.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaderView {
@@ -39,8 +44,17 @@ pub struct LeaderView {
 /// The peer a change names, checked for shape.
 ///
 /// # Errors
-/// [`Error::InvalidRequest`] without a peer, or with a zero id or store.
+/// [`Error::InvalidRequest`] for a change type this version does not know
+/// (prost's getter would read it as `AddNode`, while raft refuses it, so
+/// the region and raft would disagree on the membership), without a
+/// peer, or with a zero id or store.
 pub fn change_peer_of(req: &ChangePeerRequest) -> Result<Peer> {
+    if ConfChangeType::try_from(req.change_type).is_err() {
+        return Err(Error::InvalidRequest(format!(
+            "unknown conf change type {}",
+            req.change_type
+        )));
+    }
     let peer = req
         .peer
         .ok_or_else(|| Error::InvalidRequest("change_peer without a peer".into()))?;
@@ -175,8 +189,17 @@ fn bump_conf_ver(region: &mut Region) {
 /// joint; [`AdminError::ConfChangeInJoint`] changing one that is;
 /// [`AdminError::ConfChangeRemovesVoterInJoint`]; those of
 /// [`change_region`] for each change; [`Error::InvalidRequest`] for two
-/// changes of one peer.
+/// changes of one peer or more than [`MAX_CHANGES`].
 pub fn change_region_v2(changes: &[ChangePeerRequest], region: &Region) -> Result<Region> {
+    if changes.len() > MAX_CHANGES {
+        return Err(Error::InvalidRequest(format!(
+            "{} changes in one conf change (at most {MAX_CHANGES})",
+            changes.len()
+        )));
+    }
+    for req in changes {
+        change_peer_of(req)?;
+    }
     let joint = is_joint(region);
     if changes.is_empty() {
         if !joint {
@@ -363,9 +386,12 @@ pub fn check_change_peers(
 /// either would leave the region unable to commit.
 ///
 /// A change that keeps the voters as they are (a learner added or
-/// removed) cannot make things worse and passes, as does any change of a
-/// region with a single voter (growing it needs a second voter that has
-/// nothing yet).
+/// removed) cannot make things worse and passes. Unlike TiKV, a region
+/// with a single voter is not exempt: a second voter added directly is
+/// half of the new quorum and has nothing, so on a store that does not
+/// exist it would wedge the region for good (no election can win, and no
+/// change can commit to undo it). Grow a region by adding a learner and
+/// promoting it once it caught up.
 ///
 /// # Errors
 /// [`AdminError::ConfChangeUnsafe`].
@@ -385,7 +411,7 @@ pub fn check_new_quorum(
     };
     let before = voters(region);
     let after = voters(next);
-    if before == after || (before.1.is_empty() && before.0.len() == 1) {
+    if before == after {
         return Ok(());
     }
     let quorum_matched = joint::committed_index(
@@ -523,6 +549,36 @@ mod tests {
             ),
             Err(Error::InvalidRequest(_))
         ));
+    }
+
+    /// Bad input: a change type this version does not know is refused
+    /// (prost would read it as AddNode, raft refuses it: the region and
+    /// raft would disagree), and so is a request of more than
+    /// [`MAX_CHANGES`] changes.
+    #[test]
+    fn unknown_change_types_and_huge_changes_are_refused() {
+        let r = region();
+        let unknown = ChangePeerRequest {
+            change_type: 7,
+            peer: Some(peer(13, 4, PeerRole::Voter)),
+        };
+        assert!(matches!(
+            change_region(&unknown, &r),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            change_region_v2(&[unknown, req(ConfChangeType::AddNode, 14, 5)], &r),
+            Err(Error::InvalidRequest(_))
+        ));
+        let many: Vec<_> = (0..=MAX_CHANGES as u64)
+            .map(|i| req(ConfChangeType::AddLearnerNode, 100 + i, 100 + i))
+            .chain([req(ConfChangeType::AddLearnerNode, 11, 2)])
+            .collect();
+        assert!(matches!(
+            change_region_v2(&many, &r),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(change_region_v2(&many[MAX_CHANGES - 2..], &r).is_ok());
     }
 
     /// Scenario 11's membership: replacing two of three voters enters a
@@ -734,7 +790,7 @@ mod tests {
                 ..
             }))
         ));
-        // A learner changes no quorum; a single voter may grow.
+        // A learner changes no quorum.
         assert!(
             check_change_peers(
                 &[req(ConfChangeType::AddLearnerNode, 13, 4)],
@@ -744,18 +800,35 @@ mod tests {
             )
             .is_ok()
         );
+        // A single voter grows through a caught-up learner, never by a
+        // voter that has nothing (on a store that does not exist, that
+        // would wedge the region for good).
         let single = Region {
-            peers: vec![peer(10, 1, PeerRole::Voter)],
+            peers: vec![peer(10, 1, PeerRole::Voter), peer(12, 3, PeerRole::Learner)],
             ..region()
         };
-        assert!(
+        let leader_only = |id: u64| if id == 10 { 100 } else { 0 };
+        assert!(matches!(
             check_change_peers(
                 &[req(ConfChangeType::AddNode, 11, 2)],
                 &single,
                 &view(),
-                |_| 0
+                leader_only
+            ),
+            Err(Error::Admin(AdminError::ConfChangeUnsafe {
+                quorum_matched: 0,
+                ..
+            }))
+        ));
+        assert!(
+            check_change_peers(
+                &[req(ConfChangeType::AddNode, 12, 3)],
+                &single,
+                &view(),
+                |_| 100
             )
-            .is_ok()
+            .is_ok(),
+            "promoting the caught-up learner"
         );
         // A joint change counts both halves: replacing two of three voters
         // by voters that have nothing leaves the incoming half without a

@@ -139,6 +139,15 @@ impl Peer {
         target_checked: bool,
     ) -> Result<AdminStep> {
         let header = self.check_header(request)?;
+        // An admin entry is bounded as a write's is (the leader's own
+        // CommitMerge, which carries a log tail, has its own bound).
+        let size = request.encoded_len() as u64;
+        if size > cfg.entry_max_size {
+            return Err(Error::EntryTooLarge {
+                region_id: self.region_id(),
+                entry_size: size,
+            });
+        }
         let cmd = admin_cmd(request)?
             .ok_or_else(|| Error::InvalidRequest("not an admin request".into()))?;
         check_epoch(cmd, header.region_epoch, self.region())?;
