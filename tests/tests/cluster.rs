@@ -167,3 +167,57 @@ fn add_store_refuses_bad_ids_and_lists_only_started_stores() {
     assert!(c.store(4).is_some());
     c.shutdown();
 }
+
+/// Bad input: a bootstrap of more stores or regions than any cluster can
+/// have is refused with `Error::Config` before anything is allocated or
+/// written (a store count of `usize::MAX` used to overflow while listing
+/// the ids, a region count of `u64::MAX` to exhaust memory).
+#[test]
+fn bootstraps_past_the_bounds_are_refused_before_allocating() {
+    use flotilla_raftstore::store::Error;
+    use flotilla_raftstore::store::bootstrap::{MAX_INITIAL_REGIONS, initial_regions};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fast_config(FAST_TICK_MS);
+    for (stores, regions) in [(usize::MAX, 1), (3, u64::MAX), (3, MAX_INITIAL_REGIONS + 1)] {
+        assert!(
+            matches!(
+                Cluster::bootstrap(dir.path(), stores, regions, cfg.clone(), &logger()),
+                Err(Error::Config(_))
+            ),
+            "{stores} stores, {regions} regions"
+        );
+    }
+    assert!(matches!(
+        initial_regions(&[1, 2, 3], u64::MAX),
+        Err(Error::Config(_))
+    ));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a refused bootstrap wrote a store directory"
+    );
+}
+
+/// Bad input: client timeouts and a backoff cap too long for the clock
+/// (`Duration::MAX`) mean "wait as long as it takes", not a panic adding
+/// them to `Instant::now()`.
+#[test]
+fn a_client_with_extreme_timeouts_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&dir, 2, FAST_TICK_MS);
+    let client = c.client(ClientConfig {
+        operation_timeout: Duration::MAX,
+        request_timeout: Duration::MAX,
+        max_backoff: Duration::MAX,
+        ..ClientConfig::default()
+    });
+    client.put(b"forever", b"v").expect("put");
+    assert_eq!(client.get(b"forever").unwrap().as_deref(), Some(&b"v"[..]));
+    let pairs = client.scan(b"", b"", 10).expect("scan");
+    assert_eq!(pairs, vec![(b"forever".to_vec(), b"v".to_vec())]);
+    let regions = c.regions().to_vec();
+    let merged = client.merge(regions[1].id, regions[0].id).expect("merge");
+    assert!(merged.start_key.is_empty() && merged.end_key.is_empty());
+    assert!(c.wait_for_leaders(1, Duration::MAX));
+    c.shutdown();
+}

@@ -333,7 +333,7 @@ const PROMOTE_RETRY: Duration = Duration::from_millis(100);
 /// catching up (or another change is pending), until `wait` passes.
 fn promote(client: &Client, region: u64, voter: Peer, wait: Duration) -> Result<Region, CtlError> {
     use flotilla_raftstore::store::{AdminError, Error};
-    let deadline = std::time::Instant::now() + wait;
+    let deadline = flotilla_raftstore::store::deadline_in(wait);
     loop {
         match client.change_peer(region, ConfChangeType::AddNode, voter) {
             Err(Error::Admin(

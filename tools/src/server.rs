@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_engine::{Engine, EngineOptions};
-use flotilla_raftstore::store::bootstrap::{bootstrap_store, initial_regions};
+use flotilla_raftstore::store::bootstrap::{MAX_INITIAL_REGIONS, bootstrap_store, initial_regions};
 use flotilla_raftstore::{Config, Store};
 use flotilla_server::{
     AddressBook, ClientService, GrpcTransport, NetConfig, ServerIdentity, StatusServer,
@@ -323,8 +323,11 @@ impl ServerConfig {
                 )
             })?;
         }
-        if self.initial_regions == 0 {
-            return Err(invalid("initial_regions", "must be > 0"));
+        if self.initial_regions == 0 || self.initial_regions > MAX_INITIAL_REGIONS {
+            return Err(invalid(
+                "initial_regions",
+                format!("must be 1 to {MAX_INITIAL_REGIONS}"),
+            ));
         }
         let mut ids: Vec<u64> = self.stores.iter().map(|s| s.id).collect();
         ids.sort_unstable();

@@ -25,7 +25,7 @@ mod util;
 
 pub use self::config::{
     Config, DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK, DEFAULT_MAX_INFLIGHT_MSGS,
-    DEFAULT_MAX_SIZE_PER_MSG, ReadOnlyOption,
+    DEFAULT_MAX_SIZE_PER_MSG, MAX_INFLIGHT_MSGS_LIMIT, ReadOnlyOption,
 };
 pub use self::core::membership_decode::decode_conf_change;
 pub use self::core::{CAMPAIGN_TRANSFER, INVALID_ID, MAX_TERM, Raft, SoftState, StateRole};

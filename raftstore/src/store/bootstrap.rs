@@ -18,6 +18,10 @@ pub const ID_COUNTER_BITS: u32 = 40;
 /// Most stores a bootstrap region can have a peer on (peer ids of initial
 /// regions are `region_id * MAX_INITIAL_STORES + store index + 1`).
 pub const MAX_INITIAL_STORES: u64 = 64;
+/// Most regions a cluster may be bootstrapped with (far beyond what one
+/// machine's memory holds; a larger count is a mistake, refused before
+/// anything is allocated).
+pub const MAX_INITIAL_REGIONS: u64 = 10_000_000;
 
 /// The `n`-th of `count` boundaries splitting the key space evenly: the
 /// 8-byte big-endian value `n * 2^64 / count` (empty for `n == 0`, which
@@ -35,13 +39,19 @@ pub fn split_key(n: u64, count: u64) -> Vec<u8> {
 /// voter on every store.
 ///
 /// # Errors
-/// [`Error::Config`] for zero regions, no stores, too many stores, or
-/// duplicate store ids.
+/// [`Error::Config`] for zero regions, more than
+/// [`MAX_INITIAL_REGIONS`], no stores, too many stores, or duplicate store
+/// ids.
 pub fn initial_regions(stores: &[u64], regions: u64) -> Result<Vec<Region>> {
     if regions == 0 || stores.is_empty() {
         return Err(Error::Config(
             "need at least one region and one store".into(),
         ));
+    }
+    if regions > MAX_INITIAL_REGIONS {
+        return Err(Error::Config(format!(
+            "{regions} regions (at most {MAX_INITIAL_REGIONS})"
+        )));
     }
     if stores.len() as u64 > MAX_INITIAL_STORES {
         return Err(Error::Config(format!(

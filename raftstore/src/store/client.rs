@@ -61,7 +61,8 @@ pub struct ClientConfig {
     /// must not exceed the stores' `max_scan_limit`, or every scan is
     /// refused with `InvalidRequest`.
     pub scan_page_size: u32,
-    /// Attempts per request before giving up with the last error.
+    /// Attempts per request before giving up with the last error (0 is
+    /// taken as 1: every request is sent at least once).
     pub max_attempts: usize,
     /// First backoff; doubles up to `max_backoff`.
     pub backoff: Duration,
@@ -335,9 +336,27 @@ pub struct Client {
     cfg: ClientConfig,
 }
 
+/// A deadline so far off that it never comes: what a timeout too long
+/// for the clock (`Duration::MAX`, say) means.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The instant `wait` from now, or a century from now if the clock
+/// cannot count that far (a timeout of `Duration::MAX` waits "forever"
+/// instead of panicking).
+pub fn deadline_in(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait).unwrap_or(now + NEVER)
+}
+
 impl Client {
+    /// The deadline of an operation starting now.
+    fn deadline(&self) -> Instant {
+        deadline_in(self.cfg.operation_timeout)
+    }
+
     /// A client for `stores`, knowing `regions` to start with.
-    pub fn new(stores: Stores, regions: &[Region], cfg: ClientConfig) -> Client {
+    pub fn new(stores: Stores, regions: &[Region], mut cfg: ClientConfig) -> Client {
+        cfg.max_attempts = cfg.max_attempts.max(1);
         let mut cache = RegionCache::default();
         for r in regions {
             cache.insert(r.clone());
@@ -503,7 +522,7 @@ impl Client {
             Some(r) => r,
             // Not cached: ask the stores.
             None => self
-                .region_on_stores(region_id, Instant::now() + self.cfg.operation_timeout)
+                .region_on_stores(region_id, self.deadline())
                 .ok_or(Error::RegionNotFound(region_id))?,
         };
         let peer = region
@@ -599,7 +618,7 @@ impl Client {
     /// knows; `Timeout` if the merge neither committed nor rolled back
     /// within the operation timeout (it may still).
     pub fn merge(&self, source_id: u64, target_id: u64) -> Result<Region> {
-        let deadline = Instant::now() + self.cfg.operation_timeout;
+        let deadline = self.deadline();
         let source = self
             .region_on_stores(source_id, deadline)
             .ok_or(Error::RegionNotFound(source_id))?;
@@ -617,11 +636,9 @@ impl Client {
                 })),
             };
             match self.execute_full(Locate::Region(source_id), &[], Some(&admin), true) {
-                Err(Error::Admin(e))
-                    if merge_not_yet(&e) && Instant::now() + backoff < deadline =>
-                {
+                Err(Error::Admin(e)) if merge_not_yet(&e) && deadline_in(backoff) < deadline => {
                     std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(self.cfg.max_backoff);
+                    backoff = backoff.saturating_mul(2).min(self.cfg.max_backoff);
                 }
                 other => break other?,
             }
@@ -648,7 +665,7 @@ impl Client {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             std::thread::sleep(backoff.min(left));
-            backoff = (backoff * 2).min(self.cfg.max_backoff);
+            backoff = backoff.saturating_mul(2).min(self.cfg.max_backoff);
         }
         Err(Error::Timeout)
     }
@@ -728,7 +745,7 @@ impl Client {
         if let Some(c) = self.cache.lock().locate(key) {
             return Ok(c.region.clone());
         }
-        self.locate_on_stores(key, Instant::now() + self.cfg.operation_timeout)
+        self.locate_on_stores(key, self.deadline())
             .ok_or_else(|| unlocated(key))
     }
 
@@ -850,7 +867,7 @@ impl Client {
         admin: Option<&AdminRequest>,
         is_write: bool,
     ) -> Result<RaftCmdResponse> {
-        let deadline = Instant::now() + self.cfg.operation_timeout;
+        let deadline = self.deadline();
         let mut backoff = self.cfg.backoff;
         let mut last_err = Error::Timeout;
         let mut epoch_retries = 0;
@@ -880,7 +897,7 @@ impl Client {
                         last_err = unlocated(key);
                         let left = deadline.saturating_duration_since(Instant::now());
                         std::thread::sleep(backoff.min(left));
-                        backoff = (backoff * 2).min(self.cfg.max_backoff);
+                        backoff = backoff.saturating_mul(2).min(self.cfg.max_backoff);
                         continue;
                     }
                     Locate::Region(id) => return Err(Error::RegionNotFound(id)),
@@ -943,7 +960,7 @@ impl Client {
             if !retry_now {
                 let left = deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(backoff.min(left));
-                backoff = (backoff * 2).min(self.cfg.max_backoff);
+                backoff = backoff.saturating_mul(2).min(self.cfg.max_backoff);
             }
         }
         Err(last_err)

@@ -10,7 +10,7 @@ use flotilla_proto::metapb::Region;
 use fxhash::FxHashMap;
 use slog::Logger;
 
-use super::bootstrap::{bootstrap_store, initial_regions};
+use super::bootstrap::{MAX_INITIAL_STORES, bootstrap_store, initial_regions};
 use super::client::{Client, ClientConfig, Stores};
 use super::config::Config;
 use super::error::{Error, Result};
@@ -53,6 +53,13 @@ pub fn bootstrap_store_dirs(
     stores: usize,
     regions: u64,
 ) -> Result<(Vec<u64>, Vec<Region>)> {
+    // Checked before the ids are listed: a count past the bound must not
+    // allocate first.
+    if stores as u64 > MAX_INITIAL_STORES {
+        return Err(Error::Config(format!(
+            "{stores} stores (at most {MAX_INITIAL_STORES})"
+        )));
+    }
     let store_ids: Vec<u64> = (1..=stores as u64).collect();
     let initial = initial_regions(&store_ids, regions)?;
     for &id in &store_ids {
@@ -221,7 +228,7 @@ impl Cluster {
     /// Waits until at least `n` leaders exist, or `timeout` passes.
     /// Returns whether they did.
     pub fn wait_for_leaders(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = super::client::deadline_in(timeout);
         while Instant::now() < deadline {
             if self.leader_count() >= n {
                 return true;

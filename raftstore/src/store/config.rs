@@ -43,6 +43,9 @@ pub const MAX_BASE_TICK_MS: u64 = 60_000;
 pub const MAX_ELECTION_TICKS: usize = 100_000;
 /// Most threads in one poller pool.
 pub const MAX_POOL_SIZE: usize = 256;
+/// Most keys one split may take (`split_max_keys`): each new region takes
+/// ids and a region's worth of state on every store.
+pub const MAX_SPLIT_MAX_KEYS: u64 = 10_000;
 /// Default idle ticks before a leader tries to hibernate its region: a
 /// sleep and a wake cost about as many messages as one and a half
 /// heartbeat rounds, so a region quiet for longer than that sleeps
@@ -256,6 +259,14 @@ impl Config {
         if self.entry_max_size == 0 || self.max_inflight_msgs == 0 {
             return bad("entry_max_size and max_inflight_msgs must be > 0");
         }
+        // Raft's own checks of what it takes from here: refused there, a
+        // store would open and then fail to create any peer.
+        if self.max_inflight_msgs > crate::raft::MAX_INFLIGHT_MSGS_LIMIT {
+            return bad("max_inflight_msgs must be <= 2^32 - 1");
+        }
+        if self.max_uncommitted_size == 0 {
+            return bad("max_uncommitted_size must be > 0");
+        }
         if self.raft_message_capacity < self.mailbox_capacity {
             return bad("raft_message_capacity must be >= mailbox_capacity");
         }
@@ -269,8 +280,8 @@ impl Config {
         if self.snap_max_receiving == 0 {
             return bad("snap_max_receiving must be > 0");
         }
-        if self.split_max_keys == 0 {
-            return bad("split_max_keys must be > 0");
+        if self.split_max_keys == 0 || self.split_max_keys > MAX_SPLIT_MAX_KEYS {
+            return bad("split_max_keys must be in 1..=10000");
         }
         if self.merge_max_log_gap == 0 || self.merge_check_ticks == 0 {
             return bad("merge_max_log_gap and merge_check_ticks must be > 0");
@@ -283,7 +294,34 @@ impl Config {
                 "lease_read needs (election_ticks - 1) * base_tick_ms > lease_drift_margin_ms",
             );
         }
-        Ok(())
+        // What raft itself refuses would otherwise only show when the first
+        // peer is created.
+        self.raft_config(1)
+            .validate()
+            .map_err(|e| Error::Config(format!("raft: {e}")))
+    }
+
+    /// The consensus core's settings for this store's peer `peer_id` (the
+    /// peer sets its applied index and, after a restart, vote refusal).
+    pub fn raft_config(&self, peer_id: u64) -> crate::raft::Config {
+        let mut rc = crate::raft::Config::new(peer_id);
+        rc.election_tick = self.election_ticks;
+        rc.heartbeat_tick = self.heartbeat_ticks;
+        rc.max_size_per_msg = self.max_size_per_msg;
+        rc.max_inflight_msgs = self.max_inflight_msgs;
+        rc.max_uncommitted_size = self.max_uncommitted_size;
+        rc.max_committed_size_per_ready = self.max_apply_bytes_per_ready;
+        rc.check_quorum = true;
+        // A commit reaches the followers on the next append, heartbeat or
+        // sleep beat, not in an append of its own: half the appends of a
+        // write to a quiet region (admin entries still go at once).
+        rc.skip_bcast_commit = true;
+        rc.pre_vote = true;
+        rc.disable_proposal_forwarding = true;
+        // Always Safe in the core: the lease is the store's (wall clock,
+        // with a drift margin), not the core's tick-based one.
+        rc.read_only_option = crate::raft::ReadOnlyOption::Safe;
+        rc
     }
 
     /// The least time between two ticks a peer receives: the store drops a
@@ -362,8 +400,9 @@ mod tests {
             (any::<u64>(), any::<u64>(), any::<usize>(), any::<usize>()),
             (any::<usize>(), any::<usize>(), any::<usize>(), any::<u32>()),
             (0u64..200, 0usize..40, 0usize..10, 0usize..8),
+            (any::<usize>(), any::<u64>(), any::<u64>()),
         )
-            .prop_map(|(a, b, c, small)| {
+            .prop_map(|(a, b, c, small, d)| {
                 let mut cfg = Config {
                     base_tick_ms: a.0,
                     election_ticks: a.1,
@@ -379,6 +418,12 @@ mod tests {
                     max_scan_limit: c.3,
                     ..Config::default()
                 };
+                // A third of the cases with raft's own limits drawn too.
+                if small.0 % 3 == 0 {
+                    cfg.max_inflight_msgs = d.0;
+                    cfg.max_uncommitted_size = d.1 % 4;
+                    cfg.split_max_keys = d.2;
+                }
                 // Half the cases near the valid region, where the derived
                 // durations are computed.
                 if small.0 % 2 == 0 {
@@ -406,14 +451,18 @@ mod tests {
         })]
 
         /// Any config, however extreme, is validated without a panic; a
-        /// valid one has a positive tick spacing, and a lease (when lease
-        /// reads are on) shorter than the election timeout.
+        /// valid one has a positive tick spacing, a lease (when lease
+        /// reads are on) shorter than the election timeout, and raft
+        /// settings raft accepts (else the store would open and fail at
+        /// its first peer).
         #[test]
         fn validate_never_panics(cfg in arb_config()) {
             let spacing = cfg.min_tick_spacing();
             let _ = cfg.lease_duration();
             if cfg.validate().is_ok() {
                 prop_assert!(!spacing.is_zero());
+                prop_assert!(cfg.raft_config(7).validate().is_ok());
+                prop_assert!(cfg.split_max_keys <= MAX_SPLIT_MAX_KEYS);
                 let election = cfg.base_tick() * u32::try_from(cfg.election_ticks).unwrap();
                 if cfg.lease_read {
                     let lease = cfg.lease_duration().unwrap();
@@ -421,6 +470,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Bad input: what raft refuses is refused here, when the store is
+    /// configured, not when its first peer is created; so is a split of
+    /// too many keys at once.
+    #[test]
+    fn raft_limits_and_split_keys_are_checked_at_validate() {
+        let refused = |cfg: Config| matches!(cfg.validate(), Err(Error::Config(_)));
+        assert!(refused(Config {
+            max_uncommitted_size: 0,
+            ..Config::default()
+        }));
+        assert!(refused(Config {
+            max_inflight_msgs: usize::MAX,
+            ..Config::default()
+        }));
+        assert!(refused(Config {
+            split_max_keys: MAX_SPLIT_MAX_KEYS + 1,
+            ..Config::default()
+        }));
+        assert!(
+            Config {
+                split_max_keys: MAX_SPLIT_MAX_KEYS,
+                ..Config::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     /// The defaults are valid, and give the lease the docs quote.

@@ -36,7 +36,7 @@ mod validate;
 pub use self::admin::{
     EpochRule, PROMOTE_MAX_LAG, SplitKeyFault, TRANSFER_LEADER_MAX_LAG, epoch_rule,
 };
-pub use self::client::{Client, ClientConfig, StoreApi, Stores};
+pub use self::client::{Client, ClientConfig, StoreApi, Stores, deadline_in};
 pub use self::cluster::{CLUSTER_ID, Cluster, bootstrap_store_dirs, store_dir};
 pub use self::config::Config;
 pub use self::error::{AdminError, Error, Result};

@@ -11,7 +11,7 @@ use super::LoadError;
 /// Regions bootstrapped by default.
 pub const DEFAULT_REGIONS: u64 = 100_000;
 /// Most regions accepted (far beyond what one machine's memory holds).
-pub const MAX_REGIONS: u64 = 10_000_000;
+pub const MAX_REGIONS: u64 = flotilla_raftstore::store::bootstrap::MAX_INITIAL_REGIONS;
 /// Default store clock base tick (ms), the raftstore default.
 pub const DEFAULT_BASE_TICK_MS: u64 = 100;
 /// Longest base tick accepted (ms), as the raftstore config allows.

@@ -284,27 +284,11 @@ impl Peer {
         // still hold a lease on: split must not treat them as fresh.
         let hs = storage.raft_state().hard_state.unwrap_or_default();
         let fresh = hs.term <= RAFT_INIT_LOG_TERM && hs.vote == 0;
-        let mut rc = raft::Config::new(peer_id);
-        rc.election_tick = cfg.election_ticks;
-        rc.heartbeat_tick = cfg.heartbeat_ticks;
+        let mut rc = cfg.raft_config(peer_id);
         rc.applied = storage.applied_index();
-        rc.max_size_per_msg = cfg.max_size_per_msg;
-        rc.max_inflight_msgs = cfg.max_inflight_msgs;
-        rc.max_uncommitted_size = cfg.max_uncommitted_size;
-        rc.max_committed_size_per_ready = cfg.max_apply_bytes_per_ready;
-        rc.check_quorum = true;
-        // A commit reaches the followers on the next append, heartbeat or
-        // sleep beat, not in an append of its own: half the appends of a
-        // write to a quiet region (admin entries still go at once).
-        rc.skip_bcast_commit = true;
         // A restarted follower must not vote inside a lease it acknowledged
         // before the restart (a fresh one acknowledged nothing).
         rc.refuse_votes_after_start = cfg.lease_read && !fresh;
-        rc.pre_vote = true;
-        rc.disable_proposal_forwarding = true;
-        // Always Safe in the core: the lease is the store's (wall clock,
-        // with a drift margin), not the core's tick-based one.
-        rc.read_only_option = raft::ReadOnlyOption::Safe;
         let logger = logger.new(slog::o!("region" => storage.region().id, "peer" => peer_id));
         let raft =
             RawNode::new(&rc, storage, &logger).map_err(|e| Error::Config(format!("raft: {e}")))?;
