@@ -237,6 +237,7 @@ fn raft_cmdpb_responses_round_trip() {
                     key: Bytes::from_static(b"a"),
                     value: Bytes::from_static(b"1"),
                 }],
+                more: true,
             })),
         },
         Response {

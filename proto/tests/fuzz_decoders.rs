@@ -665,11 +665,14 @@ fn arb_response() -> BoxedStrategy<Response> {
         Just(response::Cmd::Put(PutResponse {})),
         Just(response::Cmd::Delete(DeleteResponse {})),
         Just(response::Cmd::DeleteRange(DeleteRangeResponse {})),
-        vec(
-            (blob(8), blob(8)).prop_map(|(key, value)| KvPair { key, value }),
-            0..4
+        (
+            vec(
+                (blob(8), blob(8)).prop_map(|(key, value)| KvPair { key, value }),
+                0..4
+            ),
+            any::<bool>()
         )
-        .prop_map(|kvs| response::Cmd::Scan(ScanResponse { kvs })),
+            .prop_map(|(kvs, more)| response::Cmd::Scan(ScanResponse { kvs, more })),
         option::of(arb_region()).prop_map(|region| response::Cmd::Snap(SnapResponse { region })),
     ];
     option::of(cmd).prop_map(|cmd| Response { cmd }).boxed()

@@ -564,6 +564,47 @@ fn a_remote_client_writes_splits_merges_and_changes_peers() {
     cluster.shutdown();
 }
 
+/// A remote call past the network's message size limit is a definite,
+/// typed refusal (`InvalidRequest`), never `StoreStopped { in_flight }`
+/// (which a client must treat as a write in doubt and a read to retry):
+/// a write too large to send is refused before it is sent, and is absent;
+/// a scan whose answer is too large to take (tonic's size check) is
+/// refused; the client then serves small calls.
+#[test]
+fn a_message_past_the_size_limit_is_refused_not_in_doubt() {
+    const LIMIT: usize = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        NetCluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
+    assert!(wait_leaders(&cluster, 1));
+    let big = cluster.remote_client(ClientConfig::default());
+    let net = NetConfig {
+        max_message_bytes: LIMIT,
+        batch_bytes: LIMIT / 4,
+        ..NetConfig::default()
+    };
+    let small = cluster.remote_client_with(&net, ClientConfig::default());
+
+    let err = small.put(&key(1), &vec![1u8; 2 * LIMIT]).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    assert!(!err.is_outcome_unknown() && !err.is_retryable(), "{err}");
+    assert_eq!(retry("get", || big.get(&key(1))), None);
+
+    for i in 10..13 {
+        put(&big, &key(i), &vec![2u8; LIMIT / 2]);
+    }
+    let err = small.scan(&key(10), &key(13), 10).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    assert_eq!(retry("scan", || big.scan(&key(10), &key(13), 10)).len(), 3);
+
+    put(&small, &key(20), b"small");
+    assert_eq!(
+        retry("get", || small.get(&key(20))).as_deref(),
+        Some(&b"small"[..])
+    );
+    cluster.shutdown();
+}
+
 /// A CA and what it signs, for the TLS test.
 struct Pki {
     ca_pem: String,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_proto::metapb::Region;
-use flotilla_proto::raft_cmdpb::{RaftCmdRequest, RaftCmdResponse};
+use flotilla_proto::raft_cmdpb::{RaftCmdRequest, RaftCmdResponse, request};
 use flotilla_proto::raft_serverpb::RegionLocalState;
 use flotilla_raftstore::store::{
     Error as StoreError, RegionStatus, Result as StoreResult, StoreApi, StoreHandle, err_response,
@@ -29,6 +29,10 @@ use crate::metrics::{ServerMetrics, TransportMetrics, admin_kind};
 /// Longest a command waits for its answer on the server, whatever the
 /// client's deadline (a client's own deadline cuts it shorter).
 pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(60);
+
+/// What tonic's message size checks say (as `OutOfRange`) when a message
+/// passes a `max_message_bytes` limit.
+const TONIC_SIZE_LIMIT: &str = "message length too large";
 
 /// What a [`crate::StoreServer`] needs to serve a store's clients.
 #[derive(Clone)]
@@ -314,6 +318,21 @@ impl RemoteStore {
                 }
                 Err(match status.code() {
                     Code::DeadlineExceeded => StoreError::Timeout,
+                    // A message past a `max_message_bytes` limit, in a call
+                    // that changes nothing (`failed` is not in doubt): the
+                    // same call would fail again, so say so. A write's
+                    // answer may be what was too large, after it ran: it
+                    // stays `failed`. So do other resource codes (an
+                    // HTTP/2 GOAWAY fails streams that may have run).
+                    Code::OutOfRange
+                        if status.message().contains(TONIC_SIZE_LIMIT)
+                            && !failed.is_outcome_unknown() =>
+                    {
+                        StoreError::InvalidRequest(format!(
+                            "over the network's message size limit: {}",
+                            status.message()
+                        ))
+                    }
                     _ => failed,
                 })
             }
@@ -390,9 +409,29 @@ impl StoreApi for RemoteStore {
     }
 
     fn call(&self, request: RaftCmdRequest, wait: Duration) -> StoreResult<RaftCmdResponse> {
+        // A request tonic could not encode fails its stream with an
+        // HTTP/2 reset that reads as a lost connection: refuse it here,
+        // before anything is sent.
+        let len = prost::Message::encoded_len(&request);
+        if len > self.cfg.max_message_bytes {
+            return Err(StoreError::InvalidRequest(format!(
+                "a command of {len} bytes is over the network's message size limit ({} bytes)",
+                self.cfg.max_message_bytes
+            )));
+        }
+        // A read that fails on the way changes nothing: it is not in doubt.
+        let read_only = request.admin_request.is_none()
+            && request.requests.iter().all(|r| {
+                matches!(
+                    r.cmd,
+                    Some(request::Cmd::Get(_) | request::Cmd::Scan(_) | request::Cmd::Snap(_))
+                )
+            });
         self.run(
             wait,
-            StoreError::StoreStopped { in_flight: true },
+            StoreError::StoreStopped {
+                in_flight: !read_only,
+            },
             |mut c| async move { c.command(Self::deadline(request, wait)).await },
         )
     }
@@ -415,8 +454,12 @@ impl StoreApi for RemoteStore {
             .ok_or(StoreError::RegionNotFound(region_id))
     }
 
-    fn region_state(&self, region_id: u64) -> StoreResult<Option<RegionLocalState>> {
-        let wait = MAX_COMMAND_WAIT;
+    fn region_state(
+        &self,
+        region_id: u64,
+        wait: Duration,
+    ) -> StoreResult<Option<RegionLocalState>> {
+        let wait = wait.min(MAX_COMMAND_WAIT);
         let resp = self.run(
             wait,
             StoreError::StoreStopped { in_flight: false },

@@ -110,11 +110,13 @@ pub trait StoreApi: Send + Sync {
     fn region_status(&self, region_id: u64, wait: Duration) -> Result<RegionStatus>;
 
     /// The store's persisted state of `region_id` (see
-    /// [`StoreHandle::region_state`]).
+    /// [`StoreHandle::region_state`]), answered within `wait` (an
+    /// in-process store reads its engine at once).
     ///
     /// # Errors
-    /// As [`StoreHandle::region_state`].
-    fn region_state(&self, region_id: u64) -> Result<Option<RegionLocalState>>;
+    /// As [`StoreHandle::region_state`]; [`Error::Timeout`] when `wait`
+    /// passes.
+    fn region_state(&self, region_id: u64, wait: Duration) -> Result<Option<RegionLocalState>>;
 
     /// The store's region holding `key` (see [`StoreHandle::locate`]).
     ///
@@ -151,7 +153,7 @@ impl StoreApi for StoreHandle {
         StoreHandle::region_status(self, region_id, wait)
     }
 
-    fn region_state(&self, region_id: u64) -> Result<Option<RegionLocalState>> {
+    fn region_state(&self, region_id: u64, _wait: Duration) -> Result<Option<RegionLocalState>> {
         StoreHandle::region_state(self, region_id)
     }
 
@@ -417,7 +419,9 @@ impl Client {
     }
 
     /// Reads up to `limit` pairs of `[start, end)` in key order (an empty
-    /// `end`: to the end of the key space), region by region.
+    /// `end`: to the end of the key space), region by region: each key at
+    /// most once, even while regions split and merge under the scan (each
+    /// page goes on from where the region that served it ended).
     ///
     /// # Errors
     /// As [`Client::get`].
@@ -438,69 +442,121 @@ impl Client {
                     limit: asked,
                 })),
             };
-            let resp = self.execute(&cursor, vec![req], false)?;
-            let mut got = 0usize;
-            if let Some(response::Cmd::Scan(s)) = resp.into_iter().next().and_then(|r| r.cmd) {
-                got = s.kvs.len();
-                out.extend(
-                    s.kvs
-                        .into_iter()
-                        .map(|kv| (kv.key.to_vec(), kv.value.to_vec())),
-                );
-            }
-            if got == asked as usize {
-                // A full page: more of this region may follow the last key.
-                if let Some((last, _)) = out.last() {
-                    cursor = last.clone();
+            let (served, resp) =
+                self.execute_served(Locate::Key(&cursor), &[req], None, false, self.deadline())?;
+            let (kvs, more) = match resp.responses.into_iter().next().and_then(|r| r.cmd) {
+                Some(response::Cmd::Scan(s)) => (s.kvs, s.more),
+                other => {
+                    return Err(Error::InvalidRequest(format!("a scan answered {other:?}")));
+                }
+            };
+            // A full page, or one the store cut at its byte bound: more of
+            // this region may follow the page's last key.
+            let resume =
+                (kvs.len() == asked as usize || more).then(|| kvs.last().map(|kv| kv.key.clone()));
+            out.extend(
+                kvs.into_iter()
+                    .map(|kv| (kv.key.to_vec(), kv.value.to_vec())),
+            );
+            match resume {
+                Some(Some(last)) => {
+                    cursor = last.to_vec();
                     cursor.push(0);
                     continue;
                 }
+                // No store cuts a page before its first pair: going on
+                // from anywhere but this region's end could repeat keys.
+                Some(None) => {
+                    return Err(Error::InvalidRequest(
+                        "a store cut a scan page before its first pair".into(),
+                    ));
+                }
+                None => {}
             }
-            let region_end = self
-                .cache
-                .lock()
-                .locate(&cursor)
-                .map(|c| c.region.end_key.to_vec());
-            match region_end {
-                Some(e) if !e.is_empty() && (end.is_empty() || e.as_slice() < end) => cursor = e,
-                _ => break,
+            // The serving region is done: go on from its end.
+            let region_end = served.end_key;
+            if region_end.is_empty() || (!end.is_empty() && region_end.as_ref() >= end) {
+                break;
             }
+            cursor = region_end.to_vec();
         }
         out.truncate(limit);
         Ok(out)
     }
 
     /// Writes every pair, one command per region (atomic within a region,
-    /// not across regions).
+    /// not across regions); of pairs with the same key, the last one
+    /// wins. A region that split or merged since the cache last saw it
+    /// refuses its command whole ([`Error::KeyNotInRegion`] or
+    /// [`Error::EpochNotMatch`]: nothing of it applied); its pairs are
+    /// grouped again by the regions the cache knows now and sent again.
     ///
     /// # Errors
-    /// The first region's error, as [`Client::put`]; earlier regions'
-    /// writes stay applied.
+    /// The first error that is not such a refusal, as [`Client::put`]
+    /// (earlier regions' writes stay applied); the last refusal when the
+    /// operation's deadline or attempts run out.
     pub fn batch_put(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-        let mut by_region: BTreeMap<Bytes, Vec<Request>> = BTreeMap::new();
-        {
-            let cache = self.cache.lock();
-            for (k, v) in pairs {
-                let start = cache
-                    .locate(k)
-                    .map(|c| c.region.start_key.clone())
-                    .unwrap_or_default();
-                by_region.entry(start).or_default().push(Request {
-                    cmd: Some(request::Cmd::Put(PutRequest {
-                        key: Bytes::copy_from_slice(k),
-                        value: Bytes::copy_from_slice(v),
-                    })),
-                });
+        let deadline = self.deadline();
+        // One pair per key, the last: groups go out in no particular order,
+        // and a key's two pairs could fall in two groups.
+        let mut last_of: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            last_of.insert(k, i);
+        }
+        let mut pending: Vec<usize> = last_of.into_values().collect();
+        let mut last_refusal = None;
+        for _ in 0..self.cfg.max_attempts.max(1) {
+            let mut refused = Vec::new();
+            for group in self.group_by_region(pairs, &pending, deadline) {
+                let reqs: Vec<Request> = group
+                    .iter()
+                    .map(|&i| Request {
+                        cmd: Some(request::Cmd::Put(PutRequest {
+                            key: Bytes::copy_from_slice(&pairs[i].0),
+                            value: Bytes::copy_from_slice(&pairs[i].1),
+                        })),
+                    })
+                    .collect();
+                let at = Locate::Key(&pairs[group[0]].0);
+                match self.execute_served(at, &reqs, None, true, deadline) {
+                    Ok(_) => {}
+                    Err(e @ (Error::KeyNotInRegion { .. } | Error::EpochNotMatch { .. })) => {
+                        refused.extend(group);
+                        last_refusal = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            if refused.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            pending = refused;
         }
-        for reqs in by_region.into_values() {
-            let key = match &reqs[0].cmd {
-                Some(request::Cmd::Put(p)) => p.key.to_vec(),
-                _ => Vec::new(),
-            };
-            self.execute(&key, reqs, true)?;
+        Err(last_refusal.unwrap_or(Error::Timeout))
+    }
+
+    /// The pairs `pending` names, grouped by the region the cache places
+    /// each key in, each group in `pending`'s order. A key the cache does
+    /// not place is located by asking the stores (once per region: the
+    /// cache then places its neighbours); keys no store places yet form
+    /// one last group, which the stores place when it is sent.
+    fn group_by_region(
+        &self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+        pending: &[usize],
+        deadline: Instant,
+    ) -> Vec<Vec<usize>> {
+        let mut by_region: BTreeMap<Option<u64>, Vec<usize>> = BTreeMap::new();
+        for &i in pending {
+            let key = &pairs[i].0;
+            let cached = self.cache.lock().locate(key).map(|c| c.region.id);
+            let region = cached.or_else(|| self.locate_on_stores(key, deadline).map(|r| r.id));
+            by_region.entry(region).or_default().push(i);
         }
-        Ok(())
+        by_region.into_values().collect()
     }
 
     /// Asks region `region_id`'s leader to hand leadership to the region's
@@ -657,7 +713,7 @@ impl Client {
         // The commit takes a round of the target's group: look soon.
         let mut backoff = MERGE_POLL_FIRST.min(self.cfg.backoff);
         while Instant::now() < deadline {
-            if let Some(outcome) = self.merge_outcome(source_id, commit, prepared) {
+            if let Some(outcome) = self.merge_outcome(source_id, commit, prepared, deadline) {
                 if let Ok(merged) = &outcome {
                     self.cache.lock().insert(merged.clone());
                 }
@@ -674,15 +730,26 @@ impl Client {
     /// at `version`) ended, as any store's state of the source says: its
     /// tombstone names the region this merge made; a later merge's
     /// tombstone, or the source serving past `version`, says it was rolled
-    /// back. `None`: no store knows yet.
-    fn merge_outcome(&self, source_id: u64, commit: u64, version: u64) -> Option<Result<Region>> {
+    /// back. `None`: no store knows yet (each store is asked within what
+    /// is left of `deadline`).
+    fn merge_outcome(
+        &self,
+        source_id: u64,
+        commit: u64,
+        version: u64,
+        deadline: Instant,
+    ) -> Option<Result<Region>> {
         let rolled_back = || {
             Err(Error::Admin(AdminError::MergeRolledBack {
                 region_id: source_id,
             }))
         };
         for h in self.stores.all() {
-            let Ok(Some(state)) = h.region_state(source_id) else {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            let wait = self.cfg.request_timeout.min(left);
+            let Ok(Some(state)) = h.region_state(source_id, wait) else {
                 continue;
             };
             match (state.state(), state.merge_state) {
@@ -867,7 +934,23 @@ impl Client {
         admin: Option<&AdminRequest>,
         is_write: bool,
     ) -> Result<RaftCmdResponse> {
-        let deadline = self.deadline();
+        self.execute_served(at, requests, admin, is_write, self.deadline())
+            .map(|(_, resp)| resp)
+    }
+
+    /// [`Client::execute_full`], answering also the region the request
+    /// named when it was served. The store checked the request's epoch
+    /// against its own, so that region (not whatever the shared cache says
+    /// by the time the answer is read) is the range the request saw.
+    /// Every attempt and backoff ends by `deadline`.
+    fn execute_served(
+        &self,
+        at: Locate<'_>,
+        requests: &[Request],
+        admin: Option<&AdminRequest>,
+        is_write: bool,
+        deadline: Instant,
+    ) -> Result<(Region, RaftCmdResponse)> {
         let mut backoff = self.cfg.backoff;
         let mut last_err = Error::Timeout;
         let mut epoch_retries = 0;
@@ -915,9 +998,9 @@ impl Client {
             };
             let wait = self.cfg.request_timeout.min(deadline - now);
             let err = match self.send_once(peer.store_id, request, wait) {
-                Ok(responses) => {
+                Ok(resp) => {
                     self.cache.lock().set_leader(region.id, Some(peer));
-                    return Ok(responses);
+                    return Ok((region, resp));
                 }
                 Err(e) => e,
             };

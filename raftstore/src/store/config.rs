@@ -30,6 +30,10 @@ pub const DEFAULT_RAFT_MESSAGE_CAPACITY: usize = 4 * DEFAULT_MAILBOX_CAPACITY;
 pub const DEFAULT_MAX_KEY_SIZE: usize = 8 << 10;
 /// Default most pairs one scan may ask for.
 pub const DEFAULT_MAX_SCAN_LIMIT: u32 = 10_000;
+/// Default bound on the key and value bytes of one scan response (4 MiB):
+/// a page stops at the pair that reaches it, well under the network's
+/// message limit.
+pub const DEFAULT_MAX_SCAN_BYTES: u64 = 4 << 20;
 /// Default bound on the bytes of committed entries handed to apply at once
 /// (one apply task never holds a region's whole log).
 pub const DEFAULT_MAX_APPLY_BYTES_PER_READY: u64 = 16 << 20;
@@ -125,6 +129,10 @@ pub struct Config {
     pub max_key_size: usize,
     /// Most pairs one scan may ask for.
     pub max_scan_limit: u32,
+    /// Key and value bytes past which a scan response stops early (it
+    /// always holds at least one pair, and says `more` when it stopped
+    /// before its limit).
+    pub max_scan_bytes: u64,
     /// Bytes of committed entries a Ready hands to apply at most. (One apply
     /// task joins a Ready's entries with those the write of that Ready
     /// committed, so a task may carry up to twice this.)
@@ -208,6 +216,7 @@ impl Default for Config {
             raft_message_capacity: DEFAULT_RAFT_MESSAGE_CAPACITY,
             max_key_size: DEFAULT_MAX_KEY_SIZE,
             max_scan_limit: DEFAULT_MAX_SCAN_LIMIT,
+            max_scan_bytes: DEFAULT_MAX_SCAN_BYTES,
             max_apply_bytes_per_ready: DEFAULT_MAX_APPLY_BYTES_PER_READY,
             messages_per_round: DEFAULT_MESSAGES_PER_TICK,
             sync_log: true,
@@ -270,9 +279,14 @@ impl Config {
         if self.raft_message_capacity < self.mailbox_capacity {
             return bad("raft_message_capacity must be >= mailbox_capacity");
         }
-        if self.max_key_size == 0 || self.max_scan_limit == 0 || self.max_apply_bytes_per_ready == 0
+        if self.max_key_size == 0
+            || self.max_scan_limit == 0
+            || self.max_scan_bytes == 0
+            || self.max_apply_bytes_per_ready == 0
         {
-            return bad("max_key_size, max_scan_limit and max_apply_bytes_per_ready must be > 0");
+            return bad(
+                "max_key_size, max_scan_limit, max_scan_bytes and max_apply_bytes_per_ready must be > 0",
+            );
         }
         if self.hibernate_idle_ticks == 0 {
             return bad("hibernate_idle_ticks must be > 0");
@@ -360,6 +374,7 @@ impl Config {
         super::validate::RequestLimits {
             max_key_size: self.max_key_size,
             max_scan_limit: self.max_scan_limit,
+            max_scan_bytes: self.max_scan_bytes,
         }
     }
 

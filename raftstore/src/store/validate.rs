@@ -19,12 +19,15 @@ pub struct RequestLimits {
     pub max_key_size: usize,
     /// Most pairs one scan may ask for.
     pub max_scan_limit: u32,
+    /// Key and value bytes past which a scan response stops early.
+    pub max_scan_bytes: u64,
 }
 
 /// No size limits: what apply checks (config limits are propose-time only).
 const NO_LIMITS: RequestLimits = RequestLimits {
     max_key_size: usize::MAX,
     max_scan_limit: u32::MAX,
+    max_scan_bytes: u64::MAX,
 };
 
 /// What a valid request asks for.
@@ -215,6 +218,7 @@ mod tests {
     const LIMITS: RequestLimits = RequestLimits {
         max_key_size: 16,
         max_scan_limit: 100,
+        max_scan_bytes: 1 << 10,
     };
 
     fn region(start: &[u8], end: &[u8]) -> Region {

@@ -998,14 +998,23 @@ impl Peer {
                 Some(request::Cmd::Scan(s)) => {
                     // Validated: in the region, ordered, 0 < limit <= max.
                     let (start, end) = data_range(&s.start_key, &s.end_key, region);
+                    // The page stops at `limit` pairs, or early (with
+                    // `more`) at the pair that reaches the byte bound.
                     let limit = (s.limit as usize).max(1);
                     let mut kvs = Vec::new();
+                    let mut bytes = 0u64;
+                    let mut more = false;
                     let res = snap.scan(Cf::Default, &start, &end, |k, v| {
+                        let key = &k[1..];
+                        bytes = bytes.saturating_add((key.len() + v.len()) as u64);
                         kvs.push(KvPair {
-                            key: Bytes::copy_from_slice(&k[1..]),
+                            key: Bytes::copy_from_slice(key),
                             value: Bytes::copy_from_slice(v),
                         });
                         if kvs.len() >= limit {
+                            std::ops::ControlFlow::Break(())
+                        } else if bytes >= self.limits.max_scan_bytes {
+                            more = true;
                             std::ops::ControlFlow::Break(())
                         } else {
                             std::ops::ControlFlow::Continue(())
@@ -1014,7 +1023,7 @@ impl Peer {
                     if let Err(e) = res {
                         return err_response(e.into());
                     }
-                    response::Cmd::Scan(ScanResponse { kvs })
+                    response::Cmd::Scan(ScanResponse { kvs, more })
                 }
                 Some(request::Cmd::Snap(_)) => response::Cmd::Snap(SnapResponse {
                     region: Some(region.clone()),
