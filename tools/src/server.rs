@@ -144,6 +144,14 @@ pub struct NetworkSettings {
 
 /// Default worker threads of a server's network runtime.
 const DEFAULT_NET_THREADS: usize = 2;
+/// Most worker threads a server's network runtime may have.
+pub const MAX_NET_THREADS: usize = 1024;
+/// Bytes of a network message beyond its entries or scanned pairs and
+/// their framing: headers.
+pub const MESSAGE_HEADROOM: u64 = 1 << 20;
+/// Framing bytes of one scanned pair in a scan page (tags and lengths,
+/// rounded up).
+const PAIR_FRAMING: u64 = 16;
 
 impl Default for NetworkSettings {
     fn default() -> Self {
@@ -353,8 +361,32 @@ impl ServerConfig {
             .options(true)
             .validate()
             .map_err(|e| invalid("engine", e.to_string()))?;
-        if self.network.threads == 0 {
-            return Err(invalid("network.threads", "must be > 0"));
+        if self.network.threads == 0 || self.network.threads > MAX_NET_THREADS {
+            return Err(invalid(
+                "network.threads",
+                format!("must be 1 to {MAX_NET_THREADS}"),
+            ));
+        }
+        // The largest message the store makes must cross the network: an
+        // append (a message's worth of entries plus one entry that may
+        // pass it) and a scan page (its byte bound plus the pair that
+        // reaches it).
+        let rs = &self.raftstore;
+        let append = rs.max_size_per_msg.saturating_add(rs.entry_max_size);
+        let page = rs
+            .max_scan_bytes
+            .saturating_add(rs.entry_max_size)
+            .saturating_add(rs.max_key_size as u64)
+            .saturating_add(u64::from(rs.max_scan_limit).saturating_mul(PAIR_FRAMING));
+        let largest = append.max(page).saturating_add(MESSAGE_HEADROOM);
+        if largest > self.network.max_message_bytes as u64 {
+            return Err(invalid(
+                "network.max_message_bytes",
+                format!(
+                    "must be at least {largest}: the largest append or scan page the raftstore \
+                     settings allow, plus {MESSAGE_HEADROOM} bytes of headroom"
+                ),
+            ));
         }
         self.network
             .config()
@@ -558,5 +590,14 @@ mod tests {
         assert_eq!(field(missing), "tls.ca");
         let threads = base.replace("threads = 2", "threads = 0");
         assert_eq!(field(threads), "network.threads");
+        let threads = base.replace("threads = 2", "threads = 100000");
+        assert_eq!(field(threads), "network.threads");
+        // An entry larger than a network message could never replicate.
+        let entry = base.replace(
+            &format!("entry_max_size = {}", Config::default().entry_max_size),
+            &format!("entry_max_size = {}", 1u64 << 30),
+        );
+        assert_ne!(entry, base, "the default config names entry_max_size");
+        assert_eq!(field(entry), "network.max_message_bytes");
     }
 }
