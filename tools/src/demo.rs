@@ -61,6 +61,9 @@ pub struct DemoOptions {
     /// merge the region of a random key with its right neighbour, one
     /// merge after another (0: none).
     pub merge_storm: usize,
+    /// Idle ticks after which a leader hibernates its region (0: never
+    /// hibernate); `None`: the store's default.
+    pub hibernate_idle_ticks: Option<usize>,
 }
 
 /// What the demo measured.
@@ -224,6 +227,17 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             0
         },
         ..Config::default()
+    };
+    let cfg = match opts.hibernate_idle_ticks {
+        Some(0) => Config {
+            hibernate_regions: false,
+            ..cfg
+        },
+        Some(ticks) => Config {
+            hibernate_idle_ticks: ticks,
+            ..cfg
+        },
+        None => cfg,
     };
     let cfg = match opts.split_size {
         Some(bytes) => Config {

@@ -46,6 +46,9 @@ pub static malloc_conf: &[u8; 48] = b"background_thread:true,max_background_thre
 /// Largest `demo --split-size-kib` accepted (1 TiB: past any region).
 const MAX_SPLIT_SIZE_KIB: u64 = 1 << 30;
 
+/// Largest `demo --hibernate-idle-ticks` accepted (a day at a 1 ms tick).
+const MAX_HIBERNATE_IDLE_TICKS: i64 = 86_400_000;
+
 /// flotilla: a multi-raft sharding engine.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -97,6 +100,10 @@ enum Command {
         #[arg(long, default_value_t = 0,
               value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_CLIENTS)))]
         merge_storm: u32,
+        /// Idle ticks after which a leader hibernates its region; 0 turns
+        /// hibernation off. Default: the store's.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_HIBERNATE_IDLE_TICKS))]
+        hibernate_idle_ticks: Option<u32>,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -201,6 +208,7 @@ fn main() -> ExitCode {
             split_size_kib,
             split_storm,
             merge_storm,
+            hibernate_idle_ticks,
         } => {
             // clap checked every range (u32 fits a usize on every target
             // RocksDB builds for).
@@ -215,6 +223,7 @@ fn main() -> ExitCode {
                 split_size: split_size_kib.map(|k| k << 10),
                 split_storm: split_storm as usize,
                 merge_storm: merge_storm as usize,
+                hibernate_idle_ticks: hibernate_idle_ticks.map(|t| t as usize),
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",
