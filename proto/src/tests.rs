@@ -198,6 +198,7 @@ fn raft_cmdpb_requests_round_trip() {
                 start_key: Bytes::from_static(b"a"),
                 end_key: Bytes::from_static(b"z"),
                 limit: 10,
+                max_bytes: 1 << 20,
             })),
         },
         Request {

@@ -511,13 +511,16 @@ fn arb_request() -> BoxedStrategy<Request> {
         (blob(8), blob(8)).prop_map(|(start_key, end_key)| request::Cmd::DeleteRange(
             DeleteRangeRequest { start_key, end_key }
         )),
-        (blob(8), blob(8), any::<u32>()).prop_map(|(start_key, end_key, limit)| {
-            request::Cmd::Scan(ScanRequest {
-                start_key,
-                end_key,
-                limit,
-            })
-        }),
+        (blob(8), blob(8), any::<u32>(), any::<u64>()).prop_map(
+            |(start_key, end_key, limit, max_bytes)| {
+                request::Cmd::Scan(ScanRequest {
+                    start_key,
+                    end_key,
+                    limit,
+                    max_bytes,
+                })
+            }
+        ),
         Just(request::Cmd::Snap(SnapRequest {})),
     ];
     option::of(cmd).prop_map(|cmd| Request { cmd }).boxed()

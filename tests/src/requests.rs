@@ -49,6 +49,18 @@ pub fn scan(start: &[u8], end: &[u8], limit: u32) -> request::Cmd {
         start_key: Bytes::copy_from_slice(start),
         end_key: Bytes::copy_from_slice(end),
         limit,
+        max_bytes: 0,
+    })
+}
+
+/// A `Scan` of up to `limit` pairs of `[start, end)` whose page holds at
+/// most `max_bytes` of encoded pairs (beyond its first pair).
+pub fn scan_bounded(start: &[u8], end: &[u8], limit: u32, max_bytes: u64) -> request::Cmd {
+    request::Cmd::Scan(ScanRequest {
+        start_key: Bytes::copy_from_slice(start),
+        end_key: Bytes::copy_from_slice(end),
+        limit,
+        max_bytes,
     })
 }
 

@@ -7,15 +7,18 @@
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use flotilla_proto::ProstMessage as _;
 use flotilla_proto::metapb::Region;
-use flotilla_proto::raft_cmdpb::{RaftCmdRequest, RaftCmdResponse, request, response};
+use flotilla_proto::raft_cmdpb::{
+    KvPair, RaftCmdRequest, RaftCmdResponse, ScanResponse, request, response,
+};
 use flotilla_proto::raft_serverpb::RegionLocalState;
 use flotilla_raftstore::store::{
     Client, ClientConfig, Cluster, Config, Error, RegionStatus, Result, StoreApi, StoreHandle,
     Stores, response_error,
 };
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, fast_config, logger, wait_leader};
-use flotilla_tests::requests::{command, propose_to, scan};
+use flotilla_tests::requests::{command, propose_to, scan, scan_bounded};
 use flotilla_tests::tagged::Tagged;
 
 /// The bootstrapped region.
@@ -202,6 +205,70 @@ fn a_scan_page_stops_at_its_byte_bound_and_the_client_pages_on() {
     let expected: Vec<Vec<u8>> = (0..KEYS).map(|i| DATA.key(i)).collect();
     assert_eq!(keys_of(&all), expected);
     assert!(all.iter().all(|(_, v)| *v == value));
+    cluster.shutdown();
+}
+
+/// A scan's own byte bound (`ScanRequest.max_bytes`, what a remote
+/// client's link takes): the page stops before the pair that would pass
+/// it, saying `more`, but always holds its first pair; 0 leaves only the
+/// store's bound.
+#[test]
+fn a_scan_page_never_passes_the_callers_byte_bound() {
+    const VALUE: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        Cluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    let value = vec![5u8; VALUE];
+    for i in 0..KEYS {
+        client.put(&DATA.key(i), &value).expect("put");
+    }
+    let region = cluster.regions()[0].clone();
+    let page = |max_bytes: u64| {
+        let mut page = None;
+        assert!(
+            eventually(|| {
+                let cmd = command(
+                    &region,
+                    leader,
+                    vec![scan_bounded(b"", b"", 1_000, max_bytes)],
+                );
+                let resp = propose_to(&cluster, leader, cmd, ANSWER);
+                match resp.ok().and_then(|r| r.responses.into_iter().next()?.cmd) {
+                    Some(response::Cmd::Scan(s)) => {
+                        page = Some(s);
+                        true
+                    }
+                    _ => false,
+                }
+            }),
+            "the leader served no scan"
+        );
+        page.unwrap()
+    };
+    // The pairs' bytes in a page: a response holding only them.
+    let encoded = |kvs: &[KvPair]| -> u64 {
+        ScanResponse {
+            kvs: kvs.to_vec(),
+            more: false,
+        }
+        .encoded_len() as u64
+    };
+    // Room for two pairs and a half: two, and `more`.
+    let one = encoded(&page(1).kvs[..1]);
+    let bound = one * 5 / 2;
+    let cut = page(bound);
+    assert_eq!(cut.kvs.len(), 2, "{} pairs of {one} bytes", cut.kvs.len());
+    assert!(cut.more && encoded(&cut.kvs) <= bound);
+    // A bound below one pair: the first pair still comes.
+    let first = page(1);
+    assert_eq!(first.kvs.len(), 1);
+    assert!(first.more);
+    // No bound of the caller's: every pair (the store's 4 MiB is far).
+    let all = page(0);
+    assert_eq!(all.kvs.len() as u64, KEYS);
+    assert!(!all.more);
     cluster.shutdown();
 }
 

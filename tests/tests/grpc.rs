@@ -568,8 +568,9 @@ fn a_remote_client_writes_splits_merges_and_changes_peers() {
 /// typed refusal (`InvalidRequest`), never `StoreStopped { in_flight }`
 /// (which a client must treat as a write in doubt and a read to retry):
 /// a write too large to send is refused before it is sent, and is absent;
-/// a scan whose answer is too large to take (tonic's size check) is
-/// refused; the client then serves small calls.
+/// a scan pages at what the link takes, and one whose single pair is too
+/// large to take (tonic's size check) is refused; the client then serves
+/// small calls.
 #[test]
 fn a_message_past_the_size_limit_is_refused_not_in_doubt() {
     const LIMIT: usize = 64 << 10;
@@ -590,12 +591,23 @@ fn a_message_past_the_size_limit_is_refused_not_in_doubt() {
     assert!(!err.is_outcome_unknown() && !err.is_retryable(), "{err}");
     assert_eq!(retry("get", || big.get(&key(1))), None);
 
+    // Pairs that together pass the limit come in pages that fit it: the
+    // remote client asks the store to cut them at its link's budget.
     for i in 10..13 {
         put(&big, &key(i), &vec![2u8; LIMIT / 2]);
     }
-    let err = small.scan(&key(10), &key(13), 10).unwrap_err();
-    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    let pairs = retry("scan", || small.scan(&key(10), &key(13), 10));
+    assert_eq!(
+        pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        (10..13).map(key).collect::<Vec<_>>()
+    );
+    assert!(pairs.iter().all(|(_, v)| *v == vec![2u8; LIMIT / 2]));
     assert_eq!(retry("scan", || big.scan(&key(10), &key(13), 10)).len(), 3);
+    // A pair that alone passes the limit cannot cross it: refused.
+    put(&big, &key(15), &vec![3u8; LIMIT + 1024]);
+    let err = small.scan(&key(15), &key(16), 10).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    assert!(!err.is_outcome_unknown() && !err.is_retryable(), "{err}");
 
     put(&small, &key(20), b"small");
     assert_eq!(

@@ -34,6 +34,19 @@ pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(60);
 /// passes a `max_message_bytes` limit.
 const TONIC_SIZE_LIMIT: &str = "message length too large";
 
+/// Part of a remote client's `max_message_bytes` kept for what surrounds
+/// the pairs of a scan page in the answer (header, region, framing): the
+/// pairs get the rest ([`scan_budget`]).
+const SCAN_HEADROOM_DIVISOR: usize = 8;
+
+/// The bytes of pairs a scan page may carry to be received over a link
+/// whose messages are at most `max_message_bytes`: seven eighths of it
+/// (at least 1 byte).
+fn scan_budget(max_message_bytes: usize) -> u64 {
+    let budget = max_message_bytes - max_message_bytes / SCAN_HEADROOM_DIVISOR;
+    (budget as u64).max(1)
+}
+
 /// What a [`crate::StoreServer`] needs to serve a store's clients.
 #[derive(Clone)]
 pub struct ClientService {
@@ -408,7 +421,18 @@ impl StoreApi for RemoteStore {
         self.store_id
     }
 
-    fn call(&self, request: RaftCmdRequest, wait: Duration) -> StoreResult<RaftCmdResponse> {
+    fn call(&self, mut request: RaftCmdRequest, wait: Duration) -> StoreResult<RaftCmdResponse> {
+        // Scan pages must fit what this end takes: the store stops a page
+        // before a pair that would pass this link's budget, saying `more`.
+        let budget = scan_budget(self.cfg.max_message_bytes);
+        for r in &mut request.requests {
+            if let Some(request::Cmd::Scan(s)) = &mut r.cmd {
+                s.max_bytes = match s.max_bytes {
+                    0 => budget,
+                    asked => asked.min(budget),
+                };
+            }
+        }
         // A request tonic could not encode fails its stream with an
         // HTTP/2 reset that reads as a lost connection: refuse it here,
         // before anything is sent.

@@ -440,6 +440,8 @@ impl Client {
                     start_key: Bytes::copy_from_slice(&cursor),
                     end_key: Bytes::copy_from_slice(end),
                     limit: asked,
+                    // The store's bound; a remote store's link adds its own.
+                    max_bytes: 0,
                 })),
             };
             let (served, resp) =

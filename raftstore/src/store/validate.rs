@@ -249,6 +249,7 @@ mod tests {
             start_key: Bytes::copy_from_slice(s),
             end_key: Bytes::copy_from_slice(e),
             limit,
+            max_bytes: 0,
         })
     }
 

@@ -999,18 +999,31 @@ impl Peer {
                     // Validated: in the region, ordered, 0 < limit <= max.
                     let (start, end) = data_range(&s.start_key, &s.end_key, region);
                     // The page stops at `limit` pairs, or early (with
-                    // `more`) at the pair that reaches the byte bound.
+                    // `more`) at the pair that reaches the store's byte
+                    // bound, or before the pair that would pass the
+                    // caller's (never before the first pair).
                     let limit = (s.limit as usize).max(1);
                     let mut kvs = Vec::new();
                     let mut bytes = 0u64;
+                    let mut encoded = 0u64;
                     let mut more = false;
                     let res = snap.scan(Cf::Default, &start, &end, |k, v| {
                         let key = &k[1..];
-                        bytes = bytes.saturating_add((key.len() + v.len()) as u64);
-                        kvs.push(KvPair {
+                        let pair = KvPair {
                             key: Bytes::copy_from_slice(key),
                             value: Bytes::copy_from_slice(v),
-                        });
+                        };
+                        let framed = pair_encoded_len(&pair);
+                        if s.max_bytes > 0
+                            && !kvs.is_empty()
+                            && encoded.saturating_add(framed) > s.max_bytes
+                        {
+                            more = true;
+                            return std::ops::ControlFlow::Break(());
+                        }
+                        encoded = encoded.saturating_add(framed);
+                        bytes = bytes.saturating_add((key.len() + v.len()) as u64);
+                        kvs.push(pair);
                         if kvs.len() >= limit {
                             std::ops::ControlFlow::Break(())
                         } else if bytes >= self.limits.max_scan_bytes {
@@ -1043,6 +1056,12 @@ impl Peer {
             admin_response: None,
         }
     }
+}
+
+/// Bytes `pair` takes in a scan page on the wire: the pair and its field
+/// framing (tag and length) in `ScanResponse.kvs`.
+fn pair_encoded_len(pair: &KvPair) -> u64 {
+    prost::encoding::message::encoded_len(1, pair) as u64
 }
 
 fn read_id(ctx: &[u8]) -> u64 {
