@@ -617,6 +617,39 @@ fn a_message_past_the_size_limit_is_refused_not_in_doubt() {
     cluster.shutdown();
 }
 
+/// A write past the *server's* message limit (this client's is larger, so
+/// it sends it) is refused by the server before it runs: the error names
+/// the server's limit, which the request passes, so the client reports a
+/// definite `InvalidRequest`, not a write in doubt; the key is absent.
+#[test]
+fn a_write_past_the_servers_smaller_limit_is_refused_not_in_doubt() {
+    const SERVER_LIMIT: usize = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetConfig {
+        max_message_bytes: SERVER_LIMIT,
+        batch_bytes: SERVER_LIMIT / 4,
+        ..NetConfig::default()
+    };
+    let cluster =
+        NetCluster::bootstrap_with(dir.path(), 3, 1, fast_config(FAST_TICK_MS), net, &logger())
+            .unwrap();
+    assert!(wait_leaders(&cluster, 1));
+    let client = cluster.remote_client_with(&NetConfig::default(), ClientConfig::default());
+    put(&client, &key(1), b"small");
+
+    let err = client
+        .put(&key(2), &vec![9u8; 2 * SERVER_LIMIT])
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    assert!(!err.is_outcome_unknown() && !err.is_retryable(), "{err}");
+    assert_eq!(retry("get", || client.get(&key(2))), None);
+    assert_eq!(
+        retry("get", || client.get(&key(1))).as_deref(),
+        Some(&b"small"[..])
+    );
+    cluster.shutdown();
+}
+
 /// A CA and what it signs, for the TLS test.
 struct Pki {
     ca_pem: String,

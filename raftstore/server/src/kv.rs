@@ -34,6 +34,12 @@ pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(60);
 /// passes a `max_message_bytes` limit.
 const TONIC_SIZE_LIMIT: &str = "message length too large";
 
+/// The limit a tonic size-limit error names (`... the limit is: N bytes`).
+fn size_limit_of(message: &str) -> Option<usize> {
+    let (_, tail) = message.rsplit_once("the limit is: ")?;
+    tail.strip_suffix(" bytes")?.parse().ok()
+}
+
 /// Part of a remote client's `max_message_bytes` kept for what surrounds
 /// the pairs of a scan page in the answer (header, region, framing): the
 /// pairs get the rest ([`scan_budget`]).
@@ -316,6 +322,22 @@ impl RemoteStore {
     where
         F: std::future::Future<Output = Result<Response<T>, Status>>,
     {
+        self.run_sized(wait, failed, 0, call)
+    }
+
+    /// As [`RemoteStore::run`], for a request of `sent` encoded bytes: a
+    /// size-limit error whose limit `sent` passes was the server refusing
+    /// the request before it ran (definite even for a write).
+    fn run_sized<T, F>(
+        &self,
+        wait: Duration,
+        failed: StoreError,
+        sent: usize,
+        call: impl FnOnce(KvClient<Channel>) -> F,
+    ) -> StoreResult<T>
+    where
+        F: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
         let client = self.client(wait)?;
         let out = self
             .handle
@@ -331,15 +353,21 @@ impl RemoteStore {
                 }
                 Err(match status.code() {
                     Code::DeadlineExceeded => StoreError::Timeout,
-                    // A message past a `max_message_bytes` limit, in a call
-                    // that changes nothing (`failed` is not in doubt): the
-                    // same call would fail again, so say so. A write's
-                    // answer may be what was too large, after it ran: it
-                    // stays `failed`. So do other resource codes (an
+                    // A message past a `max_message_bytes` limit: the same
+                    // call would fail again, so say so, if the call is not
+                    // in doubt. It is not when it changes nothing (`failed`
+                    // is not in doubt), or when the request itself passes
+                    // the limit the error names: that limit is the
+                    // server's (this end sends nothing past its own), which
+                    // refused the request before running it. Otherwise the
+                    // answer was what was too large, after the call ran: a
+                    // write stays `failed`. So do other resource codes (an
                     // HTTP/2 GOAWAY fails streams that may have run).
                     Code::OutOfRange
                         if status.message().contains(TONIC_SIZE_LIMIT)
-                            && !failed.is_outcome_unknown() =>
+                            && (!failed.is_outcome_unknown()
+                                || size_limit_of(status.message())
+                                    .is_some_and(|limit| sent > limit)) =>
                     {
                         StoreError::InvalidRequest(format!(
                             "over the network's message size limit: {}",
@@ -451,11 +479,12 @@ impl StoreApi for RemoteStore {
                     Some(request::Cmd::Get(_) | request::Cmd::Scan(_) | request::Cmd::Snap(_))
                 )
             });
-        self.run(
+        self.run_sized(
             wait,
             StoreError::StoreStopped {
                 in_flight: !read_only,
             },
+            len,
             |mut c| async move { c.command(Self::deadline(request, wait)).await },
         )
     }
@@ -506,5 +535,35 @@ impl StoreApi for RemoteStore {
             },
         )?;
         error_or(resp.error, resp.region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{scan_budget, size_limit_of};
+
+    #[test]
+    fn the_limit_of_a_size_error_is_read_from_tonics_message() {
+        assert_eq!(
+            size_limit_of(
+                "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes"
+            ),
+            Some(65536)
+        );
+        assert_eq!(
+            size_limit_of(
+                "Error, encoded message length too large: found 9 bytes, the limit is: 8 bytes"
+            ),
+            Some(8)
+        );
+        assert_eq!(size_limit_of("message length too large"), None);
+        assert_eq!(size_limit_of("the limit is: many bytes"), None);
+    }
+
+    #[test]
+    fn a_scan_page_gets_seven_eighths_of_the_link() {
+        assert_eq!(scan_budget(64 << 10), 56 << 10);
+        assert_eq!(scan_budget(1), 1);
+        assert_eq!(scan_budget(0), 1);
     }
 }
