@@ -150,6 +150,27 @@ fn a_scan_returns_each_key_once_while_its_regions_split_and_merge() {
     cluster.shutdown();
 }
 
+/// The page the leader on store `leader` serves for `scan`, one command
+/// straight to it (retried until it serves one).
+fn scan_page(cluster: &Cluster, region: &Region, leader: u64, scan: request::Cmd) -> ScanResponse {
+    let mut page = None;
+    assert!(
+        eventually(|| {
+            let cmd = command(region, leader, vec![scan.clone()]);
+            let resp = propose_to(cluster, leader, cmd, ANSWER);
+            match resp.ok().and_then(|r| r.responses.into_iter().next()?.cmd) {
+                Some(response::Cmd::Scan(s)) => {
+                    page = Some(s);
+                    true
+                }
+                _ => false,
+            }
+        }),
+        "the leader served no scan"
+    );
+    page.unwrap()
+}
+
 /// A store cuts a scan page at `max_scan_bytes` (at the pair that reaches
 /// it, saying `more`); the client pages on and gets every pair once.
 #[test]
@@ -171,22 +192,7 @@ fn a_scan_page_stops_at_its_byte_bound_and_the_client_pages_on() {
 
     // One command: a page cut short of its limit, with `more`.
     let region = cluster.regions()[0].clone();
-    let mut page = None;
-    assert!(
-        eventually(|| {
-            let cmd = command(&region, leader, vec![scan(b"", b"", 1_000)]);
-            let resp = propose_to(&cluster, leader, cmd, ANSWER);
-            match resp.ok().and_then(|r| r.responses.into_iter().next()?.cmd) {
-                Some(response::Cmd::Scan(s)) => {
-                    page = Some(s);
-                    true
-                }
-                _ => false,
-            }
-        }),
-        "the leader served no scan"
-    );
-    let page = page.unwrap();
+    let page = scan_page(&cluster, &region, leader, scan(b"", b"", 1_000));
     assert!(page.more, "a cut page says more may follow");
     let bytes: Vec<u64> = page
         .kvs
@@ -226,26 +232,12 @@ fn a_scan_page_never_passes_the_callers_byte_bound() {
     }
     let region = cluster.regions()[0].clone();
     let page = |max_bytes: u64| {
-        let mut page = None;
-        assert!(
-            eventually(|| {
-                let cmd = command(
-                    &region,
-                    leader,
-                    vec![scan_bounded(b"", b"", 1_000, max_bytes)],
-                );
-                let resp = propose_to(&cluster, leader, cmd, ANSWER);
-                match resp.ok().and_then(|r| r.responses.into_iter().next()?.cmd) {
-                    Some(response::Cmd::Scan(s)) => {
-                        page = Some(s);
-                        true
-                    }
-                    _ => false,
-                }
-            }),
-            "the leader served no scan"
-        );
-        page.unwrap()
+        scan_page(
+            &cluster,
+            &region,
+            leader,
+            scan_bounded(b"", b"", 1_000, max_bytes),
+        )
     };
     // The pairs' bytes in a page: a response holding only them.
     let encoded = |kvs: &[KvPair]| -> u64 {
