@@ -650,6 +650,35 @@ fn a_write_past_the_servers_smaller_limit_is_refused_not_in_doubt() {
     cluster.shutdown();
 }
 
+/// A server bounds its answers' scan pages by its own message limit: a
+/// client with a larger limit (or one that asks no bound) pages through
+/// pairs that together pass the server's limit instead of failing on an
+/// answer the server could not send.
+#[test]
+fn a_scan_past_the_servers_smaller_limit_pages_through() {
+    const SERVER_LIMIT: usize = 256 << 10;
+    const PAIRS: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetConfig {
+        max_message_bytes: SERVER_LIMIT,
+        batch_bytes: SERVER_LIMIT / 4,
+        ..NetConfig::default()
+    };
+    let cluster =
+        NetCluster::bootstrap_with(dir.path(), 3, 1, fast_config(FAST_TICK_MS), net, &logger())
+            .unwrap();
+    assert!(wait_leaders(&cluster, 1));
+    let client = cluster.remote_client_with(&NetConfig::default(), ClientConfig::default());
+    let value = vec![4u8; SERVER_LIMIT / 4];
+    for i in 0..PAIRS {
+        put(&client, &key(i), &value);
+    }
+    let pairs = retry("scan", || client.scan(&key(0), &key(PAIRS), 100));
+    assert_eq!(pairs.len() as u64, PAIRS);
+    assert!(pairs.iter().all(|(_, v)| *v == value));
+    cluster.shutdown();
+}
+
 /// A CA and what it signs, for the TLS test.
 struct Pki {
     ca_pem: String,

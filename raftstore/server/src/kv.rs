@@ -34,23 +34,71 @@ pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(60);
 /// passes a `max_message_bytes` limit.
 const TONIC_SIZE_LIMIT: &str = "message length too large";
 
-/// The limit a tonic size-limit error names (`... the limit is: N bytes`).
-fn size_limit_of(message: &str) -> Option<usize> {
-    let (_, tail) = message.rsplit_once("the limit is: ")?;
-    tail.strip_suffix(" bytes")?.parse().ok()
+/// What tonic's decoder says when a received message passes its limit.
+const TONIC_DECODE_LIMIT: &str = "decoded message length too large: found ";
+
+/// Whether a tonic size-limit error `message` on a request of `sent`
+/// encoded bytes says the server refused that request at decode, before it
+/// ran: only a decoder's refusal of exactly `sent` bytes, under a limit
+/// `sent` passes, qualifies. This end never sends past its own limit, so
+/// that decoder is the server's. (Its encoder's refusal of a large answer
+/// comes after the command ran; our own decoder's refusal of an answer
+/// names our limit, which `sent` does not pass.)
+fn refused_at_decode(message: &str, sent: usize) -> bool {
+    let Some((_, tail)) = message.split_once(TONIC_DECODE_LIMIT) else {
+        return false;
+    };
+    let Some((found, tail)) = tail.split_once(" bytes, the limit is: ") else {
+        return false;
+    };
+    let limit = tail
+        .strip_suffix(" bytes")
+        .and_then(|l| l.parse::<usize>().ok());
+    found.parse::<usize>().ok() == Some(sent) && limit.is_some_and(|limit| sent > limit)
 }
 
-/// Part of a remote client's `max_message_bytes` kept for what surrounds
-/// the pairs of a scan page in the answer (header, region, framing): the
-/// pairs get the rest ([`scan_budget`]).
+/// Part of a `max_message_bytes` kept for what surrounds the pairs of the
+/// scan pages in an answer (header, region, framing): the pairs get the
+/// rest ([`scan_budget`]), at least [`MIN_SCAN_HEADROOM`].
 const SCAN_HEADROOM_DIVISOR: usize = 8;
 
-/// The bytes of pairs a scan page may carry to be received over a link
-/// whose messages are at most `max_message_bytes`: seven eighths of it
-/// (at least 1 byte).
-fn scan_budget(max_message_bytes: usize) -> u64 {
-    let budget = max_message_bytes - max_message_bytes / SCAN_HEADROOM_DIVISOR;
+/// The least headroom [`scan_budget`] keeps: an answer's header and
+/// framing around its pages, whatever the limit.
+const MIN_SCAN_HEADROOM: usize = 256;
+
+/// The bytes of pairs the `scans` scan pages of one answer may carry in
+/// all to pass over a link whose messages are at most `max_message_bytes`:
+/// seven eighths of it (less at least [`MIN_SCAN_HEADROOM`]), shared
+/// evenly; each page gets at least 1 byte (a page always holds its first
+/// pair; one larger than the link is refused by the size check).
+fn scan_budget(max_message_bytes: usize, scans: usize) -> u64 {
+    let headroom = (max_message_bytes / SCAN_HEADROOM_DIVISOR).max(MIN_SCAN_HEADROOM);
+    let budget = max_message_bytes.saturating_sub(headroom) / scans.max(1);
     (budget as u64).max(1)
+}
+
+/// Bounds every scan page of `request` by its share of
+/// [`scan_budget`]`(max_message_bytes, ..)`, keeping a caller's smaller
+/// bound: the store stops a page before the pair that would pass it and
+/// says `more`.
+fn bound_scans(request: &mut RaftCmdRequest, max_message_bytes: usize) {
+    let scans = request
+        .requests
+        .iter()
+        .filter(|r| matches!(r.cmd, Some(request::Cmd::Scan(_))))
+        .count();
+    if scans == 0 {
+        return;
+    }
+    let budget = scan_budget(max_message_bytes, scans);
+    for r in &mut request.requests {
+        if let Some(request::Cmd::Scan(s)) = &mut r.cmd {
+            s.max_bytes = match s.max_bytes {
+                0 => budget,
+                asked => asked.min(budget),
+            };
+        }
+    }
 }
 
 /// What a [`crate::StoreServer`] needs to serve a store's clients.
@@ -71,6 +119,9 @@ pub(crate) struct KvService {
     pub(crate) store: StoreHandle,
     pub(crate) addrs: AddressBook,
     pub(crate) transport: Option<Arc<TransportMetrics>>,
+    /// The server's message limit: its answers' scan pages are bounded to
+    /// fit it, whatever the client asked.
+    pub(crate) max_message_bytes: usize,
 }
 
 impl KvService {
@@ -99,7 +150,11 @@ impl Kv for KvService {
         request: Request<RaftCmdRequest>,
     ) -> Result<Response<RaftCmdResponse>, Status> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // An answer past this server's own limit could not be sent: its
+        // scan pages stop in time, saying `more` (a client with a smaller
+        // limit asks for less itself).
+        bound_scans(&mut request, self.max_message_bytes);
         let admin = admin_kind(&request);
         self.store.propose(
             request,
@@ -325,9 +380,9 @@ impl RemoteStore {
         self.run_sized(wait, failed, 0, call)
     }
 
-    /// As [`RemoteStore::run`], for a request of `sent` encoded bytes: a
-    /// size-limit error whose limit `sent` passes was the server refusing
-    /// the request before it ran (definite even for a write).
+    /// As [`RemoteStore::run`], for a request of `sent` encoded bytes: the
+    /// server's decoder refusing those bytes (see [`refused_at_decode`])
+    /// refused the request before it ran (definite even for a write).
     fn run_sized<T, F>(
         &self,
         wait: Duration,
@@ -356,18 +411,16 @@ impl RemoteStore {
                     // A message past a `max_message_bytes` limit: the same
                     // call would fail again, so say so, if the call is not
                     // in doubt. It is not when it changes nothing (`failed`
-                    // is not in doubt), or when the request itself passes
-                    // the limit the error names: that limit is the
-                    // server's (this end sends nothing past its own), which
-                    // refused the request before running it. Otherwise the
-                    // answer was what was too large, after the call ran: a
-                    // write stays `failed`. So do other resource codes (an
-                    // HTTP/2 GOAWAY fails streams that may have run).
+                    // is not in doubt), or when the server's decoder
+                    // refused the request itself, before running it.
+                    // Otherwise the answer was what was too large, after
+                    // the call ran: a write stays `failed`. So do other
+                    // resource codes (an HTTP/2 GOAWAY fails streams that
+                    // may have run).
                     Code::OutOfRange
                         if status.message().contains(TONIC_SIZE_LIMIT)
                             && (!failed.is_outcome_unknown()
-                                || size_limit_of(status.message())
-                                    .is_some_and(|limit| sent > limit)) =>
+                                || refused_at_decode(status.message(), sent)) =>
                     {
                         StoreError::InvalidRequest(format!(
                             "over the network's message size limit: {}",
@@ -450,17 +503,8 @@ impl StoreApi for RemoteStore {
     }
 
     fn call(&self, mut request: RaftCmdRequest, wait: Duration) -> StoreResult<RaftCmdResponse> {
-        // Scan pages must fit what this end takes: the store stops a page
-        // before a pair that would pass this link's budget, saying `more`.
-        let budget = scan_budget(self.cfg.max_message_bytes);
-        for r in &mut request.requests {
-            if let Some(request::Cmd::Scan(s)) = &mut r.cmd {
-                s.max_bytes = match s.max_bytes {
-                    0 => budget,
-                    asked => asked.min(budget),
-                };
-            }
-        }
+        // Scan pages must fit what this end takes.
+        bound_scans(&mut request, self.cfg.max_message_bytes);
         // A request tonic could not encode fails its stream with an
         // HTTP/2 reset that reads as a lost connection: refuse it here,
         // before anything is sent.
@@ -540,30 +584,87 @@ impl StoreApi for RemoteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{scan_budget, size_limit_of};
+    use super::{MIN_SCAN_HEADROOM, bound_scans, refused_at_decode, scan_budget};
+    use flotilla_proto::raft_cmdpb::{
+        GetRequest, RaftCmdRequest, Request as CmdRequest, ScanRequest, request,
+    };
 
-    #[test]
-    fn the_limit_of_a_size_error_is_read_from_tonics_message() {
-        assert_eq!(
-            size_limit_of(
-                "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes"
-            ),
-            Some(65536)
-        );
-        assert_eq!(
-            size_limit_of(
-                "Error, encoded message length too large: found 9 bytes, the limit is: 8 bytes"
-            ),
-            Some(8)
-        );
-        assert_eq!(size_limit_of("message length too large"), None);
-        assert_eq!(size_limit_of("the limit is: many bytes"), None);
+    fn decode_error(found: usize, limit: usize) -> String {
+        format!(
+            "Error, decoded message length too large: found {found} bytes, the limit is: {limit} bytes"
+        )
     }
 
     #[test]
-    fn a_scan_page_gets_seven_eighths_of_the_link() {
-        assert_eq!(scan_budget(64 << 10), 56 << 10);
-        assert_eq!(scan_budget(1), 1);
-        assert_eq!(scan_budget(0), 1);
+    fn only_the_servers_decoder_refusing_the_request_is_definite() {
+        // The server refused exactly our request, under a smaller limit.
+        assert!(refused_at_decode(&decode_error(70_000, 65_536), 70_000));
+        // Our own decoder refused a large answer (its limit is ours, which
+        // the request does not pass): the command ran.
+        assert!(!refused_at_decode(&decode_error(90_000, 80_000), 70_000));
+        // A decoder refused something else than the request.
+        assert!(!refused_at_decode(&decode_error(70_001, 65_536), 70_000));
+        // The server's encoder refused the answer: the command ran.
+        assert!(!refused_at_decode(
+            "Error, encoded message length too large: found 70000 bytes, the limit is: 65536 bytes",
+            70_000
+        ));
+        // Not tonic's words.
+        assert!(!refused_at_decode("message length too large", 70_000));
+        assert!(!refused_at_decode(
+            "decoded message length too large: found many bytes, the limit is: 1 bytes",
+            70_000
+        ));
+        assert!(!refused_at_decode(
+            "decoded message length too large: found 70000 bytes, the limit is: lots",
+            70_000
+        ));
+    }
+
+    #[test]
+    fn scan_pages_share_seven_eighths_of_the_link() {
+        assert_eq!(scan_budget(64 << 10, 1), 56 << 10);
+        assert_eq!(scan_budget(64 << 10, 2), 28 << 10);
+        // A small link keeps the least headroom.
+        assert_eq!(scan_budget(1024, 1), (1024 - MIN_SCAN_HEADROOM) as u64);
+        assert_eq!(scan_budget(1, 1), 1);
+        assert_eq!(scan_budget(0, 0), 1);
+        assert_eq!(scan_budget(64 << 10, usize::MAX), 1);
+    }
+
+    fn scan(max_bytes: u64) -> CmdRequest {
+        CmdRequest {
+            cmd: Some(request::Cmd::Scan(ScanRequest {
+                max_bytes,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn bounds(request: &RaftCmdRequest) -> Vec<u64> {
+        request
+            .requests
+            .iter()
+            .filter_map(|r| match &r.cmd {
+                Some(request::Cmd::Scan(s)) => Some(s.max_bytes),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_scan_of_a_request_gets_its_share_and_keeps_a_smaller_bound() {
+        let get = CmdRequest {
+            cmd: Some(request::Cmd::Get(GetRequest::default())),
+        };
+        let mut request = RaftCmdRequest {
+            requests: vec![scan(0), get, scan(100), scan(1 << 30)],
+            ..Default::default()
+        };
+        bound_scans(&mut request, 64 << 10);
+        let share = (56 << 10) / 3;
+        assert_eq!(bounds(&request), vec![share, 100, share]);
+        // The pages' bounds together stay inside the budget.
+        assert!(bounds(&request).iter().sum::<u64>() <= scan_budget(64 << 10, 1));
     }
 }

@@ -108,6 +108,7 @@ impl StoreServer {
                 store: c.store,
                 addrs: c.addrs,
                 transport: c.transport,
+                max_message_bytes: cfg.max_message_bytes,
             })
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes);
