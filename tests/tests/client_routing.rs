@@ -253,12 +253,21 @@ fn a_scan_page_never_passes_the_callers_byte_bound() {
     let cut = page(bound);
     assert_eq!(cut.kvs.len(), 2, "{} pairs of {one} bytes", cut.kvs.len());
     assert!(cut.more && encoded(&cut.kvs) <= bound);
+    // At the exact bytes of the first two pairs: both fit; one byte less
+    // and the second does not.
+    let all = page(0);
+    let two = encoded(&all.kvs[..2]);
+    let exact = page(two);
+    assert_eq!(exact.kvs.len(), 2);
+    assert!(exact.more);
+    let short = page(two - 1);
+    assert_eq!(short.kvs.len(), 1);
+    assert!(short.more);
     // A bound below one pair: the first pair still comes.
     let first = page(1);
     assert_eq!(first.kvs.len(), 1);
     assert!(first.more);
     // No bound of the caller's: every pair (the store's 4 MiB is far).
-    let all = page(0);
     assert_eq!(all.kvs.len() as u64, KEYS);
     assert!(!all.more);
     cluster.shutdown();

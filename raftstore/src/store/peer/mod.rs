@@ -1009,11 +1009,7 @@ impl Peer {
                     let mut more = false;
                     let res = snap.scan(Cf::Default, &start, &end, |k, v| {
                         let key = &k[1..];
-                        let pair = KvPair {
-                            key: Bytes::copy_from_slice(key),
-                            value: Bytes::copy_from_slice(v),
-                        };
-                        let framed = pair_encoded_len(&pair);
+                        let framed = pair_encoded_len(key.len(), v.len());
                         if s.max_bytes > 0
                             && !kvs.is_empty()
                             && encoded.saturating_add(framed) > s.max_bytes
@@ -1023,7 +1019,10 @@ impl Peer {
                         }
                         encoded = encoded.saturating_add(framed);
                         bytes = bytes.saturating_add((key.len() + v.len()) as u64);
-                        kvs.push(pair);
+                        kvs.push(KvPair {
+                            key: Bytes::copy_from_slice(key),
+                            value: Bytes::copy_from_slice(v),
+                        });
                         if kvs.len() >= limit {
                             std::ops::ControlFlow::Break(())
                         } else if bytes >= self.limits.max_scan_bytes {
@@ -1058,10 +1057,25 @@ impl Peer {
     }
 }
 
-/// Bytes `pair` takes in a scan page on the wire: the pair and its field
-/// framing (tag and length) in `ScanResponse.kvs`.
-fn pair_encoded_len(pair: &KvPair) -> u64 {
-    prost::encoding::message::encoded_len(1, pair) as u64
+/// Bytes a pair of a `key_len`-byte key and a `value_len`-byte value
+/// takes in a scan page on the wire: the pair and its field framing (tag
+/// and length) in `ScanResponse.kvs`, as prost encodes a `KvPair` (empty
+/// fields are left out). Computed before the pair is copied.
+fn pair_encoded_len(key_len: usize, value_len: usize) -> u64 {
+    use prost::encoding::{encoded_len_varint, key_len as tag_len};
+    // Field numbers of `KvPair.key`, `KvPair.value` and `ScanResponse.kvs`.
+    const KEY: u32 = 1;
+    const VALUE: u32 = 2;
+    const KVS: u32 = 1;
+    let field = |tag: u32, len: usize| -> u64 {
+        if len == 0 {
+            0
+        } else {
+            (tag_len(tag) as u64) + encoded_len_varint(len as u64) as u64 + len as u64
+        }
+    };
+    let inner = field(KEY, key_len) + field(VALUE, value_len);
+    tag_len(KVS) as u64 + encoded_len_varint(inner) as u64 + inner
 }
 
 fn read_id(ctx: &[u8]) -> u64 {
@@ -1079,6 +1093,30 @@ mod tests {
 
     use super::*;
     use crate::store::bootstrap::{bootstrap_store, initial_regions};
+
+    /// A scan page's byte bound counts each pair as prost frames it in
+    /// `ScanResponse.kvs`, empty fields and varint boundaries included.
+    #[test]
+    fn a_pairs_length_is_counted_as_prost_encodes_it() {
+        let lens = [0usize, 1, 127, 128, 16_383, 16_384, 300_000];
+        for k in lens {
+            for v in lens {
+                let pair = KvPair {
+                    key: Bytes::from(vec![7u8; k]),
+                    value: Bytes::from(vec![9u8; v]),
+                };
+                let page = ScanResponse {
+                    kvs: vec![pair],
+                    more: false,
+                };
+                assert_eq!(
+                    pair_encoded_len(k, v),
+                    prost::Message::encoded_len(&page) as u64,
+                    "key {k} bytes, value {v} bytes"
+                );
+            }
+        }
+    }
 
     /// DESIGN §9 rule 6 (the lease ends on leader transfer): once a
     /// MsgTimeoutNow went out in a term, no renewal in that term extends
