@@ -15,7 +15,7 @@ use crate::storm::{KeyFn, Storm};
 
 use super::arrivals::Arrivals;
 use super::chart::draw_chart;
-use super::series::{Reading, Sampler, write_csv_file};
+use super::series::{Reading, Sampler, SeriesRow, write_csv_file};
 use super::stats::{
     CPU_TICK, Counters, CpuMeter, Gauges, Meter, leaders_of, max_poll_round_us, peak_rss_bytes,
     rss_bytes, support_withdrawals,
@@ -166,6 +166,9 @@ pub(super) struct Run<'a> {
     sampler: Sampler,
     phase: Phase,
     findings: Findings,
+    /// Writes/s of the uniform phase (c): the rate the restart phase is
+    /// measured back to.
+    uniform_writes_per_s: Option<f64>,
 }
 
 impl<'a> Run<'a> {
@@ -197,6 +200,7 @@ impl<'a> Run<'a> {
             meter,
             sampler,
             phase: Phase::Election,
+            uniform_writes_per_s: None,
             findings: Findings {
                 peers: opts.regions * LOAD_STORES as u64,
                 ..Findings::default()
@@ -640,6 +644,9 @@ impl<'a> Run<'a> {
             format!("{:.0} writes/s", Counters::rate(done, started.elapsed()))
         });
         let load = self.drain(pool)?;
+        if phase == Phase::Uniform {
+            self.uniform_writes_per_s = Some(load.writes_per_s());
+        }
         let storm = storm
             .map(Storm::stop)
             .transpose()
@@ -877,6 +884,7 @@ impl<'a> Run<'a> {
         let bar = spinner("{spinner} restart: {msg} ({elapsed})");
         bar.set_message(format!("opening store {victim}"));
         let started = Instant::now();
+        let started_s = self.sampler.now_s();
         let path = store_dir(&self.data_dir, victim);
         let engine =
             Engine::open(&path, &EngineOptions::default()).map_err(|source| LoadError::Engine {
@@ -928,8 +936,19 @@ impl<'a> Run<'a> {
         }
         bar.finish_and_clear();
         let load = self.drain(pool)?;
+        self.close_row();
         let first_write = load.first_write.map(|at| at.duration_since(started));
         self.findings.restart_first_write = first_write;
+        let seconds: Vec<&SeriesRow> = self
+            .sampler
+            .rows()
+            .iter()
+            .filter(|r| r.phase == Phase::Restart.name())
+            .collect();
+        let steady = self
+            .uniform_writes_per_s
+            .and_then(|uniform| steady_after(&seconds, uniform * STEADY_SHARE, started_s));
+        self.findings.restart_steady = steady;
         let span = traffic_started.elapsed();
         let d = self.meter.observe(&self.cluster).since(&before);
         let mut t = Table::new(Phase::Restart.title());
@@ -955,6 +974,35 @@ impl<'a> Run<'a> {
             all_leaders.map_or_else(|| "not within the phase".into(), fmt_duration),
         );
         load_rows(&mut t, &load);
+        let mut rates: Vec<f64> = seconds.iter().map(|r| r.writes_per_s).collect();
+        rates.sort_by(f64::total_cmp);
+        if let (Some(worst), Some(median)) = (rates.first(), rates.get(rates.len() / 2)) {
+            t.row(
+                "writes/s per second of the series: worst / median",
+                format!("{} / {}", fmt_rate(*worst), fmt_rate(*median)),
+            );
+        }
+        if let Some(uniform) = self.uniform_writes_per_s {
+            t.row(
+                format!(
+                    "writes/s back to >= {:.0}% of phase (c)'s {} for good, from the start",
+                    STEADY_SHARE * 100.0,
+                    fmt_rate(uniform)
+                ),
+                steady.map_or_else(|| "not within the phase".into(), fmt_duration),
+            );
+        }
+        t.row(
+            "wakes: lagging store back / peer message / leader message",
+            format!(
+                "{} / {} / {}",
+                d.lagging_store_back_wakes, d.peer_message_wakes, d.leader_message_wakes
+            ),
+        );
+        t.row(
+            "pre-vote / vote requests sent (each asks one voter)",
+            format!("{} / {}", d.pre_vote_requests, d.vote_requests),
+        );
         t.row("fsyncs/s", fmt_rate(Counters::rate(d.synced_writes, span)));
         let g = Gauges::of(&self.cluster);
         t.row(
@@ -994,6 +1042,26 @@ impl<'a> Run<'a> {
             self.cfg.base_tick_ms
         )
     }
+}
+
+/// The share of the uniform phase's writes/s a restart must be back to,
+/// every second from then on, to count as serving again.
+const STEADY_SHARE: f64 = 0.5;
+
+/// When `seconds` (rows of one phase, in order) were at `floor` writes/s or
+/// more for good: the start of the first row after the last one below it,
+/// in seconds from `from_s` (0 if none was below). `None` if the last row
+/// is below, or there are none.
+fn steady_after(seconds: &[&SeriesRow], floor: f64, from_s: f64) -> Option<Duration> {
+    let last = seconds.last()?;
+    if last.writes_per_s < floor {
+        return None;
+    }
+    let since = seconds
+        .iter()
+        .rposition(|r| r.writes_per_s < floor)
+        .map_or(from_s, |i| seconds[i].time_s);
+    Some(Duration::from_secs_f64((since - from_s).max(0.0)))
 }
 
 /// The rows of what the clients did.
@@ -1110,6 +1178,43 @@ mod tests {
         assert!((per_pair_per_interval(0, ms(10_000), ms(200))).abs() < 1e-9);
         assert!(per_pair_per_interval(1, Duration::ZERO, ms(200)).is_finite());
         assert!((in_units_of(ms(2_500), ms(1_000)) - 2.5).abs() < 1e-9);
+    }
+
+    fn second(time_s: f64, writes_per_s: f64) -> SeriesRow {
+        SeriesRow {
+            time_s,
+            phase: "restart",
+            writes_per_s,
+            write_p99_ms: None,
+            wire_msgs_per_s: 0.0,
+            awake_regions: 0,
+            hibernated_regions: 0,
+            rss_bytes: 0,
+        }
+    }
+
+    /// A restart is back to serving from the end of its last second below
+    /// the floor, not from its first good second.
+    #[test]
+    fn steady_serving_starts_after_the_last_slow_second() {
+        let rows = [
+            second(11.0, 900.0),
+            second(12.0, 10.0),
+            second(13.0, 800.0),
+            second(14.0, 20.0),
+            second(15.0, 700.0),
+            second(16.0, 900.0),
+        ];
+        let refs: Vec<&SeriesRow> = rows.iter().collect();
+        assert_eq!(steady_after(&refs, 500.0, 10.0), Some(ms(4_000)));
+        assert_eq!(steady_after(&refs, 5.0, 10.0), Some(Duration::ZERO));
+        assert_eq!(steady_after(&refs, 800.0, 10.0), Some(ms(5_000)));
+        assert_eq!(
+            steady_after(&refs, 950.0, 10.0),
+            None,
+            "the last second is below"
+        );
+        assert_eq!(steady_after(&[], 1.0, 0.0), None);
     }
 
     #[test]

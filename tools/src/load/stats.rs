@@ -63,6 +63,13 @@ pub struct Counters {
     pub wakes: u64,
     /// Wakes because store liveness withdrew support from the leader's store.
     pub leader_store_down_wakes: u64,
+    /// Wakes of leaders because a follower's store they slept without came
+    /// back.
+    pub lagging_store_back_wakes: u64,
+    /// Wakes by a raft message from a peer other than the leader.
+    pub peer_message_wakes: u64,
+    /// Wakes by a raft message from the leader.
+    pub leader_message_wakes: u64,
     /// Times a store withdrew support from another.
     pub support_withdrawals: u64,
     /// Pre-vote requests the peers sent (one per voter asked).
@@ -85,6 +92,9 @@ impl Counters {
             hibernations: get(&m.hibernations),
             wakes: m.wakes_by_reason.iter().map(get).sum(),
             leader_store_down_wakes: m.wakes(WakeReason::LeaderStoreDown),
+            lagging_store_back_wakes: m.wakes(WakeReason::LaggingStoreBack),
+            peer_message_wakes: m.wakes(WakeReason::PeerMessage),
+            leader_message_wakes: m.wakes(WakeReason::LeaderMessage),
             support_withdrawals: get(&m.support_withdrawals),
             pre_vote_requests: m.sent_of_type(MessageType::MsgRequestPreVote),
             vote_requests: m.sent_of_type(MessageType::MsgRequestVote),
@@ -113,6 +123,12 @@ impl Counters {
                 self.leader_store_down_wakes,
                 earlier.leader_store_down_wakes,
             ),
+            lagging_store_back_wakes: d(
+                self.lagging_store_back_wakes,
+                earlier.lagging_store_back_wakes,
+            ),
+            peer_message_wakes: d(self.peer_message_wakes, earlier.peer_message_wakes),
+            leader_message_wakes: d(self.leader_message_wakes, earlier.leader_message_wakes),
             support_withdrawals: d(self.support_withdrawals, earlier.support_withdrawals),
             pre_vote_requests: d(self.pre_vote_requests, earlier.pre_vote_requests),
             vote_requests: d(self.vote_requests, earlier.vote_requests),
@@ -129,6 +145,9 @@ impl Counters {
         self.hibernations += o.hibernations;
         self.wakes += o.wakes;
         self.leader_store_down_wakes += o.leader_store_down_wakes;
+        self.lagging_store_back_wakes += o.lagging_store_back_wakes;
+        self.peer_message_wakes += o.peer_message_wakes;
+        self.leader_message_wakes += o.leader_message_wakes;
         self.support_withdrawals += o.support_withdrawals;
         self.pre_vote_requests += o.pre_vote_requests;
         self.vote_requests += o.vote_requests;

@@ -62,6 +62,9 @@ pub struct Findings {
     /// From the start of the restart until a client write succeeded (on any
     /// store).
     pub restart_first_write: Option<Duration>,
+    /// From the start of the restart until the cluster's writes/s were
+    /// back to half the uniform phase's, every second from then on.
+    pub restart_steady: Option<Duration>,
     /// Peak RSS of the whole run.
     pub peak_rss: Option<u64>,
 }
@@ -181,9 +184,13 @@ pub fn goals(f: &Findings) -> Vec<Goal> {
         format!("<= {}", fmt_duration(GOAL_RESTART)),
         f.restart.map(|r| {
             let first = f.restart_first_write.map_or_else(String::new, |w| {
-                format!(" (first write served at {})", fmt_duration(w))
+                format!("first write {}; ", fmt_duration(w))
             });
-            format!("{}{first}", fmt_duration(r))
+            let steady = f.restart_steady.map_or_else(
+                || "writes/s not back to half of (c)'s in the phase".into(),
+                |s| format!("writes/s at half of (c)'s for good at {}", fmt_duration(s)),
+            );
+            format!("{} ({first}{steady})", fmt_duration(r))
         }),
         Status::at_most(f.restart, GOAL_RESTART),
     ));
@@ -327,6 +334,7 @@ mod tests {
             }),
             restart: Some(Duration::from_millis(3_000)),
             restart_first_write: Some(Duration::from_millis(3_100)),
+            restart_steady: Some(Duration::from_millis(3_500)),
             peak_rss: Some(3 * GIB),
         }
     }
@@ -351,7 +359,7 @@ mod tests {
         let restart = g.iter().find(|g| g.what.starts_with("restart"));
         assert_eq!(
             restart.map(|g| g.measured.as_str()),
-            Some("3.00 s (first write served at 3.10 s)")
+            Some("3.00 s (first write 3.10 s; writes/s at half of (c)'s for good at 3.50 s)")
         );
         assert_eq!(status_of(&g, "bootstrap"), Status::Info);
         assert_eq!(status_of(&g, "peak RSS through"), Status::Met);
