@@ -600,6 +600,120 @@ fn a_leader_store_restart_wakes_its_regions() {
     cluster.shutdown();
 }
 
+/// Election timeouts, in base ticks, of the follower-restart test: long
+/// against the few ticks the sleeping leaders' beats take to reach the
+/// restarted store, so its peers' clocks never run out first.
+const RESTART_ELECTION_TICKS: usize = 30;
+
+/// A store that leads no region restarts while every region sleeps: the
+/// sleeping leaders send its peers their hibernate beats again (they
+/// stay asleep), and its peers, which lost track of their leaders, take
+/// them up and sleep too. No region wakes on the other stores, nobody
+/// campaigns (not even a pre-vote), and every leader stays where it was.
+/// (Before, each of its peers ran its election clock out and pre-voted,
+/// waking its region on every store: at 100,000 regions that wake storm
+/// stalled the cluster's writes for seconds.)
+#[test]
+fn a_follower_store_restart_wakes_no_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        election_ticks: RESTART_ELECTION_TICKS,
+        ..config(TICK_MS)
+    };
+    let mut cluster = bootstrap(&dir, REGIONS, cfg);
+    let restarted = 3;
+    let client = cluster.client(ClientConfig::default());
+    let leader_store = |cluster: &Cluster, region: u64| {
+        cluster
+            .store(1)
+            .and_then(|s| {
+                s.handle()
+                    .region_status(region, Duration::from_secs(1))
+                    .ok()
+            })
+            .and_then(|st| st.leader)
+            .map(|l| l.store_id)
+    };
+    for r in cluster.regions().to_vec() {
+        assert!(
+            eventually(|| match leader_store(&cluster, r.id) {
+                Some(s) if s != restarted => true,
+                Some(_) => {
+                    let _ = client.transfer_leader(r.id, 1);
+                    false
+                }
+                None => false,
+            }),
+            "region {} kept its leader on store {restarted}",
+            r.id
+        );
+    }
+    assert!(
+        eventually(|| all_asleep(&cluster, REGIONS)),
+        "not every region hibernated: {}",
+        state(&cluster)
+    );
+    let survivors = [1, 2];
+    let woke_before: Vec<[u64; 5]> = survivors
+        .iter()
+        .map(|&s| {
+            let m = metrics(&cluster, s);
+            std::array::from_fn(|i| m.wakes_by_reason[i].load(Ordering::Relaxed))
+        })
+        .collect();
+    // Vote and pre-vote requests of the survivors (the restarted store
+    // counts from zero again).
+    let survivor_votes = |cluster: &Cluster| {
+        survivors
+            .iter()
+            .map(|&s| {
+                let m = metrics(cluster, s);
+                m.sent_of_type(MessageType::MsgRequestPreVote)
+                    + m.sent_of_type(MessageType::MsgRequestVote)
+            })
+            .sum::<u64>()
+    };
+    let votes_before = survivor_votes(&cluster);
+    cluster.stop_store(restarted);
+    cluster.start_store(restarted).unwrap();
+    assert!(
+        eventually(|| all_asleep(&cluster, REGIONS)),
+        "the restarted store's peers did not sleep: {}",
+        state(&cluster)
+    );
+    let woke_after: Vec<[u64; 5]> = survivors
+        .iter()
+        .map(|&s| {
+            let m = metrics(&cluster, s);
+            std::array::from_fn(|i| m.wakes_by_reason[i].load(Ordering::Relaxed))
+        })
+        .collect();
+    assert_eq!(
+        woke_after,
+        woke_before,
+        "a region woke: {}",
+        state(&cluster)
+    );
+    assert_eq!(
+        survivor_votes(&cluster),
+        votes_before,
+        "a survivor campaigned"
+    );
+    let m = metrics(&cluster, restarted);
+    assert_eq!(
+        m.sent_of_type(MessageType::MsgRequestPreVote)
+            + m.sent_of_type(MessageType::MsgRequestVote),
+        0,
+        "the restarted store campaigned"
+    );
+    assert_eq!(cluster.leader_count(), REGIONS);
+    assert_eq!(
+        metrics(&cluster, restarted).leaders.load(Ordering::Relaxed),
+        0
+    );
+    cluster.shutdown();
+}
+
 /// A follower store dies: its regions' leaders hibernate with the live
 /// follower alone (the dead store is *lagging*), so nothing stays awake
 /// for it. When it comes back, the leaders it lagged behind wake, catch it

@@ -1358,6 +1358,14 @@ impl<T: Transport> RaftPoller<T> {
         let logger = &self.logger;
         for fsm in batch.iter_mut() {
             let task = fsm.peer.finish_ready(&mut |p, m| outbox.send(p, m));
+            // A follower that took up a sleeping leader this round (its
+            // store restarted) sleeps now that the change is handed over,
+            // if everything is applied (else when it is).
+            let was_asleep = fsm.peer.is_asleep();
+            fsm.peer.retry_deferred_sleep(&self.hib);
+            if fsm.peer.is_asleep() && !was_asleep {
+                self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
+            }
             let region_id = fsm.peer.region_id();
             if let Some(slot) = fsm.peer.raft.store().take_snapshot_wanted() {
                 schedule_generation(self.snap.as_ref(), region_id, slot, logger);

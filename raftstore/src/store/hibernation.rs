@@ -96,6 +96,14 @@ pub enum SleepMsg {
         /// The store.
         store: u64,
     },
+    /// `store`, where this sleeping leader has a follower it slept with,
+    /// restarted: its peer there knows no leader, and would campaign once
+    /// its election clock ran out (waking the region on every store). The
+    /// leader, still asleep, sends it the hibernate beat again.
+    FollowerStoreRestarted {
+        /// The store.
+        store: u64,
+    },
 }
 
 /// A hibernation beat a peer wants sent.
@@ -172,6 +180,9 @@ pub struct HeardBatch {
     pub withdrew: bool,
     /// Regions woken, with their messages.
     pub woken: Vec<(u64, SleepMsg)>,
+    /// Regions left asleep, with a message each (leaders asleep here with
+    /// a follower on a restarted sender: [`SleepMsg::FollowerStoreRestarted`]).
+    pub notes: Vec<(u64, SleepMsg)>,
 }
 
 /// Where a sleeping region is filed.
@@ -561,10 +572,24 @@ impl Hibernation {
             let msg = SleepMsg::LaggingStoreBack { store };
             inner.wake_filed(store, false, &msg, &mut out);
         }
+        // The leaders still asleep here: the ones with a follower on the
+        // restarted store send it their hibernate beat again (the others
+        // ignore the note).
+        let notes = if heard == Heard::Restarted {
+            let msg = SleepMsg::FollowerStoreRestarted { store };
+            inner
+                .asleep_by_leader_store
+                .get(&self.store_id)
+                .map(|leaders| leaders.iter().map(|&r| (r, msg.clone())).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         HeardBatch {
             heard,
             withdrew,
             woken: out,
+            notes,
         }
     }
 
@@ -721,6 +746,31 @@ mod tests {
             heard.woken,
             vec![(2, SleepMsg::LeaderStoreDown { store: 2, epoch: e })]
         );
+    }
+
+    /// A restart of a store tells every leader still asleep here (not
+    /// woken by the restart) to send its beat there again, without waking
+    /// it; first contact with a store does not (no peer there can have
+    /// lost its leader to a restart this store saw).
+    #[test]
+    fn a_follower_store_restart_notes_the_sleeping_leaders() {
+        let t0 = Instant::now();
+        let h = Hibernation::new(1, 1, 1..=3, [2, 3], D);
+        assert!(h.heard(2, 7, FRESH, t0).notes.is_empty());
+        h.heard(3, 1, FRESH, t0);
+        assert!(h.sleep_leader(1, &[], t0));
+        assert!(h.sleep_leader(3, &[], t0));
+        // Region 2 sleeps under a leader on store 2.
+        h.sleep_follower(2, 2, None, false, t0).unwrap();
+        let heard = h.heard(3, 2, FRESH, t0);
+        assert_eq!(heard.heard, Heard::Restarted);
+        assert!(heard.woken.is_empty(), "no region sleeps under store 3");
+        let mut notes = heard.notes;
+        notes.sort_by_key(|(r, _)| *r);
+        let note = SleepMsg::FollowerStoreRestarted { store: 3 };
+        assert_eq!(notes, vec![(1, note.clone()), (3, note)]);
+        assert_eq!(h.counts(), (0, 3), "nobody woke");
+        assert!(h.heard(3, 2, FRESH, t0).notes.is_empty(), "said once");
     }
 
     /// A bare liveness beat goes to a remote store only when no batch went

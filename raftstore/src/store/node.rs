@@ -312,6 +312,7 @@ impl StoreHandle {
             let notes = self.hib.withdrawal_notes(&wakes);
             wakes.extend(notes);
         }
+        wakes.extend(heard.notes);
         if !wakes.is_empty() {
             let _ = self.router.force_send_control(StoreMsg::WakeRegions(wakes));
         }

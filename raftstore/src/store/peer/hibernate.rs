@@ -377,7 +377,47 @@ impl Peer {
             SleepMsg::LaggingStoreBack { .. } => self
                 .wake(WakeReason::LaggingStoreBack, hib)
                 .then_some(WakeReason::LaggingStoreBack),
+            SleepMsg::FollowerStoreRestarted { store } => {
+                self.resend_sleep_request(store);
+                None
+            }
         }
+    }
+
+    /// A sleeping leader whose follower's store `store` restarted sends
+    /// that follower its hibernate beat again, staying asleep: the
+    /// follower, which lost track of its leader with the restart, takes
+    /// it up and sleeps too if its log still ends at this leader's
+    /// commit in this term (see [`Peer::on_sleep_request`]); otherwise it
+    /// wakes this leader, as any follower missing a sleep does. Without
+    /// it the follower would campaign once its election clock ran out,
+    /// and a store's restart would wake every region it has a peer of.
+    fn resend_sleep_request(&mut self, store: u64) {
+        if !self.sleep.asleep || !self.is_leader() {
+            return;
+        }
+        let (term, commit) = (self.raft.raft.term(), self.raft.raft.raft_log().committed);
+        let (region_id, me) = (self.region_id(), self.meta.id);
+        let beats: Vec<OutBeat> = self
+            .region()
+            .peers
+            .iter()
+            .filter(|p| p.store_id == store && p.id != me)
+            .map(|p| OutBeat {
+                to_store: store,
+                beat: Beat {
+                    region_id,
+                    from_peer: me,
+                    to_peer: p.id,
+                    term,
+                    commit,
+                    quiesce: true,
+                    ..Default::default()
+                },
+                response: false,
+            })
+            .collect();
+        self.sleep.outbox.extend(beats);
     }
 
     /// A follower that has not heard its leader for half an election
@@ -562,6 +602,17 @@ impl Peer {
         if self.sleep.asleep {
             return;
         }
+        if self.adopt_sleeping_leader(from, from_store, term, commit) {
+            // Its soft state changed: the sleep waits for the round that
+            // hands that over (see `Peer::retry_deferred_sleep`).
+            if let Some(support) = hib
+                .supports(from_store, Instant::now())
+                .and_then(NonZeroU64::new)
+            {
+                self.sleep.deferred = Some(support);
+                return;
+            }
+        }
         let same_leader = !self.is_leader()
             && self.raft.raft.term() == term
             && self.raft.raft.leader_id() == from
@@ -604,6 +655,44 @@ impl Peer {
             slog::debug!(self.logger, "hibernate beat refused"; "err" => %e);
         }
         self.wake_leader();
+    }
+
+    /// A follower that knows no leader (its store restarted) takes the
+    /// sleeping leader `from` on `from_store` as its leader, as a
+    /// heartbeat of the leader's would make it, when its log provably is
+    /// the leader's whole log: same term, and its last entry, at the
+    /// leader's `commit`, is of that term (only that term's leader wrote
+    /// it, and logs that agree on an entry agree before it). The leader
+    /// sent the request only to a follower it knew matched its whole log,
+    /// so the commit holds. Returns whether it did.
+    fn adopt_sleeping_leader(
+        &mut self,
+        from: u64,
+        from_store: u64,
+        term: u64,
+        commit: u64,
+    ) -> bool {
+        let raft = &self.raft.raft;
+        let log = raft.raft_log();
+        let adopt = !self.is_leader()
+            && raft.leader_id() == raft::INVALID_ID
+            && raft.term() == term
+            && log.last_index() == commit
+            && log.term(commit).is_ok_and(|t| t == term)
+            && self
+                .region()
+                .peers
+                .iter()
+                .any(|p| p.id == from && p.store_id == from_store && p.id != self.meta.id);
+        if !adopt {
+            return false;
+        }
+        self.raft.raft.become_follower(term, from);
+        let log = self.raft.raft.raft_log_mut();
+        if log.committed < commit {
+            log.commit_to(commit);
+        }
+        true
     }
 
     /// Files this follower asleep under its leader on `store` if nothing
@@ -1054,6 +1143,95 @@ mod tests {
         assert_eq!(f.peer.sleep.deferred, None);
         assert!(f.peer.take_sleep_beats().is_empty(), "woke a dead leader");
         assert_eq!(f.peer.raft.raft.election_elapsed(), clock);
+    }
+
+    impl Follower {
+        /// This follower's store restarts: the peer is loaded again from
+        /// its engine (it knows no leader), under a new store life that
+        /// has heard the other stores.
+        fn restart(&mut self) {
+            let me = self.peer_on(ME).id;
+            let engine = self.peer.engine.clone();
+            let logger = Logger::root(slog::Discard, slog::o!());
+            self.peer = Peer::new(
+                &self.cfg,
+                engine,
+                self.region.clone(),
+                me,
+                &StoreMeta::new().shared(),
+                &logger,
+            )
+            .unwrap();
+            self.hib = Hibernation::new(
+                ME,
+                2,
+                [self.region.id],
+                [LEADER, ASKER],
+                Duration::from_secs(600),
+            );
+            let now = Instant::now();
+            self.hib.heard(LEADER, 1, (0, 0), now);
+            self.hib.heard(ASKER, 1, (0, 0), now);
+        }
+    }
+
+    /// A follower whose store restarted knows no leader; the sleeping
+    /// leader's hibernate beat, sent again for the restart, is taken up
+    /// without a word to the leader (no heartbeat answer, no wake request,
+    /// no vote), and the follower sleeps under it once it applied the
+    /// log again.
+    #[test]
+    fn a_restarted_follower_takes_up_its_sleeping_leader_without_waking_it() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let index = f.defer_a_sleep();
+        f.apply_through(index);
+        assert!(f.peer.is_asleep());
+        let term = f.peer.raft.raft.term();
+        f.restart();
+        assert_eq!(f.peer.leader(), None);
+        let leader = f.peer_on(LEADER).id;
+        let ask = SleepMsg::Request {
+            from: leader,
+            from_store: LEADER,
+            term,
+            commit: index,
+        };
+        f.peer.on_sleep_msg(ask, &f.hib);
+        assert!(f.peer.take_sleep_beats().is_empty(), "woke the leader");
+        assert_eq!(f.peer.leader().map(|l| l.store_id), Some(LEADER));
+        assert_eq!(f.peer.raft.raft.raft_log().committed, index);
+        let sent = f.sent();
+        assert!(sent.is_empty(), "{sent:?}");
+        assert!(!f.peer.is_asleep(), "slept before applying again");
+        f.apply_through(index);
+        assert!(f.peer.is_asleep());
+        assert_eq!(f.peer.sleep.quiet_under, Some((LEADER, 1)));
+    }
+
+    /// A restarted follower does not take up a leader whose log it cannot
+    /// prove it holds (a later term than its own): it takes the beat as a
+    /// heartbeat and wakes the leader, which catches it up.
+    #[test]
+    fn a_restarted_follower_wakes_a_leader_of_a_later_term() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let index = f.defer_a_sleep();
+        f.apply_through(index);
+        let term = f.peer.raft.raft.term() + 1;
+        f.restart();
+        let leader = f.peer_on(LEADER).id;
+        let ask = SleepMsg::Request {
+            from: leader,
+            from_store: LEADER,
+            term,
+            commit: index + 1,
+        };
+        f.peer.on_sleep_msg(ask, &f.hib);
+        assert!(
+            !f.peer.take_sleep_beats().is_empty(),
+            "did not wake the leader"
+        );
+        assert_eq!(f.peer.sleep.deferred, None);
+        assert!(!f.peer.is_asleep());
     }
 
     /// A raft message before the apply report ends the deferral: the
