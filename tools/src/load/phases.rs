@@ -15,7 +15,7 @@ use crate::storm::{KeyFn, Storm};
 
 use super::arrivals::Arrivals;
 use super::chart::draw_chart;
-use super::series::{Reading, Sampler, SeriesRow, write_csv_file};
+use super::series::{Reading, SAMPLE_EVERY, Sampler, SeriesRow, write_csv_file};
 use super::stats::{
     CPU_TICK, Counters, CpuMeter, Gauges, Meter, leaders_of, max_poll_round_us, peak_rss_bytes,
     rss_bytes, support_withdrawals,
@@ -911,6 +911,7 @@ impl<'a> Run<'a> {
 
         let before = self.meter.observe(&self.cluster);
         let traffic_started = Instant::now();
+        let traffic_s = self.sampler.now_s();
         let pool = ClientPool::start(
             &self.client,
             &self.live,
@@ -974,11 +975,17 @@ impl<'a> Run<'a> {
             all_leaders.map_or_else(|| "not within the phase".into(), fmt_duration),
         );
         load_rows(&mut t, &load);
-        let mut rates: Vec<f64> = seconds.iter().map(|r| r.writes_per_s).collect();
+        // The seconds with clients running all through (the store opened
+        // before they started).
+        let mut rates: Vec<f64> = seconds
+            .iter()
+            .filter(|r| r.time_s >= traffic_s + SAMPLE_EVERY.as_secs_f64())
+            .map(|r| r.writes_per_s)
+            .collect();
         rates.sort_by(f64::total_cmp);
         if let (Some(worst), Some(median)) = (rates.first(), rates.get(rates.len() / 2)) {
             t.row(
-                "writes/s per second of the series: worst / median",
+                "writes/s per second with clients running: worst / median",
                 format!("{} / {}", fmt_rate(*worst), fmt_rate(*median)),
             );
         }
