@@ -1358,9 +1358,10 @@ impl<T: Transport> RaftPoller<T> {
         let logger = &self.logger;
         for fsm in batch.iter_mut() {
             let task = fsm.peer.finish_ready(&mut |p, m| outbox.send(p, m));
-            // A follower that took up a sleeping leader this round (its
-            // store restarted) sleeps now that the change is handed over,
-            // if everything is applied (else when it is).
+            // A follower whose sleep waited only for this round's change
+            // to be handed over (it took up a sleeping leader after its
+            // store restarted) sleeps now, if everything is applied; one
+            // waiting for its apply side does at its `ApplyRes`.
             let was_asleep = fsm.peer.is_asleep();
             fsm.peer.retry_deferred_sleep(&self.hib);
             if fsm.peer.is_asleep() && !was_asleep {

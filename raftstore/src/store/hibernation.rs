@@ -574,7 +574,9 @@ impl Hibernation {
         }
         // The leaders still asleep here: the ones with a follower on the
         // restarted store send it their hibernate beat again (the others
-        // ignore the note).
+        // ignore the note). One note per sleeping leader (about 33,000 a
+        // store at 100,000 regions on 3 stores, delivered in the store
+        // FSM's wake rounds); a restart is rare.
         let notes = if heard == Heard::Restarted {
             let msg = SleepMsg::FollowerStoreRestarted { store };
             inner

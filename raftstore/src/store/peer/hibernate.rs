@@ -385,7 +385,9 @@ impl Peer {
     }
 
     /// A sleeping leader whose follower's store `store` restarted sends
-    /// that follower its hibernate beat again, staying asleep: the
+    /// that follower its hibernate beat again (once: if it is lost, the
+    /// follower's clock runs out and its pre-vote wakes the region, as
+    /// before), staying asleep: the
     /// follower, which lost track of its leader with the restart, takes
     /// it up and sleeps too if its log still ends at this leader's
     /// commit in this term (see [`Peer::on_sleep_request`]); otherwise it
@@ -640,9 +642,35 @@ impl Peer {
                 return;
             }
         }
-        if caught_up && applied == commit && self.sleep_under(from_store, None, hib) {
-            return;
+        if caught_up && applied == commit {
+            if self.sleep_under(from_store, None, hib) {
+                return;
+            }
+            // Only a change of this round not yet handed over stands in
+            // the way (say the same request came twice in one round, the
+            // first taken up by `adopt_sleeping_leader`): sleep at the
+            // round's end, as a deferral does.
+            let unsaved = self.pending_ready.is_some() || self.raft.has_pending_state();
+            if let Some(support) = hib
+                .supports(from_store, Instant::now())
+                .and_then(NonZeroU64::new)
+                .filter(|_| unsaved)
+            {
+                self.sleep.deferred = Some(support);
+                return;
+            }
         }
+        // As a heartbeat, with the commit only if this log provably holds
+        // the leader's entry there (its term): a follower that lost an
+        // unsynced tail in a crash may hold an older entry at that index
+        // than the one the leader saw it acknowledge.
+        let log = self.raft.raft.raft_log();
+        let at = commit.min(log.last_index());
+        let commit = if log.term(at).is_ok_and(|t| t == term) {
+            commit
+        } else {
+            0
+        };
         let m = Message {
             msg_type: MessageType::MsgHeartbeat as i32,
             from,
@@ -657,14 +685,16 @@ impl Peer {
         self.wake_leader();
     }
 
-    /// A follower that knows no leader (its store restarted) takes the
-    /// sleeping leader `from` on `from_store` as its leader, as a
-    /// heartbeat of the leader's would make it, when its log provably is
-    /// the leader's whole log: same term, and its last entry, at the
-    /// leader's `commit`, is of that term (only that term's leader wrote
-    /// it, and logs that agree on an entry agree before it). The leader
-    /// sent the request only to a follower it knew matched its whole log,
-    /// so the commit holds. Returns whether it did.
+    /// A follower that knows no leader takes the sleeping leader `from`
+    /// on `from_store` as its leader, as a heartbeat of the leader's would
+    /// make it, when its log provably is the leader's whole log: same
+    /// term, and its last entry, at the leader's `commit`, is of that term
+    /// (only that term's leader wrote it, and logs that agree on an entry
+    /// agree before it). The leader sent the request only to a follower it
+    /// knew matched its whole log, so the commit holds. Asked of every
+    /// request; in practice it is a follower whose store restarted (see
+    /// [`SleepMsg::FollowerStoreRestarted`]), or a pre-candidate of the
+    /// same term. Returns whether it did.
     fn adopt_sleeping_leader(
         &mut self,
         from: u64,
@@ -1206,6 +1236,102 @@ mod tests {
         f.apply_through(index);
         assert!(f.peer.is_asleep());
         assert_eq!(f.peer.sleep.quiet_under, Some((LEADER, 1)));
+    }
+
+    /// The same request twice in one round (the note's resend and a fresh
+    /// sleep of a leader that woke in between): the second does not undo
+    /// the first's deferral and wake the leader.
+    #[test]
+    fn a_restarted_follower_asked_twice_in_a_round_still_sleeps() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let index = f.defer_a_sleep();
+        f.apply_through(index);
+        let term = f.peer.raft.raft.term();
+        // Everything was applied before the restart (the apply side wrote
+        // it): nothing waits for the apply side after it.
+        let apply_state = *f.peer.raft.store().apply_state();
+        f.peer
+            .engine
+            .put_msg(
+                flotilla_engine::Cf::Raft,
+                &flotilla_engine::keys::apply_state_key(f.region.id),
+                &apply_state,
+            )
+            .unwrap();
+        f.restart();
+        assert_eq!(f.peer.raft.store().applied_index(), index);
+        let leader = f.peer_on(LEADER).id;
+        let ask = SleepMsg::Request {
+            from: leader,
+            from_store: LEADER,
+            term,
+            commit: index,
+        };
+        f.peer.on_sleep_msg(ask.clone(), &f.hib);
+        f.peer.on_sleep_msg(ask, &f.hib);
+        assert!(f.peer.take_sleep_beats().is_empty(), "woke the leader");
+        assert!(f.peer.sleep.deferred.is_some());
+        let sent = f.sent();
+        assert!(sent.is_empty(), "{sent:?}");
+        // The round's end (see `RaftPoller::end_round`).
+        f.peer.retry_deferred_sleep(&f.hib);
+        assert!(f.peer.is_asleep());
+    }
+
+    /// A restarted follower whose last entry, at the leader's commit, is
+    /// of an older term than the request's cannot prove it holds the
+    /// leader's entry there: it neither takes the leader up nor takes the
+    /// commit, and wakes the leader, which checks its log.
+    #[test]
+    fn a_restarted_follower_with_an_older_entry_at_the_commit_takes_no_commit() {
+        let mut f = Follower::new(Duration::from_secs(600));
+        let term = f.hear_the_leader();
+        let (leader, me) = (f.peer_on(LEADER).id, f.peer_on(ME).id);
+        let log = f.peer.raft.raft.raft_log();
+        let (last, last_term, committed) = (log.last_index(), log.last_term(), log.committed);
+        // An entry of this term, not committed.
+        f.deliver(
+            LEADER,
+            Message {
+                msg_type: MessageType::MsgAppend as i32,
+                from: leader,
+                to: me,
+                term,
+                index: last,
+                log_term: last_term,
+                commit: committed,
+                entries: vec![Entry {
+                    index: last + 1,
+                    term,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        f.sent();
+        // A later term begins (no entry of it reached this follower).
+        f.leader_beat(term + 1, 0);
+        f.sent();
+        f.restart();
+        assert_eq!(f.peer.raft.raft.raft_log().committed, committed);
+        let ask = SleepMsg::Request {
+            from: leader,
+            from_store: LEADER,
+            term: term + 1,
+            commit: last + 1,
+        };
+        f.peer.on_sleep_msg(ask, &f.hib);
+        assert_eq!(f.peer.sleep.deferred, None, "took up the leader");
+        assert!(
+            !f.peer.take_sleep_beats().is_empty(),
+            "did not wake the leader"
+        );
+        assert_eq!(
+            f.peer.raft.raft.raft_log().committed,
+            committed,
+            "committed an entry of an older term on the request's word"
+        );
+        assert!(!f.peer.is_asleep());
     }
 
     /// A restarted follower does not take up a leader whose log it cannot
