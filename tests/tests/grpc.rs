@@ -617,14 +617,12 @@ fn a_message_past_the_size_limit_is_refused_not_in_doubt() {
     cluster.shutdown();
 }
 
-/// A write past the *server's* message limit (this client's is larger, so
-/// it sends it) is refused by the server before it runs: the error names
-/// the server's limit, which the request passes, so the client reports a
-/// definite `InvalidRequest`, not a write in doubt; the key is absent.
-#[test]
-fn a_write_past_the_servers_smaller_limit_is_refused_not_in_doubt() {
-    const SERVER_LIMIT: usize = 256 << 10;
-    let dir = tempfile::tempdir().unwrap();
+/// The servers' message limit in the tests of a client with a larger one.
+const SERVER_LIMIT: usize = 256 << 10;
+
+/// A one-region networked cluster whose servers take messages of at most
+/// [`SERVER_LIMIT`] bytes, and a client of the default (larger) limit.
+fn small_limit_servers(dir: &tempfile::TempDir) -> (NetCluster, Client) {
     let net = NetConfig {
         max_message_bytes: SERVER_LIMIT,
         batch_bytes: SERVER_LIMIT / 4,
@@ -635,6 +633,17 @@ fn a_write_past_the_servers_smaller_limit_is_refused_not_in_doubt() {
             .unwrap();
     assert!(wait_leaders(&cluster, 1));
     let client = cluster.remote_client_with(&NetConfig::default(), ClientConfig::default());
+    (cluster, client)
+}
+
+/// A write past the *server's* message limit (this client's is larger, so
+/// it sends it) is refused by the server before it runs: the error names
+/// the server's limit, which the request passes, so the client reports a
+/// definite `InvalidRequest`, not a write in doubt; the key is absent.
+#[test]
+fn a_write_past_the_servers_smaller_limit_is_refused_not_in_doubt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = small_limit_servers(&dir);
     put(&client, &key(1), b"small");
 
     let err = client
@@ -656,19 +665,9 @@ fn a_write_past_the_servers_smaller_limit_is_refused_not_in_doubt() {
 /// answer the server could not send.
 #[test]
 fn a_scan_past_the_servers_smaller_limit_pages_through() {
-    const SERVER_LIMIT: usize = 256 << 10;
     const PAIRS: u64 = 6;
     let dir = tempfile::tempdir().unwrap();
-    let net = NetConfig {
-        max_message_bytes: SERVER_LIMIT,
-        batch_bytes: SERVER_LIMIT / 4,
-        ..NetConfig::default()
-    };
-    let cluster =
-        NetCluster::bootstrap_with(dir.path(), 3, 1, fast_config(FAST_TICK_MS), net, &logger())
-            .unwrap();
-    assert!(wait_leaders(&cluster, 1));
-    let client = cluster.remote_client_with(&NetConfig::default(), ClientConfig::default());
+    let (cluster, client) = small_limit_servers(&dir);
     let value = vec![4u8; SERVER_LIMIT / 4];
     for i in 0..PAIRS {
         put(&client, &key(i), &value);

@@ -654,13 +654,17 @@ fn a_follower_store_restart_wakes_no_region() {
         state(&cluster)
     );
     let survivors = [1, 2];
-    let woke_before: Vec<[u64; 5]> = survivors
-        .iter()
-        .map(|&s| {
-            let m = metrics(&cluster, s);
-            std::array::from_fn(|i| m.wakes_by_reason[i].load(Ordering::Relaxed))
-        })
-        .collect();
+    // The survivors' wakes, by reason.
+    let survivor_wakes = |cluster: &Cluster| -> Vec<[u64; 5]> {
+        survivors
+            .iter()
+            .map(|&s| {
+                let m = metrics(cluster, s);
+                std::array::from_fn(|i| m.wakes_by_reason[i].load(Ordering::Relaxed))
+            })
+            .collect()
+    };
+    let woke_before = survivor_wakes(&cluster);
     // Vote and pre-vote requests of the survivors (the restarted store
     // counts from zero again).
     let survivor_votes = |cluster: &Cluster| {
@@ -681,15 +685,8 @@ fn a_follower_store_restart_wakes_no_region() {
         "the restarted store's peers did not sleep: {}",
         state(&cluster)
     );
-    let woke_after: Vec<[u64; 5]> = survivors
-        .iter()
-        .map(|&s| {
-            let m = metrics(&cluster, s);
-            std::array::from_fn(|i| m.wakes_by_reason[i].load(Ordering::Relaxed))
-        })
-        .collect();
     assert_eq!(
-        woke_after,
+        survivor_wakes(&cluster),
         woke_before,
         "a region woke: {}",
         state(&cluster)

@@ -968,14 +968,23 @@ mod tests {
         /// defers without a word to the leader. Returns the entry's index.
         fn defer_a_sleep(&mut self) -> u64 {
             let term = self.hear_the_leader();
+            let last = self.append_one(term);
+            let ask = self.ask(term, last + 1);
+            self.peer.on_sleep_msg(ask, &self.hib);
+            assert_eq!(self.peer.raft.raft.raft_log().committed, last + 1);
+            assert!(self.peer.sleep.deferred.is_some(), "did not defer");
+            assert!(!self.peer.is_asleep(), "slept with the entry unapplied");
+            assert!(self.peer.take_sleep_beats().is_empty(), "woke the leader");
+            last + 1
+        }
+
+        /// The leader on store 1 appends one entry of `term` after this
+        /// follower's last, committing nothing new; the round is written.
+        /// Returns the follower's last index before it.
+        fn append_one(&mut self, term: u64) -> u64 {
             let (leader, me) = (self.peer_on(LEADER).id, self.peer_on(ME).id);
             let log = self.peer.raft.raft.raft_log();
             let (last, last_term, committed) = (log.last_index(), log.last_term(), log.committed);
-            let entry = Entry {
-                index: last + 1,
-                term,
-                ..Default::default()
-            };
             self.deliver(
                 LEADER,
                 Message {
@@ -986,23 +995,26 @@ mod tests {
                     index: last,
                     log_term: last_term,
                     commit: committed,
-                    entries: vec![entry],
+                    entries: vec![Entry {
+                        index: last + 1,
+                        term,
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 },
             );
             self.sent();
-            let ask = SleepMsg::Request {
-                from: leader,
+            last
+        }
+
+        /// The leader on store 1's request to sleep at (`term`, `commit`).
+        fn ask(&self, term: u64, commit: u64) -> SleepMsg {
+            SleepMsg::Request {
+                from: self.peer_on(LEADER).id,
                 from_store: LEADER,
                 term,
-                commit: last + 1,
-            };
-            self.peer.on_sleep_msg(ask, &self.hib);
-            assert_eq!(self.peer.raft.raft.raft_log().committed, last + 1);
-            assert!(self.peer.sleep.deferred.is_some(), "did not defer");
-            assert!(!self.peer.is_asleep(), "slept with the entry unapplied");
-            assert!(self.peer.take_sleep_beats().is_empty(), "woke the leader");
-            last + 1
+                commit,
+            }
         }
 
         /// The round that hands the committed entries over, then the apply
@@ -1219,13 +1231,7 @@ mod tests {
         let term = f.peer.raft.raft.term();
         f.restart();
         assert_eq!(f.peer.leader(), None);
-        let leader = f.peer_on(LEADER).id;
-        let ask = SleepMsg::Request {
-            from: leader,
-            from_store: LEADER,
-            term,
-            commit: index,
-        };
+        let ask = f.ask(term, index);
         f.peer.on_sleep_msg(ask, &f.hib);
         assert!(f.peer.take_sleep_beats().is_empty(), "woke the leader");
         assert_eq!(f.peer.leader().map(|l| l.store_id), Some(LEADER));
@@ -1260,13 +1266,7 @@ mod tests {
             .unwrap();
         f.restart();
         assert_eq!(f.peer.raft.store().applied_index(), index);
-        let leader = f.peer_on(LEADER).id;
-        let ask = SleepMsg::Request {
-            from: leader,
-            from_store: LEADER,
-            term,
-            commit: index,
-        };
+        let ask = f.ask(term, index);
         f.peer.on_sleep_msg(ask.clone(), &f.hib);
         f.peer.on_sleep_msg(ask, &f.hib);
         assert!(f.peer.take_sleep_beats().is_empty(), "woke the leader");
@@ -1286,40 +1286,15 @@ mod tests {
     fn a_restarted_follower_with_an_older_entry_at_the_commit_takes_no_commit() {
         let mut f = Follower::new(Duration::from_secs(600));
         let term = f.hear_the_leader();
-        let (leader, me) = (f.peer_on(LEADER).id, f.peer_on(ME).id);
-        let log = f.peer.raft.raft.raft_log();
-        let (last, last_term, committed) = (log.last_index(), log.last_term(), log.committed);
+        let committed = f.peer.raft.raft.raft_log().committed;
         // An entry of this term, not committed.
-        f.deliver(
-            LEADER,
-            Message {
-                msg_type: MessageType::MsgAppend as i32,
-                from: leader,
-                to: me,
-                term,
-                index: last,
-                log_term: last_term,
-                commit: committed,
-                entries: vec![Entry {
-                    index: last + 1,
-                    term,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            },
-        );
-        f.sent();
+        let last = f.append_one(term);
         // A later term begins (no entry of it reached this follower).
         f.leader_beat(term + 1, 0);
         f.sent();
         f.restart();
         assert_eq!(f.peer.raft.raft.raft_log().committed, committed);
-        let ask = SleepMsg::Request {
-            from: leader,
-            from_store: LEADER,
-            term: term + 1,
-            commit: last + 1,
-        };
+        let ask = f.ask(term + 1, last + 1);
         f.peer.on_sleep_msg(ask, &f.hib);
         assert_eq!(f.peer.sleep.deferred, None, "took up the leader");
         assert!(
@@ -1344,13 +1319,7 @@ mod tests {
         f.apply_through(index);
         let term = f.peer.raft.raft.term() + 1;
         f.restart();
-        let leader = f.peer_on(LEADER).id;
-        let ask = SleepMsg::Request {
-            from: leader,
-            from_store: LEADER,
-            term,
-            commit: index + 1,
-        };
+        let ask = f.ask(term, index + 1);
         f.peer.on_sleep_msg(ask, &f.hib);
         assert!(
             !f.peer.take_sleep_beats().is_empty(),
