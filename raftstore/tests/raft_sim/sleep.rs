@@ -21,7 +21,11 @@
 //!   election timeout asks it to wake once;
 //! - when a node loses its leader's node, its region's first campaigner
 //!   campaigns at once and the others run their clocks out; a vote refused
-//!   as within the lease is kept and answered when the lease is over.
+//!   as within the lease is kept and answered when the lease is over;
+//! - when a node hears that another restarted, it asks it to sleep again
+//!   if it is a sleeping leader (staying asleep); a follower that knows no
+//!   leader takes the asker up if its log provably is the asker's whole
+//!   log (same term, last entry at the asker's commit and of that term).
 //!
 //! Sleep packets travel through the simulated network with raft's, so they
 //! are delayed, reordered, duplicated and dropped the same way; they are
@@ -159,6 +163,7 @@ impl World {
             // A packet of an older life proves nothing.
             return;
         }
+        let restarted = inc > s.incarnation && s.incarnation > 0;
         if inc > s.incarnation && s.supported {
             // It restarted: its leaders of the old life are gone.
             self.withdraw(id, from);
@@ -169,6 +174,29 @@ impl World {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.sleep.support.insert(from, s);
         }
+        if restarted {
+            self.resend_sleep(id, from);
+        }
+    }
+
+    /// `id`, if it is a sleeping leader, asks its follower `to`, whose
+    /// node restarted, to sleep again (the store's
+    /// `SleepMsg::FollowerStoreRestarted`): it stays asleep.
+    fn resend_sleep(&mut self, id: u64, to: u64) {
+        if !self.is_asleep(id) {
+            return;
+        }
+        let Some(raw) = self.raw(id) else { return };
+        if raw.raft.state() != StateRole::Leader {
+            return;
+        }
+        let (term, commit) = (raw.raft.term(), raw.raft.raft_log().committed);
+        self.stats.resent_sleeps += 1;
+        tr!(
+            self,
+            "  n{id} asks restarted n{to} to sleep again (t{term}, c{commit})"
+        );
+        self.send_sleep(id, packet(SLEEP, id, to, term, commit));
     }
 
     fn supports(&self, id: u64, remote: u64) -> bool {
@@ -409,6 +437,22 @@ impl World {
             None => return,
         };
         let supported = self.supports(id, m.from);
+        let Some(raw) = self.raw(id) else { return };
+        // A follower that knows no leader (its node restarted) takes the
+        // asker up when its log provably is the asker's whole log: same
+        // term, last entry at the asker's commit and of that term (the
+        // store's `adopt_sleeping_leader`).
+        let log = raw.raft.raft_log();
+        let adopt = raw.raft.state() != StateRole::Leader
+            && raw.raft.leader_id() == 0
+            && raw.raft.term() == m.term
+            && log.last_index() == m.commit
+            && log.term(m.commit).is_ok_and(|t| t == m.term);
+        if adopt {
+            raw.raft.become_follower(m.term, m.from);
+            self.stats.adopted_leaders += 1;
+            tr!(self, "  n{id} takes up sleeping leader n{}", m.from);
+        }
         let Some(raw) = self.raw(id) else { return };
         let same_leader = raw.raft.state() == StateRole::Follower
             && raw.raft.term() == m.term

@@ -104,6 +104,12 @@ pub struct Stats {
     pub deferred_sleeps: u64,
     /// Support withdrawals (store liveness).
     pub withdrawals: u64,
+    /// Hibernate asks a sleeping leader sent again to a follower whose
+    /// node restarted.
+    pub resent_sleeps: u64,
+    /// Followers that knew no leader and took up a sleeping leader from
+    /// its ask.
+    pub adopted_leaders: u64,
     /// Leader deaths whose failover the liveness phase timed.
     pub failovers: u64,
     /// The slowest of those failovers, in ticks from the death.
@@ -132,6 +138,8 @@ impl AddAssign for Stats {
         self.in_flight_sum += o.in_flight_sum;
         self.hibernating_runs += o.hibernating_runs;
         self.sleeps += o.sleeps;
+        self.resent_sleeps += o.resent_sleeps;
+        self.adopted_leaders += o.adopted_leaders;
         self.wakes += o.wakes;
         self.deferred_sleeps += o.deferred_sleeps;
         self.withdrawals += o.withdrawals;
