@@ -385,15 +385,15 @@ impl Peer {
     }
 
     /// A sleeping leader whose follower's store `store` restarted sends
-    /// that follower its hibernate beat again (once: if it is lost, the
-    /// follower's clock runs out and its pre-vote wakes the region, as
-    /// before), staying asleep: the
+    /// that follower its hibernate beat again, staying asleep. The
     /// follower, which lost track of its leader with the restart, takes
-    /// it up and sleeps too if its log still ends at this leader's
-    /// commit in this term (see [`Peer::on_sleep_request`]); otherwise it
-    /// wakes this leader, as any follower missing a sleep does. Without
-    /// it the follower would campaign once its election clock ran out,
-    /// and a store's restart would wake every region it has a peer of.
+    /// it up and sleeps too if its log still ends at this leader's commit
+    /// in this term (see [`Peer::on_sleep_request`]); otherwise it wakes
+    /// this leader, as any follower missing a sleep does. Without it the
+    /// follower would campaign once its election clock ran out, and a
+    /// store's restart would wake every region it has a peer of. Sent
+    /// once: if it is lost, the follower's clock runs out and its
+    /// pre-vote wakes the region, as before.
     fn resend_sleep_request(&mut self, store: u64) {
         if !self.sleep.asleep || !self.is_leader() {
             return;
