@@ -1362,9 +1362,7 @@ impl<T: Transport> RaftPoller<T> {
             // to be handed over (it took up a sleeping leader after its
             // store restarted) sleeps now, if everything is applied; one
             // waiting for its apply side does at its `ApplyRes`.
-            let was_asleep = fsm.peer.is_asleep();
-            fsm.peer.retry_deferred_sleep(&self.hib);
-            if fsm.peer.is_asleep() && !was_asleep {
+            if fsm.peer.retry_deferred_sleep(&self.hib) {
                 self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
             }
             let region_id = fsm.peer.region_id();

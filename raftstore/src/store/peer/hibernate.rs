@@ -398,26 +398,13 @@ impl Peer {
         if !self.sleep.asleep || !self.is_leader() {
             return;
         }
-        let (term, commit) = (self.raft.raft.term(), self.raft.raft.raft_log().committed);
-        let (region_id, me) = (self.region_id(), self.meta.id);
+        let me = self.meta.id;
         let beats: Vec<OutBeat> = self
             .region()
             .peers
             .iter()
             .filter(|p| p.store_id == store && p.id != me)
-            .map(|p| OutBeat {
-                to_store: store,
-                beat: Beat {
-                    region_id,
-                    from_peer: me,
-                    to_peer: p.id,
-                    term,
-                    commit,
-                    quiesce: true,
-                    ..Default::default()
-                },
-                response: false,
-            })
+            .map(|p| self.sleep_request_to(p.id, store))
             .collect();
         self.sleep.outbox.extend(beats);
     }
@@ -564,24 +551,29 @@ impl Peer {
             return;
         }
         self.sleep.asleep = true;
-        let (term, commit) = (self.raft.raft.term(), self.raft.raft.raft_log().committed);
         for (peer, store) in plan.followers {
-            let beat = Beat {
+            let beat = self.sleep_request_to(peer, store);
+            self.sleep.outbox.push(beat);
+        }
+        self.free_idle_buffers();
+    }
+
+    /// This leader's hibernate beat (its term, and its commit, which is its
+    /// last index) for its follower `peer` on `store`.
+    fn sleep_request_to(&self, peer: u64, store: u64) -> OutBeat {
+        OutBeat {
+            to_store: store,
+            beat: Beat {
                 region_id: self.region_id(),
                 from_peer: self.meta.id,
                 to_peer: peer,
-                term,
-                commit,
+                term: self.raft.raft.term(),
+                commit: self.raft.raft.raft_log().committed,
                 quiesce: true,
                 ..Default::default()
-            };
-            self.sleep.outbox.push(OutBeat {
-                to_store: store,
-                beat,
-                response: false,
-            });
+            },
+            response: false,
         }
-        self.free_idle_buffers();
     }
 
     /// A follower asked to hibernate by its leader: it sleeps if it is in
@@ -604,17 +596,9 @@ impl Peer {
         if self.sleep.asleep {
             return;
         }
-        if self.adopt_sleeping_leader(from, from_store, term, commit) {
-            // Its soft state changed: the sleep waits for the round that
-            // hands that over (see `Peer::retry_deferred_sleep`).
-            if let Some(support) = hib
-                .supports(from_store, Instant::now())
-                .and_then(NonZeroU64::new)
-            {
-                self.sleep.deferred = Some(support);
-                return;
-            }
-        }
+        // Taken up, it is the same leader below; its changed soft state
+        // makes the sleep wait for the round's end.
+        self.adopt_sleeping_leader(from, from_store, term, commit);
         let same_leader = !self.is_leader()
             && self.raft.raft.term() == term
             && self.raft.raft.leader_id() == from
@@ -631,10 +615,12 @@ impl Peer {
         }
         let caught_up = same_leader && self.settled_at(commit);
         let applied = self.raft.store().applied_index();
+        let support = || {
+            hib.supports(from_store, Instant::now())
+                .and_then(NonZeroU64::new)
+        };
         if caught_up && applied < commit {
-            let support = hib
-                .supports(from_store, Instant::now())
-                .and_then(NonZeroU64::new);
+            let support = support();
             if support.is_some() {
                 // Sleeps once the apply side has the entries; the leader
                 // sleeps meanwhile, so nothing is sent.
@@ -651,11 +637,7 @@ impl Peer {
             // first taken up by `adopt_sleeping_leader`): sleep at the
             // round's end, as a deferral does.
             let unsaved = self.pending_ready.is_some() || self.raft.has_pending_state();
-            if let Some(support) = hib
-                .supports(from_store, Instant::now())
-                .and_then(NonZeroU64::new)
-                .filter(|_| unsaved)
-            {
+            if let Some(support) = support().filter(|_| unsaved) {
                 self.sleep.deferred = Some(support);
                 return;
             }
@@ -694,14 +676,8 @@ impl Peer {
     /// knew matched its whole log, so the commit holds. Asked of every
     /// request; in practice it is a follower whose store restarted (see
     /// [`SleepMsg::FollowerStoreRestarted`]), or a pre-candidate of the
-    /// same term. Returns whether it did.
-    fn adopt_sleeping_leader(
-        &mut self,
-        from: u64,
-        from_store: u64,
-        term: u64,
-        commit: u64,
-    ) -> bool {
+    /// same term.
+    fn adopt_sleeping_leader(&mut self, from: u64, from_store: u64, term: u64, commit: u64) {
         let raft = &self.raft.raft;
         let log = raft.raft_log();
         let adopt = !self.is_leader()
@@ -715,14 +691,13 @@ impl Peer {
                 .iter()
                 .any(|p| p.id == from && p.store_id == from_store && p.id != self.meta.id);
         if !adopt {
-            return false;
+            return;
         }
         self.raft.raft.become_follower(term, from);
         let log = self.raft.raft.raft_log_mut();
         if log.committed < commit {
             log.commit_to(commit);
         }
-        true
     }
 
     /// Files this follower asleep under its leader on `store` if nothing
@@ -771,21 +746,22 @@ impl Peer {
     /// applied, it sleeps if nothing changed since the request; if
     /// something did, it only drops the deferral (no heartbeat is made up
     /// for a leader it may no longer have: its clock runs on, and a leader
-    /// still asleep is nudged at half an election timeout).
-    pub fn retry_deferred_sleep(&mut self, hib: &Hibernation) {
+    /// still asleep is nudged at half an election timeout). Returns
+    /// whether it fell asleep.
+    pub fn retry_deferred_sleep(&mut self, hib: &Hibernation) -> bool {
         let Some(epoch) = self.sleep.deferred else {
-            return;
+            return false;
         };
         let commit = self.raft.raft.raft_log().committed;
         if self.raft.store().applied_index() < commit {
-            return;
+            return false;
         }
         self.sleep.deferred = None;
         let unchanged = !self.is_leader() && self.settled_at(commit);
         // No leader: an election began since (this peer's clock ran out).
-        if let Some(leader) = self.leader().filter(|_| unchanged) {
-            self.sleep_under(leader.store_id, Some(epoch.get()), hib);
-        }
+        self.leader()
+            .filter(|_| unchanged)
+            .is_some_and(|leader| self.sleep_under(leader.store_id, Some(epoch.get()), hib))
     }
 
     /// Frees what an idle peer does not need; it grows back on demand.
