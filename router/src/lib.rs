@@ -76,5 +76,5 @@ pub use error::{Error, SendError};
 pub use fsm::Fsm;
 pub use handler::{Batch, HandleResult, PollHandler};
 pub use mailbox::{Inbox, Mailbox, MailboxState};
-pub use router::{Router, TrySend};
+pub use router::{Borrowed, Router, TrySend};
 pub use system::BatchSystem;

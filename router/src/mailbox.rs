@@ -244,6 +244,22 @@ impl<N: Fsm> Mailbox<N> {
         }
     }
 
+    /// Takes the FSM out of an idle mailbox with nothing queued, for a
+    /// caller that handles it in place of a poller (see
+    /// [`Router::borrow_idle`](crate::Router::borrow_idle)). The mailbox
+    /// goes `Notified`, as when a poller holds the FSM: messages sent
+    /// meanwhile only enqueue. `None` if the FSM is busy, queued for a
+    /// poller, has messages waiting, or the mailbox is closed.
+    pub(crate) fn take_idle(&self) -> Option<Box<N>> {
+        let mut shared = self.inner.shared.lock();
+        if shared.state != MailboxState::Idle || !shared.queue.is_empty() {
+            return None;
+        }
+        let fsm = shared.fsm.take()?;
+        shared.state = MailboxState::Notified;
+        Some(fsm)
+    }
+
     /// Puts a busy FSM back and queues it again, so another poller (or this
     /// one, later) continues it. The state stays notified.
     pub(crate) fn reschedule<S: Schedule<N>>(&self, fsm: Box<N>, scheduler: &S) {

@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 use fxhash::FxHashMap;
 use parking_lot::RwLock;
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Release};
 use crate::scheduler::{ControlScheduler, NormalScheduler, Task};
 use crate::{Error, Fsm, SendError};
 
@@ -25,6 +25,27 @@ const FIBONACCI_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
 /// neighbouring shards do not contend on the lock word.
 #[repr(align(128))]
 struct Shard<N: Fsm>(RwLock<FxHashMap<u64, Mailbox<N>>>);
+
+/// An FSM taken out of its idle mailbox by [`Router::borrow_idle`]. Hand it
+/// back with [`Router::give_back`]; dropping it instead drops the FSM and
+/// leaves its mailbox busy for good (nothing would ever schedule it again).
+#[must_use = "a borrowed FSM must be handed back with Router::give_back"]
+pub struct Borrowed<N: Fsm> {
+    fsm: Box<N>,
+    mailbox: Mailbox<N>,
+}
+
+impl<N: Fsm> Borrowed<N> {
+    /// The borrowed FSM.
+    pub fn fsm(&self) -> &N {
+        &self.fsm
+    }
+
+    /// The borrowed FSM, to handle.
+    pub fn fsm_mut(&mut self) -> &mut N {
+        &mut self.fsm
+    }
+}
 
 /// Outcome of [`Router::try_send`].
 #[must_use = "an undelivered message is handed back and must be routed or dropped"]
@@ -305,6 +326,40 @@ impl<N: Fsm, C: Fsm> Router<N, C> {
             drained.iter().for_each(Mailbox::close);
         }
         self.inner.control.close();
+    }
+
+    /// Takes the FSM at `addr` out of its mailbox if it is idle with
+    /// nothing queued, so the caller can handle it on its own thread
+    /// instead of scheduling it onto the pool (a cheaper hand-over when the
+    /// caller has the work in hand). While borrowed the FSM is as busy as
+    /// if a poller held it: messages sent to it wait in its mailbox, in
+    /// order, and no poller takes it. Hand it back with
+    /// [`give_back`](Self::give_back).
+    ///
+    /// `None` if no mailbox is registered at `addr`, or the FSM is busy,
+    /// queued for a poller, has messages waiting, or its mailbox is closed.
+    pub fn borrow_idle(&self, addr: u64) -> Option<Borrowed<N>> {
+        let mailbox = self.shard(addr).read().get(&addr)?.clone();
+        let mut fsm = mailbox.take_idle()?;
+        fsm.set_mailbox(&mailbox);
+        Some(Borrowed { fsm, mailbox })
+    }
+
+    /// Returns a borrowed FSM to its mailbox: it goes idle if nothing
+    /// arrived while it was out, and is scheduled onto the pool (to handle
+    /// what did) otherwise. A stopped FSM ([`Fsm::is_stopped`]) closes its
+    /// mailbox and is dropped, as a poller would; so is an FSM whose
+    /// mailbox was closed meanwhile.
+    pub fn give_back(&self, borrowed: Borrowed<N>) {
+        let Borrowed { mut fsm, mailbox } = borrowed;
+        if fsm.is_stopped() {
+            mailbox.close_with(fsm);
+            return;
+        }
+        drop(fsm.take_mailbox());
+        if let Release::Kept(fsm) = mailbox.release(fsm, 0) {
+            mailbox.reschedule(fsm, &self.inner.normal_scheduler);
+        }
     }
 
     pub(crate) fn normal_scheduler(&self) -> &NormalScheduler<N> {

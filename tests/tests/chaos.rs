@@ -53,9 +53,12 @@ const KEYS: u64 = 16;
 /// Stores that compact their logs early (so a store that was away
 /// catches up by snapshots, bounds moved by splits it missed included)
 /// and split on their own past a small size (the split checker in the
-/// mix with the driver's splits).
-fn config() -> Config {
+/// mix with the driver's splits). Odd seeds let the raft pollers apply
+/// inline (`Config::apply_inline`, the default), even seeds send every
+/// entry through the apply pool, so both paths meet the chaos.
+fn config(seed: u64) -> Config {
     Config {
+        apply_inline: seed % 2 == 1,
         raft_log_gc_tick_ticks: 5,
         raft_log_gc_threshold: 8,
         raft_log_gc_count_limit: 48,
@@ -300,9 +303,13 @@ fn chaos_run(seed: u64, mix: Mix) {
 
 /// One seeded chaos run of `steps` driver actions.
 fn chaos_run_steps(seed: u64, mix: Mix, steps: usize) {
-    println!("chaos seed {seed} (replay with SIM_SEED={seed}), mix {mix:?}");
+    let cfg = config(seed);
+    println!(
+        "chaos seed {seed} (replay with SIM_SEED={seed}), mix {mix:?}, apply inline: {}",
+        cfg.apply_inline
+    );
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, cfg, &logger()).unwrap();
     wait_leader(&cluster, 1).expect("leader");
     cluster.add_store(STORES).unwrap();
     let w = Workload {

@@ -1,10 +1,11 @@
 //! Cluster tests: stores on real RocksDB in temp dirs, in one process over
 //! the channel transport.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_engine::{Cf, keys};
-use flotilla_raftstore::store::{ClientConfig, Cluster, bootstrap::split_key};
+use flotilla_raftstore::store::{ClientConfig, Cluster, Config, bootstrap::split_key};
 use flotilla_tests::harness::{FAST_TICK_MS, SETTLE, eventually, fast_config, logger, wait_leader};
 
 fn cluster(dir: &tempfile::TempDir, regions: u64, tick_ms: u64) -> Cluster {
@@ -220,4 +221,59 @@ fn a_client_with_extreme_timeouts_serves() {
     assert!(merged.start_key.is_empty() && merged.end_key.is_empty());
     assert!(c.wait_for_leaders(1, Duration::MAX));
     c.shutdown();
+}
+
+/// Committed entries apply in the raft poller that committed them when the
+/// region's apply delegate is idle (`Config::apply_inline`), and through
+/// the apply pool otherwise: the same writes, before and after a split
+/// (whose admin result reaches the peer by message), read back the same
+/// and land on every store either way. Only the inline run counts inline
+/// applies, and it counts them on every store (followers apply inline
+/// too).
+#[test]
+fn writes_apply_inline_or_through_the_apply_pool_alike() {
+    const REGIONS: u64 = 4;
+    const WRITES: u64 = 40;
+    for inline in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            apply_inline: inline,
+            ..fast_config(FAST_TICK_MS)
+        };
+        let cluster =
+            Cluster::bootstrap(dir.path(), 3, REGIONS, cfg, &logger()).expect("bootstrap");
+        assert!(cluster.wait_for_leaders(REGIONS, SETTLE), "no leaders");
+        let client = cluster.client(client_cfg());
+        let key = |i: u64| key_in(i % REGIONS, REGIONS, &format!("k{i:03}"));
+        let value = |i: u64| format!("v{i}").into_bytes();
+        for i in 0..WRITES {
+            client.put(&key(i), &value(i)).unwrap();
+        }
+        let born = client.split_at(&key(WRITES + 1)).expect("split");
+        assert_eq!(born.len(), 2, "the split made two regions: {born:?}");
+        for i in WRITES..2 * WRITES {
+            client.put(&key(i), &value(i)).unwrap();
+        }
+        for i in 0..2 * WRITES {
+            assert_eq!(client.get(&key(i)).unwrap(), Some(value(i)), "key {i}");
+        }
+        for &id in cluster.store_ids() {
+            let store = cluster.store(id).unwrap();
+            let engine = store.engine().clone();
+            assert!(
+                eventually(|| (0..2 * WRITES).all(|i| engine
+                    .get(Cf::Default, &keys::data_key(&key(i)))
+                    .unwrap()
+                    .is_some_and(|v| v == value(i)))),
+                "store {id} (inline {inline}) is missing writes"
+            );
+            let applied_inline = store.metrics().applies_inline.load(Ordering::Relaxed);
+            assert_eq!(
+                applied_inline > 0,
+                inline,
+                "store {id}: {applied_inline} inline applies with apply_inline {inline}"
+            );
+        }
+        cluster.shutdown();
+    }
 }

@@ -64,6 +64,10 @@ pub struct DemoOptions {
     /// Idle ticks after which a leader hibernates its region (0: never
     /// hibernate); `None`: the store's default.
     pub hibernate_idle_ticks: Option<usize>,
+    /// Let the raft pollers apply what their rounds commit when the
+    /// region's apply delegate is idle (`Config::apply_inline`, on by
+    /// default); `false` sends every entry through the apply pool.
+    pub apply_inline: bool,
 }
 
 /// What the demo measured.
@@ -118,6 +122,9 @@ pub struct DemoReport {
     pub poll_rounds: u64,
     /// Their mean time (µs).
     pub poll_round_mean_us: u64,
+    /// Apply tasks the raft pollers applied themselves during the workload
+    /// (`Config::apply_inline`), over all stores.
+    pub applies_inline: u64,
     /// CPU cores the whole process used during the workload (clients
     /// included), if `/proc` tells.
     pub cores_used: Option<f64>,
@@ -163,6 +170,7 @@ struct Totals {
     batches: u64,
     rounds: u64,
     round_us: u64,
+    applies_inline: u64,
     hibernations: u64,
     wakes: u64,
     wakes_by_reason: [u64; WAKE_REASONS],
@@ -185,6 +193,7 @@ fn totals(cluster: &Cluster) -> Totals {
             t.batches += m.heartbeat_batches_sent.load(Ordering::Relaxed);
             t.rounds += m.poll_rounds.load(Ordering::Relaxed);
             t.round_us += m.poll_round_micros.load(Ordering::Relaxed);
+            t.applies_inline += m.applies_inline.load(Ordering::Relaxed);
             t.hibernations += m.hibernations.load(Ordering::Relaxed);
             for (sum, w) in t.wakes_by_reason.iter_mut().zip(&m.wakes_by_reason) {
                 let n = w.load(Ordering::Relaxed);
@@ -238,6 +247,10 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
             ..cfg
         },
         None => cfg,
+    };
+    let cfg = Config {
+        apply_inline: opts.apply_inline,
+        ..cfg
     };
     let cfg = match opts.split_size {
         Some(bytes) => Config {
@@ -394,6 +407,7 @@ pub fn run(opts: &DemoOptions, logger: &slog::Logger) -> Result<DemoReport, Stri
         }),
         awake_peers: after.awake,
         poll_rounds: rounds,
+        applies_inline: after.applies_inline - before.applies_inline,
         poll_round_mean_us: (after.round_us - before.round_us) / rounds.max(1),
         cores_used,
         rss_bytes: flotilla_server::proc_stats::rss_bytes(),
@@ -567,10 +581,11 @@ impl std::fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
-            "raft poll rounds   {} ({:.0}/s, mean {} µs)",
+            "raft poll rounds   {} ({:.0}/s, mean {} µs), {:.2} inline applies per op",
             self.poll_rounds,
             self.poll_rounds as f64 / secs,
-            self.poll_round_mean_us
+            self.poll_round_mean_us,
+            per_op(self.applies_inline)
         )?;
         writeln!(
             f,

@@ -12,10 +12,12 @@ use flotilla_proto::metapb::Region;
 use flotilla_proto::raft_serverpb::{
     PeerState, RaftApplyState, RaftLocalState, RaftMessage, RegionLocalState,
 };
-use flotilla_router::{Batch, Fsm, HandleResult, Inbox, PollHandler, Router};
+use flotilla_router::{Batch, Borrowed, Fsm, HandleResult, Inbox, PollHandler, Router};
 use slog::Logger;
 
-use super::apply::{ApplyControl, ApplyFsm, apply_origin};
+use super::apply::{
+    ApplyControl, ApplyFsm, ApplyPoller, apply_origin, fail_delegate, may_apply_inline,
+};
 use super::config::Config;
 use super::error::Error;
 use super::fatal::StoreStatus;
@@ -25,7 +27,7 @@ pub use super::hibernation::{WAKE_REASONS, WakeReason};
 use super::histogram::LatencyHistogram;
 use super::id_alloc::IdAllocator;
 use super::meta::{MergedInto, SharedMeta};
-use super::msg::{ApplyMsg, ExecResult, MergeMsg, PeerMsg, StoreMsg};
+use super::msg::{ApplyMsg, ApplyRes, ExecResult, MergeMsg, PeerMsg, StoreMsg};
 use super::peer::{MergeOut, Peer, WriteNeed};
 use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
 use super::transport::Transport;
@@ -251,8 +253,13 @@ pub struct StoreMetrics {
     /// Synced raft-log writes (one per poll round that persists entries
     /// or a term/vote change), by how long the write and its fsync took.
     pub raft_sync_write_latency: LatencyHistogram,
-    /// Apply rounds' engine writes, by how long each took.
+    /// Apply rounds' engine writes, by how long each took (the raft
+    /// pollers' inline applies included).
     pub apply_write_latency: LatencyHistogram,
+    /// Apply tasks a raft poller applied itself, in the round that made
+    /// them (see `Config::apply_inline`), instead of handing them to the
+    /// apply pool.
+    pub applies_inline: AtomicU64,
     /// Proposed commands (writes and admin), from the proposal to the
     /// answer after apply.
     pub command_latency: LatencyHistogram,
@@ -315,6 +322,12 @@ pub struct RaftPoller<T: Transport> {
     meta: SharedMeta,
     /// Where new region and peer ids come from (splits).
     ids: Arc<IdAllocator>,
+    /// Applies the entries this poller's rounds commit when the region's
+    /// delegate is idle (`Config::apply_inline`), in a batch of its own.
+    applier: ApplyPoller,
+    /// The delegates borrowed this round, each with its peer's place in
+    /// the round's batch (ascending); empty between rounds.
+    inline: Vec<(usize, Borrowed<ApplyFsm>)>,
     logger: Logger,
 }
 
@@ -339,6 +352,14 @@ impl<T: Transport> RaftPoller<T> {
         ids: Arc<IdAllocator>,
         logger: Logger,
     ) -> Self {
+        let applier = ApplyPoller::new(
+            engine.clone(),
+            router.clone(),
+            meta.clone(),
+            Arc::clone(&status),
+            logger.clone(),
+        )
+        .with_metrics(Arc::clone(&metrics));
         RaftPoller {
             cfg,
             engine,
@@ -360,6 +381,8 @@ impl<T: Transport> RaftPoller<T> {
             status,
             meta,
             ids,
+            applier,
+            inline: Vec::new(),
             logger,
         }
     }
@@ -578,6 +601,51 @@ impl<T: Transport> RaftPoller<T> {
         if let Err(e) = self.transport.send(reply) {
             slog::debug!(self.logger, "merge notice not sent"; "err" => %e);
         }
+    }
+
+    /// A report from the region's apply delegate (by message, or from this
+    /// poller's own inline apply). Returns `false` if the store is
+    /// stopping (a crash point fired): nothing more of the round may run.
+    fn on_apply_res(&mut self, fsm: &mut PeerFsm, res: ApplyRes) -> bool {
+        for r in &res.results {
+            if let ExecResult::SnapshotApplied { micros, .. } = r {
+                self.metrics
+                    .snapshots_applied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .snapshot_apply_micros
+                    .fetch_add(*micros, Ordering::Relaxed);
+            }
+        }
+        for r in &res.results {
+            let counter = match r {
+                ExecResult::CommitMerge(_) => &self.metrics.merges_applied,
+                ExecResult::RollbackMerge(_) => &self.metrics.merges_rolled_back,
+                _ => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let membership = res
+            .results
+            .iter()
+            .any(|r| matches!(r, ExecResult::ChangePeer { .. }));
+        let hib = &*self.hib;
+        fsm.peer.on_apply_res(res);
+        fsm.peer.retry_deferred_sleep(hib);
+        if membership {
+            hib.add_remotes(fsm.peer.region().peers.iter().map(|p| p.store_id));
+        }
+        if let Some(born) = fsm.peer.take_born() {
+            self.metrics.splits_applied.fetch_add(1, Ordering::Relaxed);
+            // Crash point: the split is written, its peers not
+            // registered (a restart loads them from disk).
+            if crash_point_split_before_register() {
+                self.fail(Error::Engine("failpoint split_before_register".into()));
+                return false;
+            }
+            self.register_split_peers(&fsm.peer, born);
+        }
+        true
     }
 
     /// Destroys a removed peer: it stops here (its mailbox closes, its
@@ -1000,6 +1068,14 @@ impl<T: Transport> RaftPoller<T> {
     }
 }
 
+/// Brings about the peer's next round if its core has something to hand
+/// out (messages, a commit that lets more entries apply) after this one.
+fn wake_if_ready(router: &RaftRouter, fsm: &PeerFsm) {
+    if fsm.peer.raft.has_ready() {
+        let _ = router.force_send(fsm.peer.region_id(), PeerMsg::Wake);
+    }
+}
+
 /// Sends every coalesced heartbeat batch of `coalescer` through
 /// `transport` (stamped for store liveness) and flushes it.
 fn flush_heartbeats<T: Transport>(
@@ -1135,42 +1211,8 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
                     None
                 }
                 PeerMsg::ApplyRes(res) => {
-                    for r in &res.results {
-                        if let ExecResult::SnapshotApplied { micros, .. } = r {
-                            self.metrics
-                                .snapshots_applied
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.metrics
-                                .snapshot_apply_micros
-                                .fetch_add(*micros, Ordering::Relaxed);
-                        }
-                    }
-                    for r in &res.results {
-                        let counter = match r {
-                            ExecResult::CommitMerge(_) => &self.metrics.merges_applied,
-                            ExecResult::RollbackMerge(_) => &self.metrics.merges_rolled_back,
-                            _ => continue,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let membership = res
-                        .results
-                        .iter()
-                        .any(|r| matches!(r, ExecResult::ChangePeer { .. }));
-                    fsm.peer.on_apply_res(res);
-                    fsm.peer.retry_deferred_sleep(hib);
-                    if membership {
-                        hib.add_remotes(fsm.peer.region().peers.iter().map(|p| p.store_id));
-                    }
-                    if let Some(born) = fsm.peer.take_born() {
-                        self.metrics.splits_applied.fetch_add(1, Ordering::Relaxed);
-                        // Crash point: the split is written, its peers not
-                        // registered (a restart loads them from disk).
-                        if crash_point_split_before_register() {
-                            self.fail(Error::Engine("failpoint split_before_register".into()));
-                            return HandleResult::stop_at(0, false);
-                        }
-                        self.register_split_peers(&fsm.peer, born);
+                    if !self.on_apply_res(fsm, res) {
+                        return HandleResult::stop_at(0, false);
                     }
                     None
                 }
@@ -1356,7 +1398,8 @@ impl<T: Transport> RaftPoller<T> {
             &mut self.urgent_beats,
         );
         let logger = &self.logger;
-        for fsm in batch.iter_mut() {
+        let mut inline = std::mem::take(&mut self.inline);
+        for (pos, fsm) in batch.iter_mut().enumerate() {
             let task = fsm.peer.finish_ready(&mut |p, m| outbox.send(p, m));
             // A follower whose sleep waited only for this round's change
             // to be handed over (it took up a sleeping leader after its
@@ -1379,21 +1422,51 @@ impl<T: Transport> RaftPoller<T> {
             {
                 slog::warn!(logger, "apply delegate gone"; "region" => region_id);
             }
+            let Some(task) = task else {
+                wake_if_ready(&self.router, fsm);
+                continue;
+            };
+            // Applied here if the delegate is idle and owes its peer no
+            // report: the round's own inline batch, written below.
+            let borrowed = self
+                .cfg
+                .apply_inline
+                .then(|| self.apply_router.borrow_idle(region_id))
+                .flatten();
+            let borrowed = match borrowed {
+                Some(b)
+                    if fsm.peer.raft.store().applying_snapshot().is_none()
+                        && may_apply_inline(b.fsm(), fsm.peer.raft.store().applied_index()) =>
+                {
+                    Some(b)
+                }
+                Some(b) => {
+                    self.apply_router.give_back(b);
+                    None
+                }
+                None => None,
+            };
+            if let Some(mut b) = borrowed {
+                self.applier.apply_inline(b.fsm_mut(), task);
+                inline.push((pos, b));
+                // Its readiness is looked at after the apply is reported.
+                continue;
+            }
             // What `finish_ready` left in the core (messages, a commit
             // that lets more entries apply) is handled in the peer's next
             // round, which this brings about.
-            if fsm.peer.raft.has_ready() {
-                let _ = self.router.force_send(region_id, PeerMsg::Wake);
-            }
-            if let Some(task) = task
-                && self
-                    .apply_router
-                    .force_send(region_id, ApplyMsg::Apply(task))
-                    .is_err()
+            wake_if_ready(&self.router, fsm);
+            if self
+                .apply_router
+                .force_send(region_id, ApplyMsg::Apply(task))
+                .is_err()
             {
                 slog::warn!(logger, "apply delegate gone"; "region" => region_id);
             }
         }
+        // The messages that waited for this round's write, and the beats
+        // a ReadIndex round waits on, leave before the inline applies are
+        // written.
         self.transport.flush();
         if std::mem::take(&mut self.urgent_beats) {
             // A ReadIndex round waits on these beats: no coalescing delay.
@@ -1407,6 +1480,92 @@ impl<T: Transport> RaftPoller<T> {
                 &self.metrics,
                 &self.logger,
             );
+        }
+        if !inline.is_empty() {
+            self.finish_inline(batch, &mut inline);
+        }
+        self.inline = inline;
+    }
+
+    /// Writes this round's inline applies, answers their writers, reports
+    /// to each peer and hands every delegate back. A plain report is
+    /// handled at once; one with an admin result goes by message, which
+    /// the peer's next full round handles. Either way the report is made
+    /// before the delegate is handed back: once back, the apply pool may
+    /// run it (a merge source's word resumes it) and report a later index,
+    /// and a report that arrives after a later one is ignored, its results
+    /// with it.
+    fn finish_inline(
+        &mut self,
+        batch: &mut Batch<'_, PeerFsm>,
+        inline: &mut Vec<(usize, Borrowed<ApplyFsm>)>,
+    ) {
+        if let Err(failed) = self.applier.write_round() {
+            // The store is stopped (the applier stopped it): the writers
+            // hear `ApplyFailed`, and nothing else of the round goes on.
+            for (_, mut b) in inline.drain(..) {
+                fail_delegate(b.fsm_mut(), failed.reason());
+                self.apply_router.give_back(b);
+            }
+            let cause = Error::Engine(format!("apply write failed: {}", failed.reason()));
+            self.applier.after_failure(failed);
+            self.fail(cause);
+            for fsm in batch.iter_mut() {
+                fsm.stopped = true;
+            }
+            return;
+        }
+        self.metrics
+            .applies_inline
+            .fetch_add(inline.len() as u64, Ordering::Relaxed);
+        let mut next = inline.drain(..).peekable();
+        for (pos, fsm) in batch.iter_mut().enumerate() {
+            if next.peek().is_none() {
+                break;
+            }
+            let Some((_, mut b)) = next.next_if(|(p, _)| *p == pos) else {
+                continue;
+            };
+            match self.applier.finish_delegate(b.fsm_mut()) {
+                Some(res) if res.results.is_empty() => {
+                    let was_asleep = fsm.peer.is_asleep();
+                    // A plain report fires no crash point; a failure
+                    // would show in `self.failed`, checked below.
+                    let _ = self.on_apply_res(fsm, res);
+                    if fsm.peer.is_asleep() && !was_asleep {
+                        self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(res) => {
+                    let region_id = fsm.peer.region_id();
+                    if self
+                        .router
+                        .force_send(region_id, PeerMsg::ApplyRes(res))
+                        .is_err()
+                    {
+                        slog::warn!(self.logger, "peer gone before its apply report"; "region" => region_id);
+                    }
+                }
+                None => {}
+            }
+            self.apply_router.give_back(b);
+            wake_if_ready(&self.router, fsm);
+        }
+        // Positions match the batch by construction; a delegate left over
+        // would be a bug, and must not stay borrowed (its mailbox would
+        // never be scheduled again).
+        let leftover: Vec<_> = next.collect();
+        debug_assert!(
+            leftover.is_empty(),
+            "inline delegates out of step with the batch"
+        );
+        for (_, b) in leftover {
+            self.apply_router.give_back(b);
+        }
+        if self.failed {
+            for fsm in batch.iter_mut() {
+                fsm.stopped = true;
+            }
         }
     }
 

@@ -4,9 +4,12 @@
 //! The life of a write (DESIGN §2): a [`Client`] routes it to the region's
 //! leader through a [`StoreHandle`]; the peer proposes it; the raft poller
 //! writes every handled peer's entries and hard state in one batch with one
-//! sync, sends messages, and hands committed entries to the apply pollers,
-//! which write data and `RaftApplyState` atomically, answer the callback
-//! and report back.
+//! sync, sends messages, and has the committed entries applied: data and
+//! `RaftApplyState` written atomically, the callback answered, the peer
+//! told. It applies them itself, in a batch of its own after the round's
+//! write, when the region's apply delegate is idle (`Config::apply_inline`,
+//! borrowing the delegate from its mailbox); otherwise it hands them to the
+//! apply pollers, which do the same and report back by message.
 
 mod admin;
 mod apply;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crossbeam_channel::Receiver;
 
 use super::*;
+use crate::MailboxState;
 
 struct Node {
     drops: Arc<AtomicUsize>,
@@ -215,4 +216,72 @@ fn shard_index_is_in_range_for_extreme_addresses() {
         f.router.register(addr, f.mailbox()).expect("register");
         assert!(f.router.mailbox(addr).is_some(), "{addr}");
     }
+}
+
+#[test]
+fn an_idle_fsm_is_borrowed_and_goes_idle_again_when_given_back() {
+    let f = Fixture::new();
+    let mailbox = f.mailbox();
+    f.router.register(4, mailbox.clone()).expect("register");
+    let borrowed = f.router.borrow_idle(4).expect("idle with nothing queued");
+    assert_eq!(
+        mailbox.state(),
+        MailboxState::Notified,
+        "busy while borrowed"
+    );
+    assert!(
+        f.router.borrow_idle(4).is_none(),
+        "a borrowed FSM is not lent twice"
+    );
+    f.router.give_back(borrowed);
+    assert_eq!(mailbox.state(), MailboxState::Idle);
+    assert!(f.queued().is_empty(), "nothing arrived: nothing scheduled");
+    assert_eq!(f.drops(), 0);
+    assert!(f.router.borrow_idle(4).is_some_and(|b| {
+        f.router.give_back(b);
+        true
+    }));
+}
+
+#[test]
+fn a_message_sent_to_a_borrowed_fsm_waits_and_schedules_it_on_give_back() {
+    let f = Fixture::new();
+    f.router.register(6, f.mailbox()).expect("register");
+    let borrowed = f.router.borrow_idle(6).expect("idle");
+    f.router.send(6, 11).expect("send");
+    assert!(
+        f.queued().is_empty(),
+        "a borrowed FSM is busy: the send only enqueues"
+    );
+    f.router.give_back(borrowed);
+    let tasks = f.queued();
+    assert_eq!(tasks.len(), 1, "scheduled once, to handle what arrived");
+    assert!(matches!(&tasks[0], Task::Normal(m) if m.len() == 1));
+}
+
+#[test]
+fn busy_or_unknown_fsms_are_not_lent() {
+    let f = Fixture::new();
+    assert!(f.router.borrow_idle(9).is_none(), "nothing registered");
+    f.router.register(9, f.mailbox()).expect("register");
+    f.router.send(9, 1).expect("send");
+    assert!(
+        f.router.borrow_idle(9).is_none(),
+        "queued for a poller, with a message waiting"
+    );
+    assert_eq!(f.queued().len(), 1);
+}
+
+#[test]
+fn a_mailbox_closed_while_borrowed_drops_the_fsm_on_give_back() {
+    let f = Fixture::new();
+    let mailbox = f.mailbox();
+    f.router.register(2, mailbox.clone()).expect("register");
+    let borrowed = f.router.borrow_idle(2).expect("idle");
+    assert!(f.router.close(2));
+    assert_eq!(f.drops(), 0, "the borrower still holds it");
+    f.router.give_back(borrowed);
+    assert_eq!(f.drops(), 1);
+    assert!(mailbox.is_closed());
+    assert!(f.queued().is_empty());
 }

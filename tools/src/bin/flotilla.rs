@@ -104,6 +104,10 @@ enum Command {
         /// hibernation off. Default: the store's.
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_HIBERNATE_IDLE_TICKS))]
         hibernate_idle_ticks: Option<u32>,
+        /// Send every committed entry through the apply pool, even when a
+        /// raft poller could apply it in the round that committed it.
+        #[arg(long)]
+        no_apply_inline: bool,
     },
     /// Bootstrap many regions (100,000 by default) on 3 in-process stores
     /// and measure election, idle cost, uniform and hot-spot writes, and
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
             split_storm,
             merge_storm,
             hibernate_idle_ticks,
+            no_apply_inline,
         } => {
             // clap checked every range (u32 fits a usize on every target
             // RocksDB builds for).
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
                 split_storm: split_storm as usize,
                 merge_storm: merge_storm as usize,
                 hibernate_idle_ticks: hibernate_idle_ticks.map(|t| t as usize),
+                apply_inline: !no_apply_inline,
             };
             println!(
                 "flotilla demo: {} stores, {regions} regions, {clients} clients, {:?}",

@@ -49,7 +49,8 @@ pub struct ApplyFsm {
     /// `Tombstone` and nothing after that entry is applied here.
     removed: bool,
     apply_state: RaftApplyState,
-    /// Set while this round changed `apply_state` (report it in `end`).
+    /// Set while this round changed `apply_state` (reported after the
+    /// round's write, see `ApplyPoller::finish_delegate`).
     dirty: bool,
     /// Callbacks to run once this round's batch is written.
     done: Vec<(Proposal, RaftCmdResponse)>,
@@ -690,72 +691,150 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
     }
 
     fn end(&mut self, batch: &mut Batch<'_, ApplyFsm>) {
-        if let Some(wb) = self.wb.take() {
-            // Apply writes need no sync: the log they come from is durable,
-            // and a lost apply is redone from `applied_index + 1` on restart.
-            let started = std::time::Instant::now();
-            let written = self.engine.write(wb, Durability::Buffered);
-            self.metrics.apply_write_latency.observe(started.elapsed());
-            if let Err(e) = written {
-                // The in-memory apply states moved past what is on disk:
-                // continuing would skip these entries for good. Stop the
-                // store; on restart it re-applies from the persisted state.
-                // The entries are committed, so their writers hear
-                // "outcome unknown", never "failed".
-                // The store stops before any writer hears of it (a client
-                // told ApplyFailed finds the store stopped), and the fatal
-                // hook, which may abort, runs after they are answered.
-                let reason = e.to_string();
-                let first = self.status.stop(
-                    Error::Engine(format!("apply write failed: {reason}")),
-                    &self.logger,
-                );
-                for fsm in batch.iter_mut() {
-                    for (p, _) in fsm.done.drain(..) {
-                        p.callback
-                            .respond(err_response(Error::ApplyFailed(reason.clone())));
-                    }
-                    fsm.dirty = false;
-                    fsm.stopped = true;
-                }
-                if first {
-                    self.status.run_hook(&self.logger);
-                }
-                return;
+        if let Err(failed) = self.write_round() {
+            for fsm in batch.iter_mut() {
+                fail_delegate(fsm, &failed.reason);
             }
+            self.after_failure(failed);
+            return;
         }
         for fsm in batch.iter_mut() {
-            // Written: the engine says what merged now.
-            if let Some(m) = fsm.merge.as_mut() {
-                m.absorbed.clear();
-            }
-            if let Some(task) = fsm.snapshot.take() {
-                self.apply_snapshot(fsm, *task);
-            }
-            if let Some(task) = fsm.destroy.take() {
-                self.destroy(fsm, &task);
-            }
-            for (p, resp) in fsm.done.drain(..) {
-                self.metrics
-                    .command_latency
-                    .observe(p.proposed_at.elapsed());
-                if !p.callback.respond(resp) {
-                    slog::error!(self.logger, "a write callback panicked"; "region" => fsm.region.id);
-                }
-            }
-            if fsm.dirty {
-                fsm.dirty = false;
-                let res = ApplyRes {
-                    peer_id: fsm.peer.id,
-                    apply_state: fsm.apply_state,
-                    results: std::mem::take(&mut fsm.results),
-                };
+            if let Some(res) = self.finish_delegate(fsm) {
                 let _ = self
                     .raft_router
                     .force_send(fsm.region.id, PeerMsg::ApplyRes(res));
             }
         }
     }
+}
+
+/// A round's apply write failed: the store is stopped (see
+/// [`ApplyPoller::write_round`]).
+pub(crate) struct ApplyWriteFailed {
+    /// The engine's error, for the writers' `ApplyFailed`.
+    reason: String,
+    /// This failure stopped the store (the fatal hook is ours to run).
+    first: bool,
+}
+
+impl ApplyWriteFailed {
+    /// The engine's error.
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl ApplyPoller {
+    /// Writes the round's batch, if any.
+    ///
+    /// # Errors
+    /// The engine refused the write. The store is stopped by then; the
+    /// caller answers the round's delegates with [`fail_delegate`] and
+    /// then calls [`ApplyPoller::after_failure`].
+    pub(crate) fn write_round(&mut self) -> Result<(), ApplyWriteFailed> {
+        let Some(wb) = self.wb.take() else {
+            return Ok(());
+        };
+        // Apply writes need no sync: the log they come from is durable,
+        // and a lost apply is redone from `applied_index + 1` on restart.
+        let started = std::time::Instant::now();
+        let written = self.engine.write(wb, Durability::Buffered);
+        self.metrics.apply_write_latency.observe(started.elapsed());
+        let Err(e) = written else {
+            return Ok(());
+        };
+        // The in-memory apply states moved past what is on disk:
+        // continuing would skip these entries for good. Stop the store; on
+        // restart it re-applies from the persisted state. The entries are
+        // committed, so their writers hear "outcome unknown", never
+        // "failed". The store stops before any writer hears of it (a
+        // client told ApplyFailed finds the store stopped), and the fatal
+        // hook, which may abort, runs after they are answered.
+        let reason = e.to_string();
+        let first = self.status.stop(
+            Error::Engine(format!("apply write failed: {reason}")),
+            &self.logger,
+        );
+        Err(ApplyWriteFailed { reason, first })
+    }
+
+    /// After the delegates of a failed round were answered: runs the
+    /// store's fatal hook if this failure stopped the store.
+    pub(crate) fn after_failure(&self, failed: ApplyWriteFailed) {
+        if failed.first {
+            self.status.run_hook(&self.logger);
+        }
+    }
+
+    /// After the round's write: the delegate's snapshot or destruction,
+    /// its writers' answers, and the report for its peer (`None` if this
+    /// round changed nothing of its apply state).
+    pub(crate) fn finish_delegate(&mut self, fsm: &mut ApplyFsm) -> Option<ApplyRes> {
+        // Written: the engine says what merged now.
+        if let Some(m) = fsm.merge.as_mut() {
+            m.absorbed.clear();
+        }
+        if let Some(task) = fsm.snapshot.take() {
+            self.apply_snapshot(fsm, *task);
+        }
+        if let Some(task) = fsm.destroy.take() {
+            self.destroy(fsm, &task);
+        }
+        for (p, resp) in fsm.done.drain(..) {
+            self.metrics
+                .command_latency
+                .observe(p.proposed_at.elapsed());
+            if !p.callback.respond(resp) {
+                slog::error!(self.logger, "a write callback panicked"; "region" => fsm.region.id);
+            }
+        }
+        if !fsm.dirty {
+            return None;
+        }
+        fsm.dirty = false;
+        Some(ApplyRes {
+            peer_id: fsm.peer.id,
+            apply_state: fsm.apply_state,
+            results: std::mem::take(&mut fsm.results),
+        })
+    }
+
+    /// Applies `task` for a delegate borrowed outside the apply pool (see
+    /// [`may_apply_inline`]), into this poller's round batch; finish the
+    /// round with [`ApplyPoller::write_round`] and
+    /// [`ApplyPoller::finish_delegate`].
+    pub(crate) fn apply_inline(&mut self, fsm: &mut ApplyFsm, task: ApplyTask) {
+        self.apply_task(fsm, task);
+    }
+}
+
+/// Whether a delegate may apply its next task outside the apply pool, in
+/// the raft poller that has the task in hand: it waits for nothing of its
+/// own (a merge source, a backlog behind it, a snapshot or destruction to
+/// finish), and its peer has heard of everything it applied (`reported`,
+/// the peer's applied index, equals the delegate's), so no report of an
+/// earlier round is still on its way to the peer and the one this task
+/// makes is the next the peer sees.
+pub(crate) fn may_apply_inline(fsm: &ApplyFsm, reported: u64) -> bool {
+    !fsm.stopped
+        && fsm.snapshot.is_none()
+        && fsm.destroy.is_none()
+        && fsm
+            .merge
+            .as_ref()
+            .is_none_or(|m| m.wait.is_none() && m.backlog.is_empty())
+        && fsm.apply_state.applied_index == reported
+}
+
+/// Answers a delegate's writers after its round's write failed, and stops
+/// the delegate.
+pub(crate) fn fail_delegate(fsm: &mut ApplyFsm, reason: &str) {
+    for (p, _) in fsm.done.drain(..) {
+        p.callback
+            .respond(err_response(Error::ApplyFailed(reason.to_owned())));
+    }
+    fsm.dirty = false;
+    fsm.stopped = true;
 }
 
 /// What the apply side's admin tests run against: an engine in a temp
