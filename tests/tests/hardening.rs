@@ -63,8 +63,15 @@ fn leader_with_fault(
     dir: &tempfile::TempDir,
     origin: WriteOrigin,
 ) -> (Cluster, u64, Client, Region) {
-    let cluster =
-        Cluster::bootstrap(dir.path(), 3, 1, fast_config(FAST_TICK_MS), &logger()).unwrap();
+    leader_with_fault_in(dir, origin, fast_config(FAST_TICK_MS))
+}
+
+fn leader_with_fault_in(
+    dir: &tempfile::TempDir,
+    origin: WriteOrigin,
+    cfg: Config,
+) -> (Cluster, u64, Client, Region) {
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, cfg, &logger()).unwrap();
     let leader = wait_leader(&cluster, 1).expect("leader");
     let client = Client::new(cluster.stores(), cluster.regions(), client_cfg());
     client.put(b"before", b"1").unwrap();
@@ -140,11 +147,22 @@ fn raft_log_write_failure_stops_the_store() {
 /// it is readable from the other stores and re-applied on the failed one
 /// when it restarts. (On b7200a8 the in-memory applied index moved on and
 /// the next round persisted it: the replica skipped the entry for good,
-/// and the client was told the write failed.)
+/// and the client was told the write failed.) The same whether the raft
+/// poller applied the entry itself (`Config::apply_inline`) or the apply
+/// pool did.
 #[test]
 fn apply_write_failure_stops_the_store_and_loses_nothing() {
+    for apply_inline in [true, false] {
+        apply_write_failure_case(Config {
+            apply_inline,
+            ..fast_config(FAST_TICK_MS)
+        });
+    }
+}
+
+fn apply_write_failure_case(cfg: Config) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cluster, leader, client, region) = leader_with_fault(&dir, WriteOrigin::Apply);
+    let (mut cluster, leader, client, region) = leader_with_fault_in(&dir, WriteOrigin::Apply, cfg);
     let err = propose(
         &cluster,
         leader,
