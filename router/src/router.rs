@@ -26,24 +26,48 @@ const FIBONACCI_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
 #[repr(align(128))]
 struct Shard<N: Fsm>(RwLock<FxHashMap<u64, Mailbox<N>>>);
 
-/// An FSM taken out of its idle mailbox by [`Router::borrow_idle`]. Hand it
-/// back with [`Router::give_back`]; dropping it instead drops the FSM and
-/// leaves its mailbox busy for good (nothing would ever schedule it again).
-#[must_use = "a borrowed FSM must be handed back with Router::give_back"]
+/// An FSM taken out of its idle mailbox by [`Router::borrow_idle`]. It goes
+/// back when this is dropped (or handed to [`Router::give_back`], which
+/// says so at the call site): idle again if nothing arrived meanwhile,
+/// scheduled onto the pool otherwise, closed and dropped if it stopped. A
+/// borrower that unwinds gives it back too.
 pub struct Borrowed<N: Fsm> {
-    fsm: Box<N>,
+    /// `Some` until the drop hands it back.
+    fsm: Option<Box<N>>,
     mailbox: Mailbox<N>,
+    scheduler: NormalScheduler<N>,
 }
 
 impl<N: Fsm> Borrowed<N> {
     /// The borrowed FSM.
     pub fn fsm(&self) -> &N {
-        &self.fsm
+        // Taken only by `drop`.
+        self.fsm
+            .as_deref()
+            .expect("a borrowed FSM is held until dropped")
     }
 
     /// The borrowed FSM, to handle.
     pub fn fsm_mut(&mut self) -> &mut N {
-        &mut self.fsm
+        self.fsm
+            .as_deref_mut()
+            .expect("a borrowed FSM is held until dropped")
+    }
+}
+
+impl<N: Fsm> Drop for Borrowed<N> {
+    fn drop(&mut self) {
+        let Some(mut fsm) = self.fsm.take() else {
+            return;
+        };
+        if fsm.is_stopped() {
+            self.mailbox.close_with(fsm);
+            return;
+        }
+        drop(fsm.take_mailbox());
+        if let Release::Kept(fsm) = self.mailbox.release(fsm, 0) {
+            self.mailbox.reschedule(fsm, &self.scheduler);
+        }
     }
 }
 
@@ -333,8 +357,8 @@ impl<N: Fsm, C: Fsm> Router<N, C> {
     /// instead of scheduling it onto the pool (a cheaper hand-over when the
     /// caller has the work in hand). While borrowed the FSM is as busy as
     /// if a poller held it: messages sent to it wait in its mailbox, in
-    /// order, and no poller takes it. Hand it back with
-    /// [`give_back`](Self::give_back).
+    /// order, and no poller takes it. It goes back when the [`Borrowed`]
+    /// is dropped or handed to [`give_back`](Self::give_back).
     ///
     /// `None` if no mailbox is registered at `addr`, or the FSM is busy,
     /// queued for a poller, has messages waiting, or its mailbox is closed.
@@ -342,24 +366,20 @@ impl<N: Fsm, C: Fsm> Router<N, C> {
         let mailbox = self.shard(addr).read().get(&addr)?.clone();
         let mut fsm = mailbox.take_idle()?;
         fsm.set_mailbox(&mailbox);
-        Some(Borrowed { fsm, mailbox })
+        Some(Borrowed {
+            fsm: Some(fsm),
+            mailbox,
+            scheduler: self.inner.normal_scheduler.clone(),
+        })
     }
 
-    /// Returns a borrowed FSM to its mailbox: it goes idle if nothing
-    /// arrived while it was out, and is scheduled onto the pool (to handle
-    /// what did) otherwise. A stopped FSM ([`Fsm::is_stopped`]) closes its
-    /// mailbox and is dropped, as a poller would; so is an FSM whose
-    /// mailbox was closed meanwhile.
+    /// Returns a borrowed FSM to its mailbox (the same as dropping it): it
+    /// goes idle if nothing arrived while it was out, and is scheduled onto
+    /// the pool (to handle what did) otherwise. A stopped FSM
+    /// ([`Fsm::is_stopped`]) closes its mailbox and is dropped, as a poller
+    /// would; so is an FSM whose mailbox was closed meanwhile.
     pub fn give_back(&self, borrowed: Borrowed<N>) {
-        let Borrowed { mut fsm, mailbox } = borrowed;
-        if fsm.is_stopped() {
-            mailbox.close_with(fsm);
-            return;
-        }
-        drop(fsm.take_mailbox());
-        if let Release::Kept(fsm) = mailbox.release(fsm, 0) {
-            mailbox.reschedule(fsm, &self.inner.normal_scheduler);
-        }
+        drop(borrowed);
     }
 
     pub(crate) fn normal_scheduler(&self) -> &NormalScheduler<N> {

@@ -20,6 +20,14 @@ pub(crate) struct NormalScheduler<N: Fsm> {
     tx: Sender<Task<N>>,
 }
 
+impl<N: Fsm> Clone for NormalScheduler<N> {
+    fn clone(&self) -> Self {
+        NormalScheduler {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
 /// Schedules the control mailbox onto the poller pool.
 pub(crate) struct ControlScheduler<N: Fsm> {
     tx: Sender<Task<N>>,

@@ -1551,17 +1551,13 @@ impl<T: Transport> RaftPoller<T> {
             self.apply_router.give_back(b);
             wake_if_ready(&self.router, fsm);
         }
-        // Positions match the batch by construction; a delegate left over
-        // would be a bug, and must not stay borrowed (its mailbox would
-        // never be scheduled again).
-        let leftover: Vec<_> = next.collect();
+        // Positions match the batch by construction: a delegate left over
+        // would be a bug (it goes back to its mailbox as it drops).
         debug_assert!(
-            leftover.is_empty(),
+            next.peek().is_none(),
             "inline delegates out of step with the batch"
         );
-        for (_, b) in leftover {
-            self.apply_router.give_back(b);
-        }
+        drop(next);
         if self.failed {
             for fsm in batch.iter_mut() {
                 fsm.stopped = true;

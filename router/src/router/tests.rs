@@ -285,3 +285,23 @@ fn a_mailbox_closed_while_borrowed_drops_the_fsm_on_give_back() {
     assert!(mailbox.is_closed());
     assert!(f.queued().is_empty());
 }
+
+#[test]
+fn a_dropped_borrow_goes_back_and_handles_what_arrived() {
+    let f = Fixture::new();
+    let mailbox = f.mailbox();
+    f.router.register(8, mailbox.clone()).expect("register");
+    let borrowed = f.router.borrow_idle(8).expect("idle");
+    f.router.send(8, 3).expect("send");
+    // A borrower that forgets (or unwinds) still gives it back.
+    drop(borrowed);
+    let tasks = f.queued();
+    assert_eq!(tasks.len(), 1, "scheduled to handle the message");
+    assert!(matches!(&tasks[0], Task::Normal(m) if m.len() == 1));
+    assert_eq!(f.drops(), 0);
+
+    f.router.register(7, f.mailbox()).expect("register");
+    drop(f.router.borrow_idle(7).expect("idle"));
+    let again = f.router.borrow_idle(7);
+    assert!(again.is_some(), "idle again after a quiet drop");
+}
