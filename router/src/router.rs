@@ -29,8 +29,10 @@ struct Shard<N: Fsm>(RwLock<FxHashMap<u64, Mailbox<N>>>);
 /// An FSM taken out of its idle mailbox by [`Router::borrow_idle`]. It goes
 /// back when this is dropped (or handed to [`Router::give_back`], which
 /// says so at the call site): idle again if nothing arrived meanwhile,
-/// scheduled onto the pool otherwise, closed and dropped if it stopped. A
-/// borrower that unwinds gives it back too.
+/// scheduled onto the pool otherwise, closed and dropped if it stopped.
+/// Dropped while its borrower unwinds from a panic, it closes its mailbox
+/// and is dropped instead, as a stopped FSM would be: it may be half
+/// handled, and no poller may go on from that state.
 pub struct Borrowed<N: Fsm> {
     /// `Some` until the drop hands it back.
     fsm: Option<Box<N>>,
@@ -60,7 +62,7 @@ impl<N: Fsm> Drop for Borrowed<N> {
         let Some(mut fsm) = self.fsm.take() else {
             return;
         };
-        if fsm.is_stopped() {
+        if fsm.is_stopped() || std::thread::panicking() {
             self.mailbox.close_with(fsm);
             return;
         }

@@ -305,3 +305,19 @@ fn a_dropped_borrow_goes_back_and_handles_what_arrived() {
     let again = f.router.borrow_idle(7);
     assert!(again.is_some(), "idle again after a quiet drop");
 }
+
+#[test]
+fn a_borrow_dropped_by_a_panicking_borrower_closes_its_mailbox() {
+    let f = Fixture::new();
+    let mailbox = f.mailbox();
+    f.router.register(12, mailbox.clone()).expect("register");
+    let router = f.router.clone();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _borrowed = router.borrow_idle(12).expect("idle");
+        panic!("a borrower's bug, half way through handling the FSM");
+    }));
+    assert!(unwound.is_err());
+    assert!(mailbox.is_closed(), "a half-handled FSM is not handed on");
+    assert_eq!(f.drops(), 1);
+    assert!(f.queued().is_empty());
+}
