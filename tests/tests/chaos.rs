@@ -12,7 +12,7 @@
 //! One seed drives the driver and the clients; it is printed with every
 //! action, and `SIM_SEED=N` replays it. CI runs a few short seeds
 //! (`CI_SEEDS`); `SPLIT_MERGE_SEEDS=N` runs seeds 1..=N, `CHAOS_STEPS=N`
-//! lengthens each.
+//! lengthens each, `CHAOS_APPLY_INLINE=0|1` fixes the apply path.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,10 +55,16 @@ const KEYS: u64 = 16;
 /// and split on their own past a small size (the split checker in the
 /// mix with the driver's splits). Odd seeds let the raft pollers apply
 /// inline (`Config::apply_inline`, the default), even seeds send every
-/// entry through the apply pool, so both paths meet the chaos.
+/// entry through the apply pool, so both paths meet the chaos;
+/// `CHAOS_APPLY_INLINE=0` or `1` picks one path for every seed.
 fn config(seed: u64) -> Config {
+    let apply_inline = match std::env::var("CHAOS_APPLY_INLINE").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => seed % 2 == 1,
+    };
     Config {
-        apply_inline: seed % 2 == 1,
+        apply_inline,
         raft_log_gc_tick_ticks: 5,
         raft_log_gc_threshold: 8,
         raft_log_gc_count_limit: 48,
