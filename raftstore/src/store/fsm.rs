@@ -1068,6 +1068,19 @@ impl<T: Transport> RaftPoller<T> {
     }
 }
 
+/// The region's apply delegate, borrowed for an inline apply if it may
+/// take one now (see [`may_apply_inline`]): the peer is not applying a
+/// snapshot, and the delegate is idle and owes the peer no report.
+fn borrow_delegate(apply_router: &ApplyRouter, peer: &Peer) -> Option<Borrowed<ApplyFsm>> {
+    let store = peer.raft.store();
+    if store.applying_snapshot().is_some() {
+        return None;
+    }
+    let borrowed = apply_router.borrow_idle(peer.region_id())?;
+    // An ineligible delegate goes straight back as it drops.
+    may_apply_inline(borrowed.fsm(), store.applied_index()).then_some(borrowed)
+}
+
 /// Brings about the peer's next round if its core has something to hand
 /// out (messages, a commit that lets more entries apply) after this one.
 fn wake_if_ready(router: &RaftRouter, fsm: &PeerFsm) {
@@ -1428,26 +1441,13 @@ impl<T: Transport> RaftPoller<T> {
             };
             // Applied here if the delegate is idle and owes its peer no
             // report: the round's own inline batch, written below.
-            let borrowed = self
-                .cfg
-                .apply_inline
-                .then(|| self.apply_router.borrow_idle(region_id))
-                .flatten();
-            let borrowed = match borrowed {
-                Some(b)
-                    if fsm.peer.raft.store().applying_snapshot().is_none()
-                        && may_apply_inline(b.fsm(), fsm.peer.raft.store().applied_index()) =>
-                {
-                    Some(b)
-                }
-                Some(b) => {
-                    self.apply_router.give_back(b);
-                    None
-                }
-                None => None,
+            let borrowed = if self.cfg.apply_inline {
+                borrow_delegate(&self.apply_router, &fsm.peer)
+            } else {
+                None
             };
             if let Some(mut b) = borrowed {
-                self.applier.apply_inline(b.fsm_mut(), task);
+                self.applier.apply_task(b.fsm_mut(), task);
                 inline.push((pos, b));
                 // Its readiness is looked at after the apply is reported.
                 continue;
@@ -1529,9 +1529,10 @@ impl<T: Transport> RaftPoller<T> {
             match self.applier.finish_delegate(b.fsm_mut()) {
                 Some(res) if res.results.is_empty() => {
                     let was_asleep = fsm.peer.is_asleep();
-                    // A plain report fires no crash point; a failure
-                    // would show in `self.failed`, checked below.
-                    let _ = self.on_apply_res(fsm, res);
+                    // A plain report fires no crash point (only a split's
+                    // registration does), so the round goes on.
+                    let went_on = self.on_apply_res(fsm, res);
+                    debug_assert!(went_on, "a plain apply report stopped the store");
                     if fsm.peer.is_asleep() && !was_asleep {
                         self.metrics.hibernations.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1557,12 +1558,6 @@ impl<T: Transport> RaftPoller<T> {
             next.peek().is_none(),
             "inline delegates out of step with the batch"
         );
-        drop(next);
-        if self.failed {
-            for fsm in batch.iter_mut() {
-                fsm.stopped = true;
-            }
-        }
     }
 
     /// One store tick: ticks the awake peers only, withdraws support from

@@ -174,7 +174,11 @@ impl ApplyPoller {
         self
     }
 
-    fn apply_task(&mut self, fsm: &mut ApplyFsm, task: ApplyTask) {
+    /// Applies `task` into this poller's round batch: the pool's own
+    /// delegates, or one a raft poller borrowed (see [`may_apply_inline`]).
+    /// The round ends with [`ApplyPoller::write_round`] and
+    /// [`ApplyPoller::finish_delegate`].
+    pub(crate) fn apply_task(&mut self, fsm: &mut ApplyFsm, task: ApplyTask) {
         debug_assert_eq!(
             task.region_id, fsm.region.id,
             "task routed to the wrong delegate"
@@ -797,14 +801,6 @@ impl ApplyPoller {
             apply_state: fsm.apply_state,
             results: std::mem::take(&mut fsm.results),
         })
-    }
-
-    /// Applies `task` for a delegate borrowed outside the apply pool (see
-    /// [`may_apply_inline`]), into this poller's round batch; finish the
-    /// round with [`ApplyPoller::write_round`] and
-    /// [`ApplyPoller::finish_delegate`].
-    pub(crate) fn apply_inline(&mut self, fsm: &mut ApplyFsm, task: ApplyTask) {
-        self.apply_task(fsm, task);
     }
 }
 
