@@ -5,6 +5,7 @@
 //! nothing, and the refusals are typed. Crash and rollback scenarios (22,
 //! 24) are in `failpoints.rs`.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_proto::eraftpb::ConfChangeType;
@@ -688,4 +689,150 @@ fn merge_into_a_target_the_store_does_not_have_is_refused() {
         &cluster, right.id, &merged
     )));
     cluster.shutdown();
+}
+
+/// When [`learner_store_through_a_merge`] restarts the learner store.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// While it is cut off, after the merge.
+    WhileCut,
+    /// Right after the cut heals.
+    AfterHeal,
+    /// Not at all.
+    Never,
+}
+
+/// Chaos seed 17 (session 20), scenario 25 for a learner: a fourth store
+/// holds only learners of both regions; its source peer hibernates, the
+/// store is cut off through the merge (the target's log is compacted past
+/// it), and perhaps restarted. A learner never campaigns, and the stores
+/// where the source is gone drop its wake-up beats, so nothing it sent
+/// reached a store that could tell it was merged away, and the target's
+/// snapshot was refused for good ("region … here owns part of its
+/// range"). Now it asks a voter of its region about its membership after
+/// `PROBE_ELECTION_TIMEOUTS` election timeouts without a leader, hears the
+/// merge notice, and gives way to the target's snapshot. The store ends
+/// with the merged region only, holding every key, and the source a
+/// tombstone. (The restart variants also failed while a peer handling a
+/// message every few ticks put its probe off with each one.)
+fn learner_store_through_a_merge(restart: Restart) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    DATA.write(&client, 0..KEYS, 1);
+    cluster.add_store(4).unwrap();
+    let learner = Peer {
+        id: cluster.store(1).unwrap().alloc_id().unwrap(),
+        store_id: 4,
+        role: PeerRole::Learner as i32,
+    };
+    let mut added = false;
+    for _ in 0..200 {
+        match client.change_peer(REGION, ConfChangeType::AddLearnerNode, learner) {
+            Ok(_) => {
+                added = true;
+                break;
+            }
+            Err(e) if e.is_retryable() => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("add learner: {e}"),
+        }
+    }
+    assert!(added, "the learner was never added");
+    let regions = client.split_at(&DATA.key(KEYS / 2)).expect("split");
+    let (left, right) = (regions[0].clone(), regions[1].clone());
+    DATA.write(&client, 0..KEYS, 1);
+    for r in [&left, &right] {
+        assert!(
+            eventually(|| caught_up(&cluster, r.id)),
+            "region {} did not catch up everywhere",
+            r.id
+        );
+    }
+    let handle = cluster.store(4).unwrap().handle();
+    assert!(
+        eventually(|| handle
+            .region_status(right.id, ANSWER)
+            .is_ok_and(|st| st.hibernating)),
+        "the learner store's source never hibernated"
+    );
+    drop(handle);
+    let withdrawals = |c: &Cluster| {
+        c.store(4)
+            .unwrap()
+            .metrics()
+            .support_withdrawals
+            .load(Ordering::Relaxed)
+    };
+    let before = withdrawals(&cluster);
+    let cut = cluster.transport().isolate(4);
+    // Cut off past the support window: its store's liveness wakes the
+    // sleeping learner. (Healed sooner, nothing would wake it: see the
+    // ignored `learner_asleep_when_removed_in_a_short_cut_…` in
+    // conf_change.rs.)
+    assert!(
+        eventually(|| withdrawals(&cluster) > before),
+        "store 4 never withdrew its support"
+    );
+    let merged = client.merge(right.id, left.id).expect("merge");
+    DATA.write(&client, 0..KEYS, 7);
+    let leader = leader_of(&cluster, merged.id).expect("leader");
+    let applied = cluster
+        .store(leader)
+        .unwrap()
+        .handle()
+        .region_status(merged.id, ANSWER)
+        .expect("status")
+        .applied_index;
+    client.compact_log(merged.id, applied).expect("compact");
+    if matches!(restart, Restart::WhileCut) {
+        cluster.stop_store(4);
+        cluster.start_store(4).unwrap();
+    }
+    cluster.transport().remove_filter(cut);
+    if matches!(restart, Restart::AfterHeal) {
+        cluster.stop_store(4);
+        cluster.start_store(4).unwrap();
+    }
+    let engine = cluster.store(4).unwrap().engine().clone();
+    // The learner store's source is a tombstone; it names the target if
+    // it applied the merge, not if the target's snapshot superseded it.
+    let caught_up = || {
+        let target = region_state(&engine, left.id);
+        let source = region_state(&engine, right.id);
+        cluster.store(4).unwrap().region_count() == 1
+            && source.is_some_and(|s| s.state() == PeerState::Tombstone)
+            && target.is_some_and(|t| {
+                t.state() == PeerState::Normal
+                    && t.region
+                        .is_some_and(|r| r.region_epoch == merged.region_epoch)
+            })
+            && DATA.holds(&engine, 0..KEYS, 7)
+    };
+    assert!(
+        eventually(caught_up),
+        "the learner store did not catch up: {:?} / {:?}",
+        region_state(&engine, right.id),
+        region_state(&engine, left.id)
+    );
+    drop(engine);
+    cluster.shutdown();
+}
+
+/// See [`learner_store_through_a_merge`].
+#[test]
+fn a_learner_store_restarted_while_cut_off_through_a_merge_catches_up() {
+    learner_store_through_a_merge(Restart::WhileCut);
+}
+
+/// See [`learner_store_through_a_merge`].
+#[test]
+fn a_learner_store_restarted_after_a_cut_through_a_merge_catches_up() {
+    learner_store_through_a_merge(Restart::AfterHeal);
+}
+
+/// See [`learner_store_through_a_merge`].
+#[test]
+fn a_learner_store_cut_off_through_a_merge_catches_up() {
+    learner_store_through_a_merge(Restart::Never);
 }

@@ -110,12 +110,18 @@ impl Peer {
         } else {
             usize::MAX
         };
+        // The merge check counts full ticks only; the silent ticks run
+        // since the last full one are counted at the next (its `elapsed`),
+        // so it is due that much sooner. (Measured from the last full tick
+        // instead, a peer that handles a message every few ticks would put
+        // it off for good.) The probe is measured from the clock already.
+        let since_full = self.clock.saturating_sub(self.last_full_tick);
         let probe = self
             .ticks_to_probe()
             .map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
-        let merge = self
-            .ticks_to_merge_check()
-            .map_or(usize::MAX, |t| usize::try_from(t).unwrap_or(usize::MAX));
+        let merge = self.ticks_to_merge_check().map_or(usize::MAX, |t| {
+            usize::try_from(t.saturating_sub(since_full).max(1)).unwrap_or(usize::MAX)
+        });
         let ticks = raft
             .ticks_to_event()
             .min(watch)

@@ -5,13 +5,15 @@
 //! [`Peer::is_removed`]).
 
 use flotilla_proto::eraftpb::ConfChangeV2;
-use flotilla_proto::metapb::{Peer, Region, RegionEpoch};
+use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use flotilla_proto::raft_serverpb::RaftMessage;
 
+use super::KnownPeers;
 use crate::store::msg::{DestroyTask, ExecResult, RegionStatus};
 
-/// Election timeouts an uninitialized peer waits without hearing a leader
-/// before it asks a peer whether it is still a member.
+/// Election timeouts a peer that cannot campaign (uninitialized, or a
+/// learner) waits without hearing a leader before it asks a peer whether
+/// it is still a member.
 pub const PROBE_ELECTION_TIMEOUTS: u64 = 10;
 
 impl super::Peer {
@@ -150,29 +152,46 @@ impl super::Peer {
         self.removed = true;
     }
 
-    /// An uninitialized peer that has heard nothing from a leader for
-    /// [`PROBE_ELECTION_TIMEOUTS`] election timeouts asks a peer it heard
-    /// from whether it is still a member (a message without a raft
-    /// message; admin.md's "a peer that has no leader for long asks its
-    /// peers"). A member whose region does not list it answers with a
-    /// tombstone message and it is destroyed: a peer whose addition was
-    /// reverted before any snapshot reached it does not linger. Its
-    /// leader's messages keep a member from asking.
+    /// A peer that cannot campaign (uninitialized, or a learner) and has
+    /// heard nothing from a leader for [`PROBE_ELECTION_TIMEOUTS`] election
+    /// timeouts asks another peer whether it is still a member (a message
+    /// without a raft message; admin.md's "a peer that has no leader for
+    /// long asks its peers"): an uninitialized peer asks the peers it heard
+    /// from, a learner its region's voters, in turn. A voter has its
+    /// pre-vote for that. The answers:
+    /// - a member whose region does not list it: a tombstone message, and
+    ///   it is destroyed (a peer whose addition was reverted before any
+    ///   snapshot reached it, or a learner removed while cut off, does not
+    ///   linger);
+    /// - a store where the region was merged away: the merge notice
+    ///   (`tell_merged_away`), and a learner left behind by a merge gives
+    ///   way to its target (chaos seed 17, session 20: it slept through the
+    ///   merge, and nothing else it sends reaches a store that answers);
+    /// - a member that lists it: nothing.
+    ///
+    /// Its leader's messages keep a member from asking.
     pub(super) fn probe_membership(&mut self, elapsed: u64) {
-        if self.raft.store().is_initialized() || self.gc_reply.is_some() {
+        if !self.probes_when_silent() || self.gc_reply.is_some() {
             return;
         }
         let due = self.probe_interval();
-        let Some(known) = self.known_peers.as_mut() else {
-            return;
-        };
-        known.silent_ticks = known.silent_ticks.saturating_add(elapsed);
-        if known.silent_ticks < due || known.peers.is_empty() {
+        // This full tick's store tick (`tick` runs before the clock moves).
+        let now = self.last_full_tick.saturating_add(elapsed);
+        let known = self.known_peers.get_or_insert_with(|| {
+            Box::new(KnownPeers {
+                silent_since: now,
+                ..KnownPeers::default()
+            })
+        });
+        if now.saturating_sub(known.silent_since) < due {
             return;
         }
-        known.silent_ticks = 0;
-        let to = known.peers[known.probes % known.peers.len()];
-        known.probes = known.probes.wrapping_add(1);
+        known.silent_since = now;
+        let turn = known.probes;
+        known.probes = turn.wrapping_add(1);
+        let Some(to) = self.probe_target(turn) else {
+            return;
+        };
         slog::info!(self.logger, "no leader heard for long: asking a peer about membership";
             "to" => to.id, "store" => to.store_id);
         self.gc_reply = Some(Box::new(RaftMessage {
@@ -183,23 +202,60 @@ impl super::Peer {
         }));
     }
 
+    /// The leader was heard: a peer that cannot campaign is silent from
+    /// now on (see [`Peer::probe_membership`]).
+    pub(super) fn note_leader_heard(&mut self) {
+        if !self.probes_when_silent() {
+            return;
+        }
+        let clock = self.clock;
+        let known = self.known_peers.get_or_insert_with(Box::default);
+        known.silent_since = clock;
+    }
+
+    /// The peer asked by membership probe number `turn`: an uninitialized
+    /// peer's known peers in turn, an initialized learner's region's voters
+    /// in turn.
+    fn probe_target(&self, turn: usize) -> Option<Peer> {
+        if !self.raft.store().is_initialized() {
+            let peers = &self.known_peers.as_ref()?.peers;
+            return peers.get(turn.checked_rem(peers.len())?).copied();
+        }
+        let me = self.meta.id;
+        let voters = || {
+            self.region()
+                .peers
+                .iter()
+                .filter(move |p| p.id != me && p.role() != PeerRole::Learner)
+        };
+        let n = voters().count();
+        voters().nth(turn.checked_rem(n)?).copied()
+    }
+
+    /// Whether this peer asks about its membership when it hears no leader
+    /// (see [`Peer::probe_membership`]): it cannot campaign.
+    fn probes_when_silent(&self) -> bool {
+        !self.raft.raft.promotable() && !self.is_leader()
+    }
+
     /// Ticks between membership probes.
     fn probe_interval(&self) -> u64 {
         PROBE_ELECTION_TIMEOUTS.saturating_mul(self.raft.raft.election_timeout() as u64)
     }
 
-    /// Ticks until an uninitialized peer's next membership probe, if it
-    /// will send one (its lazy clock must deliver that tick).
+    /// Ticks from the peer's clock until its next membership probe, if it
+    /// will send one (its lazy clock must deliver that tick). Without a
+    /// record yet, silence counts from the last full tick.
     pub(super) fn ticks_to_probe(&self) -> Option<u64> {
-        if self.raft.store().is_initialized() {
+        if !self.probes_when_silent() {
             return None;
         }
-        let known = self.known_peers.as_ref()?;
-        Some(
-            self.probe_interval()
-                .saturating_sub(known.silent_ticks)
-                .max(1),
-        )
+        let since = self
+            .known_peers
+            .as_ref()
+            .map_or(self.last_full_tick, |k| k.silent_since);
+        let silent = self.clock.saturating_sub(since);
+        Some(self.probe_interval().saturating_sub(silent).max(1))
     }
 
     /// A membership probe from `msg.from_peer` (see

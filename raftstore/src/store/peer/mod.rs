@@ -135,13 +135,15 @@ pub enum WriteNeed {
 const MAX_KNOWN_PEERS: usize = 4;
 
 /// Peers outside the region's list, oldest first (boxed in `Peer`: most
-/// peers never have any), and how long an uninitialized peer has heard
-/// nothing from its leader (see `exec::probe_membership`).
+/// peers never have any), and since when a peer that cannot campaign has
+/// heard nothing from its leader (see `exec::probe_membership`).
 #[derive(Debug, Default)]
 struct KnownPeers {
     peers: Vec<metapb::Peer>,
-    /// Ticks since the leader was last heard (uninitialized peers only).
-    silent_ticks: u64,
+    /// The peer's clock (a store tick) when it last heard its leader or
+    /// sent a membership probe: it has been silent since (peers that
+    /// cannot campaign only).
+    silent_since: u64,
     /// Probes sent so far (the next goes to `peers[probes % len]`).
     probes: usize,
 }
@@ -354,7 +356,16 @@ impl Peer {
         if from.id == 0 {
             return;
         }
-        let known = &mut self.known_peers.get_or_insert_with(Box::default).peers;
+        let clock = self.clock;
+        let known = &mut self
+            .known_peers
+            .get_or_insert_with(|| {
+                Box::new(KnownPeers {
+                    silent_since: clock,
+                    ..KnownPeers::default()
+                })
+            })
+            .peers;
         known.retain(|p| p.id != from.id);
         if known.len() >= MAX_KNOWN_PEERS {
             known.remove(0);
@@ -445,9 +456,7 @@ impl Peer {
             self.sleep.nudged = false;
             self.sleep.quiet_under = None;
             self.sleep.asked = None;
-            if let Some(k) = self.known_peers.as_mut() {
-                k.silent_ticks = 0;
-            }
+            self.note_leader_heard();
         }
     }
 
