@@ -417,6 +417,7 @@ fn raft_serverpb_round_trip() {
         merged_into: Some(region()),
         merge_refused: 9,
         merge_check: true,
+        gc_ack: true,
     });
     // A coalesced batch in its envelope.
     assert_round_trip(RaftMessage {

@@ -375,6 +375,7 @@ fn arb_raft_message() -> BoxedStrategy<RaftMessage> {
                     merged_into,
                     merge_refused: region_id.rotate_left(7),
                     merge_check: is_tombstone,
+                    gc_ack: !is_tombstone,
                 }
             },
         )

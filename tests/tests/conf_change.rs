@@ -5,15 +5,16 @@
 //! back, while a newer peer on the same store may be added again. Refusals
 //! are typed.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::{ConfChangeType, Message, MessageType};
-use flotilla_proto::metapb::{Peer, PeerRole, Region};
+use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
 use flotilla_raftstore::store::{
-    AdminError, Client, ClientConfig, Cluster, Config, Error, MessageSink,
+    AdminError, Client, ClientConfig, Cluster, Config, Error, Filter, MessageSink,
 };
 use flotilla_tests::harness::{
     FAST_TICK_MS, eventually, fast_config, holds_values, logger, wait_leader,
@@ -735,14 +736,184 @@ fn learner_removed_while_isolated_is_destroyed_after_the_heal() {
 }
 
 /// See [`learner_removed_while_cut_off`]: asleep at the cut, and the cut
-/// heals before its store withdraws support, so nothing wakes it: no
-/// liveness withdrawal, no message (its leader no longer lists it), no
-/// tick (a sleeping peer has no clock). A voter in its place sleeps on
-/// just the same.
+/// heals before its store withdraws support, so nothing of its own wakes
+/// it: no liveness withdrawal, no message, no tick (a sleeping peer has no
+/// clock). The leader that removed it keeps telling it (a tombstone note
+/// each tick, and the region stays awake) until its store confirms it is
+/// gone. (Before, it slept on for good.)
 #[test]
-#[ignore = "bug: a peer asleep when it is removed, cut off for less than the support window, never hears it was removed (needs the leader to tell removed peers until they answer: TiKV's gc-peer)"]
 fn learner_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
     learner_removed_while_cut_off(Cut::WhileAsleep);
+}
+
+/// The voter in the place of
+/// [`learner_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal`]:
+/// asleep at the cut, removed, healed before its store withdraws support
+/// (usually: a slower cut is the pre-vote path of
+/// [`peer_removed_while_isolated_is_destroyed_after_the_heal`]). Nothing of
+/// its own would wake it; its leader's removal notes destroy it.
+#[test]
+fn voter_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let gone = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader)
+        .expect("a follower");
+    let removed = peer_on(&cluster.regions()[0], gone).unwrap();
+    let store = cluster.store(gone).unwrap();
+    let handle = store.handle();
+    assert!(
+        eventually(|| handle
+            .region_status(REGION, ANSWER)
+            .is_ok_and(|st| st.hibernating)),
+        "the follower never hibernated"
+    );
+    let filter = cluster.transport().isolate(gone);
+    change(&client, ConfChangeType::RemoveNode, removed);
+    cluster.transport().remove_filter(filter);
+    assert!(
+        eventually(|| store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1),
+        "the removed voter was never told"
+    );
+    assert!(
+        eventually(|| state_is(store.engine(), PeerState::Tombstone)),
+        "no tombstone: {:?}",
+        region_state(store.engine())
+    );
+    write(&client, KEYS..KEYS + 10);
+    drop(handle);
+    cluster.shutdown();
+}
+
+/// A leader that removed the peer of a dead store does not wait for its
+/// confirmation to hibernate (a dead store must not keep its leaders
+/// awake, TiKV #19070): the store is remembered as lagging, and once it
+/// is back the removed peer is destroyed.
+#[test]
+fn a_removed_peer_on_a_dead_store_does_not_keep_its_region_awake() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let dead = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader)
+        .expect("a follower");
+    let removed = peer_on(&cluster.regions()[0], dead).unwrap();
+    let withdrawals = |c: &Cluster| {
+        c.store(leader)
+            .unwrap()
+            .metrics()
+            .support_withdrawals
+            .load(Ordering::Relaxed)
+    };
+    let before = withdrawals(&cluster);
+    assert!(cluster.stop_store(dead));
+    assert!(
+        eventually(|| withdrawals(&cluster) > before),
+        "store {leader} never withdrew its support of store {dead}"
+    );
+    change(&client, ConfChangeType::RemoveNode, removed);
+    write(&client, KEYS..KEYS + 10);
+    let handle = cluster.store(leader).unwrap().handle();
+    assert!(
+        eventually(|| handle
+            .region_status(REGION, ANSWER)
+            .is_ok_and(|st| st.hibernating && st.region.peers.len() == 2)),
+        "the leader never hibernated without the dead store's confirmation"
+    );
+    drop(handle);
+    cluster.start_store(dead).unwrap();
+    let store = cluster.store(dead).unwrap();
+    assert!(
+        eventually(
+            || store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1
+                && state_is(store.engine(), PeerState::Tombstone)
+        ),
+        "the removed peer outlived the restart: {:?}",
+        region_state(store.engine())
+    );
+    cluster.shutdown();
+}
+
+/// Counts the messages of one region that pass: confirmations of removal
+/// (`gc_ack`) and the rest.
+struct CountRegion {
+    region: u64,
+    acks: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Filter for CountRegion {
+    fn filter(&self, msgs: &mut Vec<RaftMessage>) {
+        for m in msgs.iter().filter(|m| m.region_id == self.region) {
+            let counter = if m.gc_ack { &self.acks } else { &self.other };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A leader's removal note for a peer a store does not have (no region
+/// here) is confirmed once; the confirmation, reaching a store without
+/// the region either, goes no further, and a merge notice to such a store
+/// is not answered at all: no two stores trade messages for good.
+#[test]
+fn a_removal_note_for_an_absent_peer_is_confirmed_once() {
+    /// A region no store has.
+    const GHOST: u64 = 99;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    wait_leader(&cluster, REGION).expect("leader");
+    let counter = Arc::new(CountRegion {
+        region: GHOST,
+        acks: AtomicU64::new(0),
+        other: AtomicU64::new(0),
+    });
+    cluster.transport().add_filter(counter.clone());
+    let note = RaftMessage {
+        region_id: GHOST,
+        from_peer: Some(Peer {
+            id: 1000,
+            store_id: 1,
+            role: PeerRole::Voter as i32,
+        }),
+        to_peer: Some(Peer {
+            id: 1001,
+            store_id: 2,
+            role: PeerRole::Voter as i32,
+        }),
+        region_epoch: Some(RegionEpoch {
+            conf_ver: 5,
+            version: 1,
+        }),
+        is_tombstone: true,
+        ..Default::default()
+    };
+    let store = cluster.store(2).unwrap();
+    store.handle().deliver(note.clone());
+    assert!(
+        eventually(|| counter.acks.load(Ordering::Relaxed) >= 1),
+        "the note was not confirmed"
+    );
+    store.handle().deliver(RaftMessage {
+        merged_into: Some(Region {
+            id: REGION,
+            ..Default::default()
+        }),
+        ..note
+    });
+    // Long enough for any answer to the answer to go round a few times.
+    std::thread::sleep(Duration::from_millis(20 * FAST_TICK_MS));
+    assert_eq!(counter.acks.load(Ordering::Relaxed), 1);
+    assert_eq!(counter.other.load(Ordering::Relaxed), 0);
+    cluster.shutdown();
 }
 
 /// Every running store's view of the region (its region state), once it

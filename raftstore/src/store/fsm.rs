@@ -567,15 +567,33 @@ impl<T: Transport> RaftPoller<T> {
     /// A message from a peer of a region that was merged away here: the
     /// sender missed the merge's end (admin.md §1.2, "how a source peer
     /// left behind learns the outcome"), and is told with a tombstone
-    /// message naming the region it went into.
+    /// message naming the region it went into. A leader's note to a peer
+    /// it removed, which is not here, is confirmed (`gc_ack`).
     fn tell_merged_away(&mut self, msg: &RaftMessage) {
         let (Some(from), Some(to)) = (msg.from_peer, msg.to_peer) else {
             return;
         };
+        if msg.gc_ack {
+            // An answer (to a leader gone since): never answered.
+            return;
+        }
         if msg.is_tombstone {
-            // Itself a notice (perhaps this store's own, to a store where
-            // the region is gone too): answering it would have the two
-            // stores trade notices forever.
+            // A leader's note to a peer it removed: it is not here (unless
+            // a split is about to create the region here: told again
+            // later). A merge notice is not answered: that would have two
+            // stores where the region is gone trade notices forever.
+            if msg.merged_into.is_none() && !self.meta.lock().claimed_by_split(msg.region_id) {
+                let ack = RaftMessage {
+                    region_id: msg.region_id,
+                    from_peer: Some(to),
+                    to_peer: Some(from),
+                    gc_ack: true,
+                    ..Default::default()
+                };
+                if let Err(e) = self.transport.send(ack) {
+                    slog::debug!(self.logger, "removal confirmation not sent"; "err" => %e);
+                }
+            }
             return;
         }
         let state: Option<RegionLocalState> = self

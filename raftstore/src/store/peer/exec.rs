@@ -50,6 +50,14 @@ impl super::Peer {
     /// region and its own role follow; a peer no longer in the region is
     /// marked removed.
     fn on_change_peer(&mut self, cc: &ConfChangeV2, region: Region) {
+        let me = self.meta.id;
+        let removed: Vec<Peer> = self
+            .region()
+            .peers
+            .iter()
+            .filter(|p| p.id != me && !region.peers.iter().any(|n| n.id == p.id))
+            .copied()
+            .collect();
         if let Err(e) = self.raft.apply_conf_change_v2(cc) {
             // The apply side checked the change against the region, which
             // mirrors the raft configuration: a bug, logged loudly.
@@ -63,6 +71,99 @@ impl super::Peer {
             None => self.removed = true,
         }
         self.raft.raft.raft_log_mut().store.set_region(region);
+        if self.is_leader() && !self.removed {
+            self.note_removed(removed);
+        }
+    }
+
+    /// This leader removed `peers` from the region: it tells each that
+    /// it is gone until its store confirms (see
+    /// [`Peer::tell_removed_peers`]).
+    fn note_removed(&mut self, peers: Vec<Peer>) {
+        if peers.is_empty() {
+            return;
+        }
+        let clock = self.clock;
+        let known = self.known_peers.get_or_insert_with(|| {
+            Box::new(KnownPeers {
+                silent_since: clock,
+                ..KnownPeers::default()
+            })
+        });
+        for p in peers {
+            known.removed.retain(|r| r.id != p.id);
+            if known.removed.len() >= super::MAX_UNCONFIRMED_REMOVALS {
+                known.removed.remove(0);
+            }
+            known.removed.push(p);
+        }
+    }
+
+    /// A leader tells a peer it removed that it is gone, one peer per
+    /// full tick in turn, until the peer's store confirms
+    /// ([`Peer::on_gc_ack`]): a tombstone message under the region's
+    /// current epoch. A removed peer that missed its removal (cut off, and
+    /// perhaps asleep, so nothing else would ever wake it) is destroyed;
+    /// a store without the peer answers `gc_ack`. Its region does not
+    /// hibernate meanwhile while the peer's store is supported, and
+    /// remembers the store as lagging otherwise, so the leader wakes and
+    /// tells it when the store is back (see `hibernate_plan`). A peer
+    /// that stops leading forgets them (a known hole: the next leader does
+    /// not know them, and a removed peer asleep under a live store then
+    /// sleeps on).
+    pub(super) fn tell_removed_peers(&mut self) {
+        let leader = self.is_leader();
+        let Some(known) = self.known_peers.as_mut() else {
+            return;
+        };
+        if known.removed.is_empty() {
+            return;
+        }
+        if !leader {
+            known.removed = Vec::new();
+            return;
+        }
+        if self.gc_reply.is_some() {
+            return;
+        }
+        let turn = known.probes;
+        known.probes = turn.wrapping_add(1);
+        let Some(&to) = known.removed.get(turn % known.removed.len()) else {
+            return;
+        };
+        let region = self.region();
+        self.gc_reply = Some(Box::new(RaftMessage {
+            region_id: region.id,
+            from_peer: Some(self.meta),
+            to_peer: Some(to),
+            region_epoch: region.region_epoch,
+            is_tombstone: true,
+            ..Default::default()
+        }));
+    }
+
+    /// A store confirms that a peer this leader removed is not there
+    /// (see [`Peer::tell_removed_peers`]).
+    pub(super) fn on_gc_ack(&mut self, msg: &RaftMessage) {
+        let (Some(from), Some(known)) = (msg.from_peer, self.known_peers.as_mut()) else {
+            return;
+        };
+        let before = known.removed.len();
+        known
+            .removed
+            .retain(|p| !(p.id == from.id && p.store_id == from.store_id));
+        if known.removed.len() < before {
+            slog::info!(self.logger, "a removed peer is gone"; "peer" => from.id,
+                "store" => from.store_id);
+        }
+    }
+
+    /// The stores of the removed peers this leader still tells they are
+    /// gone (see [`Peer::tell_removed_peers`]).
+    pub(super) fn unconfirmed_removals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.known_peers
+            .iter()
+            .flat_map(|k| k.removed.iter().map(|p| p.store_id))
     }
 
     /// What this peer reports about its region (inspection).
@@ -142,14 +243,38 @@ impl super::Peer {
             }
             return;
         }
+        if let Some(to) = msg.to_peer.filter(|p| p.id != self.meta.id) {
+            // A removed peer of this region that is not here (this peer
+            // replaced it): the leader telling it hears so.
+            self.confirm_gone(to, msg.from_peer);
+            return;
+        }
         let ours = self.region().region_epoch.unwrap_or_default();
         let newer = msg.region_epoch.is_some_and(|e| e.conf_ver > ours.conf_ver);
-        if !newer || msg.to_peer.map(|p| p.id) != Some(self.meta.id) {
+        if !newer || msg.to_peer.is_none() {
             return;
         }
         slog::info!(self.logger, "removed from the region while away: destroying";
             "conf_ver" => ours.conf_ver);
         self.removed = true;
+    }
+
+    /// Answers a leader's removal note for `gone`, a peer that is not
+    /// here, with `gc_ack` (see [`Peer::tell_removed_peers`]).
+    fn confirm_gone(&mut self, gone: Peer, leader: Option<Peer>) {
+        let Some(leader) = leader else {
+            return;
+        };
+        if self.gc_reply.is_some() {
+            return;
+        }
+        self.gc_reply = Some(Box::new(RaftMessage {
+            region_id: self.region_id(),
+            from_peer: Some(gone),
+            to_peer: Some(leader),
+            gc_ack: true,
+            ..Default::default()
+        }));
     }
 
     /// A peer that cannot campaign (uninitialized, or a learner) and has

@@ -72,6 +72,10 @@ impl Peer {
     /// asleep for a heartbeat response that asks nothing of it (the late
     /// answer to its last heartbeat before it slept).
     pub fn step_raft_message(&mut self, msg: RaftMessage, hib: &Hibernation) -> Option<WakeReason> {
+        if msg.gc_ack {
+            self.on_gc_ack(&msg);
+            return None;
+        }
         if msg.is_tombstone {
             self.on_tombstone_message(&msg);
             return None;
@@ -535,6 +539,16 @@ impl Peer {
                 plan.followers.push((id, store));
             } else {
                 return None;
+            }
+        }
+        // Removed peers not yet confirmed gone: told while their store is
+        // live, and once it is back.
+        for store in self.unconfirmed_removals() {
+            if hib.supports(store, now).is_some() {
+                return None;
+            }
+            if !plan.lagging.contains(&store) {
+                plan.lagging.push(store);
             }
         }
         raft.prs().has_quorum(&matched).then_some(plan)

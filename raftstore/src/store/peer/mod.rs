@@ -144,9 +144,18 @@ struct KnownPeers {
     /// sent a membership probe: it has been silent since (peers that
     /// cannot campaign only).
     silent_since: u64,
-    /// Probes sent so far (the next goes to `peers[probes % len]`).
+    /// Probes sent so far (the next goes to `peers[probes % len]`), or
+    /// removal notes (the next goes to `removed[probes % len]`).
     probes: usize,
+    /// Peers this leader removed from the region that have not confirmed
+    /// they are gone, oldest first, at most [`MAX_UNCONFIRMED_REMOVALS`]
+    /// (see `exec::tell_removed_peers`; a leader only).
+    removed: Vec<metapb::Peer>,
 }
+
+/// Removed peers a leader keeps telling at once (see `KnownPeers::removed`);
+/// past that, the oldest is forgotten.
+const MAX_UNCONFIRMED_REMOVALS: usize = 8;
 
 /// One region's peer.
 pub struct Peer {
@@ -712,6 +721,7 @@ impl Peer {
             self.tick_split_check(cfg, elapsed);
         }
         self.probe_membership(elapsed);
+        self.tell_removed_peers();
         if cfg.hibernate_regions && self.is_leader() {
             let idle = (self.sleep.idle_ticks as usize).saturating_add(elapsed_ticks);
             self.sleep.idle_ticks = u32::try_from(idle).unwrap_or(u32::MAX);
