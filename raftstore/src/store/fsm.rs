@@ -579,10 +579,14 @@ impl<T: Transport> RaftPoller<T> {
         }
         if msg.is_tombstone {
             // A leader's note to a peer it removed: it is not here (unless
-            // a split is about to create the region here: told again
-            // later). A merge notice is not answered: that would have two
+            // a split is about to create the region here, or its peer's
+            // tombstone is not written yet: told again later). A merge notice is not answered: that would have two
             // stores where the region is gone trade notices forever.
-            if msg.merged_into.is_none() && !self.meta.lock().claimed_by_split(msg.region_id) {
+            let pending = {
+                let meta = self.meta.lock();
+                meta.claimed_by_split(msg.region_id) || meta.is_destroying(msg.region_id)
+            };
+            if msg.merged_into.is_none() && !pending {
                 let ack = RaftMessage {
                     region_id: msg.region_id,
                     from_peer: Some(to),

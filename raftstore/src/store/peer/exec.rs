@@ -70,6 +70,13 @@ impl super::Peer {
             Some(me) => self.meta = *me,
             None => self.removed = true,
         }
+        // A peer the region lists again (its id added back) is a member,
+        // not a removed peer to tell it is gone.
+        if let Some(known) = self.known_peers.as_mut() {
+            known
+                .removed
+                .retain(|p| !region.peers.iter().any(|n| n.id == p.id));
+        }
         self.raft.raft.raft_log_mut().store.set_region(region);
         if self.is_leader() && !self.removed {
             self.note_removed(removed);

@@ -134,9 +134,11 @@ pub enum WriteNeed {
 /// Peers outside the region's list a peer remembers at most.
 const MAX_KNOWN_PEERS: usize = 4;
 
-/// Peers outside the region's list, oldest first (boxed in `Peer`: most
-/// peers never have any), and since when a peer that cannot campaign has
-/// heard nothing from its leader (see `exec::probe_membership`).
+/// Peers outside the region's list, oldest first, since when a peer that
+/// cannot campaign has heard nothing from its leader (see
+/// `exec::probe_membership`), and the peers a leader removed (boxed in
+/// `Peer`: only learners, uninitialized peers and peers that met one of
+/// these have one).
 #[derive(Debug, Default)]
 struct KnownPeers {
     peers: Vec<metapb::Peer>,
