@@ -59,6 +59,16 @@ fn peer_on(region: &Region, store: u64) -> Option<Peer> {
     region.peers.iter().find(|p| p.store_id == store).copied()
 }
 
+/// A store other than `leader`'s, and its peer of the region.
+fn a_follower(cluster: &Cluster, leader: u64) -> (u64, Peer) {
+    let store = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader)
+        .expect("a follower");
+    (store, peer_on(&cluster.regions()[0], store).unwrap())
+}
+
 fn admin_err(r: Result<Region, Error>) -> AdminError {
     match r {
         Err(Error::Admin(e)) => e,
@@ -194,12 +204,7 @@ fn removed_peer_is_destroyed_and_never_resurrects() {
     let client = cluster.client(ClientConfig::default());
     write(&client, 0..KEYS);
     let old_region = cluster.regions()[0].clone();
-    let gone = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&s| s != leader)
-        .expect("a follower");
-    let removed = peer_on(&old_region, gone).unwrap();
+    let (gone, removed) = a_follower(&cluster, leader);
     let region = change(&client, ConfChangeType::RemoveNode, removed);
     assert!(peer_on(&region, gone).is_none());
 
@@ -601,12 +606,7 @@ fn peer_removed_while_isolated_is_destroyed_after_the_heal() {
     let leader = wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
     write(&client, 0..KEYS);
-    let gone = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&s| s != leader)
-        .expect("a follower");
-    let removed = peer_on(&cluster.regions()[0], gone).unwrap();
+    let (gone, removed) = a_follower(&cluster, leader);
     let filter = cluster.transport().isolate(gone);
     change(&client, ConfChangeType::RemoveNode, removed);
     write(&client, KEYS..KEYS + 10);
@@ -759,12 +759,7 @@ fn voter_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
     let leader = wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
     write(&client, 0..KEYS);
-    let gone = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&s| s != leader)
-        .expect("a follower");
-    let removed = peer_on(&cluster.regions()[0], gone).unwrap();
+    let (gone, removed) = a_follower(&cluster, leader);
     let store = cluster.store(gone).unwrap();
     let handle = store.handle();
     assert!(
@@ -801,12 +796,7 @@ fn a_removed_peer_on_a_dead_store_does_not_keep_its_region_awake() {
     let leader = wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
     write(&client, 0..KEYS);
-    let dead = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&s| s != leader)
-        .expect("a follower");
-    let removed = peer_on(&cluster.regions()[0], dead).unwrap();
+    let (dead, removed) = a_follower(&cluster, leader);
     let withdrawals = |c: &Cluster| {
         c.store(leader)
             .unwrap()

@@ -43,20 +43,27 @@ fn split_cluster(dir: &tempfile::TempDir) -> (Cluster, Client, Region, Region) {
     wait_leader(&cluster, REGION).expect("leader");
     let client = cluster.client(ClientConfig::default());
     DATA.write(&client, 0..KEYS, 1);
+    let (left, right) = split_and_settle(&cluster, &client);
+    (cluster, client, left, right)
+}
+
+/// Splits the region in the middle of the keys and writes them all again:
+/// both halves serve before a merge starts, and every peer has applied
+/// all of both (their leaders know how far each peer got: a merge checks
+/// it, and the tests that cut a store off count on it). Returns the two
+/// regions (left, right).
+fn split_and_settle(cluster: &Cluster, client: &Client) -> (Region, Region) {
     let regions = client.split_at(&DATA.key(KEYS / 2)).expect("split");
     let (left, right) = (regions[0].clone(), regions[1].clone());
-    // Both halves serve before the merge starts, and every peer has
-    // applied all of both (their leaders know how far each peer got: a
-    // merge checks it, and the tests that cut a store off count on it).
-    DATA.write(&client, 0..KEYS, 1);
+    DATA.write(client, 0..KEYS, 1);
     for r in [&left, &right] {
         assert!(
-            eventually(|| caught_up(&cluster, r.id)),
+            eventually(|| caught_up(cluster, r.id)),
             "region {} did not catch up everywhere",
             r.id
         );
     }
-    (cluster, client, left, right)
+    (left, right)
 }
 
 /// Whether every store's peer of `region_id` has applied its last index,
@@ -405,6 +412,30 @@ fn a_source_asleep_through_its_merge_wakes_for_the_target_snapshot() {
     isolated_store_catches_up_through_a_merge(true);
 }
 
+/// Merges `source` into `target`, writes every key again (value 7), and
+/// compacts the merged region's log up to what its leader applied, so a
+/// store that missed the merge can only catch up by snapshot. Returns the
+/// merged region.
+fn merge_write_and_compact(
+    cluster: &Cluster,
+    client: &Client,
+    source: &Region,
+    target: &Region,
+) -> Region {
+    let merged = client.merge(source.id, target.id).expect("merge");
+    DATA.write(client, 0..KEYS, 7);
+    let leader = leader_of(cluster, merged.id).expect("leader");
+    let applied = cluster
+        .store(leader)
+        .unwrap()
+        .handle()
+        .region_status(merged.id, ANSWER)
+        .expect("status")
+        .applied_index;
+    client.compact_log(merged.id, applied).expect("compact");
+    merged
+}
+
 /// The body of the two scenario-25 tests; `source_asleep`: the cut comes
 /// once the isolated store's source peer hibernates.
 fn isolated_store_catches_up_through_a_merge(source_asleep: bool) {
@@ -421,17 +452,7 @@ fn isolated_store_catches_up_through_a_merge(source_asleep: bool) {
         );
     }
     let cut = cluster.transport().isolate(isolated);
-    let merged = client.merge(right.id, left.id).expect("merge");
-    DATA.write(&client, 0..KEYS, 7);
-    let leader = leader_of(&cluster, merged.id).expect("leader");
-    let applied = cluster
-        .store(leader)
-        .unwrap()
-        .handle()
-        .region_status(merged.id, ANSWER)
-        .expect("status")
-        .applied_index;
-    client.compact_log(merged.id, applied).expect("compact");
+    let merged = merge_write_and_compact(&cluster, &client, &right, &left);
     let engine = cluster.store(isolated).unwrap().engine().clone();
     assert_eq!(
         region_state(&engine, right.id).map(|s| s.state()),
@@ -739,16 +760,7 @@ fn learner_store_through_a_merge(restart: Restart) {
         }
     }
     assert!(added, "the learner was never added");
-    let regions = client.split_at(&DATA.key(KEYS / 2)).expect("split");
-    let (left, right) = (regions[0].clone(), regions[1].clone());
-    DATA.write(&client, 0..KEYS, 1);
-    for r in [&left, &right] {
-        assert!(
-            eventually(|| caught_up(&cluster, r.id)),
-            "region {} did not catch up everywhere",
-            r.id
-        );
-    }
+    let (left, right) = split_and_settle(&cluster, &client);
     let handle = cluster.store(4).unwrap().handle();
     assert!(
         eventually(|| handle
@@ -774,17 +786,7 @@ fn learner_store_through_a_merge(restart: Restart) {
         eventually(|| withdrawals(&cluster) > before),
         "store 4 never withdrew its support"
     );
-    let merged = client.merge(right.id, left.id).expect("merge");
-    DATA.write(&client, 0..KEYS, 7);
-    let leader = leader_of(&cluster, merged.id).expect("leader");
-    let applied = cluster
-        .store(leader)
-        .unwrap()
-        .handle()
-        .region_status(merged.id, ANSWER)
-        .expect("status")
-        .applied_index;
-    client.compact_log(merged.id, applied).expect("compact");
+    let merged = merge_write_and_compact(&cluster, &client, &right, &left);
     if matches!(restart, Restart::WhileCut) {
         cluster.stop_store(4);
         cluster.start_store(4).unwrap();
