@@ -28,7 +28,7 @@ use super::histogram::LatencyHistogram;
 use super::id_alloc::IdAllocator;
 use super::meta::{MergedInto, SharedMeta};
 use super::msg::{ApplyMsg, ApplyRes, ExecResult, MergeMsg, PeerMsg, StoreMsg};
-use super::peer::{MergeOut, Peer, WriteNeed};
+use super::peer::{MergeOut, Peer, WriteNeed, gc_ack};
 use super::snapshot::{GenSlot, SnapScheduler, SnapTask};
 use super::transport::Transport;
 use super::util::live_version;
@@ -557,49 +557,51 @@ impl<T: Transport> RaftPoller<T> {
                 .raft_messages_unknown_region
                 .fetch_add(1, Ordering::Relaxed);
             slog::debug!(self.logger, "message for unknown region dropped"; "region" => region_id);
-            self.tell_merged_away(&msg);
+            if msg.is_tombstone || msg.gc_ack {
+                self.confirm_removed_peer_absent(&msg);
+            } else {
+                self.tell_merged_away(&msg);
+            }
             return;
         }
         self.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
         let _ = self.router.force_send(region_id, PeerMsg::RaftMessage(msg));
     }
 
+    /// A leader's note to a peer it removed (a tombstone message without
+    /// `merged_into`), for a region this store has no peer of: the peer is
+    /// not here, and the leader hears so (`gc_ack`). Not while a split is
+    /// about to create the region here, or its peer's tombstone is not
+    /// written yet: told again later. Never answered: a merge notice (two
+    /// stores where the region is gone would trade notices forever) and a
+    /// `gc_ack` (to a leader gone since).
+    fn confirm_removed_peer_absent(&mut self, msg: &RaftMessage) {
+        let (Some(leader), Some(gone)) = (msg.from_peer, msg.to_peer) else {
+            return;
+        };
+        if msg.gc_ack || !msg.is_tombstone || msg.merged_into.is_some() {
+            return;
+        }
+        let pending = {
+            let meta = self.meta.lock();
+            meta.claimed_by_split(msg.region_id) || meta.is_destroying(msg.region_id)
+        };
+        if pending {
+            return;
+        }
+        if let Err(e) = self.transport.send(gc_ack(msg.region_id, gone, leader)) {
+            slog::debug!(self.logger, "removal confirmation not sent"; "err" => %e);
+        }
+    }
+
     /// A message from a peer of a region that was merged away here: the
     /// sender missed the merge's end (admin.md §1.2, "how a source peer
     /// left behind learns the outcome"), and is told with a tombstone
-    /// message naming the region it went into. A leader's note to a peer
-    /// it removed, which is not here, is confirmed (`gc_ack`).
+    /// message naming the region it went into.
     fn tell_merged_away(&mut self, msg: &RaftMessage) {
         let (Some(from), Some(to)) = (msg.from_peer, msg.to_peer) else {
             return;
         };
-        if msg.gc_ack {
-            // An answer (to a leader gone since): never answered.
-            return;
-        }
-        if msg.is_tombstone {
-            // A leader's note to a peer it removed: it is not here (unless
-            // a split is about to create the region here, or its peer's
-            // tombstone is not written yet: told again later). A merge notice is not answered: that would have two
-            // stores where the region is gone trade notices forever.
-            let pending = {
-                let meta = self.meta.lock();
-                meta.claimed_by_split(msg.region_id) || meta.is_destroying(msg.region_id)
-            };
-            if msg.merged_into.is_none() && !pending {
-                let ack = RaftMessage {
-                    region_id: msg.region_id,
-                    from_peer: Some(to),
-                    to_peer: Some(from),
-                    gc_ack: true,
-                    ..Default::default()
-                };
-                if let Err(e) = self.transport.send(ack) {
-                    slog::debug!(self.logger, "removal confirmation not sent"; "err" => %e);
-                }
-            }
-            return;
-        }
         let state: Option<RegionLocalState> = self
             .engine
             .get_msg(Cf::Raft, &keys::region_state_key(msg.region_id))

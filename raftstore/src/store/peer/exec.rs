@@ -8,7 +8,6 @@ use flotilla_proto::eraftpb::ConfChangeV2;
 use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
 use flotilla_proto::raft_serverpb::RaftMessage;
 
-use super::KnownPeers;
 use crate::store::msg::{DestroyTask, ExecResult, RegionStatus};
 
 /// Election timeouts a peer that cannot campaign (uninitialized, or a
@@ -50,14 +49,18 @@ impl super::Peer {
     /// region and its own role follow; a peer no longer in the region is
     /// marked removed.
     fn on_change_peer(&mut self, cc: &ConfChangeV2, region: Region) {
+        // Only a leader tells the peers it removes (see `note_removed`).
         let me = self.meta.id;
-        let removed: Vec<Peer> = self
-            .region()
-            .peers
-            .iter()
-            .filter(|p| p.id != me && !region.peers.iter().any(|n| n.id == p.id))
-            .copied()
-            .collect();
+        let removed: Vec<Peer> = if self.is_leader() {
+            self.region()
+                .peers
+                .iter()
+                .filter(|p| p.id != me && !region.peers.iter().any(|n| n.id == p.id))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Err(e) = self.raft.apply_conf_change_v2(cc) {
             // The apply side checked the change against the region, which
             // mirrors the raft configuration: a bug, logged loudly.
@@ -91,12 +94,7 @@ impl super::Peer {
             return;
         }
         let clock = self.clock;
-        let known = self.known_peers.get_or_insert_with(|| {
-            Box::new(KnownPeers {
-                silent_since: clock,
-                ..KnownPeers::default()
-            })
-        });
+        let known = self.known_peers_or_new(clock);
         for p in peers {
             known.removed.retain(|r| r.id != p.id);
             if known.removed.len() >= super::MAX_UNCONFIRMED_REMOVALS {
@@ -138,15 +136,21 @@ impl super::Peer {
         let Some(&to) = known.removed.get(turn % known.removed.len()) else {
             return;
         };
+        self.gc_reply = Some(Box::new(self.tombstone_to(to)));
+    }
+
+    /// A tombstone message from this peer to `to`, a peer its region no
+    /// longer lists, under the region's current epoch.
+    fn tombstone_to(&self, to: Peer) -> RaftMessage {
         let region = self.region();
-        self.gc_reply = Some(Box::new(RaftMessage {
+        RaftMessage {
             region_id: region.id,
             from_peer: Some(self.meta),
             to_peer: Some(to),
             region_epoch: region.region_epoch,
             is_tombstone: true,
             ..Default::default()
-        }));
+        }
     }
 
     /// A store confirms that a peer this leader removed is not there
@@ -222,14 +226,7 @@ impl super::Peer {
         }
         slog::info!(self.logger, "telling a removed peer it is gone"; "to" => from.id,
             "store" => from.store_id);
-        self.gc_reply = Some(Box::new(RaftMessage {
-            region_id: region.id,
-            from_peer: Some(self.meta),
-            to_peer: Some(from),
-            region_epoch: Some(ours),
-            is_tombstone: true,
-            ..Default::default()
-        }));
+        self.gc_reply = Some(Box::new(self.tombstone_to(from)));
     }
 
     /// The tombstone message to send, if one is due (taken).
@@ -275,13 +272,7 @@ impl super::Peer {
         if self.gc_reply.is_some() {
             return;
         }
-        self.gc_reply = Some(Box::new(RaftMessage {
-            region_id: self.region_id(),
-            from_peer: Some(gone),
-            to_peer: Some(leader),
-            gc_ack: true,
-            ..Default::default()
-        }));
+        self.gc_reply = Some(Box::new(gc_ack(self.region_id(), gone, leader)));
     }
 
     /// A peer that cannot campaign (uninitialized, or a learner) and has
@@ -309,12 +300,7 @@ impl super::Peer {
         let due = self.probe_interval();
         // This full tick's store tick (`tick` runs before the clock moves).
         let now = self.last_full_tick.saturating_add(elapsed);
-        let known = self.known_peers.get_or_insert_with(|| {
-            Box::new(KnownPeers {
-                silent_since: now,
-                ..KnownPeers::default()
-            })
-        });
+        let known = self.known_peers_or_new(now);
         if now.saturating_sub(known.silent_since) < due {
             return;
         }
@@ -341,8 +327,7 @@ impl super::Peer {
             return;
         }
         let clock = self.clock;
-        let known = self.known_peers.get_or_insert_with(Box::default);
-        known.silent_since = clock;
+        self.known_peers_or_new(clock).silent_since = clock;
     }
 
     /// The peer asked by membership probe number `turn`: an uninitialized
@@ -424,5 +409,18 @@ impl super::Peer {
             },
             merged,
         }
+    }
+}
+
+/// A store's confirmation to `leader` that `gone`, a peer of region
+/// `region_id` the leader removed, is not there (see
+/// [`Peer::tell_removed_peers`](super::Peer::tell_removed_peers)).
+pub(crate) fn gc_ack(region_id: u64, gone: Peer, leader: Peer) -> RaftMessage {
+    RaftMessage {
+        region_id,
+        from_peer: Some(gone),
+        to_peer: Some(leader),
+        gc_ack: true,
+        ..Default::default()
     }
 }

@@ -38,6 +38,7 @@ mod merge;
 mod snapshot;
 mod split;
 
+pub(crate) use self::exec::gc_ack;
 use self::hibernate::FRESH_HOLD_TIMEOUTS;
 use self::merge::MergeCtx;
 pub use self::merge::MergeOut;
@@ -361,6 +362,17 @@ impl Peer {
             .copied()
     }
 
+    /// This peer's `KnownPeers`, created silent since store tick `since`
+    /// if it has none yet.
+    fn known_peers_or_new(&mut self, since: u64) -> &mut KnownPeers {
+        self.known_peers.get_or_insert_with(|| {
+            Box::new(KnownPeers {
+                silent_since: since,
+                ..KnownPeers::default()
+            })
+        })
+    }
+
     /// Remembers `from`, a peer this region's list lacks (bounded: the
     /// latest few).
     fn note_peer(&mut self, from: metapb::Peer) {
@@ -368,15 +380,7 @@ impl Peer {
             return;
         }
         let clock = self.clock;
-        let known = &mut self
-            .known_peers
-            .get_or_insert_with(|| {
-                Box::new(KnownPeers {
-                    silent_since: clock,
-                    ..KnownPeers::default()
-                })
-            })
-            .peers;
+        let known = &mut self.known_peers_or_new(clock).peers;
         known.retain(|p| p.id != from.id);
         if known.len() >= MAX_KNOWN_PEERS {
             known.remove(0);
