@@ -55,6 +55,8 @@ pub const RAFT_STATE_SUFFIX: u8 = 0x02;
 pub const APPLY_STATE_SUFFIX: u8 = 0x03;
 /// Suffix of a region's apply origin (see [`apply_origin_key`]).
 pub const APPLY_ORIGIN_SUFFIX: u8 = 0x04;
+/// Suffix of a region's removed-peer records (see [`removed_peer_key`]).
+pub const REMOVED_PEER_SUFFIX: u8 = 0x05;
 /// Suffix byte of the region state key (`RegionLocalState`).
 pub const REGION_STATE_SUFFIX: u8 = 0x01;
 
@@ -135,6 +137,13 @@ pub enum Key<'a> {
         /// The region.
         region_id: u64,
     },
+    /// A peer removed from a region (see [`removed_peer_key`]).
+    RemovedPeer {
+        /// The region.
+        region_id: u64,
+        /// The removed peer's id.
+        peer_id: u64,
+    },
     /// A region's `RegionLocalState`.
     RegionState {
         /// The region.
@@ -197,6 +206,29 @@ pub fn apply_state_key(region_id: u64) -> [u8; REGION_KEY_LEN] {
 /// here from the log.
 pub fn apply_origin_key(region_id: u64) -> [u8; REGION_KEY_LEN] {
     region_key(REGION_RAFT_PREFIX, region_id, APPLY_ORIGIN_SUFFIX)
+}
+
+/// The key of the record that region `region_id` removed peer `peer_id`
+/// (a `RemovedPeer`), written by every replica as it applies the removal:
+/// the id is never added back, and a new leader tells the peer it is gone.
+/// Same length as a log key; one region's records sort by peer id.
+pub fn removed_peer_key(region_id: u64, peer_id: u64) -> [u8; RAFT_LOG_KEY_LEN] {
+    let mut key = [0u8; RAFT_LOG_KEY_LEN];
+    key[..REGION_KEY_LEN].copy_from_slice(&region_key(
+        REGION_RAFT_PREFIX,
+        region_id,
+        REMOVED_PEER_SUFFIX,
+    ));
+    key[REGION_KEY_LEN..].copy_from_slice(&peer_id.to_be_bytes());
+    key
+}
+
+/// `[start, end)` covering every removed-peer record of `region_id`.
+pub fn removed_peers_range(region_id: u64) -> ([u8; REGION_KEY_LEN], [u8; REGION_KEY_LEN]) {
+    (
+        region_key(REGION_RAFT_PREFIX, region_id, REMOVED_PEER_SUFFIX),
+        region_key(REGION_RAFT_PREFIX, region_id, REMOVED_PEER_SUFFIX + 1),
+    )
 }
 
 /// The key of region `region_id`'s `RegionLocalState`.
@@ -340,6 +372,13 @@ fn decode_region_raft(key: &[u8]) -> Result<Key<'_>, KeyError> {
         APPLY_ORIGIN_SUFFIX => {
             expect_len(key, "apply origin", REGION_KEY_LEN)?;
             Ok(Key::ApplyOrigin { region_id })
+        }
+        REMOVED_PEER_SUFFIX => {
+            expect_len(key, "removed peer", RAFT_LOG_KEY_LEN)?;
+            Ok(Key::RemovedPeer {
+                region_id,
+                peer_id: be_u64(&key[REGION_KEY_LEN..]),
+            })
         }
         suffix => Err(KeyError::UnknownSuffix {
             suffix,

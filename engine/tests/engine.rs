@@ -253,6 +253,7 @@ impl KindName for keys::Key<'_> {
             keys::Key::RaftState { .. } => "raft_state",
             keys::Key::ApplyState { .. } => "apply_state",
             keys::Key::ApplyOrigin { .. } => "apply_origin",
+            keys::Key::RemovedPeer { .. } => "removed_peer",
             keys::Key::RegionState { .. } => "region_state",
             keys::Key::StoreIdent => "store_ident",
             keys::Key::StoreLiveness => "store_liveness",

@@ -145,6 +145,7 @@ fn valid_key() -> BoxedStrategy<Vec<u8>> {
         id().prop_map(|r| keys::raft_state_key(r).to_vec()),
         id().prop_map(|r| keys::apply_state_key(r).to_vec()),
         id().prop_map(|r| keys::apply_origin_key(r).to_vec()),
+        (id(), id()).prop_map(|(r, p)| keys::removed_peer_key(r, p).to_vec()),
         id().prop_map(|r| keys::region_state_key(r).to_vec()),
         vec(any::<u8>(), 0..12).prop_map(|k| keys::data_key(&k)),
     ]
@@ -161,7 +162,7 @@ fn key_shaped_bytes() -> impl Strategy<Value = Vec<u8>> {
         1 => any::<u8>(),
     ];
     let second = prop_oneof![3 => 1u8..=4, 1 => any::<u8>()];
-    let suffix = prop_oneof![3 => 0u8..=4, 1 => any::<u8>()];
+    let suffix = prop_oneof![3 => 0u8..=5, 1 => any::<u8>()];
     (
         first,
         second,
@@ -190,6 +191,9 @@ fn encode(key: Key<'_>) -> Vec<u8> {
         Key::RaftState { region_id } => keys::raft_state_key(region_id).to_vec(),
         Key::ApplyState { region_id } => keys::apply_state_key(region_id).to_vec(),
         Key::ApplyOrigin { region_id } => keys::apply_origin_key(region_id).to_vec(),
+        Key::RemovedPeer { region_id, peer_id } => {
+            keys::removed_peer_key(region_id, peer_id).to_vec()
+        }
         Key::RegionState { region_id } => keys::region_state_key(region_id).to_vec(),
         Key::Data(user) => keys::data_key(user),
     }

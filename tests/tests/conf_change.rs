@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_engine::{Cf, Engine, keys};
+use flotilla_proto::ProstMessage as _;
 use flotilla_proto::eraftpb::{ConfChangeType, Message, MessageType};
 use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
-use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState};
+use flotilla_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState, RemovedPeer};
 use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, Error, Filter, MessageSink,
 };
@@ -53,6 +54,22 @@ fn region_state(engine: &Engine) -> Option<RegionLocalState> {
 
 fn state_is(engine: &Engine, want: PeerState) -> bool {
     region_state(engine).is_some_and(|s| s.state() == want)
+}
+
+/// The region's records of its removed peers on a store, with the
+/// conf_ver of each removal.
+fn removal_records(engine: &Engine) -> Vec<(Peer, u64)> {
+    let (lo, hi) = keys::removed_peers_range(REGION);
+    let mut records = Vec::new();
+    engine
+        .snapshot()
+        .scan(Cf::Raft, &lo, &hi, |_, v| {
+            let r = RemovedPeer::decode(v).expect("a removed-peer record");
+            records.push((r.peer.expect("a peer"), r.conf_ver));
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("scan");
+    records
 }
 
 fn peer_on(region: &Region, store: u64) -> Option<Peer> {
@@ -751,9 +768,11 @@ fn learner_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
 /// asleep at the cut, removed, healed before its store withdraws support
 /// (usually: a slower cut is the pre-vote path of
 /// [`peer_removed_while_isolated_is_destroyed_after_the_heal`]). Nothing of
-/// its own would wake it; its leader's removal notes destroy it.
-#[test]
-fn voter_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
+/// its own would wake it; its leader's removal notes destroy it. With
+/// `move_leader`, the leadership moves to the third store during the cut:
+/// the leader that removed it stops telling it, and the new one takes the
+/// notes up from the region's record of removed peers.
+fn voter_asleep_when_removed_in_a_short_cut(move_leader: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
     let leader = wait_leader(&cluster, REGION).expect("leader");
@@ -770,6 +789,14 @@ fn voter_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
     );
     let filter = cluster.transport().isolate(gone);
     change(&client, ConfChangeType::RemoveNode, removed);
+    if move_leader {
+        let third = *cluster
+            .store_ids()
+            .iter()
+            .find(|&&s| s != leader && s != gone)
+            .expect("a third store");
+        lead_from(&cluster, &client, third);
+    }
     cluster.transport().remove_filter(filter);
     assert!(
         eventually(|| store.metrics().peers_destroyed.load(Ordering::Relaxed) == 1),
@@ -782,6 +809,119 @@ fn voter_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
     );
     write(&client, KEYS..KEYS + 10);
     drop(handle);
+    cluster.shutdown();
+}
+
+/// See [`voter_asleep_when_removed_in_a_short_cut`].
+#[test]
+fn voter_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
+    voter_asleep_when_removed_in_a_short_cut(false);
+}
+
+/// See [`voter_asleep_when_removed_in_a_short_cut`]: the next leader tells
+/// it. (Before the region recorded its removed peers, the leader's notes
+/// died with its leadership and the voter slept on for good.)
+#[test]
+fn voter_asleep_when_removed_is_told_by_the_next_leader() {
+    voter_asleep_when_removed_in_a_short_cut(true);
+}
+
+/// admin.md scenario 12 (`conf_change_typed_rejections`), a removed
+/// peer's id: the store it was removed from keeps a tombstone naming it
+/// and drops every message to it, so the id would never serve again.
+/// Adding it back, as a learner or a voter, on its store or another, is
+/// refused with `PeerIdRemoved`, also by a later leader and after every
+/// store restarted (the region records its removed peers), and nothing
+/// changes; a new id on the same store is added.
+#[test]
+fn a_removed_peer_id_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
+    let leader = wait_leader(&cluster, REGION).expect("leader");
+    let client = cluster.client(ClientConfig::default());
+    write(&client, 0..KEYS);
+    let (gone, removed) = a_follower(&cluster, leader);
+    let region = change(&client, ConfChangeType::RemoveNode, removed);
+    let conf_ver = region.region_epoch.unwrap().conf_ver;
+    let refused = AdminError::PeerIdRemoved {
+        peer_id: removed.id,
+        store_id: gone,
+    };
+    let try_add_back = |client: &Client| {
+        for t in [ConfChangeType::AddLearnerNode, ConfChangeType::AddNode] {
+            for store_id in [gone, 4] {
+                let peer = Peer {
+                    store_id,
+                    ..removed
+                };
+                assert_eq!(
+                    admin_err(client.change_peer(REGION, t, peer)),
+                    refused,
+                    "{t:?} of {peer:?}"
+                );
+            }
+        }
+    };
+    try_add_back(&client);
+    let third = *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != leader && s != gone)
+        .expect("a third store");
+    lead_from(&cluster, &client, third);
+    try_add_back(&client);
+    drop(client);
+    for s in cluster.store_ids().to_vec() {
+        cluster.stop_store(s);
+    }
+    for s in cluster.store_ids().to_vec() {
+        cluster.start_store(s).unwrap();
+    }
+    wait_leader(&cluster, REGION).expect("a leader after the restart");
+    let client = cluster.client(ClientConfig::default());
+    try_add_back(&client);
+    write(&client, KEYS..KEYS + 10);
+    for s in [leader, third] {
+        let engine = cluster.store(s).unwrap().engine();
+        assert_eq!(
+            removal_records(engine),
+            vec![(removed, conf_ver)],
+            "store {s}"
+        );
+    }
+    let again = Peer {
+        id: cluster.store(third).unwrap().alloc_id().unwrap(),
+        store_id: gone,
+        role: PeerRole::Learner as i32,
+    };
+    let region = change(&client, ConfChangeType::AddLearnerNode, again);
+    assert_eq!(region.region_epoch.unwrap().conf_ver, conf_ver + 1);
+    let engine = cluster.store(gone).unwrap().engine().clone();
+    assert!(
+        eventually(|| holds(&engine, 0..KEYS + 10) && state_is(&engine, PeerState::Normal)),
+        "the new peer was not initialized: {:?}",
+        region_state(&engine)
+    );
+    // Its snapshot carried the record.
+    assert_eq!(removal_records(&engine), vec![(removed, conf_ver)]);
+    // Removed in turn: its store clears its records with it.
+    change(&client, ConfChangeType::RemoveNode, again);
+    assert!(
+        eventually(
+            || state_is(&engine, PeerState::Tombstone) && removal_records(&engine).is_empty()
+        ),
+        "not cleared: {:?} {:?}",
+        region_state(&engine),
+        removal_records(&engine)
+    );
+    assert_eq!(
+        admin_err(client.change_peer(REGION, ConfChangeType::AddLearnerNode, again)),
+        AdminError::PeerIdRemoved {
+            peer_id: again.id,
+            store_id: gone
+        }
+    );
+    drop(engine);
     cluster.shutdown();
 }
 

@@ -28,6 +28,14 @@ fn layout_matches_design_table() {
         region_state_key(5).to_vec(),
         [&[1, 3][..], &5u64.to_be_bytes(), &[1]].concat()
     );
+    assert_eq!(
+        removed_peer_key(5, 6).to_vec(),
+        [&[1, 2][..], &5u64.to_be_bytes(), &[5], &6u64.to_be_bytes()].concat()
+    );
+    let (lo, hi) = removed_peers_range(5);
+    assert!(lo.as_slice() <= removed_peer_key(5, 0).as_slice());
+    assert!(removed_peer_key(5, u64::MAX).as_slice() < hi.as_slice());
+    assert!(hi.as_slice() <= region_raft_prefix_range(5).1.as_slice());
     assert_eq!(data_key(b"abc"), b"zabc");
 }
 
@@ -54,6 +62,13 @@ fn every_key_kind_round_trips() {
     assert_eq!(
         decode(&region_state_key(9)),
         Ok(Key::RegionState { region_id: 9 })
+    );
+    assert_eq!(
+        decode(&removed_peer_key(9, 1 << 40 | 3)),
+        Ok(Key::RemovedPeer {
+            region_id: 9,
+            peer_id: 1 << 40 | 3
+        })
     );
     assert_eq!(decode(&data_key(b"k")), Ok(Key::Data(b"k")));
     assert_eq!(decode(&data_key(b"")), Ok(Key::Data(b"")));
@@ -131,6 +146,8 @@ fn region_keys_sit_inside_their_prefix_range() {
             raft_log_key(region_id, u64::MAX).to_vec(),
             raft_state_key(region_id).to_vec(),
             apply_state_key(region_id).to_vec(),
+            removed_peer_key(region_id, 0).to_vec(),
+            removed_peer_key(region_id, u64::MAX).to_vec(),
         ] {
             assert!(
                 start.as_slice() <= key.as_slice() && key.as_slice() < end.as_slice(),

@@ -22,6 +22,9 @@ pub const MAX_INITIAL_STORES: u64 = 64;
 /// machine's memory holds; a larger count is a mistake, refused before
 /// anything is allocated).
 pub const MAX_INITIAL_REGIONS: u64 = 10_000_000;
+/// The `conf_ver` of every bootstrapped region: only a membership change
+/// moves it past this.
+pub const BOOTSTRAP_CONF_VER: u64 = 1;
 
 /// The `n`-th of `count` boundaries splitting the key space evenly: the
 /// 8-byte big-endian value `n * 2^64 / count` (empty for `n == 0`, which
@@ -74,7 +77,7 @@ pub fn initial_regions(stores: &[u64], regions: u64) -> Result<Vec<Region>> {
                 start_key: split_key(i, regions).into(),
                 end_key: split_key(i + 1, regions).into(),
                 region_epoch: Some(RegionEpoch {
-                    conf_ver: 1,
+                    conf_ver: BOOTSTRAP_CONF_VER,
                     version: 1,
                 }),
                 peers: stores

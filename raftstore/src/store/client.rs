@@ -830,7 +830,8 @@ impl Client {
     /// # Errors
     /// [`Error::Admin`] with the refusal: a conf change still pending
     /// (`ConfChangePending`), a peer or store the region has already
-    /// (`PeerAlreadyPresent`), a peer it does not have
+    /// (`PeerAlreadyPresent`), a peer id it removed before
+    /// (`PeerIdRemoved`: ids are never reused), a peer it does not have
     /// (`ConfChangePeerNotFound`), removing the leader
     /// (`ConfChangeRemovesLeader`: transfer the leadership first) or the
     /// last voter, promoting a learner that has not caught up

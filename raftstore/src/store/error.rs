@@ -367,6 +367,10 @@ mod tests {
                 quorum_matched: 0,
                 truncated_index: 5,
             }),
+            Error::Admin(AdminError::PeerIdRemoved {
+                peer_id: 11,
+                store_id: 4,
+            }),
         ];
         for e in &all {
             match e {

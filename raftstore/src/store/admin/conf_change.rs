@@ -168,6 +168,53 @@ pub fn is_joint(region: &Region) -> bool {
         .any(|p| matches!(p.role(), PeerRole::IncomingVoter | PeerRole::DemotingVoter))
 }
 
+/// The peers `before` lists and `after` does not (by id): those a change
+/// removed.
+pub fn removed_peers(before: &Region, after: &Region) -> Vec<Peer> {
+    before
+        .peers
+        .iter()
+        .filter(|p| !after.peers.iter().any(|q| q.id == p.id))
+        .copied()
+        .collect()
+}
+
+/// The leader refuses adding a peer whose id its region removed before:
+/// the store it was removed from keeps a tombstone naming it and drops
+/// every message to it, and on another store it would apply its own
+/// removal from the log, so the id would never serve again. `removed`
+/// looks up the region's record of a removed peer id (the leader's own:
+/// it applied every earlier change, so its records are the region's).
+/// Promoting a learner the region lists is not an addition.
+///
+/// # Errors
+/// [`AdminError::PeerIdRemoved`]; the lookup's errors.
+pub fn check_ids_not_removed(
+    changes: &[ChangePeerRequest],
+    region: &Region,
+    removed: impl Fn(u64) -> Result<Option<Peer>>,
+) -> Result<()> {
+    for req in changes {
+        let adds = matches!(
+            req.change_type(),
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+        );
+        let Some(peer) = req
+            .peer
+            .filter(|p| adds && !region.peers.iter().any(|q| q.id == p.id))
+        else {
+            continue;
+        };
+        if let Some(gone) = removed(peer.id)? {
+            return Err(Error::Admin(AdminError::PeerIdRemoved {
+                peer_id: gone.id,
+                store_id: gone.store_id,
+            }));
+        }
+    }
+    Ok(())
+}
+
 fn bump_conf_ver(region: &mut Region) {
     let epoch = region.region_epoch.unwrap_or_default();
     region.region_epoch = Some(RegionEpoch {
@@ -496,6 +543,77 @@ mod tests {
         let removed = change_region(&req(ConfChangeType::RemoveNode, 11, 2), &r).unwrap();
         assert_eq!(removed.peers.len(), 2);
         assert!(removed.peers.iter().all(|p| p.id != 11));
+    }
+
+    /// The peers a change removed, v1 or v2, for the records every
+    /// replica writes; promotions and demotions remove nobody.
+    #[test]
+    fn a_change_names_the_peers_it_removed() {
+        let r = region();
+        let v1 = change_region(&req(ConfChangeType::RemoveNode, 11, 2), &r).unwrap();
+        assert_eq!(removed_peers(&r, &v1), vec![peer(11, 2, PeerRole::Voter)]);
+        let joint = change_region_v2(
+            &[
+                req(ConfChangeType::AddNode, 13, 4),
+                req(ConfChangeType::AddLearnerNode, 11, 2),
+                req(ConfChangeType::RemoveNode, 12, 3),
+            ],
+            &r,
+        )
+        .unwrap();
+        assert_eq!(
+            removed_peers(&r, &joint),
+            vec![peer(12, 3, PeerRole::Learner)]
+        );
+        let left = change_region_v2(&[], &joint).unwrap();
+        assert!(removed_peers(&joint, &left).is_empty());
+        let promoted = change_region(&req(ConfChangeType::AddNode, 12, 3), &r).unwrap();
+        assert!(removed_peers(&r, &promoted).is_empty());
+    }
+
+    /// admin.md scenario 12 (`conf_change_typed_rejections`): adding, as a
+    /// voter or a learner, alone or in a joint change, on its store or
+    /// another, a peer whose id the region removed is refused, typed; a
+    /// new id passes, and so does promoting a learner the region lists
+    /// (whatever the lookup says); a failed lookup is an error.
+    #[test]
+    fn a_removed_peer_id_is_never_added_back() {
+        let r = region();
+        let gone = peer(9, 3, PeerRole::Voter);
+        let lookup = |id: u64| Ok((id == gone.id).then_some(gone));
+        let refused = AdminError::PeerIdRemoved {
+            peer_id: 9,
+            store_id: 3,
+        };
+        for t in [ConfChangeType::AddNode, ConfChangeType::AddLearnerNode] {
+            for store in [3, 4] {
+                assert_eq!(
+                    admin(
+                        check_ids_not_removed(&[req(t, 9, store)], &r, lookup).map(|()| r.clone())
+                    ),
+                    refused
+                );
+            }
+        }
+        let joint = [
+            req(ConfChangeType::AddNode, 13, 4),
+            req(ConfChangeType::AddLearnerNode, 9, 5),
+        ];
+        assert_eq!(
+            admin(check_ids_not_removed(&joint, &r, lookup).map(|()| r.clone())),
+            refused
+        );
+        assert!(check_ids_not_removed(&[req(ConfChangeType::AddNode, 14, 4)], &r, lookup).is_ok());
+        assert!(
+            check_ids_not_removed(&[req(ConfChangeType::RemoveNode, 9, 3)], &r, lookup).is_ok()
+        );
+        let always = |_| Ok(Some(gone));
+        assert!(check_ids_not_removed(&[req(ConfChangeType::AddNode, 12, 3)], &r, always).is_ok());
+        let broken = |_| Err(Error::Engine("read".into()));
+        assert!(matches!(
+            check_ids_not_removed(&[req(ConfChangeType::AddNode, 14, 4)], &r, broken),
+            Err(Error::Engine(_))
+        ));
     }
 
     /// admin.md scenario 12 (`conf_change_typed_rejections`), the

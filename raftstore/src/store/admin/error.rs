@@ -143,6 +143,17 @@ pub enum AdminError {
         /// The leader's truncated index (its first log index minus one).
         truncated_index: u64,
     },
+    /// Adding a peer whose id the region removed before: a store keeps a
+    /// tombstone naming a removed peer and drops every message to it, so
+    /// the id would never serve again. Peer ids are never reused: allocate
+    /// a new one. Nothing was proposed.
+    #[error("peer {peer_id} (on store {store_id}) was removed from the region; use a new peer id")]
+    PeerIdRemoved {
+        /// The removed peer's id.
+        peer_id: u64,
+        /// The store it was removed from.
+        store_id: u64,
+    },
     /// A BatchSplit key that cannot split the region (see
     /// [`SplitKeyFault`]). Nothing was proposed or applied.
     #[error("split key {key:?} refused: {fault:?}")]
@@ -379,6 +390,9 @@ impl AdminError {
                 quorum_matched,
                 truncated_index,
             }),
+            AdminError::PeerIdRemoved { peer_id, store_id } => {
+                Kind::PeerIdRemoved(raft_cmdpb::PeerIdRemoved { peer_id, store_id })
+            }
         };
         raft_cmdpb::AdminError { kind: Some(kind) }
     }
@@ -483,6 +497,10 @@ impl AdminError {
             Kind::ConfChangeUnsafe(d) => AdminError::ConfChangeUnsafe {
                 quorum_matched: d.quorum_matched,
                 truncated_index: d.truncated_index,
+            },
+            Kind::PeerIdRemoved(d) => AdminError::PeerIdRemoved {
+                peer_id: d.peer_id,
+                store_id: d.store_id,
             },
         })
     }

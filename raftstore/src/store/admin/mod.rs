@@ -12,7 +12,7 @@ mod transfer;
 pub use self::compact::{CompactDecision, CompactInputs, LogGc, compact_decision};
 pub use self::conf_change::{
     LeaderView, PROMOTE_MAX_LAG, change_region, change_region_v2, check_change_peers,
-    conf_change_v2, is_joint,
+    check_ids_not_removed, conf_change_v2, is_joint, removed_peers,
 };
 pub use self::error::{AdminError, SplitKeyFault};
 pub use self::merge::{check_merge_regions, check_merge_tail, epoch_at_or_before, merged_region};

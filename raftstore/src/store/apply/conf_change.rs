@@ -1,9 +1,10 @@
 //! Conf change entries on the apply side: ChangePeer (v1) and ChangePeerV2
 //! (simple, entering a joint configuration, or leaving one — the leader's
 //! own empty entry when it leaves on its own). Every replica checks the
-//! change against its region alike; the region's new membership goes into
-//! the write batch with the entry, and to the peer, which applies the
-//! change to its raft group.
+//! change against its region alike; the region's new membership, and a
+//! record of each peer it removed (`keys::removed_peer_key`), go into the
+//! write batch with the entry, and to the peer, which applies the change
+//! to its raft group.
 
 use flotilla_engine::{Cf, WriteBatch, keys};
 use flotilla_proto::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
@@ -11,12 +12,14 @@ use flotilla_proto::raft_cmdpb::{
     AdminResponse, ChangePeerResponse, ChangePeerV2Response, RaftCmdRequest, RaftCmdResponse,
     RaftResponseHeader, admin_request, admin_response,
 };
-use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
+use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState, RemovedPeer};
 use prost::Message as _;
 
 use super::ApplyFsm;
 use crate::raft::confchange::v1_to_v2;
-use crate::store::admin::{change_region, change_region_v2, check_epoch, conf_change_v2};
+use crate::store::admin::{
+    change_region, change_region_v2, check_epoch, conf_change_v2, removed_peers,
+};
 use crate::store::error::{Error, Result};
 use crate::store::msg::ExecResult;
 use crate::store::util::err_response;
@@ -41,6 +44,18 @@ pub(super) fn apply_conf_change(
     };
     if region.peers.iter().any(|p| p.id == fsm.peer.id) {
         state.set_state(PeerState::Normal);
+        let conf_ver = region.region_epoch.map_or(0, |e| e.conf_ver);
+        for peer in removed_peers(&fsm.region, &region) {
+            let record = RemovedPeer {
+                peer: Some(peer),
+                conf_ver,
+            };
+            wb.put_msg(
+                Cf::Raft,
+                &keys::removed_peer_key(region.id, peer.id),
+                &record,
+            );
+        }
     } else {
         let mut tombstone = region.clone();
         tombstone.peers.push(fsm.peer);

@@ -5,12 +5,14 @@
 //! abandoned). ChangePeer is proposed as a conf change entry and answered
 //! when it applies.
 
+use flotilla_engine::{Cf, keys};
 use flotilla_proto::metapb::PeerRole;
 use flotilla_proto::raft_cmdpb::{
     AdminResponse, ChangePeerRequest, CompactLogRequest, CompactLogResponse, RaftCmdRequest,
     RaftCmdResponse, RaftResponseHeader, TransferLeaderRequest, TransferLeaderResponse,
     admin_request, admin_response,
 };
+use flotilla_proto::raft_serverpb::RemovedPeer;
 
 use flotilla_proto::eraftpb::{ConfChange, ConfChangeV2};
 use prost::Message as _;
@@ -18,8 +20,8 @@ use prost::Message as _;
 use super::Peer;
 use crate::raft::tracker::ProgressState;
 use crate::store::admin::{
-    AdminError, LeaderView, Transferee, admin_cmd, check_change_peers, check_epoch, check_transfer,
-    cmd_name, conf_change_v2,
+    AdminError, LeaderView, Transferee, admin_cmd, check_change_peers, check_epoch,
+    check_ids_not_removed, check_transfer, cmd_name, conf_change_v2,
 };
 use crate::store::config::Config;
 use crate::store::error::{Error, Result};
@@ -243,7 +245,8 @@ impl Peer {
     }
 
     /// The leader's checks of a membership change before it proposes it
-    /// (`admin::check_change_peers`). A peer on a store this store has
+    /// (`admin::check_change_peers`, then `admin::check_ids_not_removed`
+    /// against this store's records). A peer on a store this store has
     /// stopped hearing (its support lapsed or was withdrawn) counts as
     /// having matched nothing; one on a store never heard in this life
     /// counts what it matched (store liveness may not have reached it
@@ -275,7 +278,14 @@ impl Peer {
             }
             raft.prs().get(id).map_or(0, |pr| pr.matched)
         };
-        check_change_peers(changes, region, &view, matched).map(|_| ())
+        check_change_peers(changes, region, &view, matched)?;
+        // After the pending check: every earlier removal is applied here,
+        // so its record is written.
+        check_ids_not_removed(changes, region, |id| {
+            let key = keys::removed_peer_key(region.id, id);
+            let record: Option<RemovedPeer> = self.engine.get_msg(Cf::Raft, &key)?;
+            Ok(record.and_then(|r| r.peer))
+        })
     }
 
     /// Starts a leader transfer to the request's peer after the checks of

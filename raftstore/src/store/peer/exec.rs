@@ -4,10 +4,13 @@
 //! removed from its region is destroyed by its poller, see
 //! [`Peer::is_removed`]).
 
+use flotilla_engine::{Cf, keys};
 use flotilla_proto::eraftpb::ConfChangeV2;
 use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
-use flotilla_proto::raft_serverpb::RaftMessage;
+use flotilla_proto::raft_serverpb::{RaftMessage, RemovedPeer};
+use prost::Message as _;
 
+use crate::store::bootstrap::BOOTSTRAP_CONF_VER;
 use crate::store::msg::{DestroyTask, ExecResult, RegionStatus};
 
 /// Election timeouts a peer that cannot campaign (uninitialized, or a
@@ -104,6 +107,47 @@ impl super::Peer {
         }
     }
 
+    /// A new leader takes up the removal notes of the peers its region
+    /// removed last (this store's records, `keys::removed_peer_key`, the
+    /// newest [`MAX_UNCONFIRMED_REMOVALS`](super::MAX_UNCONFIRMED_REMOVALS)):
+    /// the leader that removed them may have stopped leading before their
+    /// stores confirmed, and a removed peer asleep under a live store
+    /// hears of its removal from no one else. A store without the peer
+    /// confirms at once, so a removal confirmed long ago costs a new
+    /// leader one note and one answer. A region whose membership never
+    /// changed (`conf_ver` as bootstrapped) has no records, and its new
+    /// leaders read nothing.
+    pub(super) fn note_recorded_removals(&mut self) {
+        let region = self.region();
+        if region
+            .region_epoch
+            .is_none_or(|e| e.conf_ver <= BOOTSTRAP_CONF_VER)
+        {
+            return;
+        }
+        let (lo, hi) = keys::removed_peers_range(region.id);
+        let mut records: Vec<RemovedPeer> = Vec::new();
+        let scanned = self.engine.snapshot().scan(Cf::Raft, &lo, &hi, |_, v| {
+            records.extend(RemovedPeer::decode(v).ok());
+            std::ops::ControlFlow::Continue(())
+        });
+        if let Err(e) = scanned {
+            // Best effort: the removed peers' own probes remain.
+            slog::warn!(self.logger, "removed-peer records not read"; "err" => %e);
+            return;
+        }
+        let me = self.meta.id;
+        records.sort_by_key(|r| std::cmp::Reverse(r.conf_ver));
+        let mut newest: Vec<Peer> = records
+            .iter()
+            .filter_map(|r| r.peer)
+            .filter(|p| p.id != me && !region.peers.iter().any(|q| q.id == p.id))
+            .take(super::MAX_UNCONFIRMED_REMOVALS)
+            .collect();
+        newest.reverse();
+        self.note_removed(newest);
+    }
+
     /// A leader tells a peer it removed that it is gone, one peer per
     /// full tick in turn, until the peer's store confirms
     /// ([`Peer::on_gc_ack`]): a tombstone message under the region's
@@ -113,9 +157,8 @@ impl super::Peer {
     /// hibernate meanwhile while the peer's store is supported, and
     /// remembers the store as lagging otherwise, so the leader wakes and
     /// tells it when the store is back (see `hibernate_plan`). A peer
-    /// that stops leading forgets them (a known hole: the next leader does
-    /// not know them, and a removed peer asleep under a live store then
-    /// sleeps on).
+    /// that stops leading forgets them; the next leader takes up the ones
+    /// its region recorded ([`Peer::note_recorded_removals`]).
     pub(super) fn tell_removed_peers(&mut self) {
         let leader = self.is_leader();
         let Some(known) = self.known_peers.as_mut() else {

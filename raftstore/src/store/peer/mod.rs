@@ -850,6 +850,9 @@ impl Peer {
                 // A new leadership checks its log afresh (a proposal of an
                 // earlier term may never have committed).
                 self.log_gc = LogGc::default();
+                if leader {
+                    self.note_recorded_removals();
+                }
             }
             if leader {
                 // A follower's view of a former leader's store means

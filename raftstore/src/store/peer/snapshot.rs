@@ -2,7 +2,7 @@
 //! snapshots it lets its raft group see, persisting the one raft installs,
 //! handing it to the apply side, and telling raft how a send went.
 
-use flotilla_engine::WriteBatch;
+use flotilla_engine::{Cf, WriteBatch, keys};
 use flotilla_proto::eraftpb::{Message, MessageType, Snapshot};
 use flotilla_proto::metapb::Region;
 
@@ -258,6 +258,18 @@ impl Peer {
             .raft_log_mut()
             .store
             .persist_snapshot(index, term, region.clone(), wb);
+        // The region's records of its removed peers are the snapshot's.
+        let (lo, hi) = keys::removed_peers_range(region.id);
+        wb.delete_range(Cf::Raft, &lo, &hi)?;
+        for record in &meta.removed_peers {
+            if let Some(peer) = record.peer {
+                wb.put_msg(
+                    Cf::Raft,
+                    &keys::removed_peer_key(region.id, peer.id),
+                    record,
+                );
+            }
+        }
         let path = recv_path(&snap_dir(&self.engine), region.id, term, index);
         slog::info!(self.logger, "snapshot persisted"; "index" => index, "term" => term);
         self.pending_snapshot = Some(Box::new(SnapshotTask {

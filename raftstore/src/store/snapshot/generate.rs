@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::{Entry, Snapshot, SnapshotMetadata};
-use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState, SnapshotMeta};
+use flotilla_proto::raft_serverpb::{
+    PeerState, RaftApplyState, RegionLocalState, RemovedPeer, SnapshotMeta,
+};
 use parking_lot::Mutex;
 use prost::Message as _;
 
@@ -36,6 +38,10 @@ pub type SharedGenSlot = Arc<GenSlot>;
 /// applied index and term, its region (the conf state is derived from it)
 /// and every key-value of its range, into the manager's generated file
 /// for that index. Older generated files of the region are removed.
+///
+/// The snapshot carries the region's records of its removed peers (see
+/// `keys::removed_peer_key`): a peer it initializes refuses their ids as
+/// a leader, and tells them they are gone, as every other replica does.
 ///
 /// # Errors
 /// [`SnapError::NotReady`] if the region is not `Normal` (a snapshot being
@@ -97,6 +103,7 @@ pub fn generate_snapshot(
         size: info.size,
         checksum: info.checksum,
         kv_count: info.kv_count,
+        removed_peers: removed_records(&snap, region_id)?,
     };
     Ok(Snapshot {
         data: meta.encode_to_vec().into(),
@@ -106,4 +113,33 @@ pub fn generate_snapshot(
             term,
         }),
     })
+}
+
+/// `region_id`'s records of its removed peers in `snap`.
+///
+/// # Errors
+/// A record that does not decode ([`SnapError::Corrupt`]); engine errors.
+fn removed_records(
+    snap: &flotilla_engine::Snapshot,
+    region_id: u64,
+) -> Result<Vec<RemovedPeer>, SnapError> {
+    let (lo, hi) = keys::removed_peers_range(region_id);
+    let mut records = Vec::new();
+    let mut bad = None;
+    snap.scan(Cf::Raft, &lo, &hi, |_, v| match RemovedPeer::decode(v) {
+        Ok(r) => {
+            records.push(r);
+            std::ops::ControlFlow::Continue(())
+        }
+        Err(e) => {
+            bad = Some(e);
+            std::ops::ControlFlow::Break(())
+        }
+    })?;
+    match bad {
+        Some(e) => Err(SnapError::Corrupt(format!(
+            "region {region_id}: a removed-peer record: {e}"
+        ))),
+        None => Ok(records),
+    }
 }

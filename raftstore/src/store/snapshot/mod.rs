@@ -349,6 +349,7 @@ mod tests {
             size: info.size,
             checksum: info.checksum,
             kv_count: info.kv_count,
+            removed_peers: Vec::new(),
         };
         RaftMessage {
             region_id,
