@@ -11,6 +11,8 @@
 //! | raft log entry | `0x01 0x02 region_id:u64 0x01 index:u64` |
 //! | raft state | `0x01 0x02 region_id:u64 0x02` |
 //! | apply state | `0x01 0x02 region_id:u64 0x03` |
+//! | apply origin | `0x01 0x02 region_id:u64 0x04` |
+//! | removed peer | `0x01 0x02 region_id:u64 0x05 peer_id:u64` |
 //! | region state | `0x01 0x03 region_id:u64 0x01` |
 //! | user key | `'z' ++ key` |
 //!
@@ -42,7 +44,8 @@ pub const STORE_LIVENESS_KEY: &[u8] = &[LOCAL_PREFIX, 0x04];
 /// The store's id allocator state (`IdAllocatorState`), in the raft CF.
 pub const ID_ALLOCATOR_KEY: &[u8] = &[LOCAL_PREFIX, 0x05];
 
-/// Second byte of per-region raft keys (log, raft state, apply state).
+/// Second byte of per-region raft keys (log, raft state, apply state,
+/// apply origin, removed-peer records).
 pub const REGION_RAFT_PREFIX: u8 = 0x02;
 /// Second byte of per-region metadata keys (region state).
 pub const REGION_META_PREFIX: u8 = 0x03;

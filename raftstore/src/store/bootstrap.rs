@@ -145,8 +145,11 @@ pub fn write_initial_states(wb: &mut WriteBatch, region: &Region, kept: Option<H
 /// an empty engine, in one synced batch.
 ///
 /// # Errors
-/// [`Error::Config`] if the engine is already bootstrapped or `store_id` cannot
-/// prefix ids (0, or too large); engine errors.
+/// [`Error::Config`] if the engine is already bootstrapped, `store_id` cannot
+/// prefix ids (0, or too large), or a region's epoch is below the
+/// bootstrap epoch (`conf_ver` and `version` start at
+/// [`BOOTSTRAP_CONF_VER`] and 1: a membership change then always moves
+/// `conf_ver` past its bootstrap value); engine errors.
 pub fn bootstrap_store(
     engine: &Engine,
     cluster_id: u64,
@@ -154,6 +157,16 @@ pub fn bootstrap_store(
     regions: &[Region],
 ) -> Result<()> {
     super::id_alloc::check_store_id(store_id)?;
+    if let Some(r) = regions.iter().find(|r| {
+        r.region_epoch
+            .is_none_or(|e| e.conf_ver < BOOTSTRAP_CONF_VER || e.version < 1)
+    }) {
+        return Err(Error::Config(format!(
+            "region {} starts at epoch {:?}: conf_ver must be at least {BOOTSTRAP_CONF_VER} \
+             and version at least 1",
+            r.id, r.region_epoch
+        )));
+    }
     if engine
         .get_msg::<StoreIdent>(Cf::Raft, keys::STORE_IDENT_KEY)?
         .is_some()
@@ -210,5 +223,34 @@ mod tests {
         assert!(initial_regions(&[1, 1], 1).is_err());
         assert!(initial_regions(&[], 1).is_err());
         assert!(initial_regions(&[1], 0).is_err());
+    }
+
+    /// A bootstrapped region starts at the bootstrap epoch or later (new
+    /// leaders rely on it: a region still at `BOOTSTRAP_CONF_VER` removed
+    /// nobody); one below is refused and nothing is written.
+    #[test]
+    fn regions_below_the_bootstrap_epoch_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &flotilla_engine::EngineOptions::default()).unwrap();
+        let good = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
+        let at = |conf_ver, version| Region {
+            region_epoch: Some(RegionEpoch { conf_ver, version }),
+            ..good.clone()
+        };
+        let no_epoch = Region {
+            region_epoch: None,
+            ..good.clone()
+        };
+        for bad in [at(0, 1), at(1, 0), no_epoch] {
+            let res = bootstrap_store(&engine, 1, 1, &[good.clone(), bad.clone()]);
+            assert!(matches!(res, Err(Error::Config(_))), "{bad:?}: {res:?}");
+            assert!(
+                engine
+                    .get(Cf::Raft, keys::STORE_IDENT_KEY)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        bootstrap_store(&engine, 1, 1, &[at(3, 2)]).unwrap();
     }
 }

@@ -180,9 +180,10 @@ pub fn removed_peers(before: &Region, after: &Region) -> Vec<Peer> {
 }
 
 /// The leader refuses adding a peer whose id its region removed before:
-/// the store it was removed from keeps a tombstone naming it and drops
-/// every message to it, and on another store it would apply its own
-/// removal from the log, so the id would never serve again. `removed`
+/// peer ids are never reused (the store it was removed from keeps a
+/// tombstone naming it and drops every message to it, so there the id
+/// would never serve again; a removed peer told it is gone by a removal
+/// note must not be taken for a member by id). `removed`
 /// looks up the region's record of a removed peer id (the leader's own:
 /// it applied every earlier change, so its records are the region's).
 /// Promoting a learner the region lists is not an addition.

@@ -114,9 +114,15 @@ impl super::Peer {
     /// stores confirmed, and a removed peer asleep under a live store
     /// hears of its removal from no one else. A store without the peer
     /// confirms at once, so a removal confirmed long ago costs a new
-    /// leader one note and one answer. A region whose membership never
-    /// changed (`conf_ver` as bootstrapped) has no records, and its new
-    /// leaders read nothing.
+    /// leader one note and one answer (each note goes out on a full tick,
+    /// one at a time, and the region does not hibernate until the live
+    /// stores answered). A removed peer on a store that hosts a member of
+    /// the region now is not told: that member's creation there destroyed
+    /// it (a live message to another peer of the region under a newer
+    /// membership does, see `Peer::on_raft_message`). A region whose
+    /// membership never changed (`conf_ver` as bootstrapped, see
+    /// `bootstrap_store`) has no records, and its new leaders read
+    /// nothing.
     pub(super) fn note_recorded_removals(&mut self) {
         let region = self.region();
         if region
@@ -136,12 +142,11 @@ impl super::Peer {
             slog::warn!(self.logger, "removed-peer records not read"; "err" => %e);
             return;
         }
-        let me = self.meta.id;
         records.sort_by_key(|r| std::cmp::Reverse(r.conf_ver));
         let mut newest: Vec<Peer> = records
             .iter()
             .filter_map(|r| r.peer)
-            .filter(|p| p.id != me && !region.peers.iter().any(|q| q.id == p.id))
+            .filter(|p| !hosts_member(region, p.store_id))
             .take(super::MAX_UNCONFIRMED_REMOVALS)
             .collect();
         newest.reverse();
@@ -176,6 +181,13 @@ impl super::Peer {
         }
         let turn = known.probes;
         known.probes = turn.wrapping_add(1);
+        // A member on the removed peer's store now: its creation there
+        // destroyed the removed peer (see `note_recorded_removals`).
+        let region = self.raft.raft.raft_log().store.region();
+        known.removed.retain(|p| !hosts_member(region, p.store_id));
+        if known.removed.is_empty() {
+            return;
+        }
         let Some(&to) = known.removed.get(turn % known.removed.len()) else {
             return;
         };
@@ -290,14 +302,26 @@ impl super::Peer {
             }
             return;
         }
+        let ours = self.region().region_epoch.unwrap_or_default();
+        let newer = msg.region_epoch.is_some_and(|e| e.conf_ver > ours.conf_ver);
         if let Some(to) = msg.to_peer.filter(|p| p.id != self.meta.id) {
+            // A leader tells a removed peer of this store only while its
+            // region has no member here: under a newer membership than
+            // this initialized peer's, this peer is not a member either
+            // (removed while away, and its id never comes back). An
+            // uninitialized peer's epoch is the creating message's, which
+            // may be older than its membership: it asks instead.
+            if newer && to.store_id == self.meta.store_id && self.raft.store().is_initialized() {
+                slog::info!(self.logger, "a removal note under a newer membership names this store: destroying";
+                    "note_for" => to.id, "conf_ver" => ours.conf_ver);
+                self.removed = true;
+                return;
+            }
             // A removed peer of this region that is not here (this peer
             // replaced it): the leader telling it hears so.
             self.confirm_gone(to, msg.from_peer);
             return;
         }
-        let ours = self.region().region_epoch.unwrap_or_default();
-        let newer = msg.region_epoch.is_some_and(|e| e.conf_ver > ours.conf_ver);
         if !newer || msg.to_peer.is_none() {
             return;
         }
@@ -466,4 +490,9 @@ pub(crate) fn gc_ack(region_id: u64, gone: Peer, leader: Peer) -> RaftMessage {
         gc_ack: true,
         ..Default::default()
     }
+}
+
+/// Whether `region` lists a peer on `store`.
+fn hosts_member(region: &Region, store: u64) -> bool {
+    region.peers.iter().any(|p| p.store_id == store)
 }

@@ -1201,6 +1201,55 @@ mod tests {
         }
     }
 
+    /// admin.md scenario 9 (a removed peer never resurrects): a leader
+    /// tells a removed peer it is gone only while its region has no member
+    /// on that peer's store, so a note under a newer membership than an
+    /// initialized peer's, for another id on its own store, means this
+    /// peer was removed too (while away): it goes. A note for a peer on
+    /// another store, or under a membership this peer has seen, is
+    /// confirmed (`gc_ack`) and the peer stays.
+    #[test]
+    fn a_newer_removal_note_naming_this_store_removes_a_stale_peer() {
+        let note = |to: metapb::Peer, conf_ver: u64, leader: u64| RaftMessage {
+            region_id: 1,
+            from_peer: Some(metapb::Peer {
+                id: leader,
+                store_id: 1,
+                ..Default::default()
+            }),
+            to_peer: Some(to),
+            region_epoch: Some(metapb::RegionEpoch {
+                conf_ver,
+                version: 1,
+            }),
+            is_tombstone: true,
+            ..Default::default()
+        };
+        let other = |store_id| metapb::Peer {
+            id: 1 << 40 | 77,
+            store_id,
+            ..Default::default()
+        };
+        for (store, conf_ver, destroyed) in [(2, 5, true), (2, 1, false), (3, 5, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut f = FollowerOnStore2::new(&dir);
+            let conf_ver_now = f.region.region_epoch.unwrap().conf_ver;
+            assert_eq!(conf_ver_now, 1);
+            f.peer
+                .on_tombstone_message(&note(other(store), conf_ver, f.leader));
+            assert_eq!(
+                f.peer.removed, destroyed,
+                "store {store}, conf_ver {conf_ver}"
+            );
+            let ack = f.peer.take_gc_reply();
+            assert_eq!(
+                ack.as_ref().is_some_and(|m| m.gc_ack),
+                !destroyed,
+                "store {store}, conf_ver {conf_ver}: {ack:?}"
+            );
+        }
+    }
+
     /// A follower's round that only moves the commit index writes nothing
     /// (`WriteNeed::CommitOnly`); the next round with entries writes the
     /// raft state with that commit index in it.

@@ -260,7 +260,9 @@ impl Peer {
             .persist_snapshot(index, term, region.clone(), wb);
         // The region's records of its removed peers are the snapshot's.
         let (lo, hi) = keys::removed_peers_range(region.id);
-        wb.delete_range(Cf::Raft, &lo, &hi)?;
+        // `lo < hi`: the engine takes the range.
+        let res = wb.delete_range(Cf::Raft, &lo, &hi);
+        debug_assert!(res.is_ok(), "{res:?}");
         for record in &meta.removed_peers {
             if let Some(peer) = record.peer {
                 wb.put_msg(
