@@ -165,16 +165,17 @@ fn region_key(kind: u8, region_id: u64, suffix: u8) -> [u8; REGION_KEY_LEN] {
     key
 }
 
+/// A per-region raft key with `suffix` and then `tail` (big-endian).
+fn region_raft_key_with(region_id: u64, suffix: u8, tail: u64) -> [u8; RAFT_LOG_KEY_LEN] {
+    let mut key = [0u8; RAFT_LOG_KEY_LEN];
+    key[..REGION_KEY_LEN].copy_from_slice(&region_key(REGION_RAFT_PREFIX, region_id, suffix));
+    key[REGION_KEY_LEN..].copy_from_slice(&tail.to_be_bytes());
+    key
+}
+
 /// The key of region `region_id`'s raft log entry at `index`.
 pub fn raft_log_key(region_id: u64, index: u64) -> [u8; RAFT_LOG_KEY_LEN] {
-    let mut key = [0u8; RAFT_LOG_KEY_LEN];
-    key[..REGION_KEY_LEN].copy_from_slice(&region_key(
-        REGION_RAFT_PREFIX,
-        region_id,
-        RAFT_LOG_SUFFIX,
-    ));
-    key[REGION_KEY_LEN..].copy_from_slice(&index.to_be_bytes());
-    key
+    region_raft_key_with(region_id, RAFT_LOG_SUFFIX, index)
 }
 
 /// The prefix every log entry key of `region_id` starts with.
@@ -216,14 +217,7 @@ pub fn apply_origin_key(region_id: u64) -> [u8; REGION_KEY_LEN] {
 /// the id is never added back, and a new leader tells the peer it is gone.
 /// Same length as a log key; one region's records sort by peer id.
 pub fn removed_peer_key(region_id: u64, peer_id: u64) -> [u8; RAFT_LOG_KEY_LEN] {
-    let mut key = [0u8; RAFT_LOG_KEY_LEN];
-    key[..REGION_KEY_LEN].copy_from_slice(&region_key(
-        REGION_RAFT_PREFIX,
-        region_id,
-        REMOVED_PEER_SUFFIX,
-    ));
-    key[REGION_KEY_LEN..].copy_from_slice(&peer_id.to_be_bytes());
-    key
+    region_raft_key_with(region_id, REMOVED_PEER_SUFFIX, peer_id)
 }
 
 /// `[start, end)` covering every removed-peer record of `region_id`.

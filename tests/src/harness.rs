@@ -32,6 +32,21 @@ pub fn fast_config(base_tick_ms: u64) -> Config {
     }
 }
 
+/// Three stores bootstrapped with one region (id 1) and a fast clock,
+/// once it has a leader: the cluster, the leader's store, and a client
+/// that `fill` used first (to write a test's keys).
+pub fn three_stores_serving(
+    dir: &std::path::Path,
+    fill: impl FnOnce(&flotilla_raftstore::store::Client),
+) -> (Cluster, u64, flotilla_raftstore::store::Client) {
+    let cluster =
+        Cluster::bootstrap(dir, 3, 1, fast_config(FAST_TICK_MS), &logger()).expect("bootstrap");
+    let leader = wait_leader(&cluster, 1).expect("leader");
+    let client = cluster.client(flotilla_raftstore::store::ClientConfig::default());
+    fill(&client);
+    (cluster, leader, client)
+}
+
 /// How long tests wait for something that should happen within a few
 /// election timeouts.
 pub const SETTLE: Duration = Duration::from_secs(30);

@@ -76,6 +76,21 @@ fn peer_on(region: &Region, store: u64) -> Option<Peer> {
     region.peers.iter().find(|p| p.store_id == store).copied()
 }
 
+/// Three stores with the region, its leader's store, and a client that
+/// wrote keys `0..KEYS`.
+fn started(dir: &tempfile::TempDir) -> (Cluster, u64, Client) {
+    flotilla_tests::harness::three_stores_serving(dir.path(), |c| write(c, 0..KEYS))
+}
+
+/// The store of the three that is neither `a` nor `b`.
+fn third_store(cluster: &Cluster, a: u64, b: u64) -> u64 {
+    *cluster
+        .store_ids()
+        .iter()
+        .find(|&&s| s != a && s != b)
+        .expect("a third store")
+}
+
 /// A store other than `leader`'s, and its peer of the region.
 fn a_follower(cluster: &Cluster, leader: u64) -> (u64, Peer) {
     let store = *cluster
@@ -121,10 +136,7 @@ fn change(client: &Client, t: ConfChangeType, peer: Peer) -> Region {
 #[test]
 fn add_learner_snapshot_promote() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     cluster.add_store(4).unwrap();
     let id = cluster.store(leader).unwrap().alloc_id().unwrap();
     let learner = Peer {
@@ -216,10 +228,7 @@ fn pre_vote(region: &Region, store: u64, to: Peer) -> RaftMessage {
 #[test]
 fn removed_peer_is_destroyed_and_never_resurrects() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     let old_region = cluster.regions()[0].clone();
     let (gone, removed) = a_follower(&cluster, leader);
     let region = change(&client, ConfChangeType::RemoveNode, removed);
@@ -362,10 +371,7 @@ fn conf_change_typed_rejections() {
 #[test]
 fn a_voter_that_would_take_the_quorum_away_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (cluster, leader, client) = started(&dir);
     let ghost = |store| Peer {
         id: cluster.store(leader).unwrap().alloc_id().unwrap(),
         store_id: store,
@@ -457,10 +463,7 @@ fn a_single_voter_grows_only_through_a_caught_up_learner() {
 #[test]
 fn removing_a_live_voter_while_another_is_dead_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     let region = cluster.regions()[0].clone();
     let mut followers = cluster.store_ids().to_vec();
     followers.retain(|&s| s != leader);
@@ -619,10 +622,7 @@ fn history_is_linearizable_across_conf_changes_and_transfers() {
 #[test]
 fn peer_removed_while_isolated_is_destroyed_after_the_heal() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (cluster, leader, client) = started(&dir);
     let (gone, removed) = a_follower(&cluster, leader);
     let filter = cluster.transport().isolate(gone);
     change(&client, ConfChangeType::RemoveNode, removed);
@@ -684,10 +684,7 @@ enum Cut {
 /// lingered for good.)
 fn learner_removed_while_cut_off(cut: Cut) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     cluster.add_store(4).unwrap();
     let learner = Peer {
         id: cluster.store(leader).unwrap().alloc_id().unwrap(),
@@ -774,10 +771,7 @@ fn learner_asleep_when_removed_in_a_short_cut_is_destroyed_after_the_heal() {
 /// notes up from the region's record of removed peers.
 fn voter_asleep_when_removed_in_a_short_cut(move_leader: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (cluster, leader, client) = started(&dir);
     let (gone, removed) = a_follower(&cluster, leader);
     let store = cluster.store(gone).unwrap();
     let handle = store.handle();
@@ -790,12 +784,7 @@ fn voter_asleep_when_removed_in_a_short_cut(move_leader: bool) {
     let filter = cluster.transport().isolate(gone);
     change(&client, ConfChangeType::RemoveNode, removed);
     if move_leader {
-        let third = *cluster
-            .store_ids()
-            .iter()
-            .find(|&&s| s != leader && s != gone)
-            .expect("a third store");
-        lead_from(&cluster, &client, third);
+        lead_from(&cluster, &client, third_store(&cluster, leader, gone));
     }
     cluster.transport().remove_filter(filter);
     assert!(
@@ -836,10 +825,7 @@ fn voter_asleep_when_removed_is_told_by_the_next_leader() {
 #[test]
 fn a_removed_peer_id_is_refused_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     let (gone, removed) = a_follower(&cluster, leader);
     let region = change(&client, ConfChangeType::RemoveNode, removed);
     let conf_ver = region.region_epoch.unwrap().conf_ver;
@@ -863,11 +849,7 @@ fn a_removed_peer_id_is_refused_for_good() {
         }
     };
     try_add_back(&client);
-    let third = *cluster
-        .store_ids()
-        .iter()
-        .find(|&&s| s != leader && s != gone)
-        .expect("a third store");
+    let third = third_store(&cluster, leader, gone);
     lead_from(&cluster, &client, third);
     try_add_back(&client);
     drop(client);
@@ -932,10 +914,7 @@ fn a_removed_peer_id_is_refused_for_good() {
 #[test]
 fn a_removed_peer_on_a_dead_store_does_not_keep_its_region_awake() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     let (dead, removed) = a_follower(&cluster, leader);
     let withdrawals = |c: &Cluster| {
         c.store(leader)
@@ -1067,10 +1046,7 @@ fn settled_on(cluster: &Cluster, stores: &[u64], conf_ver: u64) -> bool {
 #[test]
 fn joint_replace_two_voters_leader_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     cluster.add_store(4).unwrap();
     cluster.add_store(5).unwrap();
     let original = cluster.regions()[0].clone();
@@ -1226,10 +1202,7 @@ fn regions_can_be_inspected_online_and_offline() {
 #[test]
 fn learner_removed_while_isolated_gives_way_to_a_new_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(&dir);
     cluster.add_store(4).unwrap();
     let alloc = |c: &Cluster| c.store(leader).unwrap().alloc_id().unwrap();
     let old = Peer {
@@ -1286,10 +1259,7 @@ fn uninitialized_learner_on_store_4(dir: &tempfile::TempDir) -> (Cluster, Client
     use flotilla_raftstore::store::DropFilter;
     use std::sync::Arc;
 
-    let mut cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
+    let (mut cluster, leader, client) = started(dir);
     cluster.add_store(4).unwrap();
     cluster.transport().add_filter(Arc::new(DropFilter {
         to_store: Some(4),

@@ -14,10 +14,8 @@ use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole};
 use flotilla_proto::raft_serverpb::PeerState;
-use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Config, Error};
-use flotilla_tests::harness::{
-    FAST_TICK_MS, eventually, fast_config, holds_values, logger, region_state, wait_leader,
-};
+use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Error};
+use flotilla_tests::harness::{FAST_TICK_MS, eventually, holds_values, region_state};
 
 /// One test at a time: failpoints are global to the process.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -25,10 +23,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const REGION: u64 = 1;
 /// Keys written before the crash.
 const KEYS: u64 = 40;
-
-fn config() -> Config {
-    fast_config(FAST_TICK_MS)
-}
 
 fn key(i: u64) -> Vec<u8> {
     format!("fp{i:05}").into_bytes()
@@ -47,11 +41,7 @@ fn holds(engine: &Engine, range: std::ops::Range<u64>) -> bool {
 /// Three stores with one region and `KEYS` keys written: the cluster,
 /// the region's leader store, a client.
 fn started(dir: &tempfile::TempDir) -> (Cluster, u64, Client) {
-    let cluster = Cluster::bootstrap(dir.path(), 3, 1, config(), &logger()).unwrap();
-    let leader = wait_leader(&cluster, REGION).expect("leader");
-    let client = cluster.client(ClientConfig::default());
-    write(&client, 0..KEYS);
-    (cluster, leader, client)
+    flotilla_tests::harness::three_stores_serving(dir.path(), |c| write(c, 0..KEYS))
 }
 
 /// The stores that stopped on a fatal error (a failpoint's crash).
