@@ -141,15 +141,86 @@ pub fn write_initial_states(wb: &mut WriteBatch, region: &Region, kept: Option<H
     );
 }
 
+/// Checks that `regions` can start serving on store `store_id`: each has
+/// a non-zero id, a range whose start is below its end (or an open end),
+/// the bootstrap epoch or later (`conf_ver` at least
+/// [`BOOTSTRAP_CONF_VER`] and `version` at least 1, so a membership change
+/// always moves `conf_ver` past its bootstrap value), at least one voter,
+/// voters and learners only (no joint roles), no peer id or store id 0 and
+/// none twice, and a peer on `store_id`; no two regions share an id or
+/// overlap.
+///
+/// # Errors
+/// [`Error::Config`] naming the first region that fails and why.
+pub fn check_initial_regions(store_id: u64, regions: &[Region]) -> Result<()> {
+    let bad = |r: &Region, why: &str| Err(Error::Config(format!("initial region {}: {why}", r.id)));
+    for r in regions {
+        if r.id == 0 {
+            return bad(r, "region id 0");
+        }
+        if !r.end_key.is_empty() && r.start_key >= r.end_key {
+            return bad(r, "its start key is not below its end key");
+        }
+        if r.region_epoch
+            .is_none_or(|e| e.conf_ver < BOOTSTRAP_CONF_VER || e.version < 1)
+        {
+            return bad(
+                r,
+                &format!(
+                    "epoch {:?}: conf_ver must be at least {BOOTSTRAP_CONF_VER} and version at least 1",
+                    r.region_epoch
+                ),
+            );
+        }
+        let mut ids: Vec<u64> = r.peers.iter().map(|p| p.id).collect();
+        let mut stores: Vec<u64> = r.peers.iter().map(|p| p.store_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        stores.sort_unstable();
+        stores.dedup();
+        if ids.len() != r.peers.len() || stores.len() != r.peers.len() {
+            return bad(r, "a peer id or a store twice");
+        }
+        if r.peers.iter().any(|p| p.id == 0 || p.store_id == 0) {
+            return bad(r, "a peer id or store id 0");
+        }
+        let role = |p: &Peer| PeerRole::try_from(p.role).ok();
+        if r.peers
+            .iter()
+            .any(|p| !matches!(role(p), Some(PeerRole::Voter | PeerRole::Learner)))
+        {
+            return bad(r, "a peer neither a voter nor a learner");
+        }
+        if !r.peers.iter().any(|p| role(p) == Some(PeerRole::Voter)) {
+            return bad(r, "no voter");
+        }
+        if !r.peers.iter().any(|p| p.store_id == store_id) {
+            return bad(r, &format!("no peer on store {store_id}"));
+        }
+    }
+    let mut by_start: Vec<&Region> = regions.iter().collect();
+    by_start.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+    for w in by_start.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if a.end_key.is_empty() || a.end_key > b.start_key {
+            return bad(b, &format!("overlaps region {}", a.id));
+        }
+    }
+    let mut ids: Vec<u64> = regions.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Config("two initial regions share an id".into()));
+    }
+    Ok(())
+}
+
 /// Writes store `store_id`'s ident and the initial states of `regions` into
 /// an empty engine, in one synced batch.
 ///
 /// # Errors
 /// [`Error::Config`] if the engine is already bootstrapped, `store_id` cannot
-/// prefix ids (0, or too large), or a region's epoch is below the
-/// bootstrap epoch (`conf_ver` and `version` start at
-/// [`BOOTSTRAP_CONF_VER`] and 1: a membership change then always moves
-/// `conf_ver` past its bootstrap value); engine errors.
+/// prefix ids (0, or too large), or `regions` could not serve (see
+/// [`check_initial_regions`]); engine errors. Nothing is written then.
 pub fn bootstrap_store(
     engine: &Engine,
     cluster_id: u64,
@@ -157,16 +228,7 @@ pub fn bootstrap_store(
     regions: &[Region],
 ) -> Result<()> {
     super::id_alloc::check_store_id(store_id)?;
-    if let Some(r) = regions.iter().find(|r| {
-        r.region_epoch
-            .is_none_or(|e| e.conf_ver < BOOTSTRAP_CONF_VER || e.version < 1)
-    }) {
-        return Err(Error::Config(format!(
-            "region {} starts at epoch {:?}: conf_ver must be at least {BOOTSTRAP_CONF_VER} \
-             and version at least 1",
-            r.id, r.region_epoch
-        )));
-    }
+    check_initial_regions(store_id, regions)?;
     if engine
         .get_msg::<StoreIdent>(Cf::Raft, keys::STORE_IDENT_KEY)?
         .is_some()
@@ -225,32 +287,113 @@ mod tests {
         assert!(initial_regions(&[1], 0).is_err());
     }
 
-    /// A bootstrapped region starts at the bootstrap epoch or later (new
-    /// leaders rely on it: a region still at `BOOTSTRAP_CONF_VER` removed
-    /// nobody); one below is refused and nothing is written.
+    /// Bad input through the public bootstrap: initial regions that could
+    /// not serve are refused with `Error::Config` and nothing is written
+    /// (before, most of them bootstrapped, and the store opened with a
+    /// region that could never elect or that shared keys with another).
+    /// Among them a region below the bootstrap epoch (new leaders rely on
+    /// it: a region still at `BOOTSTRAP_CONF_VER` removed nobody).
     #[test]
-    fn regions_below_the_bootstrap_epoch_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), &flotilla_engine::EngineOptions::default()).unwrap();
-        let good = initial_regions(&[1, 2, 3], 1).unwrap().remove(0);
-        let at = |conf_ver, version| Region {
-            region_epoch: Some(RegionEpoch { conf_ver, version }),
-            ..good.clone()
+    fn initial_regions_that_could_not_serve_are_refused() {
+        let good = initial_regions(&[1, 2, 3], 2).unwrap();
+        let first = good[0].clone();
+        let with = |f: &dyn Fn(&mut Region)| {
+            let mut r = first.clone();
+            f(&mut r);
+            vec![r]
         };
-        let no_epoch = Region {
-            region_epoch: None,
-            ..good.clone()
-        };
-        for bad in [at(0, 1), at(1, 0), no_epoch] {
-            let res = bootstrap_store(&engine, 1, 1, &[good.clone(), bad.clone()]);
-            assert!(matches!(res, Err(Error::Config(_))), "{bad:?}: {res:?}");
+        let cases: Vec<(&str, Vec<Region>)> = vec![
+            (
+                "epoch conf_ver 0",
+                with(&|r| {
+                    r.region_epoch = Some(RegionEpoch {
+                        conf_ver: 0,
+                        version: 1,
+                    })
+                }),
+            ),
+            (
+                "epoch version 0",
+                with(&|r| {
+                    r.region_epoch = Some(RegionEpoch {
+                        conf_ver: 1,
+                        version: 0,
+                    })
+                }),
+            ),
+            ("no epoch", with(&|r| r.region_epoch = None)),
+            ("region id 0", with(&|r| r.id = 0)),
+            (
+                "backwards range",
+                with(&|r| {
+                    r.start_key = b"z".to_vec().into();
+                    r.end_key = b"a".to_vec().into();
+                }),
+            ),
+            (
+                "empty range",
+                with(&|r| {
+                    r.start_key = b"a".to_vec().into();
+                    r.end_key = b"a".to_vec().into();
+                }),
+            ),
+            ("no peers", with(&|r| r.peers.clear())),
+            ("peer id twice", with(&|r| r.peers[1].id = r.peers[0].id)),
+            (
+                "store twice",
+                with(&|r| r.peers[1].store_id = r.peers[0].store_id),
+            ),
+            ("peer id 0", with(&|r| r.peers[2].id = 0)),
+            (
+                "learners only",
+                with(&|r| {
+                    for p in &mut r.peers {
+                        p.set_role(PeerRole::Learner);
+                    }
+                }),
+            ),
+            (
+                "joint role",
+                with(&|r| r.peers[1].set_role(PeerRole::IncomingVoter)),
+            ),
+            ("unknown role", with(&|r| r.peers[1].role = 9)),
+            (
+                "not on this store",
+                with(&|r| r.peers.retain(|p| p.store_id != 1)),
+            ),
+            ("same region twice", vec![first.clone(), first.clone()]),
+            ("overlapping", {
+                let mut wide = good[1].clone();
+                wide.start_key = first.start_key.clone();
+                vec![first.clone(), wide]
+            }),
+            ("id twice", {
+                let mut other = good[1].clone();
+                other.id = first.id;
+                vec![first.clone(), other]
+            }),
+        ];
+        for (what, regions) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let engine =
+                Engine::open(dir.path(), &flotilla_engine::EngineOptions::default()).unwrap();
+            let res = bootstrap_store(&engine, 1, 1, &regions);
+            assert!(matches!(res, Err(Error::Config(_))), "{what}: {res:?}");
             assert!(
                 engine
                     .get(Cf::Raft, keys::STORE_IDENT_KEY)
                     .unwrap()
-                    .is_none()
+                    .is_none(),
+                "{what}: bootstrapped"
             );
         }
-        bootstrap_store(&engine, 1, 1, &[at(3, 2)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &flotilla_engine::EngineOptions::default()).unwrap();
+        let mut later = good.clone();
+        later[0].region_epoch = Some(RegionEpoch {
+            conf_ver: 3,
+            version: 2,
+        });
+        bootstrap_store(&engine, 1, 1, &later).unwrap();
     }
 }
