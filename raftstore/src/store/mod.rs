@@ -30,6 +30,7 @@ mod msg;
 mod node;
 mod peer;
 mod peer_storage;
+mod removed;
 mod snapshot;
 mod split_check;
 mod transport;

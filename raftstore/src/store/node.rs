@@ -833,8 +833,7 @@ fn reset_if_snapshot_lost(
     wb.delete(Cf::Raft, &keys::apply_origin_key(region.id));
     let (lo, hi) = keys::raft_log_range(region.id, 0, index + 1);
     wb.delete_range(Cf::Raft, &lo, &hi)?;
-    let (lo, hi) = keys::removed_peers_range(region.id);
-    wb.delete_range(Cf::Raft, &lo, &hi)?;
+    super::removed::clear(&mut wb, region.id);
     wb.put_msg(
         Cf::Raft,
         &keys::raft_state_key(region.id),
@@ -942,8 +941,7 @@ fn clear_tombstoned(
     }
     let (lo, hi) = keys::raft_log_range(region.id, 0, raft.last_index + 1);
     wb.delete_range(Cf::Raft, &lo, &hi)?;
-    let (lo, hi) = keys::removed_peers_range(region.id);
-    wb.delete_range(Cf::Raft, &lo, &hi)?;
+    super::removed::clear(wb, region.id);
     wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
     wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
     if owns_data {

@@ -12,16 +12,15 @@ use flotilla_proto::raft_cmdpb::{
     AdminResponse, ChangePeerResponse, ChangePeerV2Response, RaftCmdRequest, RaftCmdResponse,
     RaftResponseHeader, admin_request, admin_response,
 };
-use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState, RemovedPeer};
+use flotilla_proto::raft_serverpb::{PeerState, RegionLocalState};
 use prost::Message as _;
 
 use super::ApplyFsm;
 use crate::raft::confchange::v1_to_v2;
-use crate::store::admin::{
-    change_region, change_region_v2, check_epoch, conf_change_v2, removed_peers,
-};
+use crate::store::admin::{change_region, change_region_v2, check_epoch, conf_change_v2};
 use crate::store::error::{Error, Result};
 use crate::store::msg::ExecResult;
+use crate::store::removed;
 use crate::store::util::err_response;
 
 /// Applies a conf change entry. A change that removes this store's peer
@@ -44,18 +43,7 @@ pub(super) fn apply_conf_change(
     };
     if region.peers.iter().any(|p| p.id == fsm.peer.id) {
         state.set_state(PeerState::Normal);
-        let conf_ver = region.region_epoch.map_or(0, |e| e.conf_ver);
-        for peer in removed_peers(&fsm.region, &region) {
-            let record = RemovedPeer {
-                peer: Some(peer),
-                conf_ver,
-            };
-            wb.put_msg(
-                Cf::Raft,
-                &keys::removed_peer_key(region.id, peer.id),
-                &record,
-            );
-        }
+        removed::record_removals(wb, &fsm.region, &region);
     } else {
         let mut tombstone = region.clone();
         tombstone.peers.push(fsm.peer);

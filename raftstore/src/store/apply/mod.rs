@@ -362,8 +362,7 @@ impl ApplyPoller {
         }
         let (lo, hi) = keys::raft_log_range(region.id, 0, task.last_index + 1);
         let _ = wb.delete_range(Cf::Raft, &lo, &hi);
-        let (lo, hi) = keys::removed_peers_range(region.id);
-        let _ = wb.delete_range(Cf::Raft, &lo, &hi);
+        crate::store::removed::clear(&mut wb, region.id);
         wb.delete(Cf::Raft, &keys::raft_state_key(region.id));
         wb.delete(Cf::Raft, &keys::apply_state_key(region.id));
         fsm.stopped = true;

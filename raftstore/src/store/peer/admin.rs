@@ -5,14 +5,12 @@
 //! abandoned). ChangePeer is proposed as a conf change entry and answered
 //! when it applies.
 
-use flotilla_engine::{Cf, keys};
 use flotilla_proto::metapb::PeerRole;
 use flotilla_proto::raft_cmdpb::{
     AdminResponse, ChangePeerRequest, CompactLogRequest, CompactLogResponse, RaftCmdRequest,
     RaftCmdResponse, RaftResponseHeader, TransferLeaderRequest, TransferLeaderResponse,
     admin_request, admin_response,
 };
-use flotilla_proto::raft_serverpb::RemovedPeer;
 
 use flotilla_proto::eraftpb::{ConfChange, ConfChangeV2};
 use prost::Message as _;
@@ -28,6 +26,7 @@ use crate::store::error::{Error, Result};
 use crate::store::hibernation::Hibernation;
 use crate::store::liveness::SupportStatus;
 use crate::store::msg::Responder;
+use crate::store::removed;
 use crate::store::util::err_response;
 use std::time::Instant;
 
@@ -282,9 +281,7 @@ impl Peer {
         // After the pending check: every earlier removal is applied here,
         // so its record is written.
         check_ids_not_removed(changes, region, |id| {
-            let key = keys::removed_peer_key(region.id, id);
-            let record: Option<RemovedPeer> = self.engine.get_msg(Cf::Raft, &key)?;
-            Ok(record.and_then(|r| r.peer))
+            Ok(removed::lookup(&self.engine, region.id, id)?)
         })
     }
 

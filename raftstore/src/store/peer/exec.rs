@@ -4,14 +4,14 @@
 //! removed from its region is destroyed by its poller, see
 //! [`Peer::is_removed`]).
 
-use flotilla_engine::{Cf, keys};
 use flotilla_proto::eraftpb::ConfChangeV2;
 use flotilla_proto::metapb::{Peer, PeerRole, Region, RegionEpoch};
-use flotilla_proto::raft_serverpb::{RaftMessage, RemovedPeer};
-use prost::Message as _;
+use flotilla_proto::raft_serverpb::RaftMessage;
 
+use crate::store::admin::removed_peers;
 use crate::store::bootstrap::BOOTSTRAP_CONF_VER;
 use crate::store::msg::{DestroyTask, ExecResult, RegionStatus};
+use crate::store::removed;
 
 /// Election timeouts a peer that cannot campaign (uninitialized, or a
 /// learner) waits without hearing a leader before it asks a peer whether
@@ -55,12 +55,9 @@ impl super::Peer {
         // Only a leader tells the peers it removes (see `note_removed`).
         let me = self.meta.id;
         let removed: Vec<Peer> = if self.is_leader() {
-            self.region()
-                .peers
-                .iter()
-                .filter(|p| p.id != me && !region.peers.iter().any(|n| n.id == p.id))
-                .copied()
-                .collect()
+            let mut gone = removed_peers(self.region(), &region);
+            gone.retain(|p| p.id != me);
+            gone
         } else {
             Vec::new()
         };
@@ -131,17 +128,14 @@ impl super::Peer {
         {
             return;
         }
-        let (lo, hi) = keys::removed_peers_range(region.id);
-        let mut records: Vec<RemovedPeer> = Vec::new();
-        let scanned = self.engine.snapshot().scan(Cf::Raft, &lo, &hi, |_, v| {
-            records.extend(RemovedPeer::decode(v).ok());
-            std::ops::ControlFlow::Continue(())
-        });
-        if let Err(e) = scanned {
-            // Best effort: the removed peers' own probes remain.
-            slog::warn!(self.logger, "removed-peer records not read"; "err" => %e);
-            return;
-        }
+        let mut records = match removed::read_all(&self.engine.snapshot(), region.id) {
+            Ok(records) => records,
+            Err(e) => {
+                // Best effort: the removed peers' own probes remain.
+                slog::warn!(self.logger, "removed-peer records not read"; "err" => %e);
+                return;
+            }
+        };
         records.sort_by_key(|r| std::cmp::Reverse(r.conf_ver));
         let mut newest: Vec<Peer> = records
             .iter()

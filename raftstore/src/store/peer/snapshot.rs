@@ -2,7 +2,7 @@
 //! snapshots it lets its raft group see, persisting the one raft installs,
 //! handing it to the apply side, and telling raft how a send went.
 
-use flotilla_engine::{Cf, WriteBatch, keys};
+use flotilla_engine::WriteBatch;
 use flotilla_proto::eraftpb::{Message, MessageType, Snapshot};
 use flotilla_proto::metapb::Region;
 
@@ -10,6 +10,7 @@ use super::Peer;
 use crate::store::error::{Error, Result};
 use crate::store::meta::{range_hull, touches};
 use crate::store::msg::SnapshotTask;
+use crate::store::removed;
 use crate::store::snapshot::{recv_path, snap_dir, snapshot_index, snapshot_meta};
 
 /// What an admitted snapshot holds in the store's range index until it is
@@ -259,19 +260,7 @@ impl Peer {
             .store
             .persist_snapshot(index, term, region.clone(), wb);
         // The region's records of its removed peers are the snapshot's.
-        let (lo, hi) = keys::removed_peers_range(region.id);
-        // `lo < hi`: the engine takes the range.
-        let res = wb.delete_range(Cf::Raft, &lo, &hi);
-        debug_assert!(res.is_ok(), "{res:?}");
-        for record in &meta.removed_peers {
-            if let Some(peer) = record.peer {
-                wb.put_msg(
-                    Cf::Raft,
-                    &keys::removed_peer_key(region.id, peer.id),
-                    record,
-                );
-            }
-        }
+        removed::replace(wb, region.id, &meta.removed_peers);
         let path = recv_path(&snap_dir(&self.engine), region.id, term, index);
         slog::info!(self.logger, "snapshot persisted"; "index" => index, "term" => term);
         self.pending_snapshot = Some(Box::new(SnapshotTask {

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::{Entry, Snapshot, SnapshotMetadata};
-use flotilla_proto::raft_serverpb::{
-    PeerState, RaftApplyState, RegionLocalState, RemovedPeer, SnapshotMeta,
-};
+use flotilla_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState, SnapshotMeta};
 use parking_lot::Mutex;
 use prost::Message as _;
 
@@ -76,7 +74,7 @@ pub fn generate_snapshot(
             .ok_or_else(|| not_ready("the applied entry is not in the log"))?;
         entry.term
     };
-    let removed_peers = removed_records(&snap, region_id)?;
+    let removed_peers = crate::store::removed::read_all(&snap, region_id)?;
     let path = mgr.gen_path(region_id, term, index);
     let mut out = SnapWriter::create(&path)?;
     let start = keys::data_key(&region.start_key);
@@ -114,24 +112,4 @@ pub fn generate_snapshot(
             term,
         }),
     })
-}
-
-/// `region_id`'s records of its removed peers in `snap` (one that does
-/// not decode is left out, as a new leader leaves it out: the records only
-/// refuse ids and prompt removal notes, and a region must not stop
-/// sending snapshots for one).
-///
-/// # Errors
-/// Engine errors.
-fn removed_records(
-    snap: &flotilla_engine::Snapshot,
-    region_id: u64,
-) -> Result<Vec<RemovedPeer>, SnapError> {
-    let (lo, hi) = keys::removed_peers_range(region_id);
-    let mut records = Vec::new();
-    snap.scan(Cf::Raft, &lo, &hi, |_, v| {
-        records.extend(RemovedPeer::decode(v).ok());
-        std::ops::ControlFlow::Continue(())
-    })?;
-    Ok(records)
 }
