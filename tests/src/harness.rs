@@ -105,6 +105,40 @@ pub fn wait_leader(cluster: &Cluster, region_id: u64) -> Option<u64> {
     None
 }
 
+/// The store whose peer of `region_id` says it leads it (asked with
+/// `region_status`, no read through raft), once one does within
+/// [`SETTLE`].
+pub fn inspected_leader(cluster: &Cluster, region_id: u64) -> Option<u64> {
+    let mut found = None;
+    eventually(|| {
+        found = cluster.store_ids().iter().copied().find(|&s| {
+            cluster
+                .store(s)
+                .and_then(|st| st.handle().region_status(region_id, SETTLE).ok())
+                .is_some_and(|st| st.leader == Some(st.peer))
+        });
+        found.is_some()
+    });
+    found
+}
+
+/// A store that leads none of `regions` (the tests that cut one store off
+/// keep a merge's leaders elsewhere: a leader elected after the cut does
+/// not know how far the cut-off peer got, and the merge is refused with
+/// `MergeLogGapTooLarge`, rightly). The last such store in id order.
+pub fn store_leading_none(cluster: &Cluster, regions: &[u64]) -> u64 {
+    let leaders: Vec<u64> = regions
+        .iter()
+        .map(|&r| inspected_leader(cluster, r).expect("leader"))
+        .collect();
+    *cluster
+        .store_ids()
+        .iter()
+        .rev()
+        .find(|s| !leaders.contains(s))
+        .expect("a store leading neither region")
+}
+
 /// Polls `f` until it returns true or [`SETTLE`] passes.
 pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + SETTLE;

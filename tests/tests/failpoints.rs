@@ -14,7 +14,7 @@ use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole};
 use flotilla_proto::raft_serverpb::PeerState;
-use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Error};
+use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, DropFilter, Error};
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, holds_values, region_state};
 
 /// One test at a time: failpoints are global to the process.
@@ -400,6 +400,102 @@ fn merge_rolls_back_when_the_target_splits_then_merges_again() {
             "key {i}"
         );
     }
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// Changes `region_id`'s membership by one peer, retrying while the
+/// region is busy (a change or merge pending, leadership moving).
+fn change(
+    client: &Client,
+    region_id: u64,
+    t: ConfChangeType,
+    peer: Peer,
+) -> flotilla_proto::metapb::Region {
+    for _ in 0..200 {
+        match client.change_peer(region_id, t, peer) {
+            Ok(r) => return r,
+            Err(Error::Admin(AdminError::ConfChangePending { .. })) => {}
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("{t:?} of {peer:?}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{t:?} of {peer:?} never applied");
+}
+
+/// Merge GC hole 4 (session 15's note): an apply delegate stopped at a
+/// CommitMerge until its source caught up kept everything behind it in
+/// its backlog, a `Destroy` too. A target peer whose source never caught
+/// up (here its ask is lost: the `merge_catch_up_lost` failpoint, as when
+/// the source has no peer on the store) and which its region then
+/// removed was never cleared: its region stayed `Normal` on disk with its
+/// old range, and its id stayed half destroyed on that store for good.
+/// Now a removed peer goes while it waits (what it had not applied, its
+/// region's members apply). A new peer of the region on that store then
+/// takes a snapshot past the merge and holds every key of both halves.
+#[test]
+fn a_peer_removed_while_its_merge_waits_for_the_source_is_destroyed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _, client) = started(&dir);
+    let (left, right) = split_in_two(&client);
+    let lagging = flotilla_tests::harness::store_leading_none(&cluster, &[left.id, right.id]);
+    let engine = cluster.store(lagging).unwrap().engine().clone();
+    // The lagging store's source misses a few writes (within the merge's
+    // log gap), so its target waits at the CommitMerge; its ask to catch
+    // up is lost.
+    let cut = cluster
+        .transport()
+        .add_filter(std::sync::Arc::new(DropFilter {
+            region_id: Some(right.id),
+            to_store: Some(lagging),
+            ..Default::default()
+        }));
+    write(&client, KEYS..KEYS + 5);
+    fail::cfg("merge_catch_up_lost", "return").unwrap();
+    let merged = client.merge(right.id, left.id).expect("merge");
+    let version = |r: &flotilla_proto::metapb::Region| r.region_epoch.unwrap().version;
+    let at_lagging = |id| region_state(&engine, id).expect("region state");
+    assert!(eventually(|| cluster.store_ids().iter().all(|&s| s
+        == lagging
+        || region_state(cluster.store(s).unwrap().engine(), right.id)
+            .is_some_and(|r| r.state() == PeerState::Tombstone))));
+    let waiting = at_lagging(left.id);
+    assert_eq!(
+        (waiting.state(), waiting.region.as_ref().map(version)),
+        (PeerState::Normal, Some(version(&left))),
+        "the lagging store's target waits before the merge"
+    );
+
+    let removed = *merged.peers.iter().find(|p| p.store_id == lagging).unwrap();
+    let shrunk = change(&client, left.id, ConfChangeType::RemoveNode, removed);
+    assert!(
+        eventually(|| at_lagging(left.id).state() == PeerState::Tombstone),
+        "the removed peer waiting at its merge was never destroyed: {:?}",
+        at_lagging(left.id)
+    );
+
+    // A new peer of the merged region on that store catches up by a
+    // snapshot (the stale source there gives way) and holds every key.
+    fail::remove("merge_catch_up_lost");
+    cluster.transport().remove_filter(cut);
+    let added = Peer {
+        id: removed.id + 1000,
+        store_id: lagging,
+        role: PeerRole::Learner as i32,
+    };
+    let grown = change(&client, left.id, ConfChangeType::AddLearnerNode, added);
+    assert_eq!(grown.peers.len(), shrunk.peers.len() + 1);
+    assert!(
+        eventually(|| holds(&engine, 0..KEYS + 5)),
+        "the new peer on the lagging store does not hold every key"
+    );
+    let state = at_lagging(left.id);
+    assert_eq!(state.state(), PeerState::Normal);
+    assert_eq!(state.region.as_ref().map(version), Some(version(&merged)));
+    drop(engine);
     cluster.shutdown();
     scenario.teardown();
 }

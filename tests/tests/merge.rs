@@ -17,7 +17,8 @@ use flotilla_raftstore::store::{
     AdminError, Client, ClientConfig, Cluster, Config, DropFilter, Error, Filter, MessageSink,
 };
 use flotilla_tests::harness::{
-    FAST_TICK_MS, eventually, fast_config, logger, region_state, wait_leader,
+    FAST_TICK_MS, eventually, fast_config, inspected_leader, logger, region_state,
+    store_leading_none, wait_leader,
 };
 use flotilla_tests::requests::{command, propose_to};
 use flotilla_tests::tagged::Tagged;
@@ -82,39 +83,6 @@ fn caught_up(cluster: &Cluster, region_id: u64) -> bool {
         })
         .collect();
     indexes.is_some_and(|v| v.windows(2).all(|w| w[0] == w[1]) && v.iter().all(|(a, l)| a == l))
-}
-
-/// A store that leads none of `regions` (the tests that cut one store off
-/// keep the merge's leaders elsewhere: a leader elected after the cut
-/// does not know how far the cut-off peer got, and the merge is refused
-/// with `MergeLogGapTooLarge`, rightly).
-fn store_leading_none(cluster: &Cluster, regions: &[u64]) -> u64 {
-    let leaders: Vec<u64> = regions
-        .iter()
-        .map(|&r| leader_of(cluster, r).expect("leader"))
-        .collect();
-    *cluster
-        .store_ids()
-        .iter()
-        .rev()
-        .find(|s| !leaders.contains(s))
-        .expect("a store leading neither region")
-}
-
-/// The store whose peer of `region_id` leads it (by inspection), once
-/// one does.
-fn leader_of(cluster: &Cluster, region_id: u64) -> Option<u64> {
-    let mut found = None;
-    eventually(|| {
-        found = cluster.store_ids().iter().copied().find(|&s| {
-            cluster
-                .store(s)
-                .and_then(|st| st.handle().region_status(region_id, ANSWER).ok())
-                .is_some_and(|st| st.leader == Some(st.peer))
-        });
-        found.is_some()
-    });
-    found
 }
 
 /// Every running store's state of the merged pair: the target `Normal`
@@ -278,7 +246,7 @@ fn merge_refusals_are_typed() {
         }
     );
     // A learner of the far region on store 4: not on the same stores.
-    let leader = leader_of(&cluster, far.id).expect("leader");
+    let leader = inspected_leader(&cluster, far.id).expect("leader");
     let learner = Peer {
         id: cluster.store(leader).unwrap().alloc_id().unwrap(),
         store_id: 4,
@@ -297,7 +265,7 @@ fn merge_refusals_are_typed() {
     );
     // A follower of the left region stopped while its log grows past the
     // gap.
-    let left_leader = leader_of(&cluster, left.id).expect("leader");
+    let left_leader = inspected_leader(&cluster, left.id).expect("leader");
     let down = *left
         .peers
         .iter()
@@ -424,7 +392,7 @@ fn merge_write_and_compact(
 ) -> Region {
     let merged = client.merge(source.id, target.id).expect("merge");
     DATA.write(client, 0..KEYS, 7);
-    let leader = leader_of(cluster, merged.id).expect("leader");
+    let leader = inspected_leader(cluster, merged.id).expect("leader");
     let applied = cluster
         .store(leader)
         .unwrap()
@@ -659,7 +627,7 @@ fn a_message_for_a_merged_away_region_draws_one_notice() {
 fn merge_into_a_target_the_store_does_not_have_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, client, left, right) = split_cluster(&dir);
-    let leader = leader_of(&cluster, right.id).expect("leader");
+    let leader = inspected_leader(&cluster, right.id).expect("leader");
     let source = client.locate(&DATA.key(KEYS - 1)).expect("locate");
     let left_now = client.locate(&DATA.key(0)).expect("locate");
     let prepare = |target: Region| {

@@ -1301,6 +1301,12 @@ impl<T: Transport> PollHandler<PeerFsm, StoreFsm> for RaftPoller<T> {
             self.destroy_peer(fsm);
             return HandleResult::stop_at(0, false);
         }
+        if fsm.peer.abandon_merge_due() {
+            let region_id = fsm.peer.region_id();
+            let _ = self
+                .apply_router
+                .force_send(region_id, ApplyMsg::AbandonMerge);
+        }
         let mut wb = self.wb.take().unwrap_or_else(|| {
             let mut wb = self.engine.write_batch();
             wb.set_origin(WriteOrigin::RaftLog);

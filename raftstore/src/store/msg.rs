@@ -361,6 +361,10 @@ pub enum ApplyMsg {
         /// The source region.
         source_id: u64,
     },
+    /// From a removed peer whose handed-over entries are not all applied:
+    /// if the delegate waits at a CommitMerge, it gives up the wait (and
+    /// every entry after it) so the peer can be destroyed; else nothing.
+    AbandonMerge,
 }
 
 /// What the apply side reports back to the peer.

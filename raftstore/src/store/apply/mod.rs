@@ -45,8 +45,10 @@ pub struct ApplyFsm {
     region: Region,
     /// This store's peer of the region.
     peer: Peer,
-    /// A conf change removed this store's peer: the region's state is
-    /// `Tombstone` and nothing after that entry is applied here.
+    /// A conf change removed this store's peer (the region's state is
+    /// `Tombstone`), or the removed peer gave up a CommitMerge waiting
+    /// for its source (`ApplyMsg::AbandonMerge`): nothing after that entry
+    /// is applied here.
     removed: bool,
     apply_state: RaftApplyState,
     /// Set while this round changed `apply_state` (reported after the
@@ -244,10 +246,11 @@ impl ApplyPoller {
                         slog::info!(self.logger, "merge waits for its source to catch up";
                             "region" => target_id, "source" => source_id);
                         let ask = MergeMsg::CatchUpLogs { target_id, req };
-                        if self
-                            .raft_router
-                            .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
-                            .is_err()
+                        if crash_point_merge_catch_up_lost()
+                            || self
+                                .raft_router
+                                .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
+                                .is_err()
                         {
                             slog::warn!(self.logger, "merge source has no peer here";
                                 "region" => target_id, "source" => source_id);
@@ -304,6 +307,8 @@ impl ApplyPoller {
             ApplyMsg::Destroy(task) => fsm.destroy = Some(task),
             // Late: the merge it was for went on already.
             ApplyMsg::MergeSourceReady { .. } => {}
+            // Nothing waits: everything handed over applies.
+            ApplyMsg::AbandonMerge => {}
         }
     }
 
@@ -321,6 +326,37 @@ impl ApplyPoller {
 }
 
 impl ApplyPoller {
+    /// The peer of a delegate waiting at a CommitMerge was removed (its
+    /// region removed it, a newer peer replaced it here, or a snapshot
+    /// past a later merge superseded it) and asks it to give up the wait:
+    /// the source it waits for may never come (it has no peer here). The
+    /// CommitMerge and everything after it, waiting or queued, go
+    /// unapplied here as for a removed peer (`removed`: each is answered
+    /// `StaleCommand`, an unknown outcome, for the region's members apply
+    /// it), so the applied index reaches what the peer handed over and
+    /// the peer may be destroyed. Nothing is written: the peer's
+    /// destruction writes its tombstone; a crash before it replays the
+    /// log into the same wait, and the peer is told again.
+    fn abandon_merge(&mut self, fsm: &mut ApplyFsm) {
+        let Some(m) = fsm.merge.as_mut() else {
+            return;
+        };
+        let Some(wait) = m.wait.take() else {
+            return;
+        };
+        let backlog = std::mem::take(&mut m.backlog);
+        slog::info!(self.logger, "removed while its merge waits for the source: giving up";
+            "region" => fsm.region.id, "source" => wait.source_id);
+        fsm.removed = true;
+        let WaitMerge {
+            entries, proposals, ..
+        } = *wait;
+        self.apply_entries(fsm, entries, proposals);
+        for msg in backlog {
+            self.dispatch(fsm, msg);
+        }
+    }
+
     /// Destroys a removed peer's state, after everything it applied: the
     /// region's tombstone, its log, raft and apply states and (if it was
     /// initialized) its data go in one synced write; then the delegate
@@ -646,6 +682,14 @@ fn crash_point_destroy_before_write() -> bool {
     false
 }
 
+/// The `merge_catch_up_lost` failpoint: a waiting CommitMerge's ask to
+/// its source is lost, as if the source had no peer here (always false
+/// without the `failpoints` feature).
+fn crash_point_merge_catch_up_lost() -> bool {
+    fail::fail_point!("merge_catch_up_lost", |_| true);
+    false
+}
+
 /// Messages an apply delegate handles per round at most.
 const APPLY_MESSAGES_PER_ROUND: usize = 64;
 
@@ -669,13 +713,15 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                 return HandleResult::KeepProcessing;
             }
             if let Some(source) = fsm.waiting_for() {
-                // Only the source's word moves a waiting delegate; the
-                // rest keeps its order in the backlog.
+                // Only the source's word, or its removed peer's, moves a
+                // waiting delegate; the rest keeps its order in the
+                // backlog.
                 match inbox.try_recv() {
                     Some(ApplyMsg::MergeSourceReady { source_id }) if source_id == source => {
                         self.resume_merge(fsm);
                     }
                     Some(ApplyMsg::MergeSourceReady { .. }) => {}
+                    Some(ApplyMsg::AbandonMerge) => self.abandon_merge(fsm),
                     Some(other) => fsm.merge_ext().backlog.push_back(other),
                     None => return HandleResult::stop_at(0, false),
                 }

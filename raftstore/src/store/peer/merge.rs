@@ -94,6 +94,9 @@ pub(super) struct MergeCtx {
     merged: bool,
     /// Messages for the poller to route (taken each round).
     out: Vec<MergeOut>,
+    /// The last index handed to the apply side when this removed peer
+    /// asked it to give up a waiting CommitMerge (0: never asked).
+    abandon_asked: u64,
 }
 
 impl MergeCtx {
@@ -764,6 +767,26 @@ impl Peer {
             source,
             target: Box::new(target.clone()),
         });
+    }
+
+    /// Whether to ask the apply side to give up a CommitMerge it may wait
+    /// at (`ApplyMsg::AbandonMerge`): this peer was removed, and entries
+    /// it handed over are not all applied. Its destruction waits for them
+    /// ([`Peer::is_removed`]), and a CommitMerge waiting for a source
+    /// with no peer here would hold it for good. Due once per index handed
+    /// over (an ask behind the entries it covers finds the delegate
+    /// waiting, or everything applied).
+    pub fn abandon_merge_due(&mut self) -> bool {
+        let applying = self.raft.raft.raft_log().applying;
+        if !self.removed || applying <= self.raft.store().applied_index() {
+            return false;
+        }
+        let ctx = self.merge_ctx();
+        if ctx.abandon_asked >= applying {
+            return false;
+        }
+        ctx.abandon_asked = applying;
+        true
     }
 
     /// A source merged away elsewhere, into this region at `version`,
