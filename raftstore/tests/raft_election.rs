@@ -720,3 +720,41 @@ fn config_errors_surface_from_new() {
     };
     assert!(flotilla_raftstore::raft::RawNode::new(&bad, MemStorage::new(), &logger()).is_err());
 }
+
+/// checklist: election-1, transfer-1 (an application's hold on a node's
+/// campaigns): a held node campaigns neither on its election timeout,
+/// nor on `campaign`, nor on a leader transfer to it, yet votes another
+/// node in; released, it campaigns again.
+#[test]
+fn held_campaigns_wait_for_the_release() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    net.node(3).hold_campaigns(true);
+    net.node(1).transfer_leader(3);
+    net.settle();
+    assert_eq!(
+        net.raft(1).state(),
+        StateRole::Leader,
+        "transfer to a held node"
+    );
+    assert_eq!(net.raft(3).state(), StateRole::Follower);
+    let _ = net.node(3).campaign();
+    net.settle();
+    assert_eq!(
+        net.raft(3).state(),
+        StateRole::Follower,
+        "explicit campaign"
+    );
+    let term = net.raft(1).term();
+    net.isolate(1);
+    net.tick(3, 5 * ELECTION_TICK);
+    assert_eq!(net.raft(3).state(), StateRole::Follower, "election timeout");
+    assert_eq!(net.raft(3).term(), term, "no campaign of its own");
+    net.tick(2, 5 * ELECTION_TICK);
+    net.settle();
+    assert_eq!(net.raft(2).state(), StateRole::Leader, "it still votes");
+    net.node(3).hold_campaigns(false);
+    net.node(2).transfer_leader(3);
+    net.settle();
+    assert_eq!(net.raft(3).state(), StateRole::Leader, "released");
+}

@@ -424,6 +424,56 @@ fn change(
     panic!("{t:?} of {peer:?} never applied");
 }
 
+/// A merge whose target waits at its CommitMerge on one store.
+struct WaitingTarget {
+    /// The target before the merge.
+    left: flotilla_proto::metapb::Region,
+    /// The target after it.
+    merged: flotilla_proto::metapb::Region,
+    /// The store whose target waits.
+    lagging: u64,
+    /// The cut of the source's messages to that store.
+    cut: flotilla_raftstore::store::FilterId,
+}
+
+/// Splits the region in two and merges the right half into the left one
+/// while one store (leading neither) hears nothing of the right half: its
+/// source misses a few writes (within the merge's log gap), so its target
+/// waits at the CommitMerge, and its ask to catch up is lost (the
+/// `merge_catch_up_lost` failpoint, left on). Returns once the other
+/// stores finished the merge and the waiting target is still at its old
+/// range on disk.
+fn merge_with_target_waiting(cluster: &Cluster, client: &Client) -> WaitingTarget {
+    let (left, right) = split_in_two(client);
+    let lagging = flotilla_tests::harness::store_leading_none(cluster, &[left.id, right.id]);
+    let cut = cluster
+        .transport()
+        .add_filter(std::sync::Arc::new(DropFilter {
+            region_id: Some(right.id),
+            to_store: Some(lagging),
+            ..Default::default()
+        }));
+    write(client, KEYS..KEYS + 5);
+    fail::cfg("merge_catch_up_lost", "return").unwrap();
+    let merged = client.merge(right.id, left.id).expect("merge");
+    assert!(eventually(|| cluster.store_ids().iter().all(|&s| s
+        == lagging
+        || region_state(cluster.store(s).unwrap().engine(), right.id)
+            .is_some_and(|r| r.state() == PeerState::Tombstone))));
+    let waiting = region_state(cluster.store(lagging).unwrap().engine(), left.id).unwrap();
+    assert_eq!(
+        (waiting.state(), waiting.region.as_ref()),
+        (PeerState::Normal, Some(&left)),
+        "the lagging store's target waits before the merge"
+    );
+    WaitingTarget {
+        left,
+        merged,
+        lagging,
+        cut,
+    }
+}
+
 /// Merge GC hole 4 (session 15's note): an apply delegate stopped at a
 /// CommitMerge until its source caught up kept everything behind it in
 /// its backlog, a `Destroy` too. A target peer whose source never caught
@@ -440,34 +490,16 @@ fn a_peer_removed_while_its_merge_waits_for_the_source_is_destroyed() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (cluster, _, client) = started(&dir);
-    let (left, right) = split_in_two(&client);
-    let lagging = flotilla_tests::harness::store_leading_none(&cluster, &[left.id, right.id]);
+    let waiting = merge_with_target_waiting(&cluster, &client);
+    let WaitingTarget {
+        left,
+        merged,
+        lagging,
+        cut,
+    } = waiting;
     let engine = cluster.store(lagging).unwrap().engine().clone();
-    // The lagging store's source misses a few writes (within the merge's
-    // log gap), so its target waits at the CommitMerge; its ask to catch
-    // up is lost.
-    let cut = cluster
-        .transport()
-        .add_filter(std::sync::Arc::new(DropFilter {
-            region_id: Some(right.id),
-            to_store: Some(lagging),
-            ..Default::default()
-        }));
-    write(&client, KEYS..KEYS + 5);
-    fail::cfg("merge_catch_up_lost", "return").unwrap();
-    let merged = client.merge(right.id, left.id).expect("merge");
     let version = |r: &flotilla_proto::metapb::Region| r.region_epoch.unwrap().version;
     let at_lagging = |id| region_state(&engine, id).expect("region state");
-    assert!(eventually(|| cluster.store_ids().iter().all(|&s| s
-        == lagging
-        || region_state(cluster.store(s).unwrap().engine(), right.id)
-            .is_some_and(|r| r.state() == PeerState::Tombstone))));
-    let waiting = at_lagging(left.id);
-    assert_eq!(
-        (waiting.state(), waiting.region.as_ref().map(version)),
-        (PeerState::Normal, Some(version(&left))),
-        "the lagging store's target waits before the merge"
-    );
 
     let removed = *merged.peers.iter().find(|p| p.store_id == lagging).unwrap();
     let shrunk = change(&client, left.id, ConfChangeType::RemoveNode, removed);
@@ -496,6 +528,44 @@ fn a_peer_removed_while_its_merge_waits_for_the_source_is_destroyed() {
     assert_eq!(state.state(), PeerState::Normal);
     assert_eq!(state.region.as_ref().map(version), Some(version(&merged)));
     drop(engine);
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// A peer whose apply waits at a CommitMerge could serve nothing if it
+/// were elected (for good if its source never comes): it holds its
+/// campaigns until the merge applies. Leadership handed to it again and
+/// again never arrives, and the merged region keeps taking writes.
+/// (Before, the transfer made it the leader, and every write to the
+/// region timed out.)
+#[test]
+fn a_peer_waiting_at_a_merge_does_not_take_leadership() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _, client) = started(&dir);
+    let WaitingTarget {
+        left, lagging, cut, ..
+    } = merge_with_target_waiting(&cluster, &client);
+    let quick = quick_client(&cluster, 3_000);
+    for round in 0..3 {
+        quick
+            .transfer_leader(left.id, lagging)
+            .unwrap_or_else(|e| panic!("transfer {round} not started: {e}"));
+        // Past the transfer's election timeout.
+        std::thread::sleep(Duration::from_millis(20 * FAST_TICK_MS));
+        let at = KEYS + 5 + round;
+        quick
+            .put(&key(at), &at.to_be_bytes())
+            .expect("the merged region takes writes");
+    }
+    assert_ne!(
+        flotilla_tests::harness::inspected_leader(&cluster, left.id),
+        Some(lagging)
+    );
+    assert!(holds(cluster.store(lagging).unwrap().engine(), 0..KEYS / 2));
+    fail::remove("merge_catch_up_lost");
+    cluster.transport().remove_filter(cut);
     cluster.shutdown();
     scenario.teardown();
 }

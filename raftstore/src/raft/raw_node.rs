@@ -295,6 +295,16 @@ impl<S: Storage> RawNode<S> {
         self.raft.step(m)
     }
 
+    /// Holds (`true`) or releases this node's campaigns. While held it
+    /// does not campaign: not on its election timeout, not on
+    /// [`RawNode::campaign`], not when a leader transfers leadership to it
+    /// (the transfer times out on the leader). It still votes, follows and
+    /// acknowledges. For an application that cannot apply the committed
+    /// log for now: elected, this node could serve nothing.
+    pub fn hold_campaigns(&mut self, held: bool) {
+        self.raft.campaigns_held = held;
+    }
+
     /// Asks the leader to transfer leadership to `transferee`.
     pub fn transfer_leader(&mut self, transferee: u64) {
         let mut m = local(MessageType::MsgTransferLeader);

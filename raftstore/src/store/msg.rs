@@ -414,6 +414,12 @@ pub enum ExecResult {
         /// The source's PrepareMerge index.
         commit: u64,
     },
+    /// The CommitMerge at `index` waits until this store's source peer
+    /// has applied its PrepareMerge: nothing from it on applies meanwhile.
+    MergeWaiting {
+        /// The CommitMerge's index.
+        index: u64,
+    },
     /// A RollbackMerge applied: the region is `Normal` again at this
     /// region (boxed: rare).
     RollbackMerge(Box<Region>),

@@ -30,6 +30,10 @@ impl<S: Storage> Raft<S> {
             slog::debug!(self.logger, "not promotable, not campaigning"; "id" => self.id);
             return;
         }
+        if self.campaigns_held {
+            slog::debug!(self.logger, "campaigns held, not campaigning"; "id" => self.id);
+            return;
+        }
         if self.has_unapplied_conf_change() {
             slog::debug!(self.logger, "unapplied conf change, not campaigning"; "id" => self.id);
             return;

@@ -137,6 +137,10 @@ pub struct Raft<S: Storage> {
     /// has passed or this node campaigns.
     pub(crate) start_lease: bool,
     pub(crate) pre_vote: bool,
+    /// Set by the application ([`crate::raft::RawNode::hold_campaigns`]):
+    /// this node does not campaign (election timeout, `campaign`, or a
+    /// leader transfer to it); it still votes and follows.
+    pub(crate) campaigns_held: bool,
     /// Leader with `skip_bcast_commit`: the commit advance that covers
     /// this index (or `pending_conf_index`) still goes to every follower
     /// at once: an entry the followers should apply promptly. Raised by
@@ -191,6 +195,7 @@ impl<S: Storage> Raft<S> {
             check_quorum: c.check_quorum,
             start_lease: c.refuse_votes_after_start,
             pre_vote: c.pre_vote,
+            campaigns_held: false,
             bcast_commit_through: 0,
             skip_bcast_commit: c.skip_bcast_commit,
             disable_proposal_forwarding: c.disable_proposal_forwarding,

@@ -236,6 +236,10 @@ impl ApplyPoller {
                         // Nothing of this entry is written: it is applied
                         // again, whole, once the source caught up.
                         let target_id = fsm.region.id;
+                        // The peer holds its campaigns meanwhile.
+                        fsm.results
+                            .push(ExecResult::MergeWaiting { index: entry.index });
+                        fsm.dirty = true;
                         let mut rest = vec![entry];
                         rest.extend(entries);
                         fsm.merge_ext().wait = Some(Box::new(WaitMerge {

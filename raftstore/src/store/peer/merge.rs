@@ -94,6 +94,10 @@ pub(super) struct MergeCtx {
     merged: bool,
     /// Messages for the poller to route (taken each round).
     out: Vec<MergeOut>,
+    /// The index of a CommitMerge the apply side waits at (its source
+    /// has not caught up here); the peer holds its campaigns until it is
+    /// applied (0: none).
+    apply_waits_at: u64,
     /// The last index handed to the apply side when this removed peer
     /// asked it to give up a waiting CommitMerge (0: never asked).
     abandon_asked: u64,
@@ -767,6 +771,36 @@ impl Peer {
             source,
             target: Box::new(target.clone()),
         });
+    }
+
+    /// The apply side waits at the CommitMerge at `index` for this
+    /// store's source peer: until it applies, this peer holds its
+    /// campaigns. Elected meanwhile it could apply nothing, so serve
+    /// nothing, for as long as the source takes (for good if it never
+    /// comes); its region's other voters campaign instead. It still votes.
+    pub(super) fn on_merge_waiting(&mut self, index: u64) {
+        let ctx = self.merge_ctx();
+        let first = ctx.apply_waits_at == 0;
+        ctx.apply_waits_at = index;
+        if first {
+            slog::info!(self.logger, "apply waits at a merge: holding campaigns"; "index" => index);
+        }
+        self.raft.hold_campaigns(true);
+    }
+
+    /// Releases the campaign hold once the CommitMerge it waited for is
+    /// applied (`applied`: the applied index now), or passed by a
+    /// snapshot.
+    pub(super) fn release_merge_hold(&mut self, applied: u64) {
+        let Some(ctx) = self.merge.as_mut() else {
+            return;
+        };
+        if ctx.apply_waits_at == 0 || applied < ctx.apply_waits_at {
+            return;
+        }
+        ctx.apply_waits_at = 0;
+        slog::info!(self.logger, "merge applied: campaigns released"; "applied" => applied);
+        self.raft.hold_campaigns(false);
     }
 
     /// Whether to ask the apply side to give up a CommitMerge it may wait

@@ -772,6 +772,7 @@ impl Peer {
             .store
             .compact_cache_to(applied.saturating_sub(1));
         self.raft.advance_apply_to(applied);
+        self.release_merge_hold(applied);
         self.serve_reads();
     }
 
