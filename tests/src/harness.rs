@@ -139,6 +139,22 @@ pub fn store_leading_none(cluster: &Cluster, regions: &[u64]) -> u64 {
         .expect("a store leading neither region")
 }
 
+/// Drops every message of region `region_id` to store `store_id` until
+/// the returned filter is removed.
+pub fn cut_region_to(
+    cluster: &Cluster,
+    region_id: u64,
+    store_id: u64,
+) -> flotilla_raftstore::store::FilterId {
+    cluster
+        .transport()
+        .add_filter(std::sync::Arc::new(flotilla_raftstore::store::DropFilter {
+            region_id: Some(region_id),
+            to_store: Some(store_id),
+            ..Default::default()
+        }))
+}
+
 /// Polls `f` until it returns true or [`SETTLE`] passes.
 pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + SETTLE;

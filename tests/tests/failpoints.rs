@@ -14,7 +14,7 @@ use flotilla_engine::{Cf, Engine, keys};
 use flotilla_proto::eraftpb::ConfChangeType;
 use flotilla_proto::metapb::{Peer, PeerRole};
 use flotilla_proto::raft_serverpb::PeerState;
-use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, DropFilter, Error};
+use flotilla_raftstore::store::{AdminError, Client, ClientConfig, Cluster, Error};
 use flotilla_tests::harness::{FAST_TICK_MS, eventually, holds_values, region_state};
 
 /// One test at a time: failpoints are global to the process.
@@ -446,13 +446,7 @@ struct WaitingTarget {
 fn merge_with_target_waiting(cluster: &Cluster, client: &Client) -> WaitingTarget {
     let (left, right) = split_in_two(client);
     let lagging = flotilla_tests::harness::store_leading_none(cluster, &[left.id, right.id]);
-    let cut = cluster
-        .transport()
-        .add_filter(std::sync::Arc::new(DropFilter {
-            region_id: Some(right.id),
-            to_store: Some(lagging),
-            ..Default::default()
-        }));
+    let cut = flotilla_tests::harness::cut_region_to(cluster, right.id, lagging);
     write(client, KEYS..KEYS + 5);
     fail::cfg("merge_catch_up_lost", "return").unwrap();
     let merged = client.merge(right.id, left.id).expect("merge");

@@ -186,13 +186,7 @@ fn lagging_source_catches_up_from_the_carried_tail() {
     let (cluster, client, left, right) = split_cluster(&dir);
     let lagging = store_leading_none(&cluster, &[left.id, right.id]);
     // Writes the lagging store's source misses, then the merge.
-    let cut = cluster
-        .transport()
-        .add_filter(std::sync::Arc::new(DropFilter {
-            region_id: Some(right.id),
-            to_store: Some(lagging),
-            ..Default::default()
-        }));
+    let cut = flotilla_tests::harness::cut_region_to(&cluster, right.id, lagging);
     let right_keys = KEYS / 2..KEYS;
     // A few writes only: within the merge's log gap for the lagging peer.
     DATA.write(&client, right_keys.start..right_keys.start + 5, 5);
