@@ -191,3 +191,64 @@ fn compaction_respects_applied_index() {
         net.raft(1).raft_log().committed
     );
 }
+
+/// checklist: snap-1, snap-3 (a follower's snapshot request, as an
+/// application that cannot apply its log from where it is makes it): a
+/// leader may not request; a follower's request makes the leader send a
+/// snapshot at or past the follower's commit index although the
+/// follower's log is complete, and the follower restores it over its
+/// matching log (no fast-forward), then follows the log again.
+#[test]
+fn a_requested_snapshot_is_restored_over_a_matching_log() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    for i in 0..3u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    net.settle();
+    assert!(matches!(
+        net.node(1).request_snapshot(),
+        Err(flotilla_raftstore::raft::Error::RequestSnapshotDropped)
+    ));
+    let committed = net.raft(3).raft_log().committed;
+    assert!(
+        net.raft(3)
+            .raft_log()
+            .match_term(committed, net.raft(1).term())
+    );
+    net.delivered.clear();
+    net.node(3).request_snapshot().unwrap();
+    net.settle();
+    let snaps: Vec<u64> = net
+        .delivered
+        .iter()
+        .filter(|m| m.msg_type() == MessageType::MsgSnapshot)
+        .map(|m| {
+            assert_eq!(m.to, 3, "only the asker gets one");
+            m.snapshot
+                .as_ref()
+                .unwrap()
+                .metadata
+                .as_ref()
+                .unwrap()
+                .index
+        })
+        .collect();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0] >= committed);
+    assert_eq!(
+        net.storage[&3].first_index().unwrap(),
+        snaps[0] + 1,
+        "restored although the log held it"
+    );
+    net.propose(1, b"after").unwrap();
+    net.settle();
+    assert_eq!(
+        net.raft(3).raft_log().last_index(),
+        net.raft(1).raft_log().last_index()
+    );
+    assert_eq!(
+        net.raft(1).prs().get(3).unwrap().state,
+        ProgressState::Replicate
+    );
+}

@@ -439,16 +439,17 @@ struct WaitingTarget {
 /// Splits the region in two and merges the right half into the left one
 /// while one store (leading neither) hears nothing of the right half: its
 /// source misses a few writes (within the merge's log gap), so its target
-/// waits at the CommitMerge, and its ask to catch up is lost (the
-/// `merge_catch_up_lost` failpoint, left on). Returns once the other
+/// waits at the CommitMerge; `failpoint` (left on) loses its ask to catch
+/// up (`merge_catch_up_lost`) or has it find no source peer
+/// (`merge_source_gone`). Returns once the other
 /// stores finished the merge and the waiting target is still at its old
 /// range on disk.
-fn merge_with_target_waiting(cluster: &Cluster, client: &Client) -> WaitingTarget {
+fn merge_with_target_waiting(cluster: &Cluster, client: &Client, failpoint: &str) -> WaitingTarget {
     let (left, right) = split_in_two(client);
     let lagging = flotilla_tests::harness::store_leading_none(cluster, &[left.id, right.id]);
     let cut = flotilla_tests::harness::cut_region_to(cluster, right.id, lagging);
     write(client, KEYS..KEYS + 5);
-    fail::cfg("merge_catch_up_lost", "return").unwrap();
+    fail::cfg(failpoint, "return").unwrap();
     let merged = client.merge(right.id, left.id).expect("merge");
     assert!(eventually(|| cluster.store_ids().iter().all(|&s| s
         == lagging
@@ -484,7 +485,7 @@ fn a_peer_removed_while_its_merge_waits_for_the_source_is_destroyed() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (cluster, _, client) = started(&dir);
-    let waiting = merge_with_target_waiting(&cluster, &client);
+    let waiting = merge_with_target_waiting(&cluster, &client, "merge_catch_up_lost");
     let WaitingTarget {
         left,
         merged,
@@ -540,7 +541,7 @@ fn a_peer_waiting_at_a_merge_does_not_take_leadership() {
     let (cluster, _, client) = started(&dir);
     let WaitingTarget {
         left, lagging, cut, ..
-    } = merge_with_target_waiting(&cluster, &client);
+    } = merge_with_target_waiting(&cluster, &client, "merge_catch_up_lost");
     let quick = quick_client(&cluster, 3_000);
     for round in 0..3 {
         quick
@@ -560,6 +561,53 @@ fn a_peer_waiting_at_a_merge_does_not_take_leadership() {
     assert!(holds(cluster.store(lagging).unwrap().engine(), 0..KEYS / 2));
     fail::remove("merge_catch_up_lost");
     cluster.transport().remove_filter(cut);
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+/// "Merge source has no peer here" (session 15's note): a target peer
+/// whose CommitMerge finds no peer of the source on its store (the
+/// `merge_source_gone` failpoint) has nothing that could resume its wait.
+/// It asks its leader for a snapshot (`RawNode::request_snapshot`), which
+/// is past its commit index, so past the merge. While the store is cut
+/// off from the source, the stale source there keeps the range and the
+/// snapshot is refused; healed, the source learns it was merged away and
+/// gives way, the snapshot lands with the writes the source missed, and
+/// the peer's campaigns are released: it takes leadership. (Before, it
+/// waited for good.)
+#[test]
+fn a_target_whose_source_has_no_peer_here_takes_a_snapshot_past_the_merge() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _, client) = started(&dir);
+    let WaitingTarget {
+        left,
+        merged,
+        lagging,
+        cut,
+    } = merge_with_target_waiting(&cluster, &client, "merge_source_gone");
+    write(&client, KEYS + 5..KEYS + 8);
+    fail::remove("merge_source_gone");
+    cluster.transport().remove_filter(cut);
+    let engine = cluster.store(lagging).unwrap().engine().clone();
+    assert!(
+        eventually(|| holds(&engine, 0..KEYS + 8)
+            && region_state(&engine, left.id)
+                .and_then(|s| s.region)
+                .is_some_and(|r| r.region_epoch == merged.region_epoch)),
+        "the waiting peer never took a snapshot past the merge: {:?}",
+        region_state(&engine, left.id)
+    );
+    let quick = quick_client(&cluster, 3_000);
+    assert!(
+        eventually(|| {
+            let _ = quick.transfer_leader(left.id, lagging);
+            flotilla_tests::harness::inspected_leader(&cluster, left.id) == Some(lagging)
+        }),
+        "its campaigns were never released"
+    );
+    drop(engine);
     cluster.shutdown();
     scenario.teardown();
 }

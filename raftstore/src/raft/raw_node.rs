@@ -295,6 +295,16 @@ impl<S: Storage> RawNode<S> {
         self.raft.step(m)
     }
 
+    /// Asks the leader for a snapshot at or past the commit index (see
+    /// [`Raft::request_snapshot`](crate::raft::Raft::request_snapshot)).
+    ///
+    /// # Errors
+    /// [`Error::RequestSnapshotDropped`] on a leader, without a known
+    /// leader, or while a snapshot is being restored.
+    pub fn request_snapshot(&mut self) -> Result<()> {
+        self.raft.request_snapshot()
+    }
+
     /// Holds (`true`) or releases this node's campaigns. While held it
     /// does not campaign: not on its election timeout, not on
     /// [`RawNode::campaign`], not when a leader transfers leadership to it

@@ -419,6 +419,10 @@ pub enum ExecResult {
     MergeWaiting {
         /// The CommitMerge's index.
         index: u64,
+        /// Whether this store has a peer of the source to catch up (if
+        /// not, nothing can resume the wait: the peer asks its leader for
+        /// a snapshot past the merge).
+        source_here: bool,
     },
     /// A RollbackMerge applied: the region is `Normal` again at this
     /// region (boxed: rare).

@@ -141,6 +141,10 @@ pub struct Raft<S: Storage> {
     /// this node does not campaign (election timeout, `campaign`, or a
     /// leader transfer to it); it still votes and follows.
     pub(crate) campaigns_held: bool,
+    /// Follower: it asked its leader for a snapshot
+    /// ([`crate::raft::RawNode::request_snapshot`]) and answers every
+    /// append and heartbeat with the request until one is restored.
+    pub(crate) snapshot_requested: bool,
     /// Leader with `skip_bcast_commit`: the commit advance that covers
     /// this index (or `pending_conf_index`) still goes to every follower
     /// at once: an entry the followers should apply promptly. Raised by
@@ -196,6 +200,7 @@ impl<S: Storage> Raft<S> {
             start_lease: c.refuse_votes_after_start,
             pre_vote: c.pre_vote,
             campaigns_held: false,
+            snapshot_requested: false,
             bcast_commit_through: 0,
             skip_bcast_commit: c.skip_bcast_commit,
             disable_proposal_forwarding: c.disable_proposal_forwarding,
@@ -331,6 +336,12 @@ impl<S: Storage> Raft<S> {
     /// Payload bytes of uncommitted entries (leader).
     pub fn uncommitted_size(&self) -> u64 {
         self.uncommitted_size
+    }
+
+    /// Whether this follower asked its leader for a snapshot and has not
+    /// restored one since.
+    pub fn snapshot_requested(&self) -> bool {
+        self.snapshot_requested
     }
 
     /// Whether this node may campaign.
@@ -595,6 +606,8 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.leader_id = self.id;
         self.state = StateRole::Leader;
+        // A leader's log is the one to follow: nothing to ask for.
+        self.snapshot_requested = false;
         let last = self.raft_log.last_index();
         let id = self.id;
         if let Some(pr) = self.prs.get_mut(id) {

@@ -187,6 +187,9 @@ impl<S: Storage> Raft<S> {
         if pr.is_paused() {
             return false;
         }
+        if pr.snapshot_requested {
+            return self.send_snapshot(to);
+        }
         let next = pr.next_idx;
         let term = self.raft_log.term(next - 1);
         let ents = self.raft_log.entries(next, Some(self.max_msg_size));
@@ -304,6 +307,11 @@ impl<S: Storage> Raft<S> {
 
     /// Follower: handles an append from the leader.
     pub(crate) fn handle_append_entries(&mut self, mut m: Message) {
+        if self.snapshot_requested {
+            // Nothing appended until the snapshot is here.
+            self.send_snapshot_request(m.from);
+            return;
+        }
         let mut resp = Self::new_message(m.from, MessageType::MsgAppendResponse);
         if m.index < self.raft_log.committed {
             // Already committed past it (a duplicate or reordered append).
@@ -364,6 +372,15 @@ impl<S: Storage> Raft<S> {
             return;
         };
         pr.recent_active = true;
+        if m.reject && m.request_snapshot > 0 {
+            // The follower asks for a snapshot (one being sent serves).
+            if pr.state != ProgressState::Snapshot {
+                pr.become_probe();
+                pr.snapshot_requested = true;
+                self.maybe_send_append(m.from, true);
+            }
+            return;
+        }
         if m.reject {
             if pr.maybe_decr_to(m.index, next_probe) {
                 if pr.state == ProgressState::Replicate {
@@ -374,7 +391,11 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let old_paused = pr.is_paused();
-        if !pr.maybe_update(m.index) {
+        // The ack of a snapshot sent on request may match no more than the
+        // follower had (its log held the snapshot's index): it still ends
+        // the snapshot state.
+        let snapshot_acked = pr.state == ProgressState::Snapshot && m.index >= pr.pending_snapshot;
+        if !pr.maybe_update(m.index) && !snapshot_acked {
             return;
         }
         match pr.state {
@@ -432,6 +453,10 @@ impl<S: Storage> Raft<S> {
         let mut resp = Self::new_message(m.from, MessageType::MsgHeartbeatResponse);
         resp.context = m.context.clone();
         self.send(resp);
+        if self.snapshot_requested {
+            // The request again, in case it was lost.
+            self.send_snapshot_request(m.from);
+        }
     }
 
     /// Leader: handles a heartbeat response (resumes probing, confirms reads).
@@ -445,7 +470,7 @@ impl<S: Storage> Raft<S> {
         if pr.state == ProgressState::Replicate && pr.ins.full() {
             pr.ins.free_first_one();
         }
-        if pr.matched < last_index {
+        if pr.matched < last_index || pr.snapshot_requested {
             self.maybe_send_append(m.from, true);
         }
         if !m.context.is_empty() {

@@ -3,7 +3,7 @@
 
 use flotilla_proto::eraftpb::{Message, MessageType, Snapshot};
 
-use super::Raft;
+use super::{INVALID_ID, Raft, StateRole};
 use crate::raft::confchange;
 use crate::raft::errors::{Error, StorageError};
 use crate::raft::storage::Storage;
@@ -48,6 +48,38 @@ impl<S: Storage> Raft<S> {
         true
     }
 
+    /// Follower: asks the leader for a snapshot at or past the commit
+    /// index, for an application that cannot apply the log from where it
+    /// is. Until one is restored, every append is answered with the
+    /// request (and not appended) and so is every heartbeat; the snapshot
+    /// is restored even where the log holds its index and term.
+    ///
+    /// # Errors
+    /// [`Error::RequestSnapshotDropped`]: this node leads, knows no
+    /// leader, or restores a snapshot already.
+    pub fn request_snapshot(&mut self) -> Result<(), Error> {
+        if self.state == StateRole::Leader
+            || self.leader_id == INVALID_ID
+            || self.raft_log.unstable.snapshot.is_some()
+        {
+            return Err(Error::RequestSnapshotDropped);
+        }
+        self.snapshot_requested = true;
+        self.send_snapshot_request(self.leader_id);
+        Ok(())
+    }
+
+    /// Sends the snapshot request to `to`: a rejection of appends naming
+    /// the commit index as the least snapshot index that serves.
+    pub(crate) fn send_snapshot_request(&mut self, to: u64) {
+        let mut m = Self::new_message(to, MessageType::MsgAppendResponse);
+        m.index = self.raft_log.committed;
+        m.reject = true;
+        m.reject_hint = self.raft_log.last_index();
+        m.request_snapshot = self.raft_log.committed.max(1);
+        self.send(m);
+    }
+
     /// Follower: handles a snapshot from the leader.
     pub(crate) fn handle_snapshot(&mut self, mut m: Message) {
         let snap = m.snapshot.take().map(|s| *s).unwrap_or_default();
@@ -84,7 +116,7 @@ impl<S: Storage> Raft<S> {
                 "id" => self.id, "index" => sindex);
             return false;
         }
-        if self.raft_log.match_term(sindex, sterm) {
+        if !self.snapshot_requested && self.raft_log.match_term(sindex, sterm) {
             // We already have the snapshot's entries: just fast-forward commit.
             self.raft_log.commit_to(sindex);
             return false;
@@ -94,6 +126,7 @@ impl<S: Storage> Raft<S> {
             return false;
         };
         self.raft_log.restore(snap);
+        self.snapshot_requested = false;
         let next = self.raft_log.last_index() + 1;
         self.prs.apply_conf(cfg, next);
         self.promotable = self.prs.is_voter(self.id);

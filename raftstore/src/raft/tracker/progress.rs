@@ -27,6 +27,10 @@ pub struct Progress {
     /// heartbeat did: the next periodic heartbeat may be skipped (see
     /// `Raft::bcast_periodic_heartbeat`).
     pub appended_since_beat: bool,
+    /// The peer asked for a snapshot (its application cannot apply its
+    /// log from where it is): the next send to it is one. Cleared by any
+    /// state change, a snapshot sent among them.
+    pub snapshot_requested: bool,
     /// The commit index the leader last told the peer (bounds heartbeats).
     pub committed_index: u64,
     /// Appends in flight (replicate state).
@@ -45,6 +49,7 @@ impl Progress {
             recent_active: false,
             is_learner: false,
             appended_since_beat: false,
+            snapshot_requested: false,
             committed_index: 0,
             ins: Inflights::new(max_inflight),
         }
@@ -53,6 +58,7 @@ impl Progress {
     fn reset_state(&mut self, state: ProgressState) {
         self.probe_sent = false;
         self.appended_since_beat = false;
+        self.snapshot_requested = false;
         self.pending_snapshot = 0;
         self.state = state;
         self.ins.reset();

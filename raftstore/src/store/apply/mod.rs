@@ -236,10 +236,7 @@ impl ApplyPoller {
                         // Nothing of this entry is written: it is applied
                         // again, whole, once the source caught up.
                         let target_id = fsm.region.id;
-                        // The peer holds its campaigns meanwhile.
-                        fsm.results
-                            .push(ExecResult::MergeWaiting { index: entry.index });
-                        fsm.dirty = true;
+                        let index = entry.index;
                         let mut rest = vec![entry];
                         rest.extend(entries);
                         fsm.merge_ext().wait = Some(Box::new(WaitMerge {
@@ -250,15 +247,24 @@ impl ApplyPoller {
                         slog::info!(self.logger, "merge waits for its source to catch up";
                             "region" => target_id, "source" => source_id);
                         let ask = MergeMsg::CatchUpLogs { target_id, req };
-                        if crash_point_merge_catch_up_lost()
-                            || self
-                                .raft_router
-                                .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
-                                .is_err()
-                        {
+                        let source_here = if crash_point_merge_source_gone() {
+                            false
+                        } else {
+                            crash_point_merge_catch_up_lost()
+                                || self
+                                    .raft_router
+                                    .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
+                                    .is_ok()
+                        };
+                        if !source_here {
                             slog::warn!(self.logger, "merge source has no peer here";
                                 "region" => target_id, "source" => source_id);
                         }
+                        // The peer holds its campaigns meanwhile (and
+                        // without a source here asks for a snapshot).
+                        fsm.results
+                            .push(ExecResult::MergeWaiting { index, source_here });
+                        fsm.dirty = true;
                         self.write_apply_state(fsm);
                         return;
                     }
@@ -359,6 +365,25 @@ impl ApplyPoller {
         for msg in backlog {
             self.dispatch(fsm, msg);
         }
+    }
+
+    /// A snapshot reaches a delegate waiting at a CommitMerge: its peer
+    /// asked for one because the source has no peer here (the only case
+    /// its admission lets through while entries wait). The snapshot is
+    /// at or past the peer's commit index, so past the CommitMerge and
+    /// every entry handed over: the wait and the backlog are dropped
+    /// (their writers hear the outcome is unknown), and the snapshot is
+    /// written at the round's end.
+    fn skip_merge(&mut self, fsm: &mut ApplyFsm, task: Box<SnapshotTask>) {
+        if let Some(m) = fsm.merge.as_mut() {
+            slog::info!(self.logger, "a snapshot past the merge it waits at";
+                "region" => fsm.region.id,
+                "source" => m.wait.as_ref().map_or(0, |w| w.source_id),
+                "index" => task.index);
+            m.wait = None;
+            m.backlog.clear();
+        }
+        fsm.snapshot = Some(task);
     }
 
     /// Destroys a removed peer's state, after everything it applied: the
@@ -687,10 +712,19 @@ fn crash_point_destroy_before_write() -> bool {
 }
 
 /// The `merge_catch_up_lost` failpoint: a waiting CommitMerge's ask to
-/// its source is lost, as if the source had no peer here (always false
-/// without the `failpoints` feature).
+/// its source peer here is lost, so the source never catches up (as one
+/// whose log does not meet the carried tail); always false without the
+/// `failpoints` feature.
 fn crash_point_merge_catch_up_lost() -> bool {
     fail::fail_point!("merge_catch_up_lost", |_| true);
+    false
+}
+
+/// The `merge_source_gone` failpoint: a waiting CommitMerge finds no
+/// source peer here to ask (always false without the `failpoints`
+/// feature).
+fn crash_point_merge_source_gone() -> bool {
+    fail::fail_point!("merge_source_gone", |_| true);
     false
 }
 
@@ -726,6 +760,7 @@ impl PollHandler<ApplyFsm, ApplyControl> for ApplyPoller {
                     }
                     Some(ApplyMsg::MergeSourceReady { .. }) => {}
                     Some(ApplyMsg::AbandonMerge) => self.abandon_merge(fsm),
+                    Some(ApplyMsg::Snapshot(task)) => self.skip_merge(fsm, task),
                     Some(other) => fsm.merge_ext().backlog.push_back(other),
                     None => return HandleResult::stop_at(0, false),
                 }

@@ -44,7 +44,9 @@ impl super::Peer {
                     self.on_merge_refused(source_id, commit);
                 }
                 ExecResult::RollbackMerge(region) => self.on_rollback_merge(*region),
-                ExecResult::MergeWaiting { index } => self.on_merge_waiting(index),
+                ExecResult::MergeWaiting { index, source_here } => {
+                    self.on_merge_waiting(index, source_here);
+                }
             }
         }
     }

@@ -98,6 +98,10 @@ pub(super) struct MergeCtx {
     /// has not caught up here); the peer holds its campaigns until it is
     /// applied (0: none).
     apply_waits_at: u64,
+    /// The source of that CommitMerge has no peer here: nothing can
+    /// resume the wait, so this peer asks its leader for a snapshot past
+    /// it, and admits one although entries wait.
+    snapshot_wanted: bool,
     /// The last index handed to the apply side when this removed peer
     /// asked it to give up a waiting CommitMerge (0: never asked).
     abandon_asked: u64,
@@ -778,14 +782,48 @@ impl Peer {
     /// campaigns. Elected meanwhile it could apply nothing, so serve
     /// nothing, for as long as the source takes (for good if it never
     /// comes); its region's other voters campaign instead. It still votes.
-    pub(super) fn on_merge_waiting(&mut self, index: u64) {
+    ///
+    /// Without a source peer here nothing can resume the wait (a split
+    /// here creating the source later finds no ask to catch up): the peer
+    /// asks its leader for a snapshot, which is past the commit index and
+    /// so past the merge ([`Peer::ask_snapshot_past_merge`]).
+    pub(super) fn on_merge_waiting(&mut self, index: u64, source_here: bool) {
         let ctx = self.merge_ctx();
         let first = ctx.apply_waits_at == 0;
         ctx.apply_waits_at = index;
+        ctx.snapshot_wanted |= !source_here;
         if first {
-            slog::info!(self.logger, "apply waits at a merge: holding campaigns"; "index" => index);
+            slog::info!(self.logger, "apply waits at a merge: holding campaigns";
+                "index" => index, "source_here" => source_here);
         }
         self.raft.hold_campaigns(true);
+        self.ask_snapshot_past_merge();
+    }
+
+    /// Asks the leader for a snapshot if the apply side waits at a merge
+    /// whose source has no peer here and none was asked for yet (the core
+    /// repeats an outstanding request with every append and heartbeat).
+    /// Without a known leader, asked again when the leader is heard.
+    pub(super) fn ask_snapshot_past_merge(&mut self) {
+        if !self.merge.as_ref().is_some_and(|m| m.snapshot_wanted)
+            || self.raft.raft.snapshot_requested()
+        {
+            return;
+        }
+        match self.raft.request_snapshot() {
+            Ok(()) => slog::info!(
+                self.logger,
+                "merge source has no peer here: snapshot requested"
+            ),
+            Err(e) => slog::debug!(self.logger, "snapshot request not sent"; "err" => %e),
+        }
+    }
+
+    /// Whether a snapshot may be admitted although entries handed to the
+    /// apply side wait: it waits at a CommitMerge whose source has no peer
+    /// here, and this peer asked for the snapshot.
+    pub(super) fn snapshot_past_merge_wanted(&self) -> bool {
+        self.merge.as_ref().is_some_and(|m| m.snapshot_wanted)
     }
 
     /// Releases the campaign hold once the CommitMerge it waited for is
@@ -799,6 +837,7 @@ impl Peer {
             return;
         }
         ctx.apply_waits_at = 0;
+        ctx.snapshot_wanted = false;
         slog::info!(self.logger, "merge applied: campaigns released"; "applied" => applied);
         self.raft.hold_campaigns(false);
     }

@@ -468,6 +468,7 @@ impl Peer {
             self.drop_unused_snapshot(index, term);
         }
         if from == self.raft.raft.leader_id() {
+            self.ask_snapshot_past_merge();
             self.sleep.nudged = false;
             self.sleep.quiet_under = None;
             self.sleep.asked = None;

@@ -92,7 +92,9 @@ impl Peer {
                     || self.raft.raft.raft_log().unstable.snapshot.is_some()
                 {
                     Some("a snapshot is being applied".to_owned())
-                } else if self.raft.raft.raft_log().applying > self.raft.store().applied_index() {
+                } else if self.raft.raft.raft_log().applying > self.raft.store().applied_index()
+                    && !self.snapshot_past_merge_wanted()
+                {
                     Some("entries before it are being applied".to_owned())
                 } else if !path.exists() {
                     Some("its file is not here".to_owned())
