@@ -439,8 +439,9 @@ struct WaitingTarget {
 /// Splits the region in two and merges the right half into the left one
 /// while one store (leading neither) hears nothing of the right half: its
 /// source misses a few writes (within the merge's log gap), so its target
-/// waits at the CommitMerge; `failpoint` (left on) loses its ask to catch
-/// up (`merge_catch_up_lost`) or has it find no source peer
+/// waits at the CommitMerge; `failpoint` (left on, on that store) loses
+/// its ask to catch up (`merge_catch_up_lost`), has the source stall on
+/// it (`merge_catch_up_stalls`) or find no source peer
 /// (`merge_source_gone`). Returns once the other
 /// stores finished the merge and the waiting target is still at its old
 /// range on disk.
@@ -449,7 +450,10 @@ fn merge_with_target_waiting(cluster: &Cluster, client: &Client, failpoint: &str
     let lagging = flotilla_tests::harness::store_leading_none(cluster, &[left.id, right.id]);
     let cut = flotilla_tests::harness::cut_region_to(cluster, right.id, lagging);
     write(client, KEYS..KEYS + 5);
-    fail::cfg(failpoint, "return").unwrap();
+    // On the lagging store only: elsewhere a target may apply the
+    // CommitMerge just before its own source applied the PrepareMerge,
+    // and must hear from it.
+    fail::cfg(failpoint, &format!("return({lagging})")).unwrap();
     let merged = client.merge(right.id, left.id).expect("merge");
     assert!(eventually(|| cluster.store_ids().iter().all(|&s| s
         == lagging
@@ -472,20 +476,22 @@ fn merge_with_target_waiting(cluster: &Cluster, client: &Client, failpoint: &str
 /// Merge GC hole 4 (session 15's note): an apply delegate stopped at a
 /// CommitMerge until its source caught up kept everything behind it in
 /// its backlog, a `Destroy` too. A target peer whose source never caught
-/// up (here its ask is lost: the `merge_catch_up_lost` failpoint, as when
-/// the source has no peer on the store) and which its region then
-/// removed was never cleared: its region stayed `Normal` on disk with its
-/// old range, and its id stayed half destroyed on that store for good.
-/// Now a removed peer goes while it waits (what it had not applied, its
-/// region's members apply). A new peer of the region on that store then
-/// takes a snapshot past the merge and holds every key of both halves.
+/// up (here the source stalls on the ask: the `merge_catch_up_stalls`
+/// failpoint, as one whose log does not meet the carried tail) and which
+/// its region then removed was never cleared: its region stayed `Normal`
+/// on disk with its old range, and its id stayed half destroyed on that
+/// store for good. Now a removed peer goes while it waits (what it had
+/// not applied, its region's members apply) and tells the source it gave
+/// up (review of session 23: else the source waits for it and is never
+/// superseded). A new peer of the region on that store then takes a
+/// snapshot past the merge and holds every key of both halves.
 #[test]
 fn a_peer_removed_while_its_merge_waits_for_the_source_is_destroyed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let (cluster, _, client) = started(&dir);
-    let waiting = merge_with_target_waiting(&cluster, &client, "merge_catch_up_lost");
+    let waiting = merge_with_target_waiting(&cluster, &client, "merge_catch_up_stalls");
     let WaitingTarget {
         left,
         merged,
@@ -505,11 +511,13 @@ fn a_peer_removed_while_its_merge_waits_for_the_source_is_destroyed() {
     );
 
     // A new peer of the merged region on that store catches up by a
-    // snapshot (the stale source there gives way) and holds every key.
-    fail::remove("merge_catch_up_lost");
+    // snapshot and holds every key: the stale source there, which the
+    // destroyed target had asked to catch up, heard that it gave up and
+    // gives way (else it would wait for that target for good).
+    fail::remove("merge_catch_up_stalls");
     cluster.transport().remove_filter(cut);
     let added = Peer {
-        id: removed.id + 1000,
+        id: cluster.store(lagging).unwrap().alloc_id().unwrap(),
         store_id: lagging,
         role: PeerRole::Learner as i32,
     };

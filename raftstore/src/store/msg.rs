@@ -207,6 +207,13 @@ pub enum MergeMsg {
         /// The target region.
         target_id: u64,
     },
+    /// To a source peer a target's apply side asked to catch up: that
+    /// target gave its waiting CommitMerge up (its peer was removed, or a
+    /// snapshot past the merge came), so it no longer waits for this peer.
+    TargetGaveUp {
+        /// The target region.
+        target_id: u64,
+    },
     /// To a region that owns part of the range a newer snapshot of
     /// another region here needs (the snapshot was refused for it): a
     /// sleeping peer wakes. It may have been merged away while it slept

@@ -247,10 +247,11 @@ impl ApplyPoller {
                         slog::info!(self.logger, "merge waits for its source to catch up";
                             "region" => target_id, "source" => source_id);
                         let ask = MergeMsg::CatchUpLogs { target_id, req };
-                        let source_here = if crash_point_merge_source_gone() {
+                        let store_id = fsm.peer.store_id;
+                        let source_here = if crash_point_merge_source_gone(store_id) {
                             false
                         } else {
-                            crash_point_merge_catch_up_lost()
+                            crash_point_merge_catch_up_lost(store_id)
                                 || self
                                     .raft_router
                                     .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
@@ -341,7 +342,10 @@ impl ApplyPoller {
     /// past a later merge superseded it) and asks it to give up the wait:
     /// the source it waits for may never come (it has no peer here). The
     /// CommitMerge and everything after it, waiting or queued, go
-    /// unapplied here as for a removed peer (`removed`: each is answered
+    /// unapplied here (more than after a removal applied here: entries
+    /// from while this peer was a member too, a split listing a peer on
+    /// this store among them, whose peer is then created by its leader's
+    /// message and a snapshot) as for a removed peer (`removed`: each is answered
     /// `StaleCommand`, an unknown outcome, for the region's members apply
     /// it), so the applied index reaches what the peer handed over and
     /// the peer may be destroyed. Nothing is written: the peer's
@@ -357,14 +361,29 @@ impl ApplyPoller {
         let backlog = std::mem::take(&mut m.backlog);
         slog::info!(self.logger, "removed while its merge waits for the source: giving up";
             "region" => fsm.region.id, "source" => wait.source_id);
+        self.tell_source_gave_up(fsm.region.id, wait.source_id);
         fsm.removed = true;
         let WaitMerge {
             entries, proposals, ..
         } = *wait;
         self.apply_entries(fsm, entries, proposals);
         for msg in backlog {
+            // Only entries wait behind a CommitMerge: a snapshot ends the
+            // wait (`skip_merge`), a destruction never comes while entries
+            // are unapplied, and a source's word is handled at once.
+            debug_assert!(matches!(msg, ApplyMsg::Apply(_)), "{msg:?}");
             self.dispatch(fsm, msg);
         }
+    }
+
+    /// Tells this store's peer of `source_id` (if any) that the target
+    /// `target_id` no longer waits for it to catch up: it may then be
+    /// superseded like any source nothing here needs.
+    fn tell_source_gave_up(&self, target_id: u64, source_id: u64) {
+        let _ = self.raft_router.force_send(
+            source_id,
+            PeerMsg::Merge(Box::new(MergeMsg::TargetGaveUp { target_id })),
+        );
     }
 
     /// A snapshot reaches a delegate waiting at a CommitMerge: its peer
@@ -380,7 +399,9 @@ impl ApplyPoller {
                 "region" => fsm.region.id,
                 "source" => m.wait.as_ref().map_or(0, |w| w.source_id),
                 "index" => task.index);
-            m.wait = None;
+            if let Some(wait) = m.wait.take() {
+                self.tell_source_gave_up(fsm.region.id, wait.source_id);
+            }
             m.backlog.clear();
         }
         fsm.snapshot = Some(task);
@@ -713,18 +734,24 @@ fn crash_point_destroy_before_write() -> bool {
 
 /// The `merge_catch_up_lost` failpoint: a waiting CommitMerge's ask to
 /// its source peer here is lost, so the source never catches up (as one
-/// whose log does not meet the carried tail); always false without the
+/// whose log does not meet the carried tail), on every store or on the
+/// one its `return(store_id)` names; always false without the
 /// `failpoints` feature.
-fn crash_point_merge_catch_up_lost() -> bool {
-    fail::fail_point!("merge_catch_up_lost", |_| true);
+fn crash_point_merge_catch_up_lost(store_id: u64) -> bool {
+    let _ = store_id; // unused without the feature
+    fail::fail_point!("merge_catch_up_lost", |on: Option<String>| on
+        .is_none_or(|s| s == store_id.to_string()));
     false
 }
 
 /// The `merge_source_gone` failpoint: a waiting CommitMerge finds no
-/// source peer here to ask (always false without the `failpoints`
+/// source peer here to ask, on every store or on the one its
+/// `return(store_id)` names (always false without the `failpoints`
 /// feature).
-fn crash_point_merge_source_gone() -> bool {
-    fail::fail_point!("merge_source_gone", |_| true);
+fn crash_point_merge_source_gone(store_id: u64) -> bool {
+    let _ = store_id; // unused without the feature
+    fail::fail_point!("merge_source_gone", |on: Option<String>| on
+        .is_none_or(|s| s == store_id.to_string()));
     false
 }
 

@@ -369,6 +369,12 @@ impl Peer {
                     "merge target check lost its way".into(),
                 )));
             }
+            MergeMsg::TargetGaveUp { target_id } => {
+                let ctx = self.merge_ctx();
+                if ctx.waiting_target == Some(target_id) {
+                    ctx.waiting_target = None;
+                }
+            }
             MergeMsg::Superseded { target_id } => {
                 let known = self
                     .store_meta
@@ -490,6 +496,9 @@ impl Peer {
             return;
         }
         self.merge_ctx().waiting_target = Some(target_id);
+        if crash_point_merge_catch_up_stalls(self.meta.store_id) {
+            return;
+        }
         let log = self.raft.raft.raft_log_mut();
         let committed = log.committed;
         let entries: Vec<Entry> = req
@@ -851,14 +860,16 @@ impl Peer {
     /// waiting, or everything applied).
     pub fn abandon_merge_due(&mut self) -> bool {
         let applying = self.raft.raft.raft_log().applying;
-        if !self.removed || applying <= self.raft.store().applied_index() {
+        if !self.removed
+            || applying <= self.raft.store().applied_index()
+            || self
+                .merge
+                .as_ref()
+                .is_some_and(|m| m.abandon_asked >= applying)
+        {
             return false;
         }
-        let ctx = self.merge_ctx();
-        if ctx.abandon_asked >= applying {
-            return false;
-        }
-        ctx.abandon_asked = applying;
+        self.merge_ctx().abandon_asked = applying;
         true
     }
 
@@ -923,6 +934,18 @@ impl Peer {
             _ => Vec::new(),
         }
     }
+}
+
+/// The `merge_catch_up_stalls` failpoint: a source peer asked to catch
+/// up for a waiting target notes the target but never takes the carried
+/// log tail (as one whose log does not meet it), on every store or on
+/// the one its `return(store_id)` names; always false without the
+/// `failpoints` feature.
+fn crash_point_merge_catch_up_stalls(store_id: u64) -> bool {
+    let _ = store_id; // unused without the feature
+    fail::fail_point!("merge_catch_up_stalls", |on: Option<String>| on
+        .is_none_or(|s| s == store_id.to_string()));
+    false
 }
 
 /// The `merge_commit_hold` failpoint: a target's leader ignores the asks
