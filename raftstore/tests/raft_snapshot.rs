@@ -252,3 +252,53 @@ fn a_requested_snapshot_is_restored_over_a_matching_log() {
         ProgressState::Replicate
     );
 }
+
+/// checklist: snap-3 (a requested restore never drops acknowledged
+/// entries; session 23's review): a follower whose log runs past its
+/// commit index asks for a snapshot at or past its last index, and
+/// refuses a snapshot between the two, which would replace entries it
+/// may have acknowledged; one at its last index is restored.
+#[test]
+fn a_requested_snapshot_never_drops_the_tail() {
+    let mut net = Network::new(&[1, 2, 3]);
+    net.elect(1);
+    for i in 0..3u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    net.settle();
+    // An entry the followers hold but the leader never hears them ack.
+    net.ignore(MessageType::MsgAppendResponse);
+    net.propose(1, b"tail").unwrap();
+    net.settle();
+    let (committed, last) = (
+        net.raft(3).raft_log().committed,
+        net.raft(3).raft_log().last_index(),
+    );
+    let term = net.raft(1).term();
+    net.node(3).request_snapshot().unwrap();
+    let conf = net.storage[&1]
+        .snapshot(0, 0)
+        .unwrap()
+        .metadata
+        .unwrap()
+        .conf_state;
+    let snapshot_at = |index: u64| {
+        let mut m = msg(MessageType::MsgSnapshot, 1, 3, term);
+        m.snapshot = Some(Box::new(flotilla_proto::eraftpb::Snapshot {
+            data: Default::default(),
+            metadata: Some(flotilla_proto::eraftpb::SnapshotMetadata {
+                conf_state: conf.clone(),
+                index,
+                term,
+            }),
+        }));
+        m
+    };
+    assert!(committed < last, "the follower learns the commit later");
+    net.node(3).step(snapshot_at(committed)).unwrap();
+    assert_eq!(net.raft(3).raft_log().last_index(), last, "the tail stays");
+    assert!(net.raft(3).snapshot_requested(), "still asking");
+    net.node(3).step(snapshot_at(last)).unwrap();
+    assert!(!net.raft(3).snapshot_requested(), "restored");
+    assert_eq!(net.raft(3).raft_log().last_index(), last);
+}

@@ -295,12 +295,13 @@ impl<S: Storage> RawNode<S> {
         self.raft.step(m)
     }
 
-    /// Asks the leader for a snapshot at or past the commit index (see
+    /// Asks the leader for a snapshot at or past the last index (see
     /// [`Raft::request_snapshot`](crate::raft::Raft::request_snapshot)).
     ///
     /// # Errors
     /// [`Error::RequestSnapshotDropped`] on a leader, without a known
-    /// leader, or while a snapshot is being restored.
+    /// leader, while a snapshot is being restored, or while the last entry
+    /// is not of the current term.
     pub fn request_snapshot(&mut self) -> Result<()> {
         self.raft.request_snapshot()
     }

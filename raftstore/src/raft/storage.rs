@@ -389,12 +389,16 @@ impl Storage for MemStorage {
         Ok(self.shared.last.load(Ordering::Acquire))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> Result<Snapshot> {
+    /// The snapshot at the commit index; temporarily unavailable while
+    /// that is below `request_index`.
+    fn snapshot(&self, request_index: u64, _to: u64) -> Result<Snapshot> {
         let core = self.rl();
-        if core.trigger_snap_unavailable {
+        let snap = core.snapshot();
+        let index = snap.metadata.as_ref().map_or(0, |m| m.index);
+        if core.trigger_snap_unavailable || index < request_index {
             return Err(Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        Ok(core.snapshot())
+        Ok(snap)
     }
 }
 

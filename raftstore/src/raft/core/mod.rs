@@ -519,6 +519,10 @@ impl<S: Storage> Raft<S> {
         if self.term != term {
             self.term = term;
             self.vote = INVALID_ID;
+            // Asked of the old leader, over a tail the new one may not
+            // have: asked again (by the application) once this node
+            // follows the new leader's log.
+            self.snapshot_requested = false;
         }
         self.leader_id = INVALID_ID;
         self.reset_randomized_election_timeout();

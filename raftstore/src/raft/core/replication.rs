@@ -187,8 +187,9 @@ impl<S: Storage> Raft<S> {
         if pr.is_paused() {
             return false;
         }
-        if pr.snapshot_requested {
-            return self.send_snapshot(to);
+        if pr.snapshot_request > 0 {
+            let at_least = pr.snapshot_request;
+            return self.send_snapshot_at_least(to, at_least);
         }
         let next = pr.next_idx;
         let term = self.raft_log.term(next - 1);
@@ -375,8 +376,11 @@ impl<S: Storage> Raft<S> {
         if m.reject && m.request_snapshot > 0 {
             // The follower asks for a snapshot (one being sent serves).
             if pr.state != ProgressState::Snapshot {
+                // Never below what the follower holds: restoring it
+                // replaces its whole log, acknowledged entries included.
+                let at_least = m.request_snapshot.max(pr.matched);
                 pr.become_probe();
-                pr.snapshot_requested = true;
+                pr.snapshot_request = at_least;
                 self.maybe_send_append(m.from, true);
             }
             return;
@@ -470,7 +474,7 @@ impl<S: Storage> Raft<S> {
         if pr.state == ProgressState::Replicate && pr.ins.full() {
             pr.ins.free_first_one();
         }
-        if pr.matched < last_index || pr.snapshot_requested {
+        if pr.matched < last_index || pr.snapshot_request > 0 {
             self.maybe_send_append(m.from, true);
         }
         if !m.context.is_empty() {

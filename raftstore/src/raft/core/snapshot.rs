@@ -13,6 +13,14 @@ impl<S: Storage> Raft<S> {
     /// Returns false if none could be sent (peer inactive, or the storage
     /// has no snapshot ready yet).
     pub(crate) fn send_snapshot(&mut self, to: u64) -> bool {
+        self.send_snapshot_at_least(to, 0)
+    }
+
+    /// [`Raft::send_snapshot`] of a snapshot at index `at_least` or past
+    /// it (one the follower asked for: it replaces the follower's whole
+    /// log, so it must hold everything the follower has); none is sent
+    /// while the storage has only an older one.
+    pub(crate) fn send_snapshot_at_least(&mut self, to: u64, at_least: u64) -> bool {
         let Some(pr) = self.prs.get(to) else {
             return false;
         };
@@ -20,7 +28,7 @@ impl<S: Storage> Raft<S> {
             slog::debug!(self.logger, "not sending a snapshot to an inactive peer"; "to" => to);
             return false;
         }
-        let snap = match self.raft_log.snapshot(0, to) {
+        let snap = match self.raft_log.snapshot(at_least, to) {
             Ok(s) => s,
             Err(Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {
                 slog::debug!(self.logger, "snapshot temporarily unavailable"; "to" => to);
@@ -34,7 +42,9 @@ impl<S: Storage> Raft<S> {
         let Some(meta) = snap.metadata.as_ref() else {
             return false;
         };
-        if meta.index == 0 {
+        if meta.index == 0 || meta.index < at_least {
+            slog::debug!(self.logger, "snapshot older than requested"; "to" => to,
+                "index" => meta.index, "requested" => at_least);
             return false;
         }
         let idx = meta.index;
@@ -48,7 +58,7 @@ impl<S: Storage> Raft<S> {
         true
     }
 
-    /// Follower: asks the leader for a snapshot at or past the commit
+    /// Follower: asks the leader for a snapshot at or past its last
     /// index, for an application that cannot apply the log from where it
     /// is. Until one is restored, every append is answered with the
     /// request (and not appended) and so is every heartbeat; the snapshot
@@ -56,11 +66,15 @@ impl<S: Storage> Raft<S> {
     ///
     /// # Errors
     /// [`Error::RequestSnapshotDropped`]: this node leads, knows no
-    /// leader, or restores a snapshot already.
+    /// leader, restores a snapshot already, or its last entry is not of
+    /// the current term (its tail may not be the leader's: ask again once
+    /// it follows the leader's log).
     pub fn request_snapshot(&mut self) -> Result<(), Error> {
+        let last = self.raft_log.last_index();
         if self.state == StateRole::Leader
             || self.leader_id == INVALID_ID
             || self.raft_log.unstable.snapshot.is_some()
+            || self.raft_log.term(last).ok() != Some(self.term)
         {
             return Err(Error::RequestSnapshotDropped);
         }
@@ -70,13 +84,15 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Sends the snapshot request to `to`: a rejection of appends naming
-    /// the commit index as the least snapshot index that serves.
+    /// the last index as the least snapshot index that serves (restoring
+    /// replaces the whole log: entries past the commit index this node
+    /// acknowledged must be in the snapshot).
     pub(crate) fn send_snapshot_request(&mut self, to: u64) {
         let mut m = Self::new_message(to, MessageType::MsgAppendResponse);
         m.index = self.raft_log.committed;
         m.reject = true;
         m.reject_hint = self.raft_log.last_index();
-        m.request_snapshot = self.raft_log.committed.max(1);
+        m.request_snapshot = self.raft_log.last_index().max(1);
         self.send(m);
     }
 
@@ -101,6 +117,11 @@ impl<S: Storage> Raft<S> {
         };
         let (sindex, sterm) = (meta.index, meta.term);
         if sindex < self.raft_log.committed {
+            return false;
+        }
+        if self.snapshot_requested && sindex < self.raft_log.last_index() {
+            // Not the one asked for (one sent before the request, say):
+            // restoring it would drop acknowledged entries past it.
             return false;
         }
         let cs = meta.conf_state.clone().unwrap_or_default();

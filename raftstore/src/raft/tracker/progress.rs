@@ -27,10 +27,11 @@ pub struct Progress {
     /// heartbeat did: the next periodic heartbeat may be skipped (see
     /// `Raft::bcast_periodic_heartbeat`).
     pub appended_since_beat: bool,
-    /// The peer asked for a snapshot (its application cannot apply its
-    /// log from where it is): the next send to it is one. Cleared by any
-    /// state change, a snapshot sent among them.
-    pub snapshot_requested: bool,
+    /// The peer asked for a snapshot at or past this index (its
+    /// application cannot apply its log from where it is; 0: no request):
+    /// the next send to it is one. Cleared by any state change, a
+    /// snapshot sent among them.
+    pub snapshot_request: u64,
     /// The commit index the leader last told the peer (bounds heartbeats).
     pub committed_index: u64,
     /// Appends in flight (replicate state).
@@ -49,7 +50,7 @@ impl Progress {
             recent_active: false,
             is_learner: false,
             appended_since_beat: false,
-            snapshot_requested: false,
+            snapshot_request: 0,
             committed_index: 0,
             ins: Inflights::new(max_inflight),
         }
@@ -58,7 +59,7 @@ impl Progress {
     fn reset_state(&mut self, state: ProgressState) {
         self.probe_sent = false;
         self.appended_since_beat = false;
-        self.snapshot_requested = false;
+        self.snapshot_request = 0;
         self.pending_snapshot = 0;
         self.state = state;
         self.ins.reset();

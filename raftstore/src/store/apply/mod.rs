@@ -391,7 +391,7 @@ impl ApplyPoller {
     /// its admission lets through while entries wait). The snapshot is
     /// at or past the peer's commit index, so past the CommitMerge and
     /// every entry handed over: the wait and the backlog are dropped
-    /// (their writers hear the outcome is unknown), and the snapshot is
+    /// (their writers hear `StaleCommand`, an unknown outcome), and the snapshot is
     /// written at the round's end.
     fn skip_merge(&mut self, fsm: &mut ApplyFsm, task: Box<SnapshotTask>) {
         if let Some(m) = fsm.merge.as_mut() {
@@ -399,10 +399,20 @@ impl ApplyPoller {
                 "region" => fsm.region.id,
                 "source" => m.wait.as_ref().map_or(0, |w| w.source_id),
                 "index" => task.index);
+            let mut dropped: Vec<Proposal> = Vec::new();
             if let Some(wait) = m.wait.take() {
                 self.tell_source_gave_up(fsm.region.id, wait.source_id);
+                dropped.extend(wait.proposals);
             }
-            m.backlog.clear();
+            for msg in m.backlog.drain(..) {
+                if let ApplyMsg::Apply(t) = msg {
+                    dropped.extend(t.proposals);
+                }
+            }
+            // Committed, applied by the region's members: unknown here.
+            for p in dropped {
+                fsm.done.push((p, err_response(Error::StaleCommand)));
+            }
         }
         fsm.snapshot = Some(task);
     }
