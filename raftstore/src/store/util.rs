@@ -118,6 +118,16 @@ pub(crate) fn live_version(
         .map(|r| r.region_epoch.map_or(0, |e| e.version)))
 }
 
+/// A failpoint of the tests that fires on every store, or only on the
+/// store its `return(store_id)` action names; always false without the
+/// `failpoints` feature.
+pub(crate) fn failpoint_on_store(name: &str, store_id: u64) -> bool {
+    let _ = (name, store_id); // unused without the feature
+    fail::fail_point!(name, |on: Option<String>| on
+        .is_none_or(|s| s == store_id.to_string()));
+    false
+}
+
 #[cfg(test)]
 mod range_tests {
     use bytes::Bytes;

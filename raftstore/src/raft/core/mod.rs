@@ -610,8 +610,6 @@ impl<S: Storage> Raft<S> {
         self.reset(term);
         self.leader_id = self.id;
         self.state = StateRole::Leader;
-        // A leader's log is the one to follow: nothing to ask for.
-        self.snapshot_requested = false;
         let last = self.raft_log.last_index();
         let id = self.id;
         if let Some(pr) = self.prs.get_mut(id) {

@@ -28,7 +28,7 @@ use super::msg::{
     SnapshotTask,
 };
 use super::snapshot::{apply_snapshot_file, snapshot_apply_state};
-use super::util::{clear_data_range, err_response};
+use super::util::{clear_data_range, err_response, failpoint_on_store};
 use super::validate::{data_range, validate_for_apply};
 
 mod admin;
@@ -247,11 +247,14 @@ impl ApplyPoller {
                         slog::info!(self.logger, "merge waits for its source to catch up";
                             "region" => target_id, "source" => source_id);
                         let ask = MergeMsg::CatchUpLogs { target_id, req };
+                        // Failpoints: `merge_source_gone` finds no source
+                        // peer here; `merge_catch_up_lost` loses the ask to
+                        // one that is here, which then never catches up.
                         let store_id = fsm.peer.store_id;
-                        let source_here = if crash_point_merge_source_gone(store_id) {
+                        let source_here = if failpoint_on_store("merge_source_gone", store_id) {
                             false
                         } else {
-                            crash_point_merge_catch_up_lost(store_id)
+                            failpoint_on_store("merge_catch_up_lost", store_id)
                                 || self
                                     .raft_router
                                     .force_send(source_id, PeerMsg::Merge(Box::new(ask)))
@@ -352,21 +355,13 @@ impl ApplyPoller {
     /// destruction writes its tombstone; a crash before it replays the
     /// log into the same wait, and the peer is told again.
     fn abandon_merge(&mut self, fsm: &mut ApplyFsm) {
-        let Some(m) = fsm.merge.as_mut() else {
+        let Some((wait, backlog)) = self.end_merge_wait(fsm) else {
             return;
         };
-        let Some(wait) = m.wait.take() else {
-            return;
-        };
-        let backlog = std::mem::take(&mut m.backlog);
         slog::info!(self.logger, "removed while its merge waits for the source: giving up";
             "region" => fsm.region.id, "source" => wait.source_id);
-        self.tell_source_gave_up(fsm.region.id, wait.source_id);
         fsm.removed = true;
-        let WaitMerge {
-            entries, proposals, ..
-        } = *wait;
-        self.apply_entries(fsm, entries, proposals);
+        self.apply_entries(fsm, wait.entries, wait.proposals);
         for msg in backlog {
             // Only entries wait behind a CommitMerge: a snapshot ends the
             // wait (`skip_merge`), a destruction never comes while entries
@@ -374,6 +369,17 @@ impl ApplyPoller {
             debug_assert!(matches!(msg, ApplyMsg::Apply(_)), "{msg:?}");
             self.dispatch(fsm, msg);
         }
+    }
+
+    /// Ends the CommitMerge wait of `fsm`, if it waits: returns the wait
+    /// and the messages queued behind it, and tells the source peer here
+    /// that this target no longer waits for it.
+    fn end_merge_wait(&self, fsm: &mut ApplyFsm) -> Option<(WaitMerge, VecDeque<ApplyMsg>)> {
+        let m = fsm.merge.as_mut()?;
+        let wait = m.wait.take()?;
+        let backlog = std::mem::take(&mut m.backlog);
+        self.tell_source_gave_up(fsm.region.id, wait.source_id);
+        Some((*wait, backlog))
     }
 
     /// Tells this store's peer of `source_id` (if any) that the target
@@ -394,23 +400,15 @@ impl ApplyPoller {
     /// (their writers hear `StaleCommand`, an unknown outcome), and the snapshot is
     /// written at the round's end.
     fn skip_merge(&mut self, fsm: &mut ApplyFsm, task: Box<SnapshotTask>) {
-        if let Some(m) = fsm.merge.as_mut() {
+        if let Some((wait, backlog)) = self.end_merge_wait(fsm) {
             slog::info!(self.logger, "a snapshot past the merge it waits at";
-                "region" => fsm.region.id,
-                "source" => m.wait.as_ref().map_or(0, |w| w.source_id),
-                "index" => task.index);
-            let mut dropped: Vec<Proposal> = Vec::new();
-            if let Some(wait) = m.wait.take() {
-                self.tell_source_gave_up(fsm.region.id, wait.source_id);
-                dropped.extend(wait.proposals);
-            }
-            for msg in m.backlog.drain(..) {
-                if let ApplyMsg::Apply(t) = msg {
-                    dropped.extend(t.proposals);
-                }
-            }
+                "region" => fsm.region.id, "source" => wait.source_id, "index" => task.index);
+            let queued = backlog.into_iter().flat_map(|msg| match msg {
+                ApplyMsg::Apply(t) => t.proposals,
+                _ => Vec::new(),
+            });
             // Committed, applied by the region's members: unknown here.
-            for p in dropped {
+            for p in wait.proposals.into_iter().chain(queued) {
                 fsm.done.push((p, err_response(Error::StaleCommand)));
             }
         }
@@ -739,29 +737,6 @@ fn merge_tombstone(region: &Region, prev: Option<&RegionLocalState>, store_id: u
 /// `failpoints` feature).
 fn crash_point_destroy_before_write() -> bool {
     fail::fail_point!("destroy_before_write", |_| true);
-    false
-}
-
-/// The `merge_catch_up_lost` failpoint: a waiting CommitMerge's ask to
-/// its source peer here is lost, so the source never catches up (as one
-/// whose log does not meet the carried tail), on every store or on the
-/// one its `return(store_id)` names; always false without the
-/// `failpoints` feature.
-fn crash_point_merge_catch_up_lost(store_id: u64) -> bool {
-    let _ = store_id; // unused without the feature
-    fail::fail_point!("merge_catch_up_lost", |on: Option<String>| on
-        .is_none_or(|s| s == store_id.to_string()));
-    false
-}
-
-/// The `merge_source_gone` failpoint: a waiting CommitMerge finds no
-/// source peer here to ask, on every store or on the one its
-/// `return(store_id)` names (always false without the `failpoints`
-/// feature).
-fn crash_point_merge_source_gone(store_id: u64) -> bool {
-    let _ = store_id; // unused without the feature
-    fail::fail_point!("merge_source_gone", |on: Option<String>| on
-        .is_none_or(|s| s == store_id.to_string()));
     false
 }
 

@@ -39,7 +39,7 @@ use crate::store::admin::{AdminError, check_merge_regions, check_merge_tail};
 use crate::store::config::Config;
 use crate::store::error::{Error, Result};
 use crate::store::msg::{ApplyMsg, CommitMergeResult, MergeMsg, Responder};
-use crate::store::util::live_version;
+use crate::store::util::{failpoint_on_store, live_version};
 
 /// Share of `entry_max_size` the log tail a merge carries may take (the
 /// CommitMerge carrying it is one entry; TiKV's 90 %).
@@ -496,7 +496,9 @@ impl Peer {
             return;
         }
         self.merge_ctx().waiting_target = Some(target_id);
-        if crash_point_merge_catch_up_stalls(self.meta.store_id) {
+        // Failpoint: the source notes the target but never takes the tail
+        // (as one whose log does not meet it).
+        if failpoint_on_store("merge_catch_up_stalls", self.meta.store_id) {
             return;
         }
         let log = self.raft.raft.raft_log_mut();
@@ -814,9 +816,7 @@ impl Peer {
     /// repeats an outstanding request with every append and heartbeat).
     /// Without a known leader, asked again when the leader is heard.
     pub(super) fn ask_snapshot_past_merge(&mut self) {
-        if !self.merge.as_ref().is_some_and(|m| m.snapshot_wanted)
-            || self.raft.raft.snapshot_requested()
-        {
+        if !self.snapshot_past_merge_wanted() || self.raft.raft.snapshot_requested() {
             return;
         }
         match self.raft.request_snapshot() {
@@ -934,18 +934,6 @@ impl Peer {
             _ => Vec::new(),
         }
     }
-}
-
-/// The `merge_catch_up_stalls` failpoint: a source peer asked to catch
-/// up for a waiting target notes the target but never takes the carried
-/// log tail (as one whose log does not meet it), on every store or on
-/// the one its `return(store_id)` names; always false without the
-/// `failpoints` feature.
-fn crash_point_merge_catch_up_stalls(store_id: u64) -> bool {
-    let _ = store_id; // unused without the feature
-    fail::fail_point!("merge_catch_up_stalls", |on: Option<String>| on
-        .is_none_or(|s| s == store_id.to_string()));
-    false
 }
 
 /// The `merge_commit_hold` failpoint: a target's leader ignores the asks
